@@ -1,0 +1,319 @@
+internal import CSQLCipher
+
+/// An open, keyed connection to an SQLCipher database.
+///
+/// You get one from ``LocalDbKeyManager/open()``: by then the key has been applied, the cipher
+/// settings recorded in the `.key` file set, and the key proven by a first read. A connection
+/// is not thread-safe: use it from one task or thread at a time, as you would an `sqlite3*`.
+///
+/// ```swift
+/// let db = try await manager.open()
+/// try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
+/// try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
+/// let rows = try db.fetchAll("SELECT id, body FROM note")
+/// ```
+///
+/// The connection is closed when it is released, or earlier by ``close()``.
+public final class DatabaseConnection {
+    /// The path of the database file.
+    public let path: String
+
+    private var handle: OpaquePointer?
+    private let onClose: (() -> Void)?
+
+    private init(handle: OpaquePointer, path: String, onClose: (() -> Void)?) {
+        self.handle = handle
+        self.path = path
+        self.onClose = onClose
+    }
+
+    deinit {
+        close()
+    }
+
+    /// Opens the database at `path` with a raw 256-bit key and proves the key by reading
+    /// `sqlite_master`.
+    ///
+    /// The key is applied right after `sqlite3_open_v2` and before any statement (a statement
+    /// first would leave a new file in plaintext), then `cipher_page_size` is set when it is not
+    /// SQLCipher's default and read back, because SQLCipher ignores pragmas it does not know.
+    ///
+    /// - Parameter onClose: Called once when the connection closes, to release what the caller
+    ///   holds for its lifetime (a lock).
+    /// - Throws: ``DBKeyError/Code-swift.struct/wrongKey`` with `SQLITE_NOTADB` when the first
+    ///   read fails: the caller tells a wrong key from a damaged file. Other codes for other
+    ///   failures.
+    static func open(
+        path: String,
+        key: SecureBuffer,
+        pageSize: Int,
+        create: Bool,
+        onClose: (() -> Void)? = nil
+    ) throws -> DatabaseConnection {
+        let keyText = try RawKeyText.make(for: key)
+        var handle: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX
+        let openCode = sqlite3_open_v2(path, &handle, flags, nil)
+        guard openCode == SQLITE_OK, let handle else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close_v2(handle)
+            onClose?()
+            throw DatabaseConnection.error(
+                code: openCode,
+                message: "Cannot open the database at \(path): \(message).",
+                path: path
+            )
+        }
+        // From here on, deinit closes the handle and runs onClose on every failure path.
+        let connection = DatabaseConnection(handle: handle, path: path, onClose: onClose)
+        sqlite3_extended_result_codes(handle, 1)
+        let keyCode = keyText.withUnsafeBytes { text in
+            sqlite3_key(handle, text.baseAddress, Int32(text.count))
+        }
+        try connection.check(keyCode, "applying the key (sqlite3_key)")
+        try connection.applyPageSize(pageSize)
+        try connection.proveKey()
+        return connection
+    }
+
+    /// Closes the connection (`sqlite3_close_v2`). Later calls do nothing.
+    ///
+    /// Statements still alive are finalised when they are released.
+    public func close() {
+        guard let handle else { return }
+        sqlite3_close_v2(handle)
+        self.handle = nil
+        onClose?()
+    }
+
+    /// Whether ``close()`` has been called.
+    public var isClosed: Bool { handle == nil }
+
+    // MARK: - Statements
+
+    /// Prepares one statement for repeated use (`sqlite3_prepare_v2`).
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/sqlite`` when the SQL is invalid or holds more
+    ///   than one statement.
+    public func prepare(_ sql: String) throws -> Statement {
+        var statements: [Statement] = []
+        try forEachStatement(in: sql) { statements.append($0) }
+        guard statements.count == 1 else {
+            throw DBKeyError(.sqlite, "Expected exactly one SQL statement, found \(statements.count).")
+        }
+        return statements[0]
+    }
+
+    /// Runs every statement in `sql`, binding `arguments` in order across them.
+    ///
+    /// Each statement takes as many arguments as it has `?` parameters; all must be used.
+    ///
+    /// - Parameter onRow: Called with each row any statement returns.
+    /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
+    public func execute(
+        _ sql: String,
+        arguments: [DatabaseValue] = [],
+        onRow: (Row) throws -> Void = { _ in }
+    ) throws {
+        var remaining = arguments[...]
+        // Each statement is prepared only after the one before it ran: a script may create a
+        // table and then insert into it.
+        try forEachStatement(in: sql) { statement in
+            let taken = remaining.prefix(statement.parameterCount)
+            guard taken.count == statement.parameterCount else {
+                throw DBKeyError(
+                    .sqlite,
+                    "Not enough arguments: the SQL has more ? parameters than the \(arguments.count) given."
+                )
+            }
+            remaining = remaining.dropFirst(taken.count)
+            try statement.run(arguments: Array(taken), onRow: onRow)
+        }
+        guard remaining.isEmpty else {
+            throw DBKeyError(
+                .sqlite,
+                "Too many arguments: \(arguments.count) given, \(arguments.count - remaining.count) used."
+            )
+        }
+    }
+
+    /// Runs `sql` and returns every row it produces.
+    ///
+    /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
+    public func fetchAll(_ sql: String, arguments: [DatabaseValue] = []) throws -> [Row] {
+        var rows: [Row] = []
+        try execute(sql, arguments: arguments) { rows.append($0) }
+        return rows
+    }
+
+    /// Runs `body` inside a transaction: committed when it returns, rolled back when it throws.
+    ///
+    /// - Throws: What `body` throws, or ``DBKeyError`` when BEGIN or COMMIT fails.
+    public func inTransaction<Result>(
+        _ kind: TransactionKind = .deferred,
+        _ body: () throws -> Result
+    ) throws -> Result {
+        try execute("BEGIN \(kind.rawValue) TRANSACTION")
+        let result: Result
+        do {
+            result = try body()
+        } catch {
+            // The transaction may already be gone (SQLite rolls back on some errors by itself).
+            if !isAutocommit {
+                try? execute("ROLLBACK")
+            }
+            throw error
+        }
+        do {
+            try execute("COMMIT")
+        } catch {
+            if !isAutocommit {
+                try? execute("ROLLBACK")
+            }
+            throw error
+        }
+        return result
+    }
+
+    /// Whether no transaction is open (`sqlite3_get_autocommit`).
+    public var isAutocommit: Bool {
+        guard let handle else { return true }
+        return sqlite3_get_autocommit(handle) != 0
+    }
+
+    /// The rowid of the last inserted row (`sqlite3_last_insert_rowid`).
+    public var lastInsertedRowID: Int64 {
+        guard let handle else { return 0 }
+        return sqlite3_last_insert_rowid(handle)
+    }
+
+    /// The number of rows the last statement changed (`sqlite3_changes`).
+    public var changesCount: Int {
+        guard let handle else { return 0 }
+        return Int(sqlite3_changes(handle))
+    }
+
+    /// The problems `PRAGMA integrity_check` reports; empty when the database is sound.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseDamaged`` when pages cannot even be read.
+    public func integrityCheck() throws -> [String] {
+        let messages = try fetchAll("PRAGMA integrity_check").compactMap { $0[0].textValue }
+        return messages == ["ok"] ? [] : messages
+    }
+
+    /// The SQLCipher version linked into this process (`PRAGMA cipher_version`).
+    public func cipherVersion() throws -> String {
+        guard let version = try fetchAll("PRAGMA cipher_version").first?[0].textValue else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The SQLite library in this process is not SQLCipher: PRAGMA cipher_version gave no answer."
+            )
+        }
+        return version
+    }
+
+    // MARK: - Internals
+
+    /// Prepares the statements of `sql` one at a time, each after `body` returned for the one
+    /// before (`sqlite3_prepare_v2`).
+    func forEachStatement(in sql: String, _ body: (Statement) throws -> Void) throws {
+        let handle = try liveHandle()
+        try sql.utf8CString.withUnsafeBufferPointer { buffer in
+            let start = buffer.baseAddress!
+            let end = start + buffer.count - 1
+            var cursor: UnsafePointer<CChar>? = start
+            while let current = cursor, current < end {
+                var statementHandle: OpaquePointer?
+                var tail: UnsafePointer<CChar>?
+                let code = sqlite3_prepare_v2(handle, current, Int32(end - current), &statementHandle, &tail)
+                try check(code, "preparing a statement")
+                // A null statement with OK is whitespace or a comment: nothing to run.
+                if let statementHandle {
+                    try body(Statement(connection: self, handle: statementHandle))
+                }
+                cursor = tail
+            }
+        }
+    }
+
+    func liveHandle() throws -> OpaquePointer {
+        guard let handle else {
+            throw DBKeyError(.sqlite, "The connection to \(path) is closed.", resultCode: .SQLITE_MISUSE)
+        }
+        return handle
+    }
+
+    /// Turns an SQLite return code into a typed error, on the spot.
+    func check(_ code: Int32, _ action: @autoclosure () -> String) throws {
+        guard code != SQLITE_OK else { return }
+        let detail = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "no connection"
+        throw DatabaseConnection.error(
+            code: code,
+            message: "SQLite failed \(action()) on \(path): \(detail).",
+            path: path
+        )
+    }
+
+    static func error(code: Int32, message: String, path: String) -> DBKeyError {
+        let resultCode = ResultCode(rawValue: code)
+        switch resultCode {
+        case .SQLITE_NOTADB, .SQLITE_CORRUPT:
+            return DBKeyError(
+                .databaseDamaged,
+                "\(message) The database is damaged: restore it from a backup.",
+                resultCode: resultCode
+            )
+        case .SQLITE_BUSY, .SQLITE_LOCKED:
+            return DBKeyError(
+                .databaseInUse,
+                "\(message) Another connection holds the database; try again when it is closed.",
+                resultCode: resultCode
+            )
+        case .SQLITE_FULL:
+            return DBKeyError(.io, "\(message) The disk is full: free space and try again.", resultCode: resultCode)
+        case .SQLITE_IOERR, .SQLITE_CANTOPEN, .SQLITE_PERM, .SQLITE_READONLY:
+            return DBKeyError(.io, message, resultCode: resultCode)
+        default:
+            return DBKeyError(.sqlite, message, resultCode: resultCode)
+        }
+    }
+
+    private func applyPageSize(_ pageSize: Int) throws {
+        guard pageSize != CipherSettings.sqlcipherDefaultPageSize else { return }
+        guard CipherSettings.isValidPageSize(pageSize) else {
+            throw DBKeyError(.keyFileCorrupt, "The cipher page size \(pageSize) is not a power of two in 512…65536.")
+        }
+        try execute("PRAGMA cipher_page_size = \(pageSize)")
+        let applied = try fetchAll("PRAGMA cipher_page_size").first?[0]
+        guard applied == .integer(Int64(pageSize)) || applied == .text(String(pageSize)) else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The linked SQLCipher did not accept cipher_page_size = \(pageSize); it needs SQLCipher 3 or later."
+            )
+        }
+    }
+
+    /// SQLCipher does not check the key in `sqlite3_key`; the first read does. A wrong key and a
+    /// damaged first page both fail here with `SQLITE_NOTADB`.
+    private func proveKey() throws {
+        do {
+            _ = try fetchAll("SELECT count(*) FROM sqlite_master")
+        } catch let error as DBKeyError where error.resultCode == .SQLITE_NOTADB {
+            throw DBKeyError(
+                .wrongKey,
+                "The key does not open \(path), or its first page is damaged.",
+                resultCode: .SQLITE_NOTADB
+            )
+        }
+    }
+}
+
+/// How a transaction takes its locks.
+public enum TransactionKind: String, Sendable {
+    /// Locks are taken by the first read or write.
+    case deferred = "DEFERRED"
+    /// The write lock is taken at once.
+    case immediate = "IMMEDIATE"
+    /// The exclusive lock is taken at once.
+    case exclusive = "EXCLUSIVE"
+}

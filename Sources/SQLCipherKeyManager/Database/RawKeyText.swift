@@ -1,0 +1,57 @@
+/// Builds SQLCipher's raw-key text, `x'` + 64 hex digits + `'`, inside a ``SecureBuffer``.
+///
+/// SQLCipher treats anything that is not exactly this shape (62 or 66 digits, a missing quote)
+/// as a passphrase and silently runs it through PBKDF2, so the text is built here and checked,
+/// never assembled with string interpolation.
+enum RawKeyText {
+    /// The size of a data key: 256 bits.
+    static let keyByteCount = 32
+    /// The size of the text: `x'`, 64 hex digits, `'`.
+    static let textByteCount = 2 + 2 * keyByteCount + 1
+
+    /// The raw-key text for a 32-byte data key.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when the key is not 32 bytes.
+    static func make(for key: SecureBuffer) throws -> SecureBuffer {
+        guard key.count == keyByteCount else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "A data key must be \(keyByteCount) bytes (AES-256); this one has \(key.count)."
+            )
+        }
+        return key.withUnsafeBytes { keyBytes in
+            SecureBuffer(count: textByteCount) { text in
+                text[0] = UInt8(ascii: "x")
+                text[1] = UInt8(ascii: "'")
+                for (index, byte) in keyBytes.enumerated() {
+                    text[2 + 2 * index] = hexDigit(byte >> 4)
+                    text[3 + 2 * index] = hexDigit(byte & 0x0F)
+                }
+                text[textByteCount - 1] = UInt8(ascii: "'")
+            }
+        }
+    }
+
+    /// Whether `text` has exactly the raw-key shape SQLCipher recognises.
+    static func isWellFormed(_ text: SecureBuffer) -> Bool {
+        text.withUnsafeBytes { bytes in
+            guard bytes.count == textByteCount,
+                bytes[0] == UInt8(ascii: "x"),
+                bytes[1] == UInt8(ascii: "'"),
+                bytes[textByteCount - 1] == UInt8(ascii: "'")
+            else { return false }
+            return bytes[2..<(textByteCount - 1)].allSatisfy { byte in
+                (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                    || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+            }
+        }
+    }
+
+    /// A lowercase hex digit for a nibble, computed without a table or a branch so that the time
+    /// taken does not depend on the key.
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        let value = Int32(nibble)
+        // (9 - value) >> 31 is all ones exactly when value > 9; 0x27 moves ':' to 'a'.
+        return UInt8(truncatingIfNeeded: value + 0x30 + (((9 - value) >> 31) & 0x27))
+    }
+}

@@ -1,0 +1,129 @@
+internal import CSQLCipher
+
+/// A prepared SQL statement, for running the same SQL many times with different arguments.
+///
+/// ```swift
+/// let insert = try db.prepare("INSERT INTO reading(sensor, value) VALUES (?, ?)")
+/// try db.inTransaction {
+///     for (sensor, value) in readings {
+///         try insert.execute(arguments: [.text(sensor), .real(value)])
+///     }
+/// }
+/// ```
+///
+/// Argument values are never copied into error messages.
+public final class Statement {
+    /// The number of `?` parameters (`sqlite3_bind_parameter_count`).
+    public let parameterCount: Int
+    /// The names of the result columns (`sqlite3_column_name`).
+    public let columnNames: [String]
+
+    private let connection: DatabaseConnection
+    private let handle: OpaquePointer
+
+    init(connection: DatabaseConnection, handle: OpaquePointer) {
+        self.connection = connection
+        self.handle = handle
+        self.parameterCount = Int(sqlite3_bind_parameter_count(handle))
+        self.columnNames = (0..<sqlite3_column_count(handle)).map { index in
+            sqlite3_column_name(handle, index).map { String(cString: $0) } ?? ""
+        }
+    }
+
+    deinit {
+        sqlite3_finalize(handle)
+    }
+
+    /// Runs the statement with `arguments`, discarding any rows.
+    ///
+    /// - Throws: ``DBKeyError`` when the arguments do not match or a step fails.
+    public func execute(arguments: [DatabaseValue] = []) throws {
+        try run(arguments: arguments) { _ in }
+    }
+
+    /// Runs the statement with `arguments` and returns its rows.
+    ///
+    /// - Throws: ``DBKeyError`` when the arguments do not match or a step fails.
+    public func fetchAll(arguments: [DatabaseValue] = []) throws -> [Row] {
+        var rows: [Row] = []
+        try run(arguments: arguments) { rows.append($0) }
+        return rows
+    }
+
+    func run(arguments: [DatabaseValue], onRow: (Row) throws -> Void) throws {
+        try bind(arguments)
+        defer { sqlite3_reset(handle) }
+        while true {
+            let code = sqlite3_step(handle)
+            switch code {
+            case SQLITE_ROW:
+                try onRow(currentRow())
+            case SQLITE_DONE:
+                return
+            default:
+                // sqlite3_reset returns the step's error code with sqlite3_errmsg still set.
+                try connection.check(code, "running a statement")
+                return
+            }
+        }
+    }
+
+    private func bind(_ arguments: [DatabaseValue]) throws {
+        guard arguments.count == parameterCount else {
+            throw DBKeyError(
+                .sqlite,
+                "The statement has \(parameterCount) parameters but \(arguments.count) arguments were given.",
+                resultCode: .SQLITE_RANGE
+            )
+        }
+        sqlite3_reset(handle)
+        sqlite3_clear_bindings(handle)
+        for (offset, value) in arguments.enumerated() {
+            let index = Int32(offset + 1)
+            let code: Int32
+            switch value {
+            case .null:
+                code = sqlite3_bind_null(handle, index)
+            case .integer(let integer):
+                code = sqlite3_bind_int64(handle, index, integer)
+            case .real(let real):
+                code = sqlite3_bind_double(handle, index, real)
+            case .text(let text):
+                code = sqlite3_bind_text(handle, index, text, -1, sqliteTransient)
+            case .blob(let bytes):
+                code = bytes.withUnsafeBytes { buffer in
+                    // A zero-length blob must still be a blob, not NULL: zeroblob(0) says so.
+                    buffer.isEmpty
+                        ? sqlite3_bind_zeroblob(handle, index, 0)
+                        : sqlite3_bind_blob(handle, index, buffer.baseAddress, Int32(buffer.count), sqliteTransient)
+                }
+            }
+            try connection.check(code, "binding argument \(index)")
+        }
+    }
+
+    private func currentRow() -> Row {
+        let values = (0..<Int32(columnNames.count)).map { column -> DatabaseValue in
+            switch sqlite3_column_type(handle, column) {
+            case SQLITE_INTEGER:
+                return .integer(sqlite3_column_int64(handle, column))
+            case SQLITE_FLOAT:
+                return .real(sqlite3_column_double(handle, column))
+            case SQLITE_TEXT:
+                let count = Int(sqlite3_column_bytes(handle, column))
+                guard let text = sqlite3_column_text(handle, column) else { return .text("") }
+                return .text(String(decoding: UnsafeBufferPointer(start: text, count: count), as: UTF8.self))
+            case SQLITE_BLOB:
+                let count = Int(sqlite3_column_bytes(handle, column))
+                guard let blob = sqlite3_column_blob(handle, column) else { return .blob([]) }
+                return .blob(Array(UnsafeRawBufferPointer(start: blob, count: count)))
+            default:
+                return .null
+            }
+        }
+        return Row(columnNames: columnNames, values: values)
+    }
+}
+
+/// SQLite's SQLITE_TRANSIENT: copy the bound bytes before the bind call returns.
+private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)

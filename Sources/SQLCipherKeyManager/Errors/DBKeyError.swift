@@ -1,0 +1,104 @@
+/// The one error type DBKey throws.
+///
+/// Each error has a ``code`` that says what class of failure it is, and a ``message`` that says
+/// what happened and what to do about it. Match on the code with `~=`:
+///
+/// ```swift
+/// do {
+///     let db = try await manager.open()
+/// } catch DBKeyError.Code.kmsUnavailable {
+///     // retry later: nothing was changed
+/// } catch DBKeyError.Code.wrongKey {
+///     // the .key file does not belong to this database
+/// }
+/// ```
+///
+/// No key, passphrase, token or credential ever appears in an error's message or description.
+public struct DBKeyError: Error, Sendable, CustomStringConvertible {
+    /// The class of failure.
+    ///
+    /// Codes are extensible: new ones may be added in later versions, so a `switch` over them
+    /// needs a `default` case.
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        /// The stable name of the code, as printed by `dbkey` and in `--json` output.
+        public let rawValue: String
+
+        /// Creates a code from its name.
+        public init(rawValue: String) {
+            self.rawValue = rawValue
+        }
+
+        public var description: String { rawValue }
+
+        /// The key does not open the database: the `.key` file belongs to another database, or
+        /// the KMS returned a key that does not match the file's key check.
+        public static let wrongKey = Code(rawValue: "wrong-key")
+        /// The key is right but the database file is damaged.
+        public static let databaseDamaged = Code(rawValue: "database-damaged")
+        /// The database file does not exist.
+        public static let databaseNotFound = Code(rawValue: "database-not-found")
+        /// A database or `.key` file is already there; initialising would overwrite it.
+        public static let alreadyInitialized = Code(rawValue: "already-initialized")
+        /// The `.key` file does not exist.
+        public static let keyFileMissing = Code(rawValue: "key-file-missing")
+        /// The `.key` file is not valid: not JSON, a field missing or of the wrong type, too large.
+        public static let keyFileCorrupt = Code(rawValue: "key-file-corrupt")
+        /// A key file (the `.key` file or a master key file) is a symbolic link, not a regular
+        /// file, owned by someone else, or accessible to group or others.
+        public static let keyFileInsecure = Code(rawValue: "key-file-insecure")
+        /// The KMS could not be reached or failed; retrying later may succeed.
+        public static let kmsUnavailable = Code(rawValue: "kms-unavailable")
+        /// The KMS refused the credentials or the caller is not allowed to use the key.
+        public static let kmsAccessDenied = Code(rawValue: "kms-access-denied")
+        /// The KMS does not have the key-encryption key (or the configured local master key is
+        /// not the one the `.key` file was wrapped under).
+        public static let kmsKeyNotFound = Code(rawValue: "kms-key-not-found")
+        /// The key-encryption key exists but is disabled or pending deletion.
+        public static let kmsKeyDisabled = Code(rawValue: "kms-key-disabled")
+        /// The wrapped data key failed authentication: it was altered, or the encryption context
+        /// differs from the one it was wrapped with.
+        public static let ciphertextInvalid = Code(rawValue: "ciphertext-invalid")
+        /// Another connection or process is using the database.
+        public static let databaseInUse = Code(rawValue: "database-in-use")
+        /// A rotation was interrupted and could not be completed or rolled back automatically.
+        public static let rotationInterrupted = Code(rawValue: "rotation-interrupted")
+        /// The file was written in a format this version cannot read (a newer SQLCipher, a newer
+        /// `.key` format).
+        public static let unsupportedFormat = Code(rawValue: "unsupported-format")
+        /// SQLite reported an error running a statement (syntax, constraint, …).
+        public static let sqlite = Code(rawValue: "sqlite-error")
+        /// A file system call failed (disk full, permission denied, …).
+        public static let io = Code(rawValue: "io-error")
+        /// A setting is invalid: a KEK URI, an encryption context, a master key, an option.
+        public static let invalidConfiguration = Code(rawValue: "invalid-configuration")
+
+        /// Whether `error` is a ``DBKeyError`` with this code.
+        public static func ~= (code: Code, error: any Error) -> Bool {
+            (error as? DBKeyError)?.code == code
+        }
+    }
+
+    /// The class of failure.
+    public let code: Code
+    /// What happened and what to do about it. Never contains secrets.
+    public let message: String
+    /// The SQLite result code, for errors that come from SQLite.
+    public let resultCode: ResultCode?
+    /// The `errno` value, for errors that come from a system call.
+    public let errno: Int32?
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String, resultCode: ResultCode? = nil, errno: Int32? = nil) {
+        self.code = code
+        self.message = message
+        self.resultCode = resultCode
+        self.errno = errno
+    }
+
+    /// Whether the same call may succeed if tried again later.
+    public var isRetryable: Bool {
+        code == .kmsUnavailable || code == .databaseInUse
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

@@ -1,0 +1,197 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reading and writing files that hold key material: `.key` files and master key files.
+///
+/// Reads refuse what ssh refuses for a private key — a symbolic link, anything but a regular
+/// file, a file owned by another user, a file group or others can access, and (because another
+/// name could change it behind our back) a file with more than one hard link. Writes never
+/// touch the existing file: a new file is created with mode 0600 from the start, written,
+/// `fsync`ed, renamed over the old one, and the directory `fsync`ed.
+enum ProtectedFile {
+    /// Reads the whole file into secure memory after checking it is safe to trust.
+    ///
+    /// - Parameters:
+    ///   - kind: What the file is, for messages ("key file", "master key file").
+    ///   - missingCode: The code thrown when the file does not exist.
+    /// - Throws: `missingCode`, ``DBKeyError/Code-swift.struct/keyFileInsecure``,
+    ///   ``DBKeyError/Code-swift.struct/keyFileCorrupt`` (too large), or
+    ///   ``DBKeyError/Code-swift.struct/io``. The file is never modified.
+    static func read(
+        at path: String,
+        maxSize: Int,
+        kind: String,
+        missingCode: DBKeyError.Code
+    ) throws -> SecureBuffer {
+        let descriptor: FileDescriptor
+        do {
+            // O_NONBLOCK so that a FIFO planted at the path cannot make the open hang.
+            descriptor = try FileDescriptor.open(
+                FilePath(path),
+                .readOnly,
+                options: [.noFollow, .closeOnExec, .nonBlocking]
+            )
+        } catch Errno.noSuchFileOrDirectory {
+            throw DBKeyError(missingCode, "The \(kind) \(path) does not exist.", errno: ENOENT)
+        } catch Errno.tooManySymbolicLinkLevels {
+            throw DBKeyError(
+                .keyFileInsecure,
+                "The \(kind) \(path) is a symbolic link; key files are read only directly. Replace the link with the file it points to (cp --remove-destination \"$(readlink -f \(path))\" \(path)).",
+                errno: ELOOP
+            )
+        } catch let error as Errno {
+            throw DBKeyError.io(error, "open the \(kind)", path)
+        }
+        return try descriptor.closeAfter {
+            let status: Stat
+            do {
+                status = try descriptor.stat()
+            } catch {
+                throw DBKeyError.io(error, "inspect the \(kind)", path)
+            }
+            try checkTrustworthy(status, path: path, kind: kind)
+            guard status.size <= Int64(maxSize) else {
+                throw DBKeyError(
+                    .keyFileCorrupt,
+                    "The \(kind) \(path) is \(status.size) bytes, more than the \(maxSize / 1024) KiB allowed: it is not a DBKey \(kind)."
+                )
+            }
+            return try readAll(descriptor, expectedSize: Int(status.size), path: path, kind: kind)
+        }
+    }
+
+    /// Replaces (or creates) the file at `path` with `bytes`, atomically and durably.
+    ///
+    /// A crash at any moment leaves either the old file or the new one, never a mixture, and a
+    /// file that exists after this returns survives a power loss.
+    ///
+    /// - Parameter replacing: When `false`, fails with `EEXIST` instead of replacing a file that
+    ///   is already there (two processes creating the same master key: exactly one wins).
+    /// - Throws: ``DBKeyError/Code-swift.struct/io`` (disk full, permission denied, …); the
+    ///   existing file is then untouched and no temporary file is left behind.
+    static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, replacing: Bool = true) throws {
+        let target = FilePath(path)
+        let directory = target.removingLastComponent()
+        let temporary = FilePath("\(path).tmp.\(UInt64.random(in: 0...UInt64.max))")
+        do {
+            let descriptor = try FileDescriptor.open(
+                temporary,
+                .writeOnly,
+                options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
+                permissions: [.ownerReadWrite]
+            )
+            do {
+                try descriptor.closeAfter {
+                    _ = try descriptor.writeAll(bytes)
+                    try descriptor.synchronize()
+                }
+                if replacing {
+                    try valueOrErrno { rename(temporary.string, target.string) }
+                } else {
+                    // link() fails with EEXIST instead of replacing: first writer wins.
+                    try valueOrErrno { link(temporary.string, target.string) }
+                    _ = unlink(temporary.string)
+                }
+            } catch {
+                _ = unlink(temporary.string)
+                throw error
+            }
+            try synchronizeDirectory(directory.isEmpty ? "." : directory)
+        } catch let error as Errno {
+            throw DBKeyError.io(error, "write", path)
+        }
+    }
+
+    /// Makes a directory's entries (a rename, a new file) durable.
+    static func synchronizeDirectory(_ directory: FilePath) throws {
+        let descriptor = try FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec])
+        try descriptor.closeAfter { try descriptor.synchronize() }
+    }
+
+    private static func checkTrustworthy(_ status: Stat, path: String, kind: String) throws {
+        guard status.type == .regular else {
+            throw DBKeyError(.keyFileInsecure, "The \(kind) \(path) is not a regular file.")
+        }
+        let owner = status.userID.rawValue
+        let me = geteuid()
+        guard owner == me else {
+            throw DBKeyError(
+                .keyFileInsecure,
+                "The \(kind) \(path) is owned by uid \(owner), not by this user (uid \(me)). Run as its owner, or give it to this user: chown \(me) \(path)."
+            )
+        }
+        let mode = status.permissions.rawValue & 0o777
+        guard mode & 0o077 == 0 else {
+            throw DBKeyError(
+                .keyFileInsecure,
+                "The \(kind) \(path) can be accessed by group or others (mode \(String(mode, radix: 8))). Restrict it to its owner: chmod 600 \(path)."
+            )
+        }
+        guard status.linkCount == 1 else {
+            throw DBKeyError(
+                .keyFileInsecure,
+                "The \(kind) \(path) has \(status.linkCount) hard links, so another name can change it. Give it a single link: cp -p \(path) \(path).new && mv \(path).new \(path)."
+            )
+        }
+    }
+
+    private static func readAll(_ descriptor: FileDescriptor, expectedSize: Int, path: String, kind: String) throws -> SecureBuffer {
+        var readCount = 0
+        let buffer = try SecureBuffer(count: expectedSize) { destination in
+            while readCount < destination.count {
+                let chunk: Int
+                do {
+                    chunk = try descriptor.read(into: UnsafeMutableRawBufferPointer(rebasing: destination[readCount...]))
+                } catch {
+                    throw DBKeyError.io(error, "read the \(kind)", path)
+                }
+                if chunk == 0 { break }
+                readCount += chunk
+            }
+        }
+        guard readCount == expectedSize else {
+            throw DBKeyError(.keyFileCorrupt, "The \(kind) \(path) changed size while it was read; try again.")
+        }
+        return buffer
+    }
+}
+
+/// Runs a system call that returns -1 and sets errno on failure, retrying on `EINTR`.
+@discardableResult
+func valueOrErrno<Value: FixedWidthInteger>(_ call: () -> Value) throws(Errno) -> Value {
+    while true {
+        let value = call()
+        if value != -1 { return value }
+        let error = Errno(rawValue: Glibc.errno)
+        if error != .interrupted { throw error }
+    }
+}
+
+extension FileDescriptor {
+    /// Flushes the file's data and metadata to the device (`fsync`).
+    func synchronize() throws(Errno) {
+        try valueOrErrno { fsync(rawValue) }
+    }
+}
+
+extension DBKeyError {
+    /// An error for a failed file system call, saying what was being done and to which file.
+    static func io(_ error: any Error, _ action: String, _ path: String) -> DBKeyError {
+        guard let errno = error as? Errno else {
+            return error as? DBKeyError ?? DBKeyError(.io, "Cannot \(action) \(path): \(error).")
+        }
+        let advice =
+            switch errno {
+            case .noSpace: " The disk is full: free space and try again."
+            case .permissionDenied, .notPermitted: " Check the permissions of the file and its directory."
+            case .readOnlyFileSystem: " The file system is read-only."
+            default: ""
+            }
+        return DBKeyError(.io, "Cannot \(action) \(path): \(errno).\(advice)", errno: errno.rawValue)
+    }
+}

@@ -1,0 +1,39 @@
+import Crypto
+
+/// The first 16 bytes of HMAC-SHA256(key: data key, message: `"dbkey key check v1"`).
+///
+/// Stored in the `.key` file, it tells whether a key the KMS returned is the one the file
+/// describes, without touching the database and without revealing anything usable about the
+/// key.
+public struct KeyCheck: Sendable, Hashable, CustomStringConvertible {
+    /// The 16 check bytes.
+    public let bytes: [UInt8]
+
+    static let byteCount = 16
+    private static let message = Array("dbkey key check v1".utf8)
+
+    /// Wraps stored check bytes; `nil` unless there are exactly 16.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == KeyCheck.byteCount else { return nil }
+        self.bytes = bytes
+    }
+
+    /// Computes the check value of a data key.
+    public init(for key: SecureBuffer) {
+        let mac = key.withUnsafeBytes { keyBytes in
+            HMAC<SHA256>.authenticationCode(for: KeyCheck.message, using: SymmetricKey(data: keyBytes))
+        }
+        self.bytes = Array(mac.prefix(KeyCheck.byteCount))
+    }
+
+    /// Whether `key` has this check value, compared in constant time.
+    public func matches(_ key: SecureBuffer) -> Bool {
+        let other = KeyCheck(for: key).bytes
+        return zip(bytes, other).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+
+    /// The value as stored in the `.key` file: base64.
+    public var base64: String { Base64.encode(bytes) }
+
+    public var description: String { base64 }
+}

@@ -1,0 +1,276 @@
+import Foundation
+
+extension KeyFile {
+    /// Parses and validates a `.key` file's bytes.
+    ///
+    /// Every field is checked; nothing is repaired. `source` names the file in messages.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/keyFileCorrupt`` for invalid JSON or fields,
+    ///   ``DBKeyError/Code-swift.struct/unsupportedFormat`` for a file from a newer version.
+    public init(jsonBytes: UnsafeRawBufferPointer, source: String) throws {
+        let root: JSONValue
+        do {
+            root = try JSONDecoder().decode(JSONValue.self, from: Data(jsonBytes))
+        } catch {
+            throw DBKeyError(
+                .keyFileCorrupt,
+                "The key file \(source) is not valid JSON (truncated or overwritten?). Restore it from a backup; the database cannot be opened without it."
+            )
+        }
+        guard case .object(let object) = root else {
+            throw DBKeyError(.keyFileCorrupt, "The key file \(source) holds \(root.typeName), not a JSON object.")
+        }
+        var fields = FieldReader(object, source: source, prefix: "")
+
+        let format = try fields.optionalInteger("format")
+        if let format {
+            guard format >= 1 else {
+                throw fields.invalid("format", "must be a positive integer")
+            }
+            guard format <= KeyFile.currentFormat else {
+                throw DBKeyError(
+                    .unsupportedFormat,
+                    "The key file \(source) has format \(format), written by a newer DBKey (this one reads up to \(KeyFile.currentFormat)). Upgrade DBKey."
+                )
+            }
+        }
+        self.format = format
+        self.kekId = try fields.nonEmptyString("kek_id")
+        self.kms = try fields.optionalString("kms") ?? KeyFile.inferProvider(fromKekId: kekId, source: source)
+        guard KeyFile.knownProviders.contains(kms) else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The key file \(source) names the KMS \"\(kms)\", which this DBKey does not know (it knows \(KeyFile.knownProviders.sorted().joined(separator: ", ")))."
+            )
+        }
+        self.encryptedDek = WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek"))
+        self.version = try fields.positiveInteger("version")
+        self.createdAt = try fields.date("created_at")
+        self.rotatedAt = try fields.optionalDate("rotated_at")
+        self.encryptionContext = try fields.context("encryption_context")
+        self.dekSpec = try fields.nonEmptyString("dek_spec")
+        guard dekSpec == KeyFile.dekSpecAES256 else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The key file \(source) has dek_spec \"\(dekSpec)\"; SQLCipher keys here are always \(KeyFile.dekSpecAES256)."
+            )
+        }
+        self.keyCheck = try fields.optionalKeyCheck("key_check")
+        self.rotationPeriodDays = try fields.optionalInteger("rotation_period_days")
+        if let days = rotationPeriodDays, !(1...36_500).contains(days) {
+            throw fields.invalid("rotation_period_days", "must be a number of days from 1 to 36500")
+        }
+        (self.cipher, self.unknownCipherFields) = try fields.cipher("cipher")
+        self.pending = try fields.pending("pending")
+        self.unknownFields = fields.remaining
+    }
+
+    /// The file's JSON: keys sorted, one field a line, unknown fields as they were read.
+    public func jsonData() throws -> Data {
+        var object = unknownFields
+        object["format"] = format.map { .integer(Int64($0)) }
+        object["kms"] = .string(kms)
+        object["kek_id"] = .string(kekId)
+        object["encrypted_dek"] = .string(encryptedDek.encoded)
+        object["version"] = .integer(Int64(version))
+        object["created_at"] = .string(KeyFile.timestamp(createdAt))
+        object["rotated_at"] = rotatedAt.map { .string(KeyFile.timestamp($0)) } ?? .null
+        object["encryption_context"] = .object(encryptionContext.dictionary.mapValues { .string($0) })
+        object["dek_spec"] = .string(dekSpec)
+        object["key_check"] = keyCheck.map { .string($0.base64) }
+        object["rotation_period_days"] = rotationPeriodDays.map { .integer(Int64($0)) }
+        var cipherObject = unknownCipherFields
+        cipherObject["page_size"] = .integer(Int64(cipher.pageSize))
+        cipherObject["sqlcipher"] = cipher.sqlcipherVersion.map { .string($0) }
+        cipherObject["salt"] = cipher.salt.map { .string(Base64.encode($0)) }
+        object["cipher"] = .object(cipherObject)
+        object["pending"] = pending.map { pending in
+            var fields = pending.unknownFields
+            fields["operation"] = .string(pending.operation)
+            fields["encrypted_dek"] = .string(pending.encryptedDek.encoded)
+            fields["kek_id"] = .string(pending.kekId)
+            fields["kms"] = .string(pending.kms)
+            fields["version"] = .integer(Int64(pending.version))
+            fields["key_check"] = .string(pending.keyCheck.base64)
+            fields["started_at"] = .string(KeyFile.timestamp(pending.startedAt))
+            return .object(fields)
+        } ?? .null
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var data = try encoder.encode(JSONValue.object(object))
+        data.append(UInt8(ascii: "\n"))
+        return data
+    }
+
+    /// The providers a `.key` file may name.
+    public static let knownProviders: Set<String> = ["local", "aws", "vault", "pkcs11", "mock"]
+
+    static func inferProvider(fromKekId kekId: String, source: String) throws -> String {
+        if kekId.hasPrefix("arn:aws:kms:") || kekId.hasPrefix("alias/") { return "aws" }
+        if kekId.hasPrefix("local:") { return "local" }
+        throw DBKeyError(
+            .keyFileCorrupt,
+            "The key file \(source) has no \"kms\" field and its kek_id does not say which KMS holds the key. Add \"kms\": \"aws\" (or local, vault, pkcs11)."
+        )
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        date.formatted(.iso8601)
+    }
+}
+
+/// Reads typed fields out of a JSON object, remembering which were read so that the rest can be
+/// kept as unknown fields.
+private struct FieldReader {
+    private(set) var remaining: [String: JSONValue]
+    let source: String
+    let prefix: String
+
+    init(_ object: [String: JSONValue], source: String, prefix: String) {
+        self.remaining = object
+        self.source = source
+        self.prefix = prefix
+    }
+
+    func invalid(_ name: String, _ rule: String, found value: JSONValue? = nil) -> DBKeyError {
+        let found = value.map { ", found \($0.typeName)" } ?? ""
+        return DBKeyError(
+            .keyFileCorrupt,
+            "The key file \(source) is invalid: \"\(prefix)\(name)\" \(rule)\(found). Restore the file from a backup."
+        )
+    }
+
+    /// The field's value, or `nil` when it is absent or null.
+    mutating func take(_ name: String) -> JSONValue? {
+        let value = remaining.removeValue(forKey: name)
+        return value == .null ? nil : value
+    }
+
+    mutating func required(_ name: String) throws -> JSONValue {
+        guard let value = take(name) else {
+            throw invalid(name, "is missing")
+        }
+        return value
+    }
+
+    mutating func optionalString(_ name: String) throws -> String? {
+        guard let value = take(name) else { return nil }
+        guard case .string(let string) = value, !string.isEmpty else {
+            throw invalid(name, "must be a non-empty string", found: value)
+        }
+        return string
+    }
+
+    mutating func nonEmptyString(_ name: String) throws -> String {
+        guard let string = try optionalString(name) else {
+            throw invalid(name, "is missing")
+        }
+        return string
+    }
+
+    mutating func optionalInteger(_ name: String) throws -> Int? {
+        guard let value = take(name) else { return nil }
+        guard case .integer(let integer) = value, let result = Int(exactly: integer) else {
+            throw invalid(name, "must be an integer", found: value)
+        }
+        return result
+    }
+
+    mutating func positiveInteger(_ name: String) throws -> Int {
+        let value = try required(name)
+        guard case .integer(let integer) = value, integer >= 1, let result = Int(exactly: integer) else {
+            throw invalid(name, "must be a positive integer", found: value)
+        }
+        return result
+    }
+
+    mutating func optionalDate(_ name: String) throws -> Date? {
+        guard let value = take(name) else { return nil }
+        guard case .string(let text) = value else {
+            throw invalid(name, "must be an ISO 8601 date string", found: value)
+        }
+        guard let date = (try? Date(text, strategy: .iso8601))
+            ?? (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
+        else {
+            throw invalid(name, "must be an ISO 8601 date such as 2024-01-15T10:30:00Z")
+        }
+        return date
+    }
+
+    mutating func date(_ name: String) throws -> Date {
+        guard let date = try optionalDate(name) else {
+            throw invalid(name, "is missing")
+        }
+        return date
+    }
+
+    mutating func context(_ name: String) throws -> EncryptionContext {
+        let value = try required(name)
+        guard case .object(let object) = value else {
+            throw invalid(name, "must be an object of strings", found: value)
+        }
+        var dictionary: [String: String] = [:]
+        for (key, entry) in object {
+            guard case .string(let string) = entry else {
+                throw invalid("\(name).\(key)", "must be a string", found: entry)
+            }
+            dictionary[key] = string
+        }
+        return EncryptionContext(dictionary)
+    }
+
+    mutating func base64(_ name: String, byteCount: Int) throws -> [UInt8]? {
+        guard let value = take(name) else { return nil }
+        guard case .string(let text) = value, let bytes = Base64.decode(text), bytes.count == byteCount else {
+            throw invalid(name, "must be base64 of \(byteCount) bytes", found: value)
+        }
+        return bytes
+    }
+
+    mutating func optionalKeyCheck(_ name: String) throws -> KeyCheck? {
+        try base64(name, byteCount: KeyCheck.byteCount).flatMap { KeyCheck(bytes: $0) }
+    }
+
+    mutating func object(_ name: String) throws -> FieldReader? {
+        guard let value = take(name) else { return nil }
+        guard case .object(let object) = value else {
+            throw invalid(name, "must be an object", found: value)
+        }
+        return FieldReader(object, source: source, prefix: "\(prefix)\(name).")
+    }
+
+    mutating func cipher(_ name: String) throws -> (CipherSettings, [String: JSONValue]) {
+        // Files without cipher settings were written with SQLCipher 3's defaults.
+        guard var fields = try object(name) else {
+            return (CipherSettings(pageSize: CipherSettings.sqlcipherDefaultPageSize), [:])
+        }
+        let pageSize = try fields.optionalInteger("page_size") ?? CipherSettings.sqlcipherDefaultPageSize
+        guard CipherSettings.isValidPageSize(pageSize) else {
+            throw fields.invalid("page_size", "must be a power of two from 512 to 65536")
+        }
+        let settings = CipherSettings(
+            pageSize: pageSize,
+            sqlcipherVersion: try fields.optionalString("sqlcipher"),
+            salt: try fields.base64("salt", byteCount: CipherSettings.saltByteCount)
+        )
+        return (settings, fields.remaining)
+    }
+
+    mutating func pending(_ name: String) throws -> PendingOperation? {
+        guard var fields = try object(name) else { return nil }
+        guard let keyCheck = try fields.optionalKeyCheck("key_check") else {
+            throw fields.invalid("key_check", "is missing")
+        }
+        var pending = PendingOperation(
+            operation: try fields.nonEmptyString("operation"),
+            encryptedDek: WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek")),
+            kekId: try fields.nonEmptyString("kek_id"),
+            kms: try fields.nonEmptyString("kms"),
+            version: try fields.positiveInteger("version"),
+            keyCheck: keyCheck,
+            startedAt: try fields.date("started_at")
+        )
+        pending.unknownFields = fields.remaining
+        return pending
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+
+/// The contents of a database's `.key` file: its data key wrapped under a KEK, and what is
+/// needed to use it.
+///
+/// The file sits next to the database (`app.db` → `app.db.key`), is JSON with mode 0600, and is
+/// only ever replaced atomically. Files in the older seven-field form (no `format` field) load;
+/// fields this version does not know are kept when the file is rewritten.
+public struct KeyFile: Sendable, Hashable {
+    /// The `format` this version writes.
+    public static let currentFormat = 2
+    /// The largest `.key` file DBKey reads.
+    public static let maximumSize = 64 * 1024
+    /// The only data key kind: 256-bit AES.
+    public static let dekSpecAES256 = "AES_256"
+
+    /// The schema of the file; `nil` for the older seven-field form.
+    public var format: Int?
+    /// The provider holding the KEK: `local`, `aws`, `vault`, `pkcs11`, `mock`.
+    public var kms: String
+    /// The KEK the data key is wrapped under, as the provider resolved it.
+    public var kekId: String
+    /// The wrapped data key.
+    public var encryptedDek: WrappedKey
+    /// The data key's generation: 1 at creation, one more at each rotation.
+    public var version: Int
+    /// When the database was put under management.
+    public var createdAt: Date
+    /// When the data key was last rotated, or `nil` if never.
+    public var rotatedAt: Date?
+    /// The context bound to the wrapped key.
+    public var encryptionContext: EncryptionContext
+    /// The data key kind: always `AES_256`.
+    public var dekSpec: String
+    /// A check value telling whether an unwrapped key is this file's key; `nil` in older files.
+    public var keyCheck: KeyCheck?
+    /// Days between rotations, for ``LocalDbKeyManager/needsRotation(now:)``; `nil` for never.
+    public var rotationPeriodDays: Int?
+    /// The SQLCipher settings applied on every open.
+    public var cipher: CipherSettings
+    /// A half-done key change, recorded before it touches the database; `nil` normally.
+    public var pending: PendingOperation?
+
+    /// Top-level fields this version does not know, kept as they were.
+    var unknownFields: [String: JSONValue]
+    /// Fields inside `cipher` this version does not know, kept as they were.
+    var unknownCipherFields: [String: JSONValue]
+
+    /// Creates the record for a new data key in the current format.
+    public init(
+        kms: String,
+        kekId: String,
+        encryptedDek: WrappedKey,
+        createdAt: Date,
+        encryptionContext: EncryptionContext,
+        keyCheck: KeyCheck,
+        rotationPeriodDays: Int?,
+        cipher: CipherSettings
+    ) {
+        self.format = KeyFile.currentFormat
+        self.kms = kms
+        self.kekId = kekId
+        self.encryptedDek = encryptedDek
+        self.version = 1
+        self.createdAt = createdAt
+        self.rotatedAt = nil
+        self.encryptionContext = encryptionContext
+        self.dekSpec = KeyFile.dekSpecAES256
+        self.keyCheck = keyCheck
+        self.rotationPeriodDays = rotationPeriodDays
+        self.cipher = cipher
+        self.pending = nil
+        self.unknownFields = [:]
+        self.unknownCipherFields = [:]
+    }
+
+    /// The `.key` path of a database: its full path plus `.key`.
+    public static func path(forDatabase databasePath: String) -> String {
+        databasePath + ".key"
+    }
+
+    /// The date the next rotation is due, or `nil` when no rotation period is set.
+    public var nextRotationDue: Date? {
+        rotationPeriodDays.map { (rotatedAt ?? createdAt).addingTimeInterval(TimeInterval($0) * 86_400) }
+    }
+}
+
+/// A half-done key change, written to the `.key` file before the database is touched so that
+/// an interrupted change can be finished or undone on the next open.
+public struct PendingOperation: Sendable, Hashable {
+    /// What is in progress: `rotate`.
+    public var operation: String
+    /// The new data key, wrapped.
+    public var encryptedDek: WrappedKey
+    /// The KEK the new data key is wrapped under.
+    public var kekId: String
+    /// The provider of that KEK.
+    public var kms: String
+    /// The version the new key will have.
+    public var version: Int
+    /// The new key's check value.
+    public var keyCheck: KeyCheck
+    /// When the change began.
+    public var startedAt: Date
+    /// Fields this version does not know, kept as they were.
+    var unknownFields: [String: JSONValue] = [:]
+
+    /// Creates a pending record.
+    public init(
+        operation: String,
+        encryptedDek: WrappedKey,
+        kekId: String,
+        kms: String,
+        version: Int,
+        keyCheck: KeyCheck,
+        startedAt: Date
+    ) {
+        self.operation = operation
+        self.encryptedDek = encryptedDek
+        self.kekId = kekId
+        self.kms = kms
+        self.version = version
+        self.keyCheck = keyCheck
+        self.startedAt = startedAt
+    }
+}

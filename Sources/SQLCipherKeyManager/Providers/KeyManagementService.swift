@@ -1,0 +1,105 @@
+/// A key management service that holds key-encryption keys (KEKs) and wraps data keys (DEKs)
+/// under them.
+///
+/// The KEK never leaves the service: DBKey asks it for a new data key, for the plaintext of a
+/// wrapped one, or to wrap a plaintext it already holds. Every implementation — the local
+/// master key, AWS KMS, Vault Transit, PKCS#11, ``MockKms`` — passes the same conformance suite.
+///
+/// ```swift
+/// let kms = try LocalKms.fromEnvironment(logger: logger)
+/// let dataKey = try await kms.generateDataKey(kekId: "default", context: ["purpose": "notes"])
+/// let again = try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: ["purpose": "notes"])
+/// assert(again == dataKey.plaintext)
+/// ```
+///
+/// Implementations map their failures to ``DBKeyError`` codes: ``DBKeyError/Code-swift.struct/kmsUnavailable``
+/// (retryable), ``DBKeyError/Code-swift.struct/kmsAccessDenied``,
+/// ``DBKeyError/Code-swift.struct/kmsKeyNotFound``, ``DBKeyError/Code-swift.struct/kmsKeyDisabled``,
+/// ``DBKeyError/Code-swift.struct/ciphertextInvalid``.
+public protocol KeyManagementService: Sendable {
+    /// The provider's name as recorded in the `.key` file's `kms` field: `local`, `aws`,
+    /// `vault`, `pkcs11`, `mock`.
+    var providerName: String { get }
+
+    /// Creates a new 256-bit data key and returns it both in plaintext and wrapped under the KEK.
+    ///
+    /// - Parameters:
+    ///   - kekId: The KEK as the user named it (an alias, `default`); the result carries the id
+    ///     the service resolved it to.
+    ///   - context: Bound to the wrapped key: unwrapping needs the same context.
+    /// - Throws: ``DBKeyError`` with a KMS code.
+    func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey
+
+    /// Unwraps a data key.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/ciphertextInvalid`` when the wrapped key was
+    ///   altered or the context differs; other KMS codes otherwise.
+    func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer
+
+    /// Wraps a plaintext data key under a KEK (used to move a key to another KEK).
+    ///
+    /// - Throws: ``DBKeyError`` with a KMS code.
+    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey
+
+    /// Checks that the KEK is usable and measures how long the service takes to answer.
+    ///
+    /// - Throws: ``DBKeyError`` with a KMS code when the service or the key is not usable.
+    func health(kekId: String) async throws -> KmsHealth
+}
+
+/// A data key in plaintext and wrapped, as returned by
+/// ``KeyManagementService/generateDataKey(kekId:context:)``.
+public struct DataKey: Sendable {
+    /// The 32 key bytes.
+    public let plaintext: SecureBuffer
+    /// The key wrapped under the KEK, as stored in the `.key` file.
+    public let wrapped: WrappedKey
+    /// The KEK's id as the service resolved it (an alias becomes a key ARN, `default` becomes
+    /// the local master key's fingerprint).
+    public let kekId: String
+
+    /// Creates a data key.
+    public init(plaintext: SecureBuffer, wrapped: WrappedKey, kekId: String) {
+        self.plaintext = plaintext
+        self.wrapped = wrapped
+        self.kekId = kekId
+    }
+}
+
+/// A data key wrapped under a KEK, in the text form the `.key` file stores as `encrypted_dek`.
+///
+/// The text is the provider's own: base64 for the local provider and AWS KMS, `vault:v1:…` for
+/// Vault Transit. It is not secret.
+public struct WrappedKey: Sendable, Hashable, CustomStringConvertible {
+    /// The wrapped key as stored in the `.key` file.
+    public let encoded: String
+
+    /// Wraps the stored text.
+    public init(encoded: String) {
+        self.encoded = encoded
+    }
+
+    /// The bytes of a base64-encoded wrapped key, or `nil` when the text is not base64.
+    public var base64DecodedBytes: [UInt8]? {
+        Base64.decode(encoded)
+    }
+
+    public var description: String { "WrappedKey(\(encoded.utf8.count) characters)" }
+}
+
+/// What ``KeyManagementService/health(kekId:)`` found.
+public struct KmsHealth: Sendable, Hashable {
+    /// The KEK's resolved id.
+    public let kekId: String
+    /// The key's state as the service reports it (`Enabled`, `available`, …).
+    public let keyState: String
+    /// How long the service took to answer.
+    public let latency: Duration
+
+    /// Creates a health report.
+    public init(kekId: String, keyState: String, latency: Duration) {
+        self.kekId = kekId
+        self.keyState = keyState
+        self.latency = latency
+    }
+}

@@ -1,0 +1,186 @@
+import Crypto
+import Foundation
+import Logging
+import SystemPackage
+
+/// The embedded key management service: data keys wrapped under a 32-byte master key kept on
+/// this machine.
+///
+/// The master key comes from, in order:
+/// 1. `DBKEY_MASTER_KEY`: base64 of 32 bytes;
+/// 2. the file named by `DBKEY_MASTER_KEY_FILE` (base64, owner-only permissions);
+/// 3. `~/.config/dbkey/master.key`, created with mode 0600 on first use.
+///
+/// The KEK id is `local:` followed by the first 8 bytes of SHA-256(master key) in hex, so a
+/// `.key` file names the master key it needs without revealing it. Wrapped keys use a public
+/// format: base64( `0x01` ‖ nonce(12) ‖ AES-256-GCM ciphertext(32) ‖ tag(16) ), with additional
+/// data `"dbkey-local-v1"` ‖ `0x00` ‖ ``EncryptionContext/canonicalEncoding``.
+///
+/// ```swift
+/// let kms = try LocalKms.fromEnvironment(logger: logger)
+/// let manager = LocalDbKeyManager(databasePath: "app.db", kms: kms, logger: logger)
+/// ```
+///
+/// Losing the master key loses every database wrapped under it: back it up.
+public struct LocalKms: KeyManagementService {
+    /// `local`.
+    public let providerName = "local"
+    /// `local:` and the master key's fingerprint.
+    public let kekId: String
+
+    /// The KEK name that means "the configured master key", as in `local://default`.
+    public static let defaultKekName = "default"
+    /// The environment variable holding the base64 master key.
+    public static let masterKeyVariable = "DBKEY_MASTER_KEY"
+    /// The environment variable naming a file that holds the base64 master key.
+    public static let masterKeyFileVariable = "DBKEY_MASTER_KEY_FILE"
+
+    private let masterKey: SecureBuffer
+    private static let wrapping = AESGCMKeyWrap(label: "dbkey-local-v1")
+
+    /// Creates the provider from a 32-byte master key.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when the key is not 32 bytes.
+    public init(masterKey: SecureBuffer) throws {
+        guard masterKey.count == 32 else {
+            throw DBKeyError(.invalidConfiguration, "A local master key must be 32 bytes; this one has \(masterKey.count).")
+        }
+        self.masterKey = masterKey
+        self.kekId = LocalKms.kekId(for: masterKey)
+    }
+
+    /// The KEK id of a master key: `local:` + hex of the first 8 bytes of its SHA-256.
+    public static func kekId(for masterKey: SecureBuffer) -> String {
+        let digest = masterKey.withUnsafeBytes { SHA256.hash(data: $0) }
+        return "local:" + digest.prefix(8).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Loads the master key from the environment, or from (or into) the default file.
+    ///
+    /// - Parameters:
+    ///   - environment: The variables to read; the process's environment by default.
+    ///   - logger: Receives a warning, with the file's path, when a new master key is created.
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a master key that is
+    ///   not base64 of 32 bytes, ``DBKeyError/Code-swift.struct/keyFileInsecure`` for a file
+    ///   others can read, ``DBKeyError/Code-swift.struct/keyFileMissing`` when
+    ///   `DBKEY_MASTER_KEY_FILE` names no file.
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger
+    ) throws -> LocalKms {
+        if let inline = environment[masterKeyVariable] {
+            var inline = inline
+            let text = inline.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
+            return try LocalKms(masterKey: decodeMasterKey(text, source: "$\(masterKeyVariable)"))
+        }
+        if let path = environment[masterKeyFileVariable] {
+            return try LocalKms(masterKey: readMasterKeyFile(at: path))
+        }
+        guard let home = environment["HOME"], !home.isEmpty else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "No master key: set \(masterKeyFileVariable) to a key file, or HOME so that ~/.config/dbkey/master.key can be used."
+            )
+        }
+        let path = home + "/.config/dbkey/master.key"
+        do {
+            return try LocalKms(masterKey: readMasterKeyFile(at: path))
+        } catch DBKeyError.Code.keyFileMissing {
+            return try LocalKms(masterKey: createMasterKeyFile(at: path, logger: logger))
+        }
+    }
+
+    public func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
+        try checkKek(kekId)
+        let key = try SecureBuffer.random(count: RawKeyText.keyByteCount)
+        let wrapped = try LocalKms.wrapping.wrap(key, under: masterKey, context: context)
+        return DataKey(plaintext: key, wrapped: wrapped, kekId: self.kekId)
+    }
+
+    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+        try checkKek(kekId)
+        return try LocalKms.wrapping.unwrap(wrapped, under: masterKey, context: context)
+    }
+
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+        try checkKek(kekId)
+        return try LocalKms.wrapping.wrap(key, under: masterKey, context: context)
+    }
+
+    public func health(kekId: String) async throws -> KmsHealth {
+        let clock = ContinuousClock()
+        let start = clock.now
+        try checkKek(kekId)
+        // A real round trip through the wrap format proves the key and the crypto work.
+        let probe = try SecureBuffer.random(count: RawKeyText.keyByteCount)
+        let wrapped = try LocalKms.wrapping.wrap(probe, under: masterKey, context: .empty)
+        guard try LocalKms.wrapping.unwrap(wrapped, under: masterKey, context: .empty) == probe else {
+            throw DBKeyError(.kmsUnavailable, "The local master key failed a wrap and unwrap round trip.")
+        }
+        return KmsHealth(kekId: self.kekId, keyState: "available", latency: clock.now - start)
+    }
+
+    private func checkKek(_ requested: String) throws {
+        guard requested == kekId || requested == LocalKms.defaultKekName else {
+            throw DBKeyError(
+                .kmsKeyNotFound,
+                "The data key is wrapped under the local master key \(requested), but the configured master key is \(kekId). Point \(LocalKms.masterKeyFileVariable) (or \(LocalKms.masterKeyVariable)) at the master key this database was created with."
+            )
+        }
+    }
+
+    private static func readMasterKeyFile(at path: String) throws -> SecureBuffer {
+        let contents = try ProtectedFile.read(at: path, maxSize: 1024, kind: "master key file", missingCode: .keyFileMissing)
+        return try decodeMasterKey(contents, source: path)
+    }
+
+    private static func decodeMasterKey(_ text: SecureBuffer, source: String) throws -> SecureBuffer {
+        let key = text.withUnsafeBytes { bytes -> SecureBuffer? in
+            // A trailing newline (echo, editors) is fine; nothing else around the base64 is.
+            var end = bytes.count
+            while end > 0, [UInt8(ascii: "\n"), UInt8(ascii: "\r")].contains(bytes[end - 1]) {
+                end -= 1
+            }
+            return SecureBuffer.decodingBase64(UnsafeRawBufferPointer(rebasing: bytes[..<end]))
+        }
+        guard let key, key.count == 32 else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The master key in \(source) is not base64 of 32 bytes. Generate one with: head -c 32 /dev/urandom | base64"
+            )
+        }
+        return key
+    }
+
+    private static func createMasterKeyFile(at path: String, logger: Logger) throws -> SecureBuffer {
+        let directory = FilePath(path).removingLastComponent()
+        try createDirectories(directory)
+        let key = try SecureBuffer.random(count: 32)
+        let text = key.base64Encoded()
+        let line = SecureBuffer(count: text.count + 1) { line in
+            text.withUnsafeBytes { line.copyMemory(from: $0) }
+            line[text.count] = UInt8(ascii: "\n")
+        }
+        do {
+            try line.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path, replacing: false) }
+        } catch let error as DBKeyError where error.errno == EEXIST {
+            // Another process created it first: use theirs.
+            return try readMasterKeyFile(at: path)
+        }
+        logger.warning(
+            "Created a new local master key. Back it up: losing it loses every database whose key it wraps.",
+            metadata: ["event": "master-key.created", "path": "\(path)", "kek_id": "\(kekId(for: key))"]
+        )
+        return key
+    }
+
+    private static func createDirectories(_ directory: FilePath) throws {
+        var current = FilePath(root: directory.root)
+        for component in directory.components {
+            current.append(component)
+            if mkdir(current.string, 0o700) != 0, errno != EEXIST {
+                throw DBKeyError.io(Errno(rawValue: errno), "create the directory", current.string)
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension SecureBuffer {
+    /// Moves secret bytes that a library returned in `Data` into a new buffer and wipes the
+    /// `Data`'s storage.
+    ///
+    /// Some APIs (AES-GCM's `open`, JSON decoders) can only hand plaintext back as `Data`; this
+    /// keeps the time it spends in ordinary memory as short as possible.
+    static func takingAndWiping(_ data: inout Data) -> SecureBuffer {
+        let buffer = data.withUnsafeBytes { SecureBuffer(copying: $0) }
+        data.withUnsafeMutableBytes { bytes in
+            if let base = bytes.baseAddress {
+                explicit_bzero(base, bytes.count)
+            }
+        }
+        data = Data()
+        return buffer
+    }
+}

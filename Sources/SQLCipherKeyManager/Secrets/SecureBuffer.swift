@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Fixed-size memory for key material that is locked in RAM, kept out of core dumps and wiped
+/// when released.
+///
+/// Every data key, master key and key text DBKey handles lives in a `SecureBuffer`. Its pages are
+/// allocated on their own, `mlock`ed so they are never written to swap and marked
+/// `MADV_DONTDUMP` so they never appear in a core file; `deinit` overwrites the whole allocation
+/// with `explicit_bzero`, which the compiler may not optimise away. The bytes are reachable only
+/// inside ``withUnsafeBytes(_:)``, the description never shows them, and `==` compares in
+/// constant time.
+///
+/// ```swift
+/// let key = try SecureBuffer.random(count: 32)
+/// let fingerprint = key.withUnsafeBytes { SHA256.hash(data: $0) }
+/// ```
+///
+/// A buffer's bytes never change after it is initialised, which is why it can be shared between
+/// tasks.
+public final class SecureBuffer: @unchecked Sendable {
+    /// The number of bytes held.
+    public let count: Int
+
+    /// Whether `mlock` succeeded, so that the pages cannot be swapped out.
+    ///
+    /// `mlock` can fail when the process's `RLIMIT_MEMLOCK` is exhausted; the buffer is still
+    /// usable and still wiped on release, but its pages could reach swap.
+    public let isMemoryLocked: Bool
+
+    /// Whether `madvise(MADV_DONTDUMP)` succeeded, so that the pages are left out of core files.
+    public let isExcludedFromCoreDumps: Bool
+
+    private let base: UnsafeMutableRawPointer
+    private let allocatedByteCount: Int
+
+    /// Creates a buffer of `count` bytes and lets `initializer` write all of them.
+    ///
+    /// The closure receives the whole buffer, zero-filled; whatever it does not write stays zero.
+    /// If it throws, the memory is wiped and released before the error propagates.
+    ///
+    /// - Throws: Whatever `initializer` throws.
+    public init(
+        count: Int,
+        initializingWith initializer: (UnsafeMutableRawBufferPointer) throws -> Void
+    ) rethrows {
+        precondition(count >= 0, "SecureBuffer needs a non-negative size")
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        // Whole pages of our own, so that mlock and madvise cover exactly this buffer and no
+        // other allocation shares (or later inherits) its pages.
+        let allocatedByteCount = max(pageSize, (count + pageSize - 1) / pageSize * pageSize)
+        let base = UnsafeMutableRawPointer.allocate(byteCount: allocatedByteCount, alignment: pageSize)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: allocatedByteCount)
+        self.base = base
+        self.allocatedByteCount = allocatedByteCount
+        self.count = count
+        self.isMemoryLocked = mlock(base, allocatedByteCount) == 0
+        #if os(Linux)
+        self.isExcludedFromCoreDumps = madvise(base, allocatedByteCount, MADV_DONTDUMP) == 0
+        #else
+        self.isExcludedFromCoreDumps = false
+        #endif
+        try initializer(UnsafeMutableRawBufferPointer(start: base, count: count))
+    }
+
+    /// Creates a buffer holding a copy of `bytes`.
+    ///
+    /// Use it to take key material out of a buffer that you then wipe yourself.
+    public convenience init(copying bytes: UnsafeRawBufferPointer) {
+        self.init(count: bytes.count) { destination in
+            destination.copyMemory(from: bytes)
+        }
+    }
+
+    /// Creates a buffer of `count` bytes from the operating system's random generator.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/io`` if the kernel refuses to give entropy.
+    public static func random(count: Int) throws -> SecureBuffer {
+        try SecureBuffer(count: count) { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                // getentropy hands out at most 256 bytes per call.
+                let chunk = min(256, buffer.count - offset)
+                guard getentropy(buffer.baseAddress! + offset, chunk) == 0 else {
+                    throw DBKeyError(.io, "The operating system refused to provide random bytes (getentropy).")
+                }
+                offset += chunk
+            }
+        }
+    }
+
+    deinit {
+        explicit_bzero(base, allocatedByteCount)
+        if isMemoryLocked {
+            munlock(base, allocatedByteCount)
+        }
+        #if os(Linux)
+        if isExcludedFromCoreDumps {
+            madvise(base, allocatedByteCount, MADV_DODUMP)
+        }
+        #endif
+        base.deallocate()
+    }
+
+    /// Calls `body` with the secret bytes.
+    ///
+    /// The pointer is valid only during the call; do not copy the bytes into a `String`, `Data`
+    /// or `Array`.
+    public func withUnsafeBytes<Result, Failure: Error>(
+        _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+}
+
+extension SecureBuffer: Equatable {
+    /// Compares two buffers in time that depends only on their length, never on their contents.
+    public static func == (lhs: SecureBuffer, rhs: SecureBuffer) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        return lhs.withUnsafeBytes { left in
+            rhs.withUnsafeBytes { right in
+                var difference: UInt8 = 0
+                for index in 0..<left.count {
+                    difference |= left[index] ^ right[index]
+                }
+                return difference == 0
+            }
+        }
+    }
+}
+
+extension SecureBuffer: CustomStringConvertible, CustomDebugStringConvertible {
+    /// A description that gives the size and never the bytes.
+    public var description: String { "SecureBuffer(\(count) bytes, redacted)" }
+
+    /// The same as ``description``: the bytes are never shown.
+    public var debugDescription: String { description }
+}
