@@ -59,14 +59,10 @@ let package = Package(
                 "SQLCipherKeyManager",
                 "SQLCipherKeyManagerTesting",
                 "CSQLCipher",
+                "dbkey",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: upcomingFeatures
-        ),
-        .testTarget(
-            name: "dbkeyTests",
-            dependencies: ["dbkey"],
             swiftSettings: upcomingFeatures
         ),
     ]

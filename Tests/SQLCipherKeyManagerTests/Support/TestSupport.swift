@@ -1,0 +1,176 @@
+import Foundation
+import Logging
+import SQLCipherKeyManager
+import Synchronization
+import Testing
+
+/// The repository's root, found from this file's path.
+let repositoryRoot = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// Whether the tests run in CI, where a missing tool fails a test instead of skipping it.
+let isCI = ProcessInfo.processInfo.environment["CI"] != nil
+
+/// A directory of its own for one test, removed when released.
+final class TemporaryDirectory {
+    let path: String
+
+    init() throws {
+        let template = NSTemporaryDirectory() + "dbkey-test-XXXXXX"
+        var bytes = Array(template.utf8CString)
+        guard let created = mkdtemp(&bytes) else {
+            throw DBKeyError(.io, "mkdtemp failed")
+        }
+        path = String(cString: created)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    func file(_ name: String) -> String { path + "/" + name }
+}
+
+/// A trace-level logger that records every line, and the lines it recorded.
+final class LogCapture: Sendable {
+    private let storage = Mutex<[String]>([])
+
+    var logger: Logger {
+        var logger = Logger(label: "test") { _ in Handler(capture: self) }
+        logger.logLevel = .trace
+        return logger
+    }
+
+    var lines: [String] { storage.withLock { $0 } }
+
+    private struct Handler: LogHandler {
+        let capture: LogCapture
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let all = metadata.merging(event.metadata ?? [:]) { $1 }
+            capture.storage.withLock { $0.append("\(event.level) \(event.message) \(all)") }
+        }
+    }
+}
+
+/// A logger that discards everything.
+let silentLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+/// The result of running a program.
+struct ProcessResult {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+}
+
+/// Runs a program to completion with `input` on its standard input.
+func run(_ executable: String, _ arguments: [String], input: String = "", environment: [String: String]? = nil) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment {
+        process.environment = environment
+    }
+    // stderr goes to a file so that a child writing a lot to both streams cannot block on a pipe.
+    let scratch = try TemporaryDirectory()
+    let errorPath = scratch.file("stderr")
+    _ = FileManager.default.createFile(atPath: errorPath, contents: nil)
+    let errorHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
+    let stdin = Pipe()
+    let stdout = Pipe()
+    process.standardInput = stdin
+    process.standardOutput = stdout
+    process.standardError = errorHandle
+    try process.run()
+    stdin.fileHandleForWriting.write(Data(input.utf8))
+    try stdin.fileHandleForWriting.close()
+    let outputData = stdout.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    try errorHandle.close()
+    return ProcessResult(
+        status: process.terminationStatus,
+        stdout: String(decoding: outputData, as: UTF8.self),
+        stderr: String(decoding: try contents(errorPath), as: UTF8.self)
+    )
+}
+
+/// The full path of a program on `PATH`. Fails the test (never skips) when it is missing.
+func requireTool(_ name: String, installedBy package: String) throws -> String {
+    for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let candidate = "\(directory)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: candidate) {
+            return candidate
+        }
+    }
+    Issue.record("\(name) is not installed: run Scripts/setup (it installs \(package)).")
+    throw DBKeyError(.invalidConfiguration, "\(name) missing")
+}
+
+/// Lowercase hex of a secure buffer's bytes. Tests only: it copies key material into a String.
+func hex(_ buffer: SecureBuffer) -> String {
+    buffer.withUnsafeBytes { $0.map { String(format: "%02x", $0) }.joined() }
+}
+
+/// A buffer from hex. Tests only.
+func secureBuffer(hex: String) -> SecureBuffer {
+    let bytes = stride(from: 0, to: hex.count, by: 2).map { offset -> UInt8 in
+        let start = hex.index(hex.startIndex, offsetBy: offset)
+        return UInt8(hex[start..<hex.index(start, offsetBy: 2)], radix: 16)!
+    }
+    return bytes.withUnsafeBytes { SecureBuffer(copying: $0) }
+}
+
+/// A fixed master key for tests, base64.
+let testMasterKeyBase64 = Data((0..<32).map { UInt8($0) }).base64EncodedString()
+
+/// A local provider over a fixed or given master key.
+func localKms(masterKeyBase64: String = testMasterKeyBase64) throws -> LocalKms {
+    try LocalKms.fromEnvironment([LocalKms.masterKeyVariable: masterKeyBase64], logger: silentLogger)
+}
+
+/// The file's bytes, to show a failed operation left it untouched.
+func contents(_ path: String) throws -> Data {
+    try Data(contentsOf: URL(fileURLWithPath: path))
+}
+
+/// Runs the Python reference implementation of the local wrap format.
+func pythonLocalKms(_ request: [String: Any]) throws -> [String: String] {
+    let python = try requireTool("python3", installedBy: "python3")
+    let input = String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)
+    let result = try run(python, [repositoryRoot.path + "/Scripts/interop/local_kms.py"], input: input)
+    #expect(result.status == 0, "local_kms.py failed: \(result.stderr)")
+    let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8))
+    return try #require(object as? [String: String])
+}
+
+/// Runs `body` and checks it throws a ``DBKeyError`` with `code` whose message contains every
+/// fragment. Returns the error for further checks.
+@discardableResult
+func expectError(
+    _ code: DBKeyError.Code,
+    containing fragments: [String] = [],
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () async throws -> Void
+) async -> DBKeyError? {
+    do {
+        try await body()
+        Issue.record("Expected a \(code) error; nothing was thrown.", sourceLocation: sourceLocation)
+        return nil
+    } catch let error as DBKeyError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+        for fragment in fragments {
+            #expect(error.message.contains(fragment), "\"\(fragment)\" not in: \(error.message)", sourceLocation: sourceLocation)
+        }
+        return error
+    } catch {
+        Issue.record("Expected a DBKeyError \(code); got \(error).", sourceLocation: sourceLocation)
+        return nil
+    }
+}
