@@ -88,8 +88,17 @@ public final class Statement {
                 code = sqlite3_bind_int64(handle, index, integer)
             case .real(let real):
                 code = sqlite3_bind_double(handle, index, real)
-            case .text(let text):
-                code = sqlite3_bind_text(handle, index, text, -1, sqliteTransient)
+            case .text(var text):
+                // The exact UTF-8 length, not -1: text may contain NUL characters.
+                code = text.withUTF8 { utf8 in
+                    // An empty buffer may have no address, which SQLite would bind as NULL.
+                    guard let base = utf8.baseAddress else {
+                        return sqlite3_bind_text(handle, index, "", 0, sqliteTransient)
+                    }
+                    return base.withMemoryRebound(to: CChar.self, capacity: utf8.count) {
+                        sqlite3_bind_text(handle, index, $0, Int32(utf8.count), sqliteTransient)
+                    }
+                }
             case .blob(let bytes):
                 code = bytes.withUnsafeBytes { buffer in
                     // A zero-length blob must still be a blob, not NULL: zeroblob(0) says so.

@@ -1,0 +1,167 @@
+import CSQLCipher
+import Foundation
+import Testing
+
+@testable import SQLCipherKeyManager
+
+@Suite("SQLCipher connection")
+struct DatabaseConnectionTests {
+    func openNew(_ directory: TemporaryDirectory, key: SecureBuffer? = nil, pageSize: Int = 4096) throws -> (DatabaseConnection, SecureBuffer) {
+        let key = try key ?? SecureBuffer.random(count: 32)
+        let connection = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: pageSize, create: true)
+        return (connection, key)
+    }
+
+    @Test("the linked library is SQLCipher 3.4.1 on SQLite 3.15.2, as the design measured")
+    func linkedVersions() throws {
+        let directory = try TemporaryDirectory()
+        let (connection, _) = try openNew(directory)
+        #expect(try connection.cipherVersion() == "3.4.1")
+        #expect(String(cString: sqlite3_libversion()) == "3.15.2")
+    }
+
+    @Test("libsqlite3 is never loaded into the process")
+    func noPlainSQLite() throws {
+        let handle = try #require(FileHandle(forReadingAtPath: "/proc/self/maps"))
+        let maps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        #expect(maps.contains("libsqlcipher"))
+        #expect(!maps.contains("libsqlite3"))
+    }
+
+    @Test("the raw key text is exactly x' + 64 lowercase hex digits + '")
+    func rawKeyText() async throws {
+        let key = secureBuffer(hex: "00ff10a9" + String(repeating: "5b", count: 28))
+        let text = try RawKeyText.make(for: key)
+        #expect(text.count == 67)
+        #expect(RawKeyText.isWellFormed(text))
+        #expect(text.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } == "x'00ff10a9" + String(repeating: "5b", count: 28) + "'")
+        for wrongSize in [31, 33, 0] {
+            await expectError(.invalidConfiguration, containing: ["32 bytes"]) {
+                _ = try RawKeyText.make(for: SecureBuffer.random(count: wrongSize))
+            }
+        }
+    }
+
+    @Test("every storage class binds and reads back unchanged")
+    func bindingRoundTrip() throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE v(i, r, t, b, n)")
+        let values: [DatabaseValue] = [.integer(Int64.min), .real(-0.125), .text("žluťoučký 🐎\u{0}end"), .blob([0, 1, 255]), .null]
+        try db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?)", arguments: values)
+        try db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?)", arguments: [9_007_199_254_740_993, 1e308, "", .blob([]), nil])
+        let rows = try db.fetchAll("SELECT i, r, t, b, n, typeof(b) FROM v ORDER BY rowid")
+        #expect(rows.count == 2)
+        #expect(Array(rows[0].values.prefix(5)) == values)
+        #expect(rows[1][0] == .integer(9_007_199_254_740_993))
+        #expect(rows[1][1] == .real(1e308))
+        #expect(rows[1][2] == .text(""))
+        #expect(rows[1][5] == .text("blob"), "an empty blob stays a blob, not NULL")
+        #expect(rows[0]["t"] == .text("žluťoučký 🐎\u{0}end"))
+    }
+
+    @Test("arguments are consumed across the statements of a script, and a mismatch is an error")
+    func argumentsAcrossStatements() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a, b); INSERT INTO t VALUES (?, ?); INSERT INTO t VALUES (?, 0)", arguments: [1, 2, 3])
+        #expect(try db.fetchAll("SELECT a, b FROM t ORDER BY a").map(\.values) == [[1, 2], [3, 0]])
+        await expectError(.sqlite, containing: ["Not enough arguments"]) {
+            try db.execute("INSERT INTO t VALUES (?, ?)", arguments: [1])
+        }
+        await expectError(.sqlite, containing: ["Too many arguments"]) {
+            try db.execute("INSERT INTO t VALUES (?, ?)", arguments: [1, 2, 3])
+        }
+    }
+
+    @Test("a prepared statement runs again with new arguments")
+    func preparedStatement() throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a INTEGER)")
+        let insert = try db.prepare("INSERT INTO t VALUES (?)")
+        #expect(insert.parameterCount == 1)
+        try db.inTransaction {
+            for value in 0..<100 {
+                try insert.execute(arguments: [.integer(Int64(value))])
+            }
+        }
+        let select = try db.prepare("SELECT count(*), sum(a) FROM t WHERE a >= ?")
+        #expect(try select.fetchAll(arguments: [50]).first?.values == [50, 3725])
+        #expect(try select.fetchAll(arguments: [0]).first?.values == [100, 4950])
+    }
+
+    @Test("a transaction commits on return and rolls back on a thrown error")
+    func transactions() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a UNIQUE)")
+        try db.inTransaction(.immediate) { try db.execute("INSERT INTO t VALUES (1)") }
+        await expectError(.sqlite) {
+            try db.inTransaction {
+                try db.execute("INSERT INTO t VALUES (2)")
+                try db.execute("INSERT INTO t VALUES (1)")  // violates UNIQUE
+            }
+        }
+        #expect(db.isAutocommit)
+        #expect(try db.fetchAll("SELECT a FROM t").map(\.values) == [[1]])
+    }
+
+    @Test("SQLite errors are mapped with their result codes, and argument values stay out of messages")
+    func errorMapping() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a NOT NULL UNIQUE)")
+        let syntax = await expectError(.sqlite, containing: ["syntax error"]) { try db.execute("SELEC 1") }
+        #expect(syntax?.resultCode == .SQLITE_ERROR)
+        try db.execute("INSERT INTO t VALUES (?)", arguments: ["secret-value-1"])
+        let constraint = await expectError(.sqlite) { try db.execute("INSERT INTO t VALUES (?)", arguments: ["secret-value-1"]) }
+        #expect(constraint?.resultCode.map { ResultCode.SQLITE_CONSTRAINT ~= $0 } == true)
+        #expect(constraint?.message.contains("secret-value-1") == false)
+    }
+
+    @Test("a new database is encrypted from its first byte: no SQLite header, and a wrong key fails the first read")
+    func encryptedOnDisk() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a); INSERT INTO t VALUES ('visible text')")
+        db.close()
+        let bytes = try contents(directory.file("test.db"))
+        #expect(bytes.prefix(16) != Data("SQLite format 3\0".utf8))
+        #expect(bytes.range(of: Data("visible text".utf8)) == nil)
+        await expectError(.wrongKey) {
+            _ = try DatabaseConnection.open(path: directory.file("test.db"), key: SecureBuffer.random(count: 32), pageSize: 4096, create: false)
+        }
+    }
+
+    @Test("the page size must be applied on every open: the right key with the default page size fails")
+    func pageSizeRecorded() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, key) = try openNew(directory, pageSize: 4096)
+        try db.execute("CREATE TABLE t(a)")
+        db.close()
+        #expect(try contents(directory.file("test.db")).count % 4096 == 0)
+        await expectError(.wrongKey) {
+            _ = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: 1024, create: false)
+        }
+        let reopened = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: 4096, create: false)
+        #expect(try reopened.fetchAll("SELECT count(*) FROM t").first?[0] == .integer(0))
+    }
+
+    @Test("integrity_check reports nothing on a sound database")
+    func integrity() throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a); INSERT INTO t VALUES (1)")
+        #expect(try db.integrityCheck() == [])
+    }
+
+    @Test("a closed connection refuses statements")
+    func closed() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        db.close()
+        #expect(db.isClosed)
+        await expectError(.sqlite, containing: ["closed"]) { try db.execute("SELECT 1") }
+    }
+}
