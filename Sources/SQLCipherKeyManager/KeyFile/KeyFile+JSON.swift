@@ -114,6 +114,12 @@ extension KeyFile {
         )
     }
 
+    /// The current time at the file's precision (whole seconds), so that a record in memory
+    /// equals the one read back.
+    static func now() -> Date {
+        Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
+    }
+
     static func timestamp(_ date: Date) -> String {
         date.formatted(.iso8601)
     }

@@ -123,7 +123,7 @@ public final class LocalDbKeyManager: Sendable {
                 kms: kms.providerName,
                 kekId: dataKey.kekId,
                 encryptedDek: dataKey.wrapped,
-                createdAt: Date(),
+                createdAt: KeyFile.now(),
                 encryptionContext: configuration.encryptionContext,
                 keyCheck: KeyCheck(for: dataKey.plaintext),
                 rotationPeriodDays: configuration.rotationPeriodDays,
