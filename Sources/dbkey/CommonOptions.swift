@@ -40,7 +40,9 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 enum Output {
     static func printError(_ message: String) {
-        FileHandle.standardError.write(Data("dbkey: error: \(message)\n".utf8))
+        // The throwing form: the older write(_:) traps when stderr cannot be written (a full
+        // disk under a redirect), and a failed report must not turn into a crash.
+        try? FileHandle.standardError.write(contentsOf: Data("dbkey: error: \(message)\n".utf8))
     }
 
     static func printJSON(_ value: Any) {

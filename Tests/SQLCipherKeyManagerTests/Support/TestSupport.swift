@@ -78,27 +78,33 @@ func run(_ executable: String, _ arguments: [String], input: String = "", enviro
     if let environment {
         process.environment = environment
     }
-    // stderr goes to a file so that a child writing a lot to both streams cannot block on a pipe.
-    let scratch = try TemporaryDirectory()
-    let errorPath = scratch.file("stderr")
-    _ = FileManager.default.createFile(atPath: errorPath, contents: nil)
-    let errorHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
     let stdin = Pipe()
     let stdout = Pipe()
+    let stderr = Pipe()
     process.standardInput = stdin
     process.standardOutput = stdout
-    process.standardError = errorHandle
+    process.standardError = stderr
     try process.run()
     stdin.fileHandleForWriting.write(Data(input.utf8))
     try stdin.fileHandleForWriting.close()
+    // Drain stderr on a Dispatch thread while this one drains stdout, so that a child writing a
+    // lot to both cannot block on a full pipe.
+    let errorOutput = PipeOutput()
+    let drained = DispatchGroup()
+    DispatchQueue.global().async(group: drained) { errorOutput.data = stderr.fileHandleForReading.readDataToEndOfFile() }
     let outputData = stdout.fileHandleForReading.readDataToEndOfFile()
+    drained.wait()
     process.waitUntilExit()
-    try errorHandle.close()
     return ProcessResult(
         status: process.terminationStatus,
         stdout: String(decoding: outputData, as: UTF8.self),
-        stderr: String(decoding: try contents(errorPath), as: UTF8.self)
+        stderr: String(decoding: errorOutput.data, as: UTF8.self)
     )
+}
+
+/// What one thread read from a pipe; written once before the group is left, read after.
+private final class PipeOutput: @unchecked Sendable {
+    var data = Data()
 }
 
 /// The full path of a program on `PATH`. Fails the test (never skips) when it is missing.

@@ -1,0 +1,251 @@
+import Foundation
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// `dbkey` end to end: the built binary, run as an operator would, with the master key in a
+/// file named by the environment.
+@Suite("dbkey command line")
+struct DBKeyCLITests {
+    /// The `dbkey` binary built beside this test bundle.
+    static let executable: String = {
+        let bundleDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        return bundleDirectory.appendingPathComponent("dbkey").path
+    }()
+
+    /// A scratch directory with a master key file and an environment pointing at it.
+    struct Workspace {
+        let directory: TemporaryDirectory
+        let environment: [String: String]
+        let masterKeyBase64: String
+
+        init(masterKeyBase64: String = testMasterKeyBase64) throws {
+            directory = try TemporaryDirectory()
+            self.masterKeyBase64 = masterKeyBase64
+            let keyPath = directory.file("master.key")
+            _ = FileManager.default.createFile(
+                atPath: keyPath, contents: Data((masterKeyBase64 + "\n").utf8), attributes: [.posixPermissions: 0o600])
+            environment = [
+                "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+                "HOME": directory.path,
+                LocalKms.masterKeyFileVariable: keyPath,
+            ]
+        }
+
+        var database: String { directory.file("app.db") }
+
+        @discardableResult
+        func dbkey(_ arguments: String..., environment extra: [String: String] = [:]) throws -> ProcessResult {
+            try dbkey(arguments, environment: extra)
+        }
+    }
+
+    @Test("init → sql (create, insert, select) → status → verify")
+    func happyPath() throws {
+        let workspace = try Workspace()
+        let database = workspace.database
+        let created = try workspace.dbkey("init", database, "--context", "purpose=cli-test", "--rotation-days", "30")
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(created.stdout.contains("version 1"))
+
+        let sql = try workspace.dbkey(
+            "sql", database,
+            "CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT, data BLOB); INSERT INTO note(body, data) VALUES ('tab\there', x'00ff'), (NULL, NULL); SELECT id, body, data FROM note ORDER BY id")
+        #expect(sql.status == 0, "\(sql.stderr)")
+        #expect(sql.stdout == "1\ttab\\there\tx'00ff'\n2\t\t\n")
+
+        let json = try workspace.dbkey("sql", database, "--json", "SELECT id, body FROM note WHERE id = 1")
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        #expect(rows.count == 1 && rows[0]["id"] as? Int == 1 && rows[0]["body"] as? String == "tab\there")
+
+        let status = try workspace.dbkey("status", database, "--json")
+        #expect(status.status == 0, "\(status.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        #expect(report["kms"] as? String == "local")
+        #expect((report["kek_id"] as? String)?.hasPrefix("local:") == true)
+        #expect(report["dek_version"] as? Int == 1)
+        #expect(report["rotation_period_days"] as? Int == 30)
+        #expect(report["rotation_due"] as? Bool == false)
+        #expect(report["kms_reachable"] as? Bool == true)
+        #expect(report["kms_latency_ms"] is Double)
+        #expect(report["database_opens"] as? Bool == true)
+        #expect(report["rotated_at"] is NSNull)
+
+        let text = try workspace.dbkey("status", database)
+        #expect(text.stdout.contains("opens:        yes"))
+
+        let verify = try workspace.dbkey("verify", database)
+        #expect(verify.status == 0, "\(verify.stderr)")
+        #expect(verify.stdout.contains("integrity:    ok"))
+        #expect(verify.stdout.contains("key check:    ok"))
+    }
+
+    @Test("help lists a distinct exit status for every error code")
+    func exitCodesInHelp() throws {
+        let help = try run(Self.executable, ["--help"])
+        #expect(help.status == 0)
+        let statuses = ExitStatusTable.entries
+        #expect(Set(statuses.map(\.status)).count == statuses.count, "exit statuses must be distinct")
+        for (code, status) in statuses {
+            #expect(help.stdout.contains("\(status)") && help.stdout.contains(code), "help misses \(code)")
+        }
+    }
+
+    @Test("each failure gets its own exit status and a message on stderr", arguments: CLIFailure.allCases)
+    func failures(failure: CLIFailure) throws {
+        let workspace = try Workspace()
+        let other = workspace.directory.file("other.db")
+        #expect(try workspace.dbkey("init", workspace.database).status == 0)
+        #expect(try workspace.dbkey("init", other).status == 0)
+        #expect(try workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t SELECT randomblob(500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100) SELECT x FROM c)").status == 0)
+        let keyPath = workspace.database + ".key"
+        var environment: [String: String] = [:]
+        var command = ["verify", workspace.database]
+        switch failure {
+        case .wrongMasterKey:
+            let otherKey = workspace.directory.file("other-master.key")
+            _ = FileManager.default.createFile(
+                atPath: otherKey, contents: Data(Data(repeating: 9, count: 32).base64EncodedString().utf8), attributes: [.posixPermissions: 0o600])
+            environment[LocalKms.masterKeyFileVariable] = otherKey
+        case .swappedKeyFile:
+            try FileManager.default.removeItem(atPath: keyPath)
+            try FileManager.default.copyItem(atPath: other + ".key", toPath: keyPath)
+        case .damagedFirstPage:
+            try corrupt(workspace.database, range: 200..<260)
+        case .damagedLaterPage:
+            try corrupt(workspace.database, range: (4096 * 5 + 100)..<(4096 * 5 + 160))
+        case .insecureKeyFile:
+            chmod(keyPath, 0o644)
+        case .missingKeyFile:
+            try FileManager.default.removeItem(atPath: keyPath)
+        case .corruptKeyFile:
+            try Data("{\"kek_id\": ".utf8).write(to: URL(fileURLWithPath: keyPath))
+        case .symlinkKeyFile:
+            try FileManager.default.moveItem(atPath: keyPath, toPath: keyPath + ".real")
+            try FileManager.default.createSymbolicLink(atPath: keyPath, withDestinationPath: keyPath + ".real")
+        case .alreadyInitialized:
+            command = ["init", workspace.database]
+        case .badKekURI:
+            command = ["init", workspace.directory.file("new.db"), "--kek", "kms://nothing"]
+        case .sqlError:
+            command = ["sql", workspace.database, "SELEC 1"]
+        }
+        let keyBefore = try? contents(keyPath)
+        let result = try workspace.dbkey(command, environment: environment)
+        #expect(result.status == failure.expectedStatus, "\(failure): \(result.stderr)")
+        #expect(result.stderr.contains("dbkey: error: \(failure.expectedMessageFragment)"), "\(result.stderr)")
+        #expect((try? contents(keyPath)) == keyBefore, "a failed command changed the .key file")
+        #expect(!result.stderr.contains(workspace.masterKeyBase64))
+    }
+
+    @Test("init under a file-size limit (as on a full disk) fails with an I/O error and leaves nothing behind")
+    func initOnFullDisk() throws {
+        let workspace = try Workspace()
+        let database = workspace.directory.file("full.db")
+        // ulimit -f 0 makes every write past byte 0 fail with EFBIG; SIGXFSZ is ignored so the
+        // write returns an error instead of killing the process.
+        let shell = "trap '' XFSZ; ulimit -f 0; exec \"$0\" init \"$1\""
+        let result = try run("/bin/sh", ["-c", shell, Self.executable, database], environment: workspace.environment)
+        #expect(result.status == 41, "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: database))
+        #expect(!FileManager.default.fileExists(atPath: database + ".key"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).sorted() == ["master.key"])
+    }
+
+    @Test("a new master key file is created 0600 and announced on stderr when none is configured")
+    func masterKeyCreatedLoudly() throws {
+        let workspace = try Workspace()
+        var environment = workspace.environment
+        environment.removeValue(forKey: LocalKms.masterKeyFileVariable)
+        let result = try run(Self.executable, ["init", workspace.database], environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let path = workspace.directory.path + "/.config/dbkey/master.key"
+        #expect(result.stderr.contains(path) && result.stderr.contains("Back it up"))
+        #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
+        let key = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .newlines)
+        #expect(!result.stderr.contains(key) && !result.stdout.contains(key))
+    }
+
+    @Test("at trace level, no key material appears in stdout or stderr")
+    func noSecretsAtTrace() async throws {
+        let workspace = try Workspace()
+        var outputs: [ProcessResult] = []
+        outputs.append(try run(Self.executable, ["init", workspace.database, "--log-level", "trace"], environment: workspace.environment))
+        outputs.append(try run(Self.executable, ["sql", workspace.database, "--log-level", "trace", "SELECT 1"], environment: workspace.environment))
+        outputs.append(try run(Self.executable, ["status", workspace.database, "--log-level", "trace", "--json"], environment: workspace.environment))
+        outputs.append(try run(Self.executable, ["verify", workspace.database, "--log-level", "trace"], environment: workspace.environment))
+        #expect(outputs.allSatisfy { $0.status == 0 })
+        #expect(outputs.contains { $0.stderr.contains("key.loaded") }, "trace logging should be on")
+        let kms = try localKms()
+        let keyFile = try KeyFile.read(from: workspace.database + ".key")
+        let dek = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
+        let secrets = [workspace.masterKeyBase64, hex(dek), hex(dek).uppercased(), dek.withUnsafeBytes { Data($0).base64EncodedString() }]
+        for output in outputs {
+            for secret in secrets {
+                #expect(!output.stdout.contains(secret) && !output.stderr.contains(secret))
+            }
+        }
+    }
+
+    private func corrupt(_ path: String, range: Range<Int>) throws {
+        var bytes = try contents(path)
+        for offset in range { bytes[offset] ^= 0xA5 }
+        try bytes.write(to: URL(fileURLWithPath: path))
+    }
+}
+
+extension DBKeyCLITests.Workspace {
+    @discardableResult
+    func dbkey(_ arguments: [String], environment extra: [String: String] = [:]) throws -> ProcessResult {
+        try run(DBKeyCLITests.executable, arguments, environment: environment.merging(extra) { $1 })
+    }
+}
+
+/// The failures the CLI must tell apart, with the status and message each must produce.
+enum CLIFailure: String, CaseIterable, Sendable {
+    case wrongMasterKey, swappedKeyFile, damagedFirstPage, damagedLaterPage, insecureKeyFile, missingKeyFile
+    case corruptKeyFile, symlinkKeyFile, alreadyInitialized, badKekURI, sqlError
+
+    var expectedStatus: Int32 {
+        switch self {
+        case .wrongMasterKey: 22
+        case .swappedKeyFile: 10
+        case .damagedFirstPage, .damagedLaterPage: 11
+        case .insecureKeyFile, .symlinkKeyFile: 16
+        case .missingKeyFile: 14
+        case .corruptKeyFile: 15
+        case .alreadyInitialized: 13
+        case .badKekURI: 42
+        case .sqlError: 40
+        }
+    }
+
+    var expectedMessageFragment: String {
+        switch self {
+        case .wrongMasterKey: "The data key is wrapped under the local master key"
+        case .swappedKeyFile: "Wrong key for this database"
+        case .damagedFirstPage: ""
+        case .damagedLaterPage: ""
+        case .insecureKeyFile: "The key file"
+        case .symlinkKeyFile: "The key file"
+        case .missingKeyFile: "The key file"
+        case .corruptKeyFile: "The key file"
+        case .alreadyInitialized: ""
+        case .badKekURI: "\"kms://nothing\" is not a KEK URI"
+        case .sqlError: "SQLite failed"
+        }
+    }
+}
+
+/// The exit statuses `dbkey --help` must list, written out here rather than read from the
+/// executable's table, so that a change to either shows up as a failure.
+enum ExitStatusTable {
+    static let entries: [(code: String, status: Int32)] = [
+        ("wrong-key", 10), ("database-damaged", 11), ("database-not-found", 12), ("already-initialized", 13),
+        ("key-file-missing", 14), ("key-file-corrupt", 15), ("key-file-insecure", 16), ("kms-unavailable", 20),
+        ("kms-access-denied", 21), ("kms-key-not-found", 22), ("kms-key-disabled", 23), ("ciphertext-invalid", 24),
+        ("database-in-use", 30), ("rotation-interrupted", 31), ("unsupported-format", 32), ("sqlite-error", 40),
+        ("io-error", 41), ("invalid-configuration", 42),
+    ]
+}
+
