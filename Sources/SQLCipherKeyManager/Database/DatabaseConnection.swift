@@ -31,12 +31,21 @@ public final class DatabaseConnection {
         close()
     }
 
-    /// Opens the database at `path` with a raw 256-bit key and proves the key by reading
-    /// `sqlite_master`.
+    /// How a connection is keyed when it opens.
+    enum Keying {
+        /// DBKey's form: a raw 256-bit key and the recorded page size.
+        case raw(SecureBuffer, pageSize: Int)
+        /// An older database's passphrase (run through PBKDF2 by SQLCipher) and its settings.
+        case passphrase(SecureBuffer, LegacyCipherSettings)
+        /// No key: a plaintext SQLite database.
+        case plaintext
+    }
+
+    /// Opens the database at `path`, applies `keying`, and proves it by reading `sqlite_master`.
     ///
     /// The key is applied right after `sqlite3_open_v2` and before any statement (a statement
-    /// first would leave a new file in plaintext), then `cipher_page_size` is set when it is not
-    /// SQLCipher's default and read back, because SQLCipher ignores pragmas it does not know.
+    /// first would leave a new file in plaintext), then the cipher settings, each read back
+    /// because SQLCipher ignores pragmas it does not know.
     ///
     /// - Parameter onClose: Called once when the connection closes, to release what the caller
     ///   holds for its lifetime (a lock).
@@ -45,12 +54,10 @@ public final class DatabaseConnection {
     ///   failures.
     static func open(
         path: String,
-        key: SecureBuffer,
-        pageSize: Int,
-        create: Bool,
+        keying: Keying,
+        create: Bool = false,
         onClose: (() -> Void)? = nil
     ) throws -> DatabaseConnection {
-        let keyText = try RawKeyText.make(for: key)
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX
         let openCode = sqlite3_open_v2(path, &handle, flags, nil)
@@ -67,13 +74,39 @@ public final class DatabaseConnection {
         // From here on, deinit closes the handle and runs onClose on every failure path.
         let connection = DatabaseConnection(handle: handle, path: path, onClose: onClose)
         sqlite3_extended_result_codes(handle, 1)
-        let keyCode = keyText.withUnsafeBytes { text in
-            sqlite3_key(handle, text.baseAddress, Int32(text.count))
+        switch keying {
+        case .raw(let key, let pageSize):
+            let keyText = try RawKeyText.make(for: key)
+            try connection.applyKey(keyText)
+            try connection.applyPageSize(pageSize)
+        case .passphrase(let passphrase, let settings):
+            try connection.applyKey(passphrase)
+            try connection.apply(settings)
+        case .plaintext:
+            break
         }
-        try connection.check(keyCode, "applying the key (sqlite3_key)")
-        try connection.applyPageSize(pageSize)
         try connection.proveKey()
         return connection
+    }
+
+    /// Opens the database with DBKey's raw 256-bit key and page size.
+    static func open(
+        path: String,
+        key: SecureBuffer,
+        pageSize: Int,
+        create: Bool,
+        onClose: (() -> Void)? = nil
+    ) throws -> DatabaseConnection {
+        try open(path: path, keying: .raw(key, pageSize: pageSize), create: create, onClose: onClose)
+    }
+
+    /// Applies key bytes (`sqlite3_key`): raw-key text or a passphrase.
+    private func applyKey(_ key: SecureBuffer) throws {
+        let handle = try liveHandle()
+        let code = key.withUnsafeBytes { bytes in
+            sqlite3_key(handle, bytes.baseAddress, Int32(bytes.count))
+        }
+        try check(code, "applying the key (sqlite3_key)")
     }
 
     /// Closes the connection (`sqlite3_close_v2`). Later calls do nothing.
@@ -283,14 +316,7 @@ public final class DatabaseConnection {
         guard CipherSettings.isValidPageSize(pageSize) else {
             throw DBKeyError(.keyFileCorrupt, "The cipher page size \(pageSize) is not a power of two in 512…65536.")
         }
-        try execute("PRAGMA cipher_page_size = \(pageSize)")
-        let applied = try fetchAll("PRAGMA cipher_page_size").first?[0]
-        guard applied == .integer(Int64(pageSize)) || applied == .text(String(pageSize)) else {
-            throw DBKeyError(
-                .unsupportedFormat,
-                "The linked SQLCipher did not accept cipher_page_size = \(pageSize); it needs SQLCipher 3 or later."
-            )
-        }
+        try setCipherPragma("cipher_page_size", to: String(pageSize), expecting: Int64(pageSize))
     }
 
     /// SQLCipher does not check the key in `sqlite3_key`; the first read does. A wrong key and a

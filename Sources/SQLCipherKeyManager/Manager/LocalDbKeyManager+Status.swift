@@ -25,19 +25,19 @@ extension LocalDbKeyManager {
     ///
     /// - Throws: ``DBKeyError`` with a key-file code when the `.key` file cannot be read.
     public func status(now: Date = Date()) async throws -> DatabaseKeyStatus {
+        // Open first: it finishes an interrupted key change, so the report shows the result.
+        var openError: DBKeyError?
+        do {
+            try await openReportingKeyFile().connection.close()
+        } catch let error as DBKeyError {
+            openError = error
+        }
         let keyFile = try load()
         let health: Result<KmsHealth, DBKeyError>
         do {
             health = .success(try await kms.health(kekId: keyFile.kekId))
         } catch let error as DBKeyError {
             health = .failure(error)
-        }
-        var openError: DBKeyError?
-        do {
-            let connection = try await open { keyFile }
-            connection.close()
-        } catch let error as DBKeyError {
-            openError = error
         }
         return DatabaseKeyStatus(
             databasePath: databasePath,

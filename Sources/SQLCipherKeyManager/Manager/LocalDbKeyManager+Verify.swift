@@ -17,8 +17,7 @@ extension LocalDbKeyManager {
     ///   ``DBKeyError/Code-swift.struct/databaseDamaged`` when the integrity check reports
     ///   problems (the first few are in the message).
     public func verify() async throws -> VerificationReport {
-        let keyFile = try load()
-        let connection = try await open { keyFile }
+        let (connection, keyFile) = try await openReportingKeyFile()
         defer { connection.close() }
         let problems = try connection.integrityCheck()
         guard problems.isEmpty else {

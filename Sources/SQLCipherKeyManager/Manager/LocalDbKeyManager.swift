@@ -36,18 +36,23 @@ public final class LocalDbKeyManager: Sendable {
         public var rotationPeriodDays: Int?
         /// The `cipher_page_size` of new databases.
         public var pageSize: Int
+        /// How long ``LocalDbKeyManager/open()`` waits for a running rotation or migration to
+        /// finish before failing with ``DBKeyError/Code-swift.struct/databaseInUse``.
+        public var openWait: Duration
 
         /// Creates a configuration.
         public init(
             kekId: String = LocalKms.defaultKekName,
             encryptionContext: EncryptionContext = .empty,
             rotationPeriodDays: Int? = nil,
-            pageSize: Int = CipherSettings.newDatabasePageSize
+            pageSize: Int = CipherSettings.newDatabasePageSize,
+            openWait: Duration = .seconds(5)
         ) {
             self.kekId = kekId
             self.encryptionContext = encryptionContext
             self.rotationPeriodDays = rotationPeriodDays
             self.pageSize = pageSize
+            self.openWait = openWait
         }
     }
 
@@ -60,14 +65,26 @@ public final class LocalDbKeyManager: Sendable {
     /// Settings for new keys.
     public let configuration: Configuration
     let logger: Logger
+    /// Called at each step of a key change; tests make it throw to simulate a failure there.
+    let faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
 
     /// Creates a manager for the database at `databasePath`. Nothing is read until a method
     /// needs it.
-    public init(
+    public convenience init(
         databasePath: String,
         kms: any KeyManagementService,
         configuration: Configuration = Configuration(),
         logger: Logger
+    ) {
+        self.init(databasePath: databasePath, kms: kms, configuration: configuration, logger: logger, faultInjector: nil)
+    }
+
+    init(
+        databasePath: String,
+        kms: any KeyManagementService,
+        configuration: Configuration,
+        logger: Logger,
+        faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
     ) {
         self.databasePath = databasePath
         self.keyFilePath = KeyFile.path(forDatabase: databasePath)
@@ -76,6 +93,7 @@ public final class LocalDbKeyManager: Sendable {
         var logger = logger
         logger[metadataKey: "database"] = "\(databasePath)"
         self.logger = logger
+        self.faultInjector = faultInjector
     }
 
     // MARK: - Creating
@@ -177,26 +195,21 @@ public final class LocalDbKeyManager: Sendable {
     ///   database and ``DBKeyError/Code-swift.struct/databaseDamaged`` when the key is right and
     ///   the file is damaged.
     public func open() async throws -> sending DatabaseConnection {
-        try await open { try load() }
+        try await openReportingKeyFile().connection
     }
 
-    /// Opens the database with the `.key` file `readKeyFile` returns, logging the outcome.
-    func open(_ readKeyFile: () throws -> KeyFile) async throws -> DatabaseConnection {
+    /// Opens the database under a shared lock held for the connection's lifetime, finishing or
+    /// undoing an interrupted key change first, and logs the outcome.
+    func openReportingKeyFile() async throws -> (connection: DatabaseConnection, keyFile: KeyFile) {
         do {
-            let keyFile = try readKeyFile()
-            if let pending = keyFile.pending {
-                throw DBKeyError(
-                    .rotationInterrupted,
-                    "A \(pending.operation) of \(databasePath) to key version \(pending.version) was interrupted; this version of DBKey cannot complete it."
-                )
-            }
+            let (lock, keyFile) = try await acquireSettled(wait: configuration.openWait)
             let key = try await unwrapKey(of: keyFile)
-            let connection = try openConnection(key: key, keyFile: keyFile)
+            let connection = try openConnection(key: key, keyFile: keyFile, onClose: { lock.release() })
             logger.info(
                 "Opened the database",
                 metadata: ["event": "database.opened", "kek_id": "\(keyFile.kekId)", "version": "\(keyFile.version)"]
             )
-            return connection
+            return (connection, keyFile)
         } catch let error as DBKeyError {
             logger.warning("Could not open the database", metadata: ["event": "open.failed", "code": "\(error.code)"])
             throw error
@@ -242,7 +255,7 @@ public final class LocalDbKeyManager: Sendable {
 
     /// Opens a connection with `key` and the recorded cipher settings, telling a wrong key from
     /// a damaged database when the first read fails.
-    func openConnection(key: SecureBuffer, keyFile: KeyFile) throws -> DatabaseConnection {
+    func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection {
         guard fileExists(databasePath) else {
             throw DBKeyError(
                 .databaseNotFound,
@@ -250,7 +263,13 @@ public final class LocalDbKeyManager: Sendable {
             )
         }
         do {
-            return try DatabaseConnection.open(path: databasePath, key: key, pageSize: keyFile.cipher.pageSize, create: false)
+            return try DatabaseConnection.open(
+                path: databasePath,
+                key: key,
+                pageSize: keyFile.cipher.pageSize,
+                create: false,
+                onClose: onClose
+            )
         } catch DBKeyError.Code.wrongKey {
             throw try diagnoseFailedOpen(keyFile: keyFile)
         }
@@ -287,17 +306,18 @@ public final class LocalDbKeyManager: Sendable {
         )
     }
 
-    /// The database's first 16 bytes: SQLCipher's salt (or a plaintext SQLite header).
-    func readSalt() throws -> [UInt8] {
+    /// A database file's first 16 bytes: SQLCipher's salt (or a plaintext SQLite header).
+    func readSalt(of path: String? = nil) throws -> [UInt8] {
+        let path = path ?? databasePath
         do {
-            let descriptor = try FileDescriptor.open(FilePath(databasePath), .readOnly, options: [.closeOnExec])
+            let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
             return try descriptor.closeAfter {
                 var salt = [UInt8](repeating: 0, count: CipherSettings.saltByteCount)
                 let count = try salt.withUnsafeMutableBytes { try descriptor.read(fromAbsoluteOffset: 0, into: $0) }
                 return Array(salt.prefix(count))
             }
         } catch {
-            throw DBKeyError.io(error, "read the header of", databasePath)
+            throw DBKeyError.io(error, "read the header of", path)
         }
     }
 
@@ -307,10 +327,11 @@ public final class LocalDbKeyManager: Sendable {
 
     /// Creates the database file empty with mode 0600 (SQLite gives its journals the same mode),
     /// failing if anything is already at the path.
-    private func createEmptyDatabaseFile() throws {
+    func createEmptyDatabaseFile(at path: String? = nil) throws {
+        let path = path ?? databasePath
         do {
             let descriptor = try FileDescriptor.open(
-                FilePath(databasePath),
+                FilePath(path),
                 .writeOnly,
                 options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
                 permissions: [.ownerReadWrite]
@@ -319,10 +340,10 @@ public final class LocalDbKeyManager: Sendable {
         } catch Errno.fileExists {
             throw DBKeyError(
                 .alreadyInitialized,
-                "\(databasePath) already exists. To bring an existing database under management, migrate it (dbkey migrate)."
+                "\(path) already exists. To bring an existing database under management, migrate it (dbkey migrate)."
             )
         } catch {
-            throw DBKeyError.io(error, "create", databasePath)
+            throw DBKeyError.io(error, "create", path)
         }
     }
 

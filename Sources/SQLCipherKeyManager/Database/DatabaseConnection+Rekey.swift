@@ -1,0 +1,64 @@
+internal import CSQLCipher
+
+extension DatabaseConnection {
+    /// Re-encrypts every page under a new raw key in one write transaction (`sqlite3_rekey`).
+    ///
+    /// SQLCipher returns `SQLITE_OK` even when it rekeyed nothing (another connection reading,
+    /// busy), so the caller must prove the new key with a new connection.
+    ///
+    /// - Throws: ``DBKeyError`` when SQLCipher reports a failure (a full disk, a busy database).
+    func rekey(to key: SecureBuffer) throws {
+        let keyText = try RawKeyText.make(for: key)
+        let handle = try liveHandle()
+        let code = keyText.withUnsafeBytes { text in
+            sqlite3_rekey(handle, text.baseAddress, Int32(text.count))
+        }
+        try check(code, "rekeying (sqlite3_rekey)")
+    }
+
+    /// Copies this database into a new encrypted file with `sqlcipher_export`, keyed with a raw
+    /// key and `pageSize`, carrying over `user_version`, `application_id` and WAL mode (which
+    /// `sqlcipher_export` drops).
+    ///
+    /// The key is bound as a statement parameter of `ATTACH … KEY ?`, so it never appears in
+    /// SQL text.
+    ///
+    /// - Throws: ``DBKeyError`` when attaching, exporting or detaching fails.
+    func exportEncrypted(to path: String, key: SecureBuffer, pageSize: Int) throws {
+        let handle = try liveHandle()
+        let keyText = try RawKeyText.make(for: key)
+        var statement: OpaquePointer?
+        try check(
+            sqlite3_prepare_v2(handle, "ATTACH DATABASE ? AS dbkey_export KEY ?", -1, &statement, nil),
+            "preparing ATTACH"
+        )
+        defer { sqlite3_finalize(statement) }
+        try check(sqlite3_bind_text(statement, 1, path, -1, unsafeBitCast(-1, to: sqlite3_destructor_type.self)), "binding the export path")
+        try keyText.withUnsafeBytes { text in
+            // SQLITE_STATIC: SQLite reads the key from our locked buffer and makes no copy of it.
+            try check(sqlite3_bind_blob(statement, 2, text.baseAddress, Int32(text.count), nil), "binding the export key")
+            let code = sqlite3_step(statement)
+            try check(code == SQLITE_DONE ? SQLITE_OK : code, "attaching the encrypted copy")
+        }
+        sqlite3_finalize(statement)
+        statement = nil
+        do {
+            if pageSize != CipherSettings.sqlcipherDefaultPageSize {
+                try setCipherPragma("dbkey_export.cipher_page_size", to: String(pageSize), expecting: Int64(pageSize))
+            }
+            let userVersion = try fetchAll("PRAGMA main.user_version").first?[0].integerValue ?? 0
+            let applicationID = try fetchAll("PRAGMA main.application_id").first?[0].integerValue ?? 0
+            let journalMode = try fetchAll("PRAGMA main.journal_mode").first?[0].textValue ?? "delete"
+            try execute("SELECT sqlcipher_export('dbkey_export')")
+            try execute("PRAGMA dbkey_export.user_version = \(userVersion)")
+            try execute("PRAGMA dbkey_export.application_id = \(applicationID)")
+            if journalMode.lowercased() == "wal" {
+                try execute("PRAGMA dbkey_export.journal_mode = WAL")
+            }
+        } catch {
+            try? execute("DETACH DATABASE dbkey_export")
+            throw error
+        }
+        try execute("DETACH DATABASE dbkey_export")
+    }
+}

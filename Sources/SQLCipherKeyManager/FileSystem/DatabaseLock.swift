@@ -1,0 +1,83 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An advisory lock on `<db>.key.lock` (`flock`), shared by every connection the manager opens
+/// and exclusive during a rotation, so that a rotation never rekeys pages under a live
+/// connection.
+///
+/// `flock` locks belong to the open file, so two connections in one process exclude a
+/// rotation just as two processes do. The kernel drops the lock when the process dies, so a
+/// crash never leaves the database locked.
+final class DatabaseLock {
+    enum Mode {
+        case shared, exclusive
+    }
+
+    private var descriptor: FileDescriptor?
+
+    private init(descriptor: FileDescriptor) {
+        self.descriptor = descriptor
+    }
+
+    deinit {
+        release()
+    }
+
+    /// The lock file's path for a database.
+    static func path(forDatabase databasePath: String) -> String {
+        databasePath + ".key.lock"
+    }
+
+    /// Takes the lock, trying again every 10 ms for up to `wait`.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the lock is still held by
+    ///   someone else after `wait`; ``DBKeyError/Code-swift.struct/io`` when the lock file
+    ///   cannot be opened.
+    static func acquire(_ mode: Mode, databasePath: String, wait: Duration) async throws -> DatabaseLock {
+        let path = path(forDatabase: databasePath)
+        let descriptor: FileDescriptor
+        do {
+            descriptor = try FileDescriptor.open(
+                FilePath(path),
+                .readWrite,
+                options: [.create, .noFollow, .closeOnExec],
+                permissions: [.ownerReadWrite]
+            )
+        } catch {
+            throw DBKeyError.io(error, "open the lock file", path)
+        }
+        let lock = DatabaseLock(descriptor: descriptor)
+        let operation = (mode == .shared ? LOCK_SH : LOCK_EX) | LOCK_NB
+        let deadline = ContinuousClock.now + wait
+        while true {
+            do {
+                try valueOrErrno { flock(descriptor.rawValue, operation) }
+                return lock
+            } catch Errno.wouldBlock {
+                guard ContinuousClock.now < deadline else { break }
+                try await Task.sleep(for: .milliseconds(10))
+            } catch {
+                throw DBKeyError.io(error, "lock", path)
+            }
+        }
+        let holder =
+            mode == .shared
+            ? "a key rotation or migration is running on it"
+            : "another connection or process has it open, or is rotating it"
+        throw DBKeyError(
+            .databaseInUse,
+            "\(databasePath) is in use: \(holder). Try again when it is done\(wait > .zero ? "" : ", or wait for it (dbkey rotate --wait SECONDS)")."
+        )
+    }
+
+    /// Releases the lock. Later calls do nothing.
+    func release() {
+        guard let descriptor else { return }
+        // Closing the only descriptor of the open file releases the flock.
+        try? descriptor.close()
+        self.descriptor = nil
+    }
+}
