@@ -14,6 +14,9 @@ struct DBKeyCommand: AsyncParsableCommand {
             \(ExitStatus.helpTable)
             """,
         version: "0.1.0",
-        subcommands: [InitCommand.self, StatusCommand.self, VerifyCommand.self, SQLCommand.self]
+        subcommands: [
+            InitCommand.self, StatusCommand.self, VerifyCommand.self, SQLCommand.self,
+            RotateCommand.self, RewrapCommand.self, MigrateCommand.self,
+        ]
     )
 }

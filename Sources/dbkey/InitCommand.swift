@@ -44,7 +44,7 @@ struct InitCommand: AsyncParsableCommand {
                 databasePath: database,
                 kms: try kek.makeProvider(logger: logger),
                 configuration: .init(
-                    kekId: kek.keyId,
+                    kekId: kek.providerKekId,
                     encryptionContext: try EncryptionContext(parsing: contextPairs),
                     rotationPeriodDays: rotationDays,
                     pageSize: pageSize

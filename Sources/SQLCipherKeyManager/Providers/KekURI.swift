@@ -6,7 +6,8 @@ import Logging
 ///
 /// | URI | provider | key |
 /// |---|---|---|
-/// | `local://default` | the local master key | `default` |
+/// | `local://default` | the configured local master key | `default` |
+/// | `local:///PATH` | the local master key in the file at `/PATH` (for rewrapping to a new one) | `default` |
 /// | `aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID`, `aws-kms://alias/NAME` | AWS KMS | the ARN or alias |
 /// | `vault://transit/keys/NAME` | Vault / OpenBao Transit | `NAME` under the mount |
 /// | `pkcs11:token=LABEL;object=LABEL` | a PKCS#11 token | the object label |
@@ -60,7 +61,16 @@ public struct KekURI: Sendable, Hashable, CustomStringConvertible {
         environment: [String: String] = ProcessInfo.processInfo.environment,
         logger: Logger
     ) throws -> any KeyManagementService {
-        try KekURI.makeProvider(named: provider, environment: environment, logger: logger)
+        if provider == "local", keyId.hasPrefix("/") {
+            return try LocalKms.fromEnvironment([LocalKms.masterKeyFileVariable: keyId], logger: logger)
+        }
+        return try KekURI.makeProvider(named: provider, environment: environment, logger: logger)
+    }
+
+    /// The KEK id to give the provider this URI makes: the key part, except that a local
+    /// master key named by its file is the provider's `default`.
+    public var providerKekId: String {
+        provider == "local" && keyId.hasPrefix("/") ? LocalKms.defaultKekName : keyId
     }
 
     /// Creates the provider a `.key` file names in its `kms` field, configured from the

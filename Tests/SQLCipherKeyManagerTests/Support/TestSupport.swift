@@ -12,7 +12,7 @@ let repositoryRoot = URL(fileURLWithPath: #filePath)
 let isCI = ProcessInfo.processInfo.environment["CI"] != nil
 
 /// A directory of its own for one test, removed when released.
-final class TemporaryDirectory {
+final class TemporaryDirectory: Sendable {
     let path: String
 
     init() throws {

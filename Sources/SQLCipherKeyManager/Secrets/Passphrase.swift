@@ -1,0 +1,60 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads the passphrase of an older SQLCipher database into secure memory, for migration.
+///
+/// Passphrases come from an environment variable, a file or standard input — never from a
+/// command line, which other users can read in `/proc`. One trailing newline is dropped.
+public enum Passphrase {
+    /// The largest passphrase accepted.
+    public static let maximumLength = 4096
+
+    /// A passphrase from text, such as an environment variable's value.
+    public static func fromText(_ text: String) throws -> SecureBuffer {
+        var text = text
+        let buffer = text.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
+        return try trimmed(buffer)
+    }
+
+    /// A passphrase from a file that only its owner can read (the same checks as key files).
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/keyFileInsecure`` for a file others can read,
+    ///   ``DBKeyError/Code-swift.struct/keyFileMissing`` when it does not exist.
+    public static func fromFile(_ path: String) throws -> SecureBuffer {
+        try trimmed(ProtectedFile.read(at: path, maxSize: maximumLength, kind: "passphrase file", missingCode: .keyFileMissing))
+    }
+
+    /// A passphrase from standard input, read to its end.
+    public static func fromStandardInput() throws -> SecureBuffer {
+        var length = 0
+        let buffer = try SecureBuffer(count: maximumLength + 1) { destination in
+            while length < destination.count {
+                let count = read(STDIN_FILENO, destination.baseAddress! + length, destination.count - length)
+                if count == 0 { break }
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    throw DBKeyError(.io, "Cannot read the passphrase from standard input.", errno: errno)
+                }
+                length += count
+            }
+        }
+        guard length <= maximumLength else {
+            throw DBKeyError(.invalidConfiguration, "The passphrase on standard input is longer than \(maximumLength) bytes.")
+        }
+        return try trimmed(buffer.withUnsafeBytes { SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) })
+    }
+
+    private static func trimmed(_ buffer: SecureBuffer) throws -> SecureBuffer {
+        let result = buffer.withUnsafeBytes { bytes -> SecureBuffer in
+            var end = bytes.count
+            if end > 0, bytes[end - 1] == UInt8(ascii: "\n") { end -= 1 }
+            if end > 0, bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+            return SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: bytes.prefix(end)))
+        }
+        guard result.count > 0 else {
+            throw DBKeyError(.invalidConfiguration, "The passphrase is empty.")
+        }
+        return result
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+import Logging
+import SQLCipherKeyManagerTesting
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// A failure injected at one step of a key change.
+struct InjectedFault: Sendable {
+    let step: KeyChangeStep
+
+    static let error = DBKeyError(.io, "Injected failure (test).")
+
+    var injector: @Sendable (KeyChangeStep) throws -> Void {
+        { [step] reached in
+            if reached == step { throw InjectedFault.error }
+        }
+    }
+}
+
+/// A managed database with known contents, for key-change tests.
+struct ManagedDatabase {
+    let directory: TemporaryDirectory
+    let kms: any KeyManagementService
+    let path: String
+    let rows: Int
+
+    /// Creates and fills a database: `rows` rows of 1000 characters, in WAL mode when asked.
+    init(rows: Int = 300, wal: Bool = false, kms: (any KeyManagementService)? = nil, name: String = "app.db") async throws {
+        directory = try TemporaryDirectory()
+        self.kms = try kms ?? localKms()
+        path = directory.file(name)
+        self.rows = rows
+        let manager = self.manager()
+        try await manager.initialize()
+        let db = try await manager.open()
+        if wal {
+            #expect(try db.fetchAll("PRAGMA journal_mode = WAL").first?[0] == .text("wal"))
+        }
+        try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
+        try db.inTransaction {
+            for row in 1...rows {
+                try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+            }
+        }
+        db.close()
+    }
+
+    func manager(
+        faultAt step: KeyChangeStep? = nil,
+        kms: (any KeyManagementService)? = nil,
+        logger: Logger = silentLogger
+    ) -> LocalDbKeyManager {
+        LocalDbKeyManager(
+            databasePath: path,
+            kms: kms ?? self.kms,
+            configuration: .init(openWait: .seconds(2)),
+            logger: logger,
+            faultInjector: step.map { InjectedFault(step: $0).injector }
+        )
+    }
+
+    /// Opens through the manager and checks every committed row and the integrity check.
+    func expectIntact(_ manager: LocalDbKeyManager? = nil, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let db = try await (manager ?? self.manager()).open()
+        defer { db.close() }
+        #expect(try db.integrityCheck() == [], sourceLocation: sourceLocation)
+        let summary = try db.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
+        #expect(summary == [.integer(Int64(rows)), .integer(Int64(rows * (rows + 1) / 2)), .integer(Int64(rows * 1000))], sourceLocation: sourceLocation)
+        // The .key matches: no pending record left after a successful open.
+        #expect(try KeyFile.read(from: path + ".key").pending == nil, sourceLocation: sourceLocation)
+    }
+
+    /// The current data key, unwrapped (tests only).
+    func currentKey() async throws -> SecureBuffer {
+        let keyFile = try KeyFile.read(from: path + ".key")
+        return try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
+    }
+}
+
+/// Whether the stock `sqlcipher` shell reads the database with this raw key.
+func sqlcipherShellOpens(_ path: String, key: SecureBuffer, pageSize: Int = 4096) throws -> Bool {
+    let sqlcipher = try requireTool("sqlcipher", installedBy: "the Debian package sqlcipher")
+    let script = "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = \(pageSize);\nSELECT count(*) FROM sqlite_master;\n"
+    let result = try run(sqlcipher, [path], input: script)
+    return result.status == 0 && !result.stderr.contains("not a database") && !result.stdout.isEmpty
+}

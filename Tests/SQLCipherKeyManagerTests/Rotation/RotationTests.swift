@@ -1,0 +1,161 @@
+import Foundation
+import SQLCipherKeyManagerTesting
+import Testing
+
+@testable import SQLCipherKeyManager
+
+@Suite("Key rotation")
+struct RotationTests {
+    @Test("after rotation: a new key opens, the old one no longer does (sqlcipher shell), version +1, rotated_at set, not due", arguments: [false, true])
+    func rotation(wal: Bool) async throws {
+        let database = try await ManagedDatabase(wal: wal)
+        let manager = database.manager()
+        let before = try manager.load()
+        let oldKey = try await database.currentKey()
+        #expect(try sqlcipherShellOpens(database.path, key: oldKey))
+
+        let rotated = try await manager.rotateKey()
+        #expect(rotated.version == before.version + 1)
+        #expect(rotated.rotatedAt != nil)
+        #expect(rotated.keyCheck != before.keyCheck)
+        #expect(rotated.encryptedDek != before.encryptedDek)
+        #expect(rotated.cipher.salt == before.cipher.salt, "rekey keeps the salt")
+        #expect(try manager.load() == rotated)
+        #expect(try !manager.needsRotation(now: Date()))
+
+        let newKey = try await database.currentKey()
+        #expect(newKey != oldKey)
+        #expect(try !sqlcipherShellOpens(database.path, key: oldKey))
+        #expect(try sqlcipherShellOpens(database.path, key: newKey))
+        try await database.expectIntact()
+        let mode = try await manager.open().fetchAll("PRAGMA journal_mode").first?[0]
+        #expect(mode == .text(wal ? "wal" : "delete"), "the journal mode is kept")
+    }
+
+    @Test("a rotation period makes the key due, and rotating clears it")
+    func dueAfterPeriod() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = LocalDbKeyManager(
+            databasePath: directory.file("due.db"), kms: try localKms(), configuration: .init(rotationPeriodDays: 1), logger: silentLogger)
+        var keyFile = try await manager.initialize()
+        keyFile.createdAt = keyFile.createdAt.addingTimeInterval(-2 * 86_400)
+        try keyFile.write(to: manager.keyFilePath)
+        #expect(try manager.needsRotation())
+        try await manager.rotateKey()
+        #expect(try !manager.needsRotation())
+    }
+
+    @Test("a KMS failure for the new key or the current key changes nothing", arguments: [MockKms.Operation.generateDataKey, .decrypt])
+    func kmsFailure(operation: MockKms.Operation) async throws {
+        let kms = MockKms(seed: 3)
+        let database = try await ManagedDatabase(kms: kms)
+        let keyFile = try database.manager().load()
+        let bytes = try contents(database.path)
+        kms.failNext(1, [operation])
+        await expectError(.kmsUnavailable) { try await database.manager().rotateKey() }
+        #expect(try database.manager().load() == keyFile)
+        #expect(try contents(database.path) == bytes)
+        try await database.expectIntact()
+    }
+
+    @Test("a failure at any step leaves a database that opens with every row and a matching .key", arguments: KeyChangeStep.rotationSteps)
+    func faultAtStep(step: KeyChangeStep) async throws {
+        let database = try await ManagedDatabase()
+        let before = try database.manager().load()
+        let result = await Result { try await database.manager(faultAt: step).rotateKey() }
+        let expectedVersion: Int
+        switch step {
+        case .writingPendingKeyFile, .changingDatabase:
+            // Failed before the database changed: the current key stays.
+            #expect((result.error as? DBKeyError)?.code == .io)
+            expectedVersion = before.version
+        case .verifyingNewKey:
+            // The rekey had committed: the journal settles it by completing the rotation.
+            #expect(try result.get().version == before.version + 1)
+            expectedVersion = before.version + 1
+        default:
+            // Rekeyed but the final .key write failed: it still records the pending key,
+            // and the next open completes the rotation.
+            #expect((result.error as? DBKeyError)?.code == .io)
+            #expect(try database.manager().load().pending?.version == before.version + 1)
+            expectedVersion = before.version + 1
+        }
+        try await database.expectIntact()
+        let after = try database.manager().load()
+        #expect(after.version == expectedVersion)
+        if expectedVersion == before.version {
+            #expect(after.keyCheck == before.keyCheck)
+        }
+        // And a rotation afterwards works.
+        try await database.manager().rotateKey()
+        try await database.expectIntact()
+    }
+
+    @Test("a rotation with a connection open fails at once as in use; with --wait it proceeds once the connection closes")
+    func databaseInUse() async throws {
+        let database = try await ManagedDatabase()
+        let manager = database.manager()
+        let connection = try await manager.open()
+        let clock = ContinuousClock()
+        let started = clock.now
+        await expectError(.databaseInUse, containing: ["in use"]) { try await manager.rotateKey() }
+        #expect(clock.now - started < .milliseconds(500), "no hang")
+        let closer = Task {
+            try await Task.sleep(for: .milliseconds(300))
+            connection.close()
+        }
+        let rotated = try await manager.rotateKey(wait: .seconds(5))
+        try await closer.value
+        #expect(rotated.version == 2)
+        try await database.expectIntact()
+    }
+
+    @Test("two rotations at once: exactly one runs, the other is told the database is in use")
+    func concurrentRotations() async throws {
+        let kms = MockKms(seed: 4)
+        let database = try await ManagedDatabase(kms: kms)
+        kms.setLatency(.milliseconds(300))
+        async let first = Result { try await database.manager().rotateKey() }
+        async let second = Result { try await database.manager().rotateKey() }
+        let results = await [first, second]
+        let successes = results.filter { (try? $0.get()) != nil }
+        let failures = results.compactMap { result -> DBKeyError? in
+            if case .failure(let error) = result { return error as? DBKeyError }
+            return nil
+        }
+        #expect(successes.count == 1)
+        #expect(failures.map(\.code) == [.databaseInUse])
+        kms.setLatency(.zero)
+        #expect(try database.manager().load().version == 2)
+        try await database.expectIntact()
+    }
+
+    @Test("an open during a rotation waits for it and sees the new key")
+    func openWaitsForRotation() async throws {
+        let kms = MockKms(seed: 5)
+        let database = try await ManagedDatabase(kms: kms)
+        kms.setLatency(.milliseconds(200))
+        let rotation = Task { try await database.manager().rotateKey() }
+        try await Task.sleep(for: .milliseconds(100))
+        let (connection, keyFile) = try await database.manager().openReportingKeyFile()
+        connection.close()
+        #expect(keyFile.version == 2)
+        #expect(try await rotation.value.version == 2)
+    }
+}
+
+extension KeyChangeStep {
+    /// The steps a rotation passes through.
+    static let rotationSteps: [KeyChangeStep] = [.writingPendingKeyFile, .changingDatabase, .verifyingNewKey, .writingFinalKeyFile]
+}
+
+extension Result where Failure == any Error {
+    init(_ body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+
+    var error: (any Error)? {
+        if case .failure(let error) = self { return error }
+        return nil
+    }
+}
