@@ -249,3 +249,87 @@ enum ExitStatusTable {
     ]
 }
 
+
+/// `dbkey rotate`, `rewrap` and `migrate` end to end.
+@Suite("dbkey key changes")
+struct DBKeyKeyChangeCLITests {
+    typealias Workspace = DBKeyCLITests.Workspace
+
+    @Test("rotate bumps the version; --if-due leaves a key that is not due alone")
+    func rotate() throws {
+        let workspace = try Workspace()
+        #expect(try workspace.dbkey("init", workspace.database, "--rotation-days", "30").status == 0)
+        #expect(try workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('row')").status == 0)
+        let notDue = try workspace.dbkey("rotate", workspace.database, "--if-due", "--json")
+        #expect(notDue.status == 0)
+        #expect(notDue.stdout.contains("\"rotated\" : false"))
+        let rotated = try workspace.dbkey("rotate", workspace.database, "--json")
+        #expect(rotated.status == 0, "\(rotated.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(rotated.stdout.utf8)) as? [String: Any])
+        #expect(report["dek_version"] as? Int == 2 && report["rotated"] as? Bool == true)
+        #expect(rotated.stderr.isEmpty, "no progress output when stderr is not a terminal")
+        #expect(try workspace.dbkey("sql", workspace.database, "SELECT a FROM t").stdout == "row\n")
+        #expect(try workspace.dbkey("verify", workspace.database).status == 0)
+    }
+
+    @Test("rewrap --to local:///PATH moves the key under another master key without touching the database")
+    func rewrap() throws {
+        let workspace = try Workspace()
+        #expect(try workspace.dbkey("init", workspace.database).status == 0)
+        let databaseBytes = try contents(workspace.database)
+        let newMaster = workspace.directory.file("new-master.key")
+        _ = FileManager.default.createFile(
+            atPath: newMaster, contents: Data(Data(repeating: 5, count: 32).base64EncodedString().utf8), attributes: [.posixPermissions: 0o600])
+        let result = try workspace.dbkey("rewrap", workspace.database, "--to", "local://" + newMaster)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try contents(workspace.database) == databaseBytes)
+        #expect(try workspace.dbkey("verify", workspace.database).status == 22, "the old master key no longer unwraps it")
+        #expect(try workspace.dbkey("verify", workspace.database, environment: [LocalKms.masterKeyFileVariable: newMaster]).status == 0)
+    }
+
+    @Test("migrate takes the passphrase from an environment variable, a file or stdin, never argv")
+    func migratePassphraseSources() throws {
+        let fixture = MigrationTests.compatFixtures + "/sqlcipher-2.0-le-testkey.db"
+        try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")
+        for source in ["env", "file", "stdin"] {
+            let workspace = try Workspace()
+            try FileManager.default.copyItem(atPath: fixture, toPath: workspace.database)
+            var arguments = ["migrate", workspace.database, "--kdf-iter", "4000"]
+            var environment: [String: String] = [:]
+            var input = ""
+            switch source {
+            case "env":
+                arguments += ["--from-passphrase-env", "OLD_DB_PASSPHRASE"]
+                environment["OLD_DB_PASSPHRASE"] = "testkey"
+            case "file":
+                let file = workspace.directory.file("passphrase")
+                _ = FileManager.default.createFile(atPath: file, contents: Data("testkey\n".utf8), attributes: [.posixPermissions: 0o600])
+                arguments += ["--from-passphrase-file", file]
+            default:
+                arguments += ["--from-passphrase-stdin"]
+                input = "testkey\n"
+            }
+            let result = try run(DBKeyCLITests.executable, arguments, input: input, environment: workspace.environment.merging(environment) { $1 })
+            #expect(result.status == 0, "\(source): \(result.stderr)")
+            #expect(!arguments.contains("testkey"))
+            #expect(try workspace.dbkey("sql", workspace.database, "SELECT count(*) FROM t1").stdout == "78536\n", "\(source)")
+        }
+    }
+
+    @Test("migrate refuses the SQLCipher 4 database with exit 32, and a group-readable passphrase file with 16")
+    func migrateRefusals() throws {
+        let fixture = MigrationTests.compatFixtures + "/sqlcipher-4.0-testkey.db"
+        try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")
+        let workspace = try Workspace()
+        try FileManager.default.copyItem(atPath: fixture, toPath: workspace.database)
+        let bytes = try contents(workspace.database)
+        let result = try workspace.dbkey("migrate", workspace.database, "--from-passphrase-env", "P", environment: ["P": "testkey"])
+        #expect(result.status == 32 && result.stderr.contains("SQLCipher 4"), "\(result.stderr)")
+        #expect(try contents(workspace.database) == bytes)
+
+        let file = workspace.directory.file("passphrase")
+        _ = FileManager.default.createFile(atPath: file, contents: Data("testkey".utf8), attributes: [.posixPermissions: 0o644])
+        #expect(try workspace.dbkey("migrate", workspace.database, "--from-passphrase-file", file).status == 16)
+        #expect(try workspace.dbkey("migrate", workspace.database).status == 64, "a source is required")
+    }
+}

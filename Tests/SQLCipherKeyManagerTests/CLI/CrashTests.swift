@@ -1,0 +1,176 @@
+import Foundation
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// Real processes, really killed: `dbkey rotate` and `dbkey migrate` sent SIGKILL at random
+/// moments, and other processes holding or rotating the same database.
+@Suite("Crashes and concurrent processes", .serialized)
+struct CrashTests {
+    static let kills = 20
+    /// 50,000 rows of 1000 characters: a database of about 52 MB.
+    static let rows = 50_000
+
+    var environment: [String: String] {
+        [
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            LocalKms.masterKeyVariable: testMasterKeyBase64,
+        ]
+    }
+
+    func start(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+        process.arguments = arguments
+        process.environment = environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Runs `arguments` and kills the process with SIGKILL after `delay`; returns whether the
+    /// kill landed before the process finished by itself.
+    func runAndKill(_ arguments: [String], after delay: Duration) async throws -> Bool {
+        let process = try start(arguments)
+        try await Task.sleep(for: delay)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return process.terminationReason == .uncaughtSignal
+    }
+
+    func timed(_ arguments: [String]) throws -> Duration {
+        let clock = ContinuousClock()
+        let began = clock.now
+        let process = try start(arguments)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(arguments) failed")
+        return clock.now - began
+    }
+
+    @Test("SIGKILL at random moments during rotate, rollback and WAL: every row survives, integrity ok", arguments: [false, true])
+    func killedRotations(wal: Bool) async throws {
+        let database = try await ManagedDatabase(rows: Self.rows, wal: wal)
+        #expect(try contents(database.path).count >= 50_000_000)
+        let duration = try timed(["rotate", database.path])
+        var interrupted = 0
+        var pendingFound = 0
+        var version = try database.manager().load().version
+        for _ in 0..<Self.kills {
+            let delay = duration * Double.random(in: 0...1.2)
+            if try await runAndKill(["rotate", database.path], after: delay) {
+                interrupted += 1
+            }
+            if try KeyFile.read(from: database.path + ".key").pending != nil {
+                pendingFound += 1
+            }
+            try await database.expectIntact()
+            let now = try database.manager().load().version
+            #expect(now == version || now == version + 1, "a rotation either happened once or not at all")
+            version = now
+        }
+        print("kill test (rotate, \(wal ? "WAL" : "rollback"), \(Self.rows) rows, one rotation \(duration)): \(interrupted)/\(Self.kills) kills landed mid-rotation, \(pendingFound) left a journaled rotation; every open recovered all rows")
+        // The test only means something if kills landed mid-rotation.
+        #expect(interrupted >= Self.kills / 2, "only \(interrupted) of \(Self.kills) kills interrupted a rotation")
+        #expect(pendingFound >= 3, "only \(pendingFound) kills left a journaled rotation to recover")
+    }
+
+    @Test("SIGKILL at random moments during migrate: the plaintext original or the encrypted database, each complete")
+    func killedMigrations() async throws {
+        let directory = try TemporaryDirectory()
+        let pristine = directory.file("pristine.db")
+        let db = try DatabaseConnection.open(path: pristine, keying: .plaintext, create: true)
+        try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
+        try db.inTransaction {
+            for row in 1...Self.rows {
+                try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+            }
+        }
+        db.close()
+        let target = directory.file("app.db")
+        try FileManager.default.copyItem(atPath: pristine, toPath: target)
+        let duration = try timed(["migrate", target, "--from-plaintext"])
+        var outcomes: [String: Int] = [:]
+        for _ in 0..<Self.kills {
+            for suffix in ["", ".key", ".key.lock", ".dbkey-migrating", "-journal"] {
+                try? FileManager.default.removeItem(atPath: target + suffix)
+            }
+            try FileManager.default.copyItem(atPath: pristine, toPath: target)
+            let delay = duration * Double.random(in: 0...1.2)
+            _ = try await runAndKill(["migrate", target, "--from-plaintext"], after: delay)
+            let connection: DatabaseConnection
+            if FileManager.default.fileExists(atPath: target + ".key") {
+                let pending = try KeyFile.read(from: target + ".key").pending != nil
+                outcomes[pending ? "encrypted, swap pending" : "encrypted", default: 0] += 1
+                connection = try await LocalDbKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger).open()
+            } else {
+                outcomes["plaintext", default: 0] += 1
+                connection = try DatabaseConnection.open(path: target, keying: .plaintext)
+            }
+            #expect(try connection.integrityCheck() == [])
+            let summary = try connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
+            #expect(summary == [.integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)), .integer(Int64(Self.rows * 1000))])
+            connection.close()
+        }
+        print("kill test (migrate, \(Self.rows) rows, one migration \(duration)): outcomes \(outcomes)")
+        #expect(outcomes["plaintext", default: 0] >= 3, "\(outcomes)")
+        #expect(outcomes.values.reduce(0, +) == Self.kills)
+    }
+
+    @Test("a reader process holding the database makes a rotation wait, and both finish correctly")
+    func readerProcess() async throws {
+        let database = try await ManagedDatabase(rows: 1000)
+        let reader = Process()
+        reader.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+        // A query that keeps the connection open for a few seconds.
+        reader.arguments = [
+            "sql", database.path,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4000000) SELECT count(*) FROM c, (SELECT count(*) FROM item)",
+        ]
+        reader.environment = environment
+        let output = Pipe()
+        reader.standardOutput = output
+        try reader.run()
+        // Wait until the reader holds its shared lock: an exclusive attempt then fails.
+        var held = false
+        for _ in 0..<200 where !held {
+            do {
+                try await DatabaseLock.acquire(.exclusive, databasePath: database.path, wait: .zero).release()
+                try await Task.sleep(for: .milliseconds(10))
+            } catch DBKeyError.Code.databaseInUse {
+                held = true
+            }
+        }
+        #expect(held, "the reader never took its lock")
+        #expect(reader.isRunning)
+        await expectError(.databaseInUse) { try await database.manager().rotateKey() }
+        let rotated = try await database.manager().rotateKey(wait: .seconds(60))
+        #expect(!reader.isRunning, "the rotation ran only after the reader closed")
+        reader.waitUntilExit()
+        #expect(reader.terminationStatus == 0)
+        #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "4000000\n")
+        #expect(rotated.version == 2)
+        try await database.expectIntact()
+    }
+
+    @Test("two processes rotating at once: exactly one runs, the other exits 30 (database in use)")
+    func twoRotatingProcesses() async throws {
+        let database = try await ManagedDatabase(rows: 20_000)
+        let first = try start(["rotate", database.path])
+        // Start the second once the first has journaled its rotation, so they overlap for sure.
+        var journaled = false
+        for _ in 0..<1000 where !journaled && first.isRunning {
+            journaled = (try? KeyFile.read(from: database.path + ".key").pending) != nil
+            if !journaled { try await Task.sleep(for: .milliseconds(2)) }
+        }
+        try #require(journaled, "the first rotation finished before it could be observed")
+        let second = try start(["rotate", database.path])
+        first.waitUntilExit()
+        second.waitUntilExit()
+        #expect(first.terminationStatus == 0)
+        #expect(second.terminationStatus == 30)
+        #expect(try database.manager().load().version == 2)
+        try await database.expectIntact()
+    }
+}
