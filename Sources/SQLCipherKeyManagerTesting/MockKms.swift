@@ -151,7 +151,8 @@ public final class MockKms: KeyManagementService {
     ) async throws -> Result {
         let (latency, fault) = state.withLock { state -> (Duration, DBKeyError?) in
             state.calls.append(Call(operation: operation, kekId: kekId, context: context))
-            guard let index = state.faults.firstIndex(where: { $0.operations.contains(operation) && $0.remaining > 0 }) else {
+            guard let index = state.faults.firstIndex(where: { $0.operations.contains(operation) && $0.remaining > 0 })
+            else {
                 return (state.latency, nil)
             }
             state.faults[index].remaining -= 1
@@ -176,7 +177,8 @@ public final class MockKms: KeyManagementService {
 
     private func kek(_ resolvedKekId: String) -> SecureBuffer {
         rootSecret.withUnsafeBytes { root in
-            let mac = HMAC<SHA256>.authenticationCode(for: Array("kek\0\(resolvedKekId)".utf8), using: SymmetricKey(data: root))
+            let mac = HMAC<SHA256>.authenticationCode(
+                for: Array("kek\0\(resolvedKekId)".utf8), using: SymmetricKey(data: root))
             return mac.withUnsafeBytes { SecureBuffer(copying: $0) }
         }
     }

@@ -83,9 +83,13 @@ struct MigrateCommand: AsyncParsableCommand {
             let keyFile = try await manager.migrate(from: try source(), progress: ProgressLine.reporter("exporting"))
             ProgressLine.finish()
             if json {
-                Output.printJSON(["database": database, "kms": keyFile.kms, "kek_id": keyFile.kekId, "dek_version": keyFile.version])
+                Output.printJSON([
+                    "database": database, "kms": keyFile.kms, "kek_id": keyFile.kekId, "dek_version": keyFile.version,
+                ])
             } else {
-                print("Migrated \(database): encrypted under a new data key, wrapped under \(keyFile.kms) KEK \(keyFile.kekId).")
+                print(
+                    "Migrated \(database): encrypted under a new data key, wrapped under \(keyFile.kms) KEK \(keyFile.kekId)."
+                )
             }
         }
     }

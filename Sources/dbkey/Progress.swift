@@ -2,7 +2,7 @@ import Foundation
 import SQLCipherKeyManager
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Progress lines on stderr, only when stderr is a terminal: scripts and logs get nothing extra.

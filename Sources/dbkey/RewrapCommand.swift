@@ -16,7 +16,10 @@ struct RewrapCommand: AsyncParsableCommand {
     @Argument(help: "The database file.")
     var database: String
 
-    @Option(help: "The KEK to wrap the data key under, as a URI: local://default, or local:///PATH for the master key in the file PATH.")
+    @Option(
+        help:
+            "The KEK to wrap the data key under, as a URI: local://default, or local:///PATH for the master key in the file PATH."
+    )
     var to: String
 
     @Flag(help: "Print the result as JSON.")
@@ -27,11 +30,16 @@ struct RewrapCommand: AsyncParsableCommand {
             let logger = common.makeLogger()
             let manager = try common.existingDatabaseManager(database, logger: logger)
             let target = try KekURI(to)
-            let keyFile = try await manager.rewrap(to: try target.makeProvider(logger: logger), kekId: target.providerKekId)
+            let keyFile = try await manager.rewrap(
+                to: try target.makeProvider(logger: logger), kekId: target.providerKekId)
             if json {
-                Output.printJSON(["database": database, "kms": keyFile.kms, "kek_id": keyFile.kekId, "dek_version": keyFile.version])
+                Output.printJSON([
+                    "database": database, "kms": keyFile.kms, "kek_id": keyFile.kekId, "dek_version": keyFile.version,
+                ])
             } else {
-                print("Rewrapped the key of \(database) under \(keyFile.kms) KEK \(keyFile.kekId) (key version \(keyFile.version) unchanged).")
+                print(
+                    "Rewrapped the key of \(database) under \(keyFile.kms) KEK \(keyFile.kekId) (key version \(keyFile.version) unchanged)."
+                )
             }
         }
     }

@@ -36,7 +36,10 @@ struct SQLCommand: AsyncParsableCommand {
             var lastColumns: [String]?
             try connection.execute(sql) { row in
                 if json {
-                    jsonRows.append(Dictionary(zip(row.columnNames, row.values.map(Self.jsonValue)), uniquingKeysWith: { first, _ in first }))
+                    jsonRows.append(
+                        Dictionary(
+                            zip(row.columnNames, row.values.map(Self.jsonValue)),
+                            uniquingKeysWith: { first, _ in first }))
                     return
                 }
                 if header, lastColumns != row.columnNames {

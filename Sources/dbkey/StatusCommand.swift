@@ -21,7 +21,9 @@ struct StatusCommand: AsyncParsableCommand {
         try await common.reportingErrors(json: json) {
             let manager = try common.existingDatabaseManager(database, logger: common.makeLogger())
             let status = try await manager.status()
-            json ? printJSON(status, keyFilePath: manager.keyFilePath) : printText(status, keyFilePath: manager.keyFilePath)
+            json
+                ? printJSON(status, keyFilePath: manager.keyFilePath)
+                : printText(status, keyFilePath: manager.keyFilePath)
             // A monitoring script should see a failure without parsing the report.
             if case .failure(let error) = status.kmsHealth {
                 throw ExitCode(ExitStatus.status(for: error.code))
@@ -36,7 +38,8 @@ struct StatusCommand: AsyncParsableCommand {
         let keyFile = status.keyFile
         let rotation: String
         if let days = keyFile.rotationPeriodDays, let due = keyFile.nextRotationDue {
-            rotation = "every \(days) days; next due \(due.formatted(.iso8601))\(status.rotationDue ? " (DUE NOW)" : "")"
+            rotation =
+                "every \(days) days; next due \(due.formatted(.iso8601))\(status.rotationDue ? " (DUE NOW)" : "")"
         } else {
             rotation = "no rotation period set"
         }

@@ -33,10 +33,13 @@ extension DatabaseConnection {
             "preparing ATTACH"
         )
         defer { sqlite3_finalize(statement) }
-        try check(sqlite3_bind_text(statement, 1, path, -1, unsafeBitCast(-1, to: sqlite3_destructor_type.self)), "binding the export path")
+        try check(
+            sqlite3_bind_text(statement, 1, path, -1, unsafeBitCast(-1, to: sqlite3_destructor_type.self)),
+            "binding the export path")
         try keyText.withUnsafeBytes { text in
             // SQLITE_STATIC: SQLite reads the key from our locked buffer and makes no copy of it.
-            try check(sqlite3_bind_blob(statement, 2, text.baseAddress, Int32(text.count), nil), "binding the export key")
+            try check(
+                sqlite3_bind_blob(statement, 2, text.baseAddress, Int32(text.count), nil), "binding the export key")
             let code = sqlite3_step(statement)
             try check(code == SQLITE_DONE ? SQLITE_OK : code, "attaching the encrypted copy")
         }

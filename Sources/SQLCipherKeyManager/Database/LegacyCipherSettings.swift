@@ -34,7 +34,8 @@ extension DatabaseConnection {
         }
         if let pageSize = settings.pageSize {
             guard CipherSettings.isValidPageSize(pageSize) else {
-                throw DBKeyError(.invalidConfiguration, "The page size \(pageSize) is not a power of two from 512 to 65536.")
+                throw DBKeyError(
+                    .invalidConfiguration, "The page size \(pageSize) is not a power of two from 512 to 65536.")
             }
             try setCipherPragma("cipher_page_size", to: String(pageSize), expecting: Int64(pageSize))
         }

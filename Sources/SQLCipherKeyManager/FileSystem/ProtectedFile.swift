@@ -1,9 +1,9 @@
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Reading and writing files that hold key material: `.key` files and master key files.
@@ -140,13 +140,16 @@ enum ProtectedFile {
         }
     }
 
-    private static func readAll(_ descriptor: FileDescriptor, expectedSize: Int, path: String, kind: String) throws -> SecureBuffer {
+    private static func readAll(_ descriptor: FileDescriptor, expectedSize: Int, path: String, kind: String) throws
+        -> SecureBuffer
+    {
         var readCount = 0
         let buffer = try SecureBuffer(count: expectedSize) { destination in
             while readCount < destination.count {
                 let chunk: Int
                 do {
-                    chunk = try descriptor.read(into: UnsafeMutableRawBufferPointer(rebasing: destination[readCount...]))
+                    chunk = try descriptor.read(
+                        into: UnsafeMutableRawBufferPointer(rebasing: destination[readCount...]))
                 } catch {
                     throw DBKeyError.io(error, "read the \(kind)", path)
                 }

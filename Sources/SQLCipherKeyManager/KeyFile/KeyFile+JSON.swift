@@ -84,17 +84,18 @@ extension KeyFile {
         cipherObject["sqlcipher"] = cipher.sqlcipherVersion.map { .string($0) }
         cipherObject["salt"] = cipher.salt.map { .string(Base64.encode($0)) }
         object["cipher"] = .object(cipherObject)
-        object["pending"] = pending.map { pending in
-            var fields = pending.unknownFields
-            fields["operation"] = .string(pending.operation)
-            fields["encrypted_dek"] = .string(pending.encryptedDek.encoded)
-            fields["kek_id"] = .string(pending.kekId)
-            fields["kms"] = .string(pending.kms)
-            fields["version"] = .integer(Int64(pending.version))
-            fields["key_check"] = .string(pending.keyCheck.base64)
-            fields["started_at"] = .string(KeyFile.timestamp(pending.startedAt))
-            return .object(fields)
-        } ?? .null
+        object["pending"] =
+            pending.map { pending in
+                var fields = pending.unknownFields
+                fields["operation"] = .string(pending.operation)
+                fields["encrypted_dek"] = .string(pending.encryptedDek.encoded)
+                fields["kek_id"] = .string(pending.kekId)
+                fields["kms"] = .string(pending.kms)
+                fields["version"] = .integer(Int64(pending.version))
+                fields["key_check"] = .string(pending.keyCheck.base64)
+                fields["started_at"] = .string(KeyFile.timestamp(pending.startedAt))
+                return .object(fields)
+            } ?? .null
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         var data = try encoder.encode(JSONValue.object(object))
@@ -195,8 +196,9 @@ private struct FieldReader {
         guard case .string(let text) = value else {
             throw invalid(name, "must be an ISO 8601 date string", found: value)
         }
-        guard let date = (try? Date(text, strategy: .iso8601))
-            ?? (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
+        guard
+            let date = (try? Date(text, strategy: .iso8601))
+                ?? (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
         else {
             throw invalid(name, "must be an ISO 8601 date such as 2024-01-15T10:30:00Z")
         }

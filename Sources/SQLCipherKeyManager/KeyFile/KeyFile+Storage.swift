@@ -11,7 +11,8 @@ extension KeyFile {
     ///   ``DBKeyError/Code-swift.struct/keyFileCorrupt``,
     ///   ``DBKeyError/Code-swift.struct/unsupportedFormat``, or ``DBKeyError/Code-swift.struct/io``.
     public static func read(from path: String) throws -> KeyFile {
-        let contents = try ProtectedFile.read(at: path, maxSize: maximumSize, kind: "key file", missingCode: .keyFileMissing)
+        let contents = try ProtectedFile.read(
+            at: path, maxSize: maximumSize, kind: "key file", missingCode: .keyFileMissing)
         return try contents.withUnsafeBytes { try KeyFile(jsonBytes: $0, source: path) }
     }
 

@@ -3,7 +3,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Manages one SQLCipher database's key: creates it through a KMS, keeps it wrapped in the
@@ -76,7 +76,8 @@ public final class LocalDbKeyManager: Sendable {
         configuration: Configuration = Configuration(),
         logger: Logger
     ) {
-        self.init(databasePath: databasePath, kms: kms, configuration: configuration, logger: logger, faultInjector: nil)
+        self.init(
+            databasePath: databasePath, kms: kms, configuration: configuration, logger: logger, faultInjector: nil)
     }
 
     init(
@@ -118,7 +119,9 @@ public final class LocalDbKeyManager: Sendable {
             )
         }
         guard CipherSettings.isValidPageSize(configuration.pageSize) else {
-            throw DBKeyError(.invalidConfiguration, "The page size \(configuration.pageSize) is not a power of two from 512 to 65536.")
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The page size \(configuration.pageSize) is not a power of two from 512 to 65536.")
         }
         if let days = configuration.rotationPeriodDays, !(1...36_500).contains(days) {
             throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
@@ -126,7 +129,8 @@ public final class LocalDbKeyManager: Sendable {
         try createEmptyDatabaseFile()
         let keyFile: KeyFile
         do {
-            let dataKey = try await kms.generateDataKey(kekId: configuration.kekId, context: configuration.encryptionContext)
+            let dataKey = try await kms.generateDataKey(
+                kekId: configuration.kekId, context: configuration.encryptionContext)
             let connection = try DatabaseConnection.open(
                 path: databasePath,
                 key: dataKey.plaintext,
@@ -255,7 +259,8 @@ public final class LocalDbKeyManager: Sendable {
 
     /// Opens a connection with `key` and the recorded cipher settings, telling a wrong key from
     /// a damaged database when the first read fails.
-    func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection {
+    func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection
+    {
         guard fileExists(databasePath) else {
             throw DBKeyError(
                 .databaseNotFound,

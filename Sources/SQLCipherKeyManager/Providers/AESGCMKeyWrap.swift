@@ -26,7 +26,8 @@ package struct AESGCMKeyWrap: Sendable {
 
     package func wrap(_ key: SecureBuffer, under kek: SecureBuffer, context: EncryptionContext) throws -> WrappedKey {
         guard key.count == RawKeyText.keyByteCount else {
-            throw DBKeyError(.invalidConfiguration, "Only 32-byte data keys can be wrapped; this one has \(key.count) bytes.")
+            throw DBKeyError(
+                .invalidConfiguration, "Only 32-byte data keys can be wrapped; this one has \(key.count) bytes.")
         }
         let sealed = try key.withUnsafeBytes { plaintext in
             try kek.withUnsafeBytes { kekBytes in
@@ -42,7 +43,9 @@ package struct AESGCMKeyWrap: Sendable {
         return WrappedKey(encoded: Base64.encode(blob))
     }
 
-    package func unwrap(_ wrapped: WrappedKey, under kek: SecureBuffer, context: EncryptionContext) throws -> SecureBuffer {
+    package func unwrap(_ wrapped: WrappedKey, under kek: SecureBuffer, context: EncryptionContext) throws
+        -> SecureBuffer
+    {
         guard let blob = wrapped.base64DecodedBytes,
             blob.count == AESGCMKeyWrap.wrappedByteCount,
             blob[0] == AESGCMKeyWrap.formatVersion

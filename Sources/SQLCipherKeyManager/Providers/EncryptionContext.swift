@@ -16,8 +16,9 @@ public struct EncryptionContext: Sendable, Hashable, CustomStringConvertible {
 
     /// Creates a context from a dictionary.
     public init(_ dictionary: [String: String]) {
-        self.init(uncheckedSortedPairs: dictionary.sorted { Array($0.key.utf8).lexicographicallyPrecedes($1.key.utf8) }
-            .map { (key: $0.key, value: $0.value) })
+        self.init(
+            uncheckedSortedPairs: dictionary.sorted { Array($0.key.utf8).lexicographicallyPrecedes($1.key.utf8) }
+                .map { (key: $0.key, value: $0.value) })
     }
 
     private init(uncheckedSortedPairs: [(key: String, value: String)]) {
@@ -81,7 +82,9 @@ extension EncryptionContext {
         var dictionary: [String: String] = [:]
         for argument in arguments {
             guard let separator = argument.firstIndex(of: "="), separator != argument.startIndex else {
-                throw DBKeyError(.invalidConfiguration, "A context entry must be KEY=VALUE with a non-empty KEY; got \"\(argument)\".")
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "A context entry must be KEY=VALUE with a non-empty KEY; got \"\(argument)\".")
             }
             let key = String(argument[..<separator])
             guard dictionary[key] == nil else {

@@ -43,7 +43,8 @@ public struct LocalKms: KeyManagementService {
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when the key is not 32 bytes.
     public init(masterKey: SecureBuffer) throws {
         guard masterKey.count == 32 else {
-            throw DBKeyError(.invalidConfiguration, "A local master key must be 32 bytes; this one has \(masterKey.count).")
+            throw DBKeyError(
+                .invalidConfiguration, "A local master key must be 32 bytes; this one has \(masterKey.count).")
         }
         self.masterKey = masterKey
         self.kekId = LocalKms.kekId(for: masterKey)
@@ -130,7 +131,8 @@ public struct LocalKms: KeyManagementService {
     }
 
     private static func readMasterKeyFile(at path: String) throws -> SecureBuffer {
-        let contents = try ProtectedFile.read(at: path, maxSize: 1024, kind: "master key file", missingCode: .keyFileMissing)
+        let contents = try ProtectedFile.read(
+            at: path, maxSize: 1024, kind: "master key file", missingCode: .keyFileMissing)
         return try decodeMasterKey(contents, source: path)
     }
 

@@ -35,7 +35,9 @@ func reportProgress(
             let written = files.reduce(Int64(0)) { sum, path in
                 sum + ((try? FilePath(path).stat().size) ?? 0)
             }
-            progress(KeyChangeProgress(bytesDone: min(written, total), bytesTotal: total, elapsed: ContinuousClock.now - start))
+            progress(
+                KeyChangeProgress(
+                    bytesDone: min(written, total), bytesTotal: total, elapsed: ContinuousClock.now - start))
             try? await Task.sleep(for: .milliseconds(250))
         }
     }

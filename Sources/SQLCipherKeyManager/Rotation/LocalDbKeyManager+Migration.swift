@@ -3,7 +3,7 @@ import Logging
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An existing database to bring under management.
@@ -63,7 +63,8 @@ extension LocalDbKeyManager {
             rowCounts = try tableRowCounts(original)
             try checkpointForSwap(original)
         }
-        let dataKey = try await kms.generateDataKey(kekId: configuration.kekId, context: configuration.encryptionContext)
+        let dataKey = try await kms.generateDataKey(
+            kekId: configuration.kekId, context: configuration.encryptionContext)
         let pageSize = configuration.pageSize
         let copyPath = migrationCopyPath
         let sqlcipherVersion: String
@@ -182,8 +183,10 @@ extension LocalDbKeyManager {
     }
 
     private func tableRowCounts(_ connection: DatabaseConnection) throws -> [String: Int64] {
-        let tables = try connection.fetchAll("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-            .compactMap { $0[0].textValue }
+        let tables = try connection.fetchAll(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        .compactMap { $0[0].textValue }
         var counts: [String: Int64] = [:]
         for table in tables {
             let quoted = "\"" + table.replacingOccurrences(of: "\"", with: "\"\"") + "\""

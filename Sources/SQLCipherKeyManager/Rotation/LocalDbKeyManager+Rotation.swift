@@ -42,7 +42,8 @@ extension LocalDbKeyManager {
         let currentKey = try await unwrapKey(of: keyFile)
         let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
         guard newKey.plaintext.count == RawKeyText.keyByteCount else {
-            throw DBKeyError(.wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.")
+            throw DBKeyError(
+                .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.")
         }
         var journaled = keyFile
         journaled.pending = PendingOperation(

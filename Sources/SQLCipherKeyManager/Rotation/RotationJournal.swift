@@ -93,7 +93,9 @@ extension LocalDbKeyManager {
                 try settled.write(to: keyFilePath)
                 logger.notice(
                     "Completed an interrupted rotation",
-                    metadata: ["event": "rotation.completed", "version": "\(settled.version)", "kek_id": "\(settled.kekId)"]
+                    metadata: [
+                        "event": "rotation.completed", "version": "\(settled.version)", "kek_id": "\(settled.kekId)",
+                    ]
                 )
                 return settled
             }
@@ -118,7 +120,8 @@ extension LocalDbKeyManager {
         }
         let key = try await kms.decrypt(pending.encryptedDek, kekId: pending.kekId, context: keyFile.encryptionContext)
         guard pending.keyCheck.matches(key) else {
-            throw DBKeyError(.wrongKey, "The KMS returned a key that does not match the pending key check in \(keyFilePath).")
+            throw DBKeyError(
+                .wrongKey, "The KMS returned a key that does not match the pending key check in \(keyFilePath).")
         }
         return key
     }

@@ -52,7 +52,8 @@ enum Base64 {
             }
             for offset in 0..<4 {
                 output[written + offset] =
-                    offset <= available ? character(UInt8(truncatingIfNeeded: triple >> UInt32(18 - 6 * offset)) & 0x3F) : pad
+                    offset <= available
+                    ? character(UInt8(truncatingIfNeeded: triple >> UInt32(18 - 6 * offset)) & 0x3F) : pad
             }
             written += 4
             index += 3
@@ -116,7 +117,9 @@ extension SecureBuffer {
         }
         guard let decodedCount else { return nil }
         // Padding leaves up to two unused bytes at the end: keep exactly the decoded ones.
-        return scratch.withUnsafeBytes { SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(decodedCount))) }
+        return scratch.withUnsafeBytes {
+            SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(decodedCount)))
+        }
     }
 
     /// The bytes base64-encoded, in a new buffer.

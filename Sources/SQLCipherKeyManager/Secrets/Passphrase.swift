@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads the passphrase of an older SQLCipher database into secure memory, for migration.
@@ -22,7 +22,8 @@ public enum Passphrase {
     /// - Throws: ``DBKeyError/Code-swift.struct/keyFileInsecure`` for a file others can read,
     ///   ``DBKeyError/Code-swift.struct/keyFileMissing`` when it does not exist.
     public static func fromFile(_ path: String) throws -> SecureBuffer {
-        try trimmed(ProtectedFile.read(at: path, maxSize: maximumLength, kind: "passphrase file", missingCode: .keyFileMissing))
+        try trimmed(
+            ProtectedFile.read(at: path, maxSize: maximumLength, kind: "passphrase file", missingCode: .keyFileMissing))
     }
 
     /// A passphrase from standard input, read to its end.
@@ -40,9 +41,11 @@ public enum Passphrase {
             }
         }
         guard length <= maximumLength else {
-            throw DBKeyError(.invalidConfiguration, "The passphrase on standard input is longer than \(maximumLength) bytes.")
+            throw DBKeyError(
+                .invalidConfiguration, "The passphrase on standard input is longer than \(maximumLength) bytes.")
         }
-        return try trimmed(buffer.withUnsafeBytes { SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) })
+        return try trimmed(
+            buffer.withUnsafeBytes { SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) })
     }
 
     private static func trimmed(_ buffer: SecureBuffer) throws -> SecureBuffer {

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Fixed-size memory for key material that is locked in RAM, kept out of core dumps and wiped
@@ -59,9 +59,9 @@ public final class SecureBuffer: @unchecked Sendable {
         self.count = count
         self.isMemoryLocked = mlock(base, allocatedByteCount) == 0
         #if os(Linux)
-        self.isExcludedFromCoreDumps = madvise(base, allocatedByteCount, MADV_DONTDUMP) == 0
+            self.isExcludedFromCoreDumps = madvise(base, allocatedByteCount, MADV_DONTDUMP) == 0
         #else
-        self.isExcludedFromCoreDumps = false
+            self.isExcludedFromCoreDumps = false
         #endif
         try initializer(UnsafeMutableRawBufferPointer(start: base, count: count))
     }
@@ -98,9 +98,9 @@ public final class SecureBuffer: @unchecked Sendable {
             munlock(base, allocatedByteCount)
         }
         #if os(Linux)
-        if isExcludedFromCoreDumps {
-            madvise(base, allocatedByteCount, MADV_DODUMP)
-        }
+            if isExcludedFromCoreDumps {
+                madvise(base, allocatedByteCount, MADV_DODUMP)
+            }
         #endif
         base.deallocate()
     }

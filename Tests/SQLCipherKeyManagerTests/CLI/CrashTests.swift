@@ -48,7 +48,9 @@ struct CrashTests {
         return clock.now - began
     }
 
-    @Test("SIGKILL at random moments during rotate, rollback and WAL: every row survives, integrity ok", arguments: [false, true])
+    @Test(
+        "SIGKILL at random moments during rotate, rollback and WAL: every row survives, integrity ok",
+        arguments: [false, true])
     func killedRotations(wal: Bool) async throws {
         let database = try await ManagedDatabase(rows: Self.rows, wal: wal)
         #expect(try contents(database.path).count >= 50_000_000)
@@ -69,7 +71,9 @@ struct CrashTests {
             #expect(now == version || now == version + 1, "a rotation either happened once or not at all")
             version = now
         }
-        print("kill test (rotate, \(wal ? "WAL" : "rollback"), \(Self.rows) rows, one rotation \(duration)): \(interrupted)/\(Self.kills) kills landed mid-rotation, \(pendingFound) left a journaled rotation; every open recovered all rows")
+        print(
+            "kill test (rotate, \(wal ? "WAL" : "rollback"), \(Self.rows) rows, one rotation \(duration)): \(interrupted)/\(Self.kills) kills landed mid-rotation, \(pendingFound) left a journaled rotation; every open recovered all rows"
+        )
         // The test only means something if kills landed mid-rotation.
         #expect(interrupted >= Self.kills / 2, "only \(interrupted) of \(Self.kills) kills interrupted a rotation")
         #expect(pendingFound >= 3, "only \(pendingFound) kills left a journaled rotation to recover")
@@ -103,14 +107,20 @@ struct CrashTests {
             if FileManager.default.fileExists(atPath: target + ".key") {
                 let pending = try KeyFile.read(from: target + ".key").pending != nil
                 outcomes[pending ? "encrypted, swap pending" : "encrypted", default: 0] += 1
-                connection = try await LocalDbKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger).open()
+                connection = try await LocalDbKeyManager(
+                    databasePath: target, kms: try localKms(), logger: silentLogger
+                ).open()
             } else {
                 outcomes["plaintext", default: 0] += 1
                 connection = try DatabaseConnection.open(path: target, keying: .plaintext)
             }
             #expect(try connection.integrityCheck() == [])
             let summary = try connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
-            #expect(summary == [.integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)), .integer(Int64(Self.rows * 1000))])
+            #expect(
+                summary == [
+                    .integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)),
+                    .integer(Int64(Self.rows * 1000)),
+                ])
             connection.close()
         }
         print("kill test (migrate, \(Self.rows) rows, one migration \(duration)): outcomes \(outcomes)")

@@ -9,7 +9,8 @@ import Testing
 struct DBKeyCLITests {
     /// The `dbkey` binary built beside this test bundle.
     static let executable: String = {
-        let bundleDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        let bundleDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent()
         return bundleDirectory.appendingPathComponent("dbkey").path
     }()
 
@@ -50,7 +51,8 @@ struct DBKeyCLITests {
 
         let sql = try workspace.dbkey(
             "sql", database,
-            "CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT, data BLOB); INSERT INTO note(body, data) VALUES ('tab\there', x'00ff'), (NULL, NULL); SELECT id, body, data FROM note ORDER BY id")
+            "CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT, data BLOB); INSERT INTO note(body, data) VALUES ('tab\there', x'00ff'), (NULL, NULL); SELECT id, body, data FROM note ORDER BY id"
+        )
         #expect(sql.status == 0, "\(sql.stderr)")
         #expect(sql.stdout == "1\ttab\\there\tx'00ff'\n2\t\t\n")
 
@@ -97,7 +99,11 @@ struct DBKeyCLITests {
         let other = workspace.directory.file("other.db")
         #expect(try workspace.dbkey("init", workspace.database).status == 0)
         #expect(try workspace.dbkey("init", other).status == 0)
-        #expect(try workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t SELECT randomblob(500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100) SELECT x FROM c)").status == 0)
+        #expect(
+            try workspace.dbkey(
+                "sql", workspace.database,
+                "CREATE TABLE t(a); INSERT INTO t SELECT randomblob(500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100) SELECT x FROM c)"
+            ).status == 0)
         let keyPath = workspace.database + ".key"
         var environment: [String: String] = [:]
         var command = ["verify", workspace.database]
@@ -105,7 +111,8 @@ struct DBKeyCLITests {
         case .wrongMasterKey:
             let otherKey = workspace.directory.file("other-master.key")
             _ = FileManager.default.createFile(
-                atPath: otherKey, contents: Data(Data(repeating: 9, count: 32).base64EncodedString().utf8), attributes: [.posixPermissions: 0o600])
+                atPath: otherKey, contents: Data(Data(repeating: 9, count: 32).base64EncodedString().utf8),
+                attributes: [.posixPermissions: 0o600])
             environment[LocalKms.masterKeyFileVariable] = otherKey
         case .swappedKeyFile:
             try FileManager.default.removeItem(atPath: keyPath)
@@ -149,7 +156,8 @@ struct DBKeyCLITests {
         #expect(result.status == 41, "\(result.stderr)")
         #expect(!FileManager.default.fileExists(atPath: database))
         #expect(!FileManager.default.fileExists(atPath: database + ".key"))
-        #expect(try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).sorted() == ["master.key"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).sorted() == ["master.key"])
     }
 
     @Test("a new master key file is created 0600 and announced on stderr when none is configured")
@@ -170,16 +178,31 @@ struct DBKeyCLITests {
     func noSecretsAtTrace() async throws {
         let workspace = try Workspace()
         var outputs: [ProcessResult] = []
-        outputs.append(try run(Self.executable, ["init", workspace.database, "--log-level", "trace"], environment: workspace.environment))
-        outputs.append(try run(Self.executable, ["sql", workspace.database, "--log-level", "trace", "SELECT 1"], environment: workspace.environment))
-        outputs.append(try run(Self.executable, ["status", workspace.database, "--log-level", "trace", "--json"], environment: workspace.environment))
-        outputs.append(try run(Self.executable, ["verify", workspace.database, "--log-level", "trace"], environment: workspace.environment))
+        outputs.append(
+            try run(
+                Self.executable, ["init", workspace.database, "--log-level", "trace"],
+                environment: workspace.environment))
+        outputs.append(
+            try run(
+                Self.executable, ["sql", workspace.database, "--log-level", "trace", "SELECT 1"],
+                environment: workspace.environment))
+        outputs.append(
+            try run(
+                Self.executable, ["status", workspace.database, "--log-level", "trace", "--json"],
+                environment: workspace.environment))
+        outputs.append(
+            try run(
+                Self.executable, ["verify", workspace.database, "--log-level", "trace"],
+                environment: workspace.environment))
         #expect(outputs.allSatisfy { $0.status == 0 })
         #expect(outputs.contains { $0.stderr.contains("key.loaded") }, "trace logging should be on")
         let kms = try localKms()
         let keyFile = try KeyFile.read(from: workspace.database + ".key")
         let dek = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
-        let secrets = [workspace.masterKeyBase64, hex(dek), hex(dek).uppercased(), dek.withUnsafeBytes { Data($0).base64EncodedString() }]
+        let secrets = [
+            workspace.masterKeyBase64, hex(dek), hex(dek).uppercased(),
+            dek.withUnsafeBytes { Data($0).base64EncodedString() },
+        ]
         for output in outputs {
             for secret in secrets {
                 #expect(!output.stdout.contains(secret) && !output.stderr.contains(secret))
@@ -249,7 +272,6 @@ enum ExitStatusTable {
     ]
 }
 
-
 /// `dbkey rotate`, `rewrap` and `migrate` end to end.
 @Suite("dbkey key changes")
 struct DBKeyKeyChangeCLITests {
@@ -259,7 +281,9 @@ struct DBKeyKeyChangeCLITests {
     func rotate() throws {
         let workspace = try Workspace()
         #expect(try workspace.dbkey("init", workspace.database, "--rotation-days", "30").status == 0)
-        #expect(try workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('row')").status == 0)
+        #expect(
+            try workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('row')").status
+                == 0)
         let notDue = try workspace.dbkey("rotate", workspace.database, "--if-due", "--json")
         #expect(notDue.status == 0)
         #expect(notDue.stdout.contains("\"rotated\" : false"))
@@ -279,12 +303,16 @@ struct DBKeyKeyChangeCLITests {
         let databaseBytes = try contents(workspace.database)
         let newMaster = workspace.directory.file("new-master.key")
         _ = FileManager.default.createFile(
-            atPath: newMaster, contents: Data(Data(repeating: 5, count: 32).base64EncodedString().utf8), attributes: [.posixPermissions: 0o600])
+            atPath: newMaster, contents: Data(Data(repeating: 5, count: 32).base64EncodedString().utf8),
+            attributes: [.posixPermissions: 0o600])
         let result = try workspace.dbkey("rewrap", workspace.database, "--to", "local://" + newMaster)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try contents(workspace.database) == databaseBytes)
-        #expect(try workspace.dbkey("verify", workspace.database).status == 22, "the old master key no longer unwraps it")
-        #expect(try workspace.dbkey("verify", workspace.database, environment: [LocalKms.masterKeyFileVariable: newMaster]).status == 0)
+        #expect(
+            try workspace.dbkey("verify", workspace.database).status == 22, "the old master key no longer unwraps it")
+        #expect(
+            try workspace.dbkey("verify", workspace.database, environment: [LocalKms.masterKeyFileVariable: newMaster])
+                .status == 0)
     }
 
     @Test("migrate takes the passphrase from an environment variable, a file or stdin, never argv")
@@ -303,16 +331,21 @@ struct DBKeyKeyChangeCLITests {
                 environment["OLD_DB_PASSPHRASE"] = "testkey"
             case "file":
                 let file = workspace.directory.file("passphrase")
-                _ = FileManager.default.createFile(atPath: file, contents: Data("testkey\n".utf8), attributes: [.posixPermissions: 0o600])
+                _ = FileManager.default.createFile(
+                    atPath: file, contents: Data("testkey\n".utf8), attributes: [.posixPermissions: 0o600])
                 arguments += ["--from-passphrase-file", file]
             default:
                 arguments += ["--from-passphrase-stdin"]
                 input = "testkey\n"
             }
-            let result = try run(DBKeyCLITests.executable, arguments, input: input, environment: workspace.environment.merging(environment) { $1 })
+            let result = try run(
+                DBKeyCLITests.executable, arguments, input: input,
+                environment: workspace.environment.merging(environment) { $1 })
             #expect(result.status == 0, "\(source): \(result.stderr)")
             #expect(!arguments.contains("testkey"))
-            #expect(try workspace.dbkey("sql", workspace.database, "SELECT count(*) FROM t1").stdout == "78536\n", "\(source)")
+            #expect(
+                try workspace.dbkey("sql", workspace.database, "SELECT count(*) FROM t1").stdout == "78536\n",
+                "\(source)")
         }
     }
 
@@ -323,12 +356,14 @@ struct DBKeyKeyChangeCLITests {
         let workspace = try Workspace()
         try FileManager.default.copyItem(atPath: fixture, toPath: workspace.database)
         let bytes = try contents(workspace.database)
-        let result = try workspace.dbkey("migrate", workspace.database, "--from-passphrase-env", "P", environment: ["P": "testkey"])
+        let result = try workspace.dbkey(
+            "migrate", workspace.database, "--from-passphrase-env", "P", environment: ["P": "testkey"])
         #expect(result.status == 32 && result.stderr.contains("SQLCipher 4"), "\(result.stderr)")
         #expect(try contents(workspace.database) == bytes)
 
         let file = workspace.directory.file("passphrase")
-        _ = FileManager.default.createFile(atPath: file, contents: Data("testkey".utf8), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(
+            atPath: file, contents: Data("testkey".utf8), attributes: [.posixPermissions: 0o644])
         #expect(try workspace.dbkey("migrate", workspace.database, "--from-passphrase-file", file).status == 16)
         #expect(try workspace.dbkey("migrate", workspace.database).status == 64, "a source is required")
     }

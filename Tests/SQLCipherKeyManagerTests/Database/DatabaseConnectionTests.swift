@@ -6,9 +6,12 @@ import Testing
 
 @Suite("SQLCipher connection")
 struct DatabaseConnectionTests {
-    func openNew(_ directory: TemporaryDirectory, key: SecureBuffer? = nil, pageSize: Int = 4096) throws -> (DatabaseConnection, SecureBuffer) {
+    func openNew(_ directory: TemporaryDirectory, key: SecureBuffer? = nil, pageSize: Int = 4096) throws -> (
+        DatabaseConnection, SecureBuffer
+    ) {
         let key = try key ?? SecureBuffer.random(count: 32)
-        let connection = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: pageSize, create: true)
+        let connection = try DatabaseConnection.open(
+            path: directory.file("test.db"), key: key, pageSize: pageSize, create: true)
         return (connection, key)
     }
 
@@ -34,7 +37,9 @@ struct DatabaseConnectionTests {
         let text = try RawKeyText.make(for: key)
         #expect(text.count == 67)
         #expect(RawKeyText.isWellFormed(text))
-        #expect(text.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } == "x'00ff10a9" + String(repeating: "5b", count: 28) + "'")
+        #expect(
+            text.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } == "x'00ff10a9"
+                + String(repeating: "5b", count: 28) + "'")
         for wrongSize in [31, 33, 0] {
             await expectError(.invalidConfiguration, containing: ["32 bytes"]) {
                 _ = try RawKeyText.make(for: SecureBuffer.random(count: wrongSize))
@@ -47,9 +52,12 @@ struct DatabaseConnectionTests {
         let directory = try TemporaryDirectory()
         let (db, _) = try openNew(directory)
         try db.execute("CREATE TABLE v(i, r, t, b, n)")
-        let values: [DatabaseValue] = [.integer(Int64.min), .real(-0.125), .text("žluťoučký 🐎\u{0}end"), .blob([0, 1, 255]), .null]
+        let values: [DatabaseValue] = [
+            .integer(Int64.min), .real(-0.125), .text("žluťoučký 🐎\u{0}end"), .blob([0, 1, 255]), .null,
+        ]
         try db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?)", arguments: values)
-        try db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?)", arguments: [9_007_199_254_740_993, 1e308, "", .blob([]), nil])
+        try db.execute(
+            "INSERT INTO v VALUES (?, ?, ?, ?, ?)", arguments: [9_007_199_254_740_993, 1e308, "", .blob([]), nil])
         let rows = try db.fetchAll("SELECT i, r, t, b, n, typeof(b) FROM v ORDER BY rowid")
         #expect(rows.count == 2)
         #expect(Array(rows[0].values.prefix(5)) == values)
@@ -64,7 +72,8 @@ struct DatabaseConnectionTests {
     func argumentsAcrossStatements() async throws {
         let directory = try TemporaryDirectory()
         let (db, _) = try openNew(directory)
-        try db.execute("CREATE TABLE t(a, b); INSERT INTO t VALUES (?, ?); INSERT INTO t VALUES (?, 0)", arguments: [1, 2, 3])
+        try db.execute(
+            "CREATE TABLE t(a, b); INSERT INTO t VALUES (?, ?); INSERT INTO t VALUES (?, 0)", arguments: [1, 2, 3])
         #expect(try db.fetchAll("SELECT a, b FROM t ORDER BY a").map(\.values) == [[1, 2], [3, 0]])
         await expectError(.sqlite, containing: ["Not enough arguments"]) {
             try db.execute("INSERT INTO t VALUES (?, ?)", arguments: [1])
@@ -115,7 +124,9 @@ struct DatabaseConnectionTests {
         let syntax = await expectError(.sqlite, containing: ["syntax error"]) { try db.execute("SELEC 1") }
         #expect(syntax?.resultCode == .SQLITE_ERROR)
         try db.execute("INSERT INTO t VALUES (?)", arguments: ["secret-value-1"])
-        let constraint = await expectError(.sqlite) { try db.execute("INSERT INTO t VALUES (?)", arguments: ["secret-value-1"]) }
+        let constraint = await expectError(.sqlite) {
+            try db.execute("INSERT INTO t VALUES (?)", arguments: ["secret-value-1"])
+        }
         #expect(constraint?.resultCode.map { ResultCode.SQLITE_CONSTRAINT ~= $0 } == true)
         #expect(constraint?.message.contains("secret-value-1") == false)
     }
@@ -130,7 +141,8 @@ struct DatabaseConnectionTests {
         #expect(bytes.prefix(16) != Data("SQLite format 3\0".utf8))
         #expect(bytes.range(of: Data("visible text".utf8)) == nil)
         await expectError(.wrongKey) {
-            _ = try DatabaseConnection.open(path: directory.file("test.db"), key: SecureBuffer.random(count: 32), pageSize: 4096, create: false)
+            _ = try DatabaseConnection.open(
+                path: directory.file("test.db"), key: SecureBuffer.random(count: 32), pageSize: 4096, create: false)
         }
     }
 
@@ -144,7 +156,8 @@ struct DatabaseConnectionTests {
         await expectError(.wrongKey) {
             _ = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: 1024, create: false)
         }
-        let reopened = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: 4096, create: false)
+        let reopened = try DatabaseConnection.open(
+            path: directory.file("test.db"), key: key, pageSize: 4096, create: false)
         #expect(try reopened.fetchAll("SELECT count(*) FROM t").first?[0] == .integer(0))
     }
 

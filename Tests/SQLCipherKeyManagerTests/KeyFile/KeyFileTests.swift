@@ -42,7 +42,8 @@ struct KeyFileTests {
         var keyFile = sampleKeyFile()
         keyFile.pending = PendingOperation(
             operation: "rotate", encryptedDek: WrappedKey(encoded: "BAUG"), kekId: keyFile.kekId, kms: "local",
-            version: 2, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!, startedAt: Date(timeIntervalSince1970: 1_700_000_100)
+            version: 2, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!,
+            startedAt: Date(timeIntervalSince1970: 1_700_000_100)
         )
         try keyFile.write(to: path)
         #expect(try KeyFile.read(from: path) == keyFile)
@@ -108,13 +109,19 @@ struct KeyFileTests {
         }
         #expect(try contents(path) == before, "the file changed", sourceLocation: sourceLocation)
         let attributesAfter = try FileManager.default.attributesOfItem(atPath: path)
-        #expect(attributesAfter[.posixPermissions] as? Int == attributesBefore[.posixPermissions] as? Int, sourceLocation: sourceLocation)
-        #expect(attributesAfter[.modificationDate] as? Date == attributesBefore[.modificationDate] as? Date, sourceLocation: sourceLocation)
+        #expect(
+            attributesAfter[.posixPermissions] as? Int == attributesBefore[.posixPermissions] as? Int,
+            sourceLocation: sourceLocation)
+        #expect(
+            attributesAfter[.modificationDate] as? Date == attributesBefore[.modificationDate] as? Date,
+            sourceLocation: sourceLocation)
     }
 
     @Test("a group-readable .key is refused with chmod advice, untouched")
     func groupReadable() async throws {
-        try await expectRefused(.keyFileInsecure, containing: ["group or others", "chmod 600"], bytes: try sampleKeyFile().jsonData()) {
+        try await expectRefused(
+            .keyFileInsecure, containing: ["group or others", "chmod 600"], bytes: try sampleKeyFile().jsonData()
+        ) {
             chmod($0, 0o640)
         }
     }
@@ -143,7 +150,9 @@ struct KeyFileTests {
 
     @Test("a file owned by another user is refused with chown advice")
     func otherOwner() async throws {
-        try await expectRefused(.keyFileInsecure, containing: ["owned by uid 65534", "chown"], bytes: try sampleKeyFile().jsonData()) {
+        try await expectRefused(
+            .keyFileInsecure, containing: ["owned by uid 65534", "chown"], bytes: try sampleKeyFile().jsonData()
+        ) {
             #expect(chown($0, 65534, 65534) == 0, "tests run as root, who can give a file away")
         }
     }
@@ -159,7 +168,8 @@ struct KeyFileTests {
     func directoryInstead() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db.key")
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         await expectError(.keyFileInsecure, containing: ["not a regular file"]) {
             _ = try KeyFile.read(from: path)
         }
@@ -191,21 +201,27 @@ struct KeyFileTests {
             ("pending", ["operation": "rotate"], "\"pending.key_check\" is missing"),
         ]
         for (field, value, fragment) in cases {
-            var object = try #require(JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])
+            var object = try #require(
+                JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])
             object[field] = value
-            try await expectRefused(.keyFileCorrupt, containing: [fragment], bytes: try JSONSerialization.data(withJSONObject: object))
+            try await expectRefused(
+                .keyFileCorrupt, containing: [fragment], bytes: try JSONSerialization.data(withJSONObject: object))
         }
         var missing = try #require(JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])
         missing.removeValue(forKey: "encrypted_dek")
-        try await expectRefused(.keyFileCorrupt, containing: ["\"encrypted_dek\" is missing"], bytes: try JSONSerialization.data(withJSONObject: missing))
+        try await expectRefused(
+            .keyFileCorrupt, containing: ["\"encrypted_dek\" is missing"],
+            bytes: try JSONSerialization.data(withJSONObject: missing))
     }
 
     @Test("a file from a newer format or an unknown KMS is refused as unsupported")
     func newerFormat() async throws {
         for (field, value): (String, Any) in [("format", 3), ("kms", "gcp"), ("dek_spec", "AES_128")] {
-            var object = try #require(JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])
+            var object = try #require(
+                JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])
             object[field] = value
-            try await expectRefused(.unsupportedFormat, containing: [], bytes: try JSONSerialization.data(withJSONObject: object))
+            try await expectRefused(
+                .unsupportedFormat, containing: [], bytes: try JSONSerialization.data(withJSONObject: object))
         }
     }
 

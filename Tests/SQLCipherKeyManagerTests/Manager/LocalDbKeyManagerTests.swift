@@ -14,7 +14,9 @@ struct LocalDbKeyManagerTests {
         configuration: LocalDbKeyManager.Configuration = .init(encryptionContext: ["purpose": "test"]),
         logger: Logger = silentLogger
     ) throws -> LocalDbKeyManager {
-        LocalDbKeyManager(databasePath: directory.file(name), kms: try kms ?? localKms(), configuration: configuration, logger: logger)
+        LocalDbKeyManager(
+            databasePath: directory.file(name), kms: try kms ?? localKms(), configuration: configuration, logger: logger
+        )
     }
 
     /// Creates a database with a table of `rows` rows of 200 bytes each.
@@ -44,7 +46,8 @@ struct LocalDbKeyManagerTests {
         for path in [manager.databasePath, manager.keyFilePath] {
             #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
         }
-        try await populated(LocalDbKeyManager(databasePath: directory.file("b.db"), kms: try localKms(), logger: silentLogger), rows: 3)
+        try await populated(
+            LocalDbKeyManager(databasePath: directory.file("b.db"), kms: try localKms(), logger: silentLogger), rows: 3)
         let db = try await manager.open()
         try db.execute("CREATE TABLE t(a); INSERT INTO t VALUES ('kept')")
         db.close()
@@ -60,7 +63,8 @@ struct LocalDbKeyManagerTests {
         try await populated(manager, rows: 25)
         let key = try await manager.getOrCreateKey()
         // The key goes through stdin, never argv.
-        let script = "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = 4096;\nSELECT count(*), min(body), max(id) FROM item;\n"
+        let script =
+            "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = 4096;\nSELECT count(*), min(body), max(id) FROM item;\n"
         let result = try run(sqlcipher, [manager.databasePath], input: script)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.split(separator: "\n").last == "25|\(String(repeating: "0", count: 200))|25")
@@ -112,7 +116,8 @@ struct LocalDbKeyManagerTests {
     func wrongMasterKey() async throws {
         let directory = try TemporaryDirectory()
         try await populated(try manager(directory))
-        let other = try manager(directory, kms: try localKms(masterKeyBase64: Data(repeating: 3, count: 32).base64EncodedString()))
+        let other = try manager(
+            directory, kms: try localKms(masterKeyBase64: Data(repeating: 3, count: 32).base64EncodedString()))
         let before = (try contents(other.databasePath), try contents(other.keyFilePath))
         await expectError(.kmsKeyNotFound, containing: ["master key"]) { _ = try await other.open() }
         #expect(try contents(other.databasePath) == before.0 && contents(other.keyFilePath) == before.1)
@@ -216,7 +221,9 @@ struct LocalDbKeyManagerTests {
         let directory = try TemporaryDirectory()
         try await try manager(directory).initialize()
         let kms = MockKms()
-        await expectError(.invalidConfiguration, containing: ["local", "mock"]) { _ = try await manager(directory, kms: kms).open() }
+        await expectError(.invalidConfiguration, containing: ["local", "mock"]) {
+            _ = try await manager(directory, kms: kms).open()
+        }
         #expect(kms.calls.isEmpty)
     }
 

@@ -25,7 +25,9 @@ struct ProviderUnderTest: Sendable, CustomTestStringConvertible {
 struct KmsConformanceTests {
     let context: EncryptionContext = ["purpose": "conformance", "tenant": "t-1"]
 
-    @Test("a generated key is 32 bytes and decrypts to itself under its resolved KEK id", arguments: ProviderUnderTest.offline)
+    @Test(
+        "a generated key is 32 bytes and decrypts to itself under its resolved KEK id",
+        arguments: ProviderUnderTest.offline)
     func generateThenDecrypt(provider: ProviderUnderTest) async throws {
         let kms = try provider.make()
         let dataKey = try await kms.generateDataKey(kekId: provider.kekId, context: context)
@@ -59,7 +61,9 @@ struct KmsConformanceTests {
     func contextEnforced(provider: ProviderUnderTest) async throws {
         let kms = try provider.make()
         let dataKey = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        for other: EncryptionContext in [["purpose": "conformance"], ["purpose": "conformance", "tenant": "t-2"], .empty] {
+        for other: EncryptionContext in [
+            ["purpose": "conformance"], ["purpose": "conformance", "tenant": "t-2"], .empty,
+        ] {
             await expectError(.ciphertextInvalid) {
                 _ = try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: other)
             }
@@ -99,4 +103,3 @@ struct KmsConformanceTests {
         #expect(KeyFile.knownProviders.contains(try provider.make().providerName))
     }
 }
-

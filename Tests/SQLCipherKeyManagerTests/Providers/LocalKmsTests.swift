@@ -12,7 +12,8 @@ struct LocalKmsTests {
         let kms = try localKms()
         let dataKey = try await kms.generateDataKey(kekId: "default", context: context)
         let answer = try pythonLocalKms([
-            "op": "unwrap", "master_key": testMasterKeyBase64, "wrapped": dataKey.wrapped.encoded, "context": context.dictionary,
+            "op": "unwrap", "master_key": testMasterKeyBase64, "wrapped": dataKey.wrapped.encoded,
+            "context": context.dictionary,
         ])
         #expect(answer["dek_hex"] == hex(dataKey.plaintext))
     }
@@ -24,7 +25,8 @@ struct LocalKmsTests {
         let wrapped = try pythonLocalKms([
             "op": "wrap", "master_key": testMasterKeyBase64, "dek_hex": hex(dek), "context": context.dictionary,
         ])
-        let unwrapped = try await kms.decrypt(WrappedKey(encoded: try #require(wrapped["wrapped"])), kekId: kms.kekId, context: context)
+        let unwrapped = try await kms.decrypt(
+            WrappedKey(encoded: try #require(wrapped["wrapped"])), kekId: kms.kekId, context: context)
         #expect(unwrapped == dek)
         let kekId = try pythonLocalKms(["op": "kek_id", "master_key": testMasterKeyBase64])
         #expect(kekId["kek_id"] == kms.kekId)
@@ -49,7 +51,10 @@ struct LocalKmsTests {
 
     @Test("master keys that are not base64 of 32 bytes are refused with advice")
     func invalidMasterKeys() async {
-        for bad in ["", "not base64", Data(repeating: 1, count: 16).base64EncodedString(), Data(repeating: 1, count: 33).base64EncodedString()] {
+        for bad in [
+            "", "not base64", Data(repeating: 1, count: 16).base64EncodedString(),
+            Data(repeating: 1, count: 33).base64EncodedString(),
+        ] {
             await expectError(.invalidConfiguration, containing: ["head -c 32"]) {
                 _ = try localKms(masterKeyBase64: bad)
             }
@@ -60,7 +65,8 @@ struct LocalKmsTests {
     func masterKeyFile() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("master.key")
-        _ = FileManager.default.createFile(atPath: path, contents: Data((testMasterKeyBase64 + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(
+            atPath: path, contents: Data((testMasterKeyBase64 + "\n").utf8), attributes: [.posixPermissions: 0o600])
         let kms = try LocalKms.fromEnvironment([LocalKms.masterKeyFileVariable: path], logger: silentLogger)
         #expect(kms.kekId == (try localKms()).kekId)
 
@@ -69,7 +75,8 @@ struct LocalKmsTests {
             _ = try LocalKms.fromEnvironment([LocalKms.masterKeyFileVariable: path], logger: silentLogger)
         }
         await expectError(.keyFileMissing) {
-            _ = try LocalKms.fromEnvironment([LocalKms.masterKeyFileVariable: directory.file("absent")], logger: silentLogger)
+            _ = try LocalKms.fromEnvironment(
+                [LocalKms.masterKeyFileVariable: directory.file("absent")], logger: silentLogger)
         }
     }
 

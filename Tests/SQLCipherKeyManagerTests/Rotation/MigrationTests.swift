@@ -18,21 +18,27 @@ struct MigrationTests {
     static let openableCases = [
         CompatCase(file: "sqlcipher-3.0-testkey.db", settings: .init(), rows: 78536),
         CompatCase(file: "sqlcipher-2.0-le-testkey.db", settings: .init(kdfIterations: 4000), rows: 78536),
-        CompatCase(file: "sqlcipher-1.1.8-testkey.db", settings: .init(kdfIterations: 4000, useHMAC: false), rows: 75709),
+        CompatCase(
+            file: "sqlcipher-1.1.8-testkey.db", settings: .init(kdfIterations: 4000, useHMAC: false), rows: 75709),
     ]
 
     /// Copies a compatibility database from ../shared into a scratch directory.
     func compatCopy(_ file: String, into directory: TemporaryDirectory) throws -> String {
         let source = Self.compatFixtures + "/" + file
-        try #require(FileManager.default.fileExists(atPath: source), "missing fixture \(source): ../shared must sit beside the repository")
+        try #require(
+            FileManager.default.fileExists(atPath: source),
+            "missing fixture \(source): ../shared must sit beside the repository")
         let path = directory.file("legacy.db")
         try FileManager.default.copyItem(atPath: source, toPath: path)
         return path
     }
 
-    func manager(_ path: String, kms: (any KeyManagementService)? = nil, faultAt step: KeyChangeStep? = nil) throws -> LocalDbKeyManager {
+    func manager(_ path: String, kms: (any KeyManagementService)? = nil, faultAt step: KeyChangeStep? = nil) throws
+        -> LocalDbKeyManager
+    {
         LocalDbKeyManager(
-            databasePath: path, kms: try kms ?? localKms(), configuration: .init(encryptionContext: ["purpose": "migrated"]),
+            databasePath: path, kms: try kms ?? localKms(),
+            configuration: .init(encryptionContext: ["purpose": "migrated"]),
             logger: silentLogger, faultInjector: step.map { InjectedFault(step: $0).injector })
     }
 
@@ -62,7 +68,10 @@ struct MigrationTests {
         }
         #expect(try contents(path) == bytes)
         // Only the lock file is new: no .key, no copy.
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() == ["legacy.db", "legacy.db.key.lock"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() == [
+                "legacy.db", "legacy.db.key.lock",
+            ])
     }
 
     @Test("a wrong passphrase or missing settings is 'wrong key' with advice, and the file stays untouched")
@@ -70,13 +79,18 @@ struct MigrationTests {
         let directory = try TemporaryDirectory()
         let path = try compatCopy("sqlcipher-2.0-le-testkey.db", into: directory)
         let bytes = try contents(path)
-        for (passphrase, settings) in [("nottestkey", LegacyCipherSettings(kdfIterations: 4000)), ("testkey", LegacyCipherSettings())] {
+        for (passphrase, settings) in [
+            ("nottestkey", LegacyCipherSettings(kdfIterations: 4000)), ("testkey", LegacyCipherSettings()),
+        ] {
             await expectError(.wrongKey, containing: ["--kdf-iter 4000"]) {
                 try await manager(path).migrate(from: .passphrase(try Passphrase.fromText(passphrase), settings))
             }
         }
         #expect(try contents(path) == bytes)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { !$0.hasSuffix(".lock") } == ["legacy.db"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { !$0.hasSuffix(".lock") } == [
+                "legacy.db"
+            ])
     }
 
     /// A plaintext database with user_version, application_id, a marker string, optionally WAL.
@@ -86,7 +100,9 @@ struct MigrationTests {
         if wal {
             _ = try db.fetchAll("PRAGMA journal_mode = WAL")
         }
-        try db.execute("PRAGMA user_version = 42; PRAGMA application_id = 1234567; CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT)")
+        try db.execute(
+            "PRAGMA user_version = 42; PRAGMA application_id = 1234567; CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT)"
+        )
         let insert = try db.prepare("INSERT INTO note(body) VALUES (?)")
         try db.inTransaction {
             for row in 0..<rows {
@@ -97,7 +113,9 @@ struct MigrationTests {
         return path
     }
 
-    @Test("a plaintext database migrates with its rows, user_version, application_id and journal mode", arguments: [false, true])
+    @Test(
+        "a plaintext database migrates with its rows, user_version, application_id and journal mode",
+        arguments: [false, true])
     func plaintextMigrates(wal: Bool) async throws {
         let directory = try TemporaryDirectory()
         let path = try plaintextDatabase(directory, wal: wal)
@@ -123,16 +141,22 @@ struct MigrationTests {
         let directory = try TemporaryDirectory()
         let path = try compatCopy("sqlcipher-3.0-testkey.db", into: directory)
         let bytes = try contents(path)
-        await expectError(.unsupportedFormat, containing: ["not a plaintext"]) { try await manager(path).migrate(from: .plaintext) }
+        await expectError(.unsupportedFormat, containing: ["not a plaintext"]) {
+            try await manager(path).migrate(from: .plaintext)
+        }
         #expect(try contents(path) == bytes)
     }
 
-    @Test("a failure at any step leaves the plaintext original or the migrated database, each complete", arguments: KeyChangeStep.allCases)
+    @Test(
+        "a failure at any step leaves the plaintext original or the migrated database, each complete",
+        arguments: KeyChangeStep.allCases)
     func faultAtStep(step: KeyChangeStep) async throws {
         let directory = try TemporaryDirectory()
         let path = try plaintextDatabase(directory)
         let original = try contents(path)
-        await expectError(.io, containing: ["Injected"]) { try await manager(path, faultAt: step).migrate(from: .plaintext) }
+        await expectError(.io, containing: ["Injected"]) {
+            try await manager(path, faultAt: step).migrate(from: .plaintext)
+        }
         switch step {
         case .writingPendingKeyFile, .changingDatabase, .verifyingNewKey:
             // Before the .key existed: the original stays, and no copy is left.

@@ -50,11 +50,14 @@ struct RecoveryTests {
         let database = try await ManagedDatabase()
         let (journaled, _) = try await journalRotation(database)
         // A third key, in neither the current nor the pending record.
-        let connection = try DatabaseConnection.open(path: database.path, key: try await database.currentKey(), pageSize: 4096, create: false)
+        let connection = try DatabaseConnection.open(
+            path: database.path, key: try await database.currentKey(), pageSize: 4096, create: false)
         try connection.rekey(to: try SecureBuffer.random(count: 32))
         connection.close()
         let bytes = (try contents(database.path), try contents(database.path + ".key"))
-        await expectError(.rotationInterrupted, containing: [journaled.keyCheck!.base64, journaled.pending!.keyCheck.base64]) {
+        await expectError(
+            .rotationInterrupted, containing: [journaled.keyCheck!.base64, journaled.pending!.keyCheck.base64]
+        ) {
             _ = try await database.manager().open()
         }
         #expect(try contents(database.path) == bytes.0)

@@ -8,7 +8,9 @@ import Testing
 struct RewrapTests {
     let otherMasterKey = Data(repeating: 0x42, count: 32).base64EncodedString()
 
-    @Test("rewrap to another local master key: same DEK and version, database untouched, only the new master key opens it")
+    @Test(
+        "rewrap to another local master key: same DEK and version, database untouched, only the new master key opens it"
+    )
     func toAnotherMasterKey() async throws {
         let database = try await ManagedDatabase()
         let before = try database.manager().load()
@@ -58,7 +60,9 @@ struct RewrapTests {
             target.failNext(1, [.health], with: DBKeyError(.kmsKeyDisabled, "disabled"))
             await expectError(.kmsKeyDisabled) { try await database.manager().rewrap(to: target, kekId: "k") }
         default:
-            await expectError(.io) { try await database.manager(faultAt: .writingFinalKeyFile).rewrap(to: target, kekId: "k") }
+            await expectError(.io) {
+                try await database.manager(faultAt: .writingFinalKeyFile).rewrap(to: target, kekId: "k")
+            }
         }
         #expect(try contents(database.path + ".key") == keyBytes)
         try await database.expectIntact()

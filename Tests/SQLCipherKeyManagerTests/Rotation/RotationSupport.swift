@@ -26,7 +26,9 @@ struct ManagedDatabase {
     let rows: Int
 
     /// Creates and fills a database: `rows` rows of 1000 characters, in WAL mode when asked.
-    init(rows: Int = 300, wal: Bool = false, kms: (any KeyManagementService)? = nil, name: String = "app.db") async throws {
+    init(rows: Int = 300, wal: Bool = false, kms: (any KeyManagementService)? = nil, name: String = "app.db")
+        async throws
+    {
         directory = try TemporaryDirectory()
         self.kms = try kms ?? localKms()
         path = directory.file(name)
@@ -62,12 +64,16 @@ struct ManagedDatabase {
     }
 
     /// Opens through the manager and checks every committed row and the integrity check.
-    func expectIntact(_ manager: LocalDbKeyManager? = nil, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    func expectIntact(_ manager: LocalDbKeyManager? = nil, sourceLocation: SourceLocation = #_sourceLocation)
+        async throws
+    {
         let db = try await (manager ?? self.manager()).open()
         defer { db.close() }
         #expect(try db.integrityCheck() == [], sourceLocation: sourceLocation)
         let summary = try db.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
-        #expect(summary == [.integer(Int64(rows)), .integer(Int64(rows * (rows + 1) / 2)), .integer(Int64(rows * 1000))], sourceLocation: sourceLocation)
+        #expect(
+            summary == [.integer(Int64(rows)), .integer(Int64(rows * (rows + 1) / 2)), .integer(Int64(rows * 1000))],
+            sourceLocation: sourceLocation)
         // The .key matches: no pending record left after a successful open.
         #expect(try KeyFile.read(from: path + ".key").pending == nil, sourceLocation: sourceLocation)
     }
@@ -82,7 +88,8 @@ struct ManagedDatabase {
 /// Whether the stock `sqlcipher` shell reads the database with this raw key.
 func sqlcipherShellOpens(_ path: String, key: SecureBuffer, pageSize: Int = 4096) throws -> Bool {
     let sqlcipher = try requireTool("sqlcipher", installedBy: "the Debian package sqlcipher")
-    let script = "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = \(pageSize);\nSELECT count(*) FROM sqlite_master;\n"
+    let script =
+        "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = \(pageSize);\nSELECT count(*) FROM sqlite_master;\n"
     let result = try run(sqlcipher, [path], input: script)
     return result.status == 0 && !result.stderr.contains("not a database") && !result.stdout.isEmpty
 }

@@ -6,7 +6,9 @@ import Testing
 
 @Suite("Key rotation")
 struct RotationTests {
-    @Test("after rotation: a new key opens, the old one no longer does (sqlcipher shell), version +1, rotated_at set, not due", arguments: [false, true])
+    @Test(
+        "after rotation: a new key opens, the old one no longer does (sqlcipher shell), version +1, rotated_at set, not due",
+        arguments: [false, true])
     func rotation(wal: Bool) async throws {
         let database = try await ManagedDatabase(wal: wal)
         let manager = database.manager()
@@ -36,7 +38,8 @@ struct RotationTests {
     func dueAfterPeriod() async throws {
         let directory = try TemporaryDirectory()
         let manager = LocalDbKeyManager(
-            databasePath: directory.file("due.db"), kms: try localKms(), configuration: .init(rotationPeriodDays: 1), logger: silentLogger)
+            databasePath: directory.file("due.db"), kms: try localKms(), configuration: .init(rotationPeriodDays: 1),
+            logger: silentLogger)
         var keyFile = try await manager.initialize()
         keyFile.createdAt = keyFile.createdAt.addingTimeInterval(-2 * 86_400)
         try keyFile.write(to: manager.keyFilePath)
@@ -45,7 +48,9 @@ struct RotationTests {
         #expect(try !manager.needsRotation())
     }
 
-    @Test("a KMS failure for the new key or the current key changes nothing", arguments: [MockKms.Operation.generateDataKey, .decrypt])
+    @Test(
+        "a KMS failure for the new key or the current key changes nothing",
+        arguments: [MockKms.Operation.generateDataKey, .decrypt])
     func kmsFailure(operation: MockKms.Operation) async throws {
         let kms = MockKms(seed: 3)
         let database = try await ManagedDatabase(kms: kms)
@@ -58,7 +63,9 @@ struct RotationTests {
         try await database.expectIntact()
     }
 
-    @Test("a failure at any step leaves a database that opens with every row and a matching .key", arguments: KeyChangeStep.rotationSteps)
+    @Test(
+        "a failure at any step leaves a database that opens with every row and a matching .key",
+        arguments: KeyChangeStep.rotationSteps)
     func faultAtStep(step: KeyChangeStep) async throws {
         let database = try await ManagedDatabase()
         let before = try database.manager().load()
@@ -91,7 +98,8 @@ struct RotationTests {
         try await database.expectIntact()
     }
 
-    @Test("a rotation with a connection open fails at once as in use; with --wait it proceeds once the connection closes")
+    @Test(
+        "a rotation with a connection open fails at once as in use; with --wait it proceeds once the connection closes")
     func databaseInUse() async throws {
         let database = try await ManagedDatabase()
         let manager = database.manager()
@@ -146,7 +154,9 @@ struct RotationTests {
 
 extension KeyChangeStep {
     /// The steps a rotation passes through.
-    static let rotationSteps: [KeyChangeStep] = [.writingPendingKeyFile, .changingDatabase, .verifyingNewKey, .writingFinalKeyFile]
+    static let rotationSteps: [KeyChangeStep] = [
+        .writingPendingKeyFile, .changingDatabase, .verifyingNewKey, .writingFinalKeyFile,
+    ]
 }
 
 extension Result where Failure == any Error {

@@ -42,7 +42,8 @@ struct SecureBufferTests {
         var flags: [Substring]?
         for line in smaps.split(separator: "\n") {
             if let dash = line.firstIndex(of: "-"), let space = line.firstIndex(of: " "), dash < space,
-                let start = UInt(line[..<dash], radix: 16), let end = UInt(line[line.index(after: dash)..<space], radix: 16)
+                let start = UInt(line[..<dash], radix: 16),
+                let end = UInt(line[line.index(after: dash)..<space], radix: 16)
             {
                 inMapping = (start..<end).contains(address)
             } else if inMapping, line.hasPrefix("VmFlags:") {

@@ -71,7 +71,9 @@ struct ProcessResult {
 }
 
 /// Runs a program to completion with `input` on its standard input.
-func run(_ executable: String, _ arguments: [String], input: String = "", environment: [String: String]? = nil) throws -> ProcessResult {
+func run(_ executable: String, _ arguments: [String], input: String = "", environment: [String: String]? = nil) throws
+    -> ProcessResult
+{
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -91,7 +93,9 @@ func run(_ executable: String, _ arguments: [String], input: String = "", enviro
     // lot to both cannot block on a full pipe.
     let errorOutput = PipeOutput()
     let drained = DispatchGroup()
-    DispatchQueue.global().async(group: drained) { errorOutput.data = stderr.fileHandleForReading.readDataToEndOfFile() }
+    DispatchQueue.global().async(group: drained) {
+        errorOutput.data = stderr.fileHandleForReading.readDataToEndOfFile()
+    }
     let outputData = stdout.fileHandleForReading.readDataToEndOfFile()
     drained.wait()
     process.waitUntilExit()
@@ -172,7 +176,9 @@ func expectError(
     } catch let error as DBKeyError {
         #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
         for fragment in fragments {
-            #expect(error.message.contains(fragment), "\"\(fragment)\" not in: \(error.message)", sourceLocation: sourceLocation)
+            #expect(
+                error.message.contains(fragment), "\"\(fragment)\" not in: \(error.message)",
+                sourceLocation: sourceLocation)
         }
         return error
     } catch {
