@@ -12,14 +12,7 @@ struct InitCommand: AsyncParsableCommand {
     @Argument(help: "The database file to create.")
     var database: String
 
-    @Option(help: "The KEK to wrap the data key under, as a URI.")
-    var kek: String = "local://default"
-
-    @Option(name: .customLong("context"), help: "An encryption context pair KEY=VALUE (repeatable). Never a secret.")
-    var contextPairs: [String] = []
-
-    @Option(name: .customLong("rotation-days"), help: "Days between key rotations (for status and rotate --if-due).")
-    var rotationDays: Int?
+    @OptionGroup var newKey: NewKeyOptions
 
     @Option(help: "SQLCipher page size of the new database.")
     var pageSize: Int = CipherSettings.newDatabasePageSize
@@ -28,9 +21,6 @@ struct InitCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        if let rotationDays, !(1...36_500).contains(rotationDays) {
-            throw ValidationError("--rotation-days must be from 1 to 36500.")
-        }
         guard CipherSettings.isValidPageSize(pageSize) else {
             throw ValidationError("--page-size must be a power of two from 512 to 65536.")
         }
@@ -38,19 +28,7 @@ struct InitCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await common.reportingErrors(json: json) {
-            let logger = common.makeLogger()
-            let kek = try KekURI(kek)
-            let manager = LocalDbKeyManager(
-                databasePath: database,
-                kms: try kek.makeProvider(logger: logger),
-                configuration: .init(
-                    kekId: kek.providerKekId,
-                    encryptionContext: try EncryptionContext(parsing: contextPairs),
-                    rotationPeriodDays: rotationDays,
-                    pageSize: pageSize
-                ),
-                logger: logger
-            )
+            let manager = try newKey.makeManager(database: database, pageSize: pageSize, logger: common.makeLogger())
             let keyFile = try await manager.initialize()
             if json {
                 Output.printJSON([

@@ -42,14 +42,7 @@ struct MigrateCommand: AsyncParsableCommand {
     @Flag(help: "The old database has no per-page HMAC (SQLCipher 1.x).")
     var noHmac = false
 
-    @Option(help: "The KEK for the new data key, as a URI.")
-    var kek: String = "local://default"
-
-    @Option(name: .customLong("context"), help: "An encryption context pair KEY=VALUE (repeatable).")
-    var contextPairs: [String] = []
-
-    @Option(name: .customLong("rotation-days"), help: "Days between key rotations.")
-    var rotationDays: Int?
+    @OptionGroup var newKey: NewKeyOptions
 
     @Flag(help: "Print the result as JSON.")
     var json = false
@@ -68,18 +61,7 @@ struct MigrateCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await common.reportingErrors(json: json) {
-            let logger = common.makeLogger()
-            let kek = try KekURI(kek)
-            let manager = LocalDbKeyManager(
-                databasePath: database,
-                kms: try kek.makeProvider(logger: logger),
-                configuration: .init(
-                    kekId: kek.providerKekId,
-                    encryptionContext: try EncryptionContext(parsing: contextPairs),
-                    rotationPeriodDays: rotationDays
-                ),
-                logger: logger
-            )
+            let manager = try newKey.makeManager(database: database, logger: common.makeLogger())
             let keyFile = try await manager.migrate(from: try source(), progress: ProgressLine.reporter("exporting"))
             ProgressLine.finish()
             if json {

@@ -141,20 +141,7 @@ public final class LocalDbKeyManager: Sendable {
             try connection.execute("PRAGMA user_version = 0")
             let sqlcipherVersion = try connection.cipherVersion()
             connection.close()
-            keyFile = KeyFile(
-                kms: kms.providerName,
-                kekId: dataKey.kekId,
-                encryptedDek: dataKey.wrapped,
-                createdAt: KeyFile.now(),
-                encryptionContext: configuration.encryptionContext,
-                keyCheck: KeyCheck(for: dataKey.plaintext),
-                rotationPeriodDays: configuration.rotationPeriodDays,
-                cipher: CipherSettings(
-                    pageSize: configuration.pageSize,
-                    sqlcipherVersion: sqlcipherVersion,
-                    salt: try readSalt()
-                )
-            )
+            keyFile = newKeyFile(for: dataKey, sqlcipherVersion: sqlcipherVersion, salt: try readSalt())
             try keyFile.write(to: keyFilePath)
         } catch {
             removeNewDatabase()
@@ -165,6 +152,20 @@ public final class LocalDbKeyManager: Sendable {
             metadata: ["event": "key.generated", "kms": "\(keyFile.kms)", "kek_id": "\(keyFile.kekId)", "version": "1"]
         )
         return keyFile
+    }
+
+    /// The `.key` record of a new data key under this manager's configuration.
+    func newKeyFile(for dataKey: DataKey, sqlcipherVersion: String, salt: [UInt8]) -> KeyFile {
+        KeyFile(
+            kms: kms.providerName,
+            kekId: dataKey.kekId,
+            encryptedDek: dataKey.wrapped,
+            createdAt: KeyFile.now(),
+            encryptionContext: configuration.encryptionContext,
+            keyCheck: KeyCheck(for: dataKey.plaintext),
+            rotationPeriodDays: configuration.rotationPeriodDays,
+            cipher: CipherSettings(pageSize: configuration.pageSize, sqlcipherVersion: sqlcipherVersion, salt: salt)
+        )
     }
 
     // MARK: - Reading

@@ -89,16 +89,7 @@ extension LocalDbKeyManager {
         }
 
         let salt = try readSalt(of: copyPath)
-        var keyFile = KeyFile(
-            kms: kms.providerName,
-            kekId: dataKey.kekId,
-            encryptedDek: dataKey.wrapped,
-            createdAt: KeyFile.now(),
-            encryptionContext: configuration.encryptionContext,
-            keyCheck: KeyCheck(for: dataKey.plaintext),
-            rotationPeriodDays: configuration.rotationPeriodDays,
-            cipher: CipherSettings(pageSize: pageSize, sqlcipherVersion: sqlcipherVersion, salt: salt)
-        )
+        var keyFile = newKeyFile(for: dataKey, sqlcipherVersion: sqlcipherVersion, salt: salt)
         keyFile.pending = PendingOperation(
             operation: PendingOperationKind.migrate,
             encryptedDek: dataKey.wrapped,
