@@ -35,15 +35,15 @@ struct CrashTests {
         let process = try start(arguments)
         try await Task.sleep(for: delay)
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        try await offPool { process.waitUntilExit() }
         return process.terminationReason == .uncaughtSignal
     }
 
-    func timed(_ arguments: [String]) throws -> Duration {
+    func timed(_ arguments: [String]) async throws -> Duration {
         let clock = ContinuousClock()
         let began = clock.now
         let process = try start(arguments)
-        process.waitUntilExit()
+        try await offPool { process.waitUntilExit() }
         #expect(process.terminationStatus == 0, "\(arguments) failed")
         return clock.now - began
     }
@@ -54,7 +54,7 @@ struct CrashTests {
     func killedRotations(wal: Bool) async throws {
         let database = try await ManagedDatabase(rows: Self.rows, wal: wal)
         #expect(try contents(database.path).count >= 50_000_000)
-        let duration = try timed(["rotate", database.path])
+        let duration = try await timed(["rotate", database.path])
         var interrupted = 0
         var pendingFound = 0
         var version = try database.manager().load().version
@@ -94,7 +94,7 @@ struct CrashTests {
         db.close()
         let target = directory.file("app.db")
         try FileManager.default.copyItem(atPath: pristine, toPath: target)
-        let duration = try timed(["migrate", target, "--from-plaintext"])
+        let duration = try await timed(["migrate", target, "--from-plaintext"])
         var outcomes: [String: Int] = [:]
         for _ in 0..<Self.kills {
             for suffix in ["", ".key", ".key.lock", ".dbkey-migrating", "-journal"] {
@@ -157,7 +157,7 @@ struct CrashTests {
         await expectError(.databaseInUse) { try await database.manager().rotateKey() }
         let rotated = try await database.manager().rotateKey(wait: .seconds(60))
         #expect(!reader.isRunning, "the rotation ran only after the reader closed")
-        reader.waitUntilExit()
+        try await offPool { reader.waitUntilExit() }
         #expect(reader.terminationStatus == 0)
         #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "4000000\n")
         #expect(rotated.version == 2)
@@ -176,8 +176,10 @@ struct CrashTests {
         }
         try #require(journaled, "the first rotation finished before it could be observed")
         let second = try start(["rotate", database.path])
-        first.waitUntilExit()
-        second.waitUntilExit()
+        try await offPool {
+            first.waitUntilExit()
+            second.waitUntilExit()
+        }
         #expect(first.terminationStatus == 0)
         #expect(second.terminationStatus == 30)
         #expect(try database.manager().load().version == 2)

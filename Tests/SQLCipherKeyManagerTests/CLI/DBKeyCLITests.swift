@@ -36,31 +36,32 @@ struct DBKeyCLITests {
         var database: String { directory.file("app.db") }
 
         @discardableResult
-        func dbkey(_ arguments: String..., environment extra: [String: String] = [:]) throws -> ProcessResult {
-            try dbkey(arguments, environment: extra)
+        func dbkey(_ arguments: String..., environment extra: [String: String] = [:]) async throws -> ProcessResult {
+            try await dbkey(arguments, environment: extra)
         }
     }
 
     @Test("init → sql (create, insert, select) → status → verify")
-    func happyPath() throws {
+    func happyPath() async throws {
         let workspace = try Workspace()
         let database = workspace.database
-        let created = try workspace.dbkey("init", database, "--context", "purpose=cli-test", "--rotation-days", "30")
+        let created = try await workspace.dbkey(
+            "init", database, "--context", "purpose=cli-test", "--rotation-days", "30")
         #expect(created.status == 0, "\(created.stderr)")
         #expect(created.stdout.contains("version 1"))
 
-        let sql = try workspace.dbkey(
+        let sql = try await workspace.dbkey(
             "sql", database,
             "CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT, data BLOB); INSERT INTO note(body, data) VALUES ('tab\there', x'00ff'), (NULL, NULL); SELECT id, body, data FROM note ORDER BY id"
         )
         #expect(sql.status == 0, "\(sql.stderr)")
         #expect(sql.stdout == "1\ttab\\there\tx'00ff'\n2\t\t\n")
 
-        let json = try workspace.dbkey("sql", database, "--json", "SELECT id, body FROM note WHERE id = 1")
+        let json = try await workspace.dbkey("sql", database, "--json", "SELECT id, body FROM note WHERE id = 1")
         let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
         #expect(rows.count == 1 && rows[0]["id"] as? Int == 1 && rows[0]["body"] as? String == "tab\there")
 
-        let status = try workspace.dbkey("status", database, "--json")
+        let status = try await workspace.dbkey("status", database, "--json")
         #expect(status.status == 0, "\(status.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
         #expect(report["kms"] as? String == "local")
@@ -73,18 +74,18 @@ struct DBKeyCLITests {
         #expect(report["database_opens"] as? Bool == true)
         #expect(report["rotated_at"] is NSNull)
 
-        let text = try workspace.dbkey("status", database)
+        let text = try await workspace.dbkey("status", database)
         #expect(text.stdout.contains("opens:        yes"))
 
-        let verify = try workspace.dbkey("verify", database)
+        let verify = try await workspace.dbkey("verify", database)
         #expect(verify.status == 0, "\(verify.stderr)")
         #expect(verify.stdout.contains("integrity:    ok"))
         #expect(verify.stdout.contains("key check:    ok"))
     }
 
     @Test("help lists a distinct exit status for every error code")
-    func exitCodesInHelp() throws {
-        let help = try run(Self.executable, ["--help"])
+    func exitCodesInHelp() async throws {
+        let help = try await run(Self.executable, ["--help"])
         #expect(help.status == 0)
         let statuses = ExitStatusTable.entries
         #expect(Set(statuses.map(\.status)).count == statuses.count, "exit statuses must be distinct")
@@ -94,13 +95,13 @@ struct DBKeyCLITests {
     }
 
     @Test("each failure gets its own exit status and a message on stderr", arguments: CLIFailure.allCases)
-    func failures(failure: CLIFailure) throws {
+    func failures(failure: CLIFailure) async throws {
         let workspace = try Workspace()
         let other = workspace.directory.file("other.db")
-        #expect(try workspace.dbkey("init", workspace.database).status == 0)
-        #expect(try workspace.dbkey("init", other).status == 0)
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        #expect(try await workspace.dbkey("init", other).status == 0)
         #expect(
-            try workspace.dbkey(
+            try await workspace.dbkey(
                 "sql", workspace.database,
                 "CREATE TABLE t(a); INSERT INTO t SELECT randomblob(500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100) SELECT x FROM c)"
             ).status == 0)
@@ -138,7 +139,7 @@ struct DBKeyCLITests {
             command = ["sql", workspace.database, "SELEC 1"]
         }
         let keyBefore = try? contents(keyPath)
-        let result = try workspace.dbkey(command, environment: environment)
+        let result = try await workspace.dbkey(command, environment: environment)
         #expect(result.status == failure.expectedStatus, "\(failure): \(result.stderr)")
         #expect(result.stderr.contains("dbkey: error: \(failure.expectedMessageFragment)"), "\(result.stderr)")
         #expect((try? contents(keyPath)) == keyBefore, "a failed command changed the .key file")
@@ -146,13 +147,14 @@ struct DBKeyCLITests {
     }
 
     @Test("init under a file-size limit (as on a full disk) fails with an I/O error and leaves nothing behind")
-    func initOnFullDisk() throws {
+    func initOnFullDisk() async throws {
         let workspace = try Workspace()
         let database = workspace.directory.file("full.db")
         // ulimit -f 0 makes every write past byte 0 fail with EFBIG; SIGXFSZ is ignored so the
         // write returns an error instead of killing the process.
         let shell = "trap '' XFSZ; ulimit -f 0; exec \"$0\" init \"$1\""
-        let result = try run("/bin/sh", ["-c", shell, Self.executable, database], environment: workspace.environment)
+        let result = try await run(
+            "/bin/sh", ["-c", shell, Self.executable, database], environment: workspace.environment)
         #expect(result.status == 41, "\(result.stderr)")
         #expect(!FileManager.default.fileExists(atPath: database))
         #expect(!FileManager.default.fileExists(atPath: database + ".key"))
@@ -161,11 +163,11 @@ struct DBKeyCLITests {
     }
 
     @Test("a new master key file is created 0600 and announced on stderr when none is configured")
-    func masterKeyCreatedLoudly() throws {
+    func masterKeyCreatedLoudly() async throws {
         let workspace = try Workspace()
         var environment = workspace.environment
         environment.removeValue(forKey: LocalKms.masterKeyFileVariable)
-        let result = try run(Self.executable, ["init", workspace.database], environment: environment)
+        let result = try await run(Self.executable, ["init", workspace.database], environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         let path = workspace.directory.path + "/.config/dbkey/master.key"
         #expect(result.stderr.contains(path) && result.stderr.contains("Back it up"))
@@ -179,19 +181,19 @@ struct DBKeyCLITests {
         let workspace = try Workspace()
         var outputs: [ProcessResult] = []
         outputs.append(
-            try run(
+            try await run(
                 Self.executable, ["init", workspace.database, "--log-level", "trace"],
                 environment: workspace.environment))
         outputs.append(
-            try run(
+            try await run(
                 Self.executable, ["sql", workspace.database, "--log-level", "trace", "SELECT 1"],
                 environment: workspace.environment))
         outputs.append(
-            try run(
+            try await run(
                 Self.executable, ["status", workspace.database, "--log-level", "trace", "--json"],
                 environment: workspace.environment))
         outputs.append(
-            try run(
+            try await run(
                 Self.executable, ["verify", workspace.database, "--log-level", "trace"],
                 environment: workspace.environment))
         #expect(outputs.allSatisfy { $0.status == 0 })
@@ -219,8 +221,8 @@ struct DBKeyCLITests {
 
 extension DBKeyCLITests.Workspace {
     @discardableResult
-    func dbkey(_ arguments: [String], environment extra: [String: String] = [:]) throws -> ProcessResult {
-        try run(DBKeyCLITests.executable, arguments, environment: environment.merging(extra) { $1 })
+    func dbkey(_ arguments: [String], environment extra: [String: String] = [:]) async throws -> ProcessResult {
+        try await run(DBKeyCLITests.executable, arguments, environment: environment.merging(extra) { $1 })
     }
 }
 
@@ -278,45 +280,49 @@ struct DBKeyKeyChangeCLITests {
     typealias Workspace = DBKeyCLITests.Workspace
 
     @Test("rotate bumps the version; --if-due leaves a key that is not due alone")
-    func rotate() throws {
+    func rotate() async throws {
         let workspace = try Workspace()
-        #expect(try workspace.dbkey("init", workspace.database, "--rotation-days", "30").status == 0)
+        #expect(try await workspace.dbkey("init", workspace.database, "--rotation-days", "30").status == 0)
         #expect(
-            try workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('row')").status
+            try await workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('row')")
+                .status
                 == 0)
-        let notDue = try workspace.dbkey("rotate", workspace.database, "--if-due", "--json")
+        let notDue = try await workspace.dbkey("rotate", workspace.database, "--if-due", "--json")
         #expect(notDue.status == 0)
         #expect(notDue.stdout.contains("\"rotated\" : false"))
-        let rotated = try workspace.dbkey("rotate", workspace.database, "--json")
+        let rotated = try await workspace.dbkey("rotate", workspace.database, "--json")
         #expect(rotated.status == 0, "\(rotated.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(rotated.stdout.utf8)) as? [String: Any])
         #expect(report["dek_version"] as? Int == 2 && report["rotated"] as? Bool == true)
         #expect(rotated.stderr.isEmpty, "no progress output when stderr is not a terminal")
-        #expect(try workspace.dbkey("sql", workspace.database, "SELECT a FROM t").stdout == "row\n")
-        #expect(try workspace.dbkey("verify", workspace.database).status == 0)
+        #expect(try await workspace.dbkey("sql", workspace.database, "SELECT a FROM t").stdout == "row\n")
+        #expect(try await workspace.dbkey("verify", workspace.database).status == 0)
     }
 
     @Test("rewrap --to local:///PATH moves the key under another master key without touching the database")
-    func rewrap() throws {
+    func rewrap() async throws {
         let workspace = try Workspace()
-        #expect(try workspace.dbkey("init", workspace.database).status == 0)
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
         let databaseBytes = try contents(workspace.database)
         let newMaster = workspace.directory.file("new-master.key")
         _ = FileManager.default.createFile(
             atPath: newMaster, contents: Data(Data(repeating: 5, count: 32).base64EncodedString().utf8),
             attributes: [.posixPermissions: 0o600])
-        let result = try workspace.dbkey("rewrap", workspace.database, "--to", "local://" + newMaster)
+        let result = try await workspace.dbkey("rewrap", workspace.database, "--to", "local://" + newMaster)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try contents(workspace.database) == databaseBytes)
         #expect(
-            try workspace.dbkey("verify", workspace.database).status == 22, "the old master key no longer unwraps it")
+            try await workspace.dbkey("verify", workspace.database).status == 22,
+            "the old master key no longer unwraps it")
         #expect(
-            try workspace.dbkey("verify", workspace.database, environment: [LocalKms.masterKeyFileVariable: newMaster])
-                .status == 0)
+            try await workspace.dbkey(
+                "verify", workspace.database, environment: [LocalKms.masterKeyFileVariable: newMaster]
+            )
+            .status == 0)
     }
 
     @Test("migrate takes the passphrase from an environment variable, a file or stdin, never argv")
-    func migratePassphraseSources() throws {
+    func migratePassphraseSources() async throws {
         let fixture = MigrationTests.compatFixtures + "/sqlcipher-2.0-le-testkey.db"
         try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")
         for source in ["env", "file", "stdin"] {
@@ -338,25 +344,25 @@ struct DBKeyKeyChangeCLITests {
                 arguments += ["--from-passphrase-stdin"]
                 input = "testkey\n"
             }
-            let result = try run(
+            let result = try await run(
                 DBKeyCLITests.executable, arguments, input: input,
                 environment: workspace.environment.merging(environment) { $1 })
             #expect(result.status == 0, "\(source): \(result.stderr)")
             #expect(!arguments.contains("testkey"))
             #expect(
-                try workspace.dbkey("sql", workspace.database, "SELECT count(*) FROM t1").stdout == "78536\n",
+                try await workspace.dbkey("sql", workspace.database, "SELECT count(*) FROM t1").stdout == "78536\n",
                 "\(source)")
         }
     }
 
     @Test("migrate refuses the SQLCipher 4 database with exit 32, and a group-readable passphrase file with 16")
-    func migrateRefusals() throws {
+    func migrateRefusals() async throws {
         let fixture = MigrationTests.compatFixtures + "/sqlcipher-4.0-testkey.db"
         try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")
         let workspace = try Workspace()
         try FileManager.default.copyItem(atPath: fixture, toPath: workspace.database)
         let bytes = try contents(workspace.database)
-        let result = try workspace.dbkey(
+        let result = try await workspace.dbkey(
             "migrate", workspace.database, "--from-passphrase-env", "P", environment: ["P": "testkey"])
         #expect(result.status == 32 && result.stderr.contains("SQLCipher 4"), "\(result.stderr)")
         #expect(try contents(workspace.database) == bytes)
@@ -364,7 +370,7 @@ struct DBKeyKeyChangeCLITests {
         let file = workspace.directory.file("passphrase")
         _ = FileManager.default.createFile(
             atPath: file, contents: Data("testkey".utf8), attributes: [.posixPermissions: 0o644])
-        #expect(try workspace.dbkey("migrate", workspace.database, "--from-passphrase-file", file).status == 16)
-        #expect(try workspace.dbkey("migrate", workspace.database).status == 64, "a source is required")
+        #expect(try await workspace.dbkey("migrate", workspace.database, "--from-passphrase-file", file).status == 16)
+        #expect(try await workspace.dbkey("migrate", workspace.database).status == 64, "a source is required")
     }
 }

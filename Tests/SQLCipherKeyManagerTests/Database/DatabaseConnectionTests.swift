@@ -16,7 +16,7 @@ struct DatabaseConnectionTests {
     }
 
     @Test("the linked library is SQLCipher 3.4.1 on SQLite 3.15.2, as the design measured")
-    func linkedVersions() throws {
+    func linkedVersions() async throws {
         let directory = try TemporaryDirectory()
         let (connection, _) = try openNew(directory)
         #expect(try connection.cipherVersion() == "3.4.1")
@@ -24,7 +24,7 @@ struct DatabaseConnectionTests {
     }
 
     @Test("libsqlite3 is never loaded into the process")
-    func noPlainSQLite() throws {
+    func noPlainSQLite() async throws {
         let handle = try #require(FileHandle(forReadingAtPath: "/proc/self/maps"))
         let maps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
         #expect(maps.contains("libsqlcipher"))
@@ -48,7 +48,7 @@ struct DatabaseConnectionTests {
     }
 
     @Test("every storage class binds and reads back unchanged")
-    func bindingRoundTrip() throws {
+    func bindingRoundTrip() async throws {
         let directory = try TemporaryDirectory()
         let (db, _) = try openNew(directory)
         try db.execute("CREATE TABLE v(i, r, t, b, n)")
@@ -84,7 +84,7 @@ struct DatabaseConnectionTests {
     }
 
     @Test("a prepared statement runs again with new arguments")
-    func preparedStatement() throws {
+    func preparedStatement() async throws {
         let directory = try TemporaryDirectory()
         let (db, _) = try openNew(directory)
         try db.execute("CREATE TABLE t(a INTEGER)")
@@ -162,7 +162,7 @@ struct DatabaseConnectionTests {
     }
 
     @Test("integrity_check reports nothing on a sound database")
-    func integrity() throws {
+    func integrity() async throws {
         let directory = try TemporaryDirectory()
         let (db, _) = try openNew(directory)
         try db.execute("CREATE TABLE t(a); INSERT INTO t VALUES (1)")

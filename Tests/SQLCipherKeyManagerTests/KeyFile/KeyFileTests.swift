@@ -23,7 +23,7 @@ struct KeyFileTests {
     }
 
     @Test("writing then reading gives back the same record, in a 0600 file")
-    func roundTrip() throws {
+    func roundTrip() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db.key")
         let keyFile = sampleKeyFile()
@@ -36,7 +36,7 @@ struct KeyFileTests {
     }
 
     @Test("a pending operation survives the round trip")
-    func pendingRoundTrip() throws {
+    func pendingRoundTrip() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db.key")
         var keyFile = sampleKeyFile()
@@ -50,7 +50,7 @@ struct KeyFileTests {
     }
 
     @Test("the seven-field form from the design loads, with the provider inferred from the ARN")
-    func sevenFieldForm() throws {
+    func sevenFieldForm() async throws {
         let text = try String(contentsOfFile: Self.sevenFieldFixture, encoding: .utf8)
         let keyFile = try Array(text.utf8).withUnsafeBytes { try KeyFile(jsonBytes: $0, source: "fixture") }
         #expect(keyFile.format == nil)
@@ -67,7 +67,7 @@ struct KeyFileTests {
     }
 
     @Test("fields this version does not know survive a rewrite, at the top and inside cipher")
-    func unknownFieldsKept() throws {
+    func unknownFieldsKept() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db.key")
         var object = try #require(JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])

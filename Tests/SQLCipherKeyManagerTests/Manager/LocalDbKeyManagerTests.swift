@@ -65,11 +65,11 @@ struct LocalDbKeyManagerTests {
         // The key goes through stdin, never argv.
         let script =
             "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = 4096;\nSELECT count(*), min(body), max(id) FROM item;\n"
-        let result = try run(sqlcipher, [manager.databasePath], input: script)
+        let result = try await run(sqlcipher, [manager.databasePath], input: script)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.split(separator: "\n").last == "25|\(String(repeating: "0", count: 200))|25")
         // And without the key, the shell cannot read it.
-        let refused = try run(sqlcipher, [manager.databasePath], input: "SELECT count(*) FROM item;\n")
+        let refused = try await run(sqlcipher, [manager.databasePath], input: "SELECT count(*) FROM item;\n")
         #expect(refused.stdout.isEmpty)
         #expect(refused.stderr.contains("not a database") || refused.stderr.contains("encrypted"))
     }

@@ -28,7 +28,7 @@ struct EncryptionContextTests {
     }
 
     @Test("KEY=VALUE parsing keeps '=' in values and rejects empty keys and repeats")
-    func parsing() throws {
+    func parsing() async throws {
         let context = try EncryptionContext(parsing: ["purpose=medical-db", "expr=a=b", "empty="])
         #expect(context.dictionary == ["purpose": "medical-db", "expr": "a=b", "empty": ""])
         #expect(throws: DBKeyError.self) { try EncryptionContext(parsing: ["=x"]) }

@@ -99,7 +99,7 @@ struct KmsConformanceTests {
     }
 
     @Test("the provider name is one a .key file may record", arguments: ProviderUnderTest.offline)
-    func providerName(provider: ProviderUnderTest) throws {
+    func providerName(provider: ProviderUnderTest) async throws {
         #expect(KeyFile.knownProviders.contains(try provider.make().providerName))
     }
 }

@@ -11,7 +11,7 @@ struct LocalKmsTests {
     func pythonUnwrapsOurs() async throws {
         let kms = try localKms()
         let dataKey = try await kms.generateDataKey(kekId: "default", context: context)
-        let answer = try pythonLocalKms([
+        let answer = try await pythonLocalKms([
             "op": "unwrap", "master_key": testMasterKeyBase64, "wrapped": dataKey.wrapped.encoded,
             "context": context.dictionary,
         ])
@@ -22,18 +22,18 @@ struct LocalKmsTests {
     func weUnwrapPythons() async throws {
         let kms = try localKms()
         let dek = try SecureBuffer.random(count: 32)
-        let wrapped = try pythonLocalKms([
+        let wrapped = try await pythonLocalKms([
             "op": "wrap", "master_key": testMasterKeyBase64, "dek_hex": hex(dek), "context": context.dictionary,
         ])
         let unwrapped = try await kms.decrypt(
             WrappedKey(encoded: try #require(wrapped["wrapped"])), kekId: kms.kekId, context: context)
         #expect(unwrapped == dek)
-        let kekId = try pythonLocalKms(["op": "kek_id", "master_key": testMasterKeyBase64])
+        let kekId = try await pythonLocalKms(["op": "kek_id", "master_key": testMasterKeyBase64])
         #expect(kekId["kek_id"] == kms.kekId)
     }
 
     @Test("the KEK id is local: and 16 hex digits of SHA-256 of the master key")
-    func kekIdShape() throws {
+    func kekIdShape() async throws {
         let kms = try localKms()
         // SHA-256 of the bytes 0x00…0x1f starts 630dcd2966c4336691125448bbb25b4ff412a49c732db2c8abc1b8581bd710dd.
         #expect(kms.kekId == "local:630dcd2966c43366")
@@ -81,7 +81,7 @@ struct LocalKmsTests {
     }
 
     @Test("the default master key is created 0600 in a 0700 directory on first use, logged, then reused")
-    func defaultMasterKeyCreated() throws {
+    func defaultMasterKeyCreated() async throws {
         let home = try TemporaryDirectory()
         let logs = LogCapture()
         let first = try LocalKms.fromEnvironment(["HOME": home.path], logger: logs.logger)

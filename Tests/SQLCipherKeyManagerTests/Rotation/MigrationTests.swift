@@ -54,7 +54,7 @@ struct MigrationTests {
         #expect(try db.integrityCheck() == [])
         db.close()
         #expect(!FileManager.default.fileExists(atPath: manager.migrationCopyPath))
-        #expect(try sqlcipherShellOpens(path, key: try await manager.getOrCreateKey()))
+        #expect(try await sqlcipherShellOpens(path, key: try await manager.getOrCreateKey()))
     }
 
     @Test("the SQLCipher 4.0 database fails as unsupported format and stays untouched")

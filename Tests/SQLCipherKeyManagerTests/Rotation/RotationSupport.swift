@@ -86,10 +86,10 @@ struct ManagedDatabase {
 }
 
 /// Whether the stock `sqlcipher` shell reads the database with this raw key.
-func sqlcipherShellOpens(_ path: String, key: SecureBuffer, pageSize: Int = 4096) throws -> Bool {
+func sqlcipherShellOpens(_ path: String, key: SecureBuffer, pageSize: Int = 4096) async throws -> Bool {
     let sqlcipher = try requireTool("sqlcipher", installedBy: "the Debian package sqlcipher")
     let script =
         "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = \(pageSize);\nSELECT count(*) FROM sqlite_master;\n"
-    let result = try run(sqlcipher, [path], input: script)
+    let result = try await run(sqlcipher, [path], input: script)
     return result.status == 0 && !result.stderr.contains("not a database") && !result.stdout.isEmpty
 }

@@ -14,7 +14,7 @@ struct RotationTests {
         let manager = database.manager()
         let before = try manager.load()
         let oldKey = try await database.currentKey()
-        #expect(try sqlcipherShellOpens(database.path, key: oldKey))
+        #expect(try await sqlcipherShellOpens(database.path, key: oldKey))
 
         let rotated = try await manager.rotateKey()
         #expect(rotated.version == before.version + 1)
@@ -27,8 +27,8 @@ struct RotationTests {
 
         let newKey = try await database.currentKey()
         #expect(newKey != oldKey)
-        #expect(try !sqlcipherShellOpens(database.path, key: oldKey))
-        #expect(try sqlcipherShellOpens(database.path, key: newKey))
+        #expect(!(try await sqlcipherShellOpens(database.path, key: oldKey)))
+        #expect(try await sqlcipherShellOpens(database.path, key: newKey))
         try await database.expectIntact()
         let mode = try await manager.open().fetchAll("PRAGMA journal_mode").first?[0]
         #expect(mode == .text(wal ? "wal" : "delete"), "the journal mode is kept")
@@ -108,12 +108,14 @@ struct RotationTests {
         let started = clock.now
         await expectError(.databaseInUse, containing: ["in use"]) { try await manager.rotateKey() }
         #expect(clock.now - started < .milliseconds(500), "no hang")
-        let closer = Task {
-            try await Task.sleep(for: .milliseconds(300))
-            connection.close()
-        }
-        let rotated = try await manager.rotateKey(wait: .seconds(5))
-        try await closer.value
+        // Closed from a plain thread, independent of the cooperative pool the tests share.
+        let closing = ConnectionBox(connection)
+        Thread {
+            usleep(300_000)
+            closing.connection.close()
+        }.start()
+        let rotated = try await manager.rotateKey(wait: .seconds(30))
+        #expect(connection.isClosed)
         #expect(rotated.version == 2)
         try await database.expectIntact()
     }
@@ -168,4 +170,10 @@ extension Result where Failure == any Error {
         if case .failure(let error) = self { return error }
         return nil
     }
+}
+
+/// Hands a connection to the thread that closes it; the test touches it only before and after.
+private final class ConnectionBox: @unchecked Sendable {
+    let connection: DatabaseConnection
+    init(_ connection: DatabaseConnection) { self.connection = connection }
 }

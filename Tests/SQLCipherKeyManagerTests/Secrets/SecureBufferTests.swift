@@ -21,7 +21,7 @@ struct SecureBufferTests {
     }
 
     @Test("random buffers have the requested size and differ")
-    func random() throws {
+    func random() async throws {
         let first = try SecureBuffer.random(count: 300)
         let second = try SecureBuffer.random(count: 300)
         #expect(first.count == 300)
@@ -29,7 +29,7 @@ struct SecureBufferTests {
     }
 
     @Test("the pages are locked in memory and excluded from core dumps, as the kernel reports")
-    func lockedAndNotDumped() throws {
+    func lockedAndNotDumped() async throws {
         let buffer = try SecureBuffer.random(count: 32)
         #expect(buffer.isMemoryLocked)
         #expect(buffer.isExcludedFromCoreDumps)
@@ -57,7 +57,7 @@ struct SecureBufferTests {
     }
 
     @Test("base64 decoding into secure memory agrees with Foundation and rejects non-canonical text")
-    func base64() throws {
+    func base64() async throws {
         for length in 0..<70 {
             let bytes = (0..<length).map { _ in UInt8.random(in: 0...255) }
             let text = Data(bytes).base64EncodedString()

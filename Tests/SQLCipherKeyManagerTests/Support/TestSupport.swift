@@ -70,10 +70,27 @@ struct ProcessResult {
     let stderr: String
 }
 
+/// Runs blocking work on a thread of its own, so that waiting for a child process never holds
+/// one of the cooperative pool's few threads (tests run in parallel on them).
+func offPool<Result: Sendable>(_ work: @escaping @Sendable () throws -> Result) async throws -> Result {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Swift.Result { try work() }) }.start()
+    }
+}
+
 /// Runs a program to completion with `input` on its standard input.
-func run(_ executable: String, _ arguments: [String], input: String = "", environment: [String: String]? = nil) throws
-    -> ProcessResult
+func run(_ executable: String, _ arguments: [String], input: String = "", environment: [String: String]? = nil)
+    async throws -> ProcessResult
 {
+    try await offPool { try runBlocking(executable, arguments, input: input, environment: environment) }
+}
+
+private func runBlocking(
+    _ executable: String,
+    _ arguments: [String],
+    input: String,
+    environment: [String: String]?
+) throws -> ProcessResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -151,10 +168,10 @@ func contents(_ path: String) throws -> Data {
 }
 
 /// Runs the Python reference implementation of the local wrap format.
-func pythonLocalKms(_ request: [String: Any]) throws -> [String: String] {
+func pythonLocalKms(_ request: [String: Any]) async throws -> [String: String] {
     let python = try requireTool("python3", installedBy: "python3")
     let input = String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)
-    let result = try run(python, [repositoryRoot.path + "/Scripts/interop/local_kms.py"], input: input)
+    let result = try await run(python, [repositoryRoot.path + "/Scripts/interop/local_kms.py"], input: input)
     #expect(result.status == 0, "local_kms.py failed: \(result.stderr)")
     let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8))
     return try #require(object as? [String: String])
