@@ -29,14 +29,21 @@ struct CrashTests {
         return process
     }
 
-    /// Runs `arguments` and kills the process with SIGKILL after `delay`; returns whether the
-    /// kill landed before the process finished by itself.
-    func runAndKill(_ arguments: [String], after delay: Duration) async throws -> Bool {
+    /// Runs `arguments` and kills the process with SIGKILL after `delay`. Returns whether the
+    /// kill landed before the process finished by itself, and how long it ran.
+    func runAndKill(_ arguments: [String], after delay: Duration) async throws -> (interrupted: Bool, ran: Duration) {
+        let clock = ContinuousClock()
+        let began = clock.now
         let process = try start(arguments)
-        try await Task.sleep(for: delay)
+        // Poll rather than sleep through: a process that finishes early tells how long a whole
+        // run takes now, whatever the load on the machine.
+        while process.isRunning && clock.now - began < delay {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        let ran = clock.now - began
         kill(process.processIdentifier, SIGKILL)
         try await offPool { process.waitUntilExit() }
-        return process.terminationReason == .uncaughtSignal
+        return (process.terminationReason == .uncaughtSignal, ran)
     }
 
     func timed(_ arguments: [String]) async throws -> Duration {
@@ -54,14 +61,16 @@ struct CrashTests {
     func killedRotations(wal: Bool) async throws {
         let database = try await ManagedDatabase(rows: Self.rows, wal: wal)
         #expect(try contents(database.path).count >= 50_000_000)
-        let duration = try await timed(["rotate", database.path])
+        var duration = try await timed(["rotate", database.path])
         var interrupted = 0
         var pendingFound = 0
         var version = try database.manager().load().version
         for _ in 0..<Self.kills {
-            let delay = duration * Double.random(in: 0...1.2)
-            if try await runAndKill(["rotate", database.path], after: delay) {
+            let outcome = try await runAndKill(["rotate", database.path], after: duration * Double.random(in: 0...1.2))
+            if outcome.interrupted {
                 interrupted += 1
+            } else {
+                duration = outcome.ran
             }
             if try KeyFile.read(from: database.path + ".key").pending != nil {
                 pendingFound += 1
@@ -94,15 +103,18 @@ struct CrashTests {
         db.close()
         let target = directory.file("app.db")
         try FileManager.default.copyItem(atPath: pristine, toPath: target)
-        let duration = try await timed(["migrate", target, "--from-plaintext"])
+        var duration = try await timed(["migrate", target, "--from-plaintext"])
         var outcomes: [String: Int] = [:]
         for _ in 0..<Self.kills {
             for suffix in ["", ".key", ".key.lock", ".dbkey-migrating", "-journal"] {
                 try? FileManager.default.removeItem(atPath: target + suffix)
             }
             try FileManager.default.copyItem(atPath: pristine, toPath: target)
-            let delay = duration * Double.random(in: 0...1.2)
-            _ = try await runAndKill(["migrate", target, "--from-plaintext"], after: delay)
+            let outcome = try await runAndKill(
+                ["migrate", target, "--from-plaintext"], after: duration * Double.random(in: 0...1.2))
+            if !outcome.interrupted {
+                duration = outcome.ran
+            }
             let connection: DatabaseConnection
             if FileManager.default.fileExists(atPath: target + ".key") {
                 let pending = try KeyFile.read(from: target + ".key").pending != nil
