@@ -32,21 +32,6 @@ enum RawKeyText {
         }
     }
 
-    /// Whether `text` has exactly the raw-key shape SQLCipher recognises.
-    static func isWellFormed(_ text: SecureBuffer) -> Bool {
-        text.withUnsafeBytes { bytes in
-            guard bytes.count == textByteCount,
-                bytes[0] == UInt8(ascii: "x"),
-                bytes[1] == UInt8(ascii: "'"),
-                bytes[textByteCount - 1] == UInt8(ascii: "'")
-            else { return false }
-            return bytes[2..<(textByteCount - 1)].allSatisfy { byte in
-                (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
-                    || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
-            }
-        }
-    }
-
     /// A lowercase hex digit for a nibble, computed without a table or a branch so that the time
     /// taken does not depend on the key.
     private static func hexDigit(_ nibble: UInt8) -> UInt8 {

@@ -82,10 +82,12 @@ struct LocalDbKeyManagerTests {
         let database = try contents(manager.databasePath)
         let keyFile = try contents(manager.keyFilePath)
         await expectError(.alreadyInitialized, containing: [".key already exists"]) { try await manager.initialize() }
+        #expect(try contents(manager.databasePath) == database)
+        #expect(try contents(manager.keyFilePath) == keyFile)
         try FileManager.default.removeItem(atPath: manager.keyFilePath)
         await expectError(.alreadyInitialized, containing: ["migrate"]) { try await manager.initialize() }
         #expect(try contents(manager.databasePath) == database)
-        #expect(keyFile.count > 0)
+        #expect(!FileManager.default.fileExists(atPath: manager.keyFilePath))
     }
 
     @Test("a KMS failure during initialize leaves no database and no .key behind")
