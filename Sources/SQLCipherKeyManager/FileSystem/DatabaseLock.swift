@@ -26,12 +26,15 @@ final class DatabaseLock {
         release()
     }
 
+    /// How long every acquisition polls at least.
+    static let minimumWait: Duration = .milliseconds(200)
+
     /// The lock file's path for a database.
     static func path(forDatabase databasePath: String) -> String {
         databasePath + ".key.lock"
     }
 
-    /// Takes the lock, trying again every 10 ms for up to `wait`.
+    /// Takes the lock, trying again every 10 ms for up to `wait` (at least ``minimumWait``).
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the lock is still held by
     ///   someone else after `wait`; ``DBKeyError/Code-swift.struct/io`` when the lock file
@@ -51,7 +54,10 @@ final class DatabaseLock {
         }
         let lock = DatabaseLock(descriptor: descriptor)
         let operation = (mode == .shared ? LOCK_SH : LOCK_EX) | LOCK_NB
-        let deadline = ContinuousClock.now + wait
+        // Even with no wait asked for, poll for a moment: a child process that another thread
+        // forked holds a copy of a released lock's descriptor until it execs, and that must
+        // not read as "in use".
+        let deadline = ContinuousClock.now + max(wait, DatabaseLock.minimumWait)
         while true {
             do {
                 try valueOrErrno { flock(descriptor.rawValue, operation) }

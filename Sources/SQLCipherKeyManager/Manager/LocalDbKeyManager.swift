@@ -39,6 +39,9 @@ public final class LocalDbKeyManager: Sendable {
         /// How long ``LocalDbKeyManager/open()`` waits for a running rotation or migration to
         /// finish before failing with ``DBKeyError/Code-swift.struct/databaseInUse``.
         public var openWait: Duration
+        /// How long an unwrapped data key is kept in memory, so that reopening within this time
+        /// makes no KMS call; `.zero` turns the cache off.
+        public var keyCacheTTL: Duration
 
         /// Creates a configuration.
         public init(
@@ -46,13 +49,15 @@ public final class LocalDbKeyManager: Sendable {
             encryptionContext: EncryptionContext = .empty,
             rotationPeriodDays: Int? = nil,
             pageSize: Int = CipherSettings.newDatabasePageSize,
-            openWait: Duration = .seconds(5)
+            openWait: Duration = .seconds(5),
+            keyCacheTTL: Duration = .seconds(300)
         ) {
             self.kekId = kekId
             self.encryptionContext = encryptionContext
             self.rotationPeriodDays = rotationPeriodDays
             self.pageSize = pageSize
             self.openWait = openWait
+            self.keyCacheTTL = keyCacheTTL
         }
     }
 
@@ -67,6 +72,8 @@ public final class LocalDbKeyManager: Sendable {
     let logger: Logger
     /// Called at each step of a key change; tests make it throw to simulate a failure there.
     let faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
+    /// Data keys unwrapped recently.
+    let keyCache: DataKeyCache
 
     /// Creates a manager for the database at `databasePath`. Nothing is read until a method
     /// needs it.
@@ -95,6 +102,7 @@ public final class LocalDbKeyManager: Sendable {
         logger[metadataKey: "database"] = "\(databasePath)"
         self.logger = logger
         self.faultInjector = faultInjector
+        self.keyCache = DataKeyCache(timeToLive: configuration.keyCacheTTL)
     }
 
     // MARK: - Creating
@@ -241,6 +249,9 @@ public final class LocalDbKeyManager: Sendable {
                 "\(keyFilePath) was made with the \(keyFile.kms) KMS, but this manager was given the \(kms.providerName) KMS."
             )
         }
+        if let cached = keyCache.key(for: keyFile) {
+            return cached
+        }
         let key = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
         guard key.count == RawKeyText.keyByteCount else {
             throw DBKeyError(.wrongKey, "The KMS returned a \(key.count)-byte key; SQLCipher keys here are 32 bytes.")
@@ -255,6 +266,7 @@ public final class LocalDbKeyManager: Sendable {
             "Loaded the data key",
             metadata: ["event": "key.loaded", "kek_id": "\(keyFile.kekId)", "version": "\(keyFile.version)"]
         )
+        keyCache.store(key, for: keyFile)
         return key
     }
 

@@ -86,10 +86,12 @@ public struct KekURI: Sendable, Hashable, CustomStringConvertible {
         switch provider {
         case "local":
             return try LocalKms.fromEnvironment(environment, logger: logger)
+        case "aws":
+            return try AwsKms.fromEnvironment(environment, logger: logger)
         default:
             throw DBKeyError(
                 .invalidConfiguration,
-                "The \(provider) KMS provider is not available in this build of DBKey (available: local)."
+                "The \(provider) KMS provider is not available in this build of DBKey (available: local, aws)."
             )
         }
     }

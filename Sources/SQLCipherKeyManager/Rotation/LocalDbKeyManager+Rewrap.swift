@@ -29,7 +29,18 @@ extension LocalDbKeyManager {
         defer { lock.release() }
         let key = try await unwrapKey(of: keyFile)
         let resolvedKekId = try await target.health(kekId: kekId).kekId
-        let wrapped = try await target.encrypt(key, kekId: resolvedKekId, context: keyFile.encryptionContext)
+        let wrapped: WrappedKey
+        if let aws = target as? AwsKms, keyFile.kms == aws.providerName {
+            // Between AWS keys, ReEncrypt moves the key without its plaintext leaving KMS.
+            wrapped = try await aws.reEncrypt(
+                keyFile.encryptedDek,
+                from: keyFile.kekId,
+                to: resolvedKekId,
+                context: keyFile.encryptionContext
+            ).wrapped
+        } else {
+            wrapped = try await target.encrypt(key, kekId: resolvedKekId, context: keyFile.encryptionContext)
+        }
         guard try await target.decrypt(wrapped, kekId: resolvedKekId, context: keyFile.encryptionContext) == key else {
             throw DBKeyError(
                 .ciphertextInvalid,

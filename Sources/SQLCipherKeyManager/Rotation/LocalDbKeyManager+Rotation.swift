@@ -37,7 +37,11 @@ extension LocalDbKeyManager {
         progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
     ) async throws -> KeyFile {
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
-        defer { lock.release() }
+        defer {
+            // Whatever the outcome, no key unwrapped before the rotation is kept.
+            keyCache.removeAll()
+            lock.release()
+        }
         let keyFile = try await settlePending(try load())
         let currentKey = try await unwrapKey(of: keyFile)
         let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)

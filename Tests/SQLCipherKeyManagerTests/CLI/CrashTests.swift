@@ -178,7 +178,8 @@ struct CrashTests {
 
     @Test("two processes rotating at once: exactly one runs, the other exits 30 (database in use)")
     func twoRotatingProcesses() async throws {
-        let database = try await ManagedDatabase(rows: 20_000)
+        // Large enough that the first rekey outlasts DatabaseLock.minimumWait several times.
+        let database = try await ManagedDatabase(rows: 60_000)
         let first = try start(["rotate", database.path])
         // Start the second once the first has journaled its rotation, so they overlap for sure.
         var journaled = false

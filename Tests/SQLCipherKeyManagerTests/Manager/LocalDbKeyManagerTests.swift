@@ -201,10 +201,12 @@ struct LocalDbKeyManagerTests {
         try await populated(manager)
         let before = (try contents(manager.databasePath), try contents(manager.keyFilePath))
         kms.failNext(1, [.decrypt])
-        let error = await expectError(.kmsUnavailable) { _ = try await manager.open() }
+        // A new manager: the first one holds the key in its cache and would not ask the KMS.
+        let cold = try self.manager(directory, kms: kms, configuration: .init(kekId: "k"))
+        let error = await expectError(.kmsUnavailable) { _ = try await cold.open() }
         #expect(error?.isRetryable == true)
         #expect(try contents(manager.databasePath) == before.0 && contents(manager.keyFilePath) == before.1)
-        #expect(try await manager.open().fetchAll("SELECT count(*) FROM item").first?[0] == .integer(10))
+        #expect(try await cold.open().fetchAll("SELECT count(*) FROM item").first?[0] == .integer(10))
     }
 
     @Test("an altered encryption context in the .key is refused as invalid ciphertext")
@@ -259,7 +261,8 @@ struct LocalDbKeyManagerTests {
         #expect(healthy.keyFile.rotationPeriodDays == 7)
 
         kms.failNext(2)
-        let outage = try await manager.status(now: Date().addingTimeInterval(8 * 86_400))
+        let cold = try self.manager(directory, kms: kms, configuration: .init(kekId: "k"))
+        let outage = try await cold.status(now: Date().addingTimeInterval(8 * 86_400))
         #expect(outage.rotationDue)
         #expect(outage.openError?.code == .kmsUnavailable)
         guard case .failure(let error) = outage.kmsHealth else {
@@ -278,7 +281,7 @@ struct LocalDbKeyManagerTests {
         try await manager.initialize()
         _ = try await manager.open()
         kms.failNext(1, [.decrypt])
-        _ = try? await manager.open()
+        _ = try? await self.manager(directory, kms: kms, configuration: .init(kekId: "k"), logger: logs.logger).open()
         let text = logs.lines.joined(separator: "\n")
         for event in ["key.generated", "key.loaded", "database.opened", "open.failed"] {
             #expect(text.contains(event), "missing \(event)")
@@ -286,5 +289,39 @@ struct LocalDbKeyManagerTests {
         let key = MockKms.dataKey(seed: 11, index: 0)
         #expect(!text.lowercased().contains(hex(key)))
         #expect(!text.contains(key.withUnsafeBytes { Data($0).base64EncodedString() }))
+    }
+
+    @Test("the key cache: one Decrypt for a cold open, none warm, one again after the TTL and after a rotation")
+    func keyCache() async throws {
+        let directory = try TemporaryDirectory()
+        let kms = MockKms(seed: 31)
+        let manager = try manager(
+            directory, kms: kms, configuration: .init(kekId: "k", keyCacheTTL: .seconds(3)))
+        try await manager.initialize()
+        kms.resetCalls()
+        try await manager.open().close()
+        #expect(kms.calls(of: .decrypt).count == 1, "cold open")
+        try await manager.open().close()
+        #expect(kms.calls(of: .decrypt).count == 1, "warm open")
+        // Expired keys are dropped (and wiped) without waiting for an access; under load the
+        // purge may run late, so wait for it rather than for a fixed time.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while manager.keyCache.count > 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(manager.keyCache.count == 0, "expired keys are dropped without an access")
+        try await manager.open().close()
+        #expect(kms.calls(of: .decrypt).count == 2, "after the TTL")
+        try await manager.rotateKey()
+        #expect(manager.keyCache.count == 0, "a rotation drops every cached key")
+        kms.resetCalls()
+        try await manager.open().close()
+        #expect(kms.calls(of: .decrypt).count == 1, "after a rotation")
+
+        let uncached = try self.manager(directory, kms: kms, configuration: .init(kekId: "k", keyCacheTTL: .zero))
+        kms.resetCalls()
+        try await uncached.open().close()
+        try await uncached.open().close()
+        #expect(kms.calls(of: .decrypt).count == 2, "a TTL of zero turns the cache off")
     }
 }
