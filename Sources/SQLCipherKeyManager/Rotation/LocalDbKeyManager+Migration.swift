@@ -55,13 +55,14 @@ extension LocalDbKeyManager {
         // A copy without a .key is what a crash before step 3 leaves: start again.
         removeMigrationCopy()
 
-        // Proves the source opens before the KMS is asked for anything.
-        let rowCounts: [String: Int64]
-        do {
+        // Proves the source opens before the KMS is asked for anything. A passphrase open runs
+        // PBKDF2 (and a failed one the SQLCipher 4 check): blocking work, on its own thread.
+        let rowCounts = try await onDedicatedThread { [self] in
             let original = try openOriginal(source)
             defer { original.close() }
-            rowCounts = try tableRowCounts(original)
+            let counts = try tableRowCounts(original)
             try checkpointForSwap(original)
+            return counts
         }
         let dataKey = try await kms.generateDataKey(
             kekId: configuration.kekId, context: configuration.encryptionContext)

@@ -92,15 +92,17 @@ struct CrashTests {
     func killedMigrations() async throws {
         let directory = try TemporaryDirectory()
         let pristine = directory.file("pristine.db")
-        let db = try DatabaseConnection.open(path: pristine, keying: .plaintext, create: true)
-        try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-        let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
-        try db.inTransaction {
-            for row in 1...Self.rows {
-                try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+        try await offPool {
+            let db = try DatabaseConnection.open(path: pristine, keying: .plaintext, create: true)
+            try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
+            try db.inTransaction {
+                for row in 1...Self.rows {
+                    try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+                }
             }
+            db.close()
         }
-        db.close()
         let target = directory.file("app.db")
         try FileManager.default.copyItem(atPath: pristine, toPath: target)
         var duration = try await timed(["migrate", target, "--from-plaintext"])
@@ -115,25 +117,30 @@ struct CrashTests {
             if !outcome.interrupted {
                 duration = outcome.ran
             }
-            let connection: DatabaseConnection
+            let connection: UncheckedConnection
             if FileManager.default.fileExists(atPath: target + ".key") {
                 let pending = try KeyFile.read(from: target + ".key").pending != nil
                 outcomes[pending ? "encrypted, swap pending" : "encrypted", default: 0] += 1
-                connection = try await LocalDbKeyManager(
-                    databasePath: target, kms: try localKms(), logger: silentLogger
-                ).open()
+                connection = UncheckedConnection(
+                    try await LocalDbKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger).open())
             } else {
                 outcomes["plaintext", default: 0] += 1
-                connection = try DatabaseConnection.open(path: target, keying: .plaintext)
+                connection = UncheckedConnection(try DatabaseConnection.open(path: target, keying: .plaintext))
             }
-            #expect(try connection.integrityCheck() == [])
-            let summary = try connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
+            let (problems, summary) = try await offPool {
+                defer { connection.connection.close() }
+                return (
+                    try connection.connection.integrityCheck(),
+                    try connection.connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?
+                        .values
+                )
+            }
+            #expect(problems == [])
             #expect(
                 summary == [
                     .integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)),
                     .integer(Int64(Self.rows * 1000)),
                 ])
-            connection.close()
         }
         print("kill test (migrate, \(Self.rows) rows, one migration \(duration)): outcomes \(outcomes)")
         #expect(outcomes["plaintext", default: 0] >= 3, "\(outcomes)")

@@ -374,3 +374,55 @@ struct DBKeyKeyChangeCLITests {
         #expect(try await workspace.dbkey("migrate", workspace.database).status == 64, "a source is required")
     }
 }
+
+/// `dbkey` with a KEK in AWS KMS (moto), configured as the AWS SDKs are.
+@Suite("dbkey with AWS KMS")
+struct DBKeyAwsCLITests {
+    @Test("init --kek aws-kms://alias/…, sql, status with KMS health and latency, rotate, verify")
+    func awsLifecycle() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let aws = try Moto.processEnvironment()
+        let created = try await workspace.dbkey(
+            "init", workspace.database, "--kek", "aws-kms://" + (try Moto.alias()), environment: aws)
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(
+            try await workspace.dbkey(
+                "sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES (1)", environment: aws
+            ).status == 0)
+        let status = try await workspace.dbkey("status", workspace.database, "--json", environment: aws)
+        #expect(status.status == 0, "\(status.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        #expect(report["kms"] as? String == "aws")
+        #expect(report["kek_id"] as? String == (try Moto.keyArn()))
+        #expect(report["kms_reachable"] as? Bool == true)
+        #expect(report["kms_key_state"] as? String == "Enabled")
+        #expect((report["kms_latency_ms"] as? Double).map { $0 > 0 } == true)
+        #expect(try await workspace.dbkey("rotate", workspace.database, environment: aws).status == 0)
+        #expect(try await workspace.dbkey("verify", workspace.database, environment: aws).status == 0)
+        // Without credentials: access denied, with the variables to set.
+        let denied = try await workspace.dbkey(
+            "verify", workspace.database, environment: ["AWS_ACCESS_KEY_ID": "", "HOME": workspace.directory.path])
+        #expect(denied.status == 21, "\(denied.stderr)")
+    }
+
+    @Test("rewrap --to aws-kms://ARN moves a database from the local provider to AWS without touching it")
+    func localToAws() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let aws = try Moto.processEnvironment()
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        #expect(
+            try await workspace.dbkey("sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('kept')")
+                .status == 0)
+        let bytes = try contents(workspace.database)
+        let moved = try await workspace.dbkey(
+            "rewrap", workspace.database, "--to", "aws-kms://" + (try Moto.keyArn()), environment: aws)
+        #expect(moved.status == 0, "\(moved.stderr)")
+        #expect(try contents(workspace.database) == bytes)
+        #expect(try KeyFile.read(from: workspace.database + ".key").kms == "aws")
+        // The local master key is no longer needed: only AWS credentials.
+        let environment = aws.merging(["PATH": workspace.environment["PATH"]!, "HOME": workspace.directory.path]) { $1 }
+        let read = try await run(
+            DBKeyCLITests.executable, ["sql", workspace.database, "SELECT a FROM t"], environment: environment)
+        #expect(read.stdout == "kept\n", "\(read.stderr)")
+    }
+}

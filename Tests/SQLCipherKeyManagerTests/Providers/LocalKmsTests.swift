@@ -98,4 +98,20 @@ struct LocalKmsTests {
         let fileText = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .newlines)
         #expect(!logs.lines.joined().contains(fileText))
     }
+
+    @Test("altering any one of the 61 bytes of a local wrapped key is refused as invalid ciphertext")
+    func everyByteAuthenticated() async throws {
+        let kms = try localKms()
+        let dataKey = try await kms.generateDataKey(kekId: "default", context: context)
+        let bytes = try #require(dataKey.wrapped.base64DecodedBytes)
+        #expect(bytes.count == 61)
+        for index in bytes.indices {
+            var altered = bytes
+            altered[index] ^= 0x80
+            await expectError(.ciphertextInvalid) {
+                _ = try await kms.decrypt(
+                    WrappedKey(encoded: Data(altered).base64EncodedString()), kekId: kms.kekId, context: context)
+            }
+        }
+    }
 }

@@ -24,29 +24,43 @@ struct ManagedDatabase {
     let kms: any KeyManagementService
     let path: String
     let rows: Int
+    let kekId: String
+    let context: EncryptionContext
 
     /// Creates and fills a database: `rows` rows of 1000 characters, in WAL mode when asked.
-    init(rows: Int = 300, wal: Bool = false, kms: (any KeyManagementService)? = nil, name: String = "app.db")
-        async throws
-    {
+    init(
+        rows: Int = 300,
+        wal: Bool = false,
+        kms: (any KeyManagementService)? = nil,
+        kekId: String = LocalKms.defaultKekName,
+        context: EncryptionContext = .empty,
+        name: String = "app.db"
+    ) async throws {
         directory = try TemporaryDirectory()
         self.kms = try kms ?? localKms()
         path = directory.file(name)
         self.rows = rows
+        self.kekId = kekId
+        self.context = context
         let manager = self.manager()
         try await manager.initialize()
-        let db = try await manager.open()
-        if wal {
-            #expect(try db.fetchAll("PRAGMA journal_mode = WAL").first?[0] == .text("wal"))
-        }
-        try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-        let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
-        try db.inTransaction {
-            for row in 1...rows {
-                try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+        let db = UncheckedConnection(try await manager.open())
+        // Filling a large database is long synchronous work: off the cooperative pool, so that
+        // tests running beside it keep their timing.
+        try await offPool {
+            let db = db.connection
+            defer { db.close() }
+            if wal {
+                #expect(try db.fetchAll("PRAGMA journal_mode = WAL").first?[0] == .text("wal"))
+            }
+            try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+            let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
+            try db.inTransaction {
+                for row in 1...rows {
+                    try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+                }
             }
         }
-        db.close()
     }
 
     func manager(
@@ -57,7 +71,7 @@ struct ManagedDatabase {
         LocalDbKeyManager(
             databasePath: path,
             kms: kms ?? self.kms,
-            configuration: .init(openWait: .seconds(2)),
+            configuration: .init(kekId: kekId, encryptionContext: context, openWait: .seconds(2)),
             logger: logger,
             faultInjector: step.map { InjectedFault(step: $0).injector }
         )
@@ -67,10 +81,16 @@ struct ManagedDatabase {
     func expectIntact(_ manager: LocalDbKeyManager? = nil, sourceLocation: SourceLocation = #_sourceLocation)
         async throws
     {
-        let db = try await (manager ?? self.manager()).open()
-        defer { db.close() }
-        #expect(try db.integrityCheck() == [], sourceLocation: sourceLocation)
-        let summary = try db.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
+        let db = UncheckedConnection(try await (manager ?? self.manager()).open())
+        let rows = self.rows
+        let (problems, summary) = try await offPool {
+            defer { db.connection.close() }
+            return (
+                try db.connection.integrityCheck(),
+                try db.connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?.values
+            )
+        }
+        #expect(problems == [], sourceLocation: sourceLocation)
         #expect(
             summary == [.integer(Int64(rows)), .integer(Int64(rows * (rows + 1) / 2)), .integer(Int64(rows * 1000))],
             sourceLocation: sourceLocation)
@@ -92,4 +112,11 @@ func sqlcipherShellOpens(_ path: String, key: SecureBuffer, pageSize: Int = 4096
         "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = \(pageSize);\nSELECT count(*) FROM sqlite_master;\n"
     let result = try await run(sqlcipher, [path], input: script)
     return result.status == 0 && !result.stderr.contains("not a database") && !result.stdout.isEmpty
+}
+
+/// Hands a connection to one other thread at a time (tests only): the connection is used by
+/// exactly one thread while the handing task waits.
+final class UncheckedConnection: @unchecked Sendable {
+    let connection: DatabaseConnection
+    init(_ connection: DatabaseConnection) { self.connection = connection }
 }

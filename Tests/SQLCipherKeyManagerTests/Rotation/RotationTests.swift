@@ -111,7 +111,7 @@ struct RotationTests {
         // machine may stretch; a hang would never return.
         #expect(clock.now - started < .seconds(5), "no hang")
         // Closed from a plain thread, independent of the cooperative pool the tests share.
-        let closing = ConnectionBox(connection)
+        let closing = UncheckedConnection(connection)
         Thread {
             usleep(300_000)
             closing.connection.close()
@@ -172,10 +172,4 @@ extension Result where Failure == any Error {
         if case .failure(let error) = self { return error }
         return nil
     }
-}
-
-/// Hands a connection to the thread that closes it; the test touches it only before and after.
-private final class ConnectionBox: @unchecked Sendable {
-    let connection: DatabaseConnection
-    init(_ connection: DatabaseConnection) { self.connection = connection }
 }

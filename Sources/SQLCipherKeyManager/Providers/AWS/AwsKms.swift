@@ -7,7 +7,8 @@ import Logging
 /// Credentials, region and endpoint are found as the AWS SDKs find them: `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; the shared credentials and config files with
 /// `AWS_PROFILE`; `AWS_REGION` / `AWS_DEFAULT_REGION` (a key ARN's own region wins);
-/// `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` for another endpoint.
+/// `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` for another endpoint; `AWS_MAX_ATTEMPTS` and
+/// `DBKEY_KMS_TIMEOUT_SECONDS` for the retry policy.
 ///
 /// ```swift
 /// let kms = try AwsKms.fromEnvironment(logger: logger)
@@ -106,8 +107,29 @@ public struct AwsKms: KeyManagementService {
             }
             endpoint = url
         }
-        return AwsKms(credentials: try aws.credentials(), region: try aws.region(), endpoint: endpoint, logger: logger)
+        var retry = RetryPolicy()
+        if let text = environment["AWS_MAX_ATTEMPTS"] {
+            guard let attempts = Int(text), attempts >= 1 else {
+                throw DBKeyError(
+                    .invalidConfiguration, "AWS_MAX_ATTEMPTS must be a whole number from 1; got \"\(text)\".")
+            }
+            retry.attempts = attempts
+        }
+        if let text = environment[timeoutVariable] {
+            guard let seconds = Double(text), seconds > 0, seconds <= 600 else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "\(timeoutVariable) must be a number of seconds from 0 to 600; got \"\(text)\".")
+            }
+            retry.timeout = .seconds(seconds)
+        }
+        return AwsKms(
+            credentials: try aws.credentials(), region: try aws.region(), endpoint: endpoint, retry: retry,
+            logger: logger)
     }
+
+    /// The environment variable that sets the time limit of one KMS call, in seconds.
+    public static let timeoutVariable = "DBKEY_KMS_TIMEOUT_SECONDS"
 
     // MARK: - KeyManagementService
 
@@ -124,6 +146,9 @@ public struct AwsKms: KeyManagementService {
     }
 
     public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+        guard wrapped.base64DecodedBytes != nil else {
+            throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a base64 AWS KMS CiphertextBlob.")
+        }
         var response = try await call(
             "Decrypt",
             kekId: kekId,

@@ -45,27 +45,15 @@ struct URLSessionKmsTransport: KmsTransport {
         urlRequest.httpMethod = request.method
         urlRequest.httpBody = request.body
         let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-        urlRequest.timeoutInterval = seconds
+        // FoundationNetworking truncates timeoutInterval to whole seconds (0.5 s fails at once,
+        // 1.5 s waits 1 s), so it gets a whole second more and the timer below is the real bound.
+        urlRequest.timeoutInterval = seconds.rounded(.up) + 1
         for header in request.headers where header.name.lowercased() != "host" {
             urlRequest.setValue(header.value, forHTTPHeaderField: header.name)
         }
         do {
-            // The session's own timeout covers idle time; this bounds the whole exchange.
-            let prepared = urlRequest
-            return try await withThrowingTaskGroup(of: KmsHTTPResponse.self) { group in
-                group.addTask {
-                    let (data, response) = try await session.data(for: prepared)
-                    return KmsHTTPResponse(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: data)
-                }
-                group.addTask {
-                    try await Task.sleep(for: timeout)
-                    throw URLError(.timedOut)
-                }
-                let first = try await group.next()!
-                group.cancelAll()
-                return first
-            }
-        } catch let error as URLError where error.code == .timedOut {
+            return try await exchange(urlRequest, timeout: timeout)
+        } catch let error as URLError where error.code == .timedOut || error.code == .cancelled {
             throw DBKeyError(
                 .kmsUnavailable, "The KMS at \(request.url.host ?? "?") did not answer within \(seconds) s.")
         } catch is CancellationError {
@@ -78,5 +66,65 @@ struct URLSessionKmsTransport: KmsTransport {
                 "The KMS at \(request.url.host ?? "?") could not be reached: \((error as NSError).localizedDescription)."
             )
         }
+    }
+
+    /// One exchange, bounded by a Dispatch timer that cancels the task: independent of Swift's
+    /// cooperative pool, so a busy pool cannot stretch the timeout.
+    private func exchange(_ request: URLRequest, timeout: Duration) async throws -> KmsHTTPResponse {
+        let state = ExchangeState()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation {
+                (continuation: CheckedContinuation<KmsHTTPResponse, any Error>) in
+                let task = session.dataTask(with: request) { data, response, error in
+                    guard let timedOut = state.finish() else { return }
+                    if let error {
+                        continuation.resume(throwing: timedOut ? URLError(.timedOut) : error)
+                    } else {
+                        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+                        continuation.resume(returning: KmsHTTPResponse(status: status, body: data ?? Data()))
+                    }
+                }
+                state.task = task
+                DispatchQueue.global().asyncAfter(
+                    deadline: .now()
+                        + .nanoseconds(
+                            Int(
+                                timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds
+                                    / 1_000_000_000))
+                ) {
+                    state.timeOut()
+                }
+                task.resume()
+            }
+        } onCancel: {
+            state.task?.cancel()
+        }
+    }
+}
+
+/// The shared state of one exchange: whether it finished, and whether the timer ended it.
+private final class ExchangeState: @unchecked Sendable {
+    // Guarded by `lock`; the task is set once before the timer or the callback can run.
+    private let lock = NSLock()
+    private var finished = false
+    private var timedOut = false
+    var task: URLSessionDataTask?
+
+    /// Marks the exchange finished and tells whether the timer ended it; `nil` if it had
+    /// already finished.
+    func finish() -> Bool? {
+        lock.lock()
+        defer { lock.unlock() }
+        if finished { return nil }
+        finished = true
+        return timedOut
+    }
+
+    func timeOut() {
+        lock.lock()
+        let pending = !finished
+        if pending { timedOut = true }
+        lock.unlock()
+        if pending { task?.cancel() }
     }
 }

@@ -18,7 +18,9 @@ struct SigV4Tests {
 
     static let credentials = AWSCredentials(
         accessKeyId: "AKIDEXAMPLE",
-        secretAccessKey: Array("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".utf8).withUnsafeBytes { SecureBuffer(copying: $0) }
+        secretAccessKey: Array("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".utf8).withUnsafeBytes {
+            SecureBuffer(copying: $0)
+        }
     )
     static let signer = SigV4Signer(service: "service", region: "us-east-1")
 
@@ -64,8 +66,10 @@ struct SigV4Tests {
             secretAccessKey: Array(secret.utf8).withUnsafeBytes { SecureBuffer(copying: $0) },
             sessionToken: "FQoGZXIvYXdzEXAMPLETOKEN"
         )
-        let request = SigV4Request(method: "POST", path: "/", query: "", headers: [(name: "Host", value: "kms.example")], body: [])
-        let signed = Self.signer.sign(request, credentials: credentials, date: Date(timeIntervalSince1970: 1_440_938_160))
+        let request = SigV4Request(
+            method: "POST", path: "/", query: "", headers: [(name: "Host", value: "kms.example")], body: [])
+        let signed = Self.signer.sign(
+            request, credentials: credentials, date: Date(timeIntervalSince1970: 1_440_938_160))
         let names = signed.headers.map { $0.name.lowercased() }
         #expect(names == ["host", "x-amz-date", "x-amz-security-token", "authorization"])
         #expect(signed.headers[1].value == "20150830T123600Z")
