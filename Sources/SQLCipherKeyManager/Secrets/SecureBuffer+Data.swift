@@ -14,12 +14,20 @@ extension SecureBuffer {
     /// keeps the time it spends in ordinary memory as short as possible.
     static func takingAndWiping(_ data: inout Data) -> SecureBuffer {
         let buffer = data.withUnsafeBytes { SecureBuffer(copying: $0) }
-        data.withUnsafeMutableBytes { bytes in
+        data.wipe()
+        data = Data()
+        return buffer
+    }
+}
+
+extension Data {
+    /// Overwrites this value's bytes with zeros, with `explicit_bzero` so that the compiler
+    /// cannot drop the writes.
+    mutating func wipe() {
+        withUnsafeMutableBytes { bytes in
             if let base = bytes.baseAddress {
                 explicit_bzero(base, bytes.count)
             }
         }
-        data = Data()
-        return buffer
     }
 }

@@ -373,14 +373,3 @@ public struct AwsKms: KeyManagementService {
         return WrappedKey(encoded: blob)
     }
 }
-
-extension Data {
-    /// Overwrites the bytes (of this copy's storage) with zeros.
-    mutating func wipe() {
-        withUnsafeMutableBytes { bytes in
-            if let base = bytes.baseAddress {
-                explicit_bzero(base, bytes.count)
-            }
-        }
-    }
-}
