@@ -62,6 +62,7 @@ extension KeyFile {
         }
         (self.cipher, self.unknownCipherFields) = try fields.cipher("cipher")
         self.pending = try fields.pending("pending")
+        self.mac = try fields.base64("mac", byteCount: 32)
         self.unknownFields = fields.remaining
     }
 
@@ -79,6 +80,7 @@ extension KeyFile {
         object["dek_spec"] = .string(dekSpec)
         object["key_check"] = keyCheck.map { .string($0.base64) }
         object["rotation_period_days"] = rotationPeriodDays.map { .integer(Int64($0)) }
+        object["mac"] = mac.map { .string(Base64.encode($0)) }
         var cipherObject = unknownCipherFields
         cipherObject["page_size"] = .integer(Int64(cipher.pageSize))
         cipherObject["sqlcipher"] = cipher.sqlcipherVersion.map { .string($0) }

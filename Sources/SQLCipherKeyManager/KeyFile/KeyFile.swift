@@ -41,6 +41,9 @@ public struct KeyFile: Sendable, Hashable {
     /// A half-done key change, recorded before it touches the database; `nil` normally.
     public var pending: PendingOperation?
 
+    /// HMAC-SHA256 under the data key over every known field (see `KeyFile+Seal.swift`);
+    /// `nil` in files written before it existed.
+    var mac: [UInt8]?
     /// Top-level fields this version does not know, kept as they were.
     var unknownFields: [String: JSONValue]
     /// Fields inside `cipher` this version does not know, kept as they were.
@@ -70,6 +73,7 @@ public struct KeyFile: Sendable, Hashable {
         self.rotationPeriodDays = rotationPeriodDays
         self.cipher = cipher
         self.pending = nil
+        self.mac = nil
         self.unknownFields = [:]
         self.unknownCipherFields = [:]
     }

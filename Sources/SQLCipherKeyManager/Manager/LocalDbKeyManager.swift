@@ -149,8 +149,10 @@ public final class LocalDbKeyManager: Sendable {
             try connection.execute("PRAGMA user_version = 0")
             let sqlcipherVersion = try connection.cipherVersion()
             connection.close()
-            keyFile = newKeyFile(for: dataKey, sqlcipherVersion: sqlcipherVersion, salt: try readSalt())
-            try keyFile.write(to: keyFilePath)
+            keyFile = try store(
+                newKeyFile(for: dataKey, sqlcipherVersion: sqlcipherVersion, salt: try readSalt()),
+                sealedWith: dataKey.plaintext
+            )
         } catch {
             removeNewDatabase()
             throw error
@@ -250,6 +252,7 @@ public final class LocalDbKeyManager: Sendable {
             )
         }
         if let cached = keyCache.key(for: keyFile) {
+            try keyFile.verifySeal(with: cached, source: keyFilePath)
             return cached
         }
         let key = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
@@ -262,12 +265,22 @@ public final class LocalDbKeyManager: Sendable {
                 "The key the KMS returned does not match the key check in \(keyFilePath): its encrypted_dek was replaced by another database's."
             )
         }
+        try keyFile.verifySeal(with: key, source: keyFilePath)
         logger.info(
             "Loaded the data key",
             metadata: ["event": "key.loaded", "kek_id": "\(keyFile.kekId)", "version": "\(keyFile.version)"]
         )
         keyCache.store(key, for: keyFile)
         return key
+    }
+
+    /// Seals `keyFile` with `key` (the data key it records as current), writes it atomically,
+    /// and returns what was written.
+    @discardableResult
+    func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) throws -> KeyFile {
+        let sealed = keyFile.sealed(with: key)
+        try sealed.write(to: keyFilePath)
+        return sealed
     }
 
     /// Opens a connection with `key` and the recorded cipher settings, telling a wrong key from

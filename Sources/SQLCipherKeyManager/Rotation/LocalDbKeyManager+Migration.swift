@@ -102,7 +102,7 @@ extension LocalDbKeyManager {
         )
         do {
             try reach(.writingPendingKeyFile)
-            try keyFile.write(to: keyFilePath)
+            keyFile = try store(keyFile, sealedWith: dataKey.plaintext)
         } catch {
             removeMigrationCopy()
             throw error
@@ -110,8 +110,7 @@ extension LocalDbKeyManager {
         try reach(.swappingDatabase)
         try swapInCopy()
         try reach(.writingFinalKeyFile)
-        let migrated = keyFile.completingPending(at: keyFile.createdAt)
-        try migrated.write(to: keyFilePath)
+        let migrated = try store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
         logger.info(
             "Migrated the database under a new data key",
             metadata: ["event": "database.migrated", "kms": "\(migrated.kms)", "kek_id": "\(migrated.kekId)"]
@@ -123,14 +122,15 @@ extension LocalDbKeyManager {
     /// so the swap is rolled forward.
     func settleMigration(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
         let key = try await unwrapPendingKey(of: keyFile, pending)
+        // A migration's pending key is also its current key, which sealed the file.
+        try keyFile.verifySeal(with: key, source: keyFilePath)
         if try !opens(databasePath, with: key, keyFile: keyFile) {
             guard fileExists(migrationCopyPath), try opens(migrationCopyPath, with: key, keyFile: keyFile) else {
                 throw neitherKeyOpens(keyFile, pending)
             }
             try swapInCopy()
         }
-        let settled = keyFile.completingPending(at: keyFile.createdAt)
-        try settled.write(to: keyFilePath)
+        let settled = try store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
         logger.notice("Completed an interrupted migration", metadata: ["event": "migration.completed"])
         return settled
     }

@@ -53,7 +53,7 @@ extension LocalDbKeyManager {
         rewrapped.encryptedDek = wrapped
         rewrapped.format = KeyFile.currentFormat
         try reach(.writingFinalKeyFile)
-        try rewrapped.write(to: keyFilePath)
+        rewrapped = try store(rewrapped, sealedWith: key)
         logger.info(
             "Rewrapped the data key",
             metadata: [

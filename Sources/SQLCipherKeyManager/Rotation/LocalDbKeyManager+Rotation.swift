@@ -49,8 +49,8 @@ extension LocalDbKeyManager {
             throw DBKeyError(
                 .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.")
         }
-        var journaled = keyFile
-        journaled.pending = PendingOperation(
+        var journal = keyFile
+        journal.pending = PendingOperation(
             operation: PendingOperationKind.rotate,
             encryptedDek: newKey.wrapped,
             kekId: newKey.kekId,
@@ -60,7 +60,7 @@ extension LocalDbKeyManager {
             startedAt: KeyFile.now()
         )
         try reach(.writingPendingKeyFile)
-        try journaled.write(to: keyFilePath)
+        let journaled = try store(journal, sealedWith: currentKey)
         logger.info(
             "Rotation started",
             metadata: ["event": "rotation.started", "from_version": "\(keyFile.version)", "kek_id": "\(newKey.kekId)"]
@@ -87,8 +87,7 @@ extension LocalDbKeyManager {
         }
 
         try reach(.writingFinalKeyFile)
-        let rotated = journaled.completingPending(at: KeyFile.now())
-        try rotated.write(to: keyFilePath)
+        let rotated = try store(journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
         logger.info(
             "Rotation completed",
             metadata: ["event": "rotation.completed", "version": "\(rotated.version)", "kek_id": "\(rotated.kekId)"]

@@ -79,8 +79,7 @@ extension LocalDbKeyManager {
         case PendingOperationKind.rotate:
             let currentKey = try await unwrapKey(of: keyFile)
             if try opens(databasePath, with: currentKey, keyFile: keyFile) {
-                let settled = keyFile.abandoningPending()
-                try settled.write(to: keyFilePath)
+                let settled = try store(keyFile.abandoningPending(), sealedWith: currentKey)
                 logger.notice(
                     "An interrupted rotation had not changed the database; kept the current key",
                     metadata: ["event": "rotation.rolled-back", "version": "\(keyFile.version)"]
@@ -89,8 +88,7 @@ extension LocalDbKeyManager {
             }
             let pendingKey = try await unwrapPendingKey(of: keyFile, pending)
             if try opens(databasePath, with: pendingKey, keyFile: keyFile) {
-                let settled = keyFile.completingPending(at: KeyFile.now())
-                try settled.write(to: keyFilePath)
+                let settled = try store(keyFile.completingPending(at: KeyFile.now()), sealedWith: pendingKey)
                 logger.notice(
                     "Completed an interrupted rotation",
                     metadata: [

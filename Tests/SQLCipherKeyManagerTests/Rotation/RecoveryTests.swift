@@ -16,8 +16,9 @@ struct RecoveryTests {
         journaled.pending = PendingOperation(
             operation: "rotate", encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: database.kms.providerName,
             version: keyFile.version + 1, keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
-        try journaled.write(to: manager.keyFilePath)
-        return (journaled, newKey.plaintext)
+        // Sealed with the current key, as rotateKey() seals its journal.
+        let sealed = try manager.store(journaled, sealedWith: try await database.currentKey())
+        return (sealed, newKey.plaintext)
     }
 
     @Test("pending, database not rekeyed: the open keeps the current key and drops pending")

@@ -71,7 +71,7 @@ struct ManagedDatabase {
         LocalDbKeyManager(
             databasePath: path,
             kms: kms ?? self.kms,
-            configuration: .init(kekId: kekId, encryptionContext: context, openWait: .seconds(2)),
+            configuration: .init(kekId: kekId, encryptionContext: context, openWait: .seconds(10)),
             logger: logger,
             faultInjector: step.map { InjectedFault(step: $0).injector }
         )

@@ -42,7 +42,8 @@ struct RotationTests {
             logger: silentLogger)
         var keyFile = try await manager.initialize()
         keyFile.createdAt = keyFile.createdAt.addingTimeInterval(-2 * 86_400)
-        try keyFile.write(to: manager.keyFilePath)
+        // Backdated as if two days had passed, sealed as the manager would have.
+        try manager.store(keyFile, sealedWith: try await manager.getOrCreateKey())
         #expect(try manager.needsRotation())
         try await manager.rotateKey()
         #expect(try !manager.needsRotation())

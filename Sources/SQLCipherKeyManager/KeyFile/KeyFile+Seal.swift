@@ -1,0 +1,72 @@
+import Crypto
+import Foundation
+
+extension KeyFile {
+    /// The record with its `mac` set: HMAC-SHA256, keyed by the current data key, over every
+    /// field this version knows.
+    ///
+    /// Only a holder of the data key can produce it, so a `.key` file whose version, dates,
+    /// cipher settings, rotation period or pending record were changed by hand is refused
+    /// instead of being believed.
+    func sealed(with key: SecureBuffer) -> KeyFile {
+        var sealed = self
+        sealed.mac = KeyFile.mac(of: self, key: key)
+        return sealed
+    }
+
+    /// Checks the `mac` against the unwrapped data key; files written before it existed have
+    /// none and pass.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/keyFileCorrupt`` when the file was altered.
+    func verifySeal(with key: SecureBuffer, source: String) throws {
+        guard let mac else { return }
+        let expected = KeyFile.mac(of: self, key: key)
+        guard expected.count == mac.count, zip(expected, mac).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
+            throw DBKeyError(
+                .keyFileCorrupt,
+                "\(source) was altered: its fields do not match its MAC (version, dates, settings or pending record changed by hand). Restore it from a backup."
+            )
+        }
+    }
+
+    /// HMAC-SHA256(data key, `"dbkey key file v2"` ‖ each field, length-prefixed, in a fixed order).
+    static func mac(of keyFile: KeyFile, key: SecureBuffer) -> [UInt8] {
+        var message = Array("dbkey key file v2".utf8)
+        func field(_ text: String?) {
+            guard let text else {
+                message.append(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF])
+                return
+            }
+            let bytes = Array(text.utf8)
+            withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { message.append(contentsOf: $0) }
+            message.append(contentsOf: bytes)
+        }
+        field(keyFile.format.map(String.init))
+        field(keyFile.kms)
+        field(keyFile.kekId)
+        field(keyFile.encryptedDek.encoded)
+        field(String(keyFile.version))
+        field(timestamp(keyFile.createdAt))
+        field(keyFile.rotatedAt.map(timestamp))
+        field(Base64.encode(keyFile.encryptionContext.canonicalEncoding))
+        field(keyFile.dekSpec)
+        field(keyFile.keyCheck?.base64)
+        field(keyFile.rotationPeriodDays.map(String.init))
+        field(String(keyFile.cipher.pageSize))
+        field(keyFile.cipher.sqlcipherVersion)
+        field(keyFile.cipher.salt.map(Base64.encode))
+        if let pending = keyFile.pending {
+            field(pending.operation)
+            field(pending.encryptedDek.encoded)
+            field(pending.kekId)
+            field(pending.kms)
+            field(String(pending.version))
+            field(pending.keyCheck.base64)
+            field(timestamp(pending.startedAt))
+        } else {
+            field(nil)
+        }
+        let code = key.withUnsafeBytes { HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: $0)) }
+        return Array(code)
+    }
+}
