@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct DBKeyCommand: AsyncParsableCommand {
@@ -22,4 +23,22 @@ struct DBKeyCommand: AsyncParsableCommand {
             RotateCommand.self, RewrapCommand.self, MigrateCommand.self,
         ]
     )
+
+    /// Hardens the process, then parses and runs the command as AsyncParsableCommand would.
+    static func main() async {
+        if !ProcessHardening.disableCoreDumps() {
+            try? FileHandle.standardError.write(
+                contentsOf: Data("dbkey: warning: could not turn off core dumps\n".utf8))
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

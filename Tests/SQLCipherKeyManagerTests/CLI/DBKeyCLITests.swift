@@ -426,3 +426,36 @@ struct DBKeyAwsCLITests {
         #expect(read.stdout == "kept\n", "\(read.stderr)")
     }
 }
+
+/// The process-level protections of `dbkey`.
+@Suite("dbkey process hardening")
+struct DBKeyHardeningTests {
+    @Test("a running dbkey has a core file size limit of 0, soft and hard")
+    func coreDumpsOff() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+        process.arguments = [
+            "sql", workspace.database,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c",
+        ]
+        process.environment = workspace.environment
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        defer { process.terminate() }
+        var line: Substring?
+        for _ in 0..<200 where line == nil {
+            try await Task.sleep(for: .milliseconds(10))
+            let handle = FileHandle(forReadingAtPath: "/proc/\(process.processIdentifier)/limits")
+            let limits = String(decoding: handle?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+            // The shell's own limit is replaced once dbkey has started.
+            if let found = limits.split(separator: "\n").first(where: { $0.hasPrefix("Max core file size") }),
+                found.split(separator: " ", omittingEmptySubsequences: true).dropFirst(4).prefix(2) == ["0", "0"]
+            {
+                line = found
+            }
+        }
+        #expect(line != nil, "dbkey never lowered its core file size limit to 0")
+    }
+}

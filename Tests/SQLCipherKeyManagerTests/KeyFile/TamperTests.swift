@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// Each field of a `.key` file changed by hand, and the error that must follow. The file is
+/// left as the tamperer wrote it.
+@Suite("Tampered .key files")
+struct TamperTests {
+    enum Tamper: String, CaseIterable, Sendable {
+        case encryptedDek, kekId, encryptionContext, keyCheck, version, createdAt, rotationPeriod, pageSize
+        case pendingVersion, pendingEncryptedDek, pendingKeyCheck, mac
+
+        var expected: DBKeyError.Code {
+            switch self {
+            case .encryptedDek, .encryptionContext: .ciphertextInvalid
+            case .kekId: .kmsKeyNotFound
+            case .keyCheck: .wrongKey
+            case .version, .createdAt, .rotationPeriod, .pageSize, .pendingVersion, .pendingEncryptedDek,
+                .pendingKeyCheck, .mac:
+                .keyFileCorrupt
+            }
+        }
+
+        var involvesPending: Bool { rawValue.hasPrefix("pending") }
+
+        /// Changes one character (or one bit of the decoded bytes) of the field.
+        func apply(to object: inout [String: Any]) {
+            func flipBase64(_ text: String) -> String {
+                var bytes = Array(Data(base64Encoded: text)!)
+                bytes[bytes.count / 2] ^= 0x01
+                return Data(bytes).base64EncodedString()
+            }
+            func replaceLastCharacter(_ text: String) -> String {
+                String(text.dropLast()) + (text.last == "0" ? "1" : "0")
+            }
+            var pending = object["pending"] as? [String: Any] ?? [:]
+            switch self {
+            case .encryptedDek: object["encrypted_dek"] = flipBase64(object["encrypted_dek"] as! String)
+            case .kekId: object["kek_id"] = replaceLastCharacter(object["kek_id"] as! String)
+            case .encryptionContext: object["encryption_context"] = ["purpose": "tampereD"]
+            case .keyCheck: object["key_check"] = flipBase64(object["key_check"] as! String)
+            case .version: object["version"] = (object["version"] as! Int) + 1
+            case .createdAt: object["created_at"] = "2020-01-01T00:00:00Z"
+            case .rotationPeriod: object["rotation_period_days"] = 36_500
+            case .pageSize:
+                object["cipher"] = ["page_size": 1024, "salt": (object["cipher"] as! [String: Any])["salt"]!]
+            case .pendingVersion: pending["version"] = (pending["version"] as! Int) + 5
+            case .pendingEncryptedDek: pending["encrypted_dek"] = flipBase64(pending["encrypted_dek"] as! String)
+            case .pendingKeyCheck: pending["key_check"] = flipBase64(pending["key_check"] as! String)
+            case .mac: object["mac"] = flipBase64(object["mac"] as! String)
+            }
+            if involvesPending {
+                object["pending"] = pending
+            }
+        }
+    }
+
+    @Test(
+        "each tampered field is refused with its own error, and the files stay as they were", arguments: Tamper.allCases
+    )
+    func refused(tamper: Tamper) async throws {
+        let database = try await ManagedDatabase(rows: 5, context: ["purpose": "tamper"])
+        let manager = database.manager()
+        if tamper.involvesPending {
+            // A journaled rotation, as a crash would leave it.
+            let keyFile = try manager.load()
+            let newKey = try await database.kms.generateDataKey(
+                kekId: keyFile.kekId, context: keyFile.encryptionContext)
+            var journal = keyFile
+            journal.pending = PendingOperation(
+                operation: "rotate", encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: "local", version: 2,
+                keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
+            try manager.store(journal, sealedWith: try await database.currentKey())
+        }
+        var object = try #require(
+            try JSONSerialization.jsonObject(with: try contents(manager.keyFilePath)) as? [String: Any])
+        tamper.apply(to: &object)
+        try JSONSerialization.data(withJSONObject: object).withUnsafeBytes {
+            try ProtectedFile.writeAtomically($0, to: manager.keyFilePath)
+        }
+        let keyBytes = try contents(manager.keyFilePath)
+        let databaseBytes = try contents(database.path)
+        // A fresh manager: nothing cached.
+        await expectError(tamper.expected) { _ = try await database.manager().open() }
+        #expect(try contents(manager.keyFilePath) == keyBytes)
+        #expect(try contents(database.path) == databaseBytes)
+    }
+}
