@@ -53,6 +53,12 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        .executableTarget(
+            name: "dbkey-memory-audit",
+            dependencies: ["SQLCipherKeyManager", "SQLCipherKeyManagerTesting"],
+            path: "Sources/MemoryAudit",
+            swiftSettings: upcomingFeatures
+        ),
         .testTarget(
             name: "SQLCipherKeyManagerTests",
             dependencies: [
@@ -60,6 +66,7 @@ let package = Package(
                 "SQLCipherKeyManagerTesting",
                 "CSQLCipher",
                 "dbkey",
+                "dbkey-memory-audit",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
