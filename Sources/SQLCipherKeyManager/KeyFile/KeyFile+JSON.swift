@@ -63,6 +63,10 @@ extension KeyFile {
         (self.cipher, self.unknownCipherFields) = try fields.cipher("cipher")
         self.pending = try fields.pending("pending")
         self.mac = try fields.base64("mac", byteCount: 32)
+        // Only the older seven-field form may lack a MAC: removing it must not remove the check.
+        if format != nil, mac == nil {
+            throw fields.invalid("mac", "is missing (a current-format .key file is always sealed)")
+        }
         self.unknownFields = fields.remaining
     }
 

@@ -221,8 +221,30 @@ struct DBKeyCLITests {
 
 extension DBKeyCLITests.Workspace {
     @discardableResult
+    /// Runs `dbkey` at trace log level and checks that no secret it could know — the master
+    /// key, the database's data key, an AWS secret, a passphrase in the environment — appears
+    /// in what it printed.
     func dbkey(_ arguments: [String], environment extra: [String: String] = [:]) async throws -> ProcessResult {
-        try await run(DBKeyCLITests.executable, arguments, environment: environment.merging(extra) { $1 })
+        let environment = environment.merging(extra) { $1 }
+        let traced =
+            arguments.isEmpty || arguments[0].hasPrefix("-") ? arguments : arguments + ["--log-level", "trace"]
+        let result = try await run(DBKeyCLITests.executable, traced, environment: environment)
+        var secrets = [masterKeyBase64]
+        secrets += ["AWS_SECRET_ACCESS_KEY", "OLD_DB_PASSPHRASE", "P"].compactMap { environment[$0] }.filter {
+            !$0.isEmpty
+        }
+        if let keyFile = try? KeyFile.read(from: database + ".key"), keyFile.kms == "local",
+            let dek = try? await localKms(masterKeyBase64: masterKeyBase64).decrypt(
+                keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
+        {
+            secrets += [hex(dek), hex(dek).uppercased(), dek.withUnsafeBytes { Data($0).base64EncodedString() }]
+        }
+        for secret in secrets {
+            #expect(
+                !result.stdout.contains(secret) && !result.stderr.contains(secret),
+                "a secret was printed by dbkey \(arguments.first ?? "")")
+        }
+        return result
     }
 }
 
@@ -294,7 +316,7 @@ struct DBKeyKeyChangeCLITests {
         #expect(rotated.status == 0, "\(rotated.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(rotated.stdout.utf8)) as? [String: Any])
         #expect(report["dek_version"] as? Int == 2 && report["rotated"] as? Bool == true)
-        #expect(rotated.stderr.isEmpty, "no progress output when stderr is not a terminal")
+        #expect(!rotated.stderr.contains("rekeying:"), "no progress output when stderr is not a terminal")
         #expect(try await workspace.dbkey("sql", workspace.database, "SELECT a FROM t").stdout == "row\n")
         #expect(try await workspace.dbkey("verify", workspace.database).status == 0)
     }
@@ -438,14 +460,14 @@ struct DBKeyHardeningTests {
         process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
         process.arguments = [
             "sql", workspace.database,
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30000000) SELECT count(*) FROM c",
         ]
         process.environment = workspace.environment
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         defer { process.terminate() }
         var line: Substring?
-        for _ in 0..<200 where line == nil {
+        for _ in 0..<1000 where line == nil && process.isRunning {
             try await Task.sleep(for: .milliseconds(10))
             let handle = FileHandle(forReadingAtPath: "/proc/\(process.processIdentifier)/limits")
             let limits = String(decoding: handle?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
@@ -457,5 +479,30 @@ struct DBKeyHardeningTests {
             }
         }
         #expect(line != nil, "dbkey never lowered its core file size limit to 0")
+    }
+
+    @Test(
+        "init, sql, rotate and a new master key create nothing wider than 0600 (0700 for directories), whatever the umask"
+    )
+    func permissions() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        var environment = workspace.environment
+        environment.removeValue(forKey: LocalKms.masterKeyFileVariable)
+        let database = workspace.database
+        // umask 000: anything wider than 0600 would show.
+        let script =
+            "umask 000; \"$0\" init \"$1\" && \"$0\" sql \"$1\" 'CREATE TABLE t(a); INSERT INTO t VALUES (1)' && \"$0\" rotate \"$1\""
+        let result = try await run(
+            "/bin/sh", ["-c", script, DBKeyCLITests.executable, database], environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let root = URL(fileURLWithPath: workspace.directory.path)
+        let items = try #require(FileManager.default.enumerator(atPath: root.path)).compactMap { $0 as? String }
+        #expect(items.contains("app.db") && items.contains("app.db.key") && items.contains(".config/dbkey/master.key"))
+        for item in items where item != "master.key" {
+            let attributes = try FileManager.default.attributesOfItem(atPath: root.appendingPathComponent(item).path)
+            let mode = try #require(attributes[.posixPermissions] as? Int)
+            let isDirectory = attributes[.type] as? FileAttributeType == .typeDirectory
+            #expect(isDirectory ? mode == 0o700 : mode & 0o077 == 0, "\(item) has mode \(String(mode, radix: 8))")
+        }
     }
 }

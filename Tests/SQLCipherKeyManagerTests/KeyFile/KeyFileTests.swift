@@ -19,7 +19,7 @@ struct KeyFileTests {
             cipher: CipherSettings(pageSize: 4096, sqlcipherVersion: "3.4.1", salt: Array(repeating: 9, count: 16))
         )
         keyFile.rotatedAt = Date(timeIntervalSince1970: 1_700_086_400)
-        return keyFile
+        return keyFile.sealed(with: secureBuffer(hex: String(repeating: "42", count: 32)))
     }
 
     @Test("writing then reading gives back the same record, in a 0600 file")
