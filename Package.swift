@@ -54,6 +54,16 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .executableTarget(
+            name: "dbkey-bench",
+            dependencies: [
+                "SQLCipherKeyManager",
+                "CSQLCipher",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Benchmarks",
+            swiftSettings: upcomingFeatures
+        ),
+        .executableTarget(
             name: "dbkey-memory-audit",
             dependencies: ["SQLCipherKeyManager", "SQLCipherKeyManagerTesting"],
             path: "Sources/MemoryAudit",

@@ -1,0 +1,65 @@
+import Foundation
+
+/// Timing helpers: alternating A/B runs, medians, and the table the benchmark prints.
+enum Measure {
+    /// Runs `a` and `b` alternately `repetitions` times and returns their median durations.
+    static func alternating(
+        _ repetitions: Int,
+        _ a: () async throws -> Void,
+        _ b: () async throws -> Void
+    ) async rethrows -> (a: Duration, b: Duration) {
+        var first: [Duration] = []
+        var second: [Duration] = []
+        for _ in 0..<repetitions {
+            first.append(try await time(a))
+            second.append(try await time(b))
+        }
+        return (median(first), median(second))
+    }
+
+    static func time(_ body: () async throws -> Void) async rethrows -> Duration {
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await body()
+        return clock.now - start
+    }
+
+    static func median(_ values: [Duration]) -> Duration {
+        let sorted = values.sorted()
+        return sorted[sorted.count / 2]
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    static func microseconds(_ duration: Duration) -> String {
+        String(format: "%.1f µs", seconds(duration) * 1e6)
+    }
+
+    static func milliseconds(_ duration: Duration) -> String {
+        String(format: "%.2f ms", seconds(duration) * 1e3)
+    }
+}
+
+/// One line of the result table.
+struct ResultRow {
+    let measurement: String
+    let ours: String
+    let baseline: String
+    let ratio: String
+    let target: String
+    let met: Bool?
+
+    static func print(_ rows: [ResultRow]) {
+        let header = ["measurement", "DBKey", "baseline", "ratio", "target", "met"]
+        let cells = rows.map {
+            [$0.measurement, $0.ours, $0.baseline, $0.ratio, $0.target, $0.met.map { $0 ? "yes" : "MISSED" } ?? "—"]
+        }
+        Swift.print("| " + header.joined(separator: " | ") + " |")
+        Swift.print("|" + header.map { _ in "---" }.joined(separator: "|") + "|")
+        for row in cells {
+            Swift.print("| " + row.joined(separator: " | ") + " |")
+        }
+    }
+}
