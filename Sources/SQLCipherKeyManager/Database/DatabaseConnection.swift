@@ -67,8 +67,7 @@ public final class DatabaseConnection {
             onClose?()
             throw DatabaseConnection.error(
                 code: openCode,
-                message: "Cannot open the database at \(path): \(message).",
-                path: path
+                message: "Cannot open the database at \(path): \(message)."
             )
         }
         // From here on, deinit closes the handle and runs onClose on every failure path.
@@ -282,12 +281,11 @@ public final class DatabaseConnection {
         let detail = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "no connection"
         throw DatabaseConnection.error(
             code: code,
-            message: "SQLite failed \(action()) on \(path): \(detail).",
-            path: path
+            message: "SQLite failed \(action()) on \(path): \(detail)."
         )
     }
 
-    static func error(code: Int32, message: String, path: String) -> DBKeyError {
+    static func error(code: Int32, message: String) -> DBKeyError {
         let resultCode = ResultCode(rawValue: code)
         switch resultCode {
         case .SQLITE_NOTADB, .SQLITE_CORRUPT:

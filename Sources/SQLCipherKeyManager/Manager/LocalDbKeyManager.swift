@@ -287,12 +287,6 @@ public final class LocalDbKeyManager: Sendable {
     /// a damaged database when the first read fails.
     func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection
     {
-        guard fileExists(databasePath) else {
-            throw DBKeyError(
-                .databaseNotFound,
-                "\(databasePath) does not exist, but its key file does. Restore the database from a backup."
-            )
-        }
         do {
             return try DatabaseConnection.open(
                 path: databasePath,
@@ -303,6 +297,12 @@ public final class LocalDbKeyManager: Sendable {
             )
         } catch DBKeyError.Code.wrongKey {
             throw try diagnoseFailedOpen(keyFile: keyFile)
+        } catch let error as DBKeyError where error.resultCode == .SQLITE_CANTOPEN && !fileExists(databasePath) {
+            // Asked only when SQLite could not open it, so a normal open makes no extra stat.
+            throw DBKeyError(
+                .databaseNotFound,
+                "\(databasePath) does not exist, but its key file does. Restore the database from a backup."
+            )
         }
     }
 

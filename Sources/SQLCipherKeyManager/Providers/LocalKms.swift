@@ -53,7 +53,7 @@ public struct LocalKms: KeyManagementService {
     /// The KEK id of a master key: `local:` + hex of the first 8 bytes of its SHA-256.
     public static func kekId(for masterKey: SecureBuffer) -> String {
         let digest = masterKey.withUnsafeBytes { SHA256.hash(data: $0) }
-        return "local:" + digest.prefix(8).map { String(format: "%02x", $0) }.joined()
+        return "local:" + digest.prefix(8).lowercaseHex
     }
 
     /// Loads the master key from the environment, or from (or into) the default file.

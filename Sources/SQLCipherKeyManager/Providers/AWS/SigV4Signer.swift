@@ -60,7 +60,7 @@ struct SigV4Signer: Sendable {
             SigV4Signer.canonicalQuery(request.query),
             canonicalHeaders(request).map { "\($0.name):\($0.value)\n" }.joined(),
             signedHeaders(request),
-            SigV4Signer.hex(SHA256.hash(data: request.body)),
+            SHA256.hash(data: request.body).lowercaseHex,
         ].joined(separator: "\n")
     }
 
@@ -69,7 +69,7 @@ struct SigV4Signer: Sendable {
             SigV4Signer.algorithm,
             timestamp,
             credentialScope(timestamp),
-            SigV4Signer.hex(SHA256.hash(data: Array(canonicalRequest(request).utf8))),
+            SHA256.hash(data: Array(canonicalRequest(request).utf8)).lowercaseHex,
         ].joined(separator: "\n")
     }
 
@@ -85,7 +85,7 @@ struct SigV4Signer: Sendable {
         for part in [String(timestamp.prefix(8)), region, service, "aws4_request"] {
             key = SymmetricKey(data: HMAC<SHA256>.authenticationCode(for: Array(part.utf8), using: key))
         }
-        return SigV4Signer.hex(HMAC<SHA256>.authenticationCode(for: Array(stringToSign.utf8), using: key))
+        return HMAC<SHA256>.authenticationCode(for: Array(stringToSign.utf8), using: key).lowercaseHex
     }
 
     private func canonicalHeaders(_ request: SigV4Request) -> [(name: String, value: String)] {
@@ -155,7 +155,4 @@ struct SigV4Signer: Sendable {
         return formatter.string(from: date)
     }
 
-    static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined()
-    }
 }
