@@ -45,6 +45,10 @@ enum Output {
         try? FileHandle.standardError.write(contentsOf: Data("dbkey: error: \(message)\n".utf8))
     }
 
+    static func printWarning(_ message: String) {
+        try? FileHandle.standardError.write(contentsOf: Data("dbkey: warning: \(message)\n".utf8))
+    }
+
     static func printJSON(_ value: Any) {
         let data =
             (try? JSONSerialization.data(

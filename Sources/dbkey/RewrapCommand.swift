@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import SQLCipherKeyManager
 
 struct RewrapCommand: AsyncParsableCommand {
@@ -7,7 +8,9 @@ struct RewrapCommand: AsyncParsableCommand {
         abstract: "Wrap the same data key under another KEK or provider; the database is not touched.",
         discussion: """
             One atomic write of the .key file, as fast for 1 GB as for 1 MB. Open connections \
-            are not disturbed. The new wrap is checked before it replaces the old one.
+            are not disturbed. The new wrap is checked before it replaces the old one. Without \
+            --to, the key is rewrapped under the newest version of its own KEK (after a Vault \
+            Transit key was rotated).
             """
     )
 
@@ -17,10 +20,13 @@ struct RewrapCommand: AsyncParsableCommand {
     var database: String
 
     @Option(
-        help:
-            "The KEK to wrap the data key under, as a URI: local://default, or local:///PATH for the master key in the file PATH."
+        help: """
+            The KEK to wrap the data key under, as a URI: local://default, local:///PATH (the master key \
+            in the file PATH), aws-kms://…, vault://MOUNT/keys/NAME, pkcs11:token=…;object=…. \
+            Default: the KEK the key is wrapped under now, at its newest version.
+            """
     )
-    var to: String
+    var to: String?
 
     @Flag(help: "Print the result as JSON.")
     var json = false
@@ -29,16 +35,24 @@ struct RewrapCommand: AsyncParsableCommand {
         try await common.reportingErrors(json: json) {
             let logger = common.makeLogger()
             let manager = try common.existingDatabaseManager(database, logger: logger)
-            let target = try KekURI(to)
-            let keyFile = try await manager.rewrap(
-                to: try target.makeProvider(logger: logger), kekId: target.providerKekId)
+            let target: any KeyManagementService
+            let kekId: String
+            if let to {
+                let uri = try KekURI(to)
+                (target, kekId) = (try uri.makeProvider(logger: logger), uri.providerKekId)
+            } else {
+                (target, kekId) = (manager.kms, try manager.load().kekId)
+            }
+            let keyFile = try await manager.rewrap(to: target, kekId: kekId)
             if json {
                 Output.printJSON([
                     "database": database, "kms": keyFile.kms, "kek_id": keyFile.kekId, "dek_version": keyFile.version,
+                    "kek_version": target.keyVersion(of: keyFile.encryptedDek) ?? NSNull(),
                 ])
             } else {
+                let version = target.keyVersion(of: keyFile.encryptedDek).map { " version \($0)" } ?? ""
                 print(
-                    "Rewrapped the key of \(database) under \(keyFile.kms) KEK \(keyFile.kekId) (key version \(keyFile.version) unchanged)."
+                    "Rewrapped the key of \(database) under \(keyFile.kms) KEK \(keyFile.kekId)\(version) (data key version \(keyFile.version) unchanged)."
                 )
             }
         }

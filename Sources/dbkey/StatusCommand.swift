@@ -24,6 +24,11 @@ struct StatusCommand: AsyncParsableCommand {
             json
                 ? printJSON(status, keyFilePath: manager.keyFilePath)
                 : printText(status, keyFilePath: manager.keyFilePath)
+            if status.wrappedUnderOlderKeyVersion, case .success(let health) = status.kmsHealth {
+                Output.printWarning(
+                    "the data key is wrapped under version \(status.wrappedKeyVersion ?? 0) of \(health.kekId), but version \(health.latestKeyVersion ?? 0) is the newest. Run `dbkey rewrap \(database)` before the old version is retired."
+                )
+            }
             // A monitoring script should see a failure without parsing the report.
             if case .failure(let error) = status.kmsHealth {
                 throw ExitCode(ExitStatus.status(for: error.code))
@@ -61,11 +66,20 @@ struct StatusCommand: AsyncParsableCommand {
             ("rotated", keyFile.rotatedAt.map { $0.formatted(.iso8601) } ?? "never"),
             ("rotation", rotation),
             ("kms health", kms),
+            ("kek version", kekVersion(status)),
             ("page size", String(keyFile.cipher.pageSize)),
         ]
         for (label, value) in lines {
             print("\((label + ":").padding(toLength: 13, withPad: " ", startingAt: 0)) \(value)")
         }
+    }
+
+    private func kekVersion(_ status: DatabaseKeyStatus) -> String {
+        guard let version = status.wrappedKeyVersion else { return "not versioned" }
+        guard case .success(let health) = status.kmsHealth, let latest = health.latestKeyVersion else {
+            return "\(version)"
+        }
+        return "\(version) of \(latest)\(status.wrappedUnderOlderKeyVersion ? " (OLDER than the newest: rewrap)" : "")"
     }
 
     private func printJSON(_ status: DatabaseKeyStatus, keyFilePath: String) {
@@ -84,12 +98,15 @@ struct StatusCommand: AsyncParsableCommand {
             "page_size": keyFile.cipher.pageSize,
             "database_opens": status.databaseOpens,
             "database_error": status.openError.map { ["code": $0.code.rawValue, "message": $0.message] } ?? NSNull(),
+            "kek_version": status.wrappedKeyVersion ?? NSNull(),
+            "kek_version_outdated": status.wrappedUnderOlderKeyVersion,
         ]
         switch status.kmsHealth {
         case .success(let health):
             object["kms_reachable"] = true
             object["kms_key_state"] = health.keyState
             object["kms_latency_ms"] = Self.milliseconds(health.latency)
+            object["kek_latest_version"] = health.latestKeyVersion ?? NSNull()
             object["kms_error"] = NSNull()
         case .failure(let error):
             object["kms_reachable"] = false

@@ -12,14 +12,27 @@ public struct DatabaseKeyStatus: Sendable {
     public let kmsHealth: Result<KmsHealth, DBKeyError>
     /// `nil` when the database opened with its key and answered a first read; otherwise why not.
     public let openError: DBKeyError?
+    /// The KEK version the data key is wrapped under, for services that version their keys
+    /// (Vault Transit); `nil` otherwise.
+    public let wrappedKeyVersion: Int?
 
     /// Whether the database opened.
     public var databaseOpens: Bool { openError == nil }
+
+    /// Whether the data key is wrapped under an older version of its KEK than the newest one.
+    /// Rewrap it (``LocalDbKeyManager/rewrap(to:kekId:wait:)`` with the same provider and KEK,
+    /// `dbkey rewrap DATABASE`) before the old version is retired.
+    public var wrappedUnderOlderKeyVersion: Bool {
+        guard let wrappedKeyVersion, case .success(let health) = kmsHealth, let latest = health.latestKeyVersion
+        else { return false }
+        return wrappedKeyVersion < latest
+    }
 }
 
 extension LocalDbKeyManager {
     /// Reports on the key and the database: the `.key` file's metadata, whether rotation is due,
-    /// whether the KMS answers (and how fast), and whether the database opens.
+    /// whether the KMS answers (and how fast), whether the data key is wrapped under the KEK's
+    /// newest version, and whether the database opens.
     ///
     /// KMS and database failures are reported in the result, not thrown.
     ///
@@ -44,7 +57,8 @@ extension LocalDbKeyManager {
             keyFile: keyFile,
             rotationDue: keyFile.nextRotationDue.map { $0 <= now } ?? false,
             kmsHealth: health,
-            openError: openError
+            openError: openError,
+            wrappedKeyVersion: kms.keyVersion(of: keyFile.encryptedDek)
         )
     }
 }

@@ -88,10 +88,12 @@ public struct KekURI: Sendable, Hashable, CustomStringConvertible {
             return try LocalKms.fromEnvironment(environment, logger: logger)
         case "aws":
             return try AwsKms.fromEnvironment(environment, logger: logger)
+        case "vault":
+            return try VaultTransit.fromEnvironment(environment, logger: logger)
         default:
             throw DBKeyError(
                 .invalidConfiguration,
-                "The \(provider) KMS provider is not available in this build of DBKey (available: local, aws)."
+                "The \(provider) KMS provider is not available in this build of DBKey (available: local, aws, vault)."
             )
         }
     }

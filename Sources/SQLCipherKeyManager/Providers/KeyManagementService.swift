@@ -45,6 +45,33 @@ public protocol KeyManagementService: Sendable {
     ///
     /// - Throws: ``DBKeyError`` with a KMS code when the service or the key is not usable.
     func health(kekId: String) async throws -> KmsHealth
+
+    /// The version of the KEK a wrapped key was made with, for services that version their
+    /// keys (Vault Transit's `vault:vN:`); `nil` otherwise.
+    func keyVersion(of wrapped: WrappedKey) -> Int?
+}
+
+extension KeyManagementService {
+    /// `nil`: the service does not tell key versions apart in its ciphertexts.
+    public func keyVersion(of wrapped: WrappedKey) -> Int? { nil }
+}
+
+/// A service that can move a wrapped key to another of its KEKs (or to the newest version of the
+/// same one) without the plaintext leaving the service: AWS KMS's `ReEncrypt`, Vault Transit's
+/// `rewrap`. ``LocalDbKeyManager/rewrap(to:kekId:wait:)`` uses it when source and target are the
+/// same service.
+public protocol ServerSideRewrapping: KeyManagementService {
+    /// Wraps the key inside `wrapped` under `destinationKekId`, inside the service.
+    ///
+    /// - Returns: The new wrapped key, or `nil` when the service cannot do this move itself (the
+    ///   caller then unwraps and wraps again).
+    /// - Throws: ``DBKeyError`` with a KMS code.
+    func serverSideRewrap(
+        _ wrapped: WrappedKey,
+        from sourceKekId: String,
+        to destinationKekId: String,
+        context: EncryptionContext
+    ) async throws -> WrappedKey?
 }
 
 /// A data key in plaintext and wrapped, as returned by
@@ -95,11 +122,15 @@ public struct KmsHealth: Sendable, Hashable {
     public let keyState: String
     /// How long the service took to answer.
     public let latency: Duration
+    /// The KEK's newest version, for services that version their keys (Vault Transit); new
+    /// wraps use it.
+    public let latestKeyVersion: Int?
 
     /// Creates a health report.
-    public init(kekId: String, keyState: String, latency: Duration) {
+    public init(kekId: String, keyState: String, latency: Duration, latestKeyVersion: Int? = nil) {
         self.kekId = kekId
         self.keyState = keyState
         self.latency = latency
+        self.latestKeyVersion = latestKeyVersion
     }
 }

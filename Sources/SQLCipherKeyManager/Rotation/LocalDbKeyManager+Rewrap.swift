@@ -4,8 +4,9 @@ extension LocalDbKeyManager {
     /// Wraps the same data key under another KEK, possibly of another provider: one atomic
     /// `.key` write; the database is not touched, so it takes the same time at any size.
     ///
-    /// Use it to rotate the KEK, to retire a master key, or to move a database from the local
-    /// provider to a KMS. The new wrap is unwrapped again before it replaces the old one, so a
+    /// Use it to rotate the KEK, to retire a master key, to move a database from the local
+    /// provider to a KMS, or to rewrap under the newest version of a Vault Transit key (pass
+    /// the same provider and KEK). The new wrap is unwrapped again before it replaces the old one, so a
     /// misconfigured target can never leave an unusable `.key` file. Open connections are not
     /// disturbed; a running rotation is waited for.
     ///
@@ -30,14 +31,12 @@ extension LocalDbKeyManager {
         let key = try await unwrapKey(of: keyFile)
         let resolvedKekId = try await target.health(kekId: kekId).kekId
         let wrapped: WrappedKey
-        if let aws = target as? AwsKms, keyFile.kms == aws.providerName {
-            // Between AWS keys, ReEncrypt moves the key without its plaintext leaving KMS.
-            wrapped = try await aws.reEncrypt(
-                keyFile.encryptedDek,
-                from: keyFile.kekId,
-                to: resolvedKekId,
-                context: keyFile.encryptionContext
-            ).wrapped
+        if let service = target as? any ServerSideRewrapping, keyFile.kms == target.providerName,
+            let moved = try await service.serverSideRewrap(
+                keyFile.encryptedDek, from: keyFile.kekId, to: resolvedKekId, context: keyFile.encryptionContext)
+        {
+            // Inside one service (AWS ReEncrypt, Vault rewrap) the plaintext never leaves it.
+            wrapped = moved
         } else {
             wrapped = try await target.encrypt(key, kekId: resolvedKekId, context: keyFile.encryptionContext)
         }

@@ -2,28 +2,31 @@
     import Glibc
 #endif
 
-/// Reads the passphrase of an older SQLCipher database into secure memory, for migration.
+/// Reads a secret the user types or stores — the passphrase of an older SQLCipher database, a
+/// Vault token, a PKCS#11 PIN — into secure memory.
 ///
-/// Passphrases come from an environment variable, a file or standard input — never from a
+/// Such secrets come from an environment variable, a file or standard input — never from a
 /// command line, which other users can read in `/proc`. One trailing newline is dropped.
 public enum Passphrase {
     /// The largest passphrase accepted.
     public static let maximumLength = 4096
 
     /// A passphrase from text, such as an environment variable's value.
-    public static func fromText(_ text: String) throws -> SecureBuffer {
+    public static func fromText(_ text: String, kind: String = "passphrase") throws -> SecureBuffer {
         var text = text
         let buffer = text.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
-        return try trimmed(buffer)
+        return try trimmed(buffer, kind: kind)
     }
 
     /// A passphrase from a file that only its owner can read (the same checks as key files).
     ///
+    /// - Parameter kind: What the secret is, for messages (`passphrase`, `Vault token`).
     /// - Throws: ``DBKeyError/Code-swift.struct/keyFileInsecure`` for a file others can read,
     ///   ``DBKeyError/Code-swift.struct/keyFileMissing`` when it does not exist.
-    public static func fromFile(_ path: String) throws -> SecureBuffer {
+    public static func fromFile(_ path: String, kind: String = "passphrase") throws -> SecureBuffer {
         try trimmed(
-            ProtectedFile.read(at: path, maxSize: maximumLength, kind: "passphrase file", missingCode: .keyFileMissing))
+            ProtectedFile.read(at: path, maxSize: maximumLength, kind: "\(kind) file", missingCode: .keyFileMissing),
+            kind: kind)
     }
 
     /// A passphrase from standard input, read to its end.
@@ -45,10 +48,11 @@ public enum Passphrase {
                 .invalidConfiguration, "The passphrase on standard input is longer than \(maximumLength) bytes.")
         }
         return try trimmed(
-            buffer.withUnsafeBytes { SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) })
+            buffer.withUnsafeBytes { SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) },
+            kind: "passphrase")
     }
 
-    private static func trimmed(_ buffer: SecureBuffer) throws -> SecureBuffer {
+    private static func trimmed(_ buffer: SecureBuffer, kind: String) throws -> SecureBuffer {
         let result = buffer.withUnsafeBytes { bytes -> SecureBuffer in
             var end = bytes.count
             if end > 0, bytes[end - 1] == UInt8(ascii: "\n") { end -= 1 }
@@ -56,7 +60,7 @@ public enum Passphrase {
             return SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: bytes.prefix(end)))
         }
         guard result.count > 0 else {
-            throw DBKeyError(.invalidConfiguration, "The passphrase is empty.")
+            throw DBKeyError(.invalidConfiguration, "The \(kind) is empty.")
         }
         return result
     }

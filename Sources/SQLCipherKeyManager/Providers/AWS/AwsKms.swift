@@ -21,34 +21,9 @@ import Logging
 /// Throttling, 5xx answers, timeouts and refused connections are retried with exponential
 /// backoff and jitter (``RetryPolicy``). Every KMS operation used here is free of side effects
 /// on the KMS, so a retry can never apply anything twice.
-public struct AwsKms: KeyManagementService {
+public struct AwsKms: ServerSideRewrapping {
     /// `aws`.
     public let providerName = "aws"
-
-    /// How failed calls are retried.
-    public struct RetryPolicy: Sendable {
-        /// Tries in all, the first included.
-        public var attempts: Int
-        /// The limit for one try, from sending to the last byte of the answer.
-        public var timeout: Duration
-        /// The first backoff; each later one doubles, up to ``maximumBackoff``, with jitter.
-        public var initialBackoff: Duration
-        /// The longest backoff.
-        public var maximumBackoff: Duration
-
-        /// Creates a policy. The defaults: 3 attempts, 10 s each.
-        public init(
-            attempts: Int = 3,
-            timeout: Duration = .seconds(10),
-            initialBackoff: Duration = .milliseconds(100),
-            maximumBackoff: Duration = .seconds(2)
-        ) {
-            self.attempts = max(1, attempts)
-            self.timeout = timeout
-            self.initialBackoff = initialBackoff
-            self.maximumBackoff = maximumBackoff
-        }
-    }
 
     let credentials: AWSCredentials
     let defaultRegion: String?
@@ -107,29 +82,12 @@ public struct AwsKms: KeyManagementService {
             }
             endpoint = url
         }
-        var retry = RetryPolicy()
-        if let text = environment["AWS_MAX_ATTEMPTS"] {
-            guard let attempts = Int(text), attempts >= 1 else {
-                throw DBKeyError(
-                    .invalidConfiguration, "AWS_MAX_ATTEMPTS must be a whole number from 1; got \"\(text)\".")
-            }
-            retry.attempts = attempts
-        }
-        if let text = environment[timeoutVariable] {
-            guard let seconds = Double(text), seconds > 0, seconds <= 600 else {
-                throw DBKeyError(
-                    .invalidConfiguration,
-                    "\(timeoutVariable) must be a number of seconds from 0 to 600; got \"\(text)\".")
-            }
-            retry.timeout = .seconds(seconds)
-        }
+        let retry = try RetryPolicy.fromEnvironment(
+            environment, attemptsVariable: "AWS_MAX_ATTEMPTS", countsFirstAttempt: true)
         return AwsKms(
             credentials: try aws.credentials(), region: try aws.region(), endpoint: endpoint, retry: retry,
             logger: logger)
     }
-
-    /// The environment variable that sets the time limit of one KMS call, in seconds.
-    public static let timeoutVariable = "DBKEY_KMS_TIMEOUT_SECONDS"
 
     // MARK: - KeyManagementService
 
@@ -203,6 +161,16 @@ public struct AwsKms: KeyManagementService {
         return (try AwsKms.ciphertext(fields), fields["KeyId"] as? String ?? destinationKekId)
     }
 
+    /// ``reEncrypt(_:from:to:context:)``: any AWS key to any other.
+    public func serverSideRewrap(
+        _ wrapped: WrappedKey,
+        from sourceKekId: String,
+        to destinationKekId: String,
+        context: EncryptionContext
+    ) async throws -> WrappedKey? {
+        try await reEncrypt(wrapped, from: sourceKekId, to: destinationKekId, context: context).wrapped
+    }
+
     // MARK: - The protocol
 
     /// The region a request for `kekId` goes to: an ARN's own, else the configured one.
@@ -233,17 +201,11 @@ public struct AwsKms: KeyManagementService {
         let region = try region(for: kekId)
         let endpoint = endpointOverride ?? URL(string: "https://kms.\(region).amazonaws.com/")!
         let signer = SigV4Signer(service: "kms", region: region)
-        var payload = try JSONSerialization.data(withJSONObject: body(), options: [.sortedKeys])
+        var payload =
+            try secretField.map { try JSONSecretField.body(body(), appending: $0.name, value: $0.value) }
+            ?? JSONSerialization.data(withJSONObject: body(), options: [.sortedKeys])
         defer { payload.wipe() }
-        if let (name, value) = secretField {
-            // Spliced in as the last field, so that it never passes through a String.
-            payload.removeLast()
-            payload.append(contentsOf: Array(",\"\(name)\":\"".utf8))
-            value.withUnsafeBytes { payload.append(contentsOf: $0) }
-            payload.append(contentsOf: Array("\"}".utf8))
-        }
-        var attempt = 1
-        while true {
+        return try await retry.run(operation, logger: logger) {
             let request = signer.sign(
                 SigV4Request(
                     method: "POST",
@@ -259,29 +221,15 @@ public struct AwsKms: KeyManagementService {
                 credentials: credentials,
                 date: Date()
             )
-            do {
-                var response = try await transport.send(
-                    KmsHTTPRequest(url: endpoint, method: "POST", headers: request.headers, body: payload),
-                    timeout: retry.timeout
-                )
-                guard response.status == 200 else {
-                    defer { response.body.wipe() }
-                    throw AwsKms.error(status: response.status, body: response.body, operation: operation, kekId: kekId)
-                }
-                return response.body
-            } catch let error as DBKeyError where error.code == .kmsUnavailable && attempt < retry.attempts {
-                let backoff = min(retry.maximumBackoff, retry.initialBackoff * (1 << (attempt - 1)))
-                let jittered = backoff * Double.random(in: 0.5...1.0)
-                logger.debug(
-                    "Retrying a KMS call",
-                    metadata: [
-                        "event": "kms.retry", "operation": "\(operation)", "attempt": "\(attempt)",
-                        "reason": "\(error.message)",
-                    ]
-                )
-                try await Task.sleep(for: jittered)
-                attempt += 1
+            var response = try await transport.send(
+                KmsHTTPRequest(url: endpoint, method: "POST", headers: request.headers, body: payload),
+                timeout: retry.timeout
+            )
+            guard response.status == 200 else {
+                defer { response.body.wipe() }
+                throw AwsKms.error(status: response.status, body: response.body, operation: operation, kekId: kekId)
             }
+            return response.body
         }
     }
 
@@ -339,24 +287,12 @@ public struct AwsKms: KeyManagementService {
     /// Decodes the `Plaintext` field straight into secure memory, then overwrites it in the
     /// response so that no JSON parser ever turns it into a `String`.
     static func takePlaintext(from response: inout Data) throws -> SecureBuffer {
-        let marker = Array("\"Plaintext\"".utf8)
-        var result: SecureBuffer?
-        response.withUnsafeMutableBytes { bytes in
-            guard let markerStart = bytes.firstRange(of: marker)?.lowerBound else { return }
-            var index = markerStart + marker.count
-            while index < bytes.count, bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: ":") {
-                index += 1
-            }
-            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return }
-            let valueStart = index + 1
-            guard let valueEnd = bytes[valueStart...].firstIndex(of: UInt8(ascii: "\"")) else { return }
-            result = SecureBuffer.decodingBase64(UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd]))
-            for position in valueStart..<valueEnd { bytes[position] = UInt8(ascii: "A") }
-        }
-        guard let result, result.count == RawKeyText.keyByteCount else {
+        guard let plaintext = JSONSecretField.take("Plaintext", from: &response),
+            plaintext.count == RawKeyText.keyByteCount
+        else {
             throw DBKeyError(.kmsUnavailable, "AWS KMS answered without a 32-byte Plaintext key.")
         }
-        return result
+        return plaintext
     }
 
     static func fields(of response: Data) throws -> [String: Any] {

@@ -124,7 +124,7 @@ struct AwsKmsMotoTests {
 
 @Suite("AWS KMS provider: retries, timeouts and error mapping")
 struct AwsKmsFaultTests {
-    let retry = AwsKms.RetryPolicy(attempts: 3, timeout: .seconds(5), initialBackoff: .milliseconds(10))
+    let retry = RetryPolicy(attempts: 3, timeout: .seconds(5), initialBackoff: .milliseconds(10))
 
     @Test("throttling, then success: retried and succeeds")
     func throttlingRetried() async throws {
@@ -194,7 +194,7 @@ struct AwsKmsFaultTests {
         var environment = try Moto.processEnvironment()
         environment["AWS_ENDPOINT_URL_KMS"] = server.url.absoluteString
         environment["AWS_MAX_ATTEMPTS"] = "2"
-        environment[AwsKms.timeoutVariable] = "0.5"
+        environment[RetryPolicy.timeoutVariable] = "0.5"
         let clock = ContinuousClock()
         let started = clock.now
         let result = try await workspace.dbkey("status", workspace.database, environment: environment)

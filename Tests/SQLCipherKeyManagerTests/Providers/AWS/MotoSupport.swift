@@ -35,7 +35,7 @@ enum Moto {
     /// A provider talking to moto, through `transport` when given (to count or fault calls).
     static func provider(
         secret: String? = nil,
-        retry: AwsKms.RetryPolicy = .init(attempts: 2, timeout: .seconds(5)),
+        retry: RetryPolicy = .init(attempts: 2, timeout: .seconds(5)),
         transport: (any KmsTransport)? = nil
     ) throws -> AwsKms {
         AwsKms(
