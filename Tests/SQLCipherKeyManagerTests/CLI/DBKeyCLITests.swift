@@ -230,7 +230,9 @@ extension DBKeyCLITests.Workspace {
             arguments.isEmpty || arguments[0].hasPrefix("-") ? arguments : arguments + ["--log-level", "trace"]
         let result = try await run(DBKeyCLITests.executable, traced, environment: environment)
         var secrets = [masterKeyBase64]
-        secrets += ["AWS_SECRET_ACCESS_KEY", "OLD_DB_PASSPHRASE", "P"].compactMap { environment[$0] }.filter {
+        secrets += ["AWS_SECRET_ACCESS_KEY", "OLD_DB_PASSPHRASE", "P", "VAULT_TOKEN", "DBKEY_PKCS11_PIN"].compactMap {
+            environment[$0]
+        }.filter {
             !$0.isEmpty
         }
         if let keyFile = try? KeyFile.read(from: database + ".key"), keyFile.kms == "local",
@@ -504,5 +506,57 @@ struct DBKeyHardeningTests {
             let isDirectory = attributes[.type] as? FileAttributeType == .typeDirectory
             #expect(isDirectory ? mode == 0o700 : mode & 0o077 == 0, "\(item) has mode \(String(mode, radix: 8))")
         }
+    }
+}
+
+/// `dbkey` with a KEK in Vault Transit (OpenBao), configured as Vault's CLI is.
+@Suite("dbkey with Vault Transit")
+struct DBKeyVaultCLITests {
+    @Test("init --kek vault://…, sql, Transit key rotated, status warns, rewrap with no target, opens; local → vault")
+    func vaultLifecycle() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let vault = try OpenBao.processEnvironment()
+        let kekId = try await OpenBao.createKey(derived: true)
+        let created = try await workspace.dbkey(
+            "init", workspace.database, "--kek", "vault://" + kekId, "--context", "app=cli", environment: vault)
+        #expect(created.status == 0, "\(created.stderr)")
+        let sql = try await workspace.dbkey(
+            "sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('kept')", environment: vault)
+        #expect(sql.status == 0, "\(sql.stderr)")
+        #expect(try await workspace.dbkey("rotate", workspace.database, environment: vault).status == 0)
+
+        try await OpenBao.rotate(kekId)
+        let warned = try await workspace.dbkey("status", workspace.database, "--json", environment: vault)
+        #expect(warned.status == 0, "\(warned.stderr)")
+        #expect(warned.stderr.contains("warning: the data key is wrapped under version 1 of \(kekId)"))
+        #expect(warned.stderr.contains("dbkey rewrap \(workspace.database)"))
+        let before = try #require(try JSONSerialization.jsonObject(with: Data(warned.stdout.utf8)) as? [String: Any])
+        #expect(before["kms"] as? String == "vault")
+        #expect(before["kek_version"] as? Int == 1)
+        #expect(before["kek_latest_version"] as? Int == 2)
+        #expect(before["kek_version_outdated"] as? Bool == true)
+
+        let rewrapped = try await workspace.dbkey("rewrap", workspace.database, environment: vault)
+        #expect(rewrapped.status == 0, "\(rewrapped.stderr)")
+        #expect(rewrapped.stdout.contains("version 2"))
+        let after = try await workspace.dbkey("status", workspace.database, "--json", environment: vault)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(after.stdout.utf8)) as? [String: Any])
+        #expect(report["kek_version"] as? Int == 2)
+        #expect(report["kek_version_outdated"] as? Bool == false)
+        #expect(!after.stderr.contains("warning"))
+        let rows = try await workspace.dbkey("sql", workspace.database, "SELECT a FROM t", environment: vault)
+        #expect(rows.stdout == "kept\n")
+
+        // A database of the local provider moved to Transit, and the token missing.
+        let other = try DBKeyCLITests.Workspace()
+        #expect(try await other.dbkey("init", other.database).status == 0)
+        let moved = try await other.dbkey(
+            "rewrap", other.database, "--to", "vault://transit/keys/dbkey", environment: vault)
+        #expect(moved.status == 0, "\(moved.stderr)")
+        #expect(try KeyFile.read(from: other.database + ".key").kekId == "transit/keys/dbkey")
+        let noToken = try await other.dbkey(
+            "verify", other.database, environment: ["VAULT_ADDR": try OpenBao.value("ADDR")])
+        #expect(noToken.status == 21, "\(noToken.stderr)")
+        #expect(noToken.stderr.contains("VAULT_TOKEN"))
     }
 }

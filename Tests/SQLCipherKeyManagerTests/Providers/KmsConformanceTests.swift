@@ -27,6 +27,15 @@ struct ProviderUnderTest: Sendable, CustomTestStringConvertible {
             ProviderUnderTest(name: "aws (moto, alias)", kekId: Moto.variables["DBKEY_TEST_AWS_ALIAS"] ?? "") {
                 try Moto.provider()
             },
+            ProviderUnderTest(name: "vault (OpenBao, associated_data)", kekId: "transit/keys/dbkey") {
+                try OpenBao.provider()
+            },
+            ProviderUnderTest(name: "vault (OpenBao, derived key)", kekId: "transit/keys/dbkey-derived") {
+                try OpenBao.provider()
+            },
+            ProviderUnderTest(name: "vault (OpenBao, nested mount)", kekId: "apps/transit/keys/dbkey") {
+                try OpenBao.provider()
+            },
         ]
 }
 
@@ -84,14 +93,17 @@ struct KmsConformanceTests {
     func tamperDetected(provider: ProviderUnderTest) async throws {
         let kms = try provider.make()
         let dataKey = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        let bytes = try #require(dataKey.wrapped.base64DecodedBytes)
+        // The base64 part: all of it, or what follows Transit's `vault:vN:` prefix.
+        let encoded = dataKey.wrapped.encoded
+        let prefix = encoded.lastIndex(of: ":").map { String(encoded[...$0]) } ?? ""
+        let bytes = try #require(WrappedKey(encoded: String(encoded.dropFirst(prefix.count))).base64DecodedBytes)
         // The middle and the end of the blob: ciphertext and tag in every provider's format.
         // (moto's blobs start with the key id in clear, so altering those bytes names another
         // key; the local format's every byte is checked in LocalKmsTests.)
         for index in [bytes.count / 2, bytes.count - 1] {
             var altered = bytes
             altered[index] ^= 0x01
-            let tampered = WrappedKey(encoded: Data(altered).base64EncodedString())
+            let tampered = WrappedKey(encoded: prefix + Data(altered).base64EncodedString())
             await expectError(.ciphertextInvalid) {
                 _ = try await kms.decrypt(tampered, kekId: dataKey.kekId, context: context)
             }

@@ -72,7 +72,8 @@ enum Moto {
     }
 }
 
-/// Passes requests through and counts them by KMS operation.
+/// Passes requests through and counts them by KMS operation: the AWS operation name, or for
+/// other services the URL path (`/v1/transit/rewrap/NAME`).
 final class CountingTransport: KmsTransport {
     private let inner: any KmsTransport
     private let counts = Mutex<[String: Int]>([:])
@@ -86,8 +87,10 @@ final class CountingTransport: KmsTransport {
     func reset() { counts.withLock { $0.removeAll() } }
 
     func send(_ request: KmsHTTPRequest, timeout: Duration) async throws -> KmsHTTPResponse {
-        let target = request.headers.first { $0.name == "X-Amz-Target" }?.value ?? ""
-        counts.withLock { $0[String(target.dropFirst("TrentService.".count)), default: 0] += 1 }
+        let operation =
+            request.headers.first { $0.name == "X-Amz-Target" }.map { String($0.value.dropFirst("TrentService.".count)) }
+            ?? request.url.path
+        counts.withLock { $0[operation, default: 0] += 1 }
         return try await inner.send(request, timeout: timeout)
     }
 }
