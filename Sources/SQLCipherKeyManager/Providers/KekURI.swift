@@ -90,10 +90,12 @@ public struct KekURI: Sendable, Hashable, CustomStringConvertible {
             return try AwsKms.fromEnvironment(environment, logger: logger)
         case "vault":
             return try VaultTransit.fromEnvironment(environment, logger: logger)
+        case "pkcs11":
+            return try Pkcs11Kms.fromEnvironment(environment, logger: logger)
         default:
             throw DBKeyError(
                 .invalidConfiguration,
-                "The \(provider) KMS provider is not available in this build of DBKey (available: local, aws, vault)."
+                "The \(provider) KMS provider is not available in this build of DBKey (available: local, aws, vault, pkcs11)."
             )
         }
     }
