@@ -235,6 +235,11 @@ extension DBKeyCLITests.Workspace {
         }.filter {
             !$0.isEmpty
         }
+        if let pinFile = environment[Pkcs11Kms.pinFileVariable],
+            let pin = try? String(contentsOfFile: pinFile, encoding: .utf8)
+        {
+            secrets.append(pin.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
         if let keyFile = try? KeyFile.read(from: database + ".key"), keyFile.kms == "local",
             let dek = try? await localKms(masterKeyBase64: masterKeyBase64).decrypt(
                 keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
@@ -558,5 +563,45 @@ struct DBKeyVaultCLITests {
             "verify", other.database, environment: ["VAULT_ADDR": try OpenBao.value("ADDR")])
         #expect(noToken.status == 21, "\(noToken.stderr)")
         #expect(noToken.stderr.contains("VAULT_TOKEN"))
+    }
+}
+
+/// `dbkey` with a KEK on a PKCS#11 token (SoftHSM2).
+@Suite("dbkey with a PKCS#11 token")
+struct DBKeyPkcs11CLITests {
+    @Test("init --kek pkcs11:…, sql, rotate, status, verify; a wrong PIN exits 21 and names the cause, not the PIN")
+    func pkcs11Lifecycle() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let hsm = try SoftHSM.processEnvironment()
+        let kek = "pkcs11:" + (try SoftHSM.kekId())
+        let created = try await workspace.dbkey("init", workspace.database, "--kek", kek, environment: hsm)
+        #expect(created.status == 0, "\(created.stderr)")
+        let sql = try await workspace.dbkey(
+            "sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('kept')", environment: hsm)
+        #expect(sql.status == 0, "\(sql.stderr)")
+        #expect(try await workspace.dbkey("rotate", workspace.database, environment: hsm).status == 0)
+        let status = try await workspace.dbkey("status", workspace.database, "--json", environment: hsm)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        #expect(report["kms"] as? String == "pkcs11")
+        #expect(report["kek_id"] as? String == (try SoftHSM.kekId()))
+        #expect(report["kms_reachable"] as? Bool == true)
+        #expect(report["dek_version"] as? Int == 2)
+        #expect(try await workspace.dbkey("verify", workspace.database, environment: hsm).status == 0)
+
+        let wrongPin = workspace.directory.file("wrong.pin")
+        _ = FileManager.default.createFile(
+            atPath: wrongPin, contents: Data("99999999\n".utf8), attributes: [.posixPermissions: 0o600])
+        var wrong = hsm
+        wrong[Pkcs11Kms.pinFileVariable] = wrongPin
+        let denied = try await workspace.dbkey("verify", workspace.database, environment: wrong)
+        #expect(denied.status == 21, "\(denied.stderr)")
+        #expect(denied.stderr.contains("wrong PIN"))
+        #expect(!denied.stderr.contains("99999999"))
+        var missingModule = hsm
+        missingModule[Pkcs11Kms.moduleVariable] = "/nonexistent/module.so"
+        let noModule = try await workspace.dbkey("verify", workspace.database, environment: missingModule)
+        #expect(noModule.status == 42 && noModule.stderr.contains("/nonexistent/module.so"), "\(noModule.stderr)")
+        let rows = try await workspace.dbkey("sql", workspace.database, "SELECT a FROM t", environment: hsm)
+        #expect(rows.stdout == "kept\n")
     }
 }

@@ -36,6 +36,11 @@ struct ProviderUnderTest: Sendable, CustomTestStringConvertible {
             ProviderUnderTest(name: "vault (OpenBao, nested mount)", kekId: "apps/transit/keys/dbkey") {
                 try OpenBao.provider()
             },
+            ProviderUnderTest(
+                name: "pkcs11 (SoftHSM2)",
+                kekId:
+                    "token=\(SoftHSM.variables["DBKEY_TEST_PKCS11_TOKEN"] ?? "");object=\(SoftHSM.variables["DBKEY_TEST_PKCS11_OBJECT"] ?? "")"
+            ) { try SoftHSM.provider() },
         ]
 }
 

@@ -203,3 +203,14 @@ func expectError(
         return nil
     }
 }
+
+/// A variable `Scripts/test` sets to describe a server or token it started for the tests. When
+/// it is missing the test records an issue and fails: a test that needs a server never passes
+/// without one.
+func scriptVariable(_ name: String, describing what: String) throws -> String {
+    guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
+        Issue.record("No \(what): \(name) is not set. Run the tests with Scripts/test, which starts it.")
+        throw DBKeyError(.kmsUnavailable, "no \(what) for the tests")
+    }
+    return value
+}

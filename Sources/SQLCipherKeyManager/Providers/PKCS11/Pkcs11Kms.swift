@@ -169,7 +169,8 @@ public struct Pkcs11Kms: KeyManagementService {
                         type: CK_ATTRIBUTE_TYPE(CKA_CLASS), pValue: objectClass.baseAddress,
                         ulValueLen: CK_ULONG(objectClass.count)),
                     CK_ATTRIBUTE(
-                        type: CK_ATTRIBUTE_TYPE(CKA_LABEL), pValue: label.baseAddress, ulValueLen: CK_ULONG(label.count)),
+                        type: CK_ATTRIBUTE_TYPE(CKA_LABEL), pValue: label.baseAddress, ulValueLen: CK_ULONG(label.count)
+                    ),
                 ]
                 try session.check(
                     functions.C_FindObjectsInit(handle, &template, CK_ULONG(template.count)), "C_FindObjectsInit")
@@ -291,7 +292,8 @@ public struct Pkcs11Kms: KeyManagementService {
             // Room for the whole input: some modules ask for it before they strip the tag.
             return try SecureBuffer(count: sealed.count) { destination in
                 let result = functions.C_Decrypt(
-                    handle, &sealed, CK_ULONG(sealed.count), destination.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    handle, &sealed, CK_ULONG(sealed.count),
+                    destination.baseAddress!.assumingMemoryBound(to: UInt8.self),
                     &openedCount)
                 // SoftHSM answers a wrong tag with CKR_GENERAL_ERROR.
                 guard result != CKR_GENERAL_ERROR else {

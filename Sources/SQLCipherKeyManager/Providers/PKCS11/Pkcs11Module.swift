@@ -100,6 +100,7 @@ final class Pkcs11Module: @unchecked Sendable {
             CK_RV(CKR_USER_NOT_LOGGED_IN): "CKR_USER_NOT_LOGGED_IN",
             CK_RV(CKR_CRYPTOKI_NOT_INITIALIZED): "CKR_CRYPTOKI_NOT_INITIALIZED",
             CK_RV(CKR_BUFFER_TOO_SMALL): "CKR_BUFFER_TOO_SMALL", CK_RV(CKR_HOST_MEMORY): "CKR_HOST_MEMORY",
+            CK_RV(CKR_OPERATION_ACTIVE): "CKR_OPERATION_ACTIVE",
         ]
         return names[result] ?? "CKR 0x" + String(result, radix: 16)
     }
@@ -201,7 +202,8 @@ final class Pkcs11Session: @unchecked Sendable {
             return DBKeyError(
                 .kmsAccessDenied, "\(what): wrong PIN. Check DBKEY_PKCS11_PIN_FILE (or DBKEY_PKCS11_PIN).")
         case Int(CKR_PIN_LOCKED), Int(CKR_PIN_EXPIRED):
-            return DBKeyError(.kmsAccessDenied, "\(what): the user PIN is locked or expired; the token's SO must reset it.")
+            return DBKeyError(
+                .kmsAccessDenied, "\(what): the user PIN is locked or expired; the token's SO must reset it.")
         case Int(CKR_KEY_HANDLE_INVALID):
             return DBKeyError(.kmsKeyNotFound, "\(what): the key \"\(key.objectLabel)\" is gone from the token.")
         case Int(CKR_ENCRYPTED_DATA_INVALID), Int(CKR_ENCRYPTED_DATA_LEN_RANGE):

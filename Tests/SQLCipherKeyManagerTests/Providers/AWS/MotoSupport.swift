@@ -11,12 +11,7 @@ enum Moto {
     static let variables = ProcessInfo.processInfo.environment
 
     static func value(_ name: String) throws -> String {
-        guard let value = variables["DBKEY_TEST_AWS_\(name)"], !value.isEmpty else {
-            Issue.record(
-                "No moto server: DBKEY_TEST_AWS_\(name) is not set. Run the tests with Scripts/test, which starts it.")
-            throw DBKeyError(.kmsUnavailable, "moto is not running")
-        }
-        return value
+        try scriptVariable("DBKEY_TEST_AWS_\(name)", describing: "moto server")
     }
 
     static func endpoint() throws -> URL { URL(string: try value("ENDPOINT"))! }
@@ -88,7 +83,9 @@ final class CountingTransport: KmsTransport {
 
     func send(_ request: KmsHTTPRequest, timeout: Duration) async throws -> KmsHTTPResponse {
         let operation =
-            request.headers.first { $0.name == "X-Amz-Target" }.map { String($0.value.dropFirst("TrentService.".count)) }
+            request.headers.first { $0.name == "X-Amz-Target" }.map {
+                String($0.value.dropFirst("TrentService.".count))
+            }
             ?? request.url.path
         counts.withLock { $0[operation, default: 0] += 1 }
         return try await inner.send(request, timeout: timeout)

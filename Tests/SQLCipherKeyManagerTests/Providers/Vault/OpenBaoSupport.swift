@@ -9,13 +9,7 @@ enum OpenBao {
     static let variables = ProcessInfo.processInfo.environment
 
     static func value(_ name: String) throws -> String {
-        guard let value = variables["DBKEY_TEST_VAULT_\(name)"], !value.isEmpty else {
-            Issue.record(
-                "No OpenBao server: DBKEY_TEST_VAULT_\(name) is not set. Run the tests with Scripts/test, which starts it."
-            )
-            throw DBKeyError(.kmsUnavailable, "OpenBao is not running")
-        }
-        return value
+        try scriptVariable("DBKEY_TEST_VAULT_\(name)", describing: "OpenBao server")
     }
 
     static func address() throws -> URL { URL(string: try value("ADDR"))! }

@@ -120,7 +120,9 @@ struct VaultTransitTests {
             address: try OpenBao.address(), token: try Passphrase.fromText(try OpenBao.rootToken()),
             namespace: namespace, retry: .init(attempts: 1), transport: URLSessionKmsTransport(), logger: silentLogger)
         let namespaced = try await inNamespace.generateDataKey(kekId: "transit/keys/in-namespace", context: context)
-        #expect(try await inNamespace.decrypt(namespaced.wrapped, kekId: namespaced.kekId, context: context) == namespaced.plaintext)
+        #expect(
+            try await inNamespace.decrypt(namespaced.wrapped, kekId: namespaced.kekId, context: context)
+                == namespaced.plaintext)
         await expectError(.kmsKeyNotFound) {
             _ = try await kms.generateDataKey(kekId: "transit/keys/in-namespace", context: context)
         }
