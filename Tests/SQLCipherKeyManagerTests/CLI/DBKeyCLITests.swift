@@ -597,6 +597,10 @@ struct DBKeyPkcs11CLITests {
         #expect(denied.status == 21, "\(denied.stderr)")
         #expect(denied.stderr.contains("wrong PIN"))
         #expect(!denied.stderr.contains("99999999"))
+        // status opens the database and asks for the KEK's health: the token sees the wrong PIN once.
+        let refused = try await workspace.dbkey("status", workspace.database, environment: wrong)
+        #expect(refused.status == 21, "\(refused.stderr)")
+        #expect(refused.stdout.contains("not offered again"), "\(refused.stdout)")
         var missingModule = hsm
         missingModule[Pkcs11Kms.moduleVariable] = "/nonexistent/module.so"
         let noModule = try await workspace.dbkey("verify", workspace.database, environment: missingModule)

@@ -115,6 +115,9 @@ final class Pkcs11Session: @unchecked Sendable {
     // Guarded by `lock`.
     private let lock = NSLock()
     private var handle: CK_SESSION_HANDLE?
+    /// Set when the token refused the PIN: it is not offered again, so that retries cannot
+    /// use up the token's tries and lock the PIN.
+    private var pinRefusal: DBKeyError?
 
     init(module: Pkcs11Module, token key: Pkcs11KeyName, pin: SecureBuffer) {
         self.module = module
@@ -144,6 +147,7 @@ final class Pkcs11Session: @unchecked Sendable {
 
     /// Finds the token, opens a session on it and logs in as the user.
     private func open() throws -> CK_SESSION_HANDLE {
+        if let pinRefusal { throw pinRefusal }
         let functions = module.functions
         let slot = try findSlot()
         var session = CK_SESSION_HANDLE()
@@ -156,7 +160,13 @@ final class Pkcs11Session: @unchecked Sendable {
         }
         guard result == CKR_OK || result == CKR_USER_ALREADY_LOGGED_IN else {
             _ = functions.C_CloseSession(session)
-            throw Pkcs11Session.error(result, "C_Login", key: key)
+            let error = Pkcs11Session.error(result, "C_Login", key: key)
+            if error.code == .kmsAccessDenied {
+                pinRefusal = DBKeyError(
+                    .kmsAccessDenied,
+                    "\(error.message) (The PIN is not offered again by this provider, so that the token does not lock it.)")
+            }
+            throw error
         }
         return session
     }
