@@ -164,7 +164,8 @@ final class Pkcs11Session: @unchecked Sendable {
             if error.code == .kmsAccessDenied {
                 pinRefusal = DBKeyError(
                     .kmsAccessDenied,
-                    "\(error.message) (The PIN is not offered again by this provider, so that the token does not lock it.)")
+                    "\(error.message) (The PIN is not offered again by this provider, so that the token does not lock it.)"
+                )
             }
             throw error
         }
