@@ -261,6 +261,7 @@ public struct VaultTransit: ServerSideRewrapping {
                 defer { response.body.wipe() }
                 throw VaultTransit.error(
                     status: response.status, body: response.body, operation: operation, key: key,
+                    policyPath: "\(body == nil ? "read" : "update") on \(path.dropFirst("/v1/".count))",
                     wrappedVersion: wrappedVersion)
             }
             return response.body
@@ -273,6 +274,7 @@ public struct VaultTransit: ServerSideRewrapping {
         body: Data,
         operation: String,
         key: TransitKeyPath,
+        policyPath: String,
         wrappedVersion: Int?
     ) -> DBKeyError {
         let errors = (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["errors"] as? [String] ?? []
@@ -289,7 +291,7 @@ public struct VaultTransit: ServerSideRewrapping {
         if status == 403 {
             return DBKeyError(
                 .kmsAccessDenied,
-                "\(what). Check the token (VAULT_TOKEN) and that its policy allows \(operation) on \(key.mount)/\(operation == "read key" ? "keys" : operation)/\(key.name)."
+                "\(what). Check the token (VAULT_TOKEN) and that its policy allows \(policyPath)."
             )
         }
         if detail.contains("encryption key not found") || status == 404 {
