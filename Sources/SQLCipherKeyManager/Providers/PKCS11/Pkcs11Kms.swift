@@ -192,32 +192,35 @@ public struct Pkcs11Kms: KeyManagementService {
             )
         }
         let kek = found[0]
-        func attribute<Value: FixedWidthInteger>(_ type: UInt, as _: Value.Type) throws -> Value {
-            var value = Value.zero
-            try withUnsafeMutableBytes(of: &value) { bytes in
-                var template = CK_ATTRIBUTE(
-                    type: CK_ATTRIBUTE_TYPE(type), pValue: bytes.baseAddress, ulValueLen: CK_ULONG(bytes.count))
-                try session.check(functions.C_GetAttributeValue(handle, kek, &template, 1), "C_GetAttributeValue")
-            }
-            return value
+        // All six attributes in one call: on a network HSM every call is a round trip.
+        let slot = MemoryLayout<CK_ULONG>.stride
+        let wanted: [(type: UInt, size: Int)] = [
+            (CKA_KEY_TYPE, MemoryLayout<CK_KEY_TYPE>.size), (CKA_VALUE_LEN, MemoryLayout<CK_ULONG>.size),
+            (CKA_EXTRACTABLE, 1), (CKA_SENSITIVE, 1), (CKA_ENCRYPT, 1), (CKA_DECRYPT, 1),
+        ]
+        let values = UnsafeMutableRawBufferPointer.allocate(byteCount: slot * wanted.count, alignment: slot)
+        defer { values.deallocate() }
+        values.initializeMemory(as: UInt8.self, repeating: 0)
+        var template = wanted.enumerated().map { index, attribute in
+            CK_ATTRIBUTE(
+                type: CK_ATTRIBUTE_TYPE(attribute.type), pValue: values.baseAddress! + index * slot,
+                ulValueLen: CK_ULONG(attribute.size))
         }
-        guard try attribute(CKA_KEY_TYPE, as: CK_KEY_TYPE.self) == CKK_AES,
-            try attribute(CKA_VALUE_LEN, as: CK_ULONG.self) == 32
-        else {
+        try session.check(
+            functions.C_GetAttributeValue(handle, kek, &template, CK_ULONG(template.count)), "C_GetAttributeValue")
+        let ulong = { (index: Int) in values.load(fromByteOffset: index * slot, as: CK_ULONG.self) }
+        let bool = { (index: Int) in values.load(fromByteOffset: index * slot, as: CK_BBOOL.self) }
+        guard ulong(0) == CKK_AES, ulong(1) == 32 else {
             throw DBKeyError(
                 .invalidConfiguration, "The PKCS#11 key \"\(name.objectLabel)\" is not an AES-256 key.")
         }
-        guard try attribute(CKA_EXTRACTABLE, as: CK_BBOOL.self) == CK_FALSE,
-            try attribute(CKA_SENSITIVE, as: CK_BBOOL.self) == CK_TRUE
-        else {
+        guard bool(2) == CK_FALSE, bool(3) == CK_TRUE else {
             throw DBKeyError(
                 .invalidConfiguration,
                 "The PKCS#11 key \"\(name.objectLabel)\" can leave the token (CKA_EXTRACTABLE, or not CKA_SENSITIVE); a KEK must not. Create it sensitive and not extractable."
             )
         }
-        guard try attribute(CKA_ENCRYPT, as: CK_BBOOL.self) == CK_TRUE,
-            try attribute(CKA_DECRYPT, as: CK_BBOOL.self) == CK_TRUE
-        else {
+        guard bool(4) == CK_TRUE, bool(5) == CK_TRUE else {
             throw DBKeyError(
                 .invalidConfiguration,
                 "The PKCS#11 key \"\(name.objectLabel)\" may not encrypt and decrypt (CKA_ENCRYPT, CKA_DECRYPT).")

@@ -150,6 +150,17 @@ struct VaultTransitTests {
         await expectError(.invalidConfiguration) {
             _ = try await OpenBao.provider().health(kekId: "transit/k")
         }
+        // A signing key cannot wrap: health says so, and Transit's own refusal is not retried.
+        let signing = "transit/keys/sign-" + UUID().uuidString.lowercased()
+        try await OpenBao.admin("POST", signing, ["type": "ed25519"])
+        await expectError(.invalidConfiguration, containing: ["cannot encrypt and decrypt", "ed25519"]) {
+            _ = try await OpenBao.provider().health(kekId: signing)
+        }
+        let counting = CountingTransport()
+        await expectError(.invalidConfiguration) {
+            _ = try await OpenBao.provider(transport: counting).generateDataKey(kekId: signing, context: context)
+        }
+        #expect(counting.count("/v1/" + signing.replacingOccurrences(of: "/keys/", with: "/datakey/plaintext/")) == 1)
     }
 
     @Test("5xx answers and refused connections are retried with backoff; a permanent error is sent once")
