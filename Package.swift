@@ -12,6 +12,10 @@ let package = Package(
     products: [
         .library(name: "SQLCipherKeyManager", targets: ["SQLCipherKeyManager"]),
         .library(name: "SQLCipherKeyManagerTesting", targets: ["SQLCipherKeyManagerTesting"]),
+        .library(name: "SQLCipherKeyManagerConformance", targets: ["SQLCipherKeyManagerConformance"]),
+        .library(name: "SQLCipherKeyManagerAWS", targets: ["SQLCipherKeyManagerAWS"]),
+        .library(name: "SQLCipherKeyManagerVault", targets: ["SQLCipherKeyManagerVault"]),
+        .library(name: "SQLCipherKeyManagerPKCS11", targets: ["SQLCipherKeyManagerPKCS11"]),
         .executable(name: "dbkey", targets: ["dbkey"]),
     ],
     dependencies: [
@@ -30,15 +34,54 @@ let package = Package(
             name: "CPKCS11",
             providers: [.apt(["libp11-kit-dev"])]
         ),
+        // The core: manager, .key file, SQLCipher layer, the local provider. Names no cloud.
         .target(
             name: "SQLCipherKeyManager",
             dependencies: [
                 "CSQLCipher",
-                "CPKCS11",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
+            swiftSettings: upcomingFeatures
+        ),
+        // One HTTP call path for the HTTP providers (not a product).
+        .target(
+            name: "KmsHTTP",
+            dependencies: ["SQLCipherKeyManager", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: upcomingFeatures
+        ),
+        // Optional providers, each its own product so that an app links only what it uses.
+        .target(
+            name: "SQLCipherKeyManagerAWS",
+            dependencies: [
+                "SQLCipherKeyManager",
+                "KmsHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
+            name: "SQLCipherKeyManagerVault",
+            dependencies: ["SQLCipherKeyManager", "KmsHTTP", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
+            name: "SQLCipherKeyManagerPKCS11",
+            dependencies: [
+                "SQLCipherKeyManager",
+                "CPKCS11",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        // The provider conformance suite, for anyone's provider. It imports Swift Testing, so it
+        // is a product of its own: MockKms's product and the tools must not link it.
+        .target(
+            name: "SQLCipherKeyManagerConformance",
+            dependencies: ["SQLCipherKeyManager"],
             swiftSettings: upcomingFeatures
         ),
         .target(
@@ -49,8 +92,9 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
-        .executableTarget(
-            name: "dbkey",
+        // The command line as a library, so that a build of dbkey can bring its own providers.
+        .target(
+            name: "DBKeyCLI",
             dependencies: [
                 "SQLCipherKeyManager",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -59,9 +103,21 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .executableTarget(
+            name: "dbkey",
+            dependencies: [
+                "DBKeyCLI",
+                "SQLCipherKeyManager",
+                "SQLCipherKeyManagerAWS",
+                "SQLCipherKeyManagerVault",
+                "SQLCipherKeyManagerPKCS11",
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .executableTarget(
             name: "dbkey-bench",
             dependencies: [
                 "SQLCipherKeyManager",
+                "SQLCipherKeyManagerAWS",
                 "CSQLCipher",
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -79,6 +135,12 @@ let package = Package(
             dependencies: [
                 "SQLCipherKeyManager",
                 "SQLCipherKeyManagerTesting",
+                "SQLCipherKeyManagerConformance",
+                "SQLCipherKeyManagerAWS",
+                "SQLCipherKeyManagerVault",
+                "SQLCipherKeyManagerPKCS11",
+                "KmsHTTP",
+                "DBKeyCLI",
                 "CSQLCipher",
                 "dbkey",
                 "dbkey-memory-audit",

@@ -7,6 +7,7 @@ import CSQLCipher
 import Foundation
 import Logging
 import SQLCipherKeyManager
+import SQLCipherKeyManagerAWS
 
 let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 let arguments = Array(CommandLine.arguments.dropFirst())
@@ -36,23 +37,17 @@ let sqlcipherShell = "/usr/bin/sqlcipher"
 var rows: [ResultRow] = []
 
 /// `x'…'` for a raw key, in secure memory.
-func keyText(_ key: SecureBuffer) -> SecureBuffer {
-    key.withUnsafeBytes { bytes in
-        SecureBuffer(count: 67) { text in
-            let digits = Array("0123456789abcdef".utf8)
-            text[0] = UInt8(ascii: "x")
-            text[1] = UInt8(ascii: "'")
-            for (index, byte) in bytes.enumerated() {
-                text[2 + 2 * index] = digits[Int(byte >> 4)]
-                text[3 + 2 * index] = digits[Int(byte & 0x0F)]
-            }
-            text[66] = UInt8(ascii: "'")
-        }
-    }
+/// The raw-key text of a managed database's key, for the bare C baseline; the key's lock is
+/// released at once so that rotations can run.
+func keyText(_ key: DatabaseKey) throws -> SecureBuffer {
+    defer { key.release() }
+    return try key.withRawKeyText { SecureBuffer(copying: $0) }
 }
 
-func hexString(_ key: SecureBuffer) -> String {
-    key.withUnsafeBytes { $0.map { String(format: "%02x", $0) }.joined() }
+/// The 64 hex digits of a managed database's key, for the `sqlcipher` shell's `PRAGMA rekey`.
+func hexString(_ key: DatabaseKey) throws -> String {
+    defer { key.release() }
+    return try key.withRawKeyText { String(decoding: $0.dropFirst(2).dropLast(), as: UTF8.self) }
 }
 
 /// A bare C open: sqlite3_open_v2, sqlite3_key, the page size, the first query, close.
@@ -129,11 +124,10 @@ try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirecto
 do {
     let path = workdir + "/open.db"
     let manager = try await managedDatabase(path, megabytes: 1, pageSize: 4096)
-    let key = try await manager.getOrCreateKey()
-    let text = keyText(key)
+    let text = try keyText(try await manager.getOrCreateKey())
     let coldManager = {
         LocalDbKeyManager(
-            databasePath: path, kms: manager.kms, configuration: .init(keyCacheTTL: .zero), logger: logger)
+            databasePath: path, providers: manager.providers, configuration: .init(keyCacheTTL: .zero), logger: logger)
     }
     // A point query: the open's cost, not a scan of the table.
     let query = "SELECT id FROM t WHERE id = 1"
@@ -144,7 +138,7 @@ do {
     }
     let bare: () -> Void = { text.withUnsafeBytes { bareOpen(path, key: $0, pageSize: 4096, query: query) } }
     let cold = try await Measure.alternating(300, ours, bare)
-    let warmManager = LocalDbKeyManager(databasePath: path, kms: manager.kms, logger: logger)
+    let warmManager = LocalDbKeyManager(databasePath: path, providers: manager.providers, logger: logger)
     try await warmManager.open().close()
     let warm = try await Measure.alternating(
         300,
@@ -196,7 +190,7 @@ for pageSize in [4096, 1024] {
         let shellCopy = workdir + "/rotate-shell.db"
         removeDatabase(shellCopy)
         try FileManager.default.copyItem(atPath: ours, toPath: shellCopy)
-        var shellKey = hexString(try await manager.getOrCreateKey())
+        var shellKey = try hexString(try await manager.getOrCreateKey())
         var oursTimes: [Duration] = []
         var shellTimes: [Duration] = []
         var exportTimes: [Duration] = []
@@ -205,7 +199,7 @@ for pageSize in [4096, 1024] {
         // Both copies on disk before timing, so that writeback of one does not slow the other.
         sync()
         for repetition in 0..<(megabytes <= 512 ? 5 : 3) {
-            let next = hexString(try SecureBuffer.random(count: 32))
+            let next = try SecureBuffer.random(count: 32).withUnsafeBytes { $0.map { String(format: "%02x", $0) }.joined() }
             let rotateOurs = {
                 sync()
                 oursTimes.append(
@@ -390,7 +384,7 @@ if let endpoint = environment["DBKEY_TEST_AWS_ENDPOINT"], let keyArn = environme
 do {
     let path = workdir + "/statements.db"
     let manager = try await managedDatabase(path, megabytes: 1, pageSize: 4096)
-    let key = keyText(try await manager.getOrCreateKey())
+    let key = try keyText(try await manager.getOrCreateKey())
     let count = 100_000
     var library: [Duration] = []
     var bare: [Duration] = []

@@ -20,11 +20,20 @@ public final class DatabaseConnection {
 
     private var handle: OpaquePointer?
     private let onClose: (() -> Void)?
+    /// Whether ``close()`` closes the handle: `false` for a handle the app owns.
+    private let ownsHandle: Bool
 
-    private init(handle: OpaquePointer, path: String, onClose: (() -> Void)?) {
+    private init(handle: OpaquePointer, path: String, onClose: (() -> Void)?, ownsHandle: Bool = true) {
         self.handle = handle
         self.path = path
         self.onClose = onClose
+        self.ownsHandle = ownsHandle
+    }
+
+    /// A connection over a handle someone else opened and will close: ``close()`` only lets go.
+    static func borrowing(_ handle: OpaquePointer) -> DatabaseConnection {
+        let path = sqlite3_db_filename(handle, "main").map { String(cString: $0) } ?? ""
+        return DatabaseConnection(handle: handle, path: path, onClose: nil, ownsHandle: false)
     }
 
     deinit {
@@ -100,7 +109,7 @@ public final class DatabaseConnection {
     }
 
     /// Applies key bytes (`sqlite3_key`): raw-key text or a passphrase.
-    private func applyKey(_ key: SecureBuffer) throws {
+    func applyKey(_ key: SecureBuffer) throws {
         let handle = try liveHandle()
         let code = key.withUnsafeBytes { bytes in
             sqlite3_key(handle, bytes.baseAddress, Int32(bytes.count))
@@ -113,7 +122,9 @@ public final class DatabaseConnection {
     /// Statements still alive are finalised when they are released.
     public func close() {
         guard let handle else { return }
-        sqlite3_close_v2(handle)
+        if ownsHandle {
+            sqlite3_close_v2(handle)
+        }
         self.handle = nil
         onClose?()
     }
@@ -309,7 +320,7 @@ public final class DatabaseConnection {
         }
     }
 
-    private func applyPageSize(_ pageSize: Int) throws {
+    func applyPageSize(_ pageSize: Int) throws {
         guard pageSize != CipherSettings.sqlcipherDefaultPageSize else { return }
         guard CipherSettings.isValidPageSize(pageSize) else {
             throw DBKeyError(.keyFileCorrupt, "The cipher page size \(pageSize) is not a power of two in 512…65536.")
@@ -319,7 +330,7 @@ public final class DatabaseConnection {
 
     /// SQLCipher does not check the key in `sqlite3_key`; the first read does. A wrong key and a
     /// damaged first page both fail here with `SQLITE_NOTADB`.
-    private func proveKey() throws {
+    func proveKey() throws {
         do {
             _ = try fetchAll("SELECT count(*) FROM sqlite_master")
         } catch let error as DBKeyError where error.resultCode == .SQLITE_NOTADB {

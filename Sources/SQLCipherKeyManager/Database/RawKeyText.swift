@@ -3,16 +3,16 @@
 /// SQLCipher treats anything that is not exactly this shape (62 or 66 digits, a missing quote)
 /// as a passphrase and silently runs it through PBKDF2, so the text is built here and checked,
 /// never assembled with string interpolation.
-enum RawKeyText {
+package enum RawKeyText {
     /// The size of a data key: 256 bits.
-    static let keyByteCount = 32
+    package static let keyByteCount = 32
     /// The size of the text: `x'`, 64 hex digits, `'`.
-    static let textByteCount = 2 + 2 * keyByteCount + 1
+    package static let textByteCount = 2 + 2 * keyByteCount + 1
 
     /// The raw-key text for a 32-byte data key.
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when the key is not 32 bytes.
-    static func make(for key: SecureBuffer) throws -> SecureBuffer {
+    package static func make(for key: SecureBuffer) throws -> SecureBuffer {
         guard key.count == keyByteCount else {
             throw DBKeyError(
                 .invalidConfiguration,

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// The one error type DBKey throws.
 ///
 /// Each error has a ``code`` that says what class of failure it is, and a ``message`` that says
@@ -84,15 +86,49 @@ public struct DBKeyError: Error, Sendable, CustomStringConvertible {
     public let message: String
     /// The SQLite result code, for errors that come from SQLite.
     public let resultCode: ResultCode?
-    /// The `errno` value, for errors that come from a system call.
-    public let errno: Int32?
+    /// The system error, for errors that come from a system call.
+    public let errno: Errno?
+    /// The file the error is about (a database, a `.key` file, a lock file), when there is one.
+    public let path: String?
+    /// The KEK the error is about, when there is one.
+    public let kekId: String?
+    /// The error this one was made from (a `URLError`, an `Errno`, a provider's own error), when
+    /// there is one. Its description is not part of ``description``.
+    public let underlying: (any Error & Sendable)?
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String, resultCode: ResultCode? = nil, errno: Int32? = nil) {
+    ///
+    /// - Parameters:
+    ///   - code: The class of failure.
+    ///   - message: What happened and what to do; never a secret.
+    ///   - resultCode: SQLite's result code, for SQLite failures.
+    ///   - errno: The system error, for system call failures.
+    ///   - path: The file concerned.
+    ///   - kekId: The KEK concerned.
+    ///   - underlying: The error this one wraps.
+    public init(
+        _ code: Code,
+        _ message: String,
+        resultCode: ResultCode? = nil,
+        errno: Errno? = nil,
+        path: String? = nil,
+        kekId: String? = nil,
+        underlying: (any Error & Sendable)? = nil
+    ) {
         self.code = code
         self.message = message
         self.resultCode = resultCode
         self.errno = errno
+        self.path = path
+        self.kekId = kekId
+        self.underlying = underlying
+    }
+
+    /// The same error with the file and KEK it concerns filled in where they were not known.
+    func about(path: String? = nil, kekId: String? = nil) -> DBKeyError {
+        DBKeyError(
+            code, message, resultCode: resultCode, errno: errno, path: self.path ?? path,
+            kekId: self.kekId ?? kekId, underlying: underlying)
     }
 
     /// Whether the same call may succeed if tried again later.

@@ -1,8 +1,6 @@
 import SystemPackage
 
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Foundation
 
 /// An advisory lock on `<db>.key.lock` (`flock`), shared by every connection the manager opens
 /// and exclusive during a rotation, so that a rotation never rekeys pages under a live

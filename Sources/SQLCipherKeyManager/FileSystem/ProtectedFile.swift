@@ -1,10 +1,6 @@
 import SystemPackage
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import Foundation
 
 /// Reading and writing files that hold key material: `.key` files and master key files.
 ///
@@ -13,7 +9,7 @@ import SystemPackage
 /// name could change it behind our back) a file with more than one hard link. Writes never
 /// touch the existing file: a new file is created with mode 0600 from the start, written,
 /// `fsync`ed, renamed over the old one, and the directory `fsync`ed.
-enum ProtectedFile {
+package enum ProtectedFile {
     /// Reads the whole file into secure memory after checking it is safe to trust.
     ///
     /// - Parameters:
@@ -22,7 +18,7 @@ enum ProtectedFile {
     /// - Throws: `missingCode`, ``DBKeyError/Code-swift.struct/keyFileInsecure``,
     ///   ``DBKeyError/Code-swift.struct/keyFileCorrupt`` (too large), or
     ///   ``DBKeyError/Code-swift.struct/io``. The file is never modified.
-    static func read(
+    package static func read(
         at path: String,
         maxSize: Int,
         kind: String,
@@ -37,12 +33,13 @@ enum ProtectedFile {
                 options: [.noFollow, .closeOnExec, .nonBlocking]
             )
         } catch Errno.noSuchFileOrDirectory {
-            throw DBKeyError(missingCode, "The \(kind) \(path) does not exist.", errno: ENOENT)
+            throw DBKeyError(missingCode, "The \(kind) \(path) does not exist.", errno: .noSuchFileOrDirectory, path: path)
         } catch Errno.tooManySymbolicLinkLevels {
             throw DBKeyError(
                 .keyFileInsecure,
                 "The \(kind) \(path) is a symbolic link; key files are read only directly. Replace the link with the file it points to (cp --remove-destination \"$(readlink -f \(path))\" \(path)).",
-                errno: ELOOP
+                errno: .tooManySymbolicLinkLevels,
+                path: path
             )
         } catch let error as Errno {
             throw DBKeyError.io(error, "open the \(kind)", path)
@@ -170,7 +167,7 @@ func valueOrErrno<Value: FixedWidthInteger>(_ call: () -> Value) throws(Errno) -
     while true {
         let value = call()
         if value != -1 { return value }
-        let error = Errno(rawValue: Glibc.errno)
+        let error = Errno(rawValue: Platform.errno)
         if error != .interrupted { throw error }
     }
 }
@@ -186,7 +183,8 @@ extension DBKeyError {
     /// An error for a failed file system call, saying what was being done and to which file.
     static func io(_ error: any Error, _ action: String, _ path: String) -> DBKeyError {
         guard let errno = error as? Errno else {
-            return error as? DBKeyError ?? DBKeyError(.io, "Cannot \(action) \(path): \(error).")
+            return error as? DBKeyError
+                ?? DBKeyError(.io, "Cannot \(action) \(path): \(error).", path: path, underlying: error)
         }
         let advice =
             switch errno {
@@ -195,6 +193,6 @@ extension DBKeyError {
             case .readOnlyFileSystem: " The file system is read-only."
             default: ""
             }
-        return DBKeyError(.io, "Cannot \(action) \(path): \(errno).\(advice)", errno: errno.rawValue)
+        return DBKeyError(.io, "Cannot \(action) \(path): \(errno).\(advice)", errno: errno, path: path)
     }
 }

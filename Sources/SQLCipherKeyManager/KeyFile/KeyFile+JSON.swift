@@ -36,13 +36,8 @@ extension KeyFile {
         }
         self.format = format
         self.kekId = try fields.nonEmptyString("kek_id")
-        self.kms = try fields.optionalString("kms") ?? KeyFile.inferProvider(fromKekId: kekId, source: source)
-        guard KeyFile.knownProviders.contains(kms) else {
-            throw DBKeyError(
-                .unsupportedFormat,
-                "The key file \(source) names the KMS \"\(kms)\", which this DBKey does not know (it knows \(KeyFile.knownProviders.sorted().joined(separator: ", ")))."
-            )
-        }
+        // Only the older seven-field form may leave the provider to be inferred from kek_id.
+        self.kms = format == nil ? try fields.optionalString("kms") : try fields.nonEmptyString("kms")
         self.encryptedDek = WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek"))
         self.version = try fields.positiveInteger("version")
         self.createdAt = try fields.date("created_at")
@@ -74,7 +69,7 @@ extension KeyFile {
     public func jsonData() throws -> Data {
         var object = unknownFields
         object["format"] = format.map { .integer(Int64($0)) }
-        object["kms"] = .string(kms)
+        object["kms"] = kms.map { .string($0) }
         object["kek_id"] = .string(kekId)
         object["encrypted_dek"] = .string(encryptedDek.encoded)
         object["version"] = .integer(Int64(version))
@@ -93,7 +88,7 @@ extension KeyFile {
         object["pending"] =
             pending.map { pending in
                 var fields = pending.unknownFields
-                fields["operation"] = .string(pending.operation)
+                fields["operation"] = .string(pending.operation.rawValue)
                 fields["encrypted_dek"] = .string(pending.encryptedDek.encoded)
                 fields["kek_id"] = .string(pending.kekId)
                 fields["kms"] = .string(pending.kms)
@@ -107,18 +102,6 @@ extension KeyFile {
         var data = try encoder.encode(JSONValue.object(object))
         data.append(UInt8(ascii: "\n"))
         return data
-    }
-
-    /// The providers a `.key` file may name.
-    public static let knownProviders: Set<String> = ["local", "aws", "vault", "pkcs11", "mock"]
-
-    static func inferProvider(fromKekId kekId: String, source: String) throws -> String {
-        if kekId.hasPrefix("arn:aws:kms:") || kekId.hasPrefix("alias/") { return "aws" }
-        if kekId.hasPrefix("local:") { return "local" }
-        throw DBKeyError(
-            .keyFileCorrupt,
-            "The key file \(source) has no \"kms\" field and its kek_id does not say which KMS holds the key. Add \"kms\": \"aws\" (or local, vault, pkcs11)."
-        )
     }
 
     /// The current time at the file's precision (whole seconds), so that a record in memory
@@ -275,8 +258,16 @@ private struct FieldReader {
         guard let keyCheck = try fields.optionalKeyCheck("key_check") else {
             throw fields.invalid("key_check", "is missing")
         }
+        let operationName = try fields.nonEmptyString("operation")
+        guard let operation = KeyChangeKind(rawValue: operationName) else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The key file \(source) records an interrupted \"\(operationName)\", which this version of DBKey does not know how to finish. Use the DBKey version that started it.",
+                path: source
+            )
+        }
         var pending = PendingOperation(
-            operation: try fields.nonEmptyString("operation"),
+            operation: operation,
             encryptedDek: WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek")),
             kekId: try fields.nonEmptyString("kek_id"),
             kms: try fields.nonEmptyString("kms"),

@@ -56,7 +56,7 @@ extension KeyFile {
         field(keyFile.cipher.sqlcipherVersion)
         field(keyFile.cipher.salt.map(Base64.encode))
         if let pending = keyFile.pending {
-            field(pending.operation)
+            field(pending.operation.rawValue)
             field(pending.encryptedDek.encoded)
             field(pending.kekId)
             field(pending.kms)

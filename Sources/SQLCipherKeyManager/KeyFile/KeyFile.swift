@@ -16,8 +16,10 @@ public struct KeyFile: Sendable, Hashable {
 
     /// The schema of the file; `nil` for the older seven-field form.
     public var format: Int?
-    /// The provider holding the KEK: `local`, `aws`, `vault`, `pkcs11`, `mock`.
-    public var kms: String
+    /// The id of the provider holding the KEK (`local`, `aws`, `vault`, `pkcs11`, `mock`, or a
+    /// third party's); `nil` only in the older seven-field form, whose provider is the one in
+    /// the ``KmsRegistry`` that claims its `kek_id`.
+    public var kms: String?
     /// The KEK the data key is wrapped under, as the provider resolved it.
     public var kekId: String
     /// The wrapped data key.
@@ -92,8 +94,8 @@ public struct KeyFile: Sendable, Hashable {
 /// A half-done key change, written to the `.key` file before the database is touched so that
 /// an interrupted change can be finished or undone on the next open.
 public struct PendingOperation: Sendable, Hashable {
-    /// What is in progress: `rotate`.
-    public var operation: String
+    /// What is in progress.
+    public var operation: KeyChangeKind
     /// The new data key, wrapped.
     public var encryptedDek: WrappedKey
     /// The KEK the new data key is wrapped under.
@@ -111,7 +113,7 @@ public struct PendingOperation: Sendable, Hashable {
 
     /// Creates a pending record.
     public init(
-        operation: String,
+        operation: KeyChangeKind,
         encryptedDek: WrappedKey,
         kekId: String,
         kms: String,
@@ -127,4 +129,12 @@ public struct PendingOperation: Sendable, Hashable {
         self.keyCheck = keyCheck
         self.startedAt = startedAt
     }
+}
+
+/// The key changes the journal records in a `.key` file's `pending` field.
+public enum KeyChangeKind: String, Sendable, Hashable, CaseIterable {
+    /// A new data key, every page re-encrypted in place (`PRAGMA rekey`).
+    case rotate
+    /// An existing database brought under management: an encrypted copy swapped in.
+    case migrate
 }

@@ -1,35 +1,38 @@
 import Foundation
 import Logging
-import SystemPackage
-
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 /// Manages one SQLCipher database's key: creates it through a KMS, keeps it wrapped in the
-/// database's `.key` file, and opens the database with it.
+/// database's `.key` file, opens the database with it, and changes it without losing data.
+///
+/// A manager serves every provider in its ``KmsRegistry``: it opens any `.key` file whose
+/// provider is registered, and a key moved to another registered provider
+/// (``rewrap(to:kekId:wait:)``) still opens through the same manager.
 ///
 /// ```swift
 /// let logger = Logger(label: "app.db")
-/// let kms = try LocalKms.fromEnvironment(logger: logger)
 /// let manager = LocalDbKeyManager(
-///     databasePath: "/var/lib/app/app.db",
-///     kms: kms,
+///     databasePath: NSTemporaryDirectory() + "/app.db",
+///     kms: try LocalKms.fromEnvironment(logger: logger),
 ///     configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
 ///     logger: logger
 /// )
-/// try await manager.initialize()          // once: new key, new encrypted database
-/// let db = try await manager.open()       // every start: unwrap, open, verify
+/// let key = try await manager.getOrCreateKey()  // first launch: new key, new database
+/// key.release()
+/// let db = try await manager.open()              // every launch: unwrap, open, verify
 /// ```
 ///
-/// The manager logs audit events (key generated, key loaded, database opened, open failed) at
-/// `info` and `warning` levels with an `event` metadata key. No key material is ever logged.
+/// Routine work is logged at `debug` and `trace`; key events go to the configuration's
+/// ``AuditSink``. No key material is ever logged.
 public final class LocalDbKeyManager: Sendable {
-    /// Settings for new keys. Opening an existing database uses what its `.key` file records.
+    /// Settings for new keys, and how the manager waits and caches. Opening an existing
+    /// database uses what its `.key` file records.
     public struct Configuration: Sendable {
         /// The KEK new data keys are wrapped under, in the provider's terms (`default` for the
         /// local master key, a key ARN or alias for AWS KMS).
         public var kekId: String
+        /// The id of the provider that wraps new data keys; `nil` when the registry holds one
+        /// provider.
+        public var kekProvider: String?
         /// The context bound to new wrapped keys.
         public var encryptionContext: EncryptionContext
         /// Days between rotations; `nil` for no rotation policy.
@@ -42,70 +45,80 @@ public final class LocalDbKeyManager: Sendable {
         /// How long an unwrapped data key is kept in memory, so that reopening within this time
         /// makes no KMS call; `.zero` turns the cache off.
         public var keyCacheTTL: Duration
+        /// Where key events go; `nil` logs them at `debug` through the manager's logger.
+        public var auditSink: (any AuditSink)?
 
         /// Creates a configuration.
         public init(
             kekId: String = LocalKms.defaultKekName,
+            kekProvider: String? = nil,
             encryptionContext: EncryptionContext = .empty,
             rotationPeriodDays: Int? = nil,
             pageSize: Int = CipherSettings.newDatabasePageSize,
             openWait: Duration = .seconds(5),
-            keyCacheTTL: Duration = .seconds(300)
+            keyCacheTTL: Duration = .seconds(300),
+            auditSink: (any AuditSink)? = nil
         ) {
             self.kekId = kekId
+            self.kekProvider = kekProvider
             self.encryptionContext = encryptionContext
             self.rotationPeriodDays = rotationPeriodDays
             self.pageSize = pageSize
             self.openWait = openWait
             self.keyCacheTTL = keyCacheTTL
+            self.auditSink = auditSink
         }
     }
 
-    /// The database file's path.
-    public let databasePath: String
-    /// The `.key` file's path: the database path plus `.key`.
-    public let keyFilePath: String
-    /// The KMS holding the KEK.
-    public let kms: any KeyManagementService
-    /// Settings for new keys.
-    public let configuration: Configuration
-    let logger: Logger
-    /// Called at each step of a key change; tests make it throw to simulate a failure there.
-    let faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
-    /// Data keys unwrapped recently.
-    let keyCache: DataKeyCache
+    let database: ManagedDatabase
 
-    /// Creates a manager for the database at `databasePath`. Nothing is read until a method
-    /// needs it.
+    /// The database file's path.
+    public var databasePath: String { database.databasePath }
+    /// The `.key` file's path: the database path plus `.key`.
+    public var keyFilePath: String { database.keyFilePath }
+    /// The providers the manager may use.
+    public var providers: KmsRegistry { database.providers }
+    /// Settings for new keys.
+    public var configuration: Configuration { database.configuration }
+
+    /// Creates a manager for the database at `databasePath` that uses the providers in
+    /// `providers`. Nothing is read until a method needs it.
+    public convenience init(
+        databasePath: String,
+        providers: KmsRegistry,
+        configuration: Configuration = Configuration(),
+        logger: Logger
+    ) {
+        self.init(
+            databasePath: databasePath, providers: providers, configuration: configuration, logger: logger,
+            faultInjector: nil)
+    }
+
+    /// Creates a manager that uses one provider, which also wraps new keys.
     public convenience init(
         databasePath: String,
         kms: any KeyManagementService,
         configuration: Configuration = Configuration(),
         logger: Logger
     ) {
-        self.init(
-            databasePath: databasePath, kms: kms, configuration: configuration, logger: logger, faultInjector: nil)
+        var configuration = configuration
+        configuration.kekProvider = configuration.kekProvider ?? kms.providerName
+        self.init(databasePath: databasePath, providers: KmsRegistry(kms), configuration: configuration, logger: logger)
     }
 
     init(
         databasePath: String,
-        kms: any KeyManagementService,
+        providers: KmsRegistry,
         configuration: Configuration,
         logger: Logger,
         faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
     ) {
-        self.databasePath = databasePath
-        self.keyFilePath = KeyFile.path(forDatabase: databasePath)
-        self.kms = kms
-        self.configuration = configuration
-        var logger = logger
-        logger[metadataKey: "database"] = "\(databasePath)"
-        self.logger = logger
-        self.faultInjector = faultInjector
-        self.keyCache = DataKeyCache(timeToLive: configuration.keyCacheTTL)
+        self.database = ManagedDatabase(
+            databasePath: databasePath, providers: providers, configuration: configuration, logger: logger,
+            faultInjector: faultInjector)
     }
 
-    // MARK: - Creating
+    // MARK: - Creating and opening
 
     /// Creates a new data key through the KMS, a new encrypted database, and its `.key` file.
     ///
@@ -120,115 +133,61 @@ public final class LocalDbKeyManager: Sendable {
     ///   ``DBKeyError/Code-swift.struct/io`` when writing fails.
     @discardableResult
     public func initialize() async throws -> KeyFile {
-        if fileExists(keyFilePath) {
-            throw DBKeyError(
-                .alreadyInitialized,
-                "\(keyFilePath) already exists: this database is already managed. Remove the .key file only if you mean to lose the database."
-            )
-        }
-        guard CipherSettings.isValidPageSize(configuration.pageSize) else {
-            throw DBKeyError(
-                .invalidConfiguration,
-                "The page size \(configuration.pageSize) is not a power of two from 512 to 65536.")
-        }
-        if let days = configuration.rotationPeriodDays, !(1...36_500).contains(days) {
-            throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
-        }
-        try createEmptyDatabaseFile()
-        let keyFile: KeyFile
-        do {
-            let dataKey = try await kms.generateDataKey(
-                kekId: configuration.kekId, context: configuration.encryptionContext)
-            let connection = try DatabaseConnection.open(
-                path: databasePath,
-                key: dataKey.plaintext,
-                pageSize: configuration.pageSize,
-                create: true
-            )
-            // Writing the header creates page 1, and with it the salt.
-            try connection.execute("PRAGMA user_version = 0")
-            let sqlcipherVersion = try connection.cipherVersion()
-            connection.close()
-            keyFile = try store(
-                newKeyFile(for: dataKey, sqlcipherVersion: sqlcipherVersion, salt: try readSalt()),
-                sealedWith: dataKey.plaintext
-            )
-        } catch {
-            removeNewDatabase()
-            throw error
-        }
-        logger.info(
-            "Generated a data key and created the encrypted database",
-            metadata: ["event": "key.generated", "kms": "\(keyFile.kms)", "kek_id": "\(keyFile.kekId)", "version": "1"]
-        )
-        return keyFile
+        try await Initialization(database: database).run()
     }
-
-    /// The `.key` record of a new data key under this manager's configuration.
-    func newKeyFile(for dataKey: DataKey, sqlcipherVersion: String, salt: [UInt8]) -> KeyFile {
-        KeyFile(
-            kms: kms.providerName,
-            kekId: dataKey.kekId,
-            encryptedDek: dataKey.wrapped,
-            createdAt: KeyFile.now(),
-            encryptionContext: configuration.encryptionContext,
-            keyCheck: KeyCheck(for: dataKey.plaintext),
-            rotationPeriodDays: configuration.rotationPeriodDays,
-            cipher: CipherSettings(pageSize: configuration.pageSize, sqlcipherVersion: sqlcipherVersion, salt: salt)
-        )
-    }
-
-    // MARK: - Reading
 
     /// Reads and validates the `.key` file. The KMS is not called.
     ///
-    /// - Throws: ``DBKeyError`` with a key-file code.
+    /// - Throws: ``DBKeyError`` with a key-file code; ``DBKeyError/Code-swift.struct/keyFileCorrupt``
+    ///   for a file of the older form whose `kek_id` no registered provider claims.
     public func load() throws -> KeyFile {
-        try KeyFile.read(from: keyFilePath)
+        try database.load()
     }
 
-    /// Returns the database's data key, creating the key and the database first if neither
-    /// exists.
+    /// The database's key, for keying an SQLite handle the app opened itself; the key and the
+    /// database are created first when neither exists.
+    ///
+    /// Like ``open()`` it takes the shared lock and finishes or undoes an interrupted key change
+    /// first; the returned key holds the lock until it is released.
+    ///
+    /// ```swift
+    /// let key = try await manager.getOrCreateKey()
+    /// defer { key.release() }
+    /// print("data key version \(key.version), page size \(key.cipherSettings.pageSize)")
+    /// ```
     ///
     /// - Throws: ``DBKeyError``: key-file codes, KMS codes, or
     ///   ``DBKeyError/Code-swift.struct/wrongKey`` when the KMS returns a key that fails the
     ///   key check.
-    public func getOrCreateKey() async throws -> SecureBuffer {
-        if !fileExists(keyFilePath) && !fileExists(databasePath) {
-            try await initialize()
+    public func getOrCreateKey() async throws -> DatabaseKey {
+        if !database.fileExists(keyFilePath) && !database.fileExists(databasePath) {
+            do {
+                try await initialize()
+            } catch DBKeyError.Code.alreadyInitialized {
+                // Another process created it meanwhile: use theirs.
+            }
         }
-        let keyFile = try load()
-        return try await unwrapKey(of: keyFile)
+        let (lock, keyFile) = try await database.acquireSettled(wait: configuration.openWait)
+        do {
+            let key = try await database.unwrapKey(of: keyFile)
+            return DatabaseKey(key: key, keyFile: keyFile, databasePath: databasePath, lock: lock)
+        } catch {
+            lock.release()
+            throw error
+        }
     }
 
-    /// Opens the database: reads the `.key` file, unwraps the key through the KMS, applies it
-    /// and the recorded cipher settings, and proves it with a first read.
+    /// Opens the database: reads the `.key` file, unwraps the key through its provider, applies
+    /// it and the recorded cipher settings, and proves it with a first read.
     ///
-    /// - Returns: A ready connection.
+    /// - Returns: A ready connection, holding the shared lock until it closes.
     /// - Throws: ``DBKeyError``. A key that does not open the database is
     ///   ``DBKeyError/Code-swift.struct/wrongKey`` when the `.key` file belongs to another
     ///   database and ``DBKeyError/Code-swift.struct/databaseDamaged`` when the key is right and
-    ///   the file is damaged.
+    ///   the file is damaged; ``DBKeyError/Code-swift.struct/unsupportedFormat`` when the
+    ///   `.key` file names a provider that is not registered.
     public func open() async throws -> sending DatabaseConnection {
-        try await openReportingKeyFile().connection
-    }
-
-    /// Opens the database under a shared lock held for the connection's lifetime, finishing or
-    /// undoing an interrupted key change first, and logs the outcome.
-    func openReportingKeyFile() async throws -> (connection: DatabaseConnection, keyFile: KeyFile) {
-        do {
-            let (lock, keyFile) = try await acquireSettled(wait: configuration.openWait)
-            let key = try await unwrapKey(of: keyFile)
-            let connection = try openConnection(key: key, keyFile: keyFile, onClose: { lock.release() })
-            logger.info(
-                "Opened the database",
-                metadata: ["event": "database.opened", "kek_id": "\(keyFile.kekId)", "version": "\(keyFile.version)"]
-            )
-            return (connection, keyFile)
-        } catch let error as DBKeyError {
-            logger.warning("Could not open the database", metadata: ["event": "open.failed", "code": "\(error.code)"])
-            throw error
-        }
+        try await database.openReportingKeyFile().connection
     }
 
     /// Whether the key is due for rotation under the `.key` file's `rotation_period_days`.
@@ -241,146 +200,122 @@ public final class LocalDbKeyManager: Sendable {
         return due <= now
     }
 
-    // MARK: - Internals
+    // MARK: - Key changes
 
-    /// Unwraps the `.key` file's data key and checks it against the file's key check.
-    func unwrapKey(of keyFile: KeyFile) async throws -> SecureBuffer {
-        guard keyFile.kms == kms.providerName else {
-            throw DBKeyError(
-                .invalidConfiguration,
-                "\(keyFilePath) was made with the \(keyFile.kms) KMS, but this manager was given the \(kms.providerName) KMS."
-            )
-        }
-        if let cached = keyCache.key(for: keyFile) {
-            try keyFile.verifySeal(with: cached, source: keyFilePath)
-            return cached
-        }
-        let key = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
-        guard key.count == RawKeyText.keyByteCount else {
-            throw DBKeyError(.wrongKey, "The KMS returned a \(key.count)-byte key; SQLCipher keys here are 32 bytes.")
-        }
-        if let check = keyFile.keyCheck, !check.matches(key) {
-            throw DBKeyError(
-                .wrongKey,
-                "The key the KMS returned does not match the key check in \(keyFilePath): its encrypted_dek was replaced by another database's."
-            )
-        }
-        try keyFile.verifySeal(with: key, source: keyFilePath)
-        logger.info(
-            "Loaded the data key",
-            metadata: ["event": "key.loaded", "kek_id": "\(keyFile.kekId)", "version": "\(keyFile.version)"]
-        )
-        keyCache.store(key, for: keyFile)
-        return key
-    }
-
-    /// Seals `keyFile` with `key` (the data key it records as current), writes it atomically,
-    /// and returns what was written.
+    /// Rotates the data key: a new DEK from the KMS, every page re-encrypted under it with
+    /// `PRAGMA rekey`, the `.key` file updated.
+    ///
+    /// The change is journaled in the `.key` file so that a crash at any moment loses nothing:
+    /// 1. the `.key.lock` lock is taken exclusively — no connection or ``DatabaseKey`` may be
+    ///    held;
+    /// 2. the KMS creates the new key (a KMS failure changes nothing);
+    /// 3. the `.key` file is rewritten with a `pending` record holding the new wrapped key;
+    /// 4. `sqlite3_rekey` re-encrypts the database in one write transaction;
+    /// 5. a new connection proves the new key (rekey can return OK having done nothing);
+    /// 6. the `.key` file is rewritten with the new key current and `pending` cleared.
+    ///
+    /// A later open finishes or undoes a rotation that stopped between 3 and 6. The journal mode
+    /// (rollback or WAL) is kept.
+    ///
+    /// ```swift
+    /// if try manager.needsRotation() {
+    ///     let keyFile = try await manager.rotateKey(wait: .seconds(30))
+    ///     print("now at key version \(keyFile.version)")
+    /// }
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - wait: How long to wait for open connections to close.
+    ///   - progress: Called about four times a second while pages are re-encrypted.
+    /// - Returns: The updated `.key` file.
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the database stays open
+    ///   elsewhere; KMS codes (nothing changed); ``DBKeyError/Code-swift.struct/io`` (the
+    ///   database keeps the key that opens it, and the `.key` file says which);
+    ///   ``DBKeyError/Code-swift.struct/rotationInterrupted`` when neither key opens the result.
     @discardableResult
-    func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) throws -> KeyFile {
-        let sealed = keyFile.sealed(with: key)
-        try sealed.write(to: keyFilePath)
-        return sealed
+    public func rotateKey(
+        wait: Duration = .zero,
+        progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
+    ) async throws -> KeyFile {
+        try await Rotation(database: database).run(wait: wait, progress: progress)
     }
 
-    /// Opens a connection with `key` and the recorded cipher settings, telling a wrong key from
-    /// a damaged database when the first read fails.
-    func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection
-    {
-        do {
-            return try DatabaseConnection.open(
-                path: databasePath,
-                key: key,
-                pageSize: keyFile.cipher.pageSize,
-                create: false,
-                onClose: onClose
-            )
-        } catch DBKeyError.Code.wrongKey {
-            throw try diagnoseFailedOpen(keyFile: keyFile)
-        } catch let error as DBKeyError where error.resultCode == .SQLITE_CANTOPEN && !fileExists(databasePath) {
-            // Asked only when SQLite could not open it, so a normal open makes no extra stat.
-            throw DBKeyError(
-                .databaseNotFound,
-                "\(databasePath) does not exist, but its key file does. Restore the database from a backup."
-            )
-        }
+    /// Wraps the same data key under another KEK, possibly of another provider: one atomic
+    /// `.key` write; the database is not touched, so it takes the same time at any size.
+    ///
+    /// Use it to rotate the KEK, to retire a master key, to move a database from the local
+    /// provider to a KMS, or to rewrap under the newest version of a Vault Transit key (pass
+    /// the same provider and KEK). The new wrap is unwrapped again before it replaces the old
+    /// one, so a misconfigured target can never leave an unusable `.key` file. Open connections
+    /// are not disturbed; a running rotation is waited for. When `target`'s provider id is
+    /// registered with this manager, the manager keeps opening the database.
+    ///
+    /// ```swift
+    /// let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+    /// try await manager.rewrap(to: newMaster, kekId: "default")
+    /// ```
+    ///
+    /// - Returns: The updated `.key` file.
+    /// - Throws: KMS codes from either provider (nothing changed), or
+    ///   ``DBKeyError/Code-swift.struct/io`` when the `.key` file cannot be written (the old one
+    ///   is intact).
+    @discardableResult
+    public func rewrap(
+        to target: any KeyManagementService,
+        kekId: String,
+        wait: Duration = .seconds(5)
+    ) async throws -> KeyFile {
+        try await Rewrap(database: database).run(to: target, kekId: kekId, wait: wait)
     }
 
-    /// Explains why a key that passed its key check does not open the database, by comparing the
-    /// database's salt with the one recorded in the `.key` file.
-    private func diagnoseFailedOpen(keyFile: KeyFile) throws -> DBKeyError {
-        let header = try readSalt()
-        if header == Array("SQLite format 3\0".utf8) {
-            return DBKeyError(
-                .unsupportedFormat,
-                "\(databasePath) is a plaintext SQLite database, not an encrypted one. Bring it under management with dbkey migrate --from-plaintext."
-            )
-        }
-        guard let salt = keyFile.cipher.salt else {
-            return DBKeyError(
-                .wrongKey,
-                "The key in \(keyFilePath) does not open \(databasePath), or the database's first page is damaged; this older .key file records no salt to tell which.",
-                resultCode: .SQLITE_NOTADB
-            )
-        }
-        guard salt == header else {
-            return DBKeyError(
-                .wrongKey,
-                "Wrong key for this database: \(keyFilePath) belongs to another database (the salt it records differs from the database's). Find this database's own .key file.",
-                resultCode: .SQLITE_NOTADB
-            )
-        }
-        return DBKeyError(
-            .databaseDamaged,
-            "\(databasePath) is damaged: its key and salt match \(keyFilePath), but its first page does not decrypt. Restore it from a backup.",
-            resultCode: .SQLITE_NOTADB
-        )
+    /// Brings an existing database under management: a new data key from the KMS, an encrypted
+    /// copy made with `sqlcipher_export` (keeping `user_version`, `application_id` and WAL
+    /// mode), verified row for row, then swapped in with one `rename`.
+    ///
+    /// The swap is journaled like a rotation: the copy is complete and `fsync`ed before the
+    /// `.key` file with a `pending` record is written, so a crash leaves either the original
+    /// database with no `.key` file (run the migration again) or the encrypted one with a
+    /// `.key` that opens it (the next open finishes the swap). Stop every process using the
+    /// database first: its other connections would not see the swap. It needs free space for
+    /// one more copy of the database, and SQLite cannot promise that the old plaintext bytes
+    /// are gone from the disk afterwards.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/alreadyInitialized`` for a managed database;
+    ///   ``DBKeyError/Code-swift.struct/wrongKey`` for a passphrase or settings that do not open
+    ///   it; ``DBKeyError/Code-swift.struct/unsupportedFormat`` for a database the linked
+    ///   SQLCipher cannot read (SQLCipher 4) or that is not what `source` says; KMS codes; in
+    ///   every case the original database is untouched.
+    @discardableResult
+    public func migrate(
+        from source: MigrationSource,
+        progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
+    ) async throws -> KeyFile {
+        try await Migration(database: database).run(from: source, progress: progress)
     }
 
-    /// A database file's first 16 bytes: SQLCipher's salt (or a plaintext SQLite header).
-    func readSalt(of path: String? = nil) throws -> [UInt8] {
-        let path = path ?? databasePath
-        do {
-            let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
-            return try descriptor.closeAfter {
-                var salt = [UInt8](repeating: 0, count: CipherSettings.saltByteCount)
-                let count = try salt.withUnsafeMutableBytes { try descriptor.read(fromAbsoluteOffset: 0, into: $0) }
-                return Array(salt.prefix(count))
-            }
-        } catch {
-            throw DBKeyError.io(error, "read the header of", path)
-        }
+    // MARK: - Checks
+
+    /// Reports on the key and the database: the `.key` file's metadata, whether rotation is due,
+    /// whether the KMS answers (and how fast), whether the data key is wrapped under the KEK's
+    /// newest version, and whether the database opens.
+    ///
+    /// KMS and database failures are reported in the result, not thrown.
+    ///
+    /// - Throws: ``DBKeyError`` with a key-file code when the `.key` file cannot be read, or
+    ///   ``DBKeyError/Code-swift.struct/unsupportedFormat`` when its provider is not registered.
+    public func status(now: Date = Date()) async throws -> DatabaseKeyStatus {
+        try await StatusCheck(database: database).run(now: now)
     }
 
-    func fileExists(_ path: String) -> Bool {
-        (try? FilePath(path).stat(followTargetSymlink: false)) != nil
-    }
-
-    /// Creates the database file empty with mode 0600 (SQLite gives its journals the same mode),
-    /// failing if anything is already at the path.
-    func createEmptyDatabaseFile(at path: String? = nil) throws {
-        let path = path ?? databasePath
-        do {
-            let descriptor = try FileDescriptor.open(
-                FilePath(path),
-                .writeOnly,
-                options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
-                permissions: [.ownerReadWrite]
-            )
-            try descriptor.close()
-        } catch Errno.fileExists {
-            throw DBKeyError(
-                .alreadyInitialized,
-                "\(path) already exists. To bring an existing database under management, migrate it (dbkey migrate)."
-            )
-        } catch {
-            throw DBKeyError.io(error, "create", path)
-        }
-    }
-
-    private func removeNewDatabase() {
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            _ = unlink(databasePath + suffix)
-        }
+    /// Checks everything between the `.key` file and the last page: the file is valid, the KMS
+    /// unwraps the key, the key matches the key check, the database opens with it, and
+    /// `PRAGMA integrity_check` finds nothing wrong. The check runs on a thread of the package,
+    /// never on Swift's cooperative pool.
+    ///
+    /// - Throws: ``DBKeyError`` for the first check that fails;
+    ///   ``DBKeyError/Code-swift.struct/databaseDamaged`` when the integrity check reports
+    ///   problems (the first few are in the message).
+    public func verify() async throws -> VerificationReport {
+        try await Verification(database: database).run()
     }
 }

@@ -2,8 +2,11 @@
 /// under them.
 ///
 /// The KEK never leaves the service: DBKey asks it for a new data key, for the plaintext of a
-/// wrapped one, or to wrap a plaintext it already holds. Every implementation — the local
-/// master key, AWS KMS, Vault Transit, PKCS#11, ``MockKms`` — passes the same conformance suite.
+/// wrapped one, or to wrap a plaintext it already holds. The protocol is open: any type can be
+/// a provider, registered with a manager through a ``KmsRegistry``. Every implementation in the
+/// package — the local master key, AWS KMS, Vault Transit, PKCS#11, `MockKms` — passes the
+/// public conformance suite in the `SQLCipherKeyManagerConformance` product; so should yours
+/// (see <doc:WritingAProvider>).
 ///
 /// ```swift
 /// let kms = try LocalKms.fromEnvironment(logger: logger)
@@ -17,8 +20,10 @@
 /// ``DBKeyError/Code-swift.struct/kmsKeyNotFound``, ``DBKeyError/Code-swift.struct/kmsKeyDisabled``,
 /// ``DBKeyError/Code-swift.struct/ciphertextInvalid``.
 public protocol KeyManagementService: Sendable {
-    /// The provider's name as recorded in the `.key` file's `kms` field: `local`, `aws`,
-    /// `vault`, `pkcs11`, `mock`.
+    /// The provider's id, recorded in the `.key` file's `kms` field and used to find the
+    /// provider in a ``KmsRegistry``: `local`, `aws`, `vault`, `pkcs11`, `mock`, or your own.
+    ///
+    /// Choose it once: `.key` files written under it name it for as long as they live.
     var providerName: String { get }
 
     /// Creates a new 256-bit data key and returns it both in plaintext and wrapped under the KEK.
@@ -49,11 +54,18 @@ public protocol KeyManagementService: Sendable {
     /// The version of the KEK a wrapped key was made with, for services that version their
     /// keys (Vault Transit's `vault:vN:`); `nil` otherwise.
     func keyVersion(of wrapped: WrappedKey) -> Int?
+
+    /// Whether a `.key` file in the older seven-field form — which has no `kms` field — belongs
+    /// to this provider, judged by its `kek_id` (AWS claims `arn:aws:kms:…` and `alias/…`).
+    func claimsLegacyKekId(_ kekId: String) -> Bool
 }
 
 extension KeyManagementService {
     /// `nil`: the service does not tell key versions apart in its ciphertexts.
     public func keyVersion(of wrapped: WrappedKey) -> Int? { nil }
+
+    /// `false`: the provider claims no `.key` files of the older form.
+    public func claimsLegacyKekId(_ kekId: String) -> Bool { false }
 }
 
 /// A service that can move a wrapped key to another of its KEKs (or to the newest version of the

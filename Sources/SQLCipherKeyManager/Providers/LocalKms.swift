@@ -50,6 +50,25 @@ public struct LocalKms: KeyManagementService {
         self.kekId = LocalKms.kekId(for: masterKey)
     }
 
+    /// Claims seven-field `.key` files whose `kek_id` starts with `local:`.
+    public func claimsLegacyKekId(_ kekId: String) -> Bool { kekId.hasPrefix("local:") }
+
+    /// Makes the local provider from the environment; `local:///PATH` names the master key in
+    /// the file at `/PATH` (for rewrapping to a new master key).
+    public static let factory = KmsProviderFactory(
+        providerName: "local",
+        uriScheme: "local",
+        claimsLegacyKekId: { $0.hasPrefix("local:") },
+        target: { keyPart, environment, logger in
+            guard keyPart.hasPrefix("/") else {
+                return KekTarget(provider: try fromEnvironment(environment, logger: logger), kekId: keyPart)
+            }
+            let fromFile = try fromEnvironment([masterKeyFileVariable: keyPart], logger: logger)
+            return KekTarget(provider: fromFile, kekId: defaultKekName)
+        },
+        makeProvider: { environment, logger in try fromEnvironment(environment, logger: logger) }
+    )
+
     /// The KEK id of a master key: `local:` + hex of the first 8 bytes of its SHA-256.
     public static func kekId(for masterKey: SecureBuffer) -> String {
         let digest = masterKey.withUnsafeBytes { SHA256.hash(data: $0) }
@@ -165,7 +184,7 @@ public struct LocalKms: KeyManagementService {
         }
         do {
             try line.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path, replacing: false) }
-        } catch let error as DBKeyError where error.errno == EEXIST {
+        } catch let error as DBKeyError where error.errno == .fileExists {
             // Another process created it first: use theirs.
             return try readMasterKeyFile(at: path)
         }

@@ -2,16 +2,16 @@
 ///
 /// Foundation's base64 goes through `Data` and `String`, which would leave copies of a master
 /// key in ordinary memory; these functions read and write caller-provided buffers instead.
-enum Base64 {
+package enum Base64 {
     /// The number of bytes `encodedCount` base64 characters decode to at most.
-    static func maximumDecodedCount(_ encodedCount: Int) -> Int { encodedCount / 4 * 3 }
+    package static func maximumDecodedCount(_ encodedCount: Int) -> Int { encodedCount / 4 * 3 }
 
     /// The number of characters `byteCount` bytes encode to.
-    static func encodedCount(_ byteCount: Int) -> Int { (byteCount + 2) / 3 * 4 }
+    package static func encodedCount(_ byteCount: Int) -> Int { (byteCount + 2) / 3 * 4 }
 
     /// Decodes `text` into `output`; returns the number of bytes written, or `nil` when `text` is
     /// not canonical padded base64 or `output` is too small.
-    static func decode(_ text: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int? {
+    package static func decode(_ text: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int? {
         guard text.count % 4 == 0 else { return nil }
         var written = 0
         var index = 0
@@ -40,7 +40,7 @@ enum Base64 {
     }
 
     /// Encodes `bytes` into `output`, which must hold ``encodedCount(_:)`` characters.
-    static func encode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+    package static func encode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
         precondition(output.count >= encodedCount(bytes.count), "base64 output buffer too small")
         var written = 0
         var index = 0
@@ -61,7 +61,7 @@ enum Base64 {
     }
 
     /// Decodes non-secret base64 text (wrapped keys, key checks, salts).
-    static func decode(_ text: String) -> [UInt8]? {
+    package static func decode(_ text: String) -> [UInt8]? {
         let utf8 = Array(text.utf8)
         return utf8.withUnsafeBytes { input -> [UInt8]? in
             var output = [UInt8](repeating: 0, count: maximumDecodedCount(input.count))
@@ -74,7 +74,7 @@ enum Base64 {
     }
 
     /// Encodes non-secret bytes (wrapped keys, key checks, salts).
-    static func encode(_ bytes: [UInt8]) -> String {
+    package static func encode(_ bytes: [UInt8]) -> String {
         var output = [UInt8](repeating: 0, count: encodedCount(bytes.count))
         bytes.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { encode(input, into: $0) }
@@ -110,7 +110,7 @@ enum Base64 {
 extension SecureBuffer {
     /// Decodes base64 text held in secure memory into a new buffer, or `nil` when the text is not
     /// canonical base64.
-    static func decodingBase64(_ text: UnsafeRawBufferPointer) -> SecureBuffer? {
+    package static func decodingBase64(_ text: UnsafeRawBufferPointer) -> SecureBuffer? {
         var decodedCount: Int?
         let scratch = SecureBuffer(count: Base64.maximumDecodedCount(text.count)) { output in
             decodedCount = Base64.decode(text, into: output)
@@ -123,7 +123,7 @@ extension SecureBuffer {
     }
 
     /// The bytes base64-encoded, in a new buffer.
-    func base64Encoded() -> SecureBuffer {
+    package func base64Encoded() -> SecureBuffer {
         withUnsafeBytes { bytes in
             SecureBuffer(count: Base64.encodedCount(bytes.count)) { Base64.encode(bytes, into: $0) }
         }

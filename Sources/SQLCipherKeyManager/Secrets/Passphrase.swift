@@ -1,6 +1,5 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Foundation
+import SystemPackage
 
 /// Reads a secret the user types or stores — the passphrase of an older SQLCipher database, a
 /// Vault token, a PKCS#11 PIN — into secure memory.
@@ -37,8 +36,9 @@ public enum Passphrase {
                 let count = read(STDIN_FILENO, destination.baseAddress! + length, destination.count - length)
                 if count == 0 { break }
                 if count < 0 {
-                    if errno == EINTR { continue }
-                    throw DBKeyError(.io, "Cannot read the passphrase from standard input.", errno: errno)
+                    let error = Errno(rawValue: Platform.errno)
+                    if error == .interrupted { continue }
+                    throw DBKeyError(.io, "Cannot read the passphrase from standard input.", errno: error)
                 }
                 length += count
             }

@@ -1,18 +1,12 @@
 import Foundation
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 extension SecureBuffer {
     /// Moves secret bytes that a library returned in `Data` into a new buffer and wipes the
     /// `Data`'s storage.
     ///
     /// Some APIs (AES-GCM's `open`, JSON decoders) can only hand plaintext back as `Data`; this
     /// keeps the time it spends in ordinary memory as short as possible.
-    static func takingAndWiping(_ data: inout Data) -> SecureBuffer {
+    package static func takingAndWiping(_ data: inout Data) -> SecureBuffer {
         let buffer = data.withUnsafeBytes { SecureBuffer(copying: $0) }
         data.wipe()
         data = Data()
@@ -23,10 +17,10 @@ extension SecureBuffer {
 extension Data {
     /// Overwrites this value's bytes with zeros, with `explicit_bzero` so that the compiler
     /// cannot drop the writes.
-    mutating func wipe() {
+    package mutating func wipe() {
         withUnsafeMutableBytes { bytes in
             if let base = bytes.baseAddress {
-                explicit_bzero(base, bytes.count)
+                Platform.secureZero(base, bytes.count)
             }
         }
     }

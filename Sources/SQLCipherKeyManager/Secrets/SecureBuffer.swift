@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import Foundation
 
 /// Fixed-size memory for key material that is locked in RAM, kept out of core dumps and wiped
 /// when released.
@@ -58,11 +54,7 @@ public final class SecureBuffer: @unchecked Sendable {
         self.allocatedByteCount = allocatedByteCount
         self.count = count
         self.isMemoryLocked = mlock(base, allocatedByteCount) == 0
-        #if os(Linux)
-            self.isExcludedFromCoreDumps = madvise(base, allocatedByteCount, MADV_DONTDUMP) == 0
-        #else
-            self.isExcludedFromCoreDumps = false
-        #endif
+        self.isExcludedFromCoreDumps = Platform.excludeFromCoreDumps(base, allocatedByteCount)
         try initializer(UnsafeMutableRawBufferPointer(start: base, count: count))
     }
 
@@ -93,15 +85,13 @@ public final class SecureBuffer: @unchecked Sendable {
     }
 
     deinit {
-        explicit_bzero(base, allocatedByteCount)
+        Platform.secureZero(base, allocatedByteCount)
         if isMemoryLocked {
             munlock(base, allocatedByteCount)
         }
-        #if os(Linux)
-            if isExcludedFromCoreDumps {
-                madvise(base, allocatedByteCount, MADV_DODUMP)
-            }
-        #endif
+        if isExcludedFromCoreDumps {
+            Platform.includeInCoreDumps(base, allocatedByteCount)
+        }
         base.deallocate()
     }
 

@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SQLCipherKeyManager
+
+/// Options every subcommand takes.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Log level on stderr: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .warning
+
+    /// A logger writing to stderr at the chosen level. Only the executable configures logging.
+    func makeLogger() -> Logger {
+        var logger = Logger(label: "dbkey") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = logLevel
+        return logger
+    }
+
+    /// Runs `body`, turning a ``DBKeyError`` into a message on stderr and its exit status.
+    func reportingErrors(json: Bool, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as DBKeyError {
+            if json {
+                Output.printJSON(["error": ["code": error.code.rawValue, "message": error.message]])
+            }
+            Output.printError(error.message)
+            throw ExitCode(ExitStatus.status(for: error.code))
+        }
+    }
+
+    /// The providers this build of dbkey has, configured from the environment.
+    func registry(logger: Logger) -> KmsRegistry {
+        KmsRegistry(factories: DBKeyCommand.providers, logger: logger)
+    }
+
+    /// A manager for an existing database, with every provider of this build.
+    func existingDatabaseManager(_ database: String, logger: Logger) -> LocalDbKeyManager {
+        LocalDbKeyManager(databasePath: database, providers: registry(logger: logger), logger: logger)
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+enum Output {
+    static func printError(_ message: String) {
+        // The throwing form: the older write(_:) traps when stderr cannot be written (a full
+        // disk under a redirect), and a failed report must not turn into a crash.
+        try? FileHandle.standardError.write(contentsOf: Data("dbkey: error: \(message)\n".utf8))
+    }
+
+    static func printWarning(_ message: String) {
+        try? FileHandle.standardError.write(contentsOf: Data("dbkey: warning: \(message)\n".utf8))
+    }
+
+    static func printJSON(_ value: Any) {
+        let data =
+            (try? JSONSerialization.data(
+                withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]))
+            ?? Data("{}".utf8)
+        print(String(decoding: data, as: UTF8.self))
+    }
+
+    static func timestamp(_ date: Date?) -> Any {
+        date.map { $0.formatted(.iso8601) } ?? NSNull()
+    }
+}

@@ -1,0 +1,43 @@
+import ArgumentParser
+import Logging
+import SQLCipherKeyManager
+
+/// Options for a new data key, shared by `init` and `migrate`.
+struct NewKeyOptions: ParsableArguments {
+    @Option(help: "The KEK to wrap the data key under, as a URI.")
+    var kek: String = "local://default"
+
+    @Option(name: .customLong("context"), help: "An encryption context pair KEY=VALUE (repeatable). Never a secret.")
+    var contextPairs: [String] = []
+
+    @Option(name: .customLong("rotation-days"), help: "Days between key rotations (for status and rotate --if-due).")
+    var rotationDays: Int?
+
+    func validate() throws {
+        if let rotationDays, !(1...36_500).contains(rotationDays) {
+            throw ValidationError("--rotation-days must be from 1 to 36500.")
+        }
+    }
+
+    /// A manager for `database` whose new keys follow these options.
+    func makeManager(
+        database: String,
+        common: CommonOptions,
+        pageSize: Int = CipherSettings.newDatabasePageSize,
+        logger: Logger
+    ) throws -> LocalDbKeyManager {
+        let target = try common.registry(logger: logger).target(for: try KekURI(kek))
+        return LocalDbKeyManager(
+            databasePath: database,
+            providers: common.registry(logger: logger).adding(target.provider),
+            configuration: .init(
+                kekId: target.kekId,
+                kekProvider: target.provider.providerName,
+                encryptionContext: try EncryptionContext(parsing: contextPairs),
+                rotationPeriodDays: rotationDays,
+                pageSize: pageSize
+            ),
+            logger: logger
+        )
+    }
+}

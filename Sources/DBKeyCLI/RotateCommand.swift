@@ -1,0 +1,57 @@
+import ArgumentParser
+import SQLCipherKeyManager
+
+struct RotateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rotate",
+        abstract: "Rotate the data key: a new DEK from the KMS and PRAGMA rekey of every page.",
+        discussion: """
+            Crash-safe: the change is journaled in the .key file, and the next open finishes or \
+            undoes a rotation that was interrupted. Needs the database closed by every other \
+            process (see --wait). To change only the KEK, use rewrap.
+            """
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Flag(help: "Rotate only if rotation_period_days says the key is due.")
+    var ifDue = false
+
+    @Option(help: "Seconds to wait for other connections to close.")
+    var wait: Double = 0
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    func validate() throws {
+        guard wait >= 0 else { throw ValidationError("--wait must not be negative.") }
+    }
+
+    func run() async throws {
+        try await common.reportingErrors(json: json) {
+            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+            if ifDue, try !manager.needsRotation() {
+                let keyFile = try manager.load()
+                if json {
+                    Output.printJSON(["database": database, "rotated": false, "dek_version": keyFile.version])
+                } else {
+                    print("Not due: key version \(keyFile.version) stays.")
+                }
+                return
+            }
+            let keyFile = try await manager.rotateKey(wait: .seconds(wait), progress: ProgressLine.reporter("rekeying"))
+            ProgressLine.finish()
+            if json {
+                Output.printJSON([
+                    "database": database, "rotated": true, "dek_version": keyFile.version,
+                    "rotated_at": Output.timestamp(keyFile.rotatedAt), "kek_id": keyFile.kekId,
+                ])
+            } else {
+                print("Rotated \(database) to key version \(keyFile.version).")
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import SQLCipherKeyManager
+
+struct SQLCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sql",
+        abstract: "Run SQL statements on the encrypted database and print the rows they return.",
+        discussion: """
+            Rows are printed tab-separated, one a line; in text, tab, newline and backslash are \
+            escaped as \\t, \\n and \\\\; NULL prints as an empty field and a blob as x'HEX'. \
+            With --json, all rows are printed as one array of objects (a blob as {"base64": …}).
+            """
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Argument(help: "One or more SQL statements separated by semicolons.")
+    var sql: String
+
+    @Flag(help: "Print a header line with the column names before each statement's rows.")
+    var header = false
+
+    @Flag(help: "Print the rows as JSON.")
+    var json = false
+
+    func run() async throws {
+        try await common.reportingErrors(json: json) {
+            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+            let connection = try await manager.open()
+            defer { connection.close() }
+            var jsonRows: [[String: Any]] = []
+            var lastColumns: [String]?
+            try connection.execute(sql) { row in
+                if json {
+                    jsonRows.append(
+                        Dictionary(
+                            zip(row.columnNames, row.values.map(Self.jsonValue)),
+                            uniquingKeysWith: { first, _ in first }))
+                    return
+                }
+                if header, lastColumns != row.columnNames {
+                    print(row.columnNames.map(Self.escaped).joined(separator: "\t"))
+                    lastColumns = row.columnNames
+                }
+                print(row.values.map(Self.text).joined(separator: "\t"))
+            }
+            if json {
+                Output.printJSON(jsonRows)
+            }
+        }
+    }
+
+    private static func text(_ value: DatabaseValue) -> String {
+        switch value {
+        case .null: ""
+        case .integer(let integer): String(integer)
+        case .real(let real): String(real)
+        case .text(let text): escaped(text)
+        case .blob(let bytes): "x'" + bytes.map { String(format: "%02x", $0) }.joined() + "'"
+        }
+    }
+
+    private static func escaped(_ text: String) -> String {
+        text.replacingOccurrences(of: "\\", with: "\\\\")
+            .replacingOccurrences(of: "\t", with: "\\t")
+            .replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    private static func jsonValue(_ value: DatabaseValue) -> Any {
+        switch value {
+        case .null: NSNull()
+        case .integer(let integer): integer
+        case .real(let real): real
+        case .text(let text): text
+        case .blob(let bytes): ["base64": Data(bytes).base64EncodedString()]
+        }
+    }
+}

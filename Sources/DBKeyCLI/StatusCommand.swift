@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import SQLCipherKeyManager
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show a database's key metadata, rotation schedule, KMS health and whether it opens.",
+        discussion: "Exits with the error's status when the KMS does not answer or the database does not open."
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Flag(help: "Print the status as JSON.")
+    var json = false
+
+    func run() async throws {
+        try await common.reportingErrors(json: json) {
+            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+            let status = try await manager.status()
+            json
+                ? printJSON(status, keyFilePath: manager.keyFilePath)
+                : printText(status, keyFilePath: manager.keyFilePath)
+            if status.wrappedUnderOlderKeyVersion, case .success(let health) = status.kmsHealth {
+                Output.printWarning(
+                    "the data key is wrapped under version \(status.wrappedKeyVersion ?? 0) of \(health.kekId), but version \(health.latestKeyVersion ?? 0) is the newest. Run `dbkey rewrap \(database)` before the old version is retired."
+                )
+            }
+            // A monitoring script should see a failure without parsing the report.
+            if case .failure(let error) = status.kmsHealth {
+                throw ExitCode(ExitStatus.status(for: error.code))
+            }
+            if let error = status.openError {
+                throw ExitCode(ExitStatus.status(for: error.code))
+            }
+        }
+    }
+
+    private func printText(_ status: DatabaseKeyStatus, keyFilePath: String) {
+        let keyFile = status.keyFile
+        let rotation: String
+        if let days = keyFile.rotationPeriodDays, let due = keyFile.nextRotationDue {
+            rotation =
+                "every \(days) days; next due \(due.formatted(.iso8601))\(status.rotationDue ? " (DUE NOW)" : "")"
+        } else {
+            rotation = "no rotation period set"
+        }
+        let kms: String
+        switch status.kmsHealth {
+        case .success(let health):
+            kms = "reachable, key \(health.keyState), \(Self.milliseconds(health.latency)) ms"
+        case .failure(let error):
+            kms = "NOT REACHABLE: \(error.message)"
+        }
+        let lines = [
+            ("database", status.databasePath),
+            ("opens", status.openError.map { "NO: \($0.message)" } ?? "yes"),
+            ("key file", keyFilePath),
+            ("kms", keyFile.kms ?? "?"),
+            ("kek", keyFile.kekId),
+            ("dek version", String(keyFile.version)),
+            ("created", keyFile.createdAt.formatted(.iso8601)),
+            ("rotated", keyFile.rotatedAt.map { $0.formatted(.iso8601) } ?? "never"),
+            ("rotation", rotation),
+            ("kms health", kms),
+            ("kek version", kekVersion(status)),
+            ("page size", String(keyFile.cipher.pageSize)),
+        ]
+        for (label, value) in lines {
+            print("\((label + ":").padding(toLength: 13, withPad: " ", startingAt: 0)) \(value)")
+        }
+    }
+
+    private func kekVersion(_ status: DatabaseKeyStatus) -> String {
+        guard let version = status.wrappedKeyVersion else { return "not versioned" }
+        guard case .success(let health) = status.kmsHealth, let latest = health.latestKeyVersion else {
+            return "\(version)"
+        }
+        return "\(version) of \(latest)\(status.wrappedUnderOlderKeyVersion ? " (OLDER than the newest: rewrap)" : "")"
+    }
+
+    private func printJSON(_ status: DatabaseKeyStatus, keyFilePath: String) {
+        let keyFile = status.keyFile
+        var object: [String: Any] = [
+            "database": status.databasePath,
+            "key_file": keyFilePath,
+            "kms": keyFile.kms ?? NSNull(),
+            "kek_id": keyFile.kekId,
+            "dek_version": keyFile.version,
+            "created_at": Output.timestamp(keyFile.createdAt),
+            "rotated_at": Output.timestamp(keyFile.rotatedAt),
+            "rotation_period_days": keyFile.rotationPeriodDays ?? NSNull(),
+            "next_rotation_due": Output.timestamp(keyFile.nextRotationDue),
+            "rotation_due": status.rotationDue,
+            "page_size": keyFile.cipher.pageSize,
+            "database_opens": status.databaseOpens,
+            "database_error": status.openError.map { ["code": $0.code.rawValue, "message": $0.message] } ?? NSNull(),
+            "kek_version": status.wrappedKeyVersion ?? NSNull(),
+            "kek_version_outdated": status.wrappedUnderOlderKeyVersion,
+        ]
+        switch status.kmsHealth {
+        case .success(let health):
+            object["kms_reachable"] = true
+            object["kms_key_state"] = health.keyState
+            object["kms_latency_ms"] = Self.milliseconds(health.latency)
+            object["kek_latest_version"] = health.latestKeyVersion ?? NSNull()
+            object["kms_error"] = NSNull()
+        case .failure(let error):
+            object["kms_reachable"] = false
+            object["kms_error"] = ["code": error.code.rawValue, "message": error.message]
+        }
+        Output.printJSON(object)
+    }
+
+    private static func milliseconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return (Double(seconds) * 1000 + Double(attoseconds) / 1e15 * 1000).rounded() / 1000
+    }
+}

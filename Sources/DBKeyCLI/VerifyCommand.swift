@@ -1,0 +1,40 @@
+import ArgumentParser
+import SQLCipherKeyManager
+
+struct VerifyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Unwrap the key, check it, open the database and run PRAGMA integrity_check.",
+        discussion: "Exits 0 only when every check passes; otherwise prints the reason and exits with its status."
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    func run() async throws {
+        try await common.reportingErrors(json: json) {
+            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+            let report = try await manager.verify()
+            if json {
+                Output.printJSON([
+                    "database": database,
+                    "ok": true,
+                    "key_check": report.keyCheckVerified ? "verified" : "absent",
+                    "dek_version": report.keyFile.version,
+                    "page_count": report.pageCount,
+                ])
+            } else {
+                print("key file:     valid")
+                print("key unwrap:   ok (\(report.keyFile.kms ?? "?") KEK \(report.keyFile.kekId))")
+                print("key check:    \(report.keyCheckVerified ? "ok" : "absent (older .key file)")")
+                print("database:     opens with key version \(report.keyFile.version)")
+                print("integrity:    ok (\(report.pageCount) pages)")
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+
+/// The steps of a key change at which a failure is simulated in tests.
+enum KeyChangeStep: Sendable, Hashable, CaseIterable {
+    /// Before the `.key` file with the `pending` record is written.
+    case writingPendingKeyFile
+    /// Before `sqlite3_rekey` (rotation) or `sqlcipher_export` (migration).
+    case changingDatabase
+    /// Before the new key is proven by a new connection.
+    case verifyingNewKey
+    /// Before the renamed database replaces the old one (migration).
+    case swappingDatabase
+    /// Before the final `.key` file, without `pending`, is written.
+    case writingFinalKeyFile
+}
+
+/// The one owner of the `.key` file's `pending` record: it writes the record before a key
+/// change touches the database, completes or abandons it afterwards, and settles one that a
+/// crash left behind — the only place that decides what an interrupted change means.
+///
+/// Every key change (``KeyChangeKind``) is settled by the same rule: the current key is tried
+/// first, and opening with it rolls back a hot journal written under it, so either the change
+/// never committed (the record is dropped) or only the new key opens (the change is
+/// completed). When neither opens, nothing is changed and the error names both key checks.
+struct KeyChangeJournal {
+    let database: ManagedDatabase
+
+    /// Writes `keyFile` with a pending record for `kind`, sealed with the current key.
+    func begin(
+        _ kind: KeyChangeKind,
+        _ keyFile: KeyFile,
+        newKey: DataKey,
+        provider: String,
+        version: Int,
+        sealedWith currentKey: SecureBuffer
+    ) async throws -> KeyFile {
+        var journaled = keyFile
+        journaled.pending = PendingOperation(
+            operation: kind,
+            encryptedDek: newKey.wrapped,
+            kekId: newKey.kekId,
+            kms: provider,
+            version: version,
+            keyCheck: KeyCheck(for: newKey.plaintext),
+            startedAt: KeyFile.now()
+        )
+        try database.reach(.writingPendingKeyFile)
+        return try await database.store(journaled, sealedWith: currentKey)
+    }
+
+    /// Finishes or undoes the `.key` file's pending key change. The caller holds the
+    /// exclusive lock.
+    func settle(_ keyFile: KeyFile) async throws -> KeyFile {
+        guard let pending = keyFile.pending else { return keyFile }
+        switch pending.operation {
+        case .rotate:
+            return try await settleRotation(keyFile, pending)
+        case .migrate:
+            return try await settleMigration(keyFile, pending)
+        }
+    }
+
+    private func settleRotation(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
+        let path = database.databasePath
+        let currentKey = try await database.unwrapKey(of: keyFile)
+        if try await database.opens(path, with: currentKey, keyFile: keyFile) {
+            let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
+            database.record(.keyChangeRecovered, settled, detail: "rotation rolled back: the current key was kept")
+            return settled
+        }
+        let pendingKey = try await unwrapPendingKey(of: keyFile, pending)
+        if try await database.opens(path, with: pendingKey, keyFile: keyFile) {
+            let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: pendingKey)
+            database.record(.keyChangeRecovered, settled, detail: "rotation completed")
+            return settled
+        }
+        throw neitherKeyOpens(keyFile, pending)
+    }
+
+    /// A migration's copy was complete before its `.key` was written, so the swap is rolled
+    /// forward.
+    private func settleMigration(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
+        let key = try await unwrapPendingKey(of: keyFile, pending)
+        // A migration's pending key is also its current key, which sealed the file.
+        try keyFile.verifySeal(with: key, source: database.keyFilePath)
+        let migration = Migration(database: database)
+        if try await !database.opens(database.databasePath, with: key, keyFile: keyFile) {
+            guard database.fileExists(migration.copyPath),
+                try await database.opens(migration.copyPath, with: key, keyFile: keyFile)
+            else {
+                throw neitherKeyOpens(keyFile, pending)
+            }
+            try migration.swapInCopy()
+        }
+        let settled = try await database.store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
+        database.record(.keyChangeRecovered, settled, detail: "migration completed")
+        return settled
+    }
+
+    /// Unwraps the pending record's key, through the provider the record names, and checks it
+    /// against the pending key check.
+    func unwrapPendingKey(of keyFile: KeyFile, _ pending: PendingOperation) async throws -> SecureBuffer {
+        let kms: any KeyManagementService
+        do {
+            kms = try database.providers.provider(named: pending.kms)
+        } catch let error as DBKeyError where error.code == .unsupportedFormat {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The interrupted key change in \(database.keyFilePath) used the \"\(pending.kms)\" KMS provider, which is not registered with this manager (registered: \(database.providers.providerNames.joined(separator: ", "))). Register it to finish the change; nothing was touched.",
+                path: database.keyFilePath, kekId: pending.kekId
+            )
+        }
+        let key = try await kms.decrypt(pending.encryptedDek, kekId: pending.kekId, context: keyFile.encryptionContext)
+        guard pending.keyCheck.matches(key) else {
+            throw DBKeyError(
+                .wrongKey, "The KMS returned a key that does not match the pending key check in \(database.keyFilePath).",
+                path: database.keyFilePath, kekId: pending.kekId)
+        }
+        return key
+    }
+
+    func neitherKeyOpens(_ keyFile: KeyFile, _ pending: PendingOperation) -> DBKeyError {
+        DBKeyError(
+            .rotationInterrupted,
+            "Neither the current key (version \(keyFile.version), key check \(keyFile.keyCheck?.base64 ?? "none")) nor the pending key (version \(pending.version), key check \(pending.keyCheck.base64)) opens \(database.databasePath). Both files are left exactly as they are: keep copies of them, and restore the database from a backup if it was damaged.",
+            path: database.databasePath
+        )
+    }
+}
+
+extension KeyFile {
+    /// The record after the pending key change completed: the pending key becomes current.
+    func completingPending(at date: Date) -> KeyFile {
+        guard let pending else { return self }
+        var completed = self
+        completed.encryptedDek = pending.encryptedDek
+        completed.kekId = pending.kekId
+        completed.kms = pending.kms
+        completed.version = pending.version
+        completed.keyCheck = pending.keyCheck
+        switch pending.operation {
+        case .rotate: completed.rotatedAt = date
+        case .migrate: break
+        }
+        completed.pending = nil
+        completed.format = KeyFile.currentFormat
+        return completed
+    }
+
+    /// The record after the pending key change was abandoned: the current key stays.
+    func abandoningPending() -> KeyFile {
+        var abandoned = self
+        abandoned.pending = nil
+        return abandoned
+    }
+}

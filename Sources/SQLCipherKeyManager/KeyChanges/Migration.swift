@@ -1,0 +1,200 @@
+import Foundation
+import Logging
+import SystemPackage
+
+/// An existing database to bring under management.
+public enum MigrationSource: Sendable {
+    /// A plaintext SQLite database.
+    case plaintext
+    /// An SQLCipher database keyed with a passphrase, and the settings it needs to open.
+    case passphrase(SecureBuffer, LegacyCipherSettings)
+}
+
+/// Bringing an existing database under management: a new data key, an encrypted copy made
+/// with `sqlcipher_export`, verified, journaled and swapped in (see
+/// ``LocalDbKeyManager/migrate(from:progress:)``).
+struct Migration: Sendable {
+    let database: ManagedDatabase
+
+    /// The encrypted copy a migration builds beside the database before swapping it in.
+    var copyPath: String { database.databasePath + ".dbkey-migrating" }
+
+    func run(from source: MigrationSource, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
+        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
+        defer { lock.release() }
+        if database.fileExists(database.keyFilePath) {
+            let existing = try await database.journal.settle(try database.load())
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(database.databasePath) is already managed (key version \(existing.version)); there is nothing to migrate."
+            )
+        }
+        guard database.fileExists(database.databasePath) else {
+            throw DBKeyError(.databaseNotFound, "\(database.databasePath) does not exist.")
+        }
+        // A copy without a .key is what a crash before step 3 leaves: start again.
+        removeMigrationCopy()
+
+        // Proves the source opens before the KMS is asked for anything. A passphrase open runs
+        // PBKDF2 (and a failed one the SQLCipher 4 check): blocking work, on its own thread.
+        let rowCounts = try await BlockingExecutor.shared.run(.long) { [self] in
+            let original = try openOriginal(source)
+            defer { original.close() }
+            let counts = try Migration.tableRowCounts(original)
+            try checkpointForSwap(original)
+            return counts
+        }
+        let kms = try database.newKeyProvider()
+        let configuration = database.configuration
+        let dataKey = try await kms.generateDataKey(
+            kekId: configuration.kekId, context: configuration.encryptionContext)
+        let pageSize = configuration.pageSize
+        let copyPath = copyPath
+        let sqlcipherVersion: String
+        do {
+            try database.createEmptyDatabaseFile(at: copyPath)
+            try database.reach(.changingDatabase)
+            let total = (try? FilePath(database.databasePath).stat().size) ?? 0
+            let reporter = reportProgress(of: [copyPath], total: total, to: progress)
+            defer { reporter?.cancel() }
+            sqlcipherVersion = try await BlockingExecutor.shared.run(.long) { [self] in
+                let original = try openOriginal(source)
+                defer { original.close() }
+                try original.exportEncrypted(to: copyPath, key: dataKey.plaintext, pageSize: pageSize)
+                return try original.cipherVersion()
+            }
+            try database.reach(.verifyingNewKey)
+            try await verifyCopy(key: dataKey.plaintext, pageSize: pageSize, expectedRowCounts: rowCounts)
+            try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }
+        } catch {
+            removeMigrationCopy()
+            throw error
+        }
+
+        let salt = try database.readSalt(of: copyPath)
+        var keyFile = database.newKeyFile(
+            for: dataKey, provider: kms.providerName, sqlcipherVersion: sqlcipherVersion, salt: salt)
+        do {
+            // A migration's new key is also its current key: it seals the journaled file.
+            keyFile = try await database.journal.begin(
+                .migrate, keyFile, newKey: dataKey, provider: kms.providerName, version: 1,
+                sealedWith: dataKey.plaintext)
+        } catch {
+            removeMigrationCopy()
+            throw error
+        }
+        try database.reach(.swappingDatabase)
+        try swapInCopy()
+        try database.reach(.writingFinalKeyFile)
+        let migrated = try await database.store(
+            keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
+        database.record(.databaseMigrated, migrated)
+        return migrated
+    }
+
+    private func openOriginal(_ source: MigrationSource) throws -> DatabaseConnection {
+        switch source {
+        case .plaintext:
+            guard try database.readSalt() == Array("SQLite format 3\0".utf8) else {
+                throw DBKeyError(
+                    .unsupportedFormat,
+                    "\(database.databasePath) is not a plaintext SQLite database (it may be encrypted: migrate it with its passphrase)."
+                )
+            }
+            return try DatabaseConnection.open(path: database.databasePath, keying: .plaintext)
+        case .passphrase(let passphrase, let settings):
+            do {
+                return try DatabaseConnection.open(path: database.databasePath, keying: .passphrase(passphrase, settings))
+            } catch DBKeyError.Code.wrongKey {
+                if SQLCipher4Detector.isSQLCipher4(path: database.databasePath, passphrase: passphrase) {
+                    throw DBKeyError(
+                        .unsupportedFormat,
+                        "\(database.databasePath) is an SQLCipher 4 database; the linked SQLCipher 3.4.1 cannot read it. It was left untouched."
+                    )
+                }
+                throw DBKeyError(
+                    .wrongKey,
+                    "The passphrase and settings do not open \(database.databasePath). Check the passphrase, and the settings older databases need (SQLCipher 2: --kdf-iter 4000; 1.x: --kdf-iter 4000 --no-hmac; other page sizes: --page-size)."
+                )
+            }
+        }
+    }
+
+    /// Checkpoints a WAL and checks no other process holds the original, so that the rename
+    /// cannot strand committed pages in a `-wal` file beside the new database.
+    private func checkpointForSwap(_ original: DatabaseConnection) throws {
+        if try original.fetchAll("PRAGMA journal_mode").first?[0].textValue?.lowercased() == "wal" {
+            let result = try original.fetchAll("PRAGMA wal_checkpoint(TRUNCATE)")
+            guard result.first?[0] == .integer(0) else {
+                throw DBKeyError(.databaseInUse, "Another process is using \(database.databasePath): stop it before migrating.")
+            }
+        }
+    }
+
+    private static func tableRowCounts(_ connection: DatabaseConnection) throws -> [String: Int64] {
+        let tables = try connection.fetchAll(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        .compactMap { $0[0].textValue }
+        var counts: [String: Int64] = [:]
+        for table in tables {
+            let quoted = "\"" + table.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+            counts[table] = try connection.fetchAll("SELECT count(*) FROM \(quoted)").first?[0].integerValue
+        }
+        return counts
+    }
+
+    /// Checks the copy's integrity and row counts on the long-work lane.
+    private func verifyCopy(key: SecureBuffer, pageSize: Int, expectedRowCounts: [String: Int64]) async throws {
+        let (path, copyPath) = (database.databasePath, copyPath)
+        try await BlockingExecutor.shared.run(.long) {
+            try Migration.verifyCopy(
+                at: copyPath, of: path, key: key, pageSize: pageSize, expectedRowCounts: expectedRowCounts)
+        }
+    }
+
+    private static func verifyCopy(
+        at copyPath: String,
+        of databasePath: String,
+        key: SecureBuffer,
+        pageSize: Int,
+        expectedRowCounts: [String: Int64]
+    ) throws {
+        let copy = try DatabaseConnection.open(path: copyPath, key: key, pageSize: pageSize, create: false)
+        defer { copy.close() }
+        let problems = try copy.integrityCheck()
+        let counts = try Migration.tableRowCounts(copy)
+        guard problems.isEmpty, counts == expectedRowCounts else {
+            throw DBKeyError(
+                .databaseDamaged,
+                "The encrypted copy of \(databasePath) does not match the original (integrity: \(problems.first ?? "ok"); row counts differ: \(counts != expectedRowCounts)). The original was left untouched."
+            )
+        }
+    }
+
+    func swapInCopy() throws {
+        for suffix in ["-wal", "-shm", "-journal"] {
+            _ = unlink(database.databasePath + suffix)
+        }
+        do {
+            try valueOrErrno { rename(copyPath, database.databasePath) }
+            let directory = FilePath(database.databasePath).removingLastComponent()
+            try ProtectedFile.synchronizeDirectory(directory.isEmpty ? "." : directory)
+        } catch {
+            throw DBKeyError.io(error, "swap the encrypted copy in for", database.databasePath)
+        }
+    }
+
+    private func removeMigrationCopy() {
+        database.removeDatabaseFiles(at: copyPath)
+    }
+
+    private static func synchronizeFile(_ path: String) throws {
+        do {
+            let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+            try descriptor.closeAfter { try descriptor.synchronize() }
+        } catch {
+            throw DBKeyError.io(error, "flush", path)
+        }
+    }
+}

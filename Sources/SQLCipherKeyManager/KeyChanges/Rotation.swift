@@ -1,0 +1,82 @@
+import Logging
+import SystemPackage
+
+/// DEK rotation: a new data key from the KMS, every page re-encrypted under it with
+/// `PRAGMA rekey`, journaled so that a crash at any moment loses nothing (see
+/// ``LocalDbKeyManager/rotateKey(wait:progress:)``).
+struct Rotation {
+    let database: ManagedDatabase
+
+    func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
+        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: wait)
+        defer {
+            // Whatever the outcome, no key unwrapped before the rotation is kept.
+            database.keyCache.removeAll()
+            lock.release()
+        }
+        let journal = database.journal
+        let keyFile = try await journal.settle(try database.load())
+        let currentKey = try await database.unwrapKey(of: keyFile)
+        let kms = try database.provider(named: keyFile.kms)
+        let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
+        guard newKey.plaintext.count == RawKeyText.keyByteCount else {
+            throw DBKeyError(
+                .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.",
+                kekId: keyFile.kekId)
+        }
+        let journaled = try await journal.begin(
+            .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
+            sealedWith: currentKey)
+        database.logger.debug(
+            "Rotation started", metadata: ["from_version": "\(keyFile.version)", "kek_id": "\(newKey.kekId)"])
+
+        do {
+            try database.reach(.changingDatabase)
+            try await rekey(from: currentKey, to: newKey.plaintext, keyFile: keyFile, progress: progress)
+            try database.reach(.verifyingNewKey)
+            guard try await database.opens(database.databasePath, with: newKey.plaintext, keyFile: keyFile) else {
+                throw DBKeyError(
+                    .rotationInterrupted,
+                    "sqlite3_rekey reported success but the new key does not open \(database.databasePath).",
+                    path: database.databasePath
+                )
+            }
+        } catch {
+            // Whichever key opens the database now decides; the journal records both.
+            let settled = try await journal.settle(journaled)
+            guard settled.version == keyFile.version + 1 else {
+                database.logger.debug("Rotation failed; the current key was kept")
+                throw error
+            }
+            database.record(.keyRotated, settled)
+            return settled
+        }
+
+        try database.reach(.writingFinalKeyFile)
+        let rotated = try await database.store(
+            journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
+        database.record(.keyRotated, rotated)
+        return rotated
+    }
+
+    /// Re-encrypts the database on the long-work lane, reporting the journal's growth.
+    private func rekey(
+        from currentKey: SecureBuffer,
+        to newKey: SecureBuffer,
+        keyFile: KeyFile,
+        progress: (@Sendable (KeyChangeProgress) -> Void)?
+    ) async throws {
+        let path = database.databasePath
+        let total = (try? FilePath(path).stat().size) ?? 0
+        // The rekey rewrites every page: the rollback journal (or the WAL) grows to about the
+        // database's size.
+        let reporter = reportProgress(of: [path + "-journal", path + "-wal"], total: total, to: progress)
+        defer { reporter?.cancel() }
+        let pageSize = keyFile.cipher.pageSize
+        try await BlockingExecutor.shared.run(.long) {
+            let connection = try DatabaseConnection.open(path: path, key: currentKey, pageSize: pageSize, create: false)
+            try connection.rekey(to: newKey)
+            connection.close()
+        }
+    }
+}

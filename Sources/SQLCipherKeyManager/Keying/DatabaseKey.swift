@@ -1,0 +1,111 @@
+import Synchronization
+
+/// A managed database's data key, typed so that it can only be used as a key: applied to an
+/// SQLite handle, or read as SQLCipher's raw-key text — never as bytes a caller could mistake
+/// for a passphrase.
+///
+/// It also holds the database's shared lock from the moment it is made until ``release()``, so
+/// that no rotation re-encrypts pages under handles keyed with it: release it when the last of
+/// those handles is closed (it releases itself when it is deinitialised).
+///
+/// This is the seam for an app's own SQLite stack — GRDB, SQLite.swift, its own C code — which
+/// must link the same `libsqlcipher` as DBKey (two SQLite libraries in one process crash it):
+///
+/// ```swift
+/// let key = try await manager.getOrCreateKey()
+/// var handle: OpaquePointer?
+/// guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK,
+///     let handle
+/// else { throw AppError.cannotOpen }
+/// try key.apply(to: handle)  // sqlite3_key, cipher settings, proof — before any other statement
+/// // … use the handle …
+/// sqlite3_close_v2(handle)
+/// key.release()
+/// ```
+public final class DatabaseKey: Sendable, CustomStringConvertible {
+    /// The database's path.
+    public let databasePath: String
+    /// The SQLCipher settings the key needs on every handle (applied by ``apply(to:)``).
+    public let cipherSettings: CipherSettings
+    /// The data key's version: 1 at creation, one more at each rotation.
+    public let version: Int
+    let key: SecureBuffer
+    private let lock: Mutex<DatabaseLock?>
+
+    init(key: SecureBuffer, keyFile: KeyFile, databasePath: String, lock: consuming sending DatabaseLock) {
+        self.key = key
+        self.cipherSettings = keyFile.cipher
+        self.version = keyFile.version
+        self.databasePath = databasePath
+        self.lock = Mutex(lock)
+    }
+
+    deinit {
+        release()
+    }
+
+    /// Keys an SQLite handle the app opened: checks that it is SQLCipher, calls `sqlite3_key`
+    /// with the raw key, applies the recorded cipher settings, and proves the key with a first
+    /// read. Call it right after `sqlite3_open_v2`, before any other statement (a statement
+    /// first would leave a new file in plaintext).
+    ///
+    /// The handle stays the app's: this neither closes it nor keeps it.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/unsupportedFormat`` for a handle of an SQLite
+    ///   without SQLCipher (the key would be ignored and the app would write plaintext);
+    ///   ``DBKeyError/Code-swift.struct/wrongKey`` when the key does not open the file the
+    ///   handle has open; ``DBKeyError/Code-swift.struct/invalidConfiguration`` after
+    ///   ``release()``. SQLite's codes for the rest.
+    public func apply(to handle: OpaquePointer) throws {
+        guard !isReleased else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "This DatabaseKey was released: ask the manager for the key again (getOrCreateKey()).",
+                path: databasePath)
+        }
+        let connection = DatabaseConnection.borrowing(handle)
+        defer { connection.close() }
+        try DatabaseKey.requireSQLCipher(
+            cipherVersion: try connection.fetchAll("PRAGMA cipher_version").first?[0].textValue)
+        let keyText = try RawKeyText.make(for: key)
+        try connection.applyKey(keyText)
+        try connection.applyPageSize(cipherSettings.pageSize)
+        try connection.proveKey()
+    }
+
+    /// Refuses a handle whose `PRAGMA cipher_version` is empty: plain SQLite ignores the key.
+    static func requireSQLCipher(cipherVersion: String?) throws {
+        guard let cipherVersion, !cipherVersion.isEmpty else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The SQLite handle is not SQLCipher (PRAGMA cipher_version is empty): it would ignore the key and write plaintext. Link the app's SQLite stack against the same libsqlcipher as DBKey."
+            )
+        }
+    }
+
+    /// Calls `body` with SQLCipher's raw-key text, `x'` + 64 hex digits + `'`, for an API that
+    /// takes the key as text (`PRAGMA key`, GRDB's `usePassphrase`). The bytes live in locked
+    /// memory and are wiped when `body` returns: do not copy them.
+    ///
+    /// - Throws: What `body` throws.
+    public func withRawKeyText<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) throws -> Result {
+        let keyText = try RawKeyText.make(for: key)
+        return try keyText.withUnsafeBytes(body)
+    }
+
+    /// Releases the shared lock, so that a rotation may start once every other holder has let
+    /// go. Later calls do nothing; the key can no longer key handles.
+    public func release() {
+        lock.withLock { held in
+            held?.release()
+            held = nil
+        }
+    }
+
+    /// Whether ``release()`` was called.
+    public var isReleased: Bool {
+        lock.withLock { $0 == nil }
+    }
+
+    public var description: String { "DatabaseKey(\(databasePath), version \(version), redacted)" }
+}

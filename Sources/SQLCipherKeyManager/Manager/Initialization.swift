@@ -1,0 +1,50 @@
+/// Creating a managed database: a new data key, a new encrypted database, its `.key` file (see
+/// ``LocalDbKeyManager/initialize()``).
+struct Initialization {
+    let database: ManagedDatabase
+
+    func run() async throws -> KeyFile {
+        let configuration = database.configuration
+        if database.fileExists(database.keyFilePath) {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(database.keyFilePath) already exists: this database is already managed. Remove the .key file only if you mean to lose the database.",
+                path: database.keyFilePath
+            )
+        }
+        guard CipherSettings.isValidPageSize(configuration.pageSize) else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The page size \(configuration.pageSize) is not a power of two from 512 to 65536.")
+        }
+        if let days = configuration.rotationPeriodDays, !(1...36_500).contains(days) {
+            throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
+        }
+        let kms = try database.newKeyProvider()
+        try database.createEmptyDatabaseFile()
+        let keyFile: KeyFile
+        do {
+            let dataKey = try await kms.generateDataKey(
+                kekId: configuration.kekId, context: configuration.encryptionContext)
+            let (path, pageSize) = (database.databasePath, configuration.pageSize)
+            let sqlcipherVersion = try await BlockingExecutor.shared.run(.short) {
+                let connection = try DatabaseConnection.open(path: path, key: dataKey.plaintext, pageSize: pageSize, create: true)
+                defer { connection.close() }
+                // Writing the header creates page 1, and with it the salt.
+                try connection.execute("PRAGMA user_version = 0")
+                return try connection.cipherVersion()
+            }
+            keyFile = try await database.store(
+                database.newKeyFile(
+                    for: dataKey, provider: kms.providerName, sqlcipherVersion: sqlcipherVersion,
+                    salt: try database.readSalt()),
+                sealedWith: dataKey.plaintext
+            )
+        } catch {
+            database.removeDatabaseFiles(at: database.databasePath)
+            throw error
+        }
+        database.record(.keyGenerated, keyFile)
+        return keyFile
+    }
+}

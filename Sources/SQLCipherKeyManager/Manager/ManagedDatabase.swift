@@ -1,0 +1,309 @@
+import Foundation
+import Logging
+import SystemPackage
+
+/// One managed database as the workflows see it: its paths, the providers, the `.key` store,
+/// the key cache, and the checks every open makes. ``LocalDbKeyManager`` is its public face;
+/// rotation, rewrap, migration, status and the journal are small types over it.
+final class ManagedDatabase: Sendable {
+    let databasePath: String
+    let keyFilePath: String
+    let providers: KmsRegistry
+    let configuration: LocalDbKeyManager.Configuration
+    let logger: Logger
+    let audit: any AuditSink
+    /// Called at each step of a key change; tests make it throw to simulate a failure there.
+    let faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
+    /// Data keys unwrapped recently.
+    let keyCache: DataKeyCache
+
+    init(
+        databasePath: String,
+        providers: KmsRegistry,
+        configuration: LocalDbKeyManager.Configuration,
+        logger: Logger,
+        faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
+    ) {
+        self.databasePath = databasePath
+        self.keyFilePath = KeyFile.path(forDatabase: databasePath)
+        self.providers = providers
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "database"] = "\(databasePath)"
+        self.logger = logger
+        self.audit = configuration.auditSink ?? LoggingAuditSink(logger: logger)
+        self.faultInjector = faultInjector
+        self.keyCache = DataKeyCache(timeToLive: configuration.keyCacheTTL)
+    }
+
+    var journal: KeyChangeJournal { KeyChangeJournal(database: self) }
+
+    // MARK: - The .key store
+
+    /// Reads and validates the `.key` file, naming its provider when the older form leaves it
+    /// to be inferred.
+    func load() throws -> KeyFile {
+        var keyFile = try KeyFile.read(from: keyFilePath)
+        if keyFile.kms == nil {
+            keyFile.kms = try providers.providerName(of: keyFile, source: keyFilePath)
+        }
+        return keyFile
+    }
+
+    /// The registered provider of a `.key` file (or of its pending record).
+    func provider(named name: String?) throws -> any KeyManagementService {
+        do {
+            return try providers.provider(named: name ?? "")
+        } catch let error as DBKeyError where error.code == .unsupportedFormat {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "\(keyFilePath) names the KMS provider \"\(name ?? "")\", which is not registered with this manager (registered: \(providers.providerNames.joined(separator: ", "))). The file was left untouched.",
+                path: keyFilePath
+            )
+        }
+    }
+
+    /// Seals `keyFile` with `key` (the data key it records as current), writes it atomically
+    /// and durably off the cooperative pool, and returns what was written.
+    @discardableResult
+    func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) async throws -> KeyFile {
+        let sealed = keyFile.sealed(with: key)
+        let path = keyFilePath
+        try await BlockingExecutor.shared.run(.short) { try sealed.write(to: path) }
+        return sealed
+    }
+
+    /// Unwraps the `.key` file's data key and checks it against the file's key check and seal.
+    func unwrapKey(of keyFile: KeyFile) async throws -> SecureBuffer {
+        let kms = try provider(named: keyFile.kms)
+        if let cached = keyCache.key(for: keyFile) {
+            try keyFile.verifySeal(with: cached, source: keyFilePath)
+            return cached
+        }
+        let key: SecureBuffer
+        do {
+            key = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
+        } catch let error as DBKeyError {
+            throw error.about(path: keyFilePath, kekId: keyFile.kekId)
+        }
+        guard key.count == RawKeyText.keyByteCount else {
+            throw DBKeyError(
+                .wrongKey, "The KMS returned a \(key.count)-byte key; SQLCipher keys here are 32 bytes.",
+                path: keyFilePath, kekId: keyFile.kekId)
+        }
+        if let check = keyFile.keyCheck, !check.matches(key) {
+            throw DBKeyError(
+                .wrongKey,
+                "The key the KMS returned does not match the key check in \(keyFilePath): its encrypted_dek was replaced by another database's.",
+                path: keyFilePath, kekId: keyFile.kekId
+            )
+        }
+        try keyFile.verifySeal(with: key, source: keyFilePath)
+        record(.keyLoaded, keyFile)
+        keyCache.store(key, for: keyFile)
+        return key
+    }
+
+    /// The `.key` record of a new data key under the configuration.
+    func newKeyFile(for dataKey: DataKey, provider: String, sqlcipherVersion: String, salt: [UInt8]) -> KeyFile {
+        KeyFile(
+            kms: provider,
+            kekId: dataKey.kekId,
+            encryptedDek: dataKey.wrapped,
+            createdAt: KeyFile.now(),
+            encryptionContext: configuration.encryptionContext,
+            keyCheck: KeyCheck(for: dataKey.plaintext),
+            rotationPeriodDays: configuration.rotationPeriodDays,
+            cipher: CipherSettings(pageSize: configuration.pageSize, sqlcipherVersion: sqlcipherVersion, salt: salt)
+        )
+    }
+
+    /// The provider new keys are wrapped by: the configured one, or the only one registered.
+    func newKeyProvider() throws -> any KeyManagementService {
+        if let name = configuration.kekProvider {
+            return try providers.provider(named: name)
+        }
+        let names = providers.providerNames
+        guard names.count == 1 else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "Several KMS providers are registered (\(names.joined(separator: ", "))): say which one wraps new keys with Configuration.kekProvider."
+            )
+        }
+        return try providers.provider(named: names[0])
+    }
+
+    // MARK: - Locks and opens
+
+    /// Takes the shared lock with no key change pending, finishing or undoing an interrupted
+    /// one first (under the exclusive lock).
+    ///
+    /// - Returns: The held lock and the `.key` file read under it.
+    func acquireSettled(wait: Duration) async throws -> (DatabaseLock, KeyFile) {
+        let lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
+        let keyFile = try load()
+        guard keyFile.pending != nil else { return (lock, keyFile) }
+        lock.release()
+        do {
+            let exclusive = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
+            defer { exclusive.release() }
+            _ = try await journal.settle(try load())
+        }
+        let settledLock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
+        return (settledLock, try load())
+    }
+
+    /// Opens a connection with `key` and the recorded cipher settings, telling a wrong key from
+    /// a damaged database when the first read fails.
+    func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection
+    {
+        do {
+            return try DatabaseConnection.open(
+                path: databasePath,
+                key: key,
+                pageSize: keyFile.cipher.pageSize,
+                create: false,
+                onClose: onClose
+            )
+        } catch DBKeyError.Code.wrongKey {
+            throw try diagnoseFailedOpen(keyFile: keyFile)
+        } catch let error as DBKeyError where error.resultCode == .SQLITE_CANTOPEN && !fileExists(databasePath) {
+            // Asked only when SQLite could not open it, so a normal open makes no extra stat.
+            throw DBKeyError(
+                .databaseNotFound,
+                "\(databasePath) does not exist, but its key file does. Restore the database from a backup.",
+                path: databasePath
+            )
+        }
+    }
+
+    /// Whether `key` opens the database file at `path` with the recorded page size: `false`
+    /// when the first read fails, other errors thrown. Off the cooperative pool: the open may
+    /// roll back a hot journal.
+    func opens(_ path: String, with key: SecureBuffer, keyFile: KeyFile) async throws -> Bool {
+        let pageSize = keyFile.cipher.pageSize
+        return try await BlockingExecutor.shared.run(.short) {
+            do {
+                try DatabaseConnection.open(path: path, key: key, pageSize: pageSize, create: false).close()
+                return true
+            } catch DBKeyError.Code.wrongKey {
+                return false
+            }
+        }
+    }
+
+    /// Explains why a key that passed its key check does not open the database, by comparing the
+    /// database's salt with the one recorded in the `.key` file.
+    private func diagnoseFailedOpen(keyFile: KeyFile) throws -> DBKeyError {
+        let header = try readSalt()
+        if header == Array("SQLite format 3\0".utf8) {
+            return DBKeyError(
+                .unsupportedFormat,
+                "\(databasePath) is a plaintext SQLite database, not an encrypted one. Bring it under management with dbkey migrate --from-plaintext.",
+                path: databasePath
+            )
+        }
+        guard let salt = keyFile.cipher.salt else {
+            return DBKeyError(
+                .wrongKey,
+                "The key in \(keyFilePath) does not open \(databasePath), or the database's first page is damaged; this older .key file records no salt to tell which.",
+                resultCode: .SQLITE_NOTADB, path: databasePath, kekId: keyFile.kekId
+            )
+        }
+        guard salt == header else {
+            return DBKeyError(
+                .wrongKey,
+                "Wrong key for this database: \(keyFilePath) belongs to another database (the salt it records differs from the database's). Find this database's own .key file.",
+                resultCode: .SQLITE_NOTADB, path: databasePath, kekId: keyFile.kekId
+            )
+        }
+        return DBKeyError(
+            .databaseDamaged,
+            "\(databasePath) is damaged: its key and salt match \(keyFilePath), but its first page does not decrypt. Restore it from a backup.",
+            resultCode: .SQLITE_NOTADB, path: databasePath
+        )
+    }
+
+    // MARK: - Files
+
+    /// A database file's first 16 bytes: SQLCipher's salt (or a plaintext SQLite header).
+    func readSalt(of path: String? = nil) throws -> [UInt8] {
+        let path = path ?? databasePath
+        do {
+            let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+            return try descriptor.closeAfter {
+                var salt = [UInt8](repeating: 0, count: CipherSettings.saltByteCount)
+                let count = try salt.withUnsafeMutableBytes { try descriptor.read(fromAbsoluteOffset: 0, into: $0) }
+                return Array(salt.prefix(count))
+            }
+        } catch {
+            throw DBKeyError.io(error, "read the header of", path)
+        }
+    }
+
+    func fileExists(_ path: String) -> Bool {
+        (try? FilePath(path).stat(followTargetSymlink: false)) != nil
+    }
+
+    /// Creates the database file empty with mode 0600 (SQLite gives its journals the same mode),
+    /// failing if anything is already at the path.
+    func createEmptyDatabaseFile(at path: String? = nil) throws {
+        let path = path ?? databasePath
+        do {
+            let descriptor = try FileDescriptor.open(
+                FilePath(path),
+                .writeOnly,
+                options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
+                permissions: [.ownerReadWrite]
+            )
+            try descriptor.close()
+        } catch Errno.fileExists {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(path) already exists. To bring an existing database under management, migrate it (dbkey migrate).",
+                errno: .fileExists, path: path
+            )
+        } catch {
+            throw DBKeyError.io(error, "create", path)
+        }
+    }
+
+    /// Removes a database file and its journals.
+    func removeDatabaseFiles(at path: String) {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            _ = unlink(path + suffix)
+        }
+    }
+
+    // MARK: - Events and faults
+
+    /// Sends an audit event about `keyFile`'s current key.
+    func record(_ kind: AuditEvent.Kind, _ keyFile: KeyFile?, detail: String? = nil) {
+        audit.record(
+            AuditEvent(
+                kind: kind, databasePath: databasePath, provider: keyFile?.kms, kekId: keyFile?.kekId,
+                dekVersion: keyFile?.version, detail: detail))
+    }
+
+    /// Runs the fault injector for a step, if there is one.
+    func reach(_ step: KeyChangeStep) throws {
+        try faultInjector?(step)
+    }
+}
+
+extension ManagedDatabase {
+    /// Opens the database under a shared lock held for the connection's lifetime, finishing or
+    /// undoing an interrupted key change first; a failure is an audit event.
+    func openReportingKeyFile() async throws -> (connection: DatabaseConnection, keyFile: KeyFile) {
+        do {
+            let (lock, keyFile) = try await acquireSettled(wait: configuration.openWait)
+            let key = try await unwrapKey(of: keyFile)
+            let connection = try openConnection(key: key, keyFile: keyFile, onClose: { lock.release() })
+            logger.debug("Opened the database", metadata: ["version": "\(keyFile.version)"])
+            return (connection, keyFile)
+        } catch let error as DBKeyError {
+            record(.openFailed, try? load(), detail: error.code.rawValue)
+            throw error
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+
+/// What ``LocalDbKeyManager/status(now:)`` found about a managed database.
+public struct DatabaseKeyStatus: Sendable {
+    /// The database file's path.
+    public let databasePath: String
+    /// The `.key` file's contents.
+    public let keyFile: KeyFile
+    /// Whether the key is due for rotation.
+    public let rotationDue: Bool
+    /// The KMS's health report, or why it could not be had.
+    public let kmsHealth: Result<KmsHealth, DBKeyError>
+    /// `nil` when the database opened with its key and answered a first read; otherwise why not.
+    public let openError: DBKeyError?
+    /// The KEK version the data key is wrapped under, for services that version their keys
+    /// (Vault Transit); `nil` otherwise.
+    public let wrappedKeyVersion: Int?
+
+    /// Whether the database opened.
+    public var databaseOpens: Bool { openError == nil }
+
+    /// Whether the data key is wrapped under an older version of its KEK than the newest one.
+    /// Rewrap it (``LocalDbKeyManager/rewrap(to:kekId:wait:)`` with the same provider and KEK,
+    /// `dbkey rewrap DATABASE`) before the old version is retired.
+    public var wrappedUnderOlderKeyVersion: Bool {
+        guard let wrappedKeyVersion, case .success(let health) = kmsHealth, let latest = health.latestKeyVersion
+        else { return false }
+        return wrappedKeyVersion < latest
+    }
+}
+
+/// The status report (see ``LocalDbKeyManager/status(now:)``).
+struct StatusCheck {
+    let database: ManagedDatabase
+
+    func run(now: Date) async throws -> DatabaseKeyStatus {
+        // Open first: it finishes an interrupted key change, so the report shows the result.
+        var openError: DBKeyError?
+        do {
+            try await database.openReportingKeyFile().connection.close()
+        } catch let error as DBKeyError {
+            openError = error
+        }
+        let keyFile = try database.load()
+        let kms = try database.provider(named: keyFile.kms)
+        let health: Result<KmsHealth, DBKeyError>
+        do {
+            health = .success(try await kms.health(kekId: keyFile.kekId))
+        } catch let error as DBKeyError {
+            health = .failure(error)
+        }
+        return DatabaseKeyStatus(
+            databasePath: database.databasePath,
+            keyFile: keyFile,
+            rotationDue: keyFile.nextRotationDue.map { $0 <= now } ?? false,
+            kmsHealth: health,
+            openError: openError,
+            wrappedKeyVersion: kms.keyVersion(of: keyFile.encryptedDek)
+        )
+    }
+}

@@ -1,0 +1,48 @@
+// The one place that names the C library: everything Glibc- or Darwin-specific that the package
+// needs goes through these functions, so that the rest compiles on Linux and Apple platforms
+// alike (POSIX calls themselves come through Foundation and swift-system on both).
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The platform's C library, for the few calls that differ between Linux and Apple platforms.
+package enum Platform {
+    /// Overwrites `count` bytes at `base` with zeros in a way the compiler may not remove
+    /// (`explicit_bzero` on Linux, `memset_s` on Apple platforms).
+    package static func secureZero(_ base: UnsafeMutableRawPointer, _ count: Int) {
+        #if canImport(Glibc)
+            explicit_bzero(base, count)
+        #elseif canImport(Darwin)
+            _ = memset_s(base, count, 0, count)
+        #endif
+    }
+
+    /// Asks the kernel to leave these pages out of core files (`MADV_DONTDUMP`, Linux only).
+    ///
+    /// - Returns: Whether the request was accepted; `false` where the platform has no such call.
+    package static func excludeFromCoreDumps(_ base: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        #if os(Linux)
+            return madvise(base, count, MADV_DONTDUMP) == 0
+        #else
+            return false
+        #endif
+    }
+
+    /// Lets the pages be dumped again before they are returned to the allocator.
+    package static func includeInCoreDumps(_ base: UnsafeMutableRawPointer, _ count: Int) {
+        #if os(Linux)
+            _ = madvise(base, count, MADV_DODUMP)
+        #endif
+    }
+
+    /// The calling thread's `errno`.
+    package static var errno: Int32 {
+        #if canImport(Glibc)
+            Glibc.errno
+        #elseif canImport(Darwin)
+            Darwin.errno
+        #endif
+    }
+}

@@ -1,0 +1,7 @@
+import DBKeyCLI
+import SQLCipherKeyManager
+import SQLCipherKeyManagerAWS
+import SQLCipherKeyManagerPKCS11
+import SQLCipherKeyManagerVault
+
+await DBKeyCommand.main(providers: [LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory])
