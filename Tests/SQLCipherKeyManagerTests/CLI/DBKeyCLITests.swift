@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+import SQLCipherKeyManagerPKCS11
 
 /// `dbkey` end to end: the built binary, run as an operator would, with the master key in a
 /// file named by the environment.
@@ -571,41 +572,43 @@ struct DBKeyVaultCLITests {
 struct DBKeyPkcs11CLITests {
     @Test("init --kek pkcs11:…, sql, rotate, status, verify; a wrong PIN exits 21 and names the cause, not the PIN")
     func pkcs11Lifecycle() async throws {
-        let workspace = try DBKeyCLITests.Workspace()
-        let hsm = try SoftHSM.processEnvironment()
-        let kek = "pkcs11:" + (try SoftHSM.kekId())
-        let created = try await workspace.dbkey("init", workspace.database, "--kek", kek, environment: hsm)
-        #expect(created.status == 0, "\(created.stderr)")
-        let sql = try await workspace.dbkey(
-            "sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('kept')", environment: hsm)
-        #expect(sql.status == 0, "\(sql.stderr)")
-        #expect(try await workspace.dbkey("rotate", workspace.database, environment: hsm).status == 0)
-        let status = try await workspace.dbkey("status", workspace.database, "--json", environment: hsm)
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
-        #expect(report["kms"] as? String == "pkcs11")
-        #expect(report["kek_id"] as? String == (try SoftHSM.kekId()))
-        #expect(report["kms_reachable"] as? Bool == true)
-        #expect(report["dek_version"] as? Int == 2)
-        #expect(try await workspace.dbkey("verify", workspace.database, environment: hsm).status == 0)
+        try await SoftHSM.exclusively {
+            let workspace = try DBKeyCLITests.Workspace()
+            let hsm = try SoftHSM.processEnvironment()
+            let kek = "pkcs11:" + (try SoftHSM.kekId())
+            let created = try await workspace.dbkey("init", workspace.database, "--kek", kek, environment: hsm)
+            #expect(created.status == 0, "\(created.stderr)")
+            let sql = try await workspace.dbkey(
+                "sql", workspace.database, "CREATE TABLE t(a); INSERT INTO t VALUES ('kept')", environment: hsm)
+            #expect(sql.status == 0, "\(sql.stderr)")
+            #expect(try await workspace.dbkey("rotate", workspace.database, environment: hsm).status == 0)
+            let status = try await workspace.dbkey("status", workspace.database, "--json", environment: hsm)
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+            #expect(report["kms"] as? String == "pkcs11")
+            #expect(report["kek_id"] as? String == (try SoftHSM.kekId()))
+            #expect(report["kms_reachable"] as? Bool == true)
+            #expect(report["dek_version"] as? Int == 2)
+            #expect(try await workspace.dbkey("verify", workspace.database, environment: hsm).status == 0)
 
-        let wrongPin = workspace.directory.file("wrong.pin")
-        _ = FileManager.default.createFile(
-            atPath: wrongPin, contents: Data("99999999\n".utf8), attributes: [.posixPermissions: 0o600])
-        var wrong = hsm
-        wrong[Pkcs11Kms.pinFileVariable] = wrongPin
-        let denied = try await workspace.dbkey("verify", workspace.database, environment: wrong)
-        #expect(denied.status == 21, "\(denied.stderr)")
-        #expect(denied.stderr.contains("wrong PIN"))
-        #expect(!denied.stderr.contains("99999999"))
-        // status opens the database and asks for the KEK's health: the token sees the wrong PIN once.
-        let refused = try await workspace.dbkey("status", workspace.database, environment: wrong)
-        #expect(refused.status == 21, "\(refused.stderr)")
-        #expect(refused.stdout.contains("not offered again"), "\(refused.stdout)")
-        var missingModule = hsm
-        missingModule[Pkcs11Kms.moduleVariable] = "/nonexistent/module.so"
-        let noModule = try await workspace.dbkey("verify", workspace.database, environment: missingModule)
-        #expect(noModule.status == 42 && noModule.stderr.contains("/nonexistent/module.so"), "\(noModule.stderr)")
-        let rows = try await workspace.dbkey("sql", workspace.database, "SELECT a FROM t", environment: hsm)
-        #expect(rows.stdout == "kept\n")
+            let wrongPin = workspace.directory.file("wrong.pin")
+            _ = FileManager.default.createFile(
+                atPath: wrongPin, contents: Data("99999999\n".utf8), attributes: [.posixPermissions: 0o600])
+            var wrong = hsm
+            wrong[Pkcs11Kms.pinFileVariable] = wrongPin
+            let denied = try await workspace.dbkey("verify", workspace.database, environment: wrong)
+            #expect(denied.status == 21, "\(denied.stderr)")
+            #expect(denied.stderr.contains("wrong PIN"))
+            #expect(!denied.stderr.contains("99999999"))
+            // status opens the database and asks for the KEK's health: the token sees the wrong PIN once.
+            let refused = try await workspace.dbkey("status", workspace.database, environment: wrong)
+            #expect(refused.status == 21, "\(refused.stderr)")
+            #expect(refused.stdout.contains("not offered again"), "\(refused.stdout)")
+            var missingModule = hsm
+            missingModule[Pkcs11Kms.moduleVariable] = "/nonexistent/module.so"
+            let noModule = try await workspace.dbkey("verify", workspace.database, environment: missingModule)
+            #expect(noModule.status == 42 && noModule.stderr.contains("/nonexistent/module.so"), "\(noModule.stderr)")
+            let rows = try await workspace.dbkey("sql", workspace.database, "SELECT a FROM t", environment: hsm)
+            #expect(rows.stdout == "kept\n")
+        }
     }
 }

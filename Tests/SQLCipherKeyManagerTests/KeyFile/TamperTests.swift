@@ -69,9 +69,9 @@ struct TamperTests {
                 kekId: keyFile.kekId, context: keyFile.encryptionContext)
             var journal = keyFile
             journal.pending = PendingOperation(
-                operation: "rotate", encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: "local", version: 2,
+                operation: .rotate, encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: "local", version: 2,
                 keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
-            try manager.store(journal, sealedWith: try await database.currentKey())
+            try await manager.database.store(journal, sealedWith: try await database.currentKey())
         }
         var object = try #require(
             try JSONSerialization.jsonObject(with: try contents(manager.keyFilePath)) as? [String: Any])

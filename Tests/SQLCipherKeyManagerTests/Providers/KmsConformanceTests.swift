@@ -1,6 +1,10 @@
 import Foundation
 import SQLCipherKeyManager
 import SQLCipherKeyManagerTesting
+import SQLCipherKeyManagerAWS
+import SQLCipherKeyManagerConformance
+import SQLCipherKeyManagerPKCS11
+import SQLCipherKeyManagerVault
 import Testing
 
 /// One provider under test: how to make it and which KEK to ask it for.
@@ -44,92 +48,61 @@ struct ProviderUnderTest: Sendable, CustomTestStringConvertible {
         ]
 }
 
-/// The behaviour every ``KeyManagementService`` must have.
+/// Every provider in the package passes the public conformance suite, check by check.
 @Suite("KMS provider conformance")
 struct KmsConformanceTests {
-    let context: EncryptionContext = ["purpose": "conformance", "tenant": "t-1"]
+    func suite(_ provider: ProviderUnderTest) -> KmsConformanceSuite {
+        KmsConformanceSuite(kekId: provider.kekId, makeProvider: provider.make)
+    }
+
+    /// Runs one check, alone on the SoftHSM token when the provider is PKCS#11.
+    func check(_ provider: ProviderUnderTest, _ body: (KmsConformanceSuite) async throws -> Void) async throws {
+        if provider.name.hasPrefix("pkcs11") {
+            try await SoftHSM.exclusively { try await body(suite(provider)) }
+        } else {
+            try await body(suite(provider))
+        }
+    }
 
     @Test(
         "a generated key is 32 bytes and decrypts to itself under its resolved KEK id",
         arguments: ProviderUnderTest.all)
     func generateThenDecrypt(provider: ProviderUnderTest) async throws {
-        let kms = try provider.make()
-        let dataKey = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        #expect(dataKey.plaintext.count == 32)
-        #expect(!dataKey.kekId.isEmpty)
-        #expect(!dataKey.wrapped.encoded.isEmpty)
-        let unwrapped = try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: context)
-        #expect(unwrapped == dataKey.plaintext)
+        try await check(provider) { try await $0.generateThenDecrypt() }
     }
 
     @Test("two generated keys differ, and so do two wraps of the same key", arguments: ProviderUnderTest.all)
     func freshness(provider: ProviderUnderTest) async throws {
-        let kms = try provider.make()
-        let first = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        let second = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        #expect(first.plaintext != second.plaintext)
-        let rewrapped = try await kms.encrypt(first.plaintext, kekId: first.kekId, context: context)
-        #expect(rewrapped != first.wrapped)
+        try await check(provider) { try await $0.freshness() }
     }
 
     @Test("encrypt then decrypt returns the key", arguments: ProviderUnderTest.all)
     func encryptThenDecrypt(provider: ProviderUnderTest) async throws {
-        let kms = try provider.make()
-        let key = try SecureBuffer.random(count: 32)
-        let resolved = try await kms.generateDataKey(kekId: provider.kekId, context: context).kekId
-        let wrapped = try await kms.encrypt(key, kekId: resolved, context: context)
-        #expect(try await kms.decrypt(wrapped, kekId: resolved, context: context) == key)
+        try await check(provider) { try await $0.encryptThenDecrypt() }
     }
 
     @Test("a different encryption context is refused as invalid ciphertext", arguments: ProviderUnderTest.all)
     func contextEnforced(provider: ProviderUnderTest) async throws {
-        let kms = try provider.make()
-        let dataKey = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        for other: EncryptionContext in [
-            ["purpose": "conformance"], ["purpose": "conformance", "tenant": "t-2"], .empty,
-        ] {
-            await expectError(.ciphertextInvalid) {
-                _ = try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: other)
-            }
-        }
+        try await check(provider) { try await $0.contextEnforced() }
     }
 
     @Test("any altered byte of the wrapped key is refused as invalid ciphertext", arguments: ProviderUnderTest.all)
     func tamperDetected(provider: ProviderUnderTest) async throws {
-        let kms = try provider.make()
-        let dataKey = try await kms.generateDataKey(kekId: provider.kekId, context: context)
-        // The base64 part: all of it, or what follows Transit's `vault:vN:` prefix.
-        let encoded = dataKey.wrapped.encoded
-        let prefix = encoded.lastIndex(of: ":").map { String(encoded[...$0]) } ?? ""
-        let bytes = try #require(WrappedKey(encoded: String(encoded.dropFirst(prefix.count))).base64DecodedBytes)
-        // The middle and the end of the blob: ciphertext and tag in every provider's format.
-        // (moto's blobs start with the key id in clear, so altering those bytes names another
-        // key; the local format's every byte is checked in LocalKmsTests.)
-        for index in [bytes.count / 2, bytes.count - 1] {
-            var altered = bytes
-            altered[index] ^= 0x01
-            let tampered = WrappedKey(encoded: prefix + Data(altered).base64EncodedString())
-            await expectError(.ciphertextInvalid) {
-                _ = try await kms.decrypt(tampered, kekId: dataKey.kekId, context: context)
-            }
-        }
-        await expectError(.ciphertextInvalid) {
-            _ = try await kms.decrypt(WrappedKey(encoded: "not base64!"), kekId: dataKey.kekId, context: context)
-        }
+        try await check(provider) { try await $0.tamperDetected() }
     }
 
     @Test("health answers with the resolved KEK id", arguments: ProviderUnderTest.all)
     func health(provider: ProviderUnderTest) async throws {
-        let kms = try provider.make()
-        let resolved = try await kms.generateDataKey(kekId: provider.kekId, context: context).kekId
-        let health = try await kms.health(kekId: resolved)
-        #expect(health.kekId == resolved)
-        #expect(health.latency >= .zero)
-        #expect(!health.keyState.isEmpty)
+        try await check(provider) { try await $0.health() }
     }
 
-    @Test("the provider name is one a .key file may record", arguments: ProviderUnderTest.all)
+    @Test("the provider id is stable and registrable", arguments: ProviderUnderTest.all)
     func providerName(provider: ProviderUnderTest) async throws {
-        #expect(KeyFile.knownProviders.contains(try provider.make().providerName))
+        try await check(provider) { try $0.providerName() }
+    }
+
+    @Test("a database lives through create, rotate, rewrap and reopen with the provider", arguments: ProviderUnderTest.all)
+    func databaseLifecycle(provider: ProviderUnderTest) async throws {
+        try await check(provider) { try await $0.databaseLifecycle() }
     }
 }

@@ -37,7 +37,7 @@ struct MigrationTests {
         -> LocalDbKeyManager
     {
         LocalDbKeyManager(
-            databasePath: path, kms: try kms ?? localKms(),
+            databasePath: path, providers: KmsRegistry(try kms ?? localKms()),
             configuration: .init(encryptionContext: ["purpose": "migrated"]),
             logger: silentLogger, faultInjector: step.map { InjectedFault(step: $0).injector })
     }
@@ -53,8 +53,8 @@ struct MigrationTests {
         #expect(try db.fetchAll("SELECT count(*) FROM t1").first?[0] == .integer(compat.rows))
         #expect(try db.integrityCheck() == [])
         db.close()
-        #expect(!FileManager.default.fileExists(atPath: manager.migrationCopyPath))
-        #expect(try await sqlcipherShellOpens(path, key: try await manager.getOrCreateKey()))
+        #expect(!FileManager.default.fileExists(atPath: Migration(database: manager.database).copyPath))
+        #expect(try await sqlcipherShellOpens(path, key: try await manager.dataKey()))
     }
 
     @Test("the SQLCipher 4.0 database fails as unsupported format and stays untouched")
@@ -166,7 +166,7 @@ struct MigrationTests {
             try await manager(path).migrate(from: .plaintext)
         case .swappingDatabase, .writingFinalKeyFile:
             // The .key records the pending swap: the next open finishes it.
-            #expect(try KeyFile.read(from: path + ".key").pending?.operation == "migrate")
+            #expect(try KeyFile.read(from: path + ".key").pending?.operation == .migrate)
         }
         let db = try await manager(path).open()
         #expect(try db.fetchAll("SELECT count(*) FROM note").first?[0] == .integer(500))

@@ -14,10 +14,10 @@ struct RecoveryTests {
         let newKey = try await database.kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
         var journaled = keyFile
         journaled.pending = PendingOperation(
-            operation: "rotate", encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: database.kms.providerName,
+            operation: .rotate, encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: database.kms.providerName,
             version: keyFile.version + 1, keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
         // Sealed with the current key, as rotateKey() seals its journal.
-        let sealed = try manager.store(journaled, sealedWith: try await database.currentKey())
+        let sealed = try await manager.database.store(journaled, sealedWith: try await database.currentKey())
         return (sealed, newKey.plaintext)
     }
 

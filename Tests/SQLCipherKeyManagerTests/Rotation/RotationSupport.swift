@@ -70,7 +70,7 @@ struct ManagedDatabase {
     ) -> LocalDbKeyManager {
         LocalDbKeyManager(
             databasePath: path,
-            kms: kms ?? self.kms,
+            providers: KmsRegistry(kms ?? self.kms),
             configuration: .init(kekId: kekId, encryptionContext: context, openWait: .seconds(10)),
             logger: logger,
             faultInjector: step.map { InjectedFault(step: $0).injector }

@@ -43,7 +43,7 @@ struct RotationTests {
         var keyFile = try await manager.initialize()
         keyFile.createdAt = keyFile.createdAt.addingTimeInterval(-2 * 86_400)
         // Backdated as if two days had passed, sealed as the manager would have.
-        try manager.store(keyFile, sealedWith: try await manager.getOrCreateKey())
+        try await manager.database.store(keyFile, sealedWith: try await manager.dataKey())
         #expect(try manager.needsRotation())
         try await manager.rotateKey()
         #expect(try !manager.needsRotation())
@@ -151,7 +151,7 @@ struct RotationTests {
         kms.setLatency(.milliseconds(200))
         let rotation = Task { try await database.manager().rotateKey() }
         try await Task.sleep(for: .milliseconds(100))
-        let (connection, keyFile) = try await database.manager().openReportingKeyFile()
+        let (connection, keyFile) = try await database.manager().database.openReportingKeyFile()
         connection.close()
         #expect(keyFile.version == 2)
         #expect(try await rotation.value.version == 2)

@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import SQLCipherKeyManager
+@testable import SQLCipherKeyManager
 import Synchronization
 import Testing
 
@@ -213,4 +213,14 @@ func scriptVariable(_ name: String, describing what: String) throws -> String {
         throw DBKeyError(.kmsUnavailable, "no \(what) for the tests")
     }
     return value
+}
+
+extension LocalDbKeyManager {
+    /// The data key's bytes, for tests that compare keys or hand them to the `sqlcipher` shell;
+    /// the key's lock is released at once.
+    func dataKey() async throws -> SecureBuffer {
+        let key = try await getOrCreateKey()
+        defer { key.release() }
+        return key.key
+    }
 }

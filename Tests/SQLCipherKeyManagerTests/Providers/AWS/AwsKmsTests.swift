@@ -2,6 +2,8 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+@testable import KmsHTTP
+@testable import SQLCipherKeyManagerAWS
 
 #if canImport(Glibc)
     import Glibc

@@ -4,6 +4,8 @@ import Synchronization
 import Testing
 
 @testable import SQLCipherKeyManager
+@testable import KmsHTTP
+@testable import SQLCipherKeyManagerAWS
 
 /// The moto server `Scripts/test` starts (through `Scripts/moto`) and describes in
 /// `DBKEY_TEST_AWS_*` variables. A test that needs it fails when it is missing.

@@ -3,6 +3,8 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+@testable import KmsHTTP
+@testable import SQLCipherKeyManagerAWS
 
 /// AWS's published Signature Version 4 test suite, read from ../shared/fixtures.
 @Suite("SigV4 against AWS's test suite")

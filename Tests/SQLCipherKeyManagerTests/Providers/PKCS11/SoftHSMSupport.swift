@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+@testable import SQLCipherKeyManagerPKCS11
 
 /// The SoftHSM2 token `Scripts/test` makes (through `Scripts/softhsm`) and describes in
 /// `DBKEY_TEST_PKCS11_*` variables. A test that needs it fails when it is missing.
@@ -72,5 +73,45 @@ enum SoftHSM {
             python, [repositoryRoot.path + "/Scripts/interop/pkcs11_kms.py"], input: input, environment: environment)
         #expect(result.status == 0, "pkcs11_kms.py failed: \(result.stderr)")
         return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String])
+    }
+}
+
+extension SoftHSM {
+    /// SoftHSM's file-backed token is shared by this process and the `pkcs11-tool` and `dbkey`
+    /// processes the tests start; a key created or deleted by one while another walks the
+    /// token's objects is sometimes not seen. Every test that touches the token runs alone.
+    static func exclusively<Result>(_ body: () async throws -> Result) async throws -> Result {
+        await lock.acquire()
+        do {
+            let result = try await body()
+            await lock.release()
+            return result
+        } catch {
+            await lock.release()
+            throw error
+        }
+    }
+
+    private static let lock = TokenLock()
+
+    private actor TokenLock {
+        private var held = false
+        private var waiters: [CheckedContinuation<Void, Never>] = []
+
+        func acquire() async {
+            guard held else {
+                held = true
+                return
+            }
+            await withCheckedContinuation { waiters.append($0) }
+        }
+
+        func release() {
+            if waiters.isEmpty {
+                held = false
+            } else {
+                waiters.removeFirst().resume()
+            }
+        }
     }
 }

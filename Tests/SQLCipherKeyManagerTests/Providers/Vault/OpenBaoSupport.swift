@@ -2,6 +2,8 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+@testable import KmsHTTP
+@testable import SQLCipherKeyManagerVault
 
 /// The OpenBao dev server `Scripts/test` starts (through `Scripts/openbao`) and describes in
 /// `DBKEY_TEST_VAULT_*` variables. A test that needs it fails when it is missing.

@@ -2,6 +2,8 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+@testable import KmsHTTP
+@testable import SQLCipherKeyManagerVault
 
 @Suite("Vault Transit provider against OpenBao")
 struct VaultTransitTests {

@@ -1,0 +1,110 @@
+import CSQLCipher
+import Foundation
+@testable import SQLCipherKeyManager
+import SQLCipherKeyManagerTesting
+import Testing
+
+/// The keying seam: an SQLite handle the test opens through the C API, keyed only by
+/// ``DatabaseKey/apply(to:)``.
+@Suite("Keying an app's own SQLite handle")
+struct KeyingSeamTests {
+    func populatedManager(_ directory: TemporaryDirectory, name: String = "app.db", seed: UInt64 = 21) async throws
+        -> LocalDbKeyManager
+    {
+        let manager = LocalDbKeyManager(
+            databasePath: directory.file(name), kms: MockKms(seed: seed),
+            configuration: .init(kekId: "k", openWait: .milliseconds(300)), logger: silentLogger)
+        try await manager.initialize()
+        let db = try await manager.open()
+        try db.execute("CREATE TABLE note(id INTEGER PRIMARY KEY, body TEXT)")
+        try db.execute("INSERT INTO note(body) VALUES ('one'), ('two'), ('three')")
+        return manager
+    }
+
+    /// Opens a raw handle, keys it through the seam, and returns the notes it reads.
+    func readThroughSeam(_ path: String, key: DatabaseKey) throws -> [String] {
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
+            throw DBKeyError(.io, "cannot open")
+        }
+        defer { sqlite3_close_v2(handle) }
+        try key.apply(to: handle)
+        var statement: OpaquePointer?
+        #expect(sqlite3_prepare_v2(handle, "SELECT body FROM note ORDER BY id", -1, &statement, nil) == SQLITE_OK)
+        defer { sqlite3_finalize(statement) }
+        var bodies: [String] = []
+        while sqlite3_step(statement) == SQLITE_ROW {
+            bodies.append(String(cString: sqlite3_column_text(statement, 0)))
+        }
+        return bodies
+    }
+
+    @Test("a raw sqlite3* keyed only through the seam reads the rows the manager wrote; the seam never closes it")
+    func rawHandleReads() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try await populatedManager(directory)
+        let key = try await manager.getOrCreateKey()
+        defer { key.release() }
+        #expect(try readThroughSeam(manager.databasePath, key: key) == ["one", "two", "three"])
+        #expect(!key.description.contains(hex(key.key)))
+    }
+
+    @Test("a held key keeps rotation out (database-in-use); once released the rotation runs and the old key is refused")
+    func rotationWaitsForTheKey() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try await populatedManager(directory)
+        let key = try await manager.getOrCreateKey()
+        await expectError(.databaseInUse) { try await manager.rotateKey(wait: .milliseconds(300)) }
+        #expect(try manager.load().version == 1, "nothing changed")
+        key.release()
+        #expect(key.isReleased)
+        try await manager.rotateKey()
+        await expectError(.invalidConfiguration, containing: ["released"]) {
+            _ = try readThroughSeam(manager.databasePath, key: key)
+        }
+        let fresh = try await manager.getOrCreateKey()
+        defer { fresh.release() }
+        #expect(fresh.version == 2)
+        #expect(try readThroughSeam(manager.databasePath, key: fresh) == ["one", "two", "three"])
+    }
+
+    @Test("a key applied to another database's handle is wrong-key, not silently a new database")
+    func otherDatabase() async throws {
+        let directory = try TemporaryDirectory()
+        let first = try await populatedManager(directory, name: "a.db")
+        let second = try await populatedManager(directory, name: "b.db", seed: 23)
+        let key = try await first.getOrCreateKey()
+        defer { key.release() }
+        await expectError(.wrongKey) { _ = try readThroughSeam(second.databasePath, key: key) }
+    }
+
+    @Test("a handle whose cipher_version is empty (plain SQLite) is refused before it is keyed")
+    func plainSQLiteRefused() async throws {
+        // One SQLite per process: a plain-SQLite handle cannot exist beside libsqlcipher here, so
+        // the decision the seam makes on the pragma's answer is tested directly.
+        for answer in [nil, ""] as [String?] {
+            await expectError(.unsupportedFormat, containing: ["not SQLCipher", "plaintext"]) {
+                try DatabaseKey.requireSQLCipher(cipherVersion: answer)
+            }
+        }
+        try DatabaseKey.requireSQLCipher(cipherVersion: "3.4.1")
+    }
+
+    @Test("getOrCreateKey settles an interrupted rotation before handing out the key")
+    func settlesPending() async throws {
+        let directory = try TemporaryDirectory()
+        let kms = MockKms(seed: 22)
+        let failing = LocalDbKeyManager(
+            databasePath: directory.file("p.db"), providers: KmsRegistry(kms), configuration: .init(kekId: "k"),
+            logger: silentLogger, faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } })
+        try await failing.initialize()
+        await expectError(.io) { try await failing.rotateKey() }
+        #expect(try failing.load().pending != nil)
+        let manager = LocalDbKeyManager(
+            databasePath: directory.file("p.db"), kms: kms, configuration: .init(kekId: "k"), logger: silentLogger)
+        let key = try await manager.getOrCreateKey()
+        defer { key.release() }
+        #expect(key.version == 2)
+        #expect(try manager.load().pending == nil)
+    }
+}
