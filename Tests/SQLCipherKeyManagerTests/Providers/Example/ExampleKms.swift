@@ -16,11 +16,6 @@ struct ExampleKms: KeyManagementService {
         keks = Dictionary(uniqueKeysWithValues: kekNames.map { ($0, SymmetricKey(size: .bits256)) })
     }
 
-    /// How `dbkey` and a registry make it: `example://NAME` names a KEK.
-    static func factory(_ kms: ExampleKms) -> KmsProviderFactory {
-        KmsProviderFactory(providerName: "example", uriScheme: "example") { _, _ in kms }
-    }
-
     func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
         let plaintext = try SecureBuffer.random(count: 32)
         return DataKey(plaintext: plaintext, wrapped: try await encrypt(plaintext, kekId: kekId, context: context), kekId: kekId)
@@ -56,5 +51,12 @@ struct ExampleKms: KeyManagementService {
             throw DBKeyError(.kmsKeyNotFound, "The example KMS has no KEK \"\(name)\".", kekId: name)
         }
         return kek
+    }
+}
+
+extension ExampleKms {
+    /// How `dbkey` and a registry make it: `example://NAME` names a KEK.
+    static func factory(_ kms: ExampleKms) -> KmsProviderFactory {
+        KmsProviderFactory(providerName: "example", uriScheme: "example") { _, _ in kms }
     }
 }
