@@ -199,7 +199,9 @@ for pageSize in [4096, 1024] {
         // Both copies on disk before timing, so that writeback of one does not slow the other.
         sync()
         for repetition in 0..<(megabytes <= 512 ? 5 : 3) {
-            let next = try SecureBuffer.random(count: 32).withUnsafeBytes { $0.map { String(format: "%02x", $0) }.joined() }
+            let next = try SecureBuffer.random(count: 32).withUnsafeBytes {
+                $0.map { String(format: "%02x", $0) }.joined()
+            }
             let rotateOurs = {
                 sync()
                 oursTimes.append(

@@ -29,7 +29,8 @@ struct InitCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await common.reportingErrors(json: json) {
-            let manager = try newKey.makeManager(database: database, common: common, pageSize: pageSize, logger: common.makeLogger())
+            let manager = try newKey.makeManager(
+                database: database, common: common, pageSize: pageSize, logger: common.makeLogger())
             let keyFile = try await manager.initialize()
             if json {
                 Output.printJSON([

@@ -66,7 +66,8 @@ struct MigrateCommand: AsyncParsableCommand {
             ProgressLine.finish()
             if json {
                 Output.printJSON([
-                    "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId, "dek_version": keyFile.version,
+                    "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId,
+                    "dek_version": keyFile.version,
                 ])
             } else {
                 print(

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
+import SQLCipherKeyManager
 
 /// What `dbkey` does to its own process before it touches a key.
 enum ProcessHardening {
@@ -10,7 +8,6 @@ enum ProcessHardening {
     ///
     /// - Returns: `false` if the kernel refused, which is reported and not fatal.
     static func disableCoreDumps() -> Bool {
-        var limit = rlimit(rlim_cur: 0, rlim_max: 0)
-        return setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &limit) == 0
+        Platform.disableCoreDumps()
     }
 }

@@ -1,10 +1,6 @@
 import Foundation
 import SQLCipherKeyManager
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// Progress lines on stderr, only when stderr is a terminal: scripts and logs get nothing extra.
 enum ProgressLine {
     /// A reporter for a key change, or `nil` when stderr is not a terminal.

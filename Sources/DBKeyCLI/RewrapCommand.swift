@@ -47,7 +47,8 @@ struct RewrapCommand: AsyncParsableCommand {
             let keyFile = try await manager.rewrap(to: target, kekId: kekId)
             if json {
                 Output.printJSON([
-                    "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId, "dek_version": keyFile.version,
+                    "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId,
+                    "dek_version": keyFile.version,
                     "kek_version": target.keyVersion(of: keyFile.encryptedDek) ?? NSNull(),
                 ])
             } else {

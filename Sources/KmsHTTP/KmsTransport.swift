@@ -69,7 +69,8 @@ package struct URLSessionKmsTransport: KmsTransport {
             return try await exchange(urlRequest, timeout: timeout)
         } catch let error as URLError where error.code == .timedOut || error.code == .cancelled {
             throw DBKeyError(
-                .kmsUnavailable, "The KMS at \(request.url.host ?? "?") did not answer within \(seconds) s.")
+                .kmsUnavailable, "The KMS at \(request.url.host ?? "?") did not answer within \(seconds) s.",
+                underlying: error)
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -77,7 +78,8 @@ package struct URLSessionKmsTransport: KmsTransport {
             // NSURLErrorDomain errors of several kinds; all of them mean "try again later".
             throw DBKeyError(
                 .kmsUnavailable,
-                "The KMS at \(request.url.host ?? "?") could not be reached: \((error as NSError).localizedDescription)."
+                "The KMS at \(request.url.host ?? "?") could not be reached: \((error as NSError).localizedDescription).",
+                underlying: error as? any Error & Sendable
             )
         }
     }

@@ -145,7 +145,11 @@ public struct KmsConformanceSuite: Sendable {
     public func providerName() throws {
         let kms = try makeProvider()
         let name = kms.providerName
-        #expect(!name.isEmpty && name.unicodeScalars.allSatisfy { $0.isASCII && $0.properties.isAlphabetic || "-_0123456789".unicodeScalars.contains($0) }, "provider id \"\(name)\": use ASCII letters, digits, - and _")
+        #expect(
+            !name.isEmpty
+                && name.unicodeScalars.allSatisfy {
+                    $0.isASCII && $0.properties.isAlphabetic || "-_0123456789".unicodeScalars.contains($0)
+                }, "provider id \"\(name)\": use ASCII letters, digits, - and _")
         #expect(try KmsRegistry(kms).provider(named: name).providerName == name)
         #expect(try makeProvider().providerName == name, "the id must not change between instances")
     }

@@ -3,10 +3,6 @@ import Foundation
 import Synchronization
 import SQLCipherKeyManager
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// A PKCS#11 module loaded with `dlopen` and initialised (`C_Initialize`, with OS locking) once
 /// per process and path; finalised and unloaded when the last session that uses it is gone.
 final class Pkcs11Module: @unchecked Sendable {

@@ -151,7 +151,10 @@ public final class DatabaseConnection {
     ///
     /// Each statement takes as many arguments as it has `?` parameters; all must be used.
     ///
-    /// - Parameter onRow: Called with each row any statement returns.
+    /// - Parameters:
+    ///   - sql: One or more statements.
+    ///   - arguments: Values for the `?` parameters, in order across the statements.
+    ///   - onRow: Called with each row any statement returns.
     /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
     public func execute(
         _ sql: String,

@@ -33,7 +33,8 @@ package enum ProtectedFile {
                 options: [.noFollow, .closeOnExec, .nonBlocking]
             )
         } catch Errno.noSuchFileOrDirectory {
-            throw DBKeyError(missingCode, "The \(kind) \(path) does not exist.", errno: .noSuchFileOrDirectory, path: path)
+            throw DBKeyError(
+                missingCode, "The \(kind) \(path) does not exist.", errno: .noSuchFileOrDirectory, path: path)
         } catch Errno.tooManySymbolicLinkLevels {
             throw DBKeyError(
                 .keyFileInsecure,
@@ -184,7 +185,8 @@ extension DBKeyError {
     static func io(_ error: any Error, _ action: String, _ path: String) -> DBKeyError {
         guard let errno = error as? Errno else {
             return error as? DBKeyError
-                ?? DBKeyError(.io, "Cannot \(action) \(path): \(error).", path: path, underlying: error)
+                ?? DBKeyError(
+                    .io, "Cannot \(action) \(path): \(error).", path: path, underlying: error as? any Error & Sendable)
         }
         let advice =
             switch errno {
@@ -193,6 +195,7 @@ extension DBKeyError {
             case .readOnlyFileSystem: " The file system is read-only."
             default: ""
             }
-        return DBKeyError(.io, "Cannot \(action) \(path): \(errno).\(advice)", errno: errno, path: path)
+        return DBKeyError(
+            .io, "Cannot \(action) \(path): \(errno).\(advice)", errno: errno, path: path, underlying: errno)
     }
 }

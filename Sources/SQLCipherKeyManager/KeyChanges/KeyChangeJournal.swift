@@ -113,7 +113,8 @@ struct KeyChangeJournal {
         let key = try await kms.decrypt(pending.encryptedDek, kekId: pending.kekId, context: keyFile.encryptionContext)
         guard pending.keyCheck.matches(key) else {
             throw DBKeyError(
-                .wrongKey, "The KMS returned a key that does not match the pending key check in \(database.keyFilePath).",
+                .wrongKey,
+                "The KMS returned a key that does not match the pending key check in \(database.keyFilePath).",
                 path: database.keyFilePath, kekId: pending.kekId)
         }
         return key

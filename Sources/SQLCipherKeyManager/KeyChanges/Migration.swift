@@ -104,7 +104,8 @@ struct Migration: Sendable {
             return try DatabaseConnection.open(path: database.databasePath, keying: .plaintext)
         case .passphrase(let passphrase, let settings):
             do {
-                return try DatabaseConnection.open(path: database.databasePath, keying: .passphrase(passphrase, settings))
+                return try DatabaseConnection.open(
+                    path: database.databasePath, keying: .passphrase(passphrase, settings))
             } catch DBKeyError.Code.wrongKey {
                 if SQLCipher4Detector.isSQLCipher4(path: database.databasePath, passphrase: passphrase) {
                     throw DBKeyError(
@@ -126,7 +127,8 @@ struct Migration: Sendable {
         if try original.fetchAll("PRAGMA journal_mode").first?[0].textValue?.lowercased() == "wal" {
             let result = try original.fetchAll("PRAGMA wal_checkpoint(TRUNCATE)")
             guard result.first?[0] == .integer(0) else {
-                throw DBKeyError(.databaseInUse, "Another process is using \(database.databasePath): stop it before migrating.")
+                throw DBKeyError(
+                    .databaseInUse, "Another process is using \(database.databasePath): stop it before migrating.")
             }
         }
     }

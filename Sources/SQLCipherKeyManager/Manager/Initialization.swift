@@ -28,7 +28,8 @@ struct Initialization {
                 kekId: configuration.kekId, context: configuration.encryptionContext)
             let (path, pageSize) = (database.databasePath, configuration.pageSize)
             let sqlcipherVersion = try await BlockingExecutor.shared.run(.short) {
-                let connection = try DatabaseConnection.open(path: path, key: dataKey.plaintext, pageSize: pageSize, create: true)
+                let connection = try DatabaseConnection.open(
+                    path: path, key: dataKey.plaintext, pageSize: pageSize, create: true)
                 defer { connection.close() }
                 // Writing the header creates page 1, and with it the salt.
                 try connection.execute("PRAGMA user_version = 0")

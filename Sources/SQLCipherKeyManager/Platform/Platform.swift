@@ -37,6 +37,18 @@ package enum Platform {
         #endif
     }
 
+    /// Sets the process's core file size limit to zero, soft and hard (`setrlimit`).
+    ///
+    /// - Returns: Whether the kernel accepted it.
+    package static func disableCoreDumps() -> Bool {
+        var limit = rlimit(rlim_cur: 0, rlim_max: 0)
+        #if canImport(Glibc)
+            return setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &limit) == 0
+        #else
+            return setrlimit(RLIMIT_CORE, &limit) == 0
+        #endif
+    }
+
     /// The calling thread's `errno`.
     package static var errno: Int32 {
         #if canImport(Glibc)

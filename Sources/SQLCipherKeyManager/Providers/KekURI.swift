@@ -33,7 +33,9 @@ public struct KekURI: Sendable, Hashable, CustomStringConvertible {
         guard let colon = text.firstIndex(of: ":"),
             case let scheme = String(text[..<colon]),
             let first = scheme.unicodeScalars.first, ("a"..."z").contains(first),
-            scheme.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || "+-.".unicodeScalars.contains($0) })
+            scheme.unicodeScalars.allSatisfy({
+                ("a"..."z").contains($0) || ("0"..."9").contains($0) || "+-.".unicodeScalars.contains($0)
+            })
         else {
             throw DBKeyError(
                 .invalidConfiguration,

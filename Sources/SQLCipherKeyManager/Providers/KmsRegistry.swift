@@ -38,9 +38,12 @@ public struct KmsProviderFactory: Sendable {
         providerName: String,
         uriScheme: String,
         claimsLegacyKekId: @escaping @Sendable (String) -> Bool = { _ in false },
-        target: (@Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget)? =
+        target: (
+            @Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget
+        )? =
             nil,
-        makeProvider: @escaping @Sendable (_ environment: [String: String], _ logger: Logger) throws ->
+        makeProvider:
+            @escaping @Sendable (_ environment: [String: String], _ logger: Logger) throws ->
             any KeyManagementService
     ) {
         self.providerName = providerName

@@ -19,7 +19,9 @@ public enum Passphrase {
 
     /// A passphrase from a file that only its owner can read (the same checks as key files).
     ///
-    /// - Parameter kind: What the secret is, for messages (`passphrase`, `Vault token`).
+    /// - Parameters:
+    ///   - path: The file's path.
+    ///   - kind: What the secret is, for messages (`passphrase`, `Vault token`).
     /// - Throws: ``DBKeyError/Code-swift.struct/keyFileInsecure`` for a file others can read,
     ///   ``DBKeyError/Code-swift.struct/keyFileMissing`` when it does not exist.
     public static func fromFile(_ path: String, kind: String = "passphrase") throws -> SecureBuffer {

@@ -583,7 +583,8 @@ struct DBKeyPkcs11CLITests {
             #expect(sql.status == 0, "\(sql.stderr)")
             #expect(try await workspace.dbkey("rotate", workspace.database, environment: hsm).status == 0)
             let status = try await workspace.dbkey("status", workspace.database, "--json", environment: hsm)
-            let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+            let report = try #require(
+                try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
             #expect(report["kms"] as? String == "pkcs11")
             #expect(report["kek_id"] as? String == (try SoftHSM.kekId()))
             #expect(report["kms_reachable"] as? Bool == true)

@@ -7,7 +7,9 @@ import Testing
 /// Long C work runs on the package's own threads, never on Swift's cooperative pool.
 @Suite("Blocking work off the cooperative pool")
 struct BlockingExecutorTests {
-    @Test("verify() of a 200 MB database on every core at once starve neither a timer task nor a short query on another connection")
+    @Test(
+        "verify() of a 200 MB database on every core at once starve neither a timer task nor a short query on another connection"
+    )
     func verifyDoesNotStarve() async throws {
         let directory = try TemporaryDirectory()
         let manager = LocalDbKeyManager(
@@ -52,9 +54,13 @@ struct BlockingExecutorTests {
         let pageCounts = try await verifies.value
         let verifyTime = ContinuousClock.now - start
         other.close()
-        #expect(pageCounts.allSatisfy { $0 > 50_000 }, "a 200 MB database at 4 KiB pages: \(pageCounts) pages, verified in \(verifyTime)")
+        #expect(
+            pageCounts.allSatisfy { $0 > 50_000 },
+            "a 200 MB database at 4 KiB pages: \(pageCounts) pages, verified in \(verifyTime)")
         #expect(verifyTime > .seconds(1), "long enough to have starved the pool")
-        #expect(largestGap < .seconds(1) && largestGap * 3 < verifyTime, "the timer task waited \(largestGap) while verify ran for \(verifyTime)")
+        #expect(
+            largestGap < .seconds(1) && largestGap * 3 < verifyTime,
+            "the timer task waited \(largestGap) while verify ran for \(verifyTime)")
         #expect(shortQueries > 10)
         #expect(BlockingExecutor.shared.threadCount(.long) >= width, "each verify had a thread of its own")
     }

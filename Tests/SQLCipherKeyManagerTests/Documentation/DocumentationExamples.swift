@@ -27,9 +27,9 @@ enum DocumentationExamples {
         )
 
         if !FileManager.default.fileExists(atPath: manager.keyFilePath) {
-            try await manager.initialize()             // first launch: new DEK, new encrypted database, app.db.key
+            try await manager.initialize()  // first launch: new DEK, new encrypted database, app.db.key
         }
-        let db = try await manager.open()              // each start: unwrap, open, prove the key
+        let db = try await manager.open()  // each start: unwrap, open, prove the key
         try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
         try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
         let rows = try db.fetchAll("SELECT id, body FROM note")
@@ -65,9 +65,9 @@ enum DocumentationExamples {
     }
 
     static func keyChanges(manager: LocalDbKeyManager, newMaster: SecureBuffer) async throws {
-        try await manager.rotateKey(wait: .seconds(30))                       // new DEK, rekey
-        try await manager.rewrap(to: try LocalKms(masterKey: newMaster), kekId: "default")   // same DEK, new KEK
-        try await manager.migrate(from: .plaintext)                           // bring an existing database in
+        try await manager.rotateKey(wait: .seconds(30))  // new DEK, rekey
+        try await manager.rewrap(to: try LocalKms(masterKey: newMaster), kekId: "default")  // same DEK, new KEK
+        try await manager.migrate(from: .plaintext)  // bring an existing database in
         try await manager.migrate(from: .passphrase(try Passphrase.fromFile("old.pass"), .init(kdfIterations: 4000)))
     }
 
@@ -79,7 +79,9 @@ enum DocumentationExamples {
     }
 
     static func registry(databasePath: String, logger: Logger) throws -> LocalDbKeyManager {
-        let registry = KmsRegistry(providers: [try LocalKms.fromEnvironment(logger: logger), ExampleKms(kekNames: ["k1"])])
+        let registry = KmsRegistry(providers: [
+            try LocalKms.fromEnvironment(logger: logger), ExampleKms(kekNames: ["k1"]),
+        ])
         let manager = LocalDbKeyManager(
             databasePath: databasePath,
             providers: registry,
@@ -102,7 +104,10 @@ enum DocumentationExamples {
     }
 
     static func dbkeyWithExample() async {
-        await DBKeyCommand.main(providers: [LocalKms.factory, KmsProviderFactory(providerName: "example", uriScheme: "example") { _, _ in ExampleKms(kekNames: ["k1"]) }])
+        await DBKeyCommand.main(providers: [
+            LocalKms.factory,
+            KmsProviderFactory(providerName: "example", uriScheme: "example") { _, _ in ExampleKms(kekNames: ["k1"]) },
+        ])
     }
 }
 
@@ -116,13 +121,16 @@ struct DocumentationExamplesTests {
     static func codeLines(_ text: String) -> [String] {
         text.split(separator: "\n", omittingEmptySubsequences: false)
             .map { $0.trimmingCharacters(in: .whitespaces) }
-            .map { line in line.range(of: "//").map { String(line[..<$0.lowerBound]).trimmingCharacters(in: .whitespaces) } ?? line }
+            .map { line in
+                line.range(of: "//").map { String(line[..<$0.lowerBound]).trimmingCharacters(in: .whitespaces) } ?? line
+            }
             .filter { !$0.isEmpty && !$0.hasPrefix("import ") }
     }
 
     /// The Swift code blocks of a Markdown file, except those marked as not compiled.
     static func swiftBlocks(in path: String) throws -> [String] {
-        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false)
         var blocks: [String] = []
         var index = 0
         while index < lines.count {

@@ -96,7 +96,8 @@ struct KeyingSeamTests {
         let kms = MockKms(seed: 22)
         let failing = LocalDbKeyManager(
             databasePath: directory.file("p.db"), providers: KmsRegistry(kms), configuration: .init(kekId: "k"),
-            logger: silentLogger, faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } })
+            logger: silentLogger, faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } }
+        )
         try await failing.initialize()
         await expectError(.io) { try await failing.rotateKey() }
         #expect(try failing.load().pending != nil)

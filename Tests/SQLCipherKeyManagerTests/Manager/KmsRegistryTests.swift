@@ -16,7 +16,8 @@ struct KmsRegistryTests {
     {
         LocalDbKeyManager(
             databasePath: path, providers: KmsRegistry(providers: providers),
-            configuration: .init(kekId: provider == "local" ? "default" : "k", kekProvider: provider, encryptionContext: context),
+            configuration: .init(
+                kekId: provider == "local" ? "default" : "k", kekProvider: provider, encryptionContext: context),
             logger: silentLogger)
     }
 

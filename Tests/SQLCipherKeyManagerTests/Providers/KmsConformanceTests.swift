@@ -101,7 +101,9 @@ struct KmsConformanceTests {
         try await check(provider) { try $0.providerName() }
     }
 
-    @Test("a database lives through create, rotate, rewrap and reopen with the provider", arguments: ProviderUnderTest.all)
+    @Test(
+        "a database lives through create, rotate, rewrap and reopen with the provider", arguments: ProviderUnderTest.all
+    )
     func databaseLifecycle(provider: ProviderUnderTest) async throws {
         try await check(provider) { try await $0.databaseLifecycle() }
     }

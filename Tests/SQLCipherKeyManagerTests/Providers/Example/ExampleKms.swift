@@ -18,7 +18,8 @@ struct ExampleKms: KeyManagementService {
 
     func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
         let plaintext = try SecureBuffer.random(count: 32)
-        return DataKey(plaintext: plaintext, wrapped: try await encrypt(plaintext, kekId: kekId, context: context), kekId: kekId)
+        return DataKey(
+            plaintext: plaintext, wrapped: try await encrypt(plaintext, kekId: kekId, context: context), kekId: kekId)
     }
 
     func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {

@@ -51,7 +51,8 @@ struct Pkcs11KmsTests {
         try await SoftHSM.exclusively {
             let label = try await SoftHSM.createKey(extractable: true)
             await expectError(.invalidConfiguration, containing: ["can leave the token"]) {
-                _ = try await SoftHSM.provider().generateDataKey(kekId: try SoftHSM.kekId(object: label), context: context)
+                _ = try await SoftHSM.provider().generateDataKey(
+                    kekId: try SoftHSM.kekId(object: label), context: context)
             }
         }
     }
@@ -90,7 +91,8 @@ struct Pkcs11KmsTests {
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 for _ in 0..<20 {
                     group.addTask {
-                        try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: context) == dataKey.plaintext
+                        try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: context)
+                            == dataKey.plaintext
                     }
                 }
                 for try await matched in group { #expect(matched) }

@@ -1,0 +1,98 @@
+import Foundation
+@testable import SQLCipherKeyManager
+import SQLCipherKeyManagerTesting
+import Synchronization
+import SystemPackage
+import Testing
+
+/// A sink that keeps every event, for tests.
+final class RecordingAuditSink: AuditSink {
+    private let storage = Mutex<[AuditEvent]>([])
+    var events: [AuditEvent] { storage.withLock { $0 } }
+    func record(_ event: AuditEvent) { storage.withLock { $0.append(event) } }
+}
+
+@Suite("Audit events and error details")
+struct AuditAndErrorTests {
+    @Test("every key event reaches the app's AuditSink with path, provider, KEK id and version, and no key")
+    func auditSink() async throws {
+        let directory = try TemporaryDirectory()
+        let sink = RecordingAuditSink()
+        let kms = MockKms(seed: 41)
+        let configuration = LocalDbKeyManager.Configuration(kekId: "k", keyCacheTTL: .zero, auditSink: sink)
+        let path = directory.file("audit.db")
+        let manager = LocalDbKeyManager(
+            databasePath: path, kms: kms, configuration: configuration, logger: silentLogger)
+        try await manager.initialize()
+        try await manager.open().close()
+        try await manager.rotateKey()
+        try await manager.rewrap(to: kms, kekId: "k2")
+        kms.failNext(1, [.decrypt])
+        await expectError(.kmsUnavailable) { _ = try await manager.open() }
+        // An interrupted rotation, recovered by the next open.
+        let failing = LocalDbKeyManager(
+            databasePath: path, providers: KmsRegistry(kms), configuration: configuration, logger: silentLogger,
+            faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } })
+        await expectError(.io) { try await failing.rotateKey() }
+        try await manager.open().close()
+        // A migration.
+        let plain = directory.file("plain.db")
+        let db = try DatabaseConnection.open(path: plain, keying: .plaintext, create: true)
+        try db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        db.close()
+        try await LocalDbKeyManager(databasePath: plain, kms: kms, configuration: configuration, logger: silentLogger)
+            .migrate(from: .plaintext)
+
+        let events = sink.events
+        let kinds = events.map(\.kind)
+        for kind in AuditEvent.Kind.allCases {
+            #expect(kinds.contains(kind), "no \(kind.rawValue) event in \(kinds.map(\.rawValue))")
+        }
+        #expect(kinds.first == .keyGenerated)
+        let rotated = try #require(events.first { $0.kind == .keyRotated })
+        #expect(rotated.databasePath == path && rotated.provider == "mock" && rotated.dekVersion == 2)
+        #expect(rotated.kekId == "mock:k")
+        let rewrapped = try #require(events.first { $0.kind == .keyRewrapped })
+        #expect(rewrapped.kekId == "mock:k2" && rewrapped.dekVersion == 2)
+        #expect(events.first { $0.kind == .openFailed }?.detail == "kms-unavailable")
+        #expect(events.first { $0.kind == .keyChangeRecovered }?.dekVersion == 3)
+        #expect(events.first { $0.kind == .databaseMigrated }?.databasePath == plain)
+        let text = events.map { "\($0)" }.joined(separator: "\n").lowercased()
+        for index: UInt64 in 0..<4 {
+            #expect(!text.contains(hex(MockKms.dataKey(seed: 41, index: index))))
+        }
+    }
+
+    @Test("errors carry the file, the KEK, swift-system's Errno and the underlying error")
+    func errorDetails() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = LocalDbKeyManager(
+            databasePath: directory.file("e.db"), kms: MockKms(seed: 42), configuration: .init(kekId: "k"),
+            logger: silentLogger)
+        try await manager.initialize()
+        // A symlinked .key: refused with ELOOP and the path.
+        let keyPath = manager.keyFilePath
+        try FileManager.default.moveItem(atPath: keyPath, toPath: keyPath + ".real")
+        try FileManager.default.createSymbolicLink(atPath: keyPath, withDestinationPath: keyPath + ".real")
+        let insecure = await expectError(.keyFileInsecure) { _ = try manager.load() }
+        #expect(insecure?.errno == .tooManySymbolicLinkLevels)
+        #expect(insecure?.path == keyPath)
+        try FileManager.default.removeItem(atPath: keyPath)
+        try FileManager.default.moveItem(atPath: keyPath + ".real", toPath: keyPath)
+
+        // A KMS failure names the KEK and the .key file.
+        let failing = MockKms(seed: 42)
+        failing.failNext(1, [.decrypt])
+        let outage = await expectError(.kmsUnavailable) {
+            _ = try await LocalDbKeyManager(
+                databasePath: manager.databasePath, kms: failing, configuration: .init(kekId: "k"), logger: silentLogger
+            ).open()
+        }
+        #expect(outage?.kekId == "mock:k" && outage?.path == keyPath)
+
+        // A failed system call keeps its Errno as the underlying error.
+        let io = DBKeyError.io(Errno.noSpace, "write", "/x")
+        #expect(io.errno == .noSpace && io.path == "/x" && (io.underlying as? Errno) == .noSpace)
+        #expect(io.message.contains("disk is full"))
+    }
+}
