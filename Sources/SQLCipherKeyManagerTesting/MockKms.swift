@@ -12,7 +12,7 @@ import Synchronization
 /// let manager = LocalDbKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: "test"), logger: logger)
 /// try await manager.initialize()
 ///
-/// kms.failNext(1, .decrypt, with: DBKeyError(.kmsUnavailable, "injected outage"))
+/// kms.failNext(1, [.decrypt], with: DBKeyError(.kmsUnavailable, "injected outage"))
 /// await #expect(throws: DBKeyError.self) { try await manager.open() }
 /// #expect(kms.calls(of: .decrypt).count == 1)
 /// ```

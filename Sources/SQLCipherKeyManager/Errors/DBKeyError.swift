@@ -8,6 +8,7 @@ import SystemPackage
 /// ```swift
 /// do {
 ///     let db = try await manager.open()
+///     try db.execute("PRAGMA user_version")
 /// } catch DBKeyError.Code.kmsUnavailable {
 ///     // retry later: nothing was changed
 /// } catch DBKeyError.Code.wrongKey {

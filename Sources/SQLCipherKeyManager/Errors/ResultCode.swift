@@ -4,7 +4,7 @@
 ///
 /// ```swift
 /// switch error.resultCode {
-/// case .SQLITE_CONSTRAINT?: // any constraint violation
+/// case .SQLITE_CONSTRAINT?: print("a constraint failed")  // any constraint violation
 /// default: break
 /// }
 /// ```

@@ -14,9 +14,9 @@ import Synchronization
 /// ```swift
 /// let key = try await manager.getOrCreateKey()
 /// var handle: OpaquePointer?
-/// guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK,
-///     let handle
-/// else { throw AppError.cannotOpen }
+/// guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
+///     throw DBKeyError(.io, "cannot open the database")
+/// }
 /// try key.apply(to: handle)  // sqlite3_key, cipher settings, proof — before any other statement
 /// // … use the handle …
 /// sqlite3_close_v2(handle)

@@ -16,7 +16,7 @@ struct Verification {
         let (connection, keyFile) = try await database.openReportingKeyFile()
         let path = database.databasePath
         // integrity_check reads every page: on the long-work lane, never the cooperative pool.
-        let box = UncheckedConnection(connection)
+        let box = ConnectionHandoff(connection)
         return try await BlockingExecutor.shared.run(.long) {
             let connection = box.connection
             defer { connection.close() }
@@ -38,7 +38,7 @@ struct Verification {
 ///
 /// `@unchecked`: the connection is created on the caller, then used only by the executor
 /// thread the box is given to, never by two threads at once.
-struct UncheckedConnection: @unchecked Sendable {
+struct ConnectionHandoff: @unchecked Sendable {
     let connection: DatabaseConnection
 
     init(_ connection: DatabaseConnection) {

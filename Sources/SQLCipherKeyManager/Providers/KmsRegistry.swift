@@ -21,7 +21,7 @@ public struct KmsProviderFactory: Sendable {
     public let uriScheme: String
     private let claims: @Sendable (String) -> Bool
     private let make: @Sendable ([String: String], Logger) throws -> any KeyManagementService
-    private let target: (@Sendable (String, [String: String], Logger) throws -> KekTarget)?
+    private let target: (@Sendable (String, [String: String], Logger) throws -> KekTarget?)?
 
     /// Creates a factory.
     ///
@@ -31,17 +31,16 @@ public struct KmsProviderFactory: Sendable {
     ///   - claimsLegacyKekId: Whether a seven-field `.key` file with this `kek_id` is this
     ///     provider's; by default none is.
     ///   - target: Resolves the key part of a URI to a provider and KEK id, for URIs that name a
-    ///     configuration as well as a key (`local:///PATH` names a master key file); by default
-    ///     the provider from `makeProvider` and the key part as the KEK id.
+    ///     configuration as well as a key (`local:///PATH` names a master key file); when it is
+    ///     absent or returns `nil`, the registry's provider and the key part as the KEK id.
     ///   - makeProvider: Makes the provider from the environment.
     public init(
         providerName: String,
         uriScheme: String,
         claimsLegacyKekId: @escaping @Sendable (String) -> Bool = { _ in false },
         target: (
-            @Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget
-        )? =
-            nil,
+            @Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget?
+        )? = nil,
         makeProvider:
             @escaping @Sendable (_ environment: [String: String], _ logger: Logger) throws ->
             any KeyManagementService

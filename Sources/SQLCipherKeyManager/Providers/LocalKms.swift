@@ -60,9 +60,7 @@ public struct LocalKms: KeyManagementService {
         uriScheme: "local",
         claimsLegacyKekId: { $0.hasPrefix("local:") },
         target: { keyPart, environment, logger in
-            guard keyPart.hasPrefix("/") else {
-                return KekTarget(provider: try fromEnvironment(environment, logger: logger), kekId: keyPart)
-            }
+            guard keyPart.hasPrefix("/") else { return nil }
             let fromFile = try fromEnvironment([masterKeyFileVariable: keyPart], logger: logger)
             return KekTarget(provider: fromFile, kekId: defaultKekName)
         },

@@ -59,7 +59,7 @@ struct CrashTests {
         "SIGKILL at random moments during rotate, rollback and WAL: every row survives, integrity ok",
         arguments: [false, true])
     func killedRotations(wal: Bool) async throws {
-        let database = try await ManagedDatabase(rows: Self.rows, wal: wal)
+        let database = try await TestDatabase(rows: Self.rows, wal: wal)
         #expect(try contents(database.path).count >= 50_000_000)
         var duration = try await timed(["rotate", database.path])
         var interrupted = 0
@@ -149,7 +149,7 @@ struct CrashTests {
 
     @Test("a reader process holding the database makes a rotation wait, and both finish correctly")
     func readerProcess() async throws {
-        let database = try await ManagedDatabase(rows: 1000)
+        let database = try await TestDatabase(rows: 1000)
         let reader = Process()
         reader.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
         // A query that keeps the connection open for a few seconds.
@@ -186,7 +186,7 @@ struct CrashTests {
     @Test("two processes rotating at once: exactly one runs, the other exits 30 (database in use)")
     func twoRotatingProcesses() async throws {
         // Large enough that the first rekey outlasts DatabaseLock.minimumWait several times.
-        let database = try await ManagedDatabase(rows: 60_000)
+        let database = try await TestDatabase(rows: 60_000)
         let first = try start(["rotate", database.path])
         // Start the second once the first has journaled its rotation, so they overlap for sure.
         var journaled = false

@@ -1,18 +1,208 @@
 import CSQLCipher
 import DBKeyCLI
 import Foundation
+import Crypto
 import Logging
 import SQLCipherKeyManager
+import SQLCipherKeyManagerAWS
 import SQLCipherKeyManagerConformance
+import SQLCipherKeyManagerPKCS11
+import SQLCipherKeyManagerTesting
+import SQLCipherKeyManagerVault
 import Testing
 
-// Every Swift example of the README and the DocC articles, as compiled code: the test below
-// finds each example's lines here (or in ExampleKms.swift), so an example that stops compiling
-// fails the build, and one that drifts from this file fails the test.
+// Every Swift example of the README, the DocC articles and the doc comments, as compiled code:
+// the test below finds each example's lines here (or in ExampleKms.swift), so an example that
+// stops compiling fails the build, and one that drifts from this file fails the test.
+
+/// The name the doc comments give a provider of your own.
+typealias MyKms = ExampleKms
+
+extension ExampleKms {
+    /// The provider of the doc comments' examples, with the KEKs they name.
+    init() {
+        self.init(kekNames: ["my-key", "k1"])
+    }
+}
+
+@Test func myProviderConforms() async throws {
+    try await KmsConformanceSuite(kekId: "my-key") { MyKms() }.run()
+}
 
 @Test func exampleProviderConforms() async throws {
     let kms = ExampleKms(kekNames: ["k1"])
     try await KmsConformanceSuite(kekId: "k1") { kms }.run()
+}
+
+/// The examples of the doc comments, each over the names its comment assumes.
+enum DocCommentExamples {
+    static func main() async {
+        await DBKeyCommand.main(providers: [LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory])
+    }
+
+    static func connection(manager: LocalDbKeyManager) async throws {
+        let db = try await manager.open()
+        try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
+        try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
+        let rows = try db.fetchAll("SELECT id, body FROM note")
+        try db.execute("INSERT INTO note(id, body, score) VALUES (?, ?, ?)", arguments: [1, "hello", 0.5])
+        _ = rows
+    }
+
+    static func statement(db: DatabaseConnection, readings: [(String, Double)]) throws {
+        let insert = try db.prepare("INSERT INTO reading(sensor, value) VALUES (?, ?)")
+        try db.inTransaction {
+            for (sensor, value) in readings {
+                try insert.execute(arguments: [.text(sensor), .real(value)])
+            }
+        }
+    }
+
+    static func errors(manager: LocalDbKeyManager, error: DBKeyError) async throws {
+        do {
+            let db = try await manager.open()
+            try db.execute("PRAGMA user_version")
+        } catch DBKeyError.Code.kmsUnavailable {
+            // retry later: nothing was changed
+        } catch DBKeyError.Code.wrongKey {
+            // the .key file does not belong to this database
+        }
+        switch error.resultCode {
+        case .SQLITE_CONSTRAINT?: print("a constraint failed")  // any constraint violation
+        default: break
+        }
+    }
+
+    static func databaseKey(manager: LocalDbKeyManager) async throws {
+        let key = try await manager.getOrCreateKey()
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
+            throw DBKeyError(.io, "cannot open the database")
+        }
+        try key.apply(to: handle)  // sqlite3_key, cipher settings, proof — before any other statement
+        // … use the handle …
+        sqlite3_close_v2(handle)
+        key.release()
+    }
+
+    static func auditTrail() -> LocalDbKeyManager.Configuration {
+        struct AuditTrail: AuditSink {
+            func record(_ event: AuditEvent) {
+                print(event.kind.rawValue, event.databasePath, event.provider ?? "-", event.dekVersion ?? 0)
+            }
+        }
+        let configuration = LocalDbKeyManager.Configuration(auditSink: AuditTrail())
+        return configuration
+    }
+
+    static func manager() async throws {
+        let logger = Logger(label: "app.db")
+        let manager = LocalDbKeyManager(
+            databasePath: NSTemporaryDirectory() + "/app.db",
+            kms: try LocalKms.fromEnvironment(logger: logger),
+            configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
+            logger: logger
+        )
+        let key = try await manager.getOrCreateKey()  // first launch: new key, new database
+        key.release()
+        let db = try await manager.open()  // every launch: unwrap, open, verify
+        _ = db
+    }
+
+    static func keyChanges(manager: LocalDbKeyManager) async throws {
+        do {
+            let key = try await manager.getOrCreateKey()
+            defer { key.release() }
+            print("data key version \(key.version), page size \(key.cipherSettings.pageSize)")
+        }
+        if try manager.needsRotation() {
+            let keyFile = try await manager.rotateKey(wait: .seconds(30))
+            print("now at key version \(keyFile.version)")
+        }
+        let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+        try await manager.rewrap(to: newMaster, kekId: "default")
+    }
+
+    static func providers(logger: Logger, path: String) async throws {
+        let context: EncryptionContext = ["purpose": "medical-db", "environment": "production"]
+        _ = context
+        do {
+            let kek = try KekURI("local://default")
+            let target = try KmsRegistry(factories: [LocalKms.factory]).target(for: kek)
+            _ = target
+        }
+        do {
+            let kms = try LocalKms.fromEnvironment(logger: logger)
+            let dataKey = try await kms.generateDataKey(kekId: "default", context: ["purpose": "notes"])
+            let again = try await kms.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: ["purpose": "notes"])
+            assert(again == dataKey.plaintext)
+        }
+        do {
+            let factory = KmsProviderFactory(providerName: "local", uriScheme: "local") { environment, logger in
+                try LocalKms.fromEnvironment(environment, logger: logger)
+            }
+            let registry = KmsRegistry(factories: [factory])
+            _ = registry
+        }
+        do {
+            let registry = KmsRegistry(providers: [try LocalKms.fromEnvironment(logger: logger), MyKms()])
+            let manager = LocalDbKeyManager(
+                databasePath: "app.db",
+                providers: registry,
+                configuration: .init(kekProvider: "local"),
+                logger: logger
+            )
+            _ = manager
+        }
+        do {
+            let kms = try LocalKms.fromEnvironment(logger: logger)
+            let manager = LocalDbKeyManager(databasePath: "app.db", kms: kms, logger: logger)
+            _ = manager
+        }
+        do {
+            let key = try SecureBuffer.random(count: 32)
+            let fingerprint = key.withUnsafeBytes { SHA256.hash(data: $0) }
+            _ = fingerprint
+        }
+        do {
+            let kms = try AwsKms.fromEnvironment(logger: logger)
+            let manager = LocalDbKeyManager(
+                databasePath: path, kms: kms,
+                configuration: .init(kekId: "alias/app-db", encryptionContext: ["purpose": "notes"]),
+                logger: logger)
+            _ = manager
+        }
+        do {
+            let kms = try Pkcs11Kms.fromEnvironment(logger: logger)
+            let manager = LocalDbKeyManager(
+                databasePath: path, kms: kms,
+                configuration: .init(kekId: "token=app;object=db-kek", encryptionContext: ["purpose": "notes"]),
+                logger: logger)
+            _ = manager
+        }
+        do {
+            let kms = try VaultTransit.fromEnvironment(logger: logger)
+            let manager = LocalDbKeyManager(
+                databasePath: path, kms: kms,
+                configuration: .init(kekId: "transit/keys/app-db", encryptionContext: ["purpose": "notes"]),
+                logger: logger)
+            _ = manager
+        }
+    }
+}
+
+/// The `MockKms` example runs: it is a test.
+@Test func mockKmsExample() async throws {
+    let directory = try TemporaryDirectory()
+    let path = directory.file("mock.db")
+    let logger = silentLogger
+    let kms = MockKms(seed: 42)
+    let manager = LocalDbKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: "test"), logger: logger)
+    try await manager.initialize()
+
+    kms.failNext(1, [.decrypt], with: DBKeyError(.kmsUnavailable, "injected outage"))
+    await #expect(throws: DBKeyError.self) { try await manager.open() }
+    #expect(kms.calls(of: .decrypt).count == 1)
 }
 
 enum DocumentationExamples {
@@ -149,7 +339,31 @@ struct DocumentationExamplesTests {
         return blocks
     }
 
-    @Test("every Swift example in the README and the DocC catalogue is code this test target compiles")
+    /// The Swift code blocks of the doc comments (`///`) of a source file.
+    static func docCommentBlocks(in path: String) throws -> [String] {
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false
+        )
+        .map { $0.trimmingCharacters(in: .whitespaces) }
+        var blocks: [String] = []
+        var index = 0
+        while index < lines.count {
+            if lines[index] == "/// ```swift" {
+                var body: [String] = []
+                index += 1
+                while index < lines.count, lines[index] != "/// ```", lines[index].hasPrefix("///") {
+                    body.append(String(lines[index].dropFirst(3)))
+                    index += 1
+                }
+                blocks.append(body.joined(separator: "\n"))
+            }
+            index += 1
+        }
+        return blocks
+    }
+
+    @Test(
+        "every Swift example in the README, the DocC catalogue and the doc comments is code this test target compiles")
     func examplesCompile() throws {
         let docc = Self.root.appendingPathComponent("Sources/SQLCipherKeyManager/Documentation.docc").path
         let articles = try FileManager.default.contentsOfDirectory(atPath: docc).filter { $0.hasSuffix(".md") }
@@ -158,9 +372,17 @@ struct DocumentationExamplesTests {
             URL(fileURLWithPath: #filePath).path,
             Self.root.appendingPathComponent("Tests/SQLCipherKeyManagerTests/Providers/Example/ExampleKms.swift").path,
         ].map { Self.codeLines((try? String(contentsOfFile: $0, encoding: .utf8)) ?? "") }
+        let sourceFiles =
+            FileManager.default.enumerator(atPath: Self.root.appendingPathComponent("Sources").path)?
+            .compactMap { $0 as? String }.filter { $0.hasSuffix(".swift") }
+            .map { Self.root.appendingPathComponent("Sources/" + $0).path } ?? []
+        let markdown = try ([Self.root.appendingPathComponent("README.md").path] + articles).map {
+            ($0, try Self.swiftBlocks(in: $0))
+        }
+        let comments = try sourceFiles.map { ($0, try Self.docCommentBlocks(in: $0)) }
         var checked = 0
-        for file in [Self.root.appendingPathComponent("README.md").path] + articles {
-            for block in try Self.swiftBlocks(in: file) {
+        for (file, blocks) in markdown + comments {
+            for block in blocks {
                 let wanted = Self.codeLines(block)
                 guard !wanted.isEmpty else { continue }
                 let found = sources.contains { source in
@@ -172,6 +394,6 @@ struct DocumentationExamplesTests {
                 checked += 1
             }
         }
-        #expect(checked >= 10, "found \(checked) examples")
+        #expect(checked >= 35, "found \(checked) examples")
     }
 }

@@ -58,7 +58,7 @@ struct KeyFileFuzzTests {
         let seconds = Double(Self.environment["DBKEY_FUZZ_SECONDS"] ?? "") ?? 0
         let seed = UInt64(Self.environment["DBKEY_FUZZ_SEED"] ?? "") ?? UInt64.random(in: 0...UInt64.max)
         var random = Generator(state: seed)
-        let database = try await ManagedDatabase(rows: 3, context: ["purpose": "fuzz"])
+        let database = try await TestDatabase(rows: 3, context: ["purpose": "fuzz"])
         let keyPath = database.path + ".key"
         let original = Array(try contents(keyPath))
         let clock = ContinuousClock()

@@ -60,7 +60,7 @@ struct TamperTests {
         "each tampered field is refused with its own error, and the files stay as they were", arguments: Tamper.allCases
     )
     func refused(tamper: Tamper) async throws {
-        let database = try await ManagedDatabase(rows: 5, context: ["purpose": "tamper"])
+        let database = try await TestDatabase(rows: 5, context: ["purpose": "tamper"])
         let manager = database.manager()
         if tamper.involvesPending {
             // A journaled rotation, as a crash would leave it.

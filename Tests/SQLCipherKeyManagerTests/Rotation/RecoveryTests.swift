@@ -8,7 +8,7 @@ import Testing
 @Suite("Recovery of interrupted rotations")
 struct RecoveryTests {
     /// Writes a pending rotation to a new key into the `.key` file, as step 3 does.
-    func journalRotation(_ database: ManagedDatabase) async throws -> (KeyFile, SecureBuffer) {
+    func journalRotation(_ database: TestDatabase) async throws -> (KeyFile, SecureBuffer) {
         let manager = database.manager()
         let keyFile = try manager.load()
         let newKey = try await database.kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
@@ -23,7 +23,7 @@ struct RecoveryTests {
 
     @Test("pending, database not rekeyed: the open keeps the current key and drops pending")
     func notRekeyed() async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let before = try database.manager().load()
         _ = try await journalRotation(database)
         try await database.expectIntact()
@@ -33,7 +33,7 @@ struct RecoveryTests {
 
     @Test("pending, database rekeyed: the open completes the rotation", arguments: [false, true])
     func rekeyed(wal: Bool) async throws {
-        let database = try await ManagedDatabase(wal: wal)
+        let database = try await TestDatabase(wal: wal)
         let oldKey = try await database.currentKey()
         let (journaled, newKey) = try await journalRotation(database)
         let connection = try DatabaseConnection.open(path: database.path, key: oldKey, pageSize: 4096, create: false)
@@ -48,7 +48,7 @@ struct RecoveryTests {
 
     @Test("pending, and neither key opens: a typed error naming both key checks, files untouched")
     func neitherOpens() async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let (journaled, _) = try await journalRotation(database)
         // A third key, in neither the current nor the pending record.
         let connection = try DatabaseConnection.open(
@@ -68,7 +68,7 @@ struct RecoveryTests {
     @Test("pending and a KMS outage: the open fails as retryable and changes nothing")
     func kmsOutageDuringRecovery() async throws {
         let kms = MockKms(seed: 8)
-        let database = try await ManagedDatabase(kms: kms)
+        let database = try await TestDatabase(kms: kms)
         _ = try await journalRotation(database)
         let keyBytes = try contents(database.path + ".key")
         kms.failNext(1, [.decrypt])
@@ -79,7 +79,7 @@ struct RecoveryTests {
 
     @Test("a hot journal left by a rekey killed mid-way is rolled back under the current key")
     func hotJournal() async throws {
-        let database = try await ManagedDatabase(rows: 2000)
+        let database = try await TestDatabase(rows: 2000)
         let oldKey = try await database.currentKey()
         _ = try await journalRotation(database)
         // Copy the database and its journal while a write transaction under the current key is

@@ -12,7 +12,7 @@ struct RewrapTests {
         "rewrap to another local master key: same DEK and version, database untouched, only the new master key opens it"
     )
     func toAnotherMasterKey() async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let before = try database.manager().load()
         let databaseBytes = try contents(database.path)
         let modified = try FileManager.default.attributesOfItem(atPath: database.path)[.modificationDate] as? Date
@@ -32,7 +32,7 @@ struct RewrapTests {
 
     @Test("rewrap from the local provider to another provider records the provider")
     func toAnotherProvider() async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let mock = MockKms(seed: 12)
         let rewrapped = try await database.manager().rewrap(to: mock, kekId: "hsm-like")
         #expect(rewrapped.kms == "mock" && rewrapped.kekId == "mock:hsm-like")
@@ -41,7 +41,7 @@ struct RewrapTests {
 
     @Test("rewrap leaves open connections alone")
     func withOpenConnection() async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let connection = try await database.manager().open()
         try await database.manager().rewrap(to: try localKms(masterKeyBase64: otherMasterKey), kekId: "default")
         #expect(try connection.fetchAll("SELECT count(*) FROM item").first?[0] == .integer(Int64(database.rows)))
@@ -49,7 +49,7 @@ struct RewrapTests {
 
     @Test("a failure of the target KMS or of the .key write leaves the .key as it was", arguments: [0, 1, 2])
     func failures(kind: Int) async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let keyBytes = try contents(database.path + ".key")
         let target = MockKms(seed: 13)
         switch kind {

@@ -19,7 +19,7 @@ struct InjectedFault: Sendable {
 }
 
 /// A managed database with known contents, for key-change tests.
-struct ManagedDatabase {
+struct TestDatabase {
     let directory: TemporaryDirectory
     let kms: any KeyManagementService
     let path: String

@@ -10,7 +10,7 @@ struct RotationTests {
         "after rotation: a new key opens, the old one no longer does (sqlcipher shell), version +1, rotated_at set, not due",
         arguments: [false, true])
     func rotation(wal: Bool) async throws {
-        let database = try await ManagedDatabase(wal: wal)
+        let database = try await TestDatabase(wal: wal)
         let manager = database.manager()
         let before = try manager.load()
         let oldKey = try await database.currentKey()
@@ -54,7 +54,7 @@ struct RotationTests {
         arguments: [MockKms.Operation.generateDataKey, .decrypt])
     func kmsFailure(operation: MockKms.Operation) async throws {
         let kms = MockKms(seed: 3)
-        let database = try await ManagedDatabase(kms: kms)
+        let database = try await TestDatabase(kms: kms)
         let keyFile = try database.manager().load()
         let bytes = try contents(database.path)
         kms.failNext(1, [operation])
@@ -68,7 +68,7 @@ struct RotationTests {
         "a failure at any step leaves a database that opens with every row and a matching .key",
         arguments: KeyChangeStep.rotationSteps)
     func faultAtStep(step: KeyChangeStep) async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let before = try database.manager().load()
         let result = await Result { try await database.manager(faultAt: step).rotateKey() }
         let expectedVersion: Int
@@ -102,7 +102,7 @@ struct RotationTests {
     @Test(
         "a rotation with a connection open fails at once as in use; with --wait it proceeds once the connection closes")
     func databaseInUse() async throws {
-        let database = try await ManagedDatabase()
+        let database = try await TestDatabase()
         let manager = database.manager()
         let connection = try await manager.open()
         let clock = ContinuousClock()
@@ -127,7 +127,7 @@ struct RotationTests {
     @Test("two rotations at once: exactly one runs, the other is told the database is in use")
     func concurrentRotations() async throws {
         let kms = MockKms(seed: 4)
-        let database = try await ManagedDatabase(kms: kms)
+        let database = try await TestDatabase(kms: kms)
         kms.setLatency(.milliseconds(300))
         async let first = Result { try await database.manager().rotateKey() }
         async let second = Result { try await database.manager().rotateKey() }
@@ -147,7 +147,7 @@ struct RotationTests {
     @Test("an open during a rotation waits for it and sees the new key")
     func openWaitsForRotation() async throws {
         let kms = MockKms(seed: 5)
-        let database = try await ManagedDatabase(kms: kms)
+        let database = try await TestDatabase(kms: kms)
         kms.setLatency(.milliseconds(200))
         let rotation = Task { try await database.manager().rotateKey() }
         try await Task.sleep(for: .milliseconds(100))

@@ -27,7 +27,7 @@ struct AwsKmsMotoTests {
     func lifecycle() async throws {
         let transport = CountingTransport()
         let kms = try Moto.provider(transport: transport)
-        let database = try await ManagedDatabase(rows: 200, kms: kms, kekId: try Moto.keyArn())
+        let database = try await TestDatabase(rows: 200, kms: kms, kekId: try Moto.keyArn())
         let manager = database.manager()
         #expect(try manager.load().kms == "aws")
         #expect(try manager.load().kekId == (try Moto.keyArn()))
@@ -48,13 +48,13 @@ struct AwsKmsMotoTests {
 
     @Test("an alias is resolved to the key ARN in the .key file")
     func aliasResolved() async throws {
-        let database = try await ManagedDatabase(rows: 10, kms: try Moto.provider(), kekId: try Moto.alias())
+        let database = try await TestDatabase(rows: 10, kms: try Moto.provider(), kekId: try Moto.alias())
         #expect(try database.manager().load().kekId == (try Moto.keyArn()))
     }
 
     @Test("a wrong encryption context in the .key is refused by the KMS as invalid ciphertext")
     func contextEnforced() async throws {
-        let database = try await ManagedDatabase(rows: 10, kms: try Moto.provider(), kekId: try Moto.keyArn())
+        let database = try await TestDatabase(rows: 10, kms: try Moto.provider(), kekId: try Moto.keyArn())
         var keyFile = try database.manager().load()
         keyFile.encryptionContext = ["purpose": "something-else"]
         try keyFile.write(to: database.path + ".key")
@@ -63,7 +63,7 @@ struct AwsKmsMotoTests {
 
     @Test("interop: boto3 decrypts a DEK we generated, and that plaintext opens the database in the sqlcipher shell")
     func boto3DecryptsOurs() async throws {
-        let database = try await ManagedDatabase(
+        let database = try await TestDatabase(
             rows: 30, kms: try Moto.provider(), kekId: try Moto.keyArn(), context: context)
         let keyFile = try database.manager().load()
         let answer = try await Moto.boto3([
@@ -106,7 +106,7 @@ struct AwsKmsMotoTests {
     func cacheCounts() async throws {
         let transport = CountingTransport()
         let kms = try Moto.provider(transport: transport)
-        let database = try await ManagedDatabase(rows: 10, kms: kms, kekId: try Moto.keyArn())
+        let database = try await TestDatabase(rows: 10, kms: kms, kekId: try Moto.keyArn())
         let manager = LocalDbKeyManager(
             databasePath: database.path, kms: kms, configuration: .init(keyCacheTTL: .seconds(2)), logger: silentLogger)
         transport.reset()

@@ -12,7 +12,7 @@ struct Pkcs11KmsTests {
     func lifecycle() async throws {
         try await SoftHSM.exclusively {
             let hsm = try SoftHSM.provider()
-            let database = try await ManagedDatabase(rows: 100, kms: hsm, kekId: try SoftHSM.kekId(), context: context)
+            let database = try await TestDatabase(rows: 100, kms: hsm, kekId: try SoftHSM.kekId(), context: context)
             let manager = database.manager()
             #expect(try manager.load().kms == "pkcs11")
             #expect(try manager.load().kekId == (try SoftHSM.kekId()))
@@ -33,7 +33,7 @@ struct Pkcs11KmsTests {
     func deletedKey() async throws {
         try await SoftHSM.exclusively {
             let label = try await SoftHSM.createKey()
-            let database = try await ManagedDatabase(
+            let database = try await TestDatabase(
                 rows: 20, kms: try SoftHSM.provider(), kekId: try SoftHSM.kekId(object: label))
             try await SoftHSM.deleteKey(label)
             let keyBefore = try contents(database.path + ".key")
@@ -105,7 +105,7 @@ struct Pkcs11KmsTests {
     )
     func pythonUnwrapsOurs() async throws {
         try await SoftHSM.exclusively {
-            let database = try await ManagedDatabase(
+            let database = try await TestDatabase(
                 rows: 30, kms: try SoftHSM.provider(), kekId: try SoftHSM.kekId(), context: context)
             let keyFile = try database.manager().load()
             let answer = try await SoftHSM.python([

@@ -50,7 +50,7 @@ struct VaultTransitTests {
         let kekId = try await OpenBao.createKey(derived: derived)
         let transport = CountingTransport()
         let kms = try OpenBao.provider(transport: transport)
-        let database = try await ManagedDatabase(rows: 100, kms: kms, kekId: kekId, context: context)
+        let database = try await TestDatabase(rows: 100, kms: kms, kekId: kekId, context: context)
         let manager = database.manager()
         #expect(try manager.load().kms == "vault")
         #expect(try manager.load().kekId == kekId)
@@ -86,7 +86,7 @@ struct VaultTransitTests {
     @Test("a wrap older than min_decryption_version is refused with rewrap advice; the advice works")
     func minimumDecryptionVersion() async throws {
         let kekId = try await OpenBao.createKey()
-        let database = try await ManagedDatabase(rows: 50, kms: try OpenBao.provider(), kekId: kekId)
+        let database = try await TestDatabase(rows: 50, kms: try OpenBao.provider(), kekId: kekId)
         try await OpenBao.rotate(kekId)
         try await OpenBao.setMinimumDecryptionVersion(kekId, 2)
         let keyBefore = try contents(database.path + ".key")
