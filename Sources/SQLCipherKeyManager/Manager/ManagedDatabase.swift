@@ -121,6 +121,12 @@ final class ManagedDatabase: Sendable {
     /// The provider new keys are wrapped by: the configured one, or the only one registered.
     func newKeyProvider() throws -> any KeyManagementService {
         if let name = configuration.kekProvider {
+            guard providers.providerNames.contains(name) else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "Configuration.kekProvider is \"\(name)\", which is not registered (registered: \(providers.providerNames.joined(separator: ", ")))."
+                )
+            }
             return try providers.provider(named: name)
         }
         let names = providers.providerNames

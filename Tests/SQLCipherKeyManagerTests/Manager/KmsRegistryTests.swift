@@ -45,7 +45,7 @@ struct KmsRegistryTests {
         #expect(try await manager.open().fetchAll("SELECT count(*) FROM t").first?[0] == .integer(2))
     }
 
-    @Test("several providers and no kekProvider: a new key is refused with the registered ids named")
+    @Test("several providers and no kekProvider, or an unregistered one: a new key is refused, the registered ids named")
     func ambiguousNewKeyProvider() async throws {
         let directory = try TemporaryDirectory()
         let manager = LocalDbKeyManager(
@@ -53,6 +53,12 @@ struct KmsRegistryTests {
             logger: silentLogger)
         await expectError(.invalidConfiguration, containing: ["local, mock", "kekProvider"]) {
             try await manager.initialize()
+        }
+        let misnamed = LocalDbKeyManager(
+            databasePath: directory.file("a.db"), providers: KmsRegistry(providers: [try localKms()]),
+            configuration: .init(kekProvider: "aws"), logger: silentLogger)
+        await expectError(.invalidConfiguration, containing: ["\"aws\"", "registered: local"]) {
+            try await misnamed.initialize()
         }
         #expect(!FileManager.default.fileExists(atPath: directory.file("a.db")))
     }
