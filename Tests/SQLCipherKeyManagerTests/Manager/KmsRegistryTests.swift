@@ -45,7 +45,8 @@ struct KmsRegistryTests {
         #expect(try await manager.open().fetchAll("SELECT count(*) FROM t").first?[0] == .integer(2))
     }
 
-    @Test("several providers and no kekProvider, or an unregistered one: a new key is refused, the registered ids named")
+    @Test(
+        "several providers and no kekProvider, or an unregistered one: a new key is refused, the registered ids named")
     func ambiguousNewKeyProvider() async throws {
         let directory = try TemporaryDirectory()
         let manager = LocalDbKeyManager(
