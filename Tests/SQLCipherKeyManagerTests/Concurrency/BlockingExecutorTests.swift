@@ -54,6 +54,9 @@ struct BlockingExecutorTests {
         let pageCounts = try await verifies.value
         let verifyTime = ContinuousClock.now - start
         other.close()
+        print(
+            "executor test: \(width) verify() of \(pageCounts.first ?? 0) pages at once in \(verifyTime); largest timer gap \(largestGap), \(shortQueries) short queries"
+        )
         #expect(
             pageCounts.allSatisfy { $0 > 50_000 },
             "a 200 MB database at 4 KiB pages: \(pageCounts) pages, verified in \(verifyTime)")
