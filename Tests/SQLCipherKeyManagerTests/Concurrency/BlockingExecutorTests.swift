@@ -62,9 +62,13 @@ struct BlockingExecutorTests {
             "a 200 MB database at 4 KiB pages: \(pageCounts) pages, verified in \(verifyTime)")
         #expect(verifyTime > .seconds(1), "long enough to have starved the pool")
         #expect(
-            largestGap < .seconds(1) && largestGap * 3 < verifyTime,
+            largestGap * 2 < verifyTime,
             "the timer task waited \(largestGap) while verify ran for \(verifyTime)")
-        #expect(shortQueries > 10)
+        // Starved, the loop runs only before and after the verifies (7 times when measured with
+        // the integrity check moved back onto the pool); alone it runs hundreds of times, and so
+        // it does beside the whole suite, whose other tests keep the pool busy too (a 1.2 s gap
+        // was seen then, so the bound is relative to the verify's time, not absolute).
+        #expect(shortQueries >= 50, "\(shortQueries) short queries ran during \(verifyTime)")
         #expect(BlockingExecutor.shared.threadCount(.long) >= width, "each verify had a thread of its own")
     }
 }
