@@ -24,7 +24,10 @@ public struct DBKeyCommand: AsyncParsableCommand {
             the file named by $DBKEY_MASTER_KEY_FILE, or ~/.config/dbkey/master.key), \
             local:///PATH (the master key in a file), aws-kms://arn:aws:kms:… or \
             aws-kms://alias/NAME (AWS credentials, region and endpoint as the AWS SDKs find them; \
-            $AWS_MAX_ATTEMPTS and $DBKEY_KMS_TIMEOUT_SECONDS for retries).
+            $AWS_MAX_ATTEMPTS and $DBKEY_KMS_TIMEOUT_SECONDS for retries), \
+            vault://MOUNT/keys/NAME (Vault or OpenBao Transit: $VAULT_ADDR, and $VAULT_TOKEN, \
+            $DBKEY_VAULT_TOKEN_FILE or ~/.vault-token), pkcs11:token=LABEL;object=LABEL (module \
+            $DBKEY_PKCS11_MODULE; PIN from $DBKEY_PKCS11_PIN_FILE or $DBKEY_PKCS11_PIN).
             Secrets are read from the environment or files, never from arguments.
 
             EXIT CODES

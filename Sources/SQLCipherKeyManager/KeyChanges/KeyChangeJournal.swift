@@ -90,7 +90,7 @@ struct KeyChangeJournal {
             else {
                 throw neitherKeyOpens(keyFile, pending)
             }
-            try migration.swapInCopy()
+            try await migration.swapInCopyOffThePool()
         }
         let settled = try await database.store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
         database.record(.keyChangeRecovered, settled, detail: "migration completed")

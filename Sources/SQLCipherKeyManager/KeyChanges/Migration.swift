@@ -84,7 +84,7 @@ struct Migration: Sendable {
             throw error
         }
         try database.reach(.swappingDatabase)
-        try swapInCopy()
+        try await swapInCopyOffThePool()
         try database.reach(.writingFinalKeyFile)
         let migrated = try await database.store(
             keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
@@ -174,7 +174,12 @@ struct Migration: Sendable {
         }
     }
 
-    func swapInCopy() throws {
+    /// ``swapInCopy()`` on the short-work lane: a rename and a directory `fsync`.
+    func swapInCopyOffThePool() async throws {
+        try await BlockingExecutor.shared.run(.short) { [self] in try swapInCopy() }
+    }
+
+    private func swapInCopy() throws {
         for suffix in ["-wal", "-shm", "-journal"] {
             _ = unlink(database.databasePath + suffix)
         }
