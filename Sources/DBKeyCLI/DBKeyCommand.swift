@@ -43,6 +43,7 @@ public struct DBKeyCommand: AsyncParsableCommand {
     /// Hardens the process, then parses and runs the command line with `providers`, and
     /// exits.
     public static func main(providers: [KmsProviderFactory]) async {
+        ProcessHardening.quietCrashes()
         if !ProcessHardening.disableCoreDumps() {
             try? FileHandle.standardError.write(
                 contentsOf: Data("dbkey: warning: could not turn off core dumps\n".utf8))

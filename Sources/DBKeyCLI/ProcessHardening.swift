@@ -1,3 +1,4 @@
+import Foundation
 import SQLCipherKeyManager
 
 /// What `dbkey` does to its own process before it touches a key.
@@ -9,5 +10,20 @@ enum ProcessHardening {
     /// - Returns: `false` if the kernel refused, which is reported and not fatal.
     static func disableCoreDumps() -> Bool {
         Platform.disableCoreDumps()
+    }
+
+    /// Replaces the crash reporter's handlers with one that prints a fixed line and exits, so
+    /// that a crash never prints registers or the memory around them (where page ciphertext or a
+    /// key could be). Exits with 128 + the signal, as the default action would.
+    static func quietCrashes() {
+        for signal in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP] {
+            _ = Foundation.signal(signal) { received in
+                // Only async-signal-safe calls: a constant message, write(2), _exit(2).
+                let message: StaticString =
+                    "dbkey: crashed; no memory contents are printed. Report it with the command that was run.\n"
+                _ = write(STDERR_FILENO, message.utf8Start, message.utf8CodeUnitCount)
+                _exit(128 + received)
+            }
+        }
     }
 }

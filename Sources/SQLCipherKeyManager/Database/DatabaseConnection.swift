@@ -22,6 +22,8 @@ public final class DatabaseConnection {
     private let onClose: (() -> Void)?
     /// Whether ``close()`` closes the handle: `false` for a handle the app owns.
     private let ownsHandle: Bool
+    /// The authorizer that refuses key and format changes, on connections handed to users.
+    private var keyChangeGuard: KeyChangeGuard?
 
     private init(handle: OpaquePointer, path: String, onClose: (() -> Void)?, ownsHandle: Bool = true) {
         self.handle = handle
@@ -127,6 +129,14 @@ public final class DatabaseConnection {
         }
         self.handle = nil
         onClose?()
+    }
+
+    /// Refuses, from now on, the SQL that would change the key or format behind the journal
+    /// (see ``KeyChangeGuard``). Installed once the connection is keyed and proven.
+    func guardAgainstKeyChanges() throws {
+        let guarding = KeyChangeGuard()
+        guarding.install(on: try liveHandle())
+        keyChangeGuard = guarding
     }
 
     /// Whether ``close()`` has been called.
@@ -271,7 +281,11 @@ public final class DatabaseConnection {
             while let current = cursor, current < end {
                 var statementHandle: OpaquePointer?
                 var tail: UnsafePointer<CChar>?
+                keyChangeGuard?.reset()
                 let code = sqlite3_prepare_v2(handle, current, Int32(end - current), &statementHandle, &tail)
+                if code != SQLITE_OK, let refusal = keyChangeGuard?.refusal {
+                    throw DBKeyError(.sqlite, refusal, resultCode: .SQLITE_AUTH)
+                }
                 try check(code, "preparing a statement")
                 // A null statement with OK is whitespace or a comment: nothing to run.
                 if let statementHandle {

@@ -39,6 +39,7 @@ public struct ResultCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let SQLITE_FULL = ResultCode(rawValue: 13)
     public static let SQLITE_CANTOPEN = ResultCode(rawValue: 14)
     public static let SQLITE_CONSTRAINT = ResultCode(rawValue: 19)
+    public static let SQLITE_AUTH = ResultCode(rawValue: 23)
     public static let SQLITE_MISMATCH = ResultCode(rawValue: 20)
     public static let SQLITE_MISUSE = ResultCode(rawValue: 21)
     public static let SQLITE_RANGE = ResultCode(rawValue: 25)

@@ -305,6 +305,7 @@ extension ManagedDatabase {
             let (lock, keyFile) = try await acquireSettled(wait: configuration.openWait)
             let key = try await unwrapKey(of: keyFile)
             let connection = try openConnection(key: key, keyFile: keyFile, onClose: { lock.release() })
+            try connection.guardAgainstKeyChanges()
             logger.debug("Opened the database", metadata: ["version": "\(keyFile.version)"])
             return (connection, keyFile)
         } catch let error as DBKeyError {

@@ -490,6 +490,41 @@ struct DBKeyHardeningTests {
     }
 
     @Test(
+        "a crash prints one fixed line and no registers or memory, and exits 128 + the signal",
+        arguments: [SIGSEGV, SIGBUS, SIGABRT])
+    func quietCrash(signal: Int32) async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        // A connection held open keeps the rotation waiting, so the process is there to crash.
+        let holder = LocalDbKeyManager(
+            databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
+            logger: silentLogger)
+        let connection = try await holder.open()
+        defer { connection.close() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+        process.arguments = ["rotate", workspace.database, "--wait", "30"]
+        process.environment = workspace.environment
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        defer { process.terminate() }
+        try await Task.sleep(for: .milliseconds(700))
+        #expect(process.isRunning)
+        kill(process.processIdentifier, signal)
+        let output = try await offPool { () -> String in
+            let data = stderr.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        #expect(process.terminationReason == .exit && process.terminationStatus == 128 + signal)
+        #expect(
+            output == "dbkey: crashed; no memory contents are printed. Report it with the command that was run.\n",
+            "\(output)")
+    }
+
+    @Test(
         "init, sql, rotate and a new master key create nothing wider than 0600 (0700 for directories), whatever the umask"
     )
     func permissions() async throws {
