@@ -15,15 +15,15 @@ struct InitCommand: AsyncParsableCommand {
 
     @OptionGroup var newKey: NewKeyOptions
 
-    @Option(help: "SQLCipher page size of the new database.")
+    @Option(parsing: .unconditional, help: "SQLCipher page size of the new database (1024 to 65536).")
     var pageSize: Int = CipherSettings.newDatabasePageSize
 
     @Flag(help: "Print the result as JSON.")
     var json = false
 
     func validate() throws {
-        guard CipherSettings.isValidPageSize(pageSize) else {
-            throw ValidationError("--page-size must be a power of two from 512 to 65536.")
+        guard CipherSettings.newDatabasePageSizes.contains(pageSize) else {
+            throw ValidationError("--page-size must be a power of two from 1024 to 65536; got \(pageSize).")
         }
     }
 

@@ -33,10 +33,10 @@ struct MigrateCommand: AsyncParsableCommand {
     @Flag(help: "Read the passphrase from standard input.")
     var fromPassphraseStdin = false
 
-    @Option(help: "PBKDF2 iterations of the old database (SQLCipher 2.x and 1.x: 4000).")
+    @Option(parsing: .unconditional, help: "PBKDF2 iterations of the old database (SQLCipher 2.x and 1.x: 4000).")
     var kdfIter: Int?
 
-    @Option(help: "Page size of the old database (default 1024).")
+    @Option(parsing: .unconditional, help: "Page size of the old database (default 1024).")
     var pageSize: Int?
 
     @Flag(help: "The old database has no per-page HMAC (SQLCipher 1.x).")
@@ -56,6 +56,12 @@ struct MigrateCommand: AsyncParsableCommand {
         }
         if fromPlaintext, kdfIter != nil || pageSize != nil || noHmac {
             throw ValidationError("--kdf-iter, --page-size and --no-hmac apply to passphrase databases only.")
+        }
+        if let kdfIter, !(1...100_000_000).contains(kdfIter) {
+            throw ValidationError("--kdf-iter must be from 1 to 100000000; got \(kdfIter).")
+        }
+        if let pageSize, !CipherSettings.isValidPageSize(pageSize) {
+            throw ValidationError("--page-size must be a power of two from 512 to 65536; got \(pageSize).")
         }
     }
 

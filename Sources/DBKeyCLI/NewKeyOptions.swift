@@ -10,7 +10,9 @@ struct NewKeyOptions: ParsableArguments {
     @Option(name: .customLong("context"), help: "An encryption context pair KEY=VALUE (repeatable). Never a secret.")
     var contextPairs: [String] = []
 
-    @Option(name: .customLong("rotation-days"), help: "Days between key rotations (for status and rotate --if-due).")
+    @Option(
+        name: .customLong("rotation-days"), parsing: .unconditional,
+        help: "Days between key rotations (for status and rotate --if-due).")
     var rotationDays: Int?
 
     func validate() throws {

@@ -20,14 +20,17 @@ struct RotateCommand: AsyncParsableCommand {
     @Flag(help: "Rotate only if rotation_period_days says the key is due.")
     var ifDue = false
 
-    @Option(help: "Seconds to wait for other connections to close.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for other connections to close (0 to 86400).")
     var wait: Double = 0
 
     @Flag(help: "Print the result as JSON.")
     var json = false
 
     func validate() throws {
-        guard wait >= 0 else { throw ValidationError("--wait must not be negative.") }
+        // Finite and bounded: Duration traps on an infinite or huge number of seconds.
+        guard wait.isFinite, (0...86_400).contains(wait) else {
+            throw ValidationError("--wait must be a number of seconds from 0 to 86400; got \(wait).")
+        }
     }
 
     func run() async throws {

@@ -24,8 +24,15 @@ public struct CipherSettings: Sendable, Hashable {
     /// The size of the salt at the start of every SQLCipher file.
     public static let saltByteCount = 16
 
-    /// Whether SQLCipher accepts `pageSize`: a power of two from 512 to 65536.
+    /// Whether SQLite accepts `pageSize`: a power of two from 512 to 65536.
     public static func isValidPageSize(_ pageSize: Int) -> Bool {
         (512...65536).contains(pageSize) && pageSize.nonzeroBitCount == 1
     }
+
+    /// The page sizes a new encrypted database may have: a power of two from 1024 to 65536.
+    ///
+    /// SQLCipher keeps 48 bytes of every page (80 in the 4 format) for its IV and HMAC, and
+    /// SQLite needs at least 480 usable bytes a page, so a 512-byte page cannot be written: a
+    /// database created with it never opens again.
+    public static let newDatabasePageSizes = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 }

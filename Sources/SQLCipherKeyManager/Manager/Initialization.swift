@@ -1,3 +1,5 @@
+import Foundation
+
 /// Creating a managed database: a new data key, a new encrypted database, its `.key` file (see
 /// ``LocalDbKeyManager/initialize()``).
 struct Initialization {
@@ -12,10 +14,11 @@ struct Initialization {
                 path: database.keyFilePath
             )
         }
-        guard CipherSettings.isValidPageSize(configuration.pageSize) else {
+        guard CipherSettings.newDatabasePageSizes.contains(configuration.pageSize) else {
             throw DBKeyError(
                 .invalidConfiguration,
-                "The page size \(configuration.pageSize) is not a power of two from 512 to 65536.")
+                "The page size \(configuration.pageSize) cannot hold an encrypted page: use a power of two from 1024 to 65536."
+            )
         }
         if let days = configuration.rotationPeriodDays, !(1...36_500).contains(days) {
             throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
@@ -41,7 +44,17 @@ struct Initialization {
                     salt: try database.readSalt()),
                 sealedWith: dataKey.plaintext
             )
+            // Success means the next open works: prove it as that open will.
+            guard try await database.opens(path, with: dataKey.plaintext, keyFile: keyFile) else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "The new database at \(path) does not open again with its settings (page size \(pageSize)); nothing was kept.",
+                    path: path)
+            }
         } catch {
+            if database.fileExists(database.keyFilePath) {
+                _ = unlink(database.keyFilePath)
+            }
             database.removeDatabaseFiles(at: database.databasePath)
             throw error
         }
