@@ -1,6 +1,6 @@
 /// Any JSON value, so that fields this version does not know survive a rewrite of the `.key`
 /// file unchanged.
-enum JSONValue: Hashable, Sendable, Codable {
+enum JSONValue: Hashable, Sendable, Encodable {
     case null
     case bool(Bool)
     case integer(Int64)
@@ -8,25 +8,6 @@ enum JSONValue: Hashable, Sendable, Codable {
     case string(String)
     case array([JSONValue])
     case object([String: JSONValue])
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let bool = try? container.decode(Bool.self) {
-            self = .bool(bool)
-        } else if let integer = try? container.decode(Int64.self) {
-            self = .integer(integer)
-        } else if let number = try? container.decode(Double.self) {
-            self = .number(number)
-        } else if let string = try? container.decode(String.self) {
-            self = .string(string)
-        } else if let array = try? container.decode([JSONValue].self) {
-            self = .array(array)
-        } else {
-            self = .object(try container.decode([String: JSONValue].self))
-        }
-    }
 
     func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()

@@ -10,11 +10,12 @@ extension KeyFile {
     public init(jsonBytes: UnsafeRawBufferPointer, source: String) throws {
         let root: JSONValue
         do {
-            root = try JSONDecoder().decode(JSONValue.self, from: Data(jsonBytes))
+            root = try StrictJSONParser.parse(jsonBytes, maximumDepth: KeyFile.maximumNesting)
         } catch {
             throw DBKeyError(
                 .keyFileCorrupt,
-                "The key file \(source) is not valid JSON (truncated or overwritten?). Restore it from a backup; the database cannot be opened without it."
+                "The key file \(source) is not valid JSON (\(error.reason)): truncated, overwritten or edited by hand? Restore it from a backup; the database cannot be opened without it.",
+                path: source
             )
         }
         guard case .object(let object) = root else {

@@ -11,6 +11,9 @@ public struct KeyFile: Sendable, Hashable {
     public static let currentFormat = 2
     /// The largest `.key` file DBKey reads.
     public static let maximumSize = 64 * 1024
+    /// The deepest nesting of objects and arrays a `.key` file may have: the file is an object
+    /// holding small objects, and fields a newer version adds get room for two more levels.
+    public static let maximumNesting = 4
     /// The only data key kind: 256-bit AES.
     public static let dekSpecAES256 = "AES_256"
 

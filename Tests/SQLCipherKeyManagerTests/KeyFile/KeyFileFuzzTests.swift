@@ -34,13 +34,29 @@ struct KeyFileFuzzTests {
         ]
         for _ in 0..<Int.random(in: 1...4, using: &random) where !bytes.isEmpty {
             let position = Int.random(in: 0..<bytes.count, using: &random)
-            switch Int.random(in: 0..<7, using: &random) {
+            switch Int.random(in: 0..<9, using: &random) {
             case 0: bytes[position] ^= UInt8(1 << Int.random(in: 0..<8, using: &random))
             case 1: bytes[position] = UInt8.random(in: 0...255, using: &random)
             case 2: bytes.remove(at: position)
             case 3: bytes.insert(UInt8.random(in: 0x20...0x7E, using: &random), at: position)
             case 4: bytes.removeLast(Int.random(in: 0..<bytes.count, using: &random))
             case 5: bytes.insert(contentsOf: interesting.randomElement(using: &random)!, at: position)
+            case 6:
+                // A duplicate of a member: the first line that names one, again after the '{'.
+                if let open = bytes.firstIndex(of: UInt8(ascii: "{")),
+                    let quote = bytes[position...].firstIndex(of: UInt8(ascii: "\"")),
+                    let end = bytes[quote...].firstIndex(where: { $0 == UInt8(ascii: ",") || $0 == UInt8(ascii: "\n") }
+                    ),
+                    bytes[quote..<end].contains(UInt8(ascii: ":"))
+                {
+                    bytes.insert(contentsOf: Array(bytes[quote..<end]) + [UInt8(ascii: ",")], at: open + 1)
+                }
+            case 7:
+                // Deep nesting at a value.
+                let depth = Int.random(in: 2...600, using: &random)
+                bytes.insert(
+                    contentsOf: Array(repeating: UInt8(ascii: "["), count: depth)
+                        + Array(repeating: UInt8(ascii: "]"), count: depth), at: position)
             default:
                 // Replace the value after a random ':' with something of another type.
                 if let colon = bytes[position...].firstIndex(of: UInt8(ascii: ":")),

@@ -230,6 +230,40 @@ struct KeyFileTests {
         }
     }
 
+    @Test(
+        "duplicate members are refused wherever they are, also spelt with escapes: tools disagree on which counts",
+        arguments: [
+            ("top level, as appended by hand", "\"version\" : 1", "\"version\": 99"),
+            ("inside cipher", "\"page_size\" : 4096", "\"page_size\": 1024"),
+            ("spelt with an escape", "\"version\" : 1", "\"\\u0076ersion\": 99"),
+        ])
+    func duplicateMembers(place: String, existing: String, duplicate: String) async throws {
+        var text = String(decoding: try sampleKeyFile().jsonData(), as: UTF8.self)
+        let range = try #require(text.range(of: existing), "\(place): \(existing) not in the sample")
+        text.replaceSubrange(range, with: existing + ",\n" + duplicate)
+        try await expectRefused(.keyFileCorrupt, containing: ["duplicate member"], bytes: Data(text.utf8))
+    }
+
+    @Test("deep nesting is refused at once, at a cost linear in the input")
+    func deepNesting() async throws {
+        var sample = try #require(
+            JSONSerialization.jsonObject(with: try sampleKeyFile().jsonData()) as? [String: Any])
+        sample["unknown_field"] = [[["ok"]]]
+        // Three levels below the root are kept, as fields a newer version adds.
+        #expect(throws: Never.self) {
+            _ = try JSONSerialization.data(withJSONObject: sample).withUnsafeBytes {
+                try KeyFile(jsonBytes: $0, source: "sample")
+            }
+        }
+        for depth in [5, 511, 20_000] {
+            let nested = String(repeating: "[", count: depth) + String(repeating: "]", count: depth)
+            let text = "{\"format\": 2, \"deep\": \(nested)}"
+            let start = ContinuousClock.now
+            try await expectRefused(.keyFileCorrupt, containing: ["nesting deeper than 4"], bytes: Data(text.utf8))
+            #expect(ContinuousClock.now - start < .milliseconds(500), "depth \(depth)")
+        }
+    }
+
     @Test("a .key over 64 KiB is refused without being parsed, untouched")
     func oversize() async throws {
         var data = try sampleKeyFile().jsonData()
