@@ -89,6 +89,11 @@ public final class DatabaseConnection {
             let keyText = try RawKeyText.make(for: key)
             try connection.applyKey(keyText)
             try connection.applyPageSize(pageSize)
+            if !create {
+                try connection.proveKey()
+                try connection.requirePages()
+                return connection
+            }
         case .passphrase(let passphrase, let settings):
             try connection.applyKey(passphrase)
             try connection.apply(settings)
@@ -347,6 +352,19 @@ public final class DatabaseConnection {
 
     /// SQLCipher does not check the key in `sqlite3_key`; the first read does. A wrong key and a
     /// damaged first page both fail here with `SQLITE_NOTADB`.
+    /// An existing managed database has at least one page. An empty file reads as a new, empty
+    /// database with any key — and its first write would make one with a new salt — so it is
+    /// refused as damaged instead.
+    func requirePages() throws {
+        guard try fetchAll("PRAGMA page_count").first?[0].integerValue ?? 0 > 0 else {
+            throw DBKeyError(
+                .databaseDamaged,
+                "\(path) is empty, but its .key file belongs to an existing database: the file was truncated or replaced. Restore it from a backup; DBKey will not create a new database in its place.",
+                path: path
+            )
+        }
+    }
+
     func proveKey() throws {
         do {
             _ = try fetchAll("SELECT count(*) FROM sqlite_master")

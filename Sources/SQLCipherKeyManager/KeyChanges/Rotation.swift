@@ -17,6 +17,9 @@ struct Rotation {
         let journal = database.journal
         let keyFile = try await journal.settle(try database.load())
         let currentKey = try await database.unwrapKey(of: keyFile)
+        // Nothing is journaled for a database the current key does not open (damaged, emptied,
+        // replaced): the rotation could neither finish nor be undone.
+        try await database.proveOpens(with: currentKey, keyFile: keyFile)
         let kms = try database.provider(named: keyFile.kms)
         let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
         guard newKey.plaintext.count == RawKeyText.keyByteCount else {

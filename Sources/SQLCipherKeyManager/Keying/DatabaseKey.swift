@@ -71,6 +71,7 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         try connection.applyKey(keyText)
         try connection.applyPageSize(cipherSettings.pageSize)
         try connection.proveKey()
+        try connection.requirePages()
     }
 
     /// Refuses a handle whose `PRAGMA cipher_version` is empty: plain SQLite ignores the key.

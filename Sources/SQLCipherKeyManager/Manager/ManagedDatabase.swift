@@ -183,6 +183,14 @@ final class ManagedDatabase: Sendable {
         }
     }
 
+    /// Opens and closes the database with `key` off the cooperative pool, throwing what
+    /// ``openConnection(key:keyFile:onClose:)`` would (wrong key, damaged, empty, missing).
+    func proveOpens(with key: SecureBuffer, keyFile: KeyFile) async throws {
+        try await BlockingExecutor.shared.run(.short) { [self] in
+            try openConnection(key: key, keyFile: keyFile).close()
+        }
+    }
+
     /// Whether `key` opens the database file at `path` with the recorded page size: `false`
     /// when the first read fails, other errors thrown. Off the cooperative pool: the open may
     /// roll back a hot journal.

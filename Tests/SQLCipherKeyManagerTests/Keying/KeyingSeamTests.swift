@@ -78,6 +78,19 @@ struct KeyingSeamTests {
         await expectError(.wrongKey) { _ = try readThroughSeam(second.databasePath, key: key) }
     }
 
+    @Test("an emptied database file is refused by the seam as damaged, and stays empty")
+    func emptiedDatabase() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try await populatedManager(directory)
+        let key = try await manager.getOrCreateKey()
+        defer { key.release() }
+        try Data().write(to: URL(fileURLWithPath: manager.databasePath))
+        await expectError(.databaseDamaged, containing: ["empty"]) {
+            _ = try readThroughSeam(manager.databasePath, key: key)
+        }
+        #expect(try contents(manager.databasePath).isEmpty)
+    }
+
     @Test("a handle whose cipher_version is empty (plain SQLite) is refused before it is keyed")
     func plainSQLiteRefused() async throws {
         // One SQLite per process: a plain-SQLite handle cannot exist beside libsqlcipher here, so
