@@ -28,7 +28,7 @@ struct NewKeyOptions: ParsableArguments {
         pageSize: Int = CipherSettings.newDatabasePageSize,
         logger: Logger
     ) throws -> LocalDbKeyManager {
-        let target = try common.registry(logger: logger).target(for: try KekURI(kek))
+        let target = try common.registry(logger: logger).target(forURI: kek)
         return LocalDbKeyManager(
             databasePath: database,
             providers: common.registry(logger: logger).adding(target.provider),

@@ -38,7 +38,7 @@ struct RewrapCommand: AsyncParsableCommand {
             let target: any KeyManagementService
             let kekId: String
             if let to {
-                let uri = try common.registry(logger: logger).target(for: try KekURI(to))
+                let uri = try common.registry(logger: logger).target(forURI: to)
                 (target, kekId) = (uri.provider, uri.kekId)
             } else {
                 let keyFile = try manager.load()

@@ -73,6 +73,7 @@ public struct AwsKms: ServerSideRewrapping {
     public static let factory = KmsProviderFactory(
         providerName: "aws",
         uriScheme: "aws-kms",
+        uriForms: ["aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", "aws-kms://alias/NAME"],
         claimsLegacyKekId: isAwsKekId,
         makeProvider: { environment, logger in try fromEnvironment(environment, logger: logger) }
     )

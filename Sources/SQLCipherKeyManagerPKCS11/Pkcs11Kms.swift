@@ -55,7 +55,9 @@ public struct Pkcs11Kms: KeyManagementService {
     }
 
     /// Makes the PKCS#11 provider from the environment (see ``fromEnvironment(_:logger:)``).
-    public static let factory = KmsProviderFactory(providerName: "pkcs11", uriScheme: "pkcs11") { environment, logger in
+    public static let factory = KmsProviderFactory(
+        providerName: "pkcs11", uriScheme: "pkcs11", uriForms: ["pkcs11:token=LABEL;object=LABEL"]
+    ) { environment, logger in
         try fromEnvironment(environment, logger: logger)
     }
 

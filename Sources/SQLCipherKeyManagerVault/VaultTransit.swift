@@ -82,7 +82,9 @@ public struct VaultTransit: ServerSideRewrapping {
     public static let tokenFileVariable = "DBKEY_VAULT_TOKEN_FILE"
 
     /// Makes the Vault Transit provider from the environment (see ``fromEnvironment(_:logger:)``).
-    public static let factory = KmsProviderFactory(providerName: "vault", uriScheme: "vault") { environment, logger in
+    public static let factory = KmsProviderFactory(
+        providerName: "vault", uriScheme: "vault", uriForms: ["vault://MOUNT/keys/NAME"]
+    ) { environment, logger in
         try fromEnvironment(environment, logger: logger)
     }
 

@@ -19,6 +19,8 @@ public struct KmsProviderFactory: Sendable {
     public let providerName: String
     /// The URI scheme that names its KEKs: `aws-kms` for `aws-kms://…`, `pkcs11` for `pkcs11:…`.
     public let uriScheme: String
+    /// The URI forms it takes, for help and error messages (`aws-kms://alias/NAME`).
+    public let uriForms: [String]
     private let claims: @Sendable (String) -> Bool
     private let make: @Sendable ([String: String], Logger) throws -> any KeyManagementService
     private let target: (@Sendable (String, [String: String], Logger) throws -> KekTarget?)?
@@ -28,6 +30,7 @@ public struct KmsProviderFactory: Sendable {
     /// - Parameters:
     ///   - providerName: The id of the providers it makes.
     ///   - uriScheme: The URI scheme of its KEKs.
+    ///   - uriForms: The URI forms it takes, for messages; `SCHEME://KEY` by default.
     ///   - claimsLegacyKekId: Whether a seven-field `.key` file with this `kek_id` is this
     ///     provider's; by default none is.
     ///   - target: Resolves the key part of a URI to a provider and KEK id, for URIs that name a
@@ -37,6 +40,7 @@ public struct KmsProviderFactory: Sendable {
     public init(
         providerName: String,
         uriScheme: String,
+        uriForms: [String]? = nil,
         claimsLegacyKekId: @escaping @Sendable (String) -> Bool = { _ in false },
         target: (
             @Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget?
@@ -47,6 +51,7 @@ public struct KmsProviderFactory: Sendable {
     ) {
         self.providerName = providerName
         self.uriScheme = uriScheme
+        self.uriForms = uriForms ?? ["\(uriScheme)://KEY"]
         self.claims = claimsLegacyKekId
         self.make = makeProvider
         self.target = target
@@ -193,8 +198,24 @@ public final class KmsRegistry: Sendable {
 
     /// The URI forms the registry accepts, for messages and help.
     public var uriForms: [String] {
-        let schemes = Set(factories.values.map(\.uriScheme)).union(instances.keys)
-        return schemes.sorted().map { $0 == "pkcs11" ? "pkcs11:…" : "\($0)://…" }
+        let fromFactories = factories.values.sorted { $0.providerName < $1.providerName }.flatMap(\.uriForms)
+        let fromInstances = instances.keys.filter { factories[$0] == nil }.sorted().map { "\($0)://KEY" }
+        return fromFactories + fromInstances
+    }
+
+    /// Parses a KEK URI and resolves it, naming the accepted forms when the text is not one.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for text that is not a
+    ///   URI of a registered provider; the provider's configuration errors.
+    public func target(forURI text: String) throws -> KekTarget {
+        let uri: KekURI
+        do {
+            uri = try KekURI(text)
+        } catch let error as DBKeyError {
+            throw DBKeyError(
+                error.code, "\(error.message) Use one of: \(uriForms.joined(separator: ", ")).")
+        }
+        return try target(for: uri)
     }
 
     /// The provider id of a `.key` file: its `kms` field, or for the older form the provider

@@ -58,9 +58,16 @@ public struct LocalKms: KeyManagementService {
     public static let factory = KmsProviderFactory(
         providerName: "local",
         uriScheme: "local",
+        uriForms: ["local://default", "local:///PATH"],
         claimsLegacyKekId: { $0.hasPrefix("local:") },
         target: { keyPart, environment, logger in
-            guard keyPart.hasPrefix("/") else { return nil }
+            if keyPart == defaultKekName { return nil }
+            guard keyPart.hasPrefix("/") else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "\"local://\(keyPart)\" names no local master key: use local://default (the configured master key) or local:///ABSOLUTE/PATH (a master key file)."
+                )
+            }
             let fromFile = try fromEnvironment([masterKeyFileVariable: keyPart], logger: logger)
             return KekTarget(provider: fromFile, kekId: defaultKekName)
         },
@@ -140,6 +147,14 @@ public struct LocalKms: KeyManagementService {
 
     private func checkKek(_ requested: String) throws {
         guard requested == kekId || requested == LocalKms.defaultKekName else {
+            guard requested.hasPrefix("local:") else {
+                // Not a master key's id at all: a name the local provider does not have.
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "The local provider has one KEK, its master key: name it \"\(LocalKms.defaultKekName)\" (local://default), or name a master key file by its absolute path (local:///PATH); \"\(requested)\" is neither.",
+                    kekId: requested
+                )
+            }
             throw DBKeyError(
                 .kmsKeyNotFound,
                 "The data key is wrapped under the local master key \(requested), but the configured master key is \(kekId). Point \(LocalKms.masterKeyFileVariable) (or \(LocalKms.masterKeyVariable)) at the master key this database was created with."

@@ -131,11 +131,39 @@ struct KmsRegistryTests {
             await expectError(.invalidConfiguration) { _ = try KekURI(bad) }
         }
         let registry = KmsRegistry(factories: [LocalKms.factory])
-        await expectError(.invalidConfiguration, containing: ["\"kms://nothing\" is not a KEK URI", "local://…"]) {
+        await expectError(.invalidConfiguration, containing: ["\"kms://nothing\" is not a KEK URI", "local://default"]) {
             _ = try registry.target(for: try KekURI("kms://nothing"))
         }
         let instance = KmsRegistry(providers: [MockKms()])
         #expect(try instance.target(for: try KekURI("mock://k")).kekId == "k")
+    }
+
+    @Test(
+        "dbkey init refuses KEK URIs that name nothing, listing the accepted forms, and creates nothing",
+        arguments: [
+            "local://mykey", "local://relative/file.key", "kms://nothing", "mock://name", "aws-kms:", "nothing",
+        ])
+    func strictURIs(uri: String) async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let result = try await workspace.dbkey("init", workspace.database, "--kek", uri)
+        #expect(result.status == 42, "\(uri): \(result.stderr)")
+        #expect(result.stderr.contains("local://default"), "\(uri): \(result.stderr)")
+        let accepted = result.stderr.components(separatedBy: "Use one of:").last ?? ""
+        #expect(!accepted.contains("mock"), "the CLI does not take mock://")
+        #expect(!result.stderr.contains("wrapped under"), "\(uri): not a message about a data key")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).sorted() == ["master.key"])
+    }
+
+    @Test("the local provider names a KEK that is not a master key as a configuration error")
+    func localKekNames() async throws {
+        let kms = try localKms()
+        await expectError(.invalidConfiguration, containing: ["local://default"]) {
+            _ = try await kms.generateDataKey(kekId: "mykey", context: .empty)
+        }
+        await expectError(.kmsKeyNotFound, containing: ["local:0000000000000000"]) {
+            _ = try await kms.generateDataKey(kekId: "local:0000000000000000", context: .empty)
+        }
     }
 
     @Test("a provider written outside the package passes the public suite and works through the manager and dbkey")
