@@ -7,13 +7,6 @@ struct Initialization {
 
     func run() async throws -> KeyFile {
         let configuration = database.configuration
-        if database.fileExists(database.keyFilePath) {
-            throw DBKeyError(
-                .alreadyInitialized,
-                "\(database.keyFilePath) already exists: this database is already managed. Remove the .key file only if you mean to lose the database.",
-                path: database.keyFilePath
-            )
-        }
         guard CipherSettings.newDatabasePageSizes.contains(configuration.pageSize) else {
             throw DBKeyError(
                 .invalidConfiguration,
@@ -24,6 +17,20 @@ struct Initialization {
             throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
         }
         let kms = try database.newKeyProvider()
+        // Exclusive while the database exists without its .key, so that an open in another
+        // process waits for the .key instead of finding it missing.
+        let lockPath = DatabaseLock.path(forDatabase: database.databasePath)
+        let lockExisted = database.fileExists(lockPath)
+        let lock = try await DatabaseLock.acquire(
+            .exclusive, databasePath: database.databasePath, wait: configuration.openWait)
+        defer { lock.release() }
+        if database.fileExists(database.keyFilePath) {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(database.keyFilePath) already exists: this database is already managed. Remove the .key file only if you mean to lose the database.",
+                path: database.keyFilePath
+            )
+        }
         try database.createEmptyDatabaseFile()
         let keyFile: KeyFile
         do {
@@ -56,6 +63,11 @@ struct Initialization {
                 _ = unlink(database.keyFilePath)
             }
             database.removeDatabaseFiles(at: database.databasePath)
+            // Nothing is left behind: not even the lock file, when this call made it (no
+            // database exists for anyone else to hold it for).
+            if !lockExisted {
+                _ = unlink(lockPath)
+            }
             throw error
         }
         database.record(.keyGenerated, keyFile)

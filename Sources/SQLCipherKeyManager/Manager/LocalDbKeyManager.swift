@@ -16,9 +16,7 @@ import Logging
 ///     configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
 ///     logger: logger
 /// )
-/// let key = try await manager.getOrCreateKey()  // first launch: new key, new database
-/// key.release()
-/// let db = try await manager.open()              // every launch: unwrap, open, verify
+/// let db = try await manager.openOrCreate()  // every launch; the first creates key and database
 /// ```
 ///
 /// Routine work is logged at `debug` and `trace`; key events go to the configuration's
@@ -160,13 +158,7 @@ public final class LocalDbKeyManager: Sendable {
     ///   ``DBKeyError/Code-swift.struct/wrongKey`` when the KMS returns a key that fails the
     ///   key check.
     public func getOrCreateKey() async throws -> DatabaseKey {
-        if !database.fileExists(keyFilePath) && !database.fileExists(databasePath) {
-            do {
-                try await initialize()
-            } catch DBKeyError.Code.alreadyInitialized {
-                // Another process created it meanwhile: use theirs.
-            }
-        }
+        try await createOnFirstUse()
         let (lock, keyFile) = try await database.acquireSettled(wait: configuration.openWait)
         do {
             let key = try await database.unwrapKey(of: keyFile)
@@ -174,6 +166,37 @@ public final class LocalDbKeyManager: Sendable {
         } catch {
             lock.release()
             throw error
+        }
+    }
+
+    /// Opens the database, creating it and its key on first use: the one call an app makes on
+    /// every launch.
+    ///
+    /// When neither the database nor its `.key` file exists, it runs ``initialize()``; then it
+    /// opens as ``open()`` does, finishing or undoing an interrupted key change. It never
+    /// replaces anything: a database without its `.key` is `key-file-missing` (an unmanaged
+    /// database is brought under management with ``migrate(from:progress:)``), and a `.key`
+    /// without its database is `database-not-found`.
+    ///
+    /// ```swift
+    /// let db = try await manager.openOrCreate()
+    /// try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
+    /// ```
+    ///
+    /// - Throws: What ``initialize()`` and ``open()`` throw.
+    public func openOrCreate() async throws -> sending DatabaseConnection {
+        try await createOnFirstUse()
+        return try await open()
+    }
+
+    /// Creates the key and the database when neither exists; another process creating them
+    /// meanwhile is not an error.
+    private func createOnFirstUse() async throws {
+        guard !database.fileExists(keyFilePath) && !database.fileExists(databasePath) else { return }
+        do {
+            try await initialize()
+        } catch DBKeyError.Code.alreadyInitialized {
+            // Another process created it meanwhile: use theirs.
         }
     }
 

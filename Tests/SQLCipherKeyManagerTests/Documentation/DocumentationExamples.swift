@@ -103,10 +103,8 @@ enum DocCommentExamples {
             configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
             logger: logger
         )
-        let key = try await manager.getOrCreateKey()  // first launch: new key, new database
-        key.release()
-        let db = try await manager.open()  // every launch: unwrap, open, verify
-        _ = db
+        let db = try await manager.openOrCreate()  // every launch; the first creates key and database
+        try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
     }
 
     static func keyChanges(manager: LocalDbKeyManager) async throws {
@@ -216,10 +214,7 @@ enum DocumentationExamples {
             logger: logger
         )
 
-        if !FileManager.default.fileExists(atPath: manager.keyFilePath) {
-            try await manager.initialize()  // first launch: new DEK, new encrypted database, app.db.key
-        }
-        let db = try await manager.open()  // each start: unwrap, open, prove the key
+        let db = try await manager.openOrCreate()  // every launch; the first creates the DEK, the database, app.db.key
         try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
         try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
         let rows = try db.fetchAll("SELECT id, body FROM note")
@@ -234,10 +229,7 @@ enum DocumentationExamples {
             configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
             logger: logger
         )
-        if !FileManager.default.fileExists(atPath: manager.keyFilePath) {
-            try await manager.initialize()
-        }
-        let db = try await manager.open()
+        let db = try await manager.openOrCreate()
         try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
         try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
         let rows = try db.fetchAll("SELECT id, body FROM note")

@@ -131,7 +131,8 @@ struct KmsRegistryTests {
             await expectError(.invalidConfiguration) { _ = try KekURI(bad) }
         }
         let registry = KmsRegistry(factories: [LocalKms.factory])
-        await expectError(.invalidConfiguration, containing: ["\"kms://nothing\" is not a KEK URI", "local://default"]) {
+        await expectError(.invalidConfiguration, containing: ["\"kms://nothing\" is not a KEK URI", "local://default"])
+        {
             _ = try registry.target(for: try KekURI("kms://nothing"))
         }
         let instance = KmsRegistry(providers: [MockKms()])
