@@ -22,6 +22,7 @@ struct Migration: Sendable {
     func run(from source: MigrationSource, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
         defer { lock.release() }
+        database.removeStaleTemporaryKeyFiles()
         if database.fileExists(database.keyFilePath) {
             let existing = try await database.journal.settle(try database.load())
             throw DBKeyError(

@@ -14,6 +14,7 @@ struct Rotation {
             database.keyCache.removeAll()
             lock.release()
         }
+        database.removeStaleTemporaryKeyFiles()
         let journal = database.journal
         let keyFile = try await journal.settle(try database.load())
         let currentKey = try await database.unwrapKey(of: keyFile)

@@ -153,6 +153,7 @@ final class ManagedDatabase: Sendable {
         do {
             let exclusive = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
             defer { exclusive.release() }
+            removeStaleTemporaryKeyFiles()
             _ = try await journal.settle(try load())
         }
         let settledLock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
@@ -280,6 +281,36 @@ final class ManagedDatabase: Sendable {
         } catch {
             throw DBKeyError.io(error, "create", path)
         }
+    }
+
+    /// Removes the `<db>.key.tmp.<number>` files that a process killed in the middle of a
+    /// `.key` write left behind. Called under the exclusive lock, when no writer can hold one;
+    /// only regular files of exactly that name are removed, never a link or anything else.
+    ///
+    /// - Returns: How many were removed.
+    @discardableResult
+    func removeStaleTemporaryKeyFiles() -> Int {
+        let keyPath = FilePath(keyFilePath)
+        let directory = keyPath.removingLastComponent()
+        guard let prefix = keyPath.lastComponent.map({ $0.string + ".tmp." }),
+            let names = try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "." : directory.string)
+        else { return 0 }
+        var removed = 0
+        for name in names where name.hasPrefix(prefix) {
+            let suffix = name.dropFirst(prefix.count)
+            guard !suffix.isEmpty, suffix.count <= 20, suffix.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+                continue
+            }
+            let path = directory.appending(name)
+            guard let status = try? path.stat(followTargetSymlink: false), status.type == .regular,
+                status.userID.rawValue == geteuid()
+            else { continue }
+            if unlink(path.string) == 0 { removed += 1 }
+        }
+        if removed > 0 {
+            logger.debug("Removed temporary .key files a killed process left", metadata: ["count": "\(removed)"])
+        }
+        return removed
     }
 
     /// Removes a database file and its journals.
