@@ -20,6 +20,7 @@ struct Migration: Sendable {
     var copyPath: String { database.databasePath + ".dbkey-migrating" }
 
     func run(from source: MigrationSource, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
+        try database.refuseSymbolicLink()
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
         defer { lock.release() }
         database.removeStaleTemporaryKeyFiles()

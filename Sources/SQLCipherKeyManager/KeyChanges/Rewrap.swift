@@ -5,6 +5,7 @@ struct Rewrap {
 
     func run(to target: any KeyManagementService, kekId: String, wait: Duration) async throws -> KeyFile {
         // Shared: connections may stay open, but no rotation may rewrite the .key meanwhile.
+        try database.refuseSymbolicLink()
         let (lock, keyFile) = try await database.acquireSettled(wait: wait)
         defer { lock.release() }
         let key = try await database.unwrapKey(of: keyFile)

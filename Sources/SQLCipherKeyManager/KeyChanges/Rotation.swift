@@ -8,6 +8,7 @@ struct Rotation {
     let database: ManagedDatabase
 
     func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
+        try database.refuseSymbolicLink()
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: wait)
         defer {
             // Whatever the outcome, no key unwrapped before the rotation is kept.

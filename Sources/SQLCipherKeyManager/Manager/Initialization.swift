@@ -16,6 +16,7 @@ struct Initialization {
         if let days = configuration.rotationPeriodDays, !(1...36_500).contains(days) {
             throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
         }
+        try database.refuseSymbolicLink()
         let kms = try database.newKeyProvider()
         // Exclusive while the database exists without its .key, so that an open in another
         // process waits for the .key instead of finding it missing.

@@ -158,6 +158,7 @@ public final class LocalDbKeyManager: Sendable {
     ///   ``DBKeyError/Code-swift.struct/wrongKey`` when the KMS returns a key that fails the
     ///   key check.
     public func getOrCreateKey() async throws -> DatabaseKey {
+        try database.refuseSymbolicLink()
         try await createOnFirstUse()
         let (lock, keyFile) = try await database.acquireSettled(wait: configuration.openWait)
         do {

@@ -141,6 +141,24 @@ final class ManagedDatabase: Sendable {
 
     // MARK: - Locks and opens
 
+    /// Refuses a database path whose last component is a symbolic link, at every entry point.
+    ///
+    /// One rule for every command: DBKey acts on the file at the path, never through a link. A
+    /// link would split what belongs together — a migration would encrypt a new file at the
+    /// link and leave the plaintext target behind, the `.key` and its lock would sit beside the
+    /// link while the pages live elsewhere. (Links in the directories above are followed as
+    /// usual.)
+    func refuseSymbolicLink() throws {
+        guard let status = try? FilePath(databasePath).stat(followTargetSymlink: false),
+            status.type == .symbolicLink
+        else { return }
+        throw DBKeyError(
+            .invalidConfiguration,
+            "\(databasePath) is a symbolic link; DBKey acts only on the database file itself, never through a link. Use the path it points to (realpath \(databasePath)).",
+            path: databasePath
+        )
+    }
+
     /// Takes the shared lock with no key change pending, finishing or undoing an interrupted
     /// one first (under the exclusive lock).
     ///
@@ -341,6 +359,7 @@ extension ManagedDatabase {
     /// undoing an interrupted key change first; a failure is an audit event.
     func openReportingKeyFile() async throws -> (connection: DatabaseConnection, keyFile: KeyFile) {
         do {
+            try refuseSymbolicLink()
             let (lock, keyFile) = try await acquireSettled(wait: configuration.openWait)
             let key = try await unwrapKey(of: keyFile)
             let connection = try openConnection(key: key, keyFile: keyFile, onClose: { lock.release() })

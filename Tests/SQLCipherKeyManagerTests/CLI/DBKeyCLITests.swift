@@ -351,7 +351,10 @@ struct DBKeyKeyChangeCLITests {
             .status == 0)
     }
 
-    @Test("migrate takes the passphrase from an environment variable, a file or stdin, never argv")
+    @Test(
+        "migrate takes the passphrase from an environment variable, a file or stdin, never argv",
+        ThirdPartyFixture.required(
+            "sqlcipher-compat/sqlcipher-2.0-le-testkey.db", from: ThirdPartyFixture.sqlcipherCompat))
     func migratePassphraseSources() async throws {
         let fixture = MigrationTests.compatFixtures + "/sqlcipher-2.0-le-testkey.db"
         try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")
@@ -385,7 +388,10 @@ struct DBKeyKeyChangeCLITests {
         }
     }
 
-    @Test("migrate refuses the SQLCipher 4 database with exit 32, and a group-readable passphrase file with 16")
+    @Test(
+        "migrate refuses the SQLCipher 4 database with exit 32, and a group-readable passphrase file with 16",
+        ThirdPartyFixture.required("sqlcipher-compat/sqlcipher-4.0-testkey.db", from: ThirdPartyFixture.sqlcipherCompat)
+    )
     func migrateRefusals() async throws {
         let fixture = MigrationTests.compatFixtures + "/sqlcipher-4.0-testkey.db"
         try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")

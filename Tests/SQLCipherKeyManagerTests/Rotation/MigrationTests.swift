@@ -6,7 +6,7 @@ import Testing
 
 @Suite("Migration of existing databases")
 struct MigrationTests {
-    static let compatFixtures = repositoryRoot.deletingLastPathComponent().path + "/shared/fixtures/sqlcipher-compat"
+    static let compatFixtures = ThirdPartyFixture.root + "/sqlcipher-compat"
 
     struct CompatCase: Sendable, CustomTestStringConvertible {
         let file: String
@@ -42,7 +42,10 @@ struct MigrationTests {
             logger: silentLogger, faultInjector: step.map { InjectedFault(step: $0).injector })
     }
 
-    @Test("SQLCipher's 3.0, 2.0 and 1.1.8 compatibility databases migrate with every row", arguments: openableCases)
+    @Test(
+        "SQLCipher's 3.0, 2.0 and 1.1.8 compatibility databases migrate with every row",
+        ThirdPartyFixture.required("sqlcipher-compat", from: ThirdPartyFixture.sqlcipherCompat),
+        arguments: openableCases)
     func compatMigrates(compat: CompatCase) async throws {
         let directory = try TemporaryDirectory()
         let path = try compatCopy(compat.file, into: directory)
@@ -57,7 +60,10 @@ struct MigrationTests {
         #expect(try await sqlcipherShellOpens(path, key: try await manager.dataKey()))
     }
 
-    @Test("the SQLCipher 4.0 database fails as unsupported format and stays untouched")
+    @Test(
+        "the SQLCipher 4.0 database fails as unsupported format and stays untouched",
+        ThirdPartyFixture.required("sqlcipher-compat/sqlcipher-4.0-testkey.db", from: ThirdPartyFixture.sqlcipherCompat)
+    )
     func sqlcipher4Refused() async throws {
         let directory = try TemporaryDirectory()
         let path = try compatCopy("sqlcipher-4.0-testkey.db", into: directory)
@@ -74,7 +80,10 @@ struct MigrationTests {
             ])
     }
 
-    @Test("a wrong passphrase or missing settings is 'wrong key' with advice, and the file stays untouched")
+    @Test(
+        "a wrong passphrase or missing settings is 'wrong key' with advice, and the file stays untouched",
+        ThirdPartyFixture.required(
+            "sqlcipher-compat/sqlcipher-2.0-le-testkey.db", from: ThirdPartyFixture.sqlcipherCompat))
     func wrongPassphrase() async throws {
         let directory = try TemporaryDirectory()
         let path = try compatCopy("sqlcipher-2.0-le-testkey.db", into: directory)
@@ -136,7 +145,10 @@ struct MigrationTests {
         await expectError(.alreadyInitialized) { try await manager.migrate(from: .plaintext) }
     }
 
-    @Test("plaintext migration of an encrypted file is refused without touching it")
+    @Test(
+        "plaintext migration of an encrypted file is refused without touching it",
+        ThirdPartyFixture.required("sqlcipher-compat/sqlcipher-3.0-testkey.db", from: ThirdPartyFixture.sqlcipherCompat)
+    )
     func plaintextOfEncrypted() async throws {
         let directory = try TemporaryDirectory()
         let path = try compatCopy("sqlcipher-3.0-testkey.db", into: directory)

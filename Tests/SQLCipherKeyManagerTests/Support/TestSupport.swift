@@ -224,3 +224,22 @@ extension LocalDbKeyManager {
         return key.key
     }
 }
+
+/// Data made by others (SQLCipher's compatibility databases, AWS's SigV4 suite), read from
+/// `../shared/fixtures` and never copied into the repository.
+enum ThirdPartyFixture {
+    static let root = repositoryRoot.deletingLastPathComponent().path + "/shared/fixtures"
+
+    /// A test trait: under `CI=true` the test always runs (and fails when the fixture is
+    /// missing); elsewhere — a clone without `../shared` beside it — it is skipped with one line
+    /// naming the file and where it comes from.
+    static func required(_ relativePath: String, from origin: String) -> ConditionTrait {
+        .enabled(
+            if: isCI || FileManager.default.fileExists(atPath: root + "/" + relativePath),
+            "skipped: ../shared/fixtures/\(relativePath) is missing (\(origin)); CI always runs this test"
+        )
+    }
+
+    static let sqlcipherCompat = "SQLCipher's compatibility databases, from its source tree's test/ folder"
+    static let sigV4 = "AWS's Signature Version 4 test suite"
+}

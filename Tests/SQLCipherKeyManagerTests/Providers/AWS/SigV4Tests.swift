@@ -9,7 +9,7 @@ import Testing
 /// AWS's published Signature Version 4 test suite, read from ../shared/fixtures.
 @Suite("SigV4 against AWS's test suite")
 struct SigV4Tests {
-    static let suite = repositoryRoot.deletingLastPathComponent().path + "/shared/fixtures/aws-sig-v4-test-suite"
+    static let suite = ThirdPartyFixture.root + "/aws-sig-v4-test-suite"
 
     /// Every case folder: a folder holding NAME.req, NAME.creq, NAME.sts and NAME.authz.
     static let cases: [String] = {
@@ -26,12 +26,16 @@ struct SigV4Tests {
     )
     static let signer = SigV4Signer(service: "service", region: "us-east-1")
 
-    @Test("the suite is there, with every case folder")
+    @Test(
+        "the suite is there, with every case folder",
+        ThirdPartyFixture.required("aws-sig-v4-test-suite", from: ThirdPartyFixture.sigV4))
     func suitePresent() {
         #expect(Self.cases.count >= 28, "expected the whole suite in \(Self.suite), found \(Self.cases.count) cases")
     }
 
-    @Test("canonical request, string to sign and Authorization match", arguments: cases)
+    @Test(
+        "canonical request, string to sign and Authorization match",
+        ThirdPartyFixture.required("aws-sig-v4-test-suite", from: ThirdPartyFixture.sigV4), arguments: cases)
     func signsLikeAWS(name: String) throws {
         let base = Self.suite + "/" + name
         let request = try Self.parse(try String(contentsOfFile: base + ".req", encoding: .utf8))
