@@ -228,7 +228,11 @@ extension LocalDbKeyManager {
 /// Data made by others (SQLCipher's compatibility databases, AWS's SigV4 suite), read from
 /// `../shared/fixtures` and never copied into the repository.
 enum ThirdPartyFixture {
-    static let root = repositoryRoot.deletingLastPathComponent().path + "/shared/fixtures"
+    /// `../shared/fixtures`, or the folder `DBKEY_TEST_FIXTURES` names (to try a clone without
+    /// them: `DBKEY_TEST_FIXTURES=/nonexistent swift test`).
+    static let root =
+        ProcessInfo.processInfo.environment["DBKEY_TEST_FIXTURES"]
+        ?? repositoryRoot.deletingLastPathComponent().path + "/shared/fixtures"
 
     /// A test trait: under `CI=true` the test always runs (and fails when the fixture is
     /// missing); elsewhere — a clone without `../shared` beside it — it is skipped with one line
