@@ -21,6 +21,7 @@ struct Migration: Sendable {
 
     func run(from source: MigrationSource, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
+        try database.configuration.encryptionContext.validate()
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
         defer { lock.release() }
         database.removeStaleTemporaryKeyFiles()
@@ -50,6 +51,7 @@ struct Migration: Sendable {
         let configuration = database.configuration
         let dataKey = try await kms.generateDataKey(
             kekId: configuration.kekId, context: configuration.encryptionContext)
+        try database.requireRoom(for: dataKey, provider: kms.providerName)
         let pageSize = configuration.pageSize
         let copyPath = copyPath
         let sqlcipherVersion: String

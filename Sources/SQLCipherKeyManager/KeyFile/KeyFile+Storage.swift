@@ -27,3 +27,35 @@ extension KeyFile {
         try data.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path) }
     }
 }
+
+extension KeyFile {
+    /// The size of this file's JSON in the largest state a key change can give it: with a
+    /// `pending` record (one like its own current key when it has none) and its MAC.
+    func sizeWithKeyChangePending() throws -> Int {
+        var largest = self
+        if largest.pending == nil {
+            largest.pending = PendingOperation(
+                operation: .rotate, encryptedDek: encryptedDek, kekId: kekId, kms: kms ?? "",
+                version: version + 1,
+                keyCheck: keyCheck ?? KeyCheck(bytes: Array(repeating: 0, count: KeyCheck.byteCount))!,
+                startedAt: createdAt)
+        }
+        largest.mac = Array(repeating: 0, count: 32)
+        return try largest.jsonData().count
+    }
+
+    /// Refuses, before anything is written, a file that would grow past ``maximumSize`` when a
+    /// key change is pending: nothing could read it then, and a crash would strand the database.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration``.
+    func requireRoomForKeyChanges(source: String) throws {
+        let size = try sizeWithKeyChangePending()
+        guard size <= KeyFile.maximumSize else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "\(source) would grow to \(size) bytes while a key change is pending, past the \(KeyFile.maximumSize / 1024) KiB a .key file may have; nothing was written. Use a shorter encryption context.",
+                path: source
+            )
+        }
+    }
+}

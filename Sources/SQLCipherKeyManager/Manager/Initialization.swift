@@ -16,6 +16,7 @@ struct Initialization {
         if let days = configuration.rotationPeriodDays, !(1...36_500).contains(days) {
             throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
         }
+        try configuration.encryptionContext.validate()
         try database.refuseSymbolicLink()
         let kms = try database.newKeyProvider()
         // Exclusive while the database exists without its .key, so that an open in another
@@ -37,6 +38,7 @@ struct Initialization {
         do {
             let dataKey = try await kms.generateDataKey(
                 kekId: configuration.kekId, context: configuration.encryptionContext)
+            try database.requireRoom(for: dataKey, provider: kms.providerName)
             let (path, pageSize) = (database.databasePath, configuration.pageSize)
             let sqlcipherVersion = try await BlockingExecutor.shared.run(.short) {
                 let connection = try DatabaseConnection.open(

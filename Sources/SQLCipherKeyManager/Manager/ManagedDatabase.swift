@@ -64,9 +64,11 @@ final class ManagedDatabase: Sendable {
     }
 
     /// Seals `keyFile` with `key` (the data key it records as current), writes it atomically
-    /// and durably off the cooperative pool, and returns what was written.
+    /// and durably off the cooperative pool, and returns what was written — after checking
+    /// that the file stays readable in its largest state, a key change pending.
     @discardableResult
     func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) async throws -> KeyFile {
+        try keyFile.requireRoomForKeyChanges(source: keyFilePath)
         let sealed = keyFile.sealed(with: key)
         let path = keyFilePath
         try await BlockingExecutor.shared.run(.short) { try sealed.write(to: path) }
@@ -116,6 +118,16 @@ final class ManagedDatabase: Sendable {
             rotationPeriodDays: configuration.rotationPeriodDays,
             cipher: CipherSettings(pageSize: configuration.pageSize, sqlcipherVersion: sqlcipherVersion, salt: salt)
         )
+    }
+
+    /// Checks, before a new database or copy is written, that the `.key` of `dataKey` stays
+    /// readable with a key change pending (the salt and the SQLCipher version it will record
+    /// are not known yet: the longest they can be stands in for them).
+    func requireRoom(for dataKey: DataKey, provider: String) throws {
+        try newKeyFile(
+            for: dataKey, provider: provider, sqlcipherVersion: String(repeating: "9", count: 64),
+            salt: Array(repeating: 0, count: CipherSettings.saltByteCount)
+        ).requireRoomForKeyChanges(source: keyFilePath)
     }
 
     /// The provider new keys are wrapped by: the configured one, or the only one registered.

@@ -93,5 +93,39 @@ extension EncryptionContext {
             dictionary[key] = String(argument[argument.index(after: separator)...])
         }
         self.init(dictionary)
+        try validate()
+    }
+
+    /// The most pairs a context may have.
+    public static let maximumPairs = 16
+    /// The longest key, in UTF-8 bytes.
+    public static let maximumKeyBytes = 128
+    /// The longest value, in UTF-8 bytes.
+    public static let maximumValueBytes = 1024
+
+    /// Checks the context against DBKey's limits, which keep every `.key` file that carries it
+    /// readable in every state (a pending key change included) and stay within what the KMSs
+    /// accept (AWS KMS takes 8,192 characters of context in all).
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` naming the limit.
+    public func validate() throws {
+        guard pairs.count <= Self.maximumPairs else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "An encryption context may have at most \(Self.maximumPairs) pairs; this one has \(pairs.count).")
+        }
+        for (key, value) in pairs {
+            guard !key.isEmpty, key.utf8.count <= Self.maximumKeyBytes else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "An encryption context key must be 1 to \(Self.maximumKeyBytes) bytes; one has \(key.utf8.count).")
+            }
+            guard value.utf8.count <= Self.maximumValueBytes else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "The encryption context value of \"\(key)\" has \(value.utf8.count) bytes; the limit is \(Self.maximumValueBytes)."
+                )
+            }
+        }
     }
 }
