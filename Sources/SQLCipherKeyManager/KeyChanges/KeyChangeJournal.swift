@@ -1,9 +1,13 @@
 import Foundation
+import SystemPackage
 
 /// The steps of a key change at which a failure is simulated in tests.
 enum KeyChangeStep: Sendable, Hashable, CaseIterable {
     /// Before the `.key` file with the `pending` record is written.
     case writingPendingKeyFile
+    /// After that file was renamed into place, as if its directory's `fsync` had failed: the
+    /// record is on disk, but the caller sees an error.
+    case pendingKeyFileWritten
     /// Before `sqlite3_rekey` (rotation) or `sqlcipher_export` (migration).
     case changingDatabase
     /// Before the new key is proven by a new connection.
@@ -45,7 +49,9 @@ struct KeyChangeJournal {
             startedAt: KeyFile.now()
         )
         try database.reach(.writingPendingKeyFile)
-        return try await database.store(journaled, sealedWith: currentKey)
+        let written = try await database.store(journaled, sealedWith: currentKey)
+        try database.reach(.pendingKeyFileWritten)
+        return written
     }
 
     /// Finishes or undoes the `.key` file's pending key change. The caller holds the
@@ -85,9 +91,16 @@ struct KeyChangeJournal {
         try keyFile.verifySeal(with: key, source: database.keyFilePath)
         let migration = Migration(database: database)
         if try await !database.opens(database.databasePath, with: key, keyFile: keyFile) {
-            guard database.fileExists(migration.copyPath),
-                try await database.opens(migration.copyPath, with: key, keyFile: keyFile)
-            else {
+            guard database.fileExists(migration.copyPath) else {
+                // The swap never happened and the copy is gone (removed after a failure): the
+                // original is the database, unmanaged. Drop the journal — the whole .key, whose
+                // key never encrypted anything that exists — so the migration can run again.
+                if try database.readSalt() == Array("SQLite format 3\0".utf8) {
+                    try abandonMigration(keyFile)
+                }
+                throw neitherKeyOpens(keyFile, pending)
+            }
+            guard try await database.opens(migration.copyPath, with: key, keyFile: keyFile) else {
                 throw neitherKeyOpens(keyFile, pending)
             }
             try await migration.swapInCopyOffThePool()
@@ -95,6 +108,23 @@ struct KeyChangeJournal {
         let settled = try await database.store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
         database.record(.keyChangeRecovered, settled, detail: "migration completed")
         return settled
+    }
+
+    /// Removes the `.key` of a migration that never swapped its copy in, and says so.
+    private func abandonMigration(_ keyFile: KeyFile) throws -> Never {
+        if unlink(database.keyFilePath) != 0 {
+            let error = Errno(rawValue: Platform.errno)
+            if error != .noSuchFileOrDirectory {
+                throw DBKeyError.io(error, "remove the .key of an abandoned migration", database.keyFilePath)
+            }
+        }
+        try? ProtectedFile.synchronizeDirectory(FilePath(database.keyFilePath).removingLastComponent())
+        database.record(.keyChangeRecovered, keyFile, detail: "migration abandoned: the plaintext original was kept")
+        throw DBKeyError(
+            .keyFileMissing,
+            "An interrupted migration of \(database.databasePath) had not swapped its encrypted copy in, and the copy is gone: the plaintext original is intact and still the database. Its .key was removed; run the migration again (dbkey migrate).",
+            path: database.keyFilePath
+        )
     }
 
     /// Unwraps the pending record's key, through the provider the record names, and checks it

@@ -84,7 +84,11 @@ struct Migration: Sendable {
                 .migrate, keyFile, newKey: dataKey, provider: kms.providerName, version: 1,
                 sealedWith: dataKey.plaintext)
         } catch {
-            removeMigrationCopy()
+            // Never remove what the journal points at: once the .key is in place (its write
+            // may fail after the rename, in the directory's fsync), the copy is the migration.
+            if !database.fileExists(database.keyFilePath) {
+                removeMigrationCopy()
+            }
             throw error
         }
         try database.reach(.swappingDatabase)

@@ -176,9 +176,12 @@ struct MigrationTests {
             #expect(!FileManager.default.fileExists(atPath: path + ".key"))
             #expect(!FileManager.default.fileExists(atPath: path + ".dbkey-migrating"))
             try await manager(path).migrate(from: .plaintext)
-        case .swappingDatabase, .writingFinalKeyFile:
-            // The .key records the pending swap: the next open finishes it.
+        case .pendingKeyFileWritten, .swappingDatabase, .writingFinalKeyFile:
+            // The .key records the pending swap — also when its write failed after the rename,
+            // and then the copy it points at was kept: the next open finishes it.
             #expect(try KeyFile.read(from: path + ".key").pending?.operation == .migrate)
+            #expect(
+                step != .pendingKeyFileWritten || FileManager.default.fileExists(atPath: path + ".dbkey-migrating"))
         }
         let db = try await manager(path).open()
         #expect(try db.fetchAll("SELECT count(*) FROM note").first?[0] == .integer(500))
@@ -186,6 +189,24 @@ struct MigrationTests {
         db.close()
         #expect(try KeyFile.read(from: path + ".key").pending == nil)
         #expect(!FileManager.default.fileExists(atPath: path + ".dbkey-migrating"))
+    }
+
+    @Test("a pending migration whose copy is gone, the plaintext original intact, is dropped: it can run again")
+    func abandonedMigration() async throws {
+        let directory = try TemporaryDirectory()
+        let path = try plaintextDatabase(directory)
+        let original = try contents(path)
+        await expectError(.io) { try await manager(path, faultAt: .pendingKeyFileWritten).migrate(from: .plaintext) }
+        #expect(try KeyFile.read(from: path + ".key").pending?.operation == .migrate)
+        // What an older cleanup did after that failure: the copy removed, the record left.
+        try FileManager.default.removeItem(atPath: path + ".dbkey-migrating")
+        await expectError(.keyFileMissing, containing: ["run the migration again"]) {
+            _ = try await manager(path).open()
+        }
+        #expect(!FileManager.default.fileExists(atPath: path + ".key"))
+        #expect(try contents(path) == original)
+        try await manager(path).migrate(from: .plaintext)
+        #expect(try await manager(path).open().fetchAll("SELECT count(*) FROM note").first?[0] == .integer(500))
     }
 
     @Test("a KMS outage during migration leaves the original untouched")

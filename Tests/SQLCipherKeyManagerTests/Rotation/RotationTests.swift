@@ -73,8 +73,9 @@ struct RotationTests {
         let result = await Result { try await database.manager(faultAt: step).rotateKey() }
         let expectedVersion: Int
         switch step {
-        case .writingPendingKeyFile, .changingDatabase:
-            // Failed before the database changed: the current key stays.
+        case .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase:
+            // Failed before the database changed (with or without the pending record on disk):
+            // the current key stays.
             #expect((result.error as? DBKeyError)?.code == .io)
             expectedVersion = before.version
         case .verifyingNewKey:
@@ -161,7 +162,7 @@ struct RotationTests {
 extension KeyChangeStep {
     /// The steps a rotation passes through.
     static let rotationSteps: [KeyChangeStep] = [
-        .writingPendingKeyFile, .changingDatabase, .verifyingNewKey, .writingFinalKeyFile,
+        .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase, .verifyingNewKey, .writingFinalKeyFile,
     ]
 }
 
