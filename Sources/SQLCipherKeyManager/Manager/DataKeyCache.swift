@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// Unwrapped data keys kept for a short time, so that reopening a database within the TTL
@@ -6,6 +7,11 @@ import Synchronization
 /// Entries are per wrapped key and version (so a rewrap or rotation never serves a stale key),
 /// expire after the TTL, and are dropped — and so wiped, since ``SecureBuffer`` zeroes itself
 /// when released — on expiry, on ``removeAll()`` and when the cache is released.
+///
+/// Expiry is a security promise, so it does not depend on scheduling: every access drops what
+/// has expired and checks expiry before it returns a key, and a Dispatch timer on a queue of its
+/// own — not a task on Swift's cooperative pool, which a busy app can starve — drops each entry
+/// when its time is up.
 final class DataKeyCache: Sendable {
     private struct Entry {
         let key: SecureBuffer
@@ -18,6 +24,8 @@ final class DataKeyCache: Sendable {
     }
 
     private let entries = Mutex<[Slot: Entry]>([:])
+    /// The eviction timers' queue: its threads are Dispatch's, never the cooperative pool's.
+    private static let evictionQueue = DispatchQueue(label: "dbkey.key-cache-eviction")
     let timeToLive: Duration
 
     init(timeToLive: Duration) {
@@ -40,8 +48,10 @@ final class DataKeyCache: Sendable {
         let slot = Slot(version: keyFile.version, wrapped: keyFile.encryptedDek.encoded)
         let lifetime = timeToLive
         entries.withLock { $0[slot] = Entry(key: key, expires: ContinuousClock.now + lifetime) }
-        Task { [weak self] in
-            try? await Task.sleep(for: lifetime)
+        let (seconds, attoseconds) = lifetime.components
+        let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+        DataKeyCache.evictionQueue.asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds) + 1_000_000)) {
+            [weak self] in
             self?.removeExpired()
         }
     }
