@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import SystemPackage
 
@@ -51,6 +52,11 @@ struct Rotation {
             let settled = try await journal.settle(journaled)
             guard settled.version == keyFile.version + 1 else {
                 database.logger.debug("Rotation failed; the current key was kept")
+                if let failure = error as? DBKeyError, failure.code == .rotationInterrupted {
+                    // SQLCipher rolled back a rekey it reported as done: say why, if it can be
+                    // told, and that nothing needs recovering.
+                    throw rolledBack(keyFile)
+                }
                 throw error
             }
             database.record(.keyRotated, settled)
@@ -62,6 +68,31 @@ struct Rotation {
             journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
         database.record(.keyRotated, rotated)
         return rotated
+    }
+
+    /// The error for a rekey SQLCipher reported as done but rolled back: not enough room for its
+    /// journal (a full disk, a file-size limit), or another process reading the database.
+    private func rolledBack(_ keyFile: KeyFile) -> DBKeyError {
+        let path = database.databasePath
+        let size = UInt64((try? FilePath(path).stat().size) ?? 0)
+        let directory = FilePath(path).removingLastComponent()
+        let free =
+            (try? FileManager.default.attributesOfFileSystem(forPath: directory.isEmpty ? "." : directory.string))?[
+                .systemFreeSize] as? UInt64
+        let noRoom =
+            (free.map { $0 < size + size / 8 } ?? false)
+            || (Platform.fileSizeLimit.map { $0 < size + size / 8 } ?? false)
+        let kept = "\(path) keeps its current key (version \(keyFile.version)) and nothing needs recovery"
+        if noRoom {
+            return DBKeyError(
+                .io,
+                "The rotation did not take effect: the re-encryption's journal, about the database's size (\(String(format: "%.1f", Double(size) / 1_000_000)) MB), did not fit (free disk space or the process's file-size limit), and SQLCipher rolled it back. \(kept): make room and rotate again.",
+                path: path)
+        }
+        return DBKeyError(
+            .databaseInUse,
+            "The rotation did not take effect: SQLCipher rolled the re-encryption back, as it does when another process has the database open outside DBKey. \(kept): close the other process and rotate again.",
+            path: path)
     }
 
     /// Re-encrypts the database on the long-work lane, reporting the journal's growth.

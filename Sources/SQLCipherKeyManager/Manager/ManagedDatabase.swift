@@ -203,7 +203,7 @@ final class ManagedDatabase: Sendable {
                 onClose: onClose
             )
         } catch DBKeyError.Code.wrongKey {
-            throw try diagnoseFailedOpen(keyFile: keyFile)
+            throw try diagnoseFailedOpen(key: key, keyFile: keyFile)
         } catch let error as DBKeyError where error.resultCode == .SQLITE_CANTOPEN && !fileExists(databasePath) {
             // Asked only when SQLite could not open it, so a normal open makes no extra stat.
             throw DBKeyError(
@@ -237,9 +237,11 @@ final class ManagedDatabase: Sendable {
         }
     }
 
-    /// Explains why a key that passed its key check does not open the database, by comparing the
-    /// database's salt with the one recorded in the `.key` file.
-    private func diagnoseFailedOpen(keyFile: KeyFile) throws -> DBKeyError {
+    /// Explains why a key that passed its key check does not open the database: a plaintext
+    /// file; another database (its salt differs from the recorded one); a damaged start of the
+    /// file (the salt differs in a byte or two); a database rekeyed after this `.key` was
+    /// written (no page authenticates under the key); or a damaged first page (later pages do).
+    private func diagnoseFailedOpen(key: SecureBuffer, keyFile: KeyFile) throws -> DBKeyError {
         let header = try readSalt()
         if header == Array("SQLite format 3\0".utf8) {
             return DBKeyError(
@@ -256,15 +258,32 @@ final class ManagedDatabase: Sendable {
             )
         }
         guard salt == header else {
+            let differing = zip(salt, header).filter { $0 != $1 }.count + abs(salt.count - header.count)
+            if header.count == salt.count, differing <= 2 {
+                return DBKeyError(
+                    .databaseDamaged,
+                    "\(databasePath) is damaged at its start: the salt in its first 16 bytes differs from the one \(keyFilePath) records in \(differing) byte\(differing == 1 ? "" : "s") (another database's would differ in nearly all). Restore it from a backup.",
+                    resultCode: .SQLITE_NOTADB, path: databasePath
+                )
+            }
             return DBKeyError(
                 .wrongKey,
                 "Wrong key for this database: \(keyFilePath) belongs to another database (the salt it records differs from the database's). Find this database's own .key file.",
                 resultCode: .SQLITE_NOTADB, path: databasePath, kekId: keyFile.kekId
             )
         }
+        let pages = try? PageAuthentication.authenticatingPages(
+            path: databasePath, key: key, salt: salt, pageSize: keyFile.cipher.pageSize)
+        if let pages, pages.read > 0, pages.authenticated == 0 {
+            return DBKeyError(
+                .wrongKey,
+                "\(keyFilePath) (data key version \(keyFile.version)) does not fit \(databasePath): no page authenticates under its key, so the database was rekeyed after this .key was written. Restore the .key written with the database's last rotation (version \(keyFile.version + 1) or later) from a backup.",
+                resultCode: .SQLITE_NOTADB, path: databasePath, kekId: keyFile.kekId
+            )
+        }
         return DBKeyError(
             .databaseDamaged,
-            "\(databasePath) is damaged: its key and salt match \(keyFilePath), but its first page does not decrypt. Restore it from a backup.",
+            "\(databasePath) is damaged: its key and salt match \(keyFilePath)\(pages.map { $0.authenticated > 0 ? " and its later pages authenticate" : "" } ?? ""), but its first page does not decrypt. Restore it from a backup.",
             resultCode: .SQLITE_NOTADB, path: databasePath
         )
     }

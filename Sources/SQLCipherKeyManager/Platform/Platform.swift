@@ -49,6 +49,19 @@ package enum Platform {
         #endif
     }
 
+    /// The process's file size limit (`RLIMIT_FSIZE`, `ulimit -f`) in bytes; `nil` when there
+    /// is none.
+    package static var fileSizeLimit: UInt64? {
+        var limit = rlimit()
+        #if canImport(Glibc)
+            let code = getrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limit)
+        #else
+            let code = getrlimit(RLIMIT_FSIZE, &limit)
+        #endif
+        guard code == 0, limit.rlim_cur != rlim_t.max else { return nil }
+        return UInt64(limit.rlim_cur)
+    }
+
     /// The calling thread's `errno`.
     package static var errno: Int32 {
         #if canImport(Glibc)
