@@ -94,6 +94,28 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         return try keyText.withUnsafeBytes(body)
     }
 
+    /// Checks that the key still opens the database — that no handle keyed with it changed the
+    /// key behind DBKey's journal (`PRAGMA rekey`, GRDB's `changePassphrase`) — then releases
+    /// the lock. Call it when the last handle keyed with this key is closed.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/wrongKey`` saying the key was changed outside
+    ///   DBKey (the lock is released all the same); the database's other open errors.
+    public func checkAndRelease() throws {
+        defer { release() }
+        guard !isReleased else { return }
+        do {
+            try DatabaseConnection.open(
+                path: databasePath, key: key, pageSize: cipherSettings.pageSize, create: false
+            ).close()
+        } catch DBKeyError.Code.wrongKey {
+            throw DBKeyError(
+                .wrongKey,
+                "The key of \(databasePath) was changed outside DBKey: the data key its .key records (version \(version)) no longer opens it. A handle keyed through the seam ran PRAGMA rekey or GRDB's changePassphrase; change keys only with LocalDbKeyManager.rotateKey. Re-key the database back with the handle that changed it, or restore it from a backup.",
+                path: databasePath
+            )
+        }
+    }
+
     /// Releases the shared lock, so that a rotation may start once every other holder has let
     /// go. Later calls do nothing; the key can no longer key handles.
     public func release() {

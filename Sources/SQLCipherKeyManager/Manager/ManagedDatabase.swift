@@ -277,7 +277,7 @@ final class ManagedDatabase: Sendable {
         if let pages, pages.read > 0, pages.authenticated == 0 {
             return DBKeyError(
                 .wrongKey,
-                "\(keyFilePath) (data key version \(keyFile.version)) does not fit \(databasePath): no page authenticates under its key, so the database was rekeyed after this .key was written. Restore the .key written with the database's last rotation (version \(keyFile.version + 1) or later) from a backup.",
+                "\(keyFilePath) (data key version \(keyFile.version)) does not fit \(databasePath): no page authenticates under its key, so the database was rekeyed after this .key was written — by a rotation (restore the .key written with it, version \(keyFile.version + 1) or later, from a backup) or by a handle outside DBKey's journal (PRAGMA rekey, GRDB's changePassphrase on a handle keyed through the seam: key changes go through rotateKey).",
                 resultCode: .SQLITE_NOTADB, path: databasePath, kekId: keyFile.kekId
             )
         }

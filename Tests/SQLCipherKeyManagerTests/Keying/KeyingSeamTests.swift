@@ -91,6 +91,34 @@ struct KeyingSeamTests {
         #expect(try contents(manager.databasePath).isEmpty)
     }
 
+    @Test("a key changed through a seam handle (PRAGMA rekey) is reported as exactly that on release and on open")
+    func keyChangedOutside() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try await populatedManager(directory)
+        let key = try await manager.getOrCreateKey()
+        var handle: OpaquePointer?
+        #expect(sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK)
+        try key.apply(to: try #require(handle))
+        // The app's own stack has no guard: it rekeys behind the journal.
+        #expect(sqlite3_exec(handle, "PRAGMA rekey = 'hunter2'", nil, nil, nil) == SQLITE_OK)
+        sqlite3_close_v2(handle)
+        await expectError(.wrongKey, containing: ["changed outside DBKey", "rotateKey"]) { try key.checkAndRelease() }
+        #expect(key.isReleased)
+        await expectError(.wrongKey, containing: ["rekeyed after this .key was written", "outside DBKey's journal"]) {
+            _ = try await manager.open()
+        }
+    }
+
+    @Test("checkAndRelease of an untouched database releases quietly, and a rotation can run")
+    func checkAndReleaseQuietly() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try await populatedManager(directory)
+        let key = try await manager.getOrCreateKey()
+        #expect(try readThroughSeam(manager.databasePath, key: key) == ["one", "two", "three"])
+        try key.checkAndRelease()
+        #expect(try await manager.rotateKey().version == 2)
+    }
+
     @Test("a handle whose cipher_version is empty (plain SQLite) is refused before it is keyed")
     func plainSQLiteRefused() async throws {
         // One SQLite per process: a plain-SQLite handle cannot exist beside libsqlcipher here, so
