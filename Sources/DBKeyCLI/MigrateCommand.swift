@@ -68,7 +68,7 @@ struct MigrateCommand: AsyncParsableCommand {
     func run() async throws {
         try await common.reportingErrors(json: json) {
             let manager = try newKey.makeManager(database: database, common: common, logger: common.makeLogger())
-            let keyFile = try await manager.migrate(from: try source(), progress: ProgressLine.reporter("exporting"))
+            let keyFile = try await manager.migrate(from: try source(), progress: ProgressLine.reporter())
             ProgressLine.finish()
             if json {
                 Output.printJSON([

@@ -45,7 +45,7 @@ struct RotateCommand: AsyncParsableCommand {
                 }
                 return
             }
-            let keyFile = try await manager.rotateKey(wait: .seconds(wait), progress: ProgressLine.reporter("rekeying"))
+            let keyFile = try await manager.rotateKey(wait: .seconds(wait), progress: ProgressLine.reporter())
             ProgressLine.finish()
             if json {
                 Output.printJSON([

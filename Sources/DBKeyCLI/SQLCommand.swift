@@ -9,7 +9,9 @@ struct SQLCommand: AsyncParsableCommand {
         discussion: """
             Rows are printed tab-separated, one a line; in text, tab, newline and backslash are \
             escaped as \\t, \\n and \\\\; NULL prints as an empty field and a blob as x'HEX'. \
-            With --json, all rows are printed as one array of objects (a blob as {"base64": …}).
+            With --json, one array with an object per statement that returns columns: \
+            {"columns": [names], "rows": [[values]]} (a blob as {"base64": …}), so that \
+            results are never merged and duplicate column names are kept.
             """
     )
 
@@ -32,24 +34,21 @@ struct SQLCommand: AsyncParsableCommand {
             let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
             let connection = try await manager.open()
             defer { connection.close() }
-            var jsonRows: [[String: Any]] = []
-            var lastColumns: [String]?
-            try connection.execute(sql) { row in
+            var results: [[String: Any]] = []
+            try connection.forEachResult(sql) { columns, rows in
                 if json {
-                    jsonRows.append(
-                        Dictionary(
-                            zip(row.columnNames, row.values.map(Self.jsonValue)),
-                            uniquingKeysWith: { first, _ in first }))
+                    results.append(["columns": columns, "rows": rows.map { $0.values.map(Self.jsonValue) }])
                     return
                 }
-                if header, lastColumns != row.columnNames {
-                    print(row.columnNames.map(Self.escaped).joined(separator: "\t"))
-                    lastColumns = row.columnNames
+                if header {
+                    print(columns.map(Self.escaped).joined(separator: "\t"))
                 }
-                print(row.values.map(Self.text).joined(separator: "\t"))
+                for row in rows {
+                    print(row.values.map(Self.text).joined(separator: "\t"))
+                }
             }
             if json {
-                Output.printJSON(jsonRows)
+                Output.printJSON(results)
             }
         }
     }

@@ -176,6 +176,42 @@ public final class DatabaseConnection {
         arguments: [DatabaseValue] = [],
         onRow: (Row) throws -> Void = { _ in }
     ) throws {
+        try execute(sql, arguments: arguments, onStatement: { _ in }, onRow: onRow)
+    }
+
+    /// Runs every statement in `sql` and hands each result — the column names of a statement
+    /// that returns columns, and its rows — to `body`, one statement at a time, so that two
+    /// results are never merged and duplicate column names are kept.
+    ///
+    /// ```swift
+    /// try db.forEachResult("SELECT 1 AS a, 2 AS a; SELECT 3") { columns, rows in
+    ///     print(columns, rows.count)
+    /// }
+    /// ```
+    ///
+    /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
+    public func forEachResult(
+        _ sql: String,
+        arguments: [DatabaseValue] = [],
+        _ body: (_ columnNames: [String], _ rows: [Row]) throws -> Void
+    ) throws {
+        var current: (columns: [String], rows: [Row])?
+        try execute(
+            sql, arguments: arguments,
+            onStatement: { statement in
+                if let finished = current { try body(finished.columns, finished.rows) }
+                current = statement.columnNames.isEmpty ? nil : (statement.columnNames, [])
+            },
+            onRow: { current?.rows.append($0) })
+        if let finished = current { try body(finished.columns, finished.rows) }
+    }
+
+    private func execute(
+        _ sql: String,
+        arguments: [DatabaseValue],
+        onStatement: (Statement) throws -> Void,
+        onRow: (Row) throws -> Void
+    ) throws {
         var remaining = arguments[...]
         // Each statement is prepared only after the one before it ran: a script may create a
         // table and then insert into it.
@@ -188,6 +224,7 @@ public final class DatabaseConnection {
                 )
             }
             remaining = remaining.dropFirst(taken.count)
+            try onStatement(statement)
             try statement.run(arguments: Array(taken), onRow: onRow)
         }
         guard remaining.isEmpty else {

@@ -2,6 +2,20 @@ import SystemPackage
 
 /// How far a long key change (a rotation's rekey, a migration's export) has got.
 public struct KeyChangeProgress: Sendable, Hashable {
+    /// The step a key change is in.
+    public enum Phase: String, Sendable, Hashable, CaseIterable {
+        /// Re-encrypting every page in place (a rotation's `PRAGMA rekey`).
+        case rekeying
+        /// Writing the encrypted copy (a migration's `sqlcipher_export`).
+        case copying
+        /// Checking the copy: `integrity_check` and every table's row count.
+        case verifying
+        /// Flushing the copy to the disk (`fsync`).
+        case synchronizing
+    }
+
+    /// The step the change is in; the byte counts are those of the copying or rekeying step.
+    public let phase: Phase
     /// Bytes processed so far, estimated from the size of the journal, WAL or new file.
     public let bytesDone: Int64
     /// The database's size.
@@ -26,6 +40,7 @@ public struct KeyChangeProgress: Sendable, Hashable {
 func reportProgress(
     of files: [String],
     total: Int64,
+    phase: KeyChangeProgress.Phase,
     to progress: (@Sendable (KeyChangeProgress) -> Void)?
 ) -> Task<Void, Never>? {
     guard let progress else { return nil }
@@ -37,7 +52,8 @@ func reportProgress(
             }
             progress(
                 KeyChangeProgress(
-                    bytesDone: min(written, total), bytesTotal: total, elapsed: ContinuousClock.now - start))
+                    phase: phase, bytesDone: min(written, total), bytesTotal: total,
+                    elapsed: ContinuousClock.now - start))
             try? await Task.sleep(for: .milliseconds(250))
         }
     }

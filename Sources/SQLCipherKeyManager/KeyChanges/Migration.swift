@@ -59,7 +59,7 @@ struct Migration: Sendable {
             try database.createEmptyDatabaseFile(at: copyPath)
             try database.reach(.changingDatabase)
             let total = (try? FilePath(database.databasePath).stat().size) ?? 0
-            let reporter = reportProgress(of: [copyPath], total: total, to: progress)
+            let reporter = reportProgress(of: [copyPath], total: total, phase: .copying, to: progress)
             defer { reporter?.cancel() }
             sqlcipherVersion = try await BlockingExecutor.shared.run(.long) { [self] in
                 let original = try openOriginal(source)
@@ -67,8 +67,18 @@ struct Migration: Sendable {
                 try original.exportEncrypted(to: copyPath, key: dataKey.plaintext, pageSize: pageSize)
                 return try original.cipherVersion()
             }
+            // No copying report may follow the next phase's.
+            reporter?.cancel()
+            await reporter?.value
+            // The steps after the copy take seconds on a large database: name each.
+            let copied = (try? FilePath(copyPath).stat().size) ?? total
+            let clock = ContinuousClock.now
+            progress?(KeyChangeProgress(phase: .verifying, bytesDone: copied, bytesTotal: total, elapsed: .zero))
             try database.reach(.verifyingNewKey)
             try await verifyCopy(key: dataKey.plaintext, pageSize: pageSize, expectedRowCounts: rowCounts)
+            progress?(
+                KeyChangeProgress(
+                    phase: .synchronizing, bytesDone: copied, bytesTotal: total, elapsed: ContinuousClock.now - clock))
             try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }
         } catch {
             removeMigrationCopy()

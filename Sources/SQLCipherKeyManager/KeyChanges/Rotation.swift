@@ -106,7 +106,8 @@ struct Rotation {
         let total = (try? FilePath(path).stat().size) ?? 0
         // The rekey rewrites every page: the rollback journal (or the WAL) grows to about the
         // database's size.
-        let reporter = reportProgress(of: [path + "-journal", path + "-wal"], total: total, to: progress)
+        let reporter = reportProgress(
+            of: [path + "-journal", path + "-wal"], total: total, phase: .rekeying, to: progress)
         defer { reporter?.cancel() }
         let pageSize = keyFile.cipher.pageSize
         try await BlockingExecutor.shared.run(.long) {

@@ -24,7 +24,7 @@ struct Verification {
             guard problems.isEmpty else {
                 throw DBKeyError(
                     .databaseDamaged,
-                    "\(path) failed its integrity check (\(problems.count) problems; first: \(problems.prefix(3).joined(separator: "; "))). Restore it from a backup.",
+                    "\(path) failed its integrity check (\(problems.count) problem\(problems.count == 1 ? "" : "s"); first: \(problems.prefix(3).joined(separator: "; "))). Restore it from a backup.",
                     path: path
                 )
             }

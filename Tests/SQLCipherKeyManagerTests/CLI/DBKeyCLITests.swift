@@ -59,8 +59,20 @@ struct DBKeyCLITests {
         #expect(sql.stdout == "1\ttab\\there\tx'00ff'\n2\t\t\n")
 
         let json = try await workspace.dbkey("sql", database, "--json", "SELECT id, body FROM note WHERE id = 1")
-        let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
-        #expect(rows.count == 1 && rows[0]["id"] as? Int == 1 && rows[0]["body"] as? String == "tab\there")
+        let results = try #require(
+            try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        #expect(results.count == 1 && results[0]["columns"] as? [String] == ["id", "body"])
+        let rows = try #require(results[0]["rows"] as? [[Any]])
+        #expect(rows.count == 1 && rows[0][0] as? Int == 1 && rows[0][1] as? String == "tab\there")
+
+        // Duplicate column names are kept; two statements' rows are two results, never merged.
+        let twice = try await workspace.dbkey("sql", database, "--json", "SELECT 1 AS a, 2 AS a; SELECT 3 AS a")
+        let both = try #require(try JSONSerialization.jsonObject(with: Data(twice.stdout.utf8)) as? [[String: Any]])
+        #expect(both.count == 2)
+        #expect(both.first?["columns"] as? [String] == ["a", "a"])
+        #expect((both.first?["rows"] as? [[Int]]) == [[1, 2]] && (both.last?["rows"] as? [[Int]]) == [[3]])
+        let headers = try await workspace.dbkey("sql", database, "--header", "SELECT 1 AS a; SELECT 2 AS a")
+        #expect(headers.stdout == "a\n1\na\n2\n", "a header for each statement")
 
         let status = try await workspace.dbkey("status", database, "--json")
         #expect(status.status == 0, "\(status.stderr)")

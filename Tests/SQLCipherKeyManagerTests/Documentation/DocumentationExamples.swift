@@ -46,6 +46,9 @@ enum DocCommentExamples {
         try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
         let rows = try db.fetchAll("SELECT id, body FROM note")
         try db.execute("INSERT INTO note(id, body, score) VALUES (?, ?, ?)", arguments: [1, "hello", 0.5])
+        try db.forEachResult("SELECT 1 AS a, 2 AS a; SELECT 3") { columns, rows in
+            print(columns, rows.count)
+        }
         _ = rows
     }
 
