@@ -90,12 +90,16 @@ struct KeyChangeJournal {
         // A migration's pending key is also its current key, which sealed the file.
         try keyFile.verifySeal(with: key, source: database.keyFilePath)
         let migration = Migration(database: database)
-        if try await !database.opens(database.databasePath, with: key, keyFile: keyFile) {
+        // The database is missing when a new database's copy was never swapped in (init).
+        let databaseExists = database.fileExists(database.databasePath)
+        let databaseOpens =
+            try await databaseExists ? database.opens(database.databasePath, with: key, keyFile: keyFile) : false
+        if !databaseOpens {
             guard database.fileExists(migration.copyPath) else {
                 // The swap never happened and the copy is gone (removed after a failure): the
                 // original is the database, unmanaged. Drop the journal — the whole .key, whose
                 // key never encrypted anything that exists — so the migration can run again.
-                if try database.readSalt() == Array("SQLite format 3\0".utf8) {
+                if databaseExists, try database.readSalt() == Array("SQLite format 3\0".utf8) {
                     try abandonMigration(keyFile)
                 }
                 throw neitherKeyOpens(keyFile, pending)

@@ -214,7 +214,7 @@ struct Migration: Sendable {
         database.removeDatabaseFiles(at: copyPath)
     }
 
-    private static func synchronizeFile(_ path: String) throws {
+    static func synchronizeFile(_ path: String) throws {
         do {
             let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
             try descriptor.closeAfter { try descriptor.synchronize() }

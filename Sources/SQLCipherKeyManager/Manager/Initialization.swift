@@ -33,46 +33,66 @@ struct Initialization {
                 path: database.keyFilePath
             )
         }
-        try database.createEmptyDatabaseFile()
-        let keyFile: KeyFile
+        if database.fileExists(database.databasePath) {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(database.databasePath) already exists. To bring an existing database under management, migrate it (dbkey migrate).",
+                path: database.databasePath
+            )
+        }
+        // The new database is built beside its path and swapped in under the journal, as a
+        // migration's copy is: a crash before the .key exists leaves only that copy (removed
+        // here on the next try), and one after leaves a journal the next open completes.
+        let migration = Migration(database: database)
+        let copyPath = migration.copyPath
+        database.removeDatabaseFiles(at: copyPath)
+        try database.createEmptyDatabaseFile(at: copyPath)
+        var keyFile: KeyFile
+        let dataKey: DataKey
         do {
-            let dataKey = try await kms.generateDataKey(
+            dataKey = try await kms.generateDataKey(
                 kekId: configuration.kekId, context: configuration.encryptionContext)
             try database.requireRoom(for: dataKey, provider: kms.providerName)
-            let (path, pageSize) = (database.databasePath, configuration.pageSize)
+            let pageSize = configuration.pageSize
             let sqlcipherVersion = try await BlockingExecutor.shared.run(.short) {
                 let connection = try DatabaseConnection.open(
-                    path: path, key: dataKey.plaintext, pageSize: pageSize, create: true)
+                    path: copyPath, key: dataKey.plaintext, pageSize: pageSize, create: true)
                 defer { connection.close() }
                 // Writing the header creates page 1, and with it the salt.
                 try connection.execute("PRAGMA user_version = 0")
                 return try connection.cipherVersion()
             }
-            keyFile = try await database.store(
-                database.newKeyFile(
-                    for: dataKey, provider: kms.providerName, sqlcipherVersion: sqlcipherVersion,
-                    salt: try database.readSalt()),
-                sealedWith: dataKey.plaintext
-            )
-            // Success means the next open works: prove it as that open will.
-            guard try await database.opens(path, with: dataKey.plaintext, keyFile: keyFile) else {
+            // Success means the next open works: prove it as that open will, before anything
+            // points at the new file.
+            let draft = database.newKeyFile(
+                for: dataKey, provider: kms.providerName, sqlcipherVersion: sqlcipherVersion,
+                salt: try database.readSalt(of: copyPath))
+            guard try await database.opens(copyPath, with: dataKey.plaintext, keyFile: draft) else {
                 throw DBKeyError(
                     .invalidConfiguration,
-                    "The new database at \(path) does not open again with its settings (page size \(pageSize)); nothing was kept.",
-                    path: path)
+                    "The new database does not open again with its settings (page size \(pageSize)); nothing was kept.",
+                    path: database.databasePath)
             }
+            try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }
+            keyFile = try await database.journal.begin(
+                .migrate, draft, newKey: dataKey, provider: kms.providerName, version: 1, sealedWith: dataKey.plaintext)
         } catch {
-            if database.fileExists(database.keyFilePath) {
-                _ = unlink(database.keyFilePath)
-            }
-            database.removeDatabaseFiles(at: database.databasePath)
-            // Nothing is left behind: not even the lock file, when this call made it (no
-            // database exists for anyone else to hold it for).
-            if !lockExisted {
-                _ = unlink(lockPath)
+            // Never remove what a journal points at: only a copy no .key names.
+            if !database.fileExists(database.keyFilePath) {
+                database.removeDatabaseFiles(at: copyPath)
+                // Nothing is left behind: not even the lock file, when this call made it (no
+                // database exists for anyone else to hold it for).
+                if !lockExisted {
+                    _ = unlink(lockPath)
+                }
             }
             throw error
         }
+        try database.reach(.swappingDatabase)
+        try await migration.swapInCopyOffThePool()
+        try database.reach(.writingFinalKeyFile)
+        keyFile = try await database.store(
+            keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
         database.record(.keyGenerated, keyFile)
         return keyFile
     }

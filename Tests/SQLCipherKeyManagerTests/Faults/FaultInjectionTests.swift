@@ -1,0 +1,203 @@
+import Foundation
+@testable import SQLCipherKeyManager
+import Testing
+
+/// A fault at every call site of open, write, pwrite, fsync, fdatasync, rename and unlink in
+/// every key-changing `dbkey` command — EIO, ENOSPC, and SIGKILL just before and just after
+/// the call — through the LD_PRELOAD shim `Scripts/faultshim/faultshim.c`. After each: the
+/// database opens with every row, and no command is left stuck.
+///
+/// CI runs each site's first and last call; `Scripts/fault-sweep` runs every call
+/// (`DBKEY_FAULT_SWEEP=every-call`).
+@Suite("Faults at every file system call of a key change")
+struct FaultInjectionTests {
+    enum Operation: String, CaseIterable, Sendable {
+        case rotateRollback = "rotate (rollback journal)"
+        case rotateWAL = "rotate (WAL)"
+        case rewrap = "rewrap to another master key"
+        case migrate = "migrate --from-plaintext"
+        case initialize = "init"
+    }
+
+    static let modes = ["EIO", "ENOSPC", "killbefore", "killafter"]
+    static let rows = 300
+
+    /// A prepared directory for one operation, copied for every case.
+    struct Template {
+        let directory: TemporaryDirectory
+        var database: String { directory.file("app.db") }
+        var oldMaster: String { directory.file("old.key") }
+        var newMaster: String { directory.file("new.key") }
+    }
+
+    static func environment(_ directory: String, master: String) -> [String: String] {
+        [
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory,
+            LocalKms.masterKeyFileVariable: master,
+        ]
+    }
+
+    static func dbkey(
+        _ arguments: [String], in directory: String, master: String, shim: [String: String] = [:]
+    ) async throws -> ProcessResult {
+        try await run(
+            DBKeyCLITests.executable, arguments,
+            environment: environment(directory, master: master).merging(shim) { $1 })
+    }
+
+    static func prepare(_ operation: Operation) async throws -> Template {
+        let template = Template(directory: try TemporaryDirectory())
+        for path in [template.oldMaster, template.newMaster] {
+            let key = try SecureBuffer.random(count: 32).withUnsafeBytes { Data($0).base64EncodedString() }
+            _ = FileManager.default.createFile(
+                atPath: path, contents: Data((key + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        }
+        let insert =
+            "CREATE TABLE t(x); WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < \(rows)) INSERT INTO t SELECT randomblob(200) FROM c"
+        let path = template.directory.path
+        switch operation {
+        case .initialize:
+            break
+        case .migrate:
+            let db = try DatabaseConnection.open(path: template.database, keying: .plaintext, create: true)
+            try db.execute(insert)
+            db.close()
+        case .rotateRollback, .rotateWAL, .rewrap:
+            #expect(try await dbkey(["init", template.database], in: path, master: template.oldMaster).status == 0)
+            let setup = (operation == .rotateWAL ? "PRAGMA journal_mode = WAL; " : "") + insert
+            #expect(
+                try await dbkey(["sql", template.database, setup], in: path, master: template.oldMaster).status == 0)
+        }
+        return template
+    }
+
+    static func arguments(_ operation: Operation, _ template: Template, in directory: String) -> [String] {
+        let database = directory + "/app.db"
+        switch operation {
+        case .rotateRollback, .rotateWAL: return ["rotate", database]
+        case .rewrap: return ["rewrap", database, "--to", "local://" + directory + "/new.key"]
+        case .migrate: return ["migrate", database, "--from-plaintext"]
+        case .initialize: return ["init", database]
+        }
+    }
+
+    /// The calls the operation makes, in order, as (function, site) pairs.
+    static func calls(_ operation: Operation, _ template: Template) async throws -> [(function: String, site: String)] {
+        let scratch = try TemporaryDirectory()
+        try copyContents(of: template.directory.path, to: scratch.path)
+        let logDirectory = try TemporaryDirectory()
+        let log = logDirectory.file("calls.log")
+        let result = try await dbkey(
+            arguments(operation, template, in: scratch.path), in: scratch.path, master: scratch.file("old.key"),
+            shim: try shim(scratch.path, ["FAULTSHIM_LOG": log]))
+        #expect(result.status == 0, "\(operation.rawValue) without a fault: \(result.stderr)")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        withExtendedLifetime(logDirectory) {}
+        return text.split(separator: "\n").map {
+            let parts = $0.split(separator: " ")
+            return (String(parts[0]), String(parts[1]))
+        }
+    }
+
+    static func shim(_ directory: String, _ extra: [String: String]) throws -> [String: String] {
+        [
+            "LD_PRELOAD": try scriptVariable("DBKEY_TEST_FAULTSHIM", describing: "fault-injection shim"),
+            "FAULTSHIM_DIR": directory,
+        ].merging(extra) { $1 }
+    }
+
+    static func copyContents(of source: String, to destination: String) throws {
+        for name in try FileManager.default.contentsOfDirectory(atPath: source) {
+            try FileManager.default.copyItem(atPath: source + "/" + name, toPath: destination + "/" + name)
+        }
+    }
+
+    /// After a fault: the database opens with every row (with whichever master key the .key
+    /// ended under), and the next key change runs.
+    static func expectRecovered(
+        _ operation: Operation, in directory: String, case description: String
+    ) async throws {
+        let database = directory + "/app.db"
+        let old = directory + "/old.key"
+        let new = directory + "/new.key"
+        let hasKeyFile = FileManager.default.fileExists(atPath: database + ".key")
+        switch operation {
+        case .initialize:
+            if !hasKeyFile {
+                // Nothing made: init runs again.
+                let again = try await dbkey(["init", database], in: directory, master: old)
+                #expect(again.status == 0, "\(description): init again: \(again.stderr)")
+            }
+            let opened = try await dbkey(
+                ["sql", database, "SELECT count(*) FROM sqlite_master"], in: directory, master: old)
+            #expect(opened.status == 0, "\(description): \(opened.stderr)")
+            return
+        case .migrate where !hasKeyFile:
+            // Not migrated: the plaintext original has every row, and migrate runs again.
+            let original = try DatabaseConnection.open(path: database, keying: .plaintext)
+            #expect(
+                try original.fetchAll("SELECT count(*) FROM t").first?[0] == .integer(Int64(rows)), "\(description)")
+            original.close()
+            let again = try await dbkey(["migrate", database, "--from-plaintext"], in: directory, master: old)
+            #expect(again.status == 0, "\(description): migrate again: \(again.stderr)")
+        default:
+            break
+        }
+        var master = old
+        var read = try await dbkey(["sql", database, "SELECT count(*) FROM t"], in: directory, master: master)
+        if operation == .rewrap && read.status == 22 {
+            master = new  // the rewrap completed: the new master key opens it
+            read = try await dbkey(["sql", database, "SELECT count(*) FROM t"], in: directory, master: master)
+        }
+        #expect(read.status == 0 && read.stdout == "\(rows)\n", "\(description): \(read.status) \(read.stderr)")
+        let rotated = try await dbkey(["rotate", database], in: directory, master: master)
+        #expect(rotated.status == 0, "\(description): not stuck: \(rotated.stderr)")
+        let verified = try await dbkey(["verify", database], in: directory, master: master)
+        #expect(verified.status == 0, "\(description): \(verified.stderr)")
+    }
+
+    @Test(
+        "a fault at each call site leaves a database that opens with every row, and no command stuck",
+        arguments: Operation.allCases)
+    func faults(operation: Operation) async throws {
+        let template = try await Self.prepare(operation)
+        let calls = try await Self.calls(operation, template)
+        #expect(!calls.isEmpty)
+        // (function, site, n): the n-th call of that function from that site.
+        var occurrences: [String: Int] = [:]
+        var targets: [(function: String, site: String, n: Int)] = []
+        let everyCall = ProcessInfo.processInfo.environment["DBKEY_FAULT_SWEEP"] == "every-call"
+        for call in calls { occurrences[call.function + " " + call.site, default: 0] += 1 }
+        var seen = Set<String>()
+        for call in calls where seen.insert(call.function + " " + call.site).inserted {
+            let count = occurrences[call.function + " " + call.site]!
+            let ns = everyCall ? Array(1...count) : Array(Set([1, count])).sorted()
+            targets += ns.map { (call.function, call.site, $0) }
+        }
+        let cases = targets.flatMap { target in Self.modes.map { (target, $0) } }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var pending = cases[...]
+            func next() {
+                guard let (target, mode) = pending.popFirst() else { return }
+                group.addTask {
+                    let scratch = try TemporaryDirectory()
+                    try Self.copyContents(of: template.directory.path, to: scratch.path)
+                    let description =
+                        "\(operation.rawValue): \(mode) at \(target.function) #\(target.n) of site \(target.site)"
+                    _ = try await Self.dbkey(
+                        Self.arguments(operation, template, in: scratch.path), in: scratch.path,
+                        master: scratch.file("old.key"),
+                        shim: try Self.shim(
+                            scratch.path,
+                            ["FAULTSHIM_AT": "\(target.function):\(target.site):\(target.n)", "FAULTSHIM_MODE": mode]))
+                    try await Self.expectRecovered(operation, in: scratch.path, case: description)
+                }
+            }
+            for _ in 0..<2 { next() }
+            while try await group.next() != nil { next() }
+        }
+        print(
+            "fault test (\(operation.rawValue)): \(calls.count) calls at \(seen.count) sites; \(cases.count) faults injected (\(everyCall ? "every call" : "first and last call of each site") × \(Self.modes.joined(separator: ", ")))"
+        )
+    }
+}
