@@ -9,7 +9,8 @@ struct OpenOrCreateTests {
     func manager(_ path: String, _ kms: MockKms) -> LocalDbKeyManager {
         // A long wait: under the full suite the first launch's fsyncs can take seconds.
         LocalDbKeyManager(
-            databasePath: path, kms: kms, configuration: .init(kekId: "k", openWait: .seconds(60)), logger: silentLogger)
+            databasePath: path, kms: kms, configuration: .init(kekId: "k", openWait: .seconds(60)), logger: silentLogger
+        )
     }
 
     @Test("the first launch creates, every later launch opens what is there (the README's example, run twice)")
