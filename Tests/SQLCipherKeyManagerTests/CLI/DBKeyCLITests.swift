@@ -493,7 +493,8 @@ struct DBKeyHardeningTests {
         try process.run()
         defer { process.terminate() }
         var line: Substring?
-        for _ in 0..<1000 where line == nil && process.isRunning {
+        // Up to a minute: under the whole suite a debug dbkey can take seconds to start.
+        for _ in 0..<6000 where line == nil && process.isRunning {
             try await Task.sleep(for: .milliseconds(10))
             let handle = FileHandle(forReadingAtPath: "/proc/\(process.processIdentifier)/limits")
             let limits = String(decoding: handle?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
@@ -528,8 +529,18 @@ struct DBKeyHardeningTests {
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         defer { process.terminate() }
-        try await Task.sleep(for: .milliseconds(700))
-        #expect(process.isRunning)
+        // Wait until dbkey has hardened itself (its core limit reads 0): its crash handlers were
+        // installed just before. Up to a minute: under the whole suite a debug build starts slowly.
+        var hardened = false
+        for _ in 0..<6000 where !hardened && process.isRunning {
+            try await Task.sleep(for: .milliseconds(10))
+            let limits =
+                (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/limits", encoding: .utf8)) ?? ""
+            hardened = limits.split(separator: "\n").contains {
+                $0.hasPrefix("Max core file size") && $0.split(separator: " ").dropFirst(4).prefix(2) == ["0", "0"]
+            }
+        }
+        #expect(hardened && process.isRunning)
         kill(process.processIdentifier, signal)
         let output = try await offPool { () -> String in
             let data = stderr.fileHandleForReading.readDataToEndOfFile()

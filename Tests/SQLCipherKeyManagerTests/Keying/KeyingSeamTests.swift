@@ -139,7 +139,9 @@ struct KeyingSeamTests {
             databasePath: directory.file("p.db"), providers: KmsRegistry(kms), configuration: .init(kekId: "k"),
             logger: silentLogger, faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } }
         )
-        try await failing.initialize()
+        try await LocalDbKeyManager(
+            databasePath: directory.file("p.db"), kms: kms, configuration: .init(kekId: "k"), logger: silentLogger
+        ).initialize()
         await expectError(.io) { try await failing.rotateKey() }
         #expect(try failing.load().pending != nil)
         let manager = LocalDbKeyManager(
