@@ -154,57 +154,25 @@ static mode_t mode_argument(int flags, va_list arguments) {
     return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(arguments, int) : 0;
 }
 
-int open(const char *path, int flags, ...) {
-    va_list arguments;
-    va_start(arguments, flags);
-    mode_t mode = mode_argument(flags, arguments);
-    va_end(arguments);
-    REAL(open, open_f);
-    int watch = below_dir(AT_FDCWD, path);
-    FAULT("open", watch, -1);
-    int fd = opened(real_open(path, flags, mode), watch);
-    AFTER();
-    return fd;
-}
+// The four open calls share one body: the mode argument exists only with O_CREAT or O_TMPFILE.
+#define OPEN_WRAPPER(name, type, dirfd_expression, ...)                       \
+    {                                                                          \
+        va_list arguments;                                                     \
+        va_start(arguments, flags);                                            \
+        mode_t mode = mode_argument(flags, arguments);                         \
+        va_end(arguments);                                                     \
+        REAL(name, type);                                                      \
+        int watch = below_dir(dirfd_expression, path);                         \
+        FAULT("open", watch, -1);                                              \
+        int fd = opened(real_##name(__VA_ARGS__, flags, mode), watch);         \
+        AFTER();                                                               \
+        return fd;                                                             \
+    }
 
-int open64(const char *path, int flags, ...) {
-    va_list arguments;
-    va_start(arguments, flags);
-    mode_t mode = mode_argument(flags, arguments);
-    va_end(arguments);
-    REAL(open64, open_f);
-    int watch = below_dir(AT_FDCWD, path);
-    FAULT("open", watch, -1);
-    int fd = opened(real_open64(path, flags, mode), watch);
-    AFTER();
-    return fd;
-}
-
-int openat(int dirfd, const char *path, int flags, ...) {
-    va_list arguments;
-    va_start(arguments, flags);
-    mode_t mode = mode_argument(flags, arguments);
-    va_end(arguments);
-    REAL(openat, openat_f);
-    int watch = below_dir(dirfd, path);
-    FAULT("open", watch, -1);
-    int fd = opened(real_openat(dirfd, path, flags, mode), watch);
-    AFTER();
-    return fd;
-}
-
-int openat64(int dirfd, const char *path, int flags, ...) {
-    va_list arguments;
-    va_start(arguments, flags);
-    mode_t mode = mode_argument(flags, arguments);
-    va_end(arguments);
-    REAL(openat64, openat_f);
-    int watch = below_dir(dirfd, path);
-    FAULT("open", watch, -1);
-    int fd = opened(real_openat64(dirfd, path, flags, mode), watch);
-    AFTER();
-    return fd;
-}
+int open(const char *path, int flags, ...) OPEN_WRAPPER(open, open_f, AT_FDCWD, path)
+int open64(const char *path, int flags, ...) OPEN_WRAPPER(open64, open_f, AT_FDCWD, path)
+int openat(int dirfd, const char *path, int flags, ...) OPEN_WRAPPER(openat, openat_f, dirfd, dirfd, path)
+int openat64(int dirfd, const char *path, int flags, ...) OPEN_WRAPPER(openat64, openat_f, dirfd, dirfd, path)
 
 int close(int fd) {
     REAL(close, close_f);

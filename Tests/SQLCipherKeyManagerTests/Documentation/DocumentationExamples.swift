@@ -224,21 +224,6 @@ enum DocumentationExamples {
         _ = rows
     }
 
-    static func gettingStarted(databasePath: String) async throws {
-        let logger = Logger(label: "app.db")
-        let manager = LocalDbKeyManager(
-            databasePath: databasePath,
-            kms: try LocalKms.fromEnvironment(logger: logger),
-            configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
-            logger: logger
-        )
-        let db = try await manager.openOrCreate()
-        try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
-        try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
-        let rows = try db.fetchAll("SELECT id, body FROM note")
-        _ = rows
-    }
-
     static func errors(manager: LocalDbKeyManager) async throws {
         do {
             _ = try await manager.open()

@@ -6,14 +6,15 @@ import Testing
 /// The key cache's expiry holds when Swift's cooperative pool is starved.
 @Suite("Key cache expiry")
 struct KeyCacheExpiryTests {
+    /// The record a cached key belongs to; the cache looks only at its version and wrapped key.
+    let keyFile = KeyFile(
+        kms: "mock", kekId: "k", encryptedDek: WrappedKey(encoded: "AQID"), createdAt: KeyFile.now(),
+        encryptionContext: .empty, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!,
+        rotationPeriodDays: nil, cipher: CipherSettings(pageSize: 4096))
+
     @Test("a cached key is dropped at its TTL while every thread of the cooperative pool is blocked")
     func expiryUnderAStarvedPool() async throws {
         let cache = DataKeyCache(timeToLive: .milliseconds(500))
-        var keyFile = KeyFile(
-            kms: "mock", kekId: "k", encryptedDek: WrappedKey(encoded: "AQID"), createdAt: KeyFile.now(),
-            encryptionContext: .empty, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!,
-            rotationPeriodDays: nil, cipher: CipherSettings(pageSize: 4096))
-        keyFile.version = 1
         cache.store(try SecureBuffer.random(count: 32), for: keyFile)
         #expect(cache.count == 1)
 
@@ -48,10 +49,6 @@ struct KeyCacheExpiryTests {
     @Test("an expired entry is never returned, even before the timer drops it")
     func expiryCheckedOnAccess() async throws {
         let cache = DataKeyCache(timeToLive: .milliseconds(100))
-        let keyFile = KeyFile(
-            kms: "mock", kekId: "k", encryptedDek: WrappedKey(encoded: "AQID"), createdAt: KeyFile.now(),
-            encryptionContext: .empty, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!,
-            rotationPeriodDays: nil, cipher: CipherSettings(pageSize: 4096))
         cache.store(try SecureBuffer.random(count: 32), for: keyFile)
         #expect(cache.key(for: keyFile) != nil)
         usleep(150_000)  // Blocking on purpose: no chance for anything else to run first.
