@@ -482,12 +482,16 @@ struct DBKeyHardeningTests {
     func coreDumpsOff() async throws {
         let workspace = try DBKeyCLITests.Workspace()
         #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        // A connection held open keeps a rotation waiting: dbkey stays alive, however slowly
+        // this test is scheduled, until it is terminated.
+        let holder = LocalDbKeyManager(
+            databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
+            logger: silentLogger)
+        let connection = try await holder.open()
+        defer { connection.close() }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
-        process.arguments = [
-            "sql", workspace.database,
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30000000) SELECT count(*) FROM c",
-        ]
+        process.arguments = ["rotate", workspace.database, "--wait", "120"]
         process.environment = workspace.environment
         process.standardOutput = FileHandle.nullDevice
         let errors = Pipe()
