@@ -193,7 +193,7 @@ struct FaultInjectionTests {
                     try await Self.expectRecovered(operation, in: scratch.path, case: description)
                 }
             }
-            for _ in 0..<2 { next() }
+            for _ in 0..<2 { next() }  // two at a time: a process each, beside the rest of the suite
             while try await group.next() != nil { next() }
         }
         print(
