@@ -478,45 +478,60 @@ struct DBKeyAwsCLITests {
 /// The process-level protections of `dbkey`.
 @Suite("dbkey process hardening")
 struct DBKeyHardeningTests {
+    /// A `dbkey rotate` kept waiting by a connection this test holds open, so that it stays alive
+    /// however slowly the test is scheduled, until it is terminated or signalled.
+    struct WaitingDbkey {
+        let process = Process()
+        let stderr = Pipe()
+        let connection: DatabaseConnection
+
+        init(_ workspace: DBKeyCLITests.Workspace) async throws {
+            #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+            let holder = LocalDbKeyManager(
+                databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
+                logger: silentLogger)
+            connection = try await holder.open()
+            process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+            process.arguments = ["rotate", workspace.database, "--wait", "120"]
+            process.environment = workspace.environment
+            process.standardError = stderr
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+        }
+
+        /// Waits up to a minute (a debug build starts slowly under the whole suite) for the line
+        /// of /proc/PID/limits that shows the core file size limit at 0, soft and hard: dbkey
+        /// sets it right after installing its crash handlers. Not `Process.isRunning`: right after
+        /// run() it can read false on a loaded machine; a process that is gone has no /proc entry.
+        func hardenedLimitLine() async throws -> Substring? {
+            let pid = process.processIdentifier
+            for attempt in 0..<6000 {
+                if attempt > 200 && !FileManager.default.fileExists(atPath: "/proc/\(pid)") { return nil }
+                try await Task.sleep(for: .milliseconds(10))
+                let limits = (try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)) ?? ""
+                // The shell's own limit is replaced once dbkey has started.
+                if let line = limits.split(separator: "\n").first(where: { $0.hasPrefix("Max core file size") }),
+                    line.split(separator: " ").dropFirst(4).prefix(2) == ["0", "0"]
+                {
+                    return line
+                }
+            }
+            return nil
+        }
+
+        func stop() {
+            process.terminate()
+            connection.close()
+        }
+    }
+
     @Test("a running dbkey has a core file size limit of 0, soft and hard")
     func coreDumpsOff() async throws {
-        let workspace = try DBKeyCLITests.Workspace()
-        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
-        // A connection held open keeps a rotation waiting: dbkey stays alive, however slowly
-        // this test is scheduled, until it is terminated.
-        let holder = LocalDbKeyManager(
-            databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
-            logger: silentLogger)
-        let connection = try await holder.open()
-        defer { connection.close() }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
-        process.arguments = ["rotate", workspace.database, "--wait", "120"]
-        process.environment = workspace.environment
-        process.standardOutput = FileHandle.nullDevice
-        let errors = Pipe()
-        process.standardError = errors
-        try process.run()
-        defer { process.terminate() }
-        var line: Substring?
-        // Up to a minute: under the whole suite a debug dbkey can take seconds to start.
-        // Not `process.isRunning` as the condition: right after run() it can still read false on
-        // a loaded machine. A process that is gone has no /proc entry, and ends the wait too.
-        for attempt in 0..<6000 where line == nil {
-            if attempt > 200 && !FileManager.default.fileExists(atPath: "/proc/\(process.processIdentifier)") { break }
-            try await Task.sleep(for: .milliseconds(10))
-            let handle = FileHandle(forReadingAtPath: "/proc/\(process.processIdentifier)/limits")
-            let limits = String(decoding: handle?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
-            // The shell's own limit is replaced once dbkey has started.
-            if let found = limits.split(separator: "\n").first(where: { $0.hasPrefix("Max core file size") }),
-                found.split(separator: " ", omittingEmptySubsequences: true).dropFirst(4).prefix(2) == ["0", "0"]
-            {
-                line = found
-            }
-        }
-        if line == nil {
-            process.terminate()
-            let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let dbkey = try await WaitingDbkey(try DBKeyCLITests.Workspace())
+        defer { dbkey.stop() }
+        if try await dbkey.hardenedLimitLine() == nil {
+            dbkey.process.terminate()
+            let stderr = String(decoding: dbkey.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             Issue.record("dbkey never lowered its core file size limit to 0; its stderr: \(stderr)")
         }
     }
@@ -525,37 +540,12 @@ struct DBKeyHardeningTests {
         "a crash prints one fixed line and no registers or memory, and exits 128 + the signal",
         arguments: [SIGSEGV, SIGBUS, SIGABRT])
     func quietCrash(signal: Int32) async throws {
-        let workspace = try DBKeyCLITests.Workspace()
-        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
-        // A connection held open keeps the rotation waiting, so the process is there to crash.
-        let holder = LocalDbKeyManager(
-            databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
-            logger: silentLogger)
-        let connection = try await holder.open()
-        defer { connection.close() }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
-        process.arguments = ["rotate", workspace.database, "--wait", "30"]
-        process.environment = workspace.environment
-        let stderr = Pipe()
-        process.standardError = stderr
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        defer { process.terminate() }
-        // Wait until dbkey has hardened itself (its core limit reads 0): its crash handlers were
-        // installed just before. Up to a minute: under the whole suite a debug build starts slowly.
-        var hardened = false
-        for attempt in 0..<6000 where !hardened {
-            if attempt > 200 && !FileManager.default.fileExists(atPath: "/proc/\(process.processIdentifier)") { break }
-            try await Task.sleep(for: .milliseconds(10))
-            let limits =
-                (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/limits", encoding: .utf8)) ?? ""
-            hardened = limits.split(separator: "\n").contains {
-                $0.hasPrefix("Max core file size") && $0.split(separator: " ").dropFirst(4).prefix(2) == ["0", "0"]
-            }
-        }
-        #expect(hardened)
-        kill(process.processIdentifier, signal)
+        let dbkey = try await WaitingDbkey(try DBKeyCLITests.Workspace())
+        defer { dbkey.stop() }
+        #expect(try await dbkey.hardenedLimitLine() != nil)
+        kill(dbkey.process.processIdentifier, signal)
+        let process = dbkey.process
+        let stderr = dbkey.stderr
         let output = try await offPool { () -> String in
             let data = stderr.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
