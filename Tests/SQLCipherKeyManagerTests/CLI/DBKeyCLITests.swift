@@ -484,8 +484,11 @@ struct DBKeyHardeningTests {
         let process = Process()
         let stderr = Pipe()
         let connection: DatabaseConnection
+        /// Kept for the process's lifetime: its directory goes when it is released.
+        let workspace: DBKeyCLITests.Workspace
 
         init(_ workspace: DBKeyCLITests.Workspace) async throws {
+            self.workspace = workspace
             #expect(try await workspace.dbkey("init", workspace.database).status == 0)
             let holder = LocalDbKeyManager(
                 databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
