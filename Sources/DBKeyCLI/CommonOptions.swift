@@ -34,8 +34,11 @@ struct CommonOptions: ParsableArguments {
     }
 
     /// A manager for an existing database, with every provider of this build.
-    func existingDatabaseManager(_ database: String, logger: Logger) -> LocalDbKeyManager {
-        LocalDbKeyManager(databasePath: database, providers: registry(logger: logger), logger: logger)
+    func existingDatabaseManager(_ database: String, plaintextHeader: Bool = false, logger: Logger) -> LocalDbKeyManager
+    {
+        LocalDbKeyManager(
+            databasePath: database, providers: registry(logger: logger),
+            configuration: .init(plaintextHeader: plaintextHeader), logger: logger)
     }
 }
 

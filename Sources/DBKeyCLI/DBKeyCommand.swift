@@ -36,7 +36,7 @@ public struct DBKeyCommand: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             InitCommand.self, StatusCommand.self, VerifyCommand.self, SQLCommand.self,
-            RotateCommand.self, RewrapCommand.self, MigrateCommand.self,
+            RotateCommand.self, RewrapCommand.self, MigrateCommand.self, UpgradeCommand.self,
         ]
     )
 
@@ -48,6 +48,10 @@ public struct DBKeyCommand: AsyncParsableCommand {
             try? FileHandle.standardError.write(
                 contentsOf: Data("dbkey: warning: could not turn off core dumps\n".utf8))
         }
+        // dbkey reports wrong keys and damage as typed errors: SQLCipher 4's own stderr log
+        // ("ERROR CORE … hmac check failed") would only repeat them. A library leaves this
+        // process-wide setting to its app; the tool is its own app.
+        try? SQLCipherEngine.setLogLevel(.none)
         do {
             try await DBKeyCommand.run(Array(CommandLine.arguments.dropFirst()), providers: providers)
         } catch {

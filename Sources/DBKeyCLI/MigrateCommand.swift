@@ -33,10 +33,15 @@ struct MigrateCommand: AsyncParsableCommand {
     @Flag(help: "Read the passphrase from standard input.")
     var fromPassphraseStdin = false
 
+    @Option(
+        parsing: .unconditional,
+        help: "The SQLCipher format of the old database: 4 (SQLCipher 4.x) or 3 (3.x, 2.x, 1.x). Default: 4, then 3.")
+    var sqlcipherFormat: Int?
+
     @Option(parsing: .unconditional, help: "PBKDF2 iterations of the old database (SQLCipher 2.x and 1.x: 4000).")
     var kdfIter: Int?
 
-    @Option(parsing: .unconditional, help: "Page size of the old database (default 1024).")
+    @Option(parsing: .unconditional, help: "Page size of the old database (default: the format's, 4096 or 1024).")
     var pageSize: Int?
 
     @Flag(help: "The old database has no per-page HMAC (SQLCipher 1.x).")
@@ -54,8 +59,12 @@ struct MigrateCommand: AsyncParsableCommand {
                 "Name exactly one source: --from-plaintext, --from-passphrase-env VAR, --from-passphrase-file PATH or --from-passphrase-stdin."
             )
         }
-        if fromPlaintext, kdfIter != nil || pageSize != nil || noHmac {
-            throw ValidationError("--kdf-iter, --page-size and --no-hmac apply to passphrase databases only.")
+        if fromPlaintext, kdfIter != nil || pageSize != nil || noHmac || sqlcipherFormat != nil {
+            throw ValidationError(
+                "--sqlcipher-format, --kdf-iter, --page-size and --no-hmac apply to passphrase databases only.")
+        }
+        if let sqlcipherFormat, !CipherSettings.formats.contains(sqlcipherFormat) {
+            throw ValidationError("--sqlcipher-format must be 3 or 4; got \(sqlcipherFormat).")
         }
         if let kdfIter, !(1...100_000_000).contains(kdfIter) {
             throw ValidationError("--kdf-iter must be from 1 to 100000000; got \(kdfIter).")
@@ -87,7 +96,8 @@ struct MigrateCommand: AsyncParsableCommand {
         if fromPlaintext {
             return .plaintext
         }
-        let settings = LegacyCipherSettings(kdfIterations: kdfIter, pageSize: pageSize, useHMAC: !noHmac)
+        let settings = PassphraseCipherSettings(
+            format: sqlcipherFormat, kdfIterations: kdfIter, pageSize: pageSize, useHMAC: !noHmac)
         let passphrase: SecureBuffer
         if let variable = fromPassphraseEnv {
             guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else {

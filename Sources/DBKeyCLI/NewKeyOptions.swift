@@ -15,6 +15,12 @@ struct NewKeyOptions: ParsableArguments {
         help: "Days between key rotations (for status and rotate --if-due).")
     var rotationDays: Int?
 
+    @Flag(
+        help:
+            "Keep the first 32 bytes of the new database in plaintext, the salt in the .key (iOS shared containers; SQLCipher 4)."
+    )
+    var plaintextHeader = false
+
     func validate() throws {
         if let rotationDays, !(1...36_500).contains(rotationDays) {
             throw ValidationError("--rotation-days must be from 1 to 36500.")
@@ -37,7 +43,8 @@ struct NewKeyOptions: ParsableArguments {
                 kekProvider: target.provider.providerName,
                 encryptionContext: try EncryptionContext(parsing: contextPairs),
                 rotationPeriodDays: rotationDays,
-                pageSize: pageSize
+                pageSize: pageSize,
+                plaintextHeader: plaintextHeader
             ),
             logger: logger
         )

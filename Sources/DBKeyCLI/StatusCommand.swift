@@ -24,6 +24,11 @@ struct StatusCommand: AsyncParsableCommand {
             json
                 ? printJSON(status, keyFilePath: manager.keyFilePath)
                 : printText(status, keyFilePath: manager.keyFilePath)
+            if status.upgradeAvailable {
+                Output.printWarning(
+                    "\(database) is in the SQLCipher \(status.keyFile.cipher.format) format; the linked SQLCipher \(status.engine.version) writes the 4 format. Run `dbkey upgrade \(database)` to move it (a new data key, crash-safe; afterwards only SQLCipher 4 opens it)."
+                )
+            }
             if status.wrappedUnderOlderKeyVersion, case .success(let health) = status.kmsHealth {
                 Output.printWarning(
                     "the data key is wrapped under version \(status.wrappedKeyVersion ?? 0) of \(health.kekId), but version \(health.latestKeyVersion ?? 0) is the newest. Run `dbkey rewrap \(database)` before the old version is retired."
@@ -68,10 +73,19 @@ struct StatusCommand: AsyncParsableCommand {
             ("kms health", kms),
             ("kek version", kekVersion(status)),
             ("page size", String(keyFile.cipher.pageSize)),
+            ("format", formatDescription(status)),
+            ("sqlcipher", "\(status.engine.version) (SQLite \(status.engine.sqliteVersion))"),
         ]
         for (label, value) in lines {
             print("\((label + ":").padding(toLength: 13, withPad: " ", startingAt: 0)) \(value)")
         }
+    }
+
+    private func formatDescription(_ status: DatabaseKeyStatus) -> String {
+        let cipher = status.keyFile.cipher
+        let header = cipher.plaintextHeaderSize > 0 ? ", \(cipher.plaintextHeaderSize)-byte plaintext header" : ""
+        let upgrade = status.upgradeAvailable ? " (upgrade: dbkey upgrade \(database))" : ""
+        return "SQLCipher \(cipher.format)\(header)\(upgrade)"
     }
 
     private func kekVersion(_ status: DatabaseKeyStatus) -> String {
@@ -96,6 +110,11 @@ struct StatusCommand: AsyncParsableCommand {
             "next_rotation_due": Output.timestamp(keyFile.nextRotationDue),
             "rotation_due": status.rotationDue,
             "page_size": keyFile.cipher.pageSize,
+            "sqlcipher_format": keyFile.cipher.format,
+            "plaintext_header_size": keyFile.cipher.plaintextHeaderSize,
+            "upgrade_available": status.upgradeAvailable,
+            "sqlcipher_version": status.engine.version,
+            "sqlite_version": status.engine.sqliteVersion,
             "database_opens": status.databaseOpens,
             "database_error": status.openError.map { ["code": $0.code.rawValue, "message": $0.message] } ?? NSNull(),
             "kek_version": status.wrappedKeyVersion ?? NSNull(),

@@ -17,14 +17,14 @@ extension DatabaseConnection {
     }
 
     /// Copies this database into a new encrypted file with `sqlcipher_export`, keyed with a raw
-    /// key and `pageSize`, carrying over `user_version`, `application_id` and WAL mode (which
+    /// key and `cipher` (format, page size, plaintext header), carrying over `user_version`, `application_id` and WAL mode (which
     /// `sqlcipher_export` drops).
     ///
     /// The key is bound as a statement parameter of `ATTACH … KEY ?`, so it never appears in
     /// SQL text.
     ///
     /// - Throws: ``DBKeyError`` when attaching, exporting or detaching fails.
-    func exportEncrypted(to path: String, key: SecureBuffer, pageSize: Int) throws {
+    func exportEncrypted(to path: String, key: SecureBuffer, cipher: CipherSettings) throws {
         let handle = try liveHandle()
         let keyText = try RawKeyText.make(for: key)
         var statement: OpaquePointer?
@@ -46,9 +46,7 @@ extension DatabaseConnection {
         sqlite3_finalize(statement)
         statement = nil
         do {
-            if pageSize != CipherSettings.sqlcipherDefaultPageSize {
-                try setCipherPragma("dbkey_export.cipher_page_size", to: String(pageSize), expecting: Int64(pageSize))
-            }
+            try apply(cipher, schema: "dbkey_export")
             let userVersion = try fetchAll("PRAGMA main.user_version").first?[0].integerValue ?? 0
             let applicationID = try fetchAll("PRAGMA main.application_id").first?[0].integerValue ?? 0
             let journalMode = try fetchAll("PRAGMA main.journal_mode").first?[0].textValue ?? "delete"

@@ -44,10 +44,11 @@ public final class DatabaseConnection {
 
     /// How a connection is keyed when it opens.
     enum Keying {
-        /// DBKey's form: a raw 256-bit key and the recorded page size.
-        case raw(SecureBuffer, pageSize: Int)
-        /// An older database's passphrase (run through PBKDF2 by SQLCipher) and its settings.
-        case passphrase(SecureBuffer, LegacyCipherSettings)
+        /// DBKey's form: a raw 256-bit key and the recorded cipher settings.
+        case raw(SecureBuffer, CipherSettings)
+        /// Another app's passphrase (run through PBKDF2 by SQLCipher), the format to open it in,
+        /// and its settings.
+        case passphrase(SecureBuffer, format: Int, PassphraseCipherSettings)
         /// No key: a plaintext SQLite database.
         case plaintext
     }
@@ -85,18 +86,18 @@ public final class DatabaseConnection {
         let connection = DatabaseConnection(handle: handle, path: path, onClose: onClose)
         sqlite3_extended_result_codes(handle, 1)
         switch keying {
-        case .raw(let key, let pageSize):
+        case .raw(let key, let settings):
             let keyText = try RawKeyText.make(for: key)
             try connection.applyKey(keyText)
-            try connection.applyPageSize(pageSize)
+            try connection.apply(settings)
             if !create {
                 try connection.proveKey()
                 try connection.requirePages()
                 return connection
             }
-        case .passphrase(let passphrase, let settings):
+        case .passphrase(let passphrase, let format, let settings):
             try connection.applyKey(passphrase)
-            try connection.apply(settings)
+            try connection.apply(settings, format: format)
         case .plaintext:
             break
         }
@@ -104,15 +105,15 @@ public final class DatabaseConnection {
         return connection
     }
 
-    /// Opens the database with DBKey's raw 256-bit key and page size.
+    /// Opens the database with DBKey's raw 256-bit key and cipher settings.
     static func open(
         path: String,
         key: SecureBuffer,
-        pageSize: Int,
+        cipher: CipherSettings,
         create: Bool,
         onClose: (() -> Void)? = nil
     ) throws -> DatabaseConnection {
-        try open(path: path, keying: .raw(key, pageSize: pageSize), create: create, onClose: onClose)
+        try open(path: path, keying: .raw(key, cipher), create: create, onClose: onClose)
     }
 
     /// Applies key bytes (`sqlite3_key`): raw-key text or a passphrase.
@@ -293,8 +294,16 @@ public final class DatabaseConnection {
 
     /// The problems `PRAGMA integrity_check` reports; empty when the database is sound.
     ///
+    /// On SQLCipher 4, `PRAGMA cipher_integrity_check` runs first: it checks every page's HMAC
+    /// and names the pages that fail ("HMAC verification failed for page 2"), where SQLite's
+    /// own check would stop at the first with "SQL logic error".
+    ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseDamaged`` when pages cannot even be read.
     public func integrityCheck() throws -> [String] {
+        if try SQLCipherEngine.linked().majorVersion >= 4 {
+            let pageProblems = try fetchAll("PRAGMA cipher_integrity_check").compactMap { $0[0].textValue }
+            if !pageProblems.isEmpty { return pageProblems }
+        }
         let messages = try fetchAll("PRAGMA integrity_check").compactMap { $0[0].textValue }
         return messages == ["ok"] ? [] : messages
     }
@@ -379,14 +388,6 @@ public final class DatabaseConnection {
         }
     }
 
-    func applyPageSize(_ pageSize: Int) throws {
-        guard pageSize != CipherSettings.sqlcipherDefaultPageSize else { return }
-        guard CipherSettings.isValidPageSize(pageSize) else {
-            throw DBKeyError(.keyFileCorrupt, "The cipher page size \(pageSize) is not a power of two in 512…65536.")
-        }
-        try setCipherPragma("cipher_page_size", to: String(pageSize), expecting: Int64(pageSize))
-    }
-
     /// SQLCipher does not check the key in `sqlite3_key`; the first read does. A wrong key and a
     /// damaged first page both fail here with `SQLITE_NOTADB`.
     /// An existing managed database has at least one page. An empty file reads as a new, empty
@@ -402,10 +403,13 @@ public final class DatabaseConnection {
         }
     }
 
+    /// SQLCipher 4 answers a key that fails page 1 of a file with a plaintext header (whose
+    /// SQLite header reads fine) with `SQLITE_ERROR` rather than `SQLITE_NOTADB`; for this fixed
+    /// first statement, both mean the key does not open the file.
     func proveKey() throws {
         do {
             _ = try fetchAll("SELECT count(*) FROM sqlite_master")
-        } catch let error as DBKeyError where error.resultCode == .SQLITE_NOTADB {
+        } catch let error as DBKeyError where error.resultCode == .SQLITE_NOTADB || error.resultCode == .SQLITE_ERROR {
             throw DBKeyError(
                 .wrongKey,
                 "The key does not open \(path), or its first page is damaged.",

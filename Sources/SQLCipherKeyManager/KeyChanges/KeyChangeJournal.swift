@@ -36,9 +36,12 @@ struct KeyChangeJournal {
         newKey: DataKey,
         provider: String,
         version: Int,
+        cipher: CipherSettings? = nil,
         sealedWith currentKey: SecureBuffer
     ) async throws -> KeyFile {
         var journaled = keyFile
+        // The current format's MAC covers every field of the pending record.
+        journaled.format = KeyFile.currentFormat
         journaled.pending = PendingOperation(
             operation: kind,
             encryptedDek: newKey.wrapped,
@@ -46,7 +49,8 @@ struct KeyChangeJournal {
             kms: provider,
             version: version,
             keyCheck: KeyCheck(for: newKey.plaintext),
-            startedAt: KeyFile.now()
+            startedAt: KeyFile.now(),
+            cipher: cipher
         )
         try database.reach(.writingPendingKeyFile)
         let written = try await database.store(journaled, sealedWith: currentKey)
@@ -63,19 +67,21 @@ struct KeyChangeJournal {
             return try await settleRotation(keyFile, pending)
         case .migrate:
             return try await settleMigration(keyFile, pending)
+        case .upgrade:
+            return try await settleUpgrade(keyFile, pending)
         }
     }
 
     private func settleRotation(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
         let path = database.databasePath
         let currentKey = try await database.unwrapKey(of: keyFile)
-        if try await database.opens(path, with: currentKey, keyFile: keyFile) {
+        if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
             let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
             database.record(.keyChangeRecovered, settled, detail: "rotation rolled back: the current key was kept")
             return settled
         }
         let pendingKey = try await unwrapPendingKey(of: keyFile, pending)
-        if try await database.opens(path, with: pendingKey, keyFile: keyFile) {
+        if try await database.opens(path, with: pendingKey, cipher: keyFile.cipher) {
             let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: pendingKey)
             database.record(.keyChangeRecovered, settled, detail: "rotation completed")
             return settled
@@ -93,7 +99,7 @@ struct KeyChangeJournal {
         // The database is missing when a new database's copy was never swapped in (init).
         let databaseExists = database.fileExists(database.databasePath)
         let databaseOpens =
-            try await databaseExists ? database.opens(database.databasePath, with: key, keyFile: keyFile) : false
+            try await databaseExists ? database.opens(database.databasePath, with: key, cipher: keyFile.cipher) : false
         if !databaseOpens {
             guard database.fileExists(migration.copyPath) else {
                 // The swap never happened and the copy is gone (removed after a failure): the
@@ -104,13 +110,48 @@ struct KeyChangeJournal {
                 }
                 throw neitherKeyOpens(keyFile, pending)
             }
-            guard try await database.opens(migration.copyPath, with: key, keyFile: keyFile) else {
+            guard try await database.opens(migration.copyPath, with: key, cipher: keyFile.cipher) else {
                 throw neitherKeyOpens(keyFile, pending)
             }
             try await migration.swapInCopyOffThePool()
         }
         let settled = try await database.store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
         database.record(.keyChangeRecovered, settled, detail: "migration completed")
+        return settled
+    }
+
+    /// An upgrade's copy was complete before its `.key` was written: while the original still
+    /// opens under the current key, the copy is swapped in (rolled forward) if it is there and
+    /// opens, and the record is dropped if it is gone; once the original is gone, the swapped-in
+    /// copy must open under the new key and settings.
+    private func settleUpgrade(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
+        let path = database.databasePath
+        let newCipher = pending.cipher ?? keyFile.cipher
+        let migration = Migration(database: database)
+        let currentKey = try await database.unwrapKey(of: keyFile)
+        if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
+            let newKey = try await unwrapPendingKey(of: keyFile, pending)
+            guard database.fileExists(migration.copyPath),
+                try await database.opens(migration.copyPath, with: newKey, cipher: newCipher)
+            else {
+                database.removeDatabaseFiles(at: migration.copyPath)
+                let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
+                database.record(.keyChangeRecovered, settled, detail: "upgrade rolled back: the original was kept")
+                return settled
+            }
+            try await migration.swapInCopyOffThePool()
+            return try await completeUpgrade(keyFile, newKey: newKey)
+        }
+        let newKey = try await unwrapPendingKey(of: keyFile, pending)
+        guard try await database.opens(path, with: newKey, cipher: newCipher) else {
+            throw neitherKeyOpens(keyFile, pending)
+        }
+        return try await completeUpgrade(keyFile, newKey: newKey)
+    }
+
+    private func completeUpgrade(_ keyFile: KeyFile, newKey: SecureBuffer) async throws -> KeyFile {
+        let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: newKey)
+        database.record(.keyChangeRecovered, settled, detail: "upgrade completed")
         return settled
     }
 
@@ -173,8 +214,9 @@ extension KeyFile {
         completed.kms = pending.kms
         completed.version = pending.version
         completed.keyCheck = pending.keyCheck
+        completed.cipher = pending.cipher ?? cipher
         switch pending.operation {
-        case .rotate: completed.rotatedAt = date
+        case .rotate, .upgrade: completed.rotatedAt = date
         case .migrate: break
         }
         completed.pending = nil

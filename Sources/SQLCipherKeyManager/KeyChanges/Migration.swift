@@ -7,7 +7,7 @@ public enum MigrationSource: Sendable {
     /// A plaintext SQLite database.
     case plaintext
     /// An SQLCipher database keyed with a passphrase, and the settings it needs to open.
-    case passphrase(SecureBuffer, LegacyCipherSettings)
+    case passphrase(SecureBuffer, PassphraseCipherSettings)
 }
 
 /// Bringing an existing database under management: a new data key, an encrypted copy made
@@ -40,54 +40,24 @@ struct Migration: Sendable {
 
         // Proves the source opens before the KMS is asked for anything. A passphrase open runs
         // PBKDF2 (and a failed one the SQLCipher 4 check): blocking work, on its own thread.
-        let rowCounts = try await BlockingExecutor.shared.run(.long) { [self] in
-            let original = try openOriginal(source)
+        let (rowCounts, resolvedSource) = try await BlockingExecutor.shared.run(.long) { [self] in
+            let (original, resolved) = try openOriginal(source)
             defer { original.close() }
             let counts = try Migration.tableRowCounts(original)
             try checkpointForSwap(original)
-            return counts
+            return (counts, resolved)
         }
         let kms = try database.newKeyProvider()
         let configuration = database.configuration
         let dataKey = try await kms.generateDataKey(
             kekId: configuration.kekId, context: configuration.encryptionContext)
         try database.requireRoom(for: dataKey, provider: kms.providerName)
-        let pageSize = configuration.pageSize
-        let copyPath = copyPath
-        let sqlcipherVersion: String
-        do {
-            try database.createEmptyDatabaseFile(at: copyPath)
-            try database.reach(.changingDatabase)
-            let total = (try? FilePath(database.databasePath).stat().size) ?? 0
-            let reporter = reportProgress(of: [copyPath], total: total, phase: .copying, to: progress)
-            defer { reporter?.cancel() }
-            sqlcipherVersion = try await BlockingExecutor.shared.run(.long) { [self] in
-                let original = try openOriginal(source)
-                defer { original.close() }
-                try original.exportEncrypted(to: copyPath, key: dataKey.plaintext, pageSize: pageSize)
-                return try original.cipherVersion()
-            }
-            // No copying report may follow the next phase's.
-            reporter?.cancel()
-            await reporter?.value
-            // The steps after the copy take seconds on a large database: name each.
-            let copied = (try? FilePath(copyPath).stat().size) ?? total
-            let clock = ContinuousClock.now
-            progress?(KeyChangeProgress(phase: .verifying, bytesDone: copied, bytesTotal: total, elapsed: .zero))
-            try database.reach(.verifyingNewKey)
-            try await verifyCopy(key: dataKey.plaintext, pageSize: pageSize, expectedRowCounts: rowCounts)
-            progress?(
-                KeyChangeProgress(
-                    phase: .synchronizing, bytesDone: copied, bytesTotal: total, elapsed: ContinuousClock.now - clock))
-            try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }
-        } catch {
-            removeMigrationCopy()
-            throw error
-        }
+        var cipher = try database.newDatabaseCipher()
+        cipher = try await makeVerifiedCopy(
+            key: dataKey.plaintext, cipher: cipher, expectedRowCounts: rowCounts, progress: progress
+        ) { [self] in try openOriginal(resolvedSource).connection }
 
-        let salt = try database.readSalt(of: copyPath)
-        var keyFile = database.newKeyFile(
-            for: dataKey, provider: kms.providerName, sqlcipherVersion: sqlcipherVersion, salt: salt)
+        var keyFile = database.newKeyFile(for: dataKey, provider: kms.providerName, cipher: cipher)
         do {
             // A migration's new key is also its current key: it seals the journaled file.
             keyFile = try await database.journal.begin(
@@ -110,7 +80,61 @@ struct Migration: Sendable {
         return migrated
     }
 
-    private func openOriginal(_ source: MigrationSource) throws -> DatabaseConnection {
+    /// Builds the encrypted copy of what `openOriginal` opens at ``copyPath`` under `key` and
+    /// `cipher`, checks it (integrity, every table's row count) and flushes it; removes it on
+    /// any failure.
+    ///
+    /// - Returns: `cipher` with the copy's salt and the engine's version.
+    func makeVerifiedCopy(
+        key: SecureBuffer,
+        cipher: CipherSettings,
+        expectedRowCounts: [String: Int64],
+        progress: (@Sendable (KeyChangeProgress) -> Void)?,
+        openOriginal: @escaping @Sendable () throws -> DatabaseConnection
+    ) async throws -> CipherSettings {
+        let copyPath = copyPath
+        var cipher = cipher
+        do {
+            try database.createEmptyDatabaseFile(at: copyPath)
+            try database.reach(.changingDatabase)
+            let total = (try? FilePath(database.databasePath).stat().size) ?? 0
+            let reporter = reportProgress(of: [copyPath], total: total, phase: .copying, to: progress)
+            defer { reporter?.cancel() }
+            cipher.sqlcipherVersion = try await BlockingExecutor.shared.run(.long) { [cipher] in
+                let original = try openOriginal()
+                defer { original.close() }
+                try original.exportEncrypted(to: copyPath, key: key, cipher: cipher)
+                return try original.cipherVersion()
+            }
+            // No copying report may follow the next phase's.
+            reporter?.cancel()
+            await reporter?.value
+            // The steps after the copy take seconds on a large database: name each.
+            let copied = (try? FilePath(copyPath).stat().size) ?? total
+            let clock = ContinuousClock.now
+            progress?(KeyChangeProgress(phase: .verifying, bytesDone: copied, bytesTotal: total, elapsed: .zero))
+            try database.reach(.verifyingNewKey)
+            try await verifyCopy(key: key, cipher: cipher, expectedRowCounts: expectedRowCounts)
+            progress?(
+                KeyChangeProgress(
+                    phase: .synchronizing, bytesDone: copied, bytesTotal: total, elapsed: ContinuousClock.now - clock))
+            try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }
+            if cipher.salt == nil {
+                cipher.salt = try database.readSalt(of: copyPath)
+            }
+        } catch {
+            removeMigrationCopy()
+            throw error
+        }
+        return cipher
+    }
+
+    /// Opens the original; for a passphrase, in the first format that opens it.
+    ///
+    /// - Returns: The connection, and `source` with that format pinned.
+    private func openOriginal(_ source: MigrationSource) throws -> (
+        connection: DatabaseConnection, source: MigrationSource
+    ) {
         switch source {
         case .plaintext:
             guard try database.readSalt() == Array("SQLite format 3\0".utf8) else {
@@ -119,29 +143,39 @@ struct Migration: Sendable {
                     "\(database.databasePath) is not a plaintext SQLite database (it may be encrypted: migrate it with its passphrase)."
                 )
             }
-            return try DatabaseConnection.open(path: database.databasePath, keying: .plaintext)
+            return (try DatabaseConnection.open(path: database.databasePath, keying: .plaintext), source)
         case .passphrase(let passphrase, let settings):
-            do {
-                return try DatabaseConnection.open(
-                    path: database.databasePath, keying: .passphrase(passphrase, settings))
-            } catch DBKeyError.Code.wrongKey {
-                if SQLCipher4Detector.isSQLCipher4(path: database.databasePath, passphrase: passphrase) {
-                    throw DBKeyError(
-                        .unsupportedFormat,
-                        "\(database.databasePath) is an SQLCipher 4 database; the linked SQLCipher 3.4.1 cannot read it. It was left untouched."
-                    )
+            let engine = try SQLCipherEngine.linked()
+            for format in settings.formatsToTry(on: engine) {
+                do {
+                    let connection = try DatabaseConnection.open(
+                        path: database.databasePath, keying: .passphrase(passphrase, format: format, settings))
+                    var pinned = settings
+                    pinned.format = format
+                    return (connection, .passphrase(passphrase, pinned))
+                } catch DBKeyError.Code.wrongKey {
+                    continue
                 }
+            }
+            if !engine.supports(format: 4),
+                SQLCipher4Detector.isSQLCipher4(path: database.databasePath, passphrase: passphrase)
+            {
                 throw DBKeyError(
-                    .wrongKey,
-                    "The passphrase and settings do not open \(database.databasePath). Check the passphrase, and the settings older databases need (SQLCipher 2: --kdf-iter 4000; 1.x: --kdf-iter 4000 --no-hmac; other page sizes: --page-size)."
+                    .unsupportedFormat,
+                    "\(database.databasePath) is an SQLCipher 4 database; the linked SQLCipher \(engine.version) cannot read it (link SQLCipher 4: see the README's \"SQLCipher versions\"). It was left untouched."
                 )
             }
+            let tried = settings.formatsToTry(on: engine).map { "SQLCipher \($0)" }.joined(separator: " and ")
+            throw DBKeyError(
+                .wrongKey,
+                "The passphrase and settings do not open \(database.databasePath) (tried the \(tried) format). Check the passphrase, and the settings older databases need (SQLCipher 2: --kdf-iter 4000; 1.x: --kdf-iter 4000 --no-hmac; other page sizes: --page-size)."
+            )
         }
     }
 
     /// Checkpoints a WAL and checks no other process holds the original, so that the rename
     /// cannot strand committed pages in a `-wal` file beside the new database.
-    private func checkpointForSwap(_ original: DatabaseConnection) throws {
+    func checkpointForSwap(_ original: DatabaseConnection) throws {
         if try original.fetchAll("PRAGMA journal_mode").first?[0].textValue?.lowercased() == "wal" {
             let result = try original.fetchAll("PRAGMA wal_checkpoint(TRUNCATE)")
             guard result.first?[0] == .integer(0) else {
@@ -151,7 +185,7 @@ struct Migration: Sendable {
         }
     }
 
-    private static func tableRowCounts(_ connection: DatabaseConnection) throws -> [String: Int64] {
+    static func tableRowCounts(_ connection: DatabaseConnection) throws -> [String: Int64] {
         let tables = try connection.fetchAll(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         )
@@ -165,11 +199,12 @@ struct Migration: Sendable {
     }
 
     /// Checks the copy's integrity and row counts on the long-work lane.
-    private func verifyCopy(key: SecureBuffer, pageSize: Int, expectedRowCounts: [String: Int64]) async throws {
+    private func verifyCopy(key: SecureBuffer, cipher: CipherSettings, expectedRowCounts: [String: Int64]) async throws
+    {
         let (path, copyPath) = (database.databasePath, copyPath)
         try await BlockingExecutor.shared.run(.long) {
             try Migration.verifyCopy(
-                at: copyPath, of: path, key: key, pageSize: pageSize, expectedRowCounts: expectedRowCounts)
+                at: copyPath, of: path, key: key, cipher: cipher, expectedRowCounts: expectedRowCounts)
         }
     }
 
@@ -177,10 +212,10 @@ struct Migration: Sendable {
         at copyPath: String,
         of databasePath: String,
         key: SecureBuffer,
-        pageSize: Int,
+        cipher: CipherSettings,
         expectedRowCounts: [String: Int64]
     ) throws {
-        let copy = try DatabaseConnection.open(path: copyPath, key: key, pageSize: pageSize, create: false)
+        let copy = try DatabaseConnection.open(path: copyPath, key: key, cipher: cipher, create: false)
         defer { copy.close() }
         let problems = try copy.integrityCheck()
         let counts = try Migration.tableRowCounts(copy)
@@ -210,7 +245,7 @@ struct Migration: Sendable {
         }
     }
 
-    private func removeMigrationCopy() {
+    func removeMigrationCopy() {
         database.removeDatabaseFiles(at: copyPath)
     }
 

@@ -40,7 +40,7 @@ struct Rotation {
             try database.reach(.changingDatabase)
             try await rekey(from: currentKey, to: newKey.plaintext, keyFile: keyFile, progress: progress)
             try database.reach(.verifyingNewKey)
-            guard try await database.opens(database.databasePath, with: newKey.plaintext, keyFile: keyFile) else {
+            guard try await database.opens(database.databasePath, with: newKey.plaintext, cipher: keyFile.cipher) else {
                 throw DBKeyError(
                     .rotationInterrupted,
                     "sqlite3_rekey reported success but the new key does not open \(database.databasePath).",
@@ -109,9 +109,9 @@ struct Rotation {
         let reporter = reportProgress(
             of: [path + "-journal", path + "-wal"], total: total, phase: .rekeying, to: progress)
         defer { reporter?.cancel() }
-        let pageSize = keyFile.cipher.pageSize
+        let cipher = keyFile.cipher
         try await BlockingExecutor.shared.run(.long) {
-            let connection = try DatabaseConnection.open(path: path, key: currentKey, pageSize: pageSize, create: false)
+            let connection = try DatabaseConnection.open(path: path, key: currentKey, cipher: cipher, create: false)
             try connection.rekey(to: newKey)
             connection.close()
         }

@@ -56,8 +56,8 @@ extension KeyFile {
         if let days = rotationPeriodDays, !(1...36_500).contains(days) {
             throw fields.invalid("rotation_period_days", "must be a number of days from 1 to 36500")
         }
-        (self.cipher, self.unknownCipherFields) = try fields.cipher("cipher")
-        self.pending = try fields.pending("pending")
+        (self.cipher, self.unknownCipherFields) = try fields.cipher("cipher", fileFormat: format)
+        self.pending = try fields.pending("pending", fileFormat: format)
         self.mac = try fields.base64("mac", byteCount: 32)
         // Only the older seven-field form may lack a MAC: removing it must not remove the check.
         if format != nil, mac == nil {
@@ -81,11 +81,7 @@ extension KeyFile {
         object["key_check"] = keyCheck.map { .string($0.base64) }
         object["rotation_period_days"] = rotationPeriodDays.map { .integer(Int64($0)) }
         object["mac"] = mac.map { .string(Base64.encode($0)) }
-        var cipherObject = unknownCipherFields
-        cipherObject["page_size"] = .integer(Int64(cipher.pageSize))
-        cipherObject["sqlcipher"] = cipher.sqlcipherVersion.map { .string($0) }
-        cipherObject["salt"] = cipher.salt.map { .string(Base64.encode($0)) }
-        object["cipher"] = .object(cipherObject)
+        object["cipher"] = cipher.jsonValue(keeping: unknownCipherFields)
         object["pending"] =
             pending.map { pending in
                 var fields = pending.unknownFields
@@ -96,6 +92,7 @@ extension KeyFile {
                 fields["version"] = .integer(Int64(pending.version))
                 fields["key_check"] = .string(pending.keyCheck.base64)
                 fields["started_at"] = .string(KeyFile.timestamp(pending.startedAt))
+                fields["cipher"] = pending.cipher.map { $0.jsonValue(keeping: pending.unknownCipherFields) }
                 return .object(fields)
             } ?? .null
         let encoder = JSONEncoder()
@@ -113,6 +110,21 @@ extension KeyFile {
 
     static func timestamp(_ date: Date) -> String {
         date.formatted(.iso8601)
+    }
+}
+
+extension CipherSettings {
+    /// The `cipher` object: the fields that differ from what their absence means are written.
+    func jsonValue(keeping unknownFields: [String: JSONValue]) -> JSONValue {
+        var object = unknownFields
+        object["page_size"] = .integer(Int64(pageSize))
+        object["sqlcipher"] = sqlcipherVersion.map { .string($0) }
+        object["salt"] = salt.map { .string(Base64.encode($0)) }
+        object["compatibility"] = compatibility.map { .integer(Int64($0)) }
+        object["hmac_algorithm"] = hmacAlgorithm.map { .string($0.rawValue) }
+        object["kdf_algorithm"] = kdfAlgorithm.map { .string($0.rawValue) }
+        object["plaintext_header_size"] = plaintextHeaderSize == 0 ? nil : .integer(Int64(plaintextHeaderSize))
+        return .object(object)
     }
 }
 
@@ -135,6 +147,11 @@ private struct FieldReader {
             .keyFileCorrupt,
             "The key file \(source) is invalid: \"\(prefix)\(name)\" \(rule)\(found). Restore the file from a backup."
         )
+    }
+
+    /// Whether the field is present and not null.
+    func has(_ name: String) -> Bool {
+        remaining[name].map { $0 != .null } ?? false
     }
 
     /// The field's value, or `nil` when it is absent or null.
@@ -237,7 +254,10 @@ private struct FieldReader {
         return FieldReader(object, source: source, prefix: "\(prefix)\(name).")
     }
 
-    mutating func cipher(_ name: String) throws -> (CipherSettings, [String: JSONValue]) {
+    /// The `cipher` object. The fields recording the format, algorithms and plaintext header
+    /// came with format 3, whose MAC covers them: an older file holding one is refused, since
+    /// nothing would vouch for it.
+    mutating func cipher(_ name: String, fileFormat: Int?) throws -> (CipherSettings, [String: JSONValue]) {
         // Files without cipher settings were written with SQLCipher 3's defaults.
         guard var fields = try object(name) else {
             return (CipherSettings(pageSize: CipherSettings.sqlcipherDefaultPageSize), [:])
@@ -246,15 +266,43 @@ private struct FieldReader {
         guard CipherSettings.isValidPageSize(pageSize) else {
             throw fields.invalid("page_size", "must be a power of two from 512 to 65536")
         }
-        let settings = CipherSettings(
+        var settings = CipherSettings(
             pageSize: pageSize,
             sqlcipherVersion: try fields.optionalString("sqlcipher"),
             salt: try fields.base64("salt", byteCount: CipherSettings.saltByteCount)
         )
+        let formatFields = ["compatibility", "hmac_algorithm", "kdf_algorithm", "plaintext_header_size"]
+        if (fileFormat ?? 1) < KeyFile.cipherFieldsFormat {
+            if let present = formatFields.first(where: { fields.has($0) }) {
+                throw fields.invalid(present, "needs a format \(KeyFile.cipherFieldsFormat) file, whose MAC covers it")
+            }
+            return (settings, fields.remaining)
+        }
+        settings.compatibility = try fields.optionalInteger("compatibility")
+        settings.hmacAlgorithm = try fields.optionalString("hmac_algorithm").map { text in
+            guard let algorithm = CipherSettings.HMACAlgorithm(rawValue: text) else {
+                throw fields.invalid("hmac_algorithm", "must be HMAC_SHA1, HMAC_SHA256 or HMAC_SHA512")
+            }
+            return algorithm
+        }
+        settings.kdfAlgorithm = try fields.optionalString("kdf_algorithm").map { text in
+            guard let algorithm = CipherSettings.KDFAlgorithm(rawValue: text) else {
+                throw fields.invalid(
+                    "kdf_algorithm", "must be PBKDF2_HMAC_SHA1, PBKDF2_HMAC_SHA256 or PBKDF2_HMAC_SHA512")
+            }
+            return algorithm
+        }
+        settings.plaintextHeaderSize = try fields.optionalInteger("plaintext_header_size") ?? 0
+        if let problem = settings.problem {
+            throw DBKeyError(
+                .keyFileCorrupt,
+                "The key file \(source) is invalid: its \"\(prefix)\(name)\" settings cannot open a database (\(problem)). Restore the file from a backup."
+            )
+        }
         return (settings, fields.remaining)
     }
 
-    mutating func pending(_ name: String) throws -> PendingOperation? {
+    mutating func pending(_ name: String, fileFormat: Int?) throws -> PendingOperation? {
         guard var fields = try object(name) else { return nil }
         guard let keyCheck = try fields.optionalKeyCheck("key_check") else {
             throw fields.invalid("key_check", "is missing")
@@ -276,6 +324,14 @@ private struct FieldReader {
             keyCheck: keyCheck,
             startedAt: try fields.date("started_at")
         )
+        if fields.has("cipher") {
+            guard (fileFormat ?? 1) >= KeyFile.cipherFieldsFormat else {
+                throw fields.invalid("cipher", "needs a format \(KeyFile.cipherFieldsFormat) file, whose MAC covers it")
+            }
+            let (cipher, unknownCipherFields) = try fields.cipher("cipher", fileFormat: fileFormat)
+            pending.cipher = cipher
+            pending.unknownCipherFields = unknownCipherFields
+        }
         pending.unknownFields = fields.remaining
         return pending
     }

@@ -29,9 +29,12 @@ extension KeyFile {
         }
     }
 
-    /// HMAC-SHA256(data key, `"dbkey key file v2"` ‖ each field, length-prefixed, in a fixed order).
+    /// HMAC-SHA256(data key, `"dbkey key file v2"` ‖ each field, length-prefixed, in a fixed
+    /// order). Format 3 files are labelled `v3` and add the cipher fields that came with it,
+    /// of the current settings and of the pending record's.
     static func mac(of keyFile: KeyFile, key: SecureBuffer) -> [UInt8] {
-        var message = Array("dbkey key file v2".utf8)
+        let coversCipherFields = (keyFile.format ?? 1) >= KeyFile.cipherFieldsFormat
+        var message = Array((coversCipherFields ? "dbkey key file v3" : "dbkey key file v2").utf8)
         func field(_ text: String?) {
             guard let text else {
                 message.append(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF])
@@ -65,6 +68,21 @@ extension KeyFile {
             field(timestamp(pending.startedAt))
         } else {
             field(nil)
+        }
+        if coversCipherFields {
+            func cipherFields(_ cipher: CipherSettings?) {
+                guard let cipher else { return field(nil) }
+                field("cipher")
+                field(String(cipher.pageSize))
+                field(cipher.sqlcipherVersion)
+                field(cipher.salt.map(Base64.encode))
+                field(cipher.compatibility.map(String.init))
+                field(cipher.hmacAlgorithm?.rawValue)
+                field(cipher.kdfAlgorithm?.rawValue)
+                field(String(cipher.plaintextHeaderSize))
+            }
+            cipherFields(keyFile.cipher)
+            cipherFields(keyFile.pending?.cipher)
         }
         let code = key.withUnsafeBytes { HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: $0)) }
         return Array(code)

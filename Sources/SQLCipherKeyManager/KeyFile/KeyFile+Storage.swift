@@ -30,15 +30,22 @@ extension KeyFile {
 
 extension KeyFile {
     /// The size of this file's JSON in the largest state a key change can give it: with a
-    /// `pending` record (one like its own current key when it has none) and its MAC.
+    /// `pending` record (one like its own current key when it has none, carrying the longest
+    /// cipher settings an upgrade writes) and its MAC.
     func sizeWithKeyChangePending() throws -> Int {
         var largest = self
+        largest.format = KeyFile.currentFormat
         if largest.pending == nil {
+            var longestCipher = CipherSettings(
+                pageSize: cipher.pageSize, sqlcipherVersion: String(repeating: "9", count: 64),
+                salt: Array(repeating: 0, count: CipherSettings.saltByteCount), compatibility: 4,
+                hmacAlgorithm: .sha512, kdfAlgorithm: .sha512)
+            longestCipher.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize
             largest.pending = PendingOperation(
                 operation: .rotate, encryptedDek: encryptedDek, kekId: kekId, kms: kms ?? "",
                 version: version + 1,
                 keyCheck: keyCheck ?? KeyCheck(bytes: Array(repeating: 0, count: KeyCheck.byteCount))!,
-                startedAt: createdAt)
+                startedAt: createdAt, cipher: longestCipher)
         }
         largest.mac = Array(repeating: 0, count: 32)
         return try largest.jsonData().count

@@ -8,7 +8,11 @@ import Foundation
 /// fields this version does not know are kept when the file is rewritten.
 public struct KeyFile: Sendable, Hashable {
     /// The `format` this version writes.
-    public static let currentFormat = 2
+    public static let currentFormat = 3
+    /// The first format whose `cipher` may record the SQLCipher format, algorithms and
+    /// plaintext header (and its MAC covers them); DBKey versions before it refuse the file
+    /// instead of opening the database with the wrong settings.
+    static let cipherFieldsFormat = 3
     /// The largest `.key` file DBKey reads.
     public static let maximumSize = 64 * 1024
     /// The deepest nesting of objects and arrays a `.key` file may have: the file is an object
@@ -111,8 +115,13 @@ public struct PendingOperation: Sendable, Hashable {
     public var keyCheck: KeyCheck
     /// When the change began.
     public var startedAt: Date
+    /// The database's cipher settings once the change is done, when it changes them (an
+    /// upgrade to the SQLCipher 4 format); `nil` when they stay.
+    public var cipher: CipherSettings?
     /// Fields this version does not know, kept as they were.
     var unknownFields: [String: JSONValue] = [:]
+    /// Fields inside `cipher` this version does not know, kept as they were.
+    var unknownCipherFields: [String: JSONValue] = [:]
 
     /// Creates a pending record.
     public init(
@@ -122,8 +131,10 @@ public struct PendingOperation: Sendable, Hashable {
         kms: String,
         version: Int,
         keyCheck: KeyCheck,
-        startedAt: Date
+        startedAt: Date,
+        cipher: CipherSettings? = nil
     ) {
+        self.cipher = cipher
         self.operation = operation
         self.encryptedDek = encryptedDek
         self.kekId = kekId
@@ -140,4 +151,7 @@ public enum KeyChangeKind: String, Sendable, Hashable, CaseIterable {
     case rotate
     /// An existing database brought under management: an encrypted copy swapped in.
     case migrate
+    /// A managed database moved to the SQLCipher 4 format: a copy under a new data key,
+    /// swapped in.
+    case upgrade
 }

@@ -69,7 +69,7 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
             cipherVersion: try connection.fetchAll("PRAGMA cipher_version").first?[0].textValue)
         let keyText = try RawKeyText.make(for: key)
         try connection.applyKey(keyText)
-        try connection.applyPageSize(cipherSettings.pageSize)
+        try connection.apply(cipherSettings)
         try connection.proveKey()
         try connection.requirePages()
     }
@@ -105,7 +105,7 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         guard !isReleased else { return }
         do {
             try DatabaseConnection.open(
-                path: databasePath, key: key, pageSize: cipherSettings.pageSize, create: false
+                path: databasePath, key: key, cipher: cipherSettings, create: false
             ).close()
         } catch DBKeyError.Code.wrongKey {
             throw DBKeyError(

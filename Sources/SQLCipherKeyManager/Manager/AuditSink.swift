@@ -34,6 +34,8 @@ public struct AuditEvent: Sendable, Hashable {
         case keyRewrapped = "key.rewrapped"
         /// An existing database was brought under management.
         case databaseMigrated = "database.migrated"
+        /// The database was moved to the SQLCipher 4 format under a new data key.
+        case databaseUpgraded = "database.upgraded"
         /// An interrupted key change was completed or undone.
         case keyChangeRecovered = "key-change.recovered"
         /// Opening the database failed.

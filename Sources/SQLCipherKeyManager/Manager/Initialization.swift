@@ -53,24 +53,26 @@ struct Initialization {
             dataKey = try await kms.generateDataKey(
                 kekId: configuration.kekId, context: configuration.encryptionContext)
             try database.requireRoom(for: dataKey, provider: kms.providerName)
-            let pageSize = configuration.pageSize
-            let sqlcipherVersion = try await BlockingExecutor.shared.run(.short) {
+            var cipher = try database.newDatabaseCipher()
+            let engineVersion = try await BlockingExecutor.shared.run(.short) { [cipher] in
                 let connection = try DatabaseConnection.open(
-                    path: copyPath, key: dataKey.plaintext, pageSize: pageSize, create: true)
+                    path: copyPath, key: dataKey.plaintext, cipher: cipher, create: true)
                 defer { connection.close() }
                 // Writing the header creates page 1, and with it the salt.
                 try connection.execute("PRAGMA user_version = 0")
                 return try connection.cipherVersion()
             }
+            cipher.sqlcipherVersion = engineVersion
+            if cipher.salt == nil {
+                cipher.salt = try database.readSalt(of: copyPath)
+            }
             // Success means the next open works: prove it as that open will, before anything
             // points at the new file.
-            let draft = database.newKeyFile(
-                for: dataKey, provider: kms.providerName, sqlcipherVersion: sqlcipherVersion,
-                salt: try database.readSalt(of: copyPath))
-            guard try await database.opens(copyPath, with: dataKey.plaintext, keyFile: draft) else {
+            let draft = database.newKeyFile(for: dataKey, provider: kms.providerName, cipher: cipher)
+            guard try await database.opens(copyPath, with: dataKey.plaintext, cipher: cipher) else {
                 throw DBKeyError(
                     .invalidConfiguration,
-                    "The new database does not open again with its settings (page size \(pageSize)); nothing was kept.",
+                    "The new database does not open again with its settings (page size \(cipher.pageSize)); nothing was kept.",
                     path: database.databasePath)
             }
             try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }

@@ -37,6 +37,11 @@ public final class LocalDbKeyManager: Sendable {
         public var rotationPeriodDays: Int?
         /// The `cipher_page_size` of new databases.
         public var pageSize: Int
+        /// Whether new databases (and ``LocalDbKeyManager/upgrade(progress:)``'s copy) keep
+        /// their first 32 bytes in plaintext (`cipher_plaintext_header_size`), with the salt
+        /// recorded in the `.key` and supplied on every open: what iOS needs to recognise a WAL
+        /// database held open in a shared app-group container. Needs SQLCipher 4.
+        public var plaintextHeader: Bool
         /// How long ``LocalDbKeyManager/open()`` waits for a running rotation or migration to
         /// finish before failing with ``DBKeyError/Code-swift.struct/databaseInUse``.
         public var openWait: Duration
@@ -53,6 +58,7 @@ public final class LocalDbKeyManager: Sendable {
             encryptionContext: EncryptionContext = .empty,
             rotationPeriodDays: Int? = nil,
             pageSize: Int = CipherSettings.newDatabasePageSize,
+            plaintextHeader: Bool = false,
             openWait: Duration = .seconds(5),
             keyCacheTTL: Duration = .seconds(300),
             auditSink: (any AuditSink)? = nil
@@ -62,6 +68,7 @@ public final class LocalDbKeyManager: Sendable {
             self.encryptionContext = encryptionContext
             self.rotationPeriodDays = rotationPeriodDays
             self.pageSize = pageSize
+            self.plaintextHeader = plaintextHeader
             self.openWait = openWait
             self.keyCacheTTL = keyCacheTTL
             self.auditSink = auditSink
@@ -307,14 +314,43 @@ public final class LocalDbKeyManager: Sendable {
     /// - Throws: ``DBKeyError/Code-swift.struct/alreadyInitialized`` for a managed database;
     ///   ``DBKeyError/Code-swift.struct/wrongKey`` for a passphrase or settings that do not open
     ///   it; ``DBKeyError/Code-swift.struct/unsupportedFormat`` for a database the linked
-    ///   SQLCipher cannot read (SQLCipher 4) or that is not what `source` says; KMS codes; in
-    ///   every case the original database is untouched.
+    ///   SQLCipher cannot read (an SQLCipher 4 database on SQLCipher 3.x) or that is not what
+    ///   `source` says; KMS codes; in every case the original database is untouched.
     @discardableResult
     public func migrate(
         from source: MigrationSource,
         progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
     ) async throws -> KeyFile {
         try await Migration(database: database).run(from: source, progress: progress)
+    }
+
+    /// Moves a managed database in the SQLCipher 3 format to the SQLCipher 4 format
+    /// (HMAC-SHA512 page authentication), under a new data key from the same KEK, keeping its
+    /// page size; with ``Configuration/plaintextHeader`` the new file gets a plaintext header.
+    /// A database already in the 4 format is left as it is.
+    ///
+    /// The copy is made with `sqlcipher_export`, checked row for row, `fsync`ed, journaled
+    /// (`pending` with the new key and settings) and swapped in with one `rename`, as
+    /// ``migrate(from:progress:)`` does: a crash at any moment leaves the 3-format database
+    /// with its key, or the 4-format one with the new key, and the next open finishes or
+    /// undoes the swap. It needs free space for one more copy of the database. Afterwards only
+    /// SQLCipher 4 opens the database.
+    ///
+    /// ```swift
+    /// let upgraded = try await manager.upgrade()
+    /// print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
+    /// ```
+    ///
+    /// - Parameter progress: Called about four times a second while the copy is written, then
+    ///   once at each later step.
+    /// - Returns: The updated `.key` file.
+    /// - Throws: ``DBKeyError/Code-swift.struct/unsupportedFormat`` when the linked SQLCipher
+    ///   is 3.x; ``DBKeyError/Code-swift.struct/databaseInUse`` when the database is open
+    ///   elsewhere; KMS codes; ``DBKeyError/Code-swift.struct/io`` (in every failure before the
+    ///   swap, the original database and its `.key` are unchanged).
+    @discardableResult
+    public func upgrade(progress: (@Sendable (KeyChangeProgress) -> Void)? = nil) async throws -> KeyFile {
+        try await Upgrade(database: database).run(progress: progress)
     }
 
     // MARK: - Checks

@@ -106,8 +106,9 @@ final class ManagedDatabase: Sendable {
         return key
     }
 
-    /// The `.key` record of a new data key under the configuration.
-    func newKeyFile(for dataKey: DataKey, provider: String, sqlcipherVersion: String, salt: [UInt8]) -> KeyFile {
+    /// The `.key` record of a new data key under the configuration, for a database with
+    /// `cipher` settings.
+    func newKeyFile(for dataKey: DataKey, provider: String, cipher: CipherSettings) -> KeyFile {
         KeyFile(
             kms: provider,
             kekId: dataKey.kekId,
@@ -116,7 +117,7 @@ final class ManagedDatabase: Sendable {
             encryptionContext: configuration.encryptionContext,
             keyCheck: KeyCheck(for: dataKey.plaintext),
             rotationPeriodDays: configuration.rotationPeriodDays,
-            cipher: CipherSettings(pageSize: configuration.pageSize, sqlcipherVersion: sqlcipherVersion, salt: salt)
+            cipher: cipher
         )
     }
 
@@ -124,10 +125,30 @@ final class ManagedDatabase: Sendable {
     /// readable with a key change pending (the salt and the SQLCipher version it will record
     /// are not known yet: the longest they can be stands in for them).
     func requireRoom(for dataKey: DataKey, provider: String) throws {
-        try newKeyFile(
-            for: dataKey, provider: provider, sqlcipherVersion: String(repeating: "9", count: 64),
-            salt: Array(repeating: 0, count: CipherSettings.saltByteCount)
-        ).requireRoomForKeyChanges(source: keyFilePath)
+        var cipher = CipherSettings.new(format: 4, pageSize: configuration.pageSize)
+        cipher.sqlcipherVersion = String(repeating: "9", count: 64)
+        cipher.salt = Array(repeating: 0, count: CipherSettings.saltByteCount)
+        try newKeyFile(for: dataKey, provider: provider, cipher: cipher).requireRoomForKeyChanges(source: keyFilePath)
+    }
+
+    /// The settings of a database this manager creates: the linked SQLCipher's newest format,
+    /// the configured page size and, when configured, a plaintext header with its salt.
+    func newDatabaseCipher() throws -> CipherSettings {
+        let engine = try SQLCipherEngine.linked()
+        var cipher = CipherSettings.new(format: engine.newDatabaseFormat, pageSize: configuration.pageSize)
+        cipher.sqlcipherVersion = engine.version
+        if configuration.plaintextHeader {
+            guard engine.newDatabaseFormat >= 4 else {
+                throw DBKeyError(
+                    .unsupportedFormat,
+                    "A plaintext header needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see the README's \"SQLCipher versions\")."
+                )
+            }
+            cipher.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize
+            // Not secret (SQLCipher keeps it in the clear); SystemRandomNumberGenerator is the OS CSPRNG.
+            cipher.salt = (0..<CipherSettings.saltByteCount).map { _ in UInt8.random(in: .min ... .max) }
+        }
+        return cipher
     }
 
     /// The provider new keys are wrapped by: the configured one, or the only one registered.
@@ -178,7 +199,10 @@ final class ManagedDatabase: Sendable {
     func acquireSettled(wait: Duration) async throws -> (DatabaseLock, KeyFile) {
         let lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
         let keyFile = try load()
-        guard keyFile.pending != nil else { return (lock, keyFile) }
+        guard keyFile.pending != nil else {
+            removeStaleCopy()
+            return (lock, keyFile)
+        }
         lock.release()
         do {
             let exclusive = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
@@ -198,7 +222,7 @@ final class ManagedDatabase: Sendable {
             return try DatabaseConnection.open(
                 path: databasePath,
                 key: key,
-                pageSize: keyFile.cipher.pageSize,
+                cipher: keyFile.cipher,
                 create: false,
                 onClose: onClose
             )
@@ -222,14 +246,13 @@ final class ManagedDatabase: Sendable {
         }
     }
 
-    /// Whether `key` opens the database file at `path` with the recorded page size: `false`
-    /// when the first read fails, other errors thrown. Off the cooperative pool: the open may
-    /// roll back a hot journal.
-    func opens(_ path: String, with key: SecureBuffer, keyFile: KeyFile) async throws -> Bool {
-        let pageSize = keyFile.cipher.pageSize
-        return try await BlockingExecutor.shared.run(.short) {
+    /// Whether `key` opens the database file at `path` with `cipher`: `false` when the first
+    /// read fails, other errors thrown. Off the cooperative pool: the open may roll back a hot
+    /// journal.
+    func opens(_ path: String, with key: SecureBuffer, cipher: CipherSettings) async throws -> Bool {
+        try await BlockingExecutor.shared.run(.short) {
             do {
-                try DatabaseConnection.open(path: path, key: key, pageSize: pageSize, create: false).close()
+                try DatabaseConnection.open(path: path, key: key, cipher: cipher, create: false).close()
                 return true
             } catch DBKeyError.Code.wrongKey {
                 return false
@@ -242,7 +265,10 @@ final class ManagedDatabase: Sendable {
     /// file (the salt differs in a byte or two); a database rekeyed after this `.key` was
     /// written (no page authenticates under the key); or a damaged first page (later pages do).
     private func diagnoseFailedOpen(key: SecureBuffer, keyFile: KeyFile) throws -> DBKeyError {
-        let header = try readSalt()
+        let cipher = keyFile.cipher
+        // With a plaintext header the file starts like a plaintext database and holds no salt:
+        // the recorded one stands in for it.
+        let header = cipher.plaintextHeaderSize > 0 ? cipher.salt ?? [] : try readSalt()
         if header == Array("SQLite format 3\0".utf8) {
             return DBKeyError(
                 .unsupportedFormat,
@@ -273,7 +299,15 @@ final class ManagedDatabase: Sendable {
             )
         }
         let pages = try? PageAuthentication.authenticatingPages(
-            path: databasePath, key: key, salt: salt, pageSize: keyFile.cipher.pageSize)
+            path: databasePath, key: key, salt: salt, cipher: cipher)
+        if let pages, pages.read > 0, pages.authenticated == 0, cipher.plaintextHeaderSize > 0 {
+            // The file holds no salt to compare: another database's .key and a rekey look alike.
+            return DBKeyError(
+                .wrongKey,
+                "\(keyFilePath) (data key version \(keyFile.version)) does not fit \(databasePath): no page authenticates under its key and salt. It is another database's .key, or the database was rekeyed after it was written (restore the .key written with it from a backup).",
+                resultCode: .SQLITE_NOTADB, path: databasePath, kekId: keyFile.kekId
+            )
+        }
         if let pages, pages.read > 0, pages.authenticated == 0 {
             return DBKeyError(
                 .wrongKey,
@@ -360,6 +394,17 @@ final class ManagedDatabase: Sendable {
             logger.debug("Removed temporary .key files a killed process left", metadata: ["count": "\(removed)"])
         }
         return removed
+    }
+
+    /// Removes the copy an upgrade killed before its journal was written left beside the
+    /// database (a database's worth of disk). Called under the shared lock with no change
+    /// pending: the exclusive lock every copy's maker holds cannot be held by anyone now, and
+    /// no record names the copy. One `stat` when there is none.
+    func removeStaleCopy() {
+        let copyPath = Migration(database: self).copyPath
+        guard fileExists(copyPath) else { return }
+        removeDatabaseFiles(at: copyPath)
+        logger.debug("Removed the copy of an interrupted upgrade", metadata: ["path": "\(copyPath)"])
     }
 
     /// Removes a database file and its journals.

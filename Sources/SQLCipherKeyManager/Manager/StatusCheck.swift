@@ -16,8 +16,17 @@ public struct DatabaseKeyStatus: Sendable {
     /// (Vault Transit); `nil` otherwise.
     public let wrappedKeyVersion: Int?
 
+    /// The SQLCipher linked into this process.
+    public let engine: SQLCipherEngine
+
     /// Whether the database opened.
     public var databaseOpens: Bool { openError == nil }
+
+    /// Whether the database is in the SQLCipher 3 format while the linked SQLCipher writes the
+    /// 4 format: ``LocalDbKeyManager/upgrade(progress:)`` (`dbkey upgrade`) would move it.
+    public var upgradeAvailable: Bool {
+        keyFile.cipher.format < engine.newDatabaseFormat
+    }
 
     /// Whether the data key is wrapped under an older version of its KEK than the newest one.
     /// Rewrap it (``LocalDbKeyManager/rewrap(to:kekId:wait:)`` with the same provider and KEK,
@@ -55,7 +64,8 @@ struct StatusCheck {
             rotationDue: keyFile.nextRotationDue.map { $0 <= now } ?? false,
             kmsHealth: health,
             openError: openError,
-            wrappedKeyVersion: kms.keyVersion(of: keyFile.encryptedDek)
+            wrappedKeyVersion: kms.keyVersion(of: keyFile.encryptedDek),
+            engine: try SQLCipherEngine.linked()
         )
     }
 }

@@ -147,6 +147,70 @@ struct CrashTests {
         #expect(outcomes.values.reduce(0, +) == Self.kills)
     }
 
+    @Test(
+        "SIGKILL at random moments during upgrade: the 3-format or the 4-format database, each complete",
+        .enabled(if: ((try? SQLCipherEngine.linked().majorVersion) ?? 0) >= 4))
+    func killedUpgrades() async throws {
+        let directory = try TemporaryDirectory()
+        let pristine = directory.file("pristine.db")
+        try await makeFormat3Database(path: pristine, kms: try localKms(), kekId: LocalKms.defaultKekName)
+        let filler = try await LocalDbKeyManager(databasePath: pristine, kms: try localKms(), logger: silentLogger)
+            .open()
+        let fill = UncheckedConnection(filler)
+        try await offPool {
+            let db = fill.connection
+            try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
+            try db.inTransaction {
+                for row in 1...Self.rows {
+                    try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+                }
+            }
+            db.close()
+        }
+        let target = directory.file("app.db")
+        func restore() throws {
+            for suffix in ["", ".key", ".key.lock", ".dbkey-migrating", "-journal"] {
+                try? FileManager.default.removeItem(atPath: target + suffix)
+            }
+            try FileManager.default.copyItem(atPath: pristine, toPath: target)
+            try FileManager.default.copyItem(atPath: pristine + ".key", toPath: target + ".key")
+        }
+        try restore()
+        var duration = try await timed(["upgrade", target])
+        var outcomes: [String: Int] = [:]
+        for _ in 0..<Self.kills {
+            try restore()
+            let outcome = try await runAndKill(["upgrade", target], after: duration * Double.random(in: 0...1.2))
+            if !outcome.interrupted {
+                duration = outcome.ran
+            }
+            let journaled = try KeyFile.read(from: target + ".key").pending != nil
+            let manager = LocalDbKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger)
+            let connection = UncheckedConnection(try await manager.open())
+            let format = try manager.load().cipher.format
+            outcomes["format \(format)\(journaled ? ", journaled" : "")", default: 0] += 1
+            let (problems, summary) = try await offPool {
+                defer { connection.connection.close() }
+                return (
+                    try connection.connection.integrityCheck(),
+                    try connection.connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?
+                        .values
+                )
+            }
+            #expect(problems == [])
+            #expect(
+                summary == [
+                    .integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)),
+                    .integer(Int64(Self.rows * 1000)),
+                ])
+            #expect(!FileManager.default.fileExists(atPath: target + ".dbkey-migrating"))
+        }
+        print("kill test (upgrade, \(Self.rows) rows, one upgrade \(duration)): outcomes \(outcomes)")
+        #expect(outcomes["format 3", default: 0] >= 3, "\(outcomes)")
+        #expect(outcomes.values.reduce(0, +) == Self.kills)
+    }
+
     @Test("a reader process holding the database makes a rotation wait, and both finish correctly")
     func readerProcess() async throws {
         let database = try await TestDatabase(rows: 1000)

@@ -401,25 +401,41 @@ struct DBKeyKeyChangeCLITests {
     }
 
     @Test(
-        "migrate refuses the SQLCipher 4 database with exit 32, and a group-readable passphrase file with 16",
+        "migrate adopts the SQLCipher 4 database on SQLCipher 4 (refuses it with exit 32 on 3.x), and refuses a group-readable passphrase file with 16",
         ThirdPartyFixture.required("sqlcipher-compat/sqlcipher-4.0-testkey.db", from: ThirdPartyFixture.sqlcipherCompat)
     )
-    func migrateRefusals() async throws {
+    func migrateSQLCipher4() async throws {
         let fixture = MigrationTests.compatFixtures + "/sqlcipher-4.0-testkey.db"
         try #require(FileManager.default.fileExists(atPath: fixture), "missing ../shared fixtures")
         let workspace = try Workspace()
         try FileManager.default.copyItem(atPath: fixture, toPath: workspace.database)
         let bytes = try contents(workspace.database)
-        let result = try await workspace.dbkey(
-            "migrate", workspace.database, "--from-passphrase-env", "P", environment: ["P": "testkey"])
-        #expect(result.status == 32 && result.stderr.contains("SQLCipher 4"), "\(result.stderr)")
-        #expect(try contents(workspace.database) == bytes)
-
         let file = workspace.directory.file("passphrase")
         _ = FileManager.default.createFile(
             atPath: file, contents: Data("testkey".utf8), attributes: [.posixPermissions: 0o644])
         #expect(try await workspace.dbkey("migrate", workspace.database, "--from-passphrase-file", file).status == 16)
         #expect(try await workspace.dbkey("migrate", workspace.database).status == 64, "a source is required")
+        #expect(
+            try await workspace.dbkey(
+                "migrate", workspace.database, "--from-passphrase-env", "P", "--sqlcipher-format", "5",
+                environment: ["P": "testkey"]
+            ).status == 64)
+        #expect(try contents(workspace.database) == bytes)
+
+        let result = try await workspace.dbkey(
+            "migrate", workspace.database, "--from-passphrase-env", "P", environment: ["P": "testkey"])
+        guard try SQLCipherEngine.linked().majorVersion >= 4 else {
+            #expect(result.status == 32 && result.stderr.contains("SQLCipher 4"), "\(result.stderr)")
+            #expect(try contents(workspace.database) == bytes)
+            return
+        }
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.isEmpty || !result.stderr.contains("ERROR CORE"), "SQLCipher's own log stays quiet")
+        #expect(
+            try await workspace.dbkey("sql", workspace.database, "SELECT count(*) FROM t1").stdout == "78536\n")
+        let status = try await workspace.dbkey("status", "--json", workspace.database)
+        let report = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+        #expect(report?["sqlcipher_format"] as? Int == 4 && report?["upgrade_available"] as? Bool == false)
     }
 }
 

@@ -11,16 +11,26 @@ struct DatabaseConnectionTests {
     ) {
         let key = try key ?? SecureBuffer.random(count: 32)
         let connection = try DatabaseConnection.open(
-            path: directory.file("test.db"), key: key, pageSize: pageSize, create: true)
+            path: directory.file("test.db"), key: key, cipher: try newCipher(pageSize: pageSize), create: true)
         return (connection, key)
     }
 
-    @Test("the linked library is SQLCipher 3.4.1 on SQLite 3.15.2, as the design measured")
+    /// The SQLite each measured SQLCipher is built on (DESIGN.md).
+    static let measuredSQLite = ["3.4.1": "3.15.2", "4.6.1 community": "3.46.1"]
+
+    @Test("the linked library is the SQLCipher the build chose, on the SQLite the design measured")
     func linkedVersions() async throws {
         let directory = try TemporaryDirectory()
         let (connection, _) = try openNew(directory)
-        #expect(try connection.cipherVersion() == "3.4.1")
-        #expect(String(cString: sqlite3_libversion()) == "3.15.2")
+        let engine = try SQLCipherEngine.linked()
+        #expect(try connection.cipherVersion() == engine.version)
+        #expect(engine.sqliteVersion == String(cString: sqlite3_libversion()))
+        #expect(engine.majorVersion == Int(engine.version.prefix(1)))
+        #expect(engine.newDatabaseFormat == (engine.majorVersion >= 4 ? 4 : 3))
+        if let expected = expectedSQLCipherVersion {
+            #expect(engine.version.hasPrefix(expected), "Scripts/test built against \(expected)")
+            #expect(Self.measuredSQLite[engine.version] == engine.sqliteVersion)
+        }
     }
 
     @Test("libsqlite3 is never loaded into the process")
@@ -141,7 +151,8 @@ struct DatabaseConnectionTests {
         #expect(bytes.range(of: Data("visible text".utf8)) == nil)
         await expectError(.wrongKey) {
             _ = try DatabaseConnection.open(
-                path: directory.file("test.db"), key: SecureBuffer.random(count: 32), pageSize: 4096, create: false)
+                path: directory.file("test.db"), key: SecureBuffer.random(count: 32),
+                cipher: try newCipher(pageSize: 4096), create: false)
         }
     }
 
@@ -153,10 +164,11 @@ struct DatabaseConnectionTests {
         db.close()
         #expect(try contents(directory.file("test.db")).count % 4096 == 0)
         await expectError(.wrongKey) {
-            _ = try DatabaseConnection.open(path: directory.file("test.db"), key: key, pageSize: 1024, create: false)
+            _ = try DatabaseConnection.open(
+                path: directory.file("test.db"), key: key, cipher: try newCipher(pageSize: 1024), create: false)
         }
         let reopened = try DatabaseConnection.open(
-            path: directory.file("test.db"), key: key, pageSize: 4096, create: false)
+            path: directory.file("test.db"), key: key, cipher: try newCipher(pageSize: 4096), create: false)
         #expect(try reopened.fetchAll("SELECT count(*) FROM t").first?[0] == .integer(0))
     }
 

@@ -52,6 +52,16 @@ enum DocCommentExamples {
         _ = rows
     }
 
+    static func engine() throws {
+        let engine = try SQLCipherEngine.linked()
+        print(engine.version, engine.newDatabaseFormat)  // "4.6.1 community" 4
+    }
+
+    static func upgrade(manager: LocalDbKeyManager) async throws {
+        let upgraded = try await manager.upgrade()
+        print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
+    }
+
     static func statement(db: DatabaseConnection, readings: [(String, Double)]) throws {
         let insert = try db.prepare("INSERT INTO reading(sensor, value) VALUES (?, ?)")
         try db.inTransaction {

@@ -17,6 +17,13 @@ struct FaultInjectionTests {
         case rewrap = "rewrap to another master key"
         case migrate = "migrate --from-plaintext"
         case initialize = "init"
+        case upgrade = "upgrade to the SQLCipher 4 format"
+
+        /// The operations the linked SQLCipher can run: upgrade needs SQLCipher 4.
+        static var runnable: [Operation] {
+            let sqlcipher4 = ((try? SQLCipherEngine.linked().majorVersion) ?? 0) >= 4
+            return allCases.filter { $0 != .upgrade || sqlcipher4 }
+        }
     }
 
     static let modes = ["EIO", "ENOSPC", "killbefore", "killafter"]
@@ -62,6 +69,16 @@ struct FaultInjectionTests {
             let db = try DatabaseConnection.open(path: template.database, keying: .plaintext, create: true)
             try db.execute(insert)
             db.close()
+        case .upgrade:
+            // What DBKey made on SQLCipher 3.4.1: the 3 format, with a format 2 .key.
+            let master = try String(contentsOfFile: template.oldMaster, encoding: .utf8)
+            let kms = try localKms(masterKeyBase64: master.trimmingCharacters(in: .whitespacesAndNewlines))
+            try await makeFormat3Database(path: template.database, kms: kms, kekId: LocalKms.defaultKekName)
+            #expect(
+                try await dbkey(
+                    ["sql", template.database, "DROP TABLE t; " + insert], in: path, master: template.oldMaster
+                )
+                .status == 0)
         case .rotateRollback, .rotateWAL, .rewrap:
             #expect(try await dbkey(["init", template.database], in: path, master: template.oldMaster).status == 0)
             let setup = (operation == .rotateWAL ? "PRAGMA journal_mode = WAL; " : "") + insert
@@ -78,6 +95,7 @@ struct FaultInjectionTests {
         case .rewrap: return ["rewrap", database, "--to", "local://" + directory + "/new.key"]
         case .migrate: return ["migrate", database, "--from-plaintext"]
         case .initialize: return ["init", database]
+        case .upgrade: return ["upgrade", database]
         }
     }
 
@@ -158,7 +176,7 @@ struct FaultInjectionTests {
 
     @Test(
         "a fault at each call site leaves a database that opens with every row, and no command stuck",
-        arguments: Operation.allCases)
+        arguments: Operation.runnable)
     func faults(operation: Operation) async throws {
         let template = try await Self.prepare(operation)
         let calls = try await Self.calls(operation, template)

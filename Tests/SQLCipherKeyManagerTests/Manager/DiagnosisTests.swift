@@ -28,10 +28,10 @@ struct DiagnosisTests {
         let key = try await manager.dataKey()
         let salt = try #require(keyFile.cipher.salt)
         let right = try PageAuthentication.authenticatingPages(
-            path: manager.databasePath, key: key, salt: salt, pageSize: 4096)
+            path: manager.databasePath, key: key, salt: salt, cipher: try newCipher())
         #expect(right.read == 8 && right.authenticated == 8)
         let wrong = try PageAuthentication.authenticatingPages(
-            path: manager.databasePath, key: try SecureBuffer.random(count: 32), salt: salt, pageSize: 4096)
+            path: manager.databasePath, key: try SecureBuffer.random(count: 32), salt: salt, cipher: try newCipher())
         #expect(wrong.read == 8 && wrong.authenticated == 0)
     }
 

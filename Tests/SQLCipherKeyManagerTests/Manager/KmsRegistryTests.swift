@@ -83,7 +83,8 @@ struct KmsRegistryTests {
             keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
         let current = try await localOnly.dataKey()
         try await localOnly.database.store(journal, sealedWith: current)
-        let connection = try DatabaseConnection.open(path: path, key: current, pageSize: 4096, create: false)
+        let connection = try DatabaseConnection.open(
+            path: path, key: current, cipher: try newCipher(pageSize: 4096), create: false)
         try connection.rekey(to: newKey.plaintext)
         connection.close()
         let keyBytes = try contents(path + ".key")
@@ -105,7 +106,8 @@ struct KmsRegistryTests {
     func legacyKekIdClaims() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("old.db")
-        try await manager(path, [try localKms()]).initialize()
+        // The older form records no format: it describes an SQLCipher 3-format database.
+        _ = try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName)
         var object = try #require(
             JSONSerialization.jsonObject(with: try contents(path + ".key")) as? [String: Any])
         for field in ["format", "kms", "mac"] { object[field] = nil }

@@ -39,7 +39,9 @@ struct LocalDbKeyManagerTests {
         let keyFile = try await manager.initialize()
         #expect(keyFile.version == 1 && keyFile.kms == "local" && keyFile.kekId.hasPrefix("local:"))
         #expect(keyFile.cipher.pageSize == 4096)
-        #expect(keyFile.cipher.sqlcipherVersion == "3.4.1")
+        let engine = try SQLCipherEngine.linked()
+        #expect(keyFile.cipher.sqlcipherVersion == engine.version)
+        #expect(keyFile.cipher.compatibility == engine.newDatabaseFormat && keyFile.format == KeyFile.currentFormat)
         #expect(keyFile.cipher.salt == Array(try contents(manager.databasePath).prefix(16)))
         #expect(keyFile.encryptionContext == ["purpose": "test"])
         #expect(try manager.load() == keyFile)
@@ -68,6 +70,9 @@ struct LocalDbKeyManagerTests {
         let result = try await run(sqlcipher, [manager.databasePath], input: script)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.split(separator: "\n").last == "25|\(String(repeating: "0", count: 200))|25")
+        // The shell is the engine the library linked, not a stray one on the PATH.
+        let version = try await run(sqlcipher, ["-version"])
+        #expect(version.stdout.contains("SQLCipher \(try SQLCipherEngine.linked().version)"), "\(version.stdout)")
         // And without the key, the shell cannot read it.
         let refused = try await run(sqlcipher, [manager.databasePath], input: "SELECT count(*) FROM item;\n")
         #expect(refused.stdout.isEmpty)

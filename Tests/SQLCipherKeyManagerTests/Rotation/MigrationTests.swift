@@ -10,7 +10,7 @@ struct MigrationTests {
 
     struct CompatCase: Sendable, CustomTestStringConvertible {
         let file: String
-        let settings: LegacyCipherSettings
+        let settings: PassphraseCipherSettings
         let rows: Int64
         var testDescription: String { file }
     }
@@ -61,7 +61,32 @@ struct MigrationTests {
     }
 
     @Test(
-        "the SQLCipher 4.0 database fails as unsupported format and stays untouched",
+        "SQLCipher's 4.0 compatibility database migrates with every row on SQLCipher 4, and only in its own format",
+        .enabled(if: (try? SQLCipherEngine.linked().majorVersion) ?? 0 >= 4),
+        ThirdPartyFixture.required("sqlcipher-compat/sqlcipher-4.0-testkey.db", from: ThirdPartyFixture.sqlcipherCompat)
+    )
+    func sqlcipher4Adopted() async throws {
+        let directory = try TemporaryDirectory()
+        let path = try compatCopy("sqlcipher-4.0-testkey.db", into: directory)
+        let bytes = try contents(path)
+        let passphrase = try Passphrase.fromText("testkey")
+        await expectError(.wrongKey, containing: ["SQLCipher 3 format"]) {
+            try await manager(path).migrate(from: .passphrase(passphrase, .init(format: 3)))
+        }
+        #expect(try contents(path) == bytes)
+        let adopted = try manager(path)
+        let keyFile = try await adopted.migrate(from: .passphrase(passphrase, .init()))
+        #expect(keyFile.cipher.format == 4 && keyFile.cipher.pageSize == 4096)
+        let db = try await adopted.open()
+        #expect(try db.fetchAll("SELECT count(*) FROM t1").first?[0] == .integer(78536))
+        #expect(try db.integrityCheck() == [])
+        db.close()
+        #expect(try await sqlcipherShellOpens(path, key: try await adopted.dataKey()))
+    }
+
+    @Test(
+        "on SQLCipher 3.x the SQLCipher 4.0 database fails as unsupported format and stays untouched",
+        .enabled(if: (try? SQLCipherEngine.linked().majorVersion) ?? 0 < 4),
         ThirdPartyFixture.required("sqlcipher-compat/sqlcipher-4.0-testkey.db", from: ThirdPartyFixture.sqlcipherCompat)
     )
     func sqlcipher4Refused() async throws {
@@ -89,7 +114,7 @@ struct MigrationTests {
         let path = try compatCopy("sqlcipher-2.0-le-testkey.db", into: directory)
         let bytes = try contents(path)
         for (passphrase, settings) in [
-            ("nottestkey", LegacyCipherSettings(kdfIterations: 4000)), ("testkey", LegacyCipherSettings()),
+            ("nottestkey", PassphraseCipherSettings(kdfIterations: 4000)), ("testkey", PassphraseCipherSettings()),
         ] {
             await expectError(.wrongKey, containing: ["--kdf-iter 4000"]) {
                 try await manager(path).migrate(from: .passphrase(try Passphrase.fromText(passphrase), settings))

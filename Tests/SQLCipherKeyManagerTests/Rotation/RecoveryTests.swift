@@ -36,7 +36,8 @@ struct RecoveryTests {
         let database = try await TestDatabase(wal: wal)
         let oldKey = try await database.currentKey()
         let (journaled, newKey) = try await journalRotation(database)
-        let connection = try DatabaseConnection.open(path: database.path, key: oldKey, pageSize: 4096, create: false)
+        let connection = try DatabaseConnection.open(
+            path: database.path, key: oldKey, cipher: try newCipher(pageSize: 4096), create: false)
         try connection.rekey(to: newKey)
         connection.close()
         try await database.expectIntact()
@@ -52,7 +53,8 @@ struct RecoveryTests {
         let (journaled, _) = try await journalRotation(database)
         // A third key, in neither the current nor the pending record.
         let connection = try DatabaseConnection.open(
-            path: database.path, key: try await database.currentKey(), pageSize: 4096, create: false)
+            path: database.path, key: try await database.currentKey(), cipher: try newCipher(pageSize: 4096),
+            create: false)
         try connection.rekey(to: try SecureBuffer.random(count: 32))
         connection.close()
         let bytes = (try contents(database.path), try contents(database.path + ".key"))
@@ -84,10 +86,12 @@ struct RecoveryTests {
         _ = try await journalRotation(database)
         // Copy the database and its journal while a write transaction under the current key is
         // open and spilling pages, as a crash would leave them.
-        let connection = try DatabaseConnection.open(path: database.path, key: oldKey, pageSize: 4096, create: false)
+        let connection = try DatabaseConnection.open(
+            path: database.path, key: oldKey, cipher: try newCipher(pageSize: 4096), create: false)
         try connection.execute("PRAGMA cache_size = 10")  // spill pages to the file mid-transaction
         try connection.execute("BEGIN IMMEDIATE")
-        try connection.execute("UPDATE item SET body = body")
+        // A real change: SQLite 3.46 (SQLCipher 4.6) writes nothing for `SET body = body`.
+        try connection.execute("UPDATE item SET body = body || 'x'")
         let snapshotDatabase = try contents(database.path)
         let snapshotJournal = try contents(database.path + "-journal")
         try connection.execute("ROLLBACK")

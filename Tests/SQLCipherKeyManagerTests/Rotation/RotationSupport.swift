@@ -105,13 +105,16 @@ struct TestDatabase {
     }
 }
 
-/// Whether the stock `sqlcipher` shell reads the database with this raw key.
+/// Whether the `sqlcipher` shell of the linked engine reads the database with this raw key and
+/// its own defaults, but the page size (SQLCipher 4.x answers `PRAGMA key` with "ok": the count
+/// must be the last line).
 func sqlcipherShellOpens(_ path: String, key: SecureBuffer, pageSize: Int = 4096) async throws -> Bool {
-    let sqlcipher = try requireTool("sqlcipher", installedBy: "the Debian package sqlcipher")
+    let sqlcipher = try requireTool("sqlcipher", installedBy: "Scripts/setup")
     let script =
         "PRAGMA key = \"x'\(hex(key))'\";\nPRAGMA cipher_page_size = \(pageSize);\nSELECT count(*) FROM sqlite_master;\n"
     let result = try await run(sqlcipher, [path], input: script)
-    return result.status == 0 && !result.stderr.contains("not a database") && !result.stdout.isEmpty
+    let last = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+    return result.status == 0 && !result.stderr.contains("not a database") && Int(last) != nil
 }
 
 /// Hands a connection to one other thread at a time (tests only): the connection is used by

@@ -247,3 +247,40 @@ enum ThirdPartyFixture {
     static let sqlcipherCompat = "SQLCipher's compatibility databases, from its source tree's test/ folder"
     static let sigV4 = "AWS's Signature Version 4 test suite"
 }
+
+/// The cipher settings DBKey gives a new database on the linked SQLCipher (the 4 format on
+/// 4.x, the 3 format on 3.x), with `pageSize`.
+func newCipher(pageSize: Int = 4096) throws -> CipherSettings {
+    CipherSettings.new(format: try SQLCipherEngine.linked().newDatabaseFormat, pageSize: pageSize)
+}
+
+/// The SQLCipher version the test run requires (`DBKEY_TEST_SQLCIPHER_VERSION`, set by
+/// Scripts/test from the engine it built against), or `nil` outside Scripts/test.
+let expectedSQLCipherVersion = ProcessInfo.processInfo.environment["DBKEY_TEST_SQLCIPHER_VERSION"]
+
+/// Makes what DBKey made on SQLCipher 3.4.1 before the `.key` recorded the format: a database
+/// in the SQLCipher 3 format (4096-byte pages) with `rows` rows in `t(x)`, under a new data key
+/// from `kms`, and its format-2 `.key` (sealed, with salt and page size, no `compatibility`).
+///
+/// - Returns: The data key.
+@discardableResult
+func makeFormat3Database(
+    path: String, kms: any KeyManagementService, kekId: String, rows: Int = 0
+) async throws -> SecureBuffer {
+    let dataKey = try await kms.generateDataKey(kekId: kekId, context: .empty)
+    let cipher = CipherSettings(pageSize: 4096)
+    let db = try DatabaseConnection.open(path: path, key: dataKey.plaintext, cipher: cipher, create: true)
+    try db.execute("CREATE TABLE t(x)")
+    try db.inTransaction {
+        for row in 0..<rows { try db.execute("INSERT INTO t VALUES (?)", arguments: [.integer(Int64(row))]) }
+    }
+    db.close()
+    var keyFile = KeyFile(
+        kms: kms.providerName, kekId: dataKey.kekId, encryptedDek: dataKey.wrapped, createdAt: KeyFile.now(),
+        encryptionContext: .empty, keyCheck: KeyCheck(for: dataKey.plaintext), rotationPeriodDays: nil,
+        cipher: CipherSettings(
+            pageSize: 4096, sqlcipherVersion: "3.4.1", salt: Array(try contents(path).prefix(16))))
+    keyFile.format = 2
+    try keyFile.sealed(with: dataKey.plaintext).write(to: path + ".key")
+    return dataKey.plaintext
+}

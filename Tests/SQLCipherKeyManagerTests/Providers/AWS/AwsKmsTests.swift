@@ -82,9 +82,9 @@ struct AwsKmsMotoTests {
         let generated = try await Moto.boto3([
             "op": "generate", "key_id": try Moto.keyArn(), "context": ["purpose": "medical-db"],
         ])
-        // The database an older tool made with that key: SQLCipher's default 1024-byte pages.
+        // The database an older tool made with that key: SQLCipher 3's format and 1024-byte pages.
         let key = secureBuffer(hex: try #require(generated["plaintext_hex"]))
-        let db = try DatabaseConnection.open(path: path, key: key, pageSize: 1024, create: true)
+        let db = try DatabaseConnection.open(path: path, key: key, cipher: CipherSettings(pageSize: 1024), create: true)
         try db.execute(
             "CREATE TABLE visit(id INTEGER PRIMARY KEY, note TEXT); INSERT INTO visit(note) VALUES ('from boto3')")
         db.close()

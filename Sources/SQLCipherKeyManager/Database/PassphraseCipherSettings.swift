@@ -1,0 +1,118 @@
+/// The settings a passphrase-keyed database made by another app needs to open, for migration.
+///
+/// | database | settings |
+/// |---|---|
+/// | SQLCipher 4.x defaults (iOS, Android, GRDB, `sqlcipher3`) | none, or `format: 4` |
+/// | SQLCipher 3.x defaults | none, or `format: 3` |
+/// | SQLCipher 2.x | `format: 3, kdfIterations: 4000` |
+/// | SQLCipher 1.x | `format: 3, kdfIterations: 4000, useHMAC: false` |
+///
+/// Without a ``format`` DBKey tries SQLCipher 4's defaults first (when the linked SQLCipher is
+/// 4.x) and then SQLCipher 3's.
+public struct PassphraseCipherSettings: Sendable, Hashable {
+    /// The format the database was written in (`PRAGMA cipher_compatibility`): 3 or 4; `nil`
+    /// to try each the linked SQLCipher reads, newest first.
+    public var format: Int?
+    /// `PRAGMA kdf_iter`; `nil` keeps the format's: 256000 (4), 64000 (3).
+    public var kdfIterations: Int?
+    /// `PRAGMA cipher_page_size`; `nil` keeps the format's: 4096 (4), 1024 (3).
+    public var pageSize: Int?
+    /// `PRAGMA cipher_use_hmac`; `false` for SQLCipher 1.x databases.
+    public var useHMAC: Bool
+
+    /// Creates settings; the defaults let DBKey find the format and keep its defaults.
+    public init(format: Int? = nil, kdfIterations: Int? = nil, pageSize: Int? = nil, useHMAC: Bool = true) {
+        self.format = format
+        self.kdfIterations = kdfIterations
+        self.pageSize = pageSize
+        self.useHMAC = useHMAC
+    }
+
+    /// The formats to try, newest first: the one given, or every one `engine` reads.
+    func formatsToTry(on engine: SQLCipherEngine) -> [Int] {
+        if let format { return [format] }
+        return CipherSettings.formats.reversed().filter { engine.supports(format: $0) }
+    }
+}
+
+extension DatabaseConnection {
+    /// Applies `settings` right after the key, each read back (SQLCipher ignores pragmas it
+    /// does not know): on SQLCipher 4.x the format first (`cipher_compatibility`, which resets
+    /// the page size) and its algorithms, then the page size, then the plaintext header and
+    /// the salt it needs.
+    ///
+    /// - Parameter schema: The attached database to apply them to; `nil` for `main`.
+    /// - Throws: ``DBKeyError/Code-swift.struct/unsupportedFormat`` for a format the linked
+    ///   SQLCipher cannot read; ``DBKeyError/Code-swift.struct/keyFileCorrupt`` for settings no
+    ///   SQLCipher can use.
+    func apply(_ settings: CipherSettings, schema: String? = nil) throws {
+        let prefix = schema.map { $0 + "." } ?? ""
+        if let problem = settings.problem {
+            throw DBKeyError(.keyFileCorrupt, "The cipher settings of \(path) are invalid: \(problem).")
+        }
+        let engine = try requireEngine(reading: settings.format)
+        if engine.majorVersion >= 4 {
+            try execute("PRAGMA \(prefix)cipher_compatibility = \(settings.format)")
+            try setCipherPragma(prefix + "cipher_hmac_algorithm", to: settings.effectiveHMACAlgorithm.rawValue)
+            try setCipherPragma(prefix + "cipher_kdf_algorithm", to: settings.effectiveKDFAlgorithm.rawValue)
+        } else if settings.hmacAlgorithm != nil || settings.kdfAlgorithm != nil {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "\(path) records HMAC or KDF algorithms, which the linked SQLCipher \(engine.version) cannot set. Link SQLCipher 4 (see the README).",
+                path: path)
+        }
+        try setCipherPragma(prefix + "cipher_page_size", to: String(settings.pageSize))
+        if settings.plaintextHeaderSize > 0, let salt = settings.salt {
+            try setCipherPragma(prefix + "cipher_plaintext_header_size", to: String(settings.plaintextHeaderSize))
+            let saltHex = salt.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            try setCipherPragma(prefix + "cipher_salt", to: "\"x'\(saltHex)'\"", answer: saltHex)
+        }
+    }
+
+    /// Applies a passphrase database's settings in `format`, each read back.
+    func apply(_ settings: PassphraseCipherSettings, format: Int) throws {
+        let engine = try requireEngine(reading: format)
+        if engine.majorVersion >= 4 {
+            try execute("PRAGMA cipher_compatibility = \(format)")
+            try setCipherPragma("cipher_hmac_algorithm", to: format >= 4 ? "HMAC_SHA512" : "HMAC_SHA1")
+        }
+        if !settings.useHMAC {
+            try setCipherPragma("cipher_use_hmac", to: "0")
+        }
+        if let iterations = settings.kdfIterations {
+            try setCipherPragma("kdf_iter", to: String(iterations))
+        }
+        if let pageSize = settings.pageSize {
+            guard CipherSettings.isValidPageSize(pageSize) else {
+                throw DBKeyError(
+                    .invalidConfiguration, "The page size \(pageSize) is not a power of two from 512 to 65536.")
+            }
+            try setCipherPragma("cipher_page_size", to: String(pageSize))
+        }
+    }
+
+    private func requireEngine(reading format: Int) throws -> SQLCipherEngine {
+        let engine = try SQLCipherEngine.linked()
+        guard engine.supports(format: format) else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "\(path) is in the SQLCipher \(format) format, which the linked SQLCipher \(engine.version) cannot read. Link SQLCipher 4 (see the README's \"SQLCipher versions\"); the database was left untouched.",
+                path: path)
+        }
+        return engine
+    }
+
+    /// Sets a cipher pragma and reads it back; the answer must be `answer` (by default `value`),
+    /// as text or number, in any case.
+    func setCipherPragma(_ name: String, to value: String, answer expected: String? = nil) throws {
+        try execute("PRAGMA \(name) = \(value)")
+        let answer = try fetchAll("PRAGMA \(name)").first?[0]
+        let text = answer?.textValue ?? answer?.integerValue.map(String.init)
+        guard let text, text.lowercased() == (expected ?? value).lowercased() else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The linked SQLCipher did not accept PRAGMA \(name) = \(value); it answered \(answer.map { "\($0)" } ?? "nothing")."
+            )
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+
+/// Moving a managed database from the SQLCipher 3 format to the SQLCipher 4 format, under a new
+/// data key: a copy made with `sqlcipher_export`, verified, flushed, journaled and swapped in,
+/// as a migration's is (see ``LocalDbKeyManager/upgrade(progress:)``).
+///
+/// `PRAGMA cipher_migrate` is not used: it refuses raw-key databases with custom settings, such
+/// as DBKey's 4096-byte pages.
+struct Upgrade {
+    let database: ManagedDatabase
+
+    func run(progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
+        try database.refuseSymbolicLink()
+        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
+        defer {
+            database.keyCache.removeAll()
+            lock.release()
+        }
+        database.removeStaleTemporaryKeyFiles()
+        let journal = database.journal
+        let keyFile = try await journal.settle(try database.load())
+        let engine = try SQLCipherEngine.linked()
+        guard engine.newDatabaseFormat >= 4 else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "Upgrading to the SQLCipher 4 format needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see the README's \"SQLCipher versions\"). Nothing was changed.",
+                path: database.databasePath)
+        }
+        guard keyFile.cipher.format < 4 else { return keyFile }
+        let currentKey = try await database.unwrapKey(of: keyFile)
+        let migration = Migration(database: database)
+        // A copy no pending record names is what a crash before the journal leaves: start again.
+        migration.removeMigrationCopy()
+        let rowCounts = try await BlockingExecutor.shared.run(.long) { [database] in
+            let original = try database.openConnection(key: currentKey, keyFile: keyFile)
+            defer { original.close() }
+            try migration.checkpointForSwap(original)
+            return try Migration.tableRowCounts(original)
+        }
+        let kms = try database.provider(named: keyFile.kms)
+        let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
+        guard newKey.plaintext.count == RawKeyText.keyByteCount else {
+            throw DBKeyError(
+                .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.",
+                kekId: keyFile.kekId)
+        }
+        var cipher = CipherSettings.new(format: 4, pageSize: keyFile.cipher.pageSize)
+        if database.configuration.plaintextHeader {
+            cipher.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize
+            cipher.salt = (0..<CipherSettings.saltByteCount).map { _ in UInt8.random(in: .min ... .max) }
+        }
+        cipher = try await migration.makeVerifiedCopy(
+            key: newKey.plaintext, cipher: cipher, expectedRowCounts: rowCounts, progress: progress
+        ) { [database] in try database.openConnection(key: currentKey, keyFile: keyFile) }
+
+        let journaled: KeyFile
+        do {
+            journaled = try await journal.begin(
+                .upgrade, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
+                cipher: cipher, sealedWith: currentKey)
+        } catch {
+            // Never remove what a journal points at: only a copy no pending record names.
+            if (try? database.load().pending) == nil {
+                migration.removeMigrationCopy()
+            }
+            throw error
+        }
+        try database.reach(.swappingDatabase)
+        try await migration.swapInCopyOffThePool()
+        try database.reach(.writingFinalKeyFile)
+        let upgraded = try await database.store(
+            journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
+        database.record(.databaseUpgraded, upgraded)
+        return upgraded
+    }
+}
