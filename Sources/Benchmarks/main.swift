@@ -33,7 +33,11 @@ guard let workdir = arguments.first else {
 }
 let sizesMB = (arguments.dropFirst().first ?? "256,1024").split(separator: ",").compactMap { Int($0) }
 let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-let sqlcipherShell = "/usr/bin/sqlcipher"
+/// The `sqlcipher` shell of the engine under test: the first on the PATH (Scripts/bench puts the
+/// one built beside the linked library first).
+let sqlcipherShell =
+    (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
+    .map { "\($0)/sqlcipher" }.first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/sqlcipher"
 var rows: [ResultRow] = []
 
 /// `x'…'` for a raw key, in secure memory.
@@ -147,7 +151,8 @@ do {
             _ = try db.fetchAll(query)
             db.close()
         }, bare)
-    // A passphrase database with SQLCipher's defaults (PBKDF2, 64000 iterations, 1024-byte pages).
+    // A passphrase database with the engine's defaults: PBKDF2 over 64,000 HMAC-SHA1 rounds and
+    // 1024-byte pages on 3.x, 256,000 HMAC-SHA512 rounds and 4096-byte pages on 4.x.
     let passphrasePath = workdir + "/passphrase.db"
     removeDatabase(passphrasePath)
     let passphrase = Array("correct horse battery staple".utf8)

@@ -52,9 +52,16 @@ extension DatabaseConnection {
         }
         let engine = try requireEngine(reading: settings.format)
         if engine.majorVersion >= 4 {
+            // Always set, even to the engine's default: an app may have changed the defaults
+            // for the process (cipher_default_compatibility). It has no getter; SQLCipher 4
+            // knows it, and a format it did not take fails the first read.
             try execute("PRAGMA \(prefix)cipher_compatibility = \(settings.format)")
-            try setCipherPragma(prefix + "cipher_hmac_algorithm", to: settings.effectiveHMACAlgorithm.rawValue)
-            try setCipherPragma(prefix + "cipher_kdf_algorithm", to: settings.effectiveKDFAlgorithm.rawValue)
+            if let algorithm = settings.hmacAlgorithm {
+                try setCipherPragma(prefix + "cipher_hmac_algorithm", to: algorithm.rawValue)
+            }
+            if let algorithm = settings.kdfAlgorithm {
+                try setCipherPragma(prefix + "cipher_kdf_algorithm", to: algorithm.rawValue)
+            }
         } else if settings.hmacAlgorithm != nil || settings.kdfAlgorithm != nil {
             throw DBKeyError(
                 .unsupportedFormat,
@@ -74,7 +81,6 @@ extension DatabaseConnection {
         let engine = try requireEngine(reading: format)
         if engine.majorVersion >= 4 {
             try execute("PRAGMA cipher_compatibility = \(format)")
-            try setCipherPragma("cipher_hmac_algorithm", to: format >= 4 ? "HMAC_SHA512" : "HMAC_SHA1")
         }
         if !settings.useHMAC {
             try setCipherPragma("cipher_use_hmac", to: "0")

@@ -72,7 +72,7 @@ struct LocalDbKeyManagerTests {
         #expect(result.stdout.split(separator: "\n").last == "25|\(String(repeating: "0", count: 200))|25")
         // The shell is the engine the library linked, not a stray one on the PATH.
         let version = try await run(sqlcipher, ["-version"])
-        #expect(version.stdout.contains("SQLCipher \(try SQLCipherEngine.linked().version)"), "\(version.stdout)")
+        #expect(version.stdout.hasPrefix(try SQLCipherEngine.linked().sqliteVersion), "\(version.stdout)")
         // And without the key, the shell cannot read it.
         let refused = try await run(sqlcipher, [manager.databasePath], input: "SELECT count(*) FROM item;\n")
         #expect(refused.stdout.isEmpty)
