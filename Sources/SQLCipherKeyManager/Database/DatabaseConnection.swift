@@ -145,6 +145,14 @@ public final class DatabaseConnection {
         keyChangeGuard = guarding
     }
 
+    /// Why the guard refused the statement that just failed, if it refused one.
+    var keyChangeRefusal: String? { keyChangeGuard?.refusal }
+
+    /// Forgets the guard's last refusal, before a statement is prepared or run.
+    func forgetKeyChangeRefusal() {
+        keyChangeGuard?.reset()
+    }
+
     /// Whether ``close()`` has been called.
     public var isClosed: Bool { handle == nil }
 
@@ -332,9 +340,9 @@ public final class DatabaseConnection {
             while let current = cursor, current < end {
                 var statementHandle: OpaquePointer?
                 var tail: UnsafePointer<CChar>?
-                keyChangeGuard?.reset()
+                forgetKeyChangeRefusal()
                 let code = sqlite3_prepare_v2(handle, current, Int32(end - current), &statementHandle, &tail)
-                if code != SQLITE_OK, let refusal = keyChangeGuard?.refusal {
+                if code != SQLITE_OK, let refusal = keyChangeRefusal {
                     throw DBKeyError(.sqlite, refusal, resultCode: .SQLITE_AUTH)
                 }
                 try check(code, "preparing a statement")

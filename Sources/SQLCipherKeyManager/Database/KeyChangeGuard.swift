@@ -12,12 +12,12 @@ internal import CSQLCipher
 ///   `rekey_cipher`, `rekey_kdf_iter` and every `cipher_*` pragma given a value (reading them,
 ///   `cipher_version` and `cipher_integrity_check` stay allowed);
 /// - `ATTACH` of anything but `:memory:` or a temporary database: an attached file inherits the
-///   key, and the next rotation would strand it;
+///   key, and the next rotation would strand it — and so `VACUUM INTO` a file (SQLCipher 4),
+///   which attaches its target when it runs;
 /// - `sqlcipher_export`, which writes an unmanaged copy.
 ///
 /// Each refusal is ``DBKeyError/Code-swift.struct/sqlite`` with `SQLITE_AUTH` and a message that
-/// names the managed operation to use instead. `VACUUM INTO` does not exist in the SQLite that
-/// SQLCipher 3.4.1 is built on; the SQLCipher 4 issue extends the guard to it.
+/// names the managed operation to use instead.
 final class KeyChangeGuard {
     /// Why the statement being prepared was refused (SQLite reports a refused function as a
     /// plain `SQLITE_ERROR`, so the reason is kept here, not inferred from the code).
@@ -70,7 +70,7 @@ final class KeyChangeGuard {
         case SQLITE_ATTACH:
             guard let file = first, file == ":memory:" || file.isEmpty else {
                 return
-                    "ATTACH of a file would give it this database's key outside DBKey's management, and the next rotation would strand it. Bring another database under management with dbkey migrate, and copy data between managed connections."
+                    "ATTACH of a file (and VACUUM INTO one, which attaches it) would give it this database's key outside DBKey's management, and the next rotation would strand it. Bring another database under management with dbkey migrate, and copy data between managed connections."
             }
             return nil
         case SQLITE_FUNCTION:

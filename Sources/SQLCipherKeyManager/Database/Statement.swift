@@ -53,6 +53,7 @@ public final class Statement {
     func run(arguments: [DatabaseValue], onRow: (Row) throws -> Void) throws {
         try bind(arguments)
         defer { sqlite3_reset(handle) }
+        connection.forgetKeyChangeRefusal()
         while true {
             let code = sqlite3_step(handle)
             switch code {
@@ -61,6 +62,10 @@ public final class Statement {
             case SQLITE_DONE:
                 return
             default:
+                // A statement can be refused while it runs: VACUUM INTO attaches its target then.
+                if let refusal = connection.keyChangeRefusal {
+                    throw DBKeyError(.sqlite, refusal, resultCode: .SQLITE_AUTH)
+                }
                 // sqlite3_reset returns the step's error code with sqlite3_errmsg still set.
                 try connection.check(code, "running a statement")
                 return

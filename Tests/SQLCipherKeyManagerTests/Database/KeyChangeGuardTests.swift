@@ -26,6 +26,14 @@ struct KeyChangeGuardTests {
         "ATTACH 'other.db' AS other KEY ''",
         "ATTACH 'other.db' AS other KEY 'secret'",
         "SELECT sqlcipher_export('main')",
+        // SQLCipher 4's settings (refused on 3.4.1 too: every cipher_* given a value).
+        "PRAGMA cipher_compatibility = 3",
+        "PRAGMA cipher_plaintext_header_size = 32",
+        "PRAGMA cipher_salt = \"x'\(String(repeating: "00", count: 16))'\"",
+        "PRAGMA cipher_hmac_algorithm = HMAC_SHA1",
+        "PRAGMA cipher_kdf_algorithm = PBKDF2_HMAC_SHA1",
+        "PRAGMA cipher_log_level = DEBUG",
+        "PRAGMA cipher_memory_security = ON",
     ]
 
     static let allowedStatements: [String] = [

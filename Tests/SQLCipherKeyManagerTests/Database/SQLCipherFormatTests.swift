@@ -154,6 +154,30 @@ struct SQLCipherFormatTests {
         }
     }
 
+    @Test(
+        "VACUUM INTO a file is refused on a managed connection, at the statement, naming why; nothing is written",
+        .enabled(if: SQLCipherFormatTests.onSQLCipher4))
+    func vacuumIntoRefused() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try manager(directory.file("vac.db"))
+        try await manager.initialize()
+        let copy = directory.file("copy.db")
+        let db = try await manager.open()
+        defer { db.close() }
+        try db.execute("CREATE TABLE t(x); INSERT INTO t VALUES ('row')")
+        for sql in ["VACUUM INTO '\(copy)'", "/* a comment */ vacuum main into '\(copy)'"] {
+            do {
+                try db.execute(sql)
+                Issue.record("\(sql) ran")
+            } catch let error as DBKeyError {
+                #expect(error.resultCode == .SQLITE_AUTH && error.message.contains("VACUUM INTO"), "\(error)")
+            }
+        }
+        #expect((try? contents(copy))?.isEmpty ?? true, "no copy outside management")
+        // The connection goes on working, and an in-memory target stays allowed.
+        #expect(try db.fetchAll("SELECT x FROM t").first?[0] == .text("row"))
+    }
+
     // MARK: - SQLCipher 3-format databases
 
     @Test("a 3-format database with an older .key opens, rotates in its format, and SQLCipher 3.4.1 still reads it")

@@ -249,6 +249,7 @@ enum DocumentationExamples {
         try await manager.rewrap(to: try LocalKms(masterKey: newMaster), kekId: "default")  // same DEK, new KEK
         try await manager.migrate(from: .plaintext)  // bring an existing database in
         try await manager.migrate(from: .passphrase(try Passphrase.fromFile("old.pass"), .init(kdfIterations: 4000)))
+        try await manager.upgrade()  // SQLCipher 3 format → 4, new DEK
     }
 
     static func rotateWhenDue(manager: LocalDbKeyManager) async throws {
