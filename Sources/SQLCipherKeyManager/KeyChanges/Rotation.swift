@@ -10,26 +10,18 @@ struct Rotation {
 
     func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
-        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: wait)
-        defer {
-            // Whatever the outcome, no key unwrapped before the rotation is kept.
-            database.keyCache.removeAll()
-            lock.release()
-        }
-        database.removeStaleTemporaryKeyFiles()
+        return try await database.changingKey(wait: wait) { keyFile in try await rotate(keyFile, progress: progress) }
+    }
+
+    private func rotate(_ keyFile: KeyFile, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile
+    {
         let journal = database.journal
-        let keyFile = try await journal.settle(try database.load())
         let currentKey = try await database.unwrapKey(of: keyFile)
         // Nothing is journaled for a database the current key does not open (damaged, emptied,
         // replaced): the rotation could neither finish nor be undone.
         try await database.proveOpens(with: currentKey, keyFile: keyFile)
         let kms = try database.provider(named: keyFile.kms)
-        let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
-        guard newKey.plaintext.count == RawKeyText.keyByteCount else {
-            throw DBKeyError(
-                .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.",
-                kekId: keyFile.kekId)
-        }
+        let newKey = try await database.newDataKey(from: kms, for: keyFile)
         let journaled = try await journal.begin(
             .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
             sealedWith: currentKey)

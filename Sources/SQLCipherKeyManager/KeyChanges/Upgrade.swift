@@ -11,14 +11,13 @@ struct Upgrade {
 
     func run(progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
-        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
-        defer {
-            database.keyCache.removeAll()
-            lock.release()
-        }
-        database.removeStaleTemporaryKeyFiles()
+        return try await database.changingKey(wait: .zero) { keyFile in try await upgrade(keyFile, progress: progress) }
+    }
+
+    private func upgrade(_ keyFile: KeyFile, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws
+        -> KeyFile
+    {
         let journal = database.journal
-        let keyFile = try await journal.settle(try database.load())
         let engine = try SQLCipherEngine.linked()
         guard engine.newDatabaseFormat >= 4 else {
             throw DBKeyError(
@@ -38,12 +37,7 @@ struct Upgrade {
             return try Migration.tableRowCounts(original)
         }
         let kms = try database.provider(named: keyFile.kms)
-        let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
-        guard newKey.plaintext.count == RawKeyText.keyByteCount else {
-            throw DBKeyError(
-                .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.",
-                kekId: keyFile.kekId)
-        }
+        let newKey = try await database.newDataKey(from: kms, for: keyFile)
         var cipher = CipherSettings.new(format: 4, pageSize: keyFile.cipher.pageSize)
         if database.configuration.plaintextHeader {
             cipher.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize

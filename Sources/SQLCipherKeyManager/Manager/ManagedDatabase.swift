@@ -214,6 +214,31 @@ final class ManagedDatabase: Sendable {
         return (settledLock, try load())
     }
 
+    /// Runs a key change: takes the exclusive lock (waiting up to `wait`), removes stale
+    /// temporary `.key` files, settles an interrupted change, and hands `body` the settled
+    /// `.key`; afterwards, whatever the outcome, forgets every cached key.
+    func changingKey<Result>(wait: Duration, _ body: (KeyFile) async throws -> Result) async throws -> Result {
+        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
+        defer {
+            // No key unwrapped before the change is kept.
+            keyCache.removeAll()
+            lock.release()
+        }
+        removeStaleTemporaryKeyFiles()
+        return try await body(try await journal.settle(try load()))
+    }
+
+    /// A new data key from `kms` under the `.key`'s KEK and context, checked to be 32 bytes.
+    func newDataKey(from kms: any KeyManagementService, for keyFile: KeyFile) async throws -> DataKey {
+        let newKey = try await kms.generateDataKey(kekId: keyFile.kekId, context: keyFile.encryptionContext)
+        guard newKey.plaintext.count == RawKeyText.keyByteCount else {
+            throw DBKeyError(
+                .wrongKey, "The KMS generated a \(newKey.plaintext.count)-byte key; SQLCipher keys here are 32 bytes.",
+                kekId: keyFile.kekId)
+        }
+        return newKey
+    }
+
     /// Opens a connection with `key` and the recorded cipher settings, telling a wrong key from
     /// a damaged database when the first read fails.
     func openConnection(key: SecureBuffer, keyFile: KeyFile, onClose: (() -> Void)? = nil) throws -> DatabaseConnection

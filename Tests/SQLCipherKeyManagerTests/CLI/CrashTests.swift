@@ -46,6 +46,40 @@ struct CrashTests {
         return (process.terminationReason == .uncaughtSignal, ran)
     }
 
+    /// Fills `item` with `rows` rows of 1000 characters, and closes the connection.
+    func fillItems(_ connection: UncheckedConnection) async throws {
+        try await offPool {
+            let db = connection.connection
+            defer { db.close() }
+            try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
+            try db.inTransaction {
+                for row in 1...Self.rows {
+                    try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
+                }
+            }
+        }
+    }
+
+    /// Checks, and closes, a connection to a database ``fillItems(_:)`` filled: a clean
+    /// integrity check and every row, whole.
+    func expectEveryItem(_ connection: UncheckedConnection) async throws {
+        let (problems, summary) = try await offPool {
+            defer { connection.connection.close() }
+            return (
+                try connection.connection.integrityCheck(),
+                try connection.connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?
+                    .values
+            )
+        }
+        #expect(problems == [])
+        #expect(
+            summary == [
+                .integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)),
+                .integer(Int64(Self.rows * 1000)),
+            ])
+    }
+
     func timed(_ arguments: [String]) async throws -> Duration {
         let clock = ContinuousClock()
         let began = clock.now
@@ -92,17 +126,9 @@ struct CrashTests {
     func killedMigrations() async throws {
         let directory = try TemporaryDirectory()
         let pristine = directory.file("pristine.db")
-        try await offPool {
-            let db = try DatabaseConnection.open(path: pristine, keying: .plaintext, create: true)
-            try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-            let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
-            try db.inTransaction {
-                for row in 1...Self.rows {
-                    try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
-                }
-            }
-            db.close()
-        }
+        let plaintext = UncheckedConnection(
+            try DatabaseConnection.open(path: pristine, keying: .plaintext, create: true))
+        try await fillItems(plaintext)
         let target = directory.file("app.db")
         try FileManager.default.copyItem(atPath: pristine, toPath: target)
         var duration = try await timed(["migrate", target, "--from-plaintext"])
@@ -127,20 +153,7 @@ struct CrashTests {
                 outcomes["plaintext", default: 0] += 1
                 connection = UncheckedConnection(try DatabaseConnection.open(path: target, keying: .plaintext))
             }
-            let (problems, summary) = try await offPool {
-                defer { connection.connection.close() }
-                return (
-                    try connection.connection.integrityCheck(),
-                    try connection.connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?
-                        .values
-                )
-            }
-            #expect(problems == [])
-            #expect(
-                summary == [
-                    .integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)),
-                    .integer(Int64(Self.rows * 1000)),
-                ])
+            try await expectEveryItem(connection)
         }
         print("kill test (migrate, \(Self.rows) rows, one migration \(duration)): outcomes \(outcomes)")
         #expect(outcomes["plaintext", default: 0] >= 3, "\(outcomes)")
@@ -156,18 +169,7 @@ struct CrashTests {
         try await makeFormat3Database(path: pristine, kms: try localKms(), kekId: LocalKms.defaultKekName)
         let filler = try await LocalDbKeyManager(databasePath: pristine, kms: try localKms(), logger: silentLogger)
             .open()
-        let fill = UncheckedConnection(filler)
-        try await offPool {
-            let db = fill.connection
-            try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-            let insert = try db.prepare("INSERT INTO item(id, body) VALUES (?, printf('%01000d', ?))")
-            try db.inTransaction {
-                for row in 1...Self.rows {
-                    try insert.execute(arguments: [.integer(Int64(row)), .integer(Int64(row))])
-                }
-            }
-            db.close()
-        }
+        try await fillItems(UncheckedConnection(filler))
         let target = directory.file("app.db")
         func restore() throws {
             for suffix in ["", ".key", ".key.lock", ".dbkey-migrating", "-journal"] {
@@ -190,20 +192,7 @@ struct CrashTests {
             let connection = UncheckedConnection(try await manager.open())
             let format = try manager.load().cipher.format
             outcomes["format \(format)\(journaled ? ", journaled" : "")", default: 0] += 1
-            let (problems, summary) = try await offPool {
-                defer { connection.connection.close() }
-                return (
-                    try connection.connection.integrityCheck(),
-                    try connection.connection.fetchAll("SELECT count(*), sum(id), sum(length(body)) FROM item").first?
-                        .values
-                )
-            }
-            #expect(problems == [])
-            #expect(
-                summary == [
-                    .integer(Int64(Self.rows)), .integer(Int64(Self.rows * (Self.rows + 1) / 2)),
-                    .integer(Int64(Self.rows * 1000)),
-                ])
+            try await expectEveryItem(connection)
             #expect(!FileManager.default.fileExists(atPath: target + ".dbkey-migrating"))
         }
         print("kill test (upgrade, \(Self.rows) rows, one upgrade \(duration)): outcomes \(outcomes)")
