@@ -41,7 +41,7 @@ public struct DBKeyCommand: AsyncParsableCommand {
     )
 
     /// Hardens the process, then parses and runs the command line with `providers`, and
-    /// exits.
+    /// exits at once, without running library destructors (see the README's PKCS#11 section).
     public static func main(providers: [KmsProviderFactory]) async {
         ProcessHardening.quietCrashes()
         if !ProcessHardening.disableCoreDumps() {
@@ -55,8 +55,16 @@ public struct DBKeyCommand: AsyncParsableCommand {
         do {
             try await DBKeyCommand.run(Array(CommandLine.arguments.dropFirst()), providers: providers)
         } catch {
-            exit(withError: error)
+            // What exit(withError:) does, but ending through exitNow.
+            let status = exitCode(for: error)
+            let message = fullMessage(for: error)
+            if !message.isEmpty {
+                let stream = status == .success ? FileHandle.standardOutput : FileHandle.standardError
+                try? stream.write(contentsOf: Data((message + "\n").utf8))
+            }
+            ProcessHardening.exitNow(status.rawValue)
         }
+        ProcessHardening.exitNow(0)
     }
 
     /// Parses and runs one command line in this process with `providers` (for embedding and

@@ -12,6 +12,19 @@ enum ProcessHardening {
         Platform.disableCoreDumps()
     }
 
+    /// Flushes standard output and error and ends the process with `status` at once, without
+    /// running exit handlers or library destructors.
+    ///
+    /// A library's destructors (SoftHSM's, in the tests that found it) may run while another
+    /// thread still calls into it — a provider released by a task that finished after the
+    /// command — and crash the process after its work is done. Everything `dbkey` writes is
+    /// durable before it returns (`fsync`ed `.key` files, committed transactions), so nothing
+    /// needs those handlers.
+    static func exitNow(_ status: Int32) -> Never {
+        fflush(nil)
+        _exit(status)
+    }
+
     /// Replaces the crash reporter's handlers with one that prints a fixed line and exits, so
     /// that a crash never prints registers or the memory around them (where page ciphertext or a
     /// key could be). Exits with 128 + the signal, as the default action would.

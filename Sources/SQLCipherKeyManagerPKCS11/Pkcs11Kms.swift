@@ -27,7 +27,8 @@ import SQLCipherKeyManager
 ///
 /// Each provider keeps one logged-in session per token, used by one thread at a time; calls
 /// run on a thread of their own, never on Swift's cooperative pool. The module is initialised
-/// once per process and finalised when the last provider using it is gone.
+/// once per process and kept loaded until the process ends (finalising it while another thread
+/// or the process's exit handlers use it crashes it).
 public struct Pkcs11Kms: KeyManagementService {
     /// `pkcs11`.
     public let providerName = "pkcs11"

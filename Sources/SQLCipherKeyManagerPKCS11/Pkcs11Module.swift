@@ -4,21 +4,18 @@ import Synchronization
 import SQLCipherKeyManager
 
 /// A PKCS#11 module loaded with `dlopen` and initialised (`C_Initialize`, with OS locking) once
-/// per process and path; finalised and unloaded when the last session that uses it is gone.
+/// per process and path, and kept for the life of the process.
+///
+/// It is never finalised or unloaded: the last provider using it can be released on any
+/// thread, at any time — also while the process exits and the module's own destructors run —
+/// and `C_Finalize` or `dlclose` then crashes the process (seen with SoftHSM2: a provider
+/// released by a finished task while `dbkey` exited). The operating system reclaims it at exit.
 final class Pkcs11Module: @unchecked Sendable {
     // Immutable after init; the module itself is thread-safe (CKF_OS_LOCKING_OK).
     let path: String
     let functions: CK_FUNCTION_LIST
-    private let handle: UnsafeMutableRawPointer
-    /// Whether this instance's C_Initialize did the initialising (and so must finalise).
-    private let initialised: Bool
 
-    private final class Entry: Sendable {
-        weak let module: Pkcs11Module?
-        init(_ module: Pkcs11Module) { self.module = module }
-    }
-
-    private static let loaded = Mutex<[String: Entry]>([:])
+    private static let loaded = Mutex<[String: Pkcs11Module]>([:])
 
     /// The module at `path`, loaded and initialised on first use.
     ///
@@ -26,9 +23,9 @@ final class Pkcs11Module: @unchecked Sendable {
     ///   cannot be loaded or is not a PKCS#11 module.
     static func shared(path: String) throws -> Pkcs11Module {
         try loaded.withLock { modules in
-            if let module = modules[path]?.module { return module }
+            if let module = modules[path] { return module }
             let module = try Pkcs11Module(path: path)
-            modules[path] = Entry(module)
+            modules[path] = module
             return module
         }
     }
@@ -65,18 +62,6 @@ final class Pkcs11Module: @unchecked Sendable {
         }
         self.path = path
         self.functions = list.pointee
-        self.handle = handle
-        self.initialised = result == CKR_OK
-    }
-
-    deinit {
-        Pkcs11Module.loaded.withLock { modules in
-            // A newer instance for the same path may exist already; it then owns the library.
-            guard modules[path]?.module == nil else { return }
-            modules[path] = nil
-            if initialised { _ = functions.C_Finalize(nil) }
-        }
-        dlclose(handle)
     }
 
     /// The `CKR_` name of a return value, for messages.

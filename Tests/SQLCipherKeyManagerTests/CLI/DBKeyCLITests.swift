@@ -657,6 +657,45 @@ struct DBKeyVaultCLITests {
 /// `dbkey` with a KEK on a PKCS#11 token (SoftHSM2).
 @Suite("dbkey with a PKCS#11 token")
 struct DBKeyPkcs11CLITests {
+    @Test(
+        "a wrong PIN, 80 times, four processes at once: no run crashes as it ends (the PKCS#11 module outlives every release)"
+    )
+    func pkcs11ExitRace() async throws {
+        try await SoftHSM.exclusively {
+            let workspace = try DBKeyCLITests.Workspace()
+            let hsm = try SoftHSM.processEnvironment()
+            let created = try await workspace.dbkey(
+                "init", workspace.database, "--kek", "pkcs11:" + (try SoftHSM.kekId()), environment: hsm)
+            #expect(created.status == 0, "\(created.stderr)")
+            let wrongPin = workspace.directory.file("wrong.pin")
+            _ = FileManager.default.createFile(
+                atPath: wrongPin, contents: Data("99999999\n".utf8), attributes: [.posixPermissions: 0o600])
+            var wrong = hsm
+            wrong[Pkcs11Kms.pinFileVariable] = wrongPin
+            let environment = workspace.environment.merging(wrong) { $1 }
+            let (executable, database) = (DBKeyCLITests.executable, workspace.database)
+            let statuses = try await withThrowingTaskGroup(of: [Int32].self) { group in
+                for _ in 0..<4 {
+                    group.addTask {
+                        var statuses: [Int32] = []
+                        for _ in 0..<20 {
+                            statuses.append(
+                                try await run(executable, ["status", database], environment: environment).status)
+                        }
+                        return statuses
+                    }
+                }
+                return try await group.reduce(into: []) { $0 += $1 }
+            }
+            #expect(statuses.count == 80)
+            #expect(statuses.allSatisfy { $0 < 128 }, "a run crashed: \(statuses)")
+            // SoftHSM's file-backed token is sometimes unreadable to one process while another
+            // updates it ("no token labelled …": 22, or 20): a limit of SoftHSM, not a crash.
+            #expect(statuses.allSatisfy { [20, 21, 22].contains($0) }, "\(statuses)")
+            #expect(statuses.filter { $0 == 21 }.count >= 40, "the wrong PIN is what most runs report: \(statuses)")
+        }
+    }
+
     @Test("init --kek pkcs11:…, sql, rotate, status, verify; a wrong PIN exits 21 and names the cause, not the PIN")
     func pkcs11Lifecycle() async throws {
         try await SoftHSM.exclusively {

@@ -29,6 +29,24 @@ struct Pkcs11KmsTests {
         }
     }
 
+    @Test("the module stays loaded and initialised after every provider using it is released, and works for the next")
+    func moduleOutlivesProviders() async throws {
+        try await SoftHSM.exclusively {
+            let path = try SoftHSM.module()
+            do {
+                let hsm = try SoftHSM.provider()
+                _ = try await hsm.generateDataKey(kekId: try SoftHSM.kekId(), context: context)
+            }
+            // Every provider is gone: the module is the same object, never finalised or reloaded.
+            let first = try Pkcs11Module.shared(path: path)
+            let second = try SoftHSM.provider()
+            let dataKey = try await second.generateDataKey(kekId: try SoftHSM.kekId(), context: context)
+            #expect(try Pkcs11Module.shared(path: path) === first)
+            let unwrapped = try await second.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: context)
+            #expect(unwrapped == dataKey.plaintext)
+        }
+    }
+
     @Test("a key deleted from the token is reported as key not found; the files are untouched")
     func deletedKey() async throws {
         try await SoftHSM.exclusively {
