@@ -39,6 +39,27 @@ struct KeyingSeamTests {
         return bodies
     }
 
+    @Test(
+        "a 3-format database with an older .key is read through the seam on either engine: the format goes with the key"
+    )
+    func format3ThroughSeam() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("old.db")
+        try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName, rows: 7)
+        let manager = LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger)
+        let key = try await manager.getOrCreateKey()
+        defer { key.release() }
+        #expect(key.cipherSettings.format == 3)
+        var handle: OpaquePointer?
+        #expect(sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK)
+        defer { sqlite3_close_v2(handle) }
+        try key.apply(to: try #require(handle))
+        var statement: OpaquePointer?
+        #expect(sqlite3_prepare_v2(handle, "SELECT count(*) FROM t", -1, &statement, nil) == SQLITE_OK)
+        defer { sqlite3_finalize(statement) }
+        #expect(sqlite3_step(statement) == SQLITE_ROW && sqlite3_column_int64(statement, 0) == 7)
+    }
+
     @Test("a raw sqlite3* keyed only through the seam reads the rows the manager wrote; the seam never closes it")
     func rawHandleReads() async throws {
         let directory = try TemporaryDirectory()
