@@ -92,6 +92,16 @@ public struct CipherSettings: Sendable, Hashable {
     /// database created with it never opens again.
     public static let newDatabasePageSizes = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
+    /// These settings with the shared-container plaintext header and a new random salt, which
+    /// the file will not hold (SQLCipher 4 format only).
+    func withPlaintextHeader() -> CipherSettings {
+        var settings = self
+        settings.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize
+        // Not secret (SQLCipher keeps it in the clear); SystemRandomNumberGenerator is the OS CSPRNG.
+        settings.salt = (0..<CipherSettings.saltByteCount).map { _ in UInt8.random(in: .min ... .max) }
+        return settings
+    }
+
     /// The settings of a new database in `format` (3 or 4) with `pageSize`, recording the
     /// format explicitly.
     static func new(format: Int, pageSize: Int, plaintextHeaderSize: Int = 0) -> CipherSettings {

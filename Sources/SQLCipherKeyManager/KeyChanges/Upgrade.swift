@@ -40,8 +40,7 @@ struct Upgrade {
         let newKey = try await database.newDataKey(from: kms, for: keyFile)
         var cipher = CipherSettings.new(format: 4, pageSize: keyFile.cipher.pageSize)
         if database.configuration.plaintextHeader {
-            cipher.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize
-            cipher.salt = (0..<CipherSettings.saltByteCount).map { _ in UInt8.random(in: .min ... .max) }
+            cipher = cipher.withPlaintextHeader()
         }
         cipher = try await migration.makeVerifiedCopy(
             key: newKey.plaintext, cipher: cipher, expectedRowCounts: rowCounts, progress: progress

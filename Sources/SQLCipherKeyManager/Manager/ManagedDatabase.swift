@@ -144,9 +144,7 @@ final class ManagedDatabase: Sendable {
                     "A plaintext header needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see the README's \"SQLCipher versions\")."
                 )
             }
-            cipher.plaintextHeaderSize = CipherSettings.sharedContainerHeaderSize
-            // Not secret (SQLCipher keeps it in the clear); SystemRandomNumberGenerator is the OS CSPRNG.
-            cipher.salt = (0..<CipherSettings.saltByteCount).map { _ in UInt8.random(in: .min ... .max) }
+            cipher = cipher.withPlaintextHeader()
         }
         return cipher
     }

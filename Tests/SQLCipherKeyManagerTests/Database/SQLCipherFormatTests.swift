@@ -283,6 +283,25 @@ struct SQLCipherFormatTests {
         #expect(try await count(manager) == 200)
     }
 
+    @Test(
+        "a journaled upgrade whose copy was lost is dropped on the next open: the 3-format database and its key stay",
+        .enabled(if: SQLCipherFormatTests.onSQLCipher4))
+    func upgradeCopyLost() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("lost.db")
+        try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName, rows: 12)
+        let failing = LocalDbKeyManager(
+            databasePath: path, providers: KmsRegistry(try localKms()), configuration: .init(), logger: silentLogger,
+            faultInjector: { if $0 == .pendingKeyFileWritten { throw DBKeyError(.io, "injected") } })
+        await expectError(.io) { try await failing.upgrade() }
+        #expect(try KeyFile.read(from: path + ".key").pending?.operation == .upgrade)
+        try FileManager.default.removeItem(atPath: path + ".dbkey-migrating")
+        let manager = try manager(path)
+        #expect(try await count(manager) == 12)
+        let settled = try manager.load()
+        #expect(settled.pending == nil && settled.version == 1 && settled.cipher.format == 3)
+    }
+
     // MARK: - Plaintext header
 
     @Test(
