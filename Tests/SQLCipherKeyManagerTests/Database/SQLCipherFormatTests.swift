@@ -302,6 +302,22 @@ struct SQLCipherFormatTests {
         #expect(settled.pending == nil && settled.version == 1 && settled.cipher.format == 3)
     }
 
+    @Test(
+        "an upgrade during a KMS outage fails as retryable and changes nothing",
+        .enabled(if: SQLCipherFormatTests.onSQLCipher4))
+    func upgradeKmsOutage() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("outage.db")
+        let kms = MockKms(seed: 13)
+        try await makeFormat3Database(path: path, kms: kms, kekId: "k", rows: 5)
+        let before = (try contents(path), try contents(path + ".key"))
+        kms.failNext(1, [.generateDataKey])
+        await expectError(.kmsUnavailable) { try await manager(path, kms: kms).upgrade() }
+        #expect(try contents(path) == before.0 && contents(path + ".key") == before.1)
+        #expect(!FileManager.default.fileExists(atPath: path + ".dbkey-migrating"))
+        #expect(try await count(manager(path, kms: kms)) == 5)
+    }
+
     // MARK: - Plaintext header
 
     @Test(
