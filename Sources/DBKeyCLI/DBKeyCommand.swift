@@ -37,6 +37,7 @@ public struct DBKeyCommand: AsyncParsableCommand {
         subcommands: [
             InitCommand.self, StatusCommand.self, VerifyCommand.self, SQLCommand.self,
             RotateCommand.self, RewrapCommand.self, MigrateCommand.self, UpgradeCommand.self,
+            SlotCommand.self, RecoverCommand.self, EscrowCommand.self, DoctorCommand.self,
         ]
     )
 

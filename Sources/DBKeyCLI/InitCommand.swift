@@ -18,6 +18,12 @@ struct InitCommand: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "SQLCipher page size of the new database (1024 to 65536).")
     var pageSize: Int = CipherSettings.newDatabasePageSize
 
+    @Option(name: .customLong("slot-kek"), help: "A further KEK to keep the data key under, as a URI (repeatable).")
+    var slotKeks: [String] = []
+
+    @Option(help: "An escrow public key file to seal the data key to (PEM, from dbkey escrow keygen).")
+    var escrowPublicKey: String?
+
     @Flag(help: "Print the result as JSON.")
     var json = false
 
@@ -29,9 +35,19 @@ struct InitCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await common.reportingErrors(json: json) {
+            let logger = common.makeLogger()
             let manager = try newKey.makeManager(
-                database: database, common: common, pageSize: pageSize, logger: common.makeLogger())
-            let keyFile = try await manager.initialize()
+                database: database, common: common, pageSize: pageSize, logger: logger)
+            // Read and resolved before anything is created, so that a bad one creates nothing.
+            let escrowKey = try escrowPublicKey.map { try EscrowPublicKey(pemFile: $0) }
+            let slotTargets = try slotKeks.map { try common.registry(logger: logger).target(forURI: $0) }
+            var keyFile = try await manager.initialize()
+            for target in slotTargets {
+                keyFile = try await manager.addSlot(target.provider, kekId: target.kekId)
+            }
+            if let escrowKey {
+                keyFile = try await manager.addEscrowSlot(escrowKey)
+            }
             if json {
                 Output.printJSON([
                     "database": database,
@@ -39,6 +55,7 @@ struct InitCommand: AsyncParsableCommand {
                     "kms": keyFile.kms ?? NSNull(),
                     "kek_id": keyFile.kekId,
                     "dek_version": keyFile.version,
+                    "slots": keyFile.slots.map { ["slot": $0.number, "kms": $0.kms, "kek_id": $0.kekId] },
                 ])
             } else {
                 print("Created \(database), encrypted with a new data key (version \(keyFile.version)).")

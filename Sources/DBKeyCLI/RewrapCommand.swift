@@ -28,6 +28,9 @@ struct RewrapCommand: AsyncParsableCommand {
     )
     var to: String?
 
+    @Option(help: "The key slot to rewrap (dbkey slot list); 0, the default, is the primary KEK.")
+    var slot: Int = 0
+
     @Flag(help: "Print the result as JSON.")
     var json = false
 
@@ -42,9 +45,12 @@ struct RewrapCommand: AsyncParsableCommand {
                 (target, kekId) = (uri.provider, uri.kekId)
             } else {
                 let keyFile = try manager.load()
-                (target, kekId) = (try manager.providers.provider(named: keyFile.kms ?? ""), keyFile.kekId)
+                guard let current = keyFile.allSlots.first(where: { $0.number == slot }) else {
+                    throw DBKeyError(.invalidConfiguration, "\(manager.keyFilePath) has no slot \(slot).")
+                }
+                (target, kekId) = (try manager.providers.provider(named: current.kms), current.kekId)
             }
-            let keyFile = try await manager.rewrap(to: target, kekId: kekId)
+            let keyFile = try await manager.rewrap(to: target, kekId: kekId, slot: slot)
             if json {
                 Output.printJSON([
                     "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId,

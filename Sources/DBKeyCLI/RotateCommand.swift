@@ -23,6 +23,9 @@ struct RotateCommand: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Seconds to wait for other connections to close (0 to 86400).")
     var wait: Double = 0
 
+    @Flag(help: "Leave out the key slots whose KMS cannot wrap the new key, instead of failing.")
+    var dropUnreachableSlots = false
+
     @Flag(help: "Print the result as JSON.")
     var json = false
 
@@ -45,7 +48,8 @@ struct RotateCommand: AsyncParsableCommand {
                 }
                 return
             }
-            let keyFile = try await manager.rotateKey(wait: .seconds(wait), progress: ProgressLine.reporter())
+            let keyFile = try await manager.rotateKey(
+                wait: .seconds(wait), dropUnreachableSlots: dropUnreachableSlots, progress: ProgressLine.reporter())
             ProgressLine.finish()
             if json {
                 Output.printJSON([

@@ -13,17 +13,18 @@ import SystemPackage
 enum PageAuthentication {
     static let ivSize = 16
 
-    /// How many of pages 2 … `limit + 1` of the file authenticate under `key` and `cipher`, and
-    /// how many were read; pages past the end of the file are not counted.
+    /// How many of `limit` pages from `firstPage` (2 by default: page 1 is what a failed open
+    /// already tried) authenticate under `key` and `cipher`, and how many were read; pages past
+    /// the end of the file are not counted.
     static func authenticatingPages(
-        path: String, key: SecureBuffer, salt: [UInt8], cipher: CipherSettings, limit: Int = 8
+        path: String, key: SecureBuffer, salt: [UInt8], cipher: CipherSettings, firstPage: Int = 2, limit: Int = 8
     ) throws -> (authenticated: Int, read: Int) {
         let macKey = key.withUnsafeBytes { hmacKey(from: $0, salt: salt, kdf: cipher.effectiveKDFAlgorithm) }
         let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
         return try descriptor.closeAfter {
             var (authenticated, read) = (0, 0)
             var page = [UInt8](repeating: 0, count: cipher.pageSize)
-            for number in 2...(limit + 1) {
+            for number in firstPage..<(firstPage + limit) {
                 let count = try page.withUnsafeMutableBytes {
                     try descriptor.read(fromAbsoluteOffset: Int64((number - 1) * cipher.pageSize), into: $0)
                 }

@@ -132,6 +132,13 @@ public struct DBKeyError: Error, Sendable, CustomStringConvertible {
             kekId: self.kekId ?? kekId, underlying: underlying)
     }
 
+    /// The same error with `sentence` appended to its message.
+    func adding(_ sentence: String) -> DBKeyError {
+        DBKeyError(
+            code, message + " " + sentence, resultCode: resultCode, errno: errno, path: path, kekId: kekId,
+            underlying: underlying)
+    }
+
     /// Whether the same call may succeed if tried again later.
     public var isRetryable: Bool {
         code == .kmsUnavailable || code == .databaseInUse

@@ -32,6 +32,17 @@ final class DatabaseLock {
         databasePath + ".key.lock"
     }
 
+    /// Whether a process holds the database's lock now (shared or exclusive). The lock file is
+    /// not created when it is missing.
+    static func isHeld(databasePath: String) -> Bool {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                FilePath(path(forDatabase: databasePath)), .readOnly, options: [.noFollow, .closeOnExec])
+        else { return false }
+        defer { try? descriptor.close() }
+        return flock(descriptor.rawValue, LOCK_EX | LOCK_NB) != 0
+    }
+
     /// Takes the lock, trying again every 10 ms for up to `wait` (at least ``minimumWait``).
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the lock is still held by

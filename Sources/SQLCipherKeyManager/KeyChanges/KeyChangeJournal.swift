@@ -37,11 +37,10 @@ struct KeyChangeJournal {
         provider: String,
         version: Int,
         cipher: CipherSettings? = nil,
+        slots: [KeySlot] = [],
         sealedWith currentKey: SecureBuffer
     ) async throws -> KeyFile {
         var journaled = keyFile
-        // The current format's MAC covers every field of the pending record.
-        journaled.format = KeyFile.currentFormat
         journaled.pending = PendingOperation(
             operation: kind,
             encryptedDek: newKey.wrapped,
@@ -52,6 +51,9 @@ struct KeyChangeJournal {
             startedAt: KeyFile.now(),
             cipher: cipher
         )
+        journaled.pending?.slots = slots
+        // A format whose MAC covers every field of the pending record.
+        journaled.format = max(journaled.requiredFormat, keyFile.format ?? 1, KeyFile.cipherFieldsFormat)
         try database.reach(.writingPendingKeyFile)
         let written = try await database.store(journaled, sealedWith: currentKey)
         try database.reach(.pendingKeyFileWritten)
@@ -172,12 +174,11 @@ struct KeyChangeJournal {
         )
     }
 
-    /// Unwraps the pending record's key, through the provider the record names, and checks it
+    /// Unwraps the pending record's key, through the slots the manager may use, and checks it
     /// against the pending key check.
     func unwrapPendingKey(of keyFile: KeyFile, _ pending: PendingOperation) async throws -> SecureBuffer {
-        let kms: any KeyManagementService
         do {
-            kms = try database.providers.provider(named: pending.kms)
+            return try await database.unwrap(keyFile.pendingKey(pending), of: keyFile)
         } catch let error as DBKeyError where error.code == .unsupportedFormat {
             throw DBKeyError(
                 .unsupportedFormat,
@@ -185,14 +186,6 @@ struct KeyChangeJournal {
                 path: database.keyFilePath, kekId: pending.kekId
             )
         }
-        let key = try await kms.decrypt(pending.encryptedDek, kekId: pending.kekId, context: keyFile.encryptionContext)
-        guard pending.keyCheck.matches(key) else {
-            throw DBKeyError(
-                .wrongKey,
-                "The KMS returned a key that does not match the pending key check in \(database.keyFilePath).",
-                path: database.keyFilePath, kekId: pending.kekId)
-        }
-        return key
     }
 
     func neitherKeyOpens(_ keyFile: KeyFile, _ pending: PendingOperation) -> DBKeyError {
@@ -219,8 +212,9 @@ extension KeyFile {
         case .rotate, .upgrade: completed.rotatedAt = date
         case .migrate: break
         }
+        completed.slots = pending.slots
         completed.pending = nil
-        completed.format = KeyFile.currentFormat
+        completed.format = completed.requiredFormat
         return completed
     }
 

@@ -1,40 +1,50 @@
 /// KEK rotation and provider moves: the same data key wrapped under another KEK, one atomic
-/// `.key` write (see ``LocalDbKeyManager/rewrap(to:kekId:wait:)``).
+/// `.key` write (see ``LocalDbKeyManager/rewrap(to:kekId:slot:wait:)``).
 struct Rewrap {
     let database: ManagedDatabase
 
-    func run(to target: any KeyManagementService, kekId: String, wait: Duration) async throws -> KeyFile {
+    func run(to target: any KeyManagementService, kekId: String, slot number: Int, wait: Duration) async throws
+        -> KeyFile
+    {
         // Shared: connections may stay open, but no rotation may rewrite the .key meanwhile.
         try database.refuseSymbolicLink()
         let (lock, keyFile) = try await database.acquireSettled(wait: wait)
         defer { lock.release() }
+        guard let slot = keyFile.allSlots.first(where: { $0.number == number }), !slot.isEscrow else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "\(database.keyFilePath) has no provider's slot \(number) to rewrap (its slots: \(ManagedDatabase.describe(keyFile.allSlots))); an escrow slot is replaced by removing it and adding the new escrow key.",
+                path: database.keyFilePath)
+        }
         let key = try await database.unwrapKey(of: keyFile)
+        let context = keyFile.encryptionContext
         let resolvedKekId = try await target.health(kekId: kekId).kekId
         let wrapped: WrappedKey
-        if let service = target as? any ServerSideRewrapping, keyFile.kms == target.providerName,
+        if let service = target as? any ServerSideRewrapping, slot.kms == target.providerName,
             let moved = try await service.serverSideRewrap(
-                keyFile.encryptedDek, from: keyFile.kekId, to: resolvedKekId, context: keyFile.encryptionContext)
+                slot.encryptedDek, from: slot.kekId, to: resolvedKekId, context: context)
         {
             // Inside one service (AWS ReEncrypt, Vault rewrap) the plaintext never leaves it.
             wrapped = moved
+            try await database.requireUnwraps(wrapped, to: key, by: target, kekId: resolvedKekId, context: context)
         } else {
-            wrapped = try await target.encrypt(key, kekId: resolvedKekId, context: keyFile.encryptionContext)
-        }
-        guard try await target.decrypt(wrapped, kekId: resolvedKekId, context: keyFile.encryptionContext) == key else {
-            throw DBKeyError(
-                .ciphertextInvalid,
-                "The \(target.providerName) KMS did not give back the key it had just wrapped; \(database.keyFilePath) was not changed.",
-                path: database.keyFilePath, kekId: resolvedKekId
-            )
+            wrapped = try await database.wrapChecked(key, by: target, kekId: resolvedKekId, context: context)
         }
         var rewrapped = keyFile
-        rewrapped.kms = target.providerName
-        rewrapped.kekId = resolvedKekId
-        rewrapped.encryptedDek = wrapped
-        rewrapped.format = KeyFile.currentFormat
+        if number == 0 {
+            rewrapped.kms = target.providerName
+            rewrapped.kekId = resolvedKekId
+            rewrapped.encryptedDek = wrapped
+        } else if let index = rewrapped.slots.firstIndex(where: { $0.number == number }) {
+            rewrapped.slots[index].kms = target.providerName
+            rewrapped.slots[index].kekId = resolvedKekId
+            rewrapped.slots[index].encryptedDek = wrapped
+        }
+        rewrapped.format = rewrapped.requiredFormat
         try database.reach(.writingFinalKeyFile)
         rewrapped = try await database.store(rewrapped, sealedWith: key)
-        database.record(.keyRewrapped, rewrapped, detail: "from \(keyFile.kms ?? "?") KEK \(keyFile.kekId)")
+        database.record(
+            .keyRewrapped, rewrapped, detail: "slot \(number) from \(slot.kms) KEK \(slot.kekId) to \(resolvedKekId)")
         return rewrapped
     }
 }

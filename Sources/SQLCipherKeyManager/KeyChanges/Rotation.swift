@@ -4,9 +4,14 @@ import SystemPackage
 
 /// DEK rotation: a new data key from the KMS, every page re-encrypted under it with
 /// `PRAGMA rekey`, journaled so that a crash at any moment loses nothing (see
-/// ``LocalDbKeyManager/rotateKey(wait:progress:)``).
+/// ``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:progress:)``). Every key slot gets
+/// the new key in the same journaled change.
 struct Rotation {
     let database: ManagedDatabase
+    /// Leave out the slots whose provider cannot wrap the new key, instead of failing.
+    var dropUnreachableSlots = false
+    /// A slot the rotated record no longer has (``LocalDbKeyManager/removeSlot(_:rotate:wait:)``).
+    var removingSlot: Int?
 
     func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
@@ -20,10 +25,16 @@ struct Rotation {
         // Nothing is journaled for a database the current key does not open (damaged, emptied,
         // replaced): the rotation could neither finish nor be undone.
         try await database.proveOpens(with: currentKey, keyFile: keyFile)
-        let kms = try database.provider(named: keyFile.kms)
-        let newKey = try await database.newDataKey(from: kms, for: keyFile)
+        // The slots the rotated record will have: the primary's provider makes the new key.
+        let target = try removingSlot.map { try keyFile.removingSlot($0, source: database.keyFilePath) } ?? keyFile
+        let kms = try database.provider(named: target.kms)
+        let newKey = try await database.newDataKey(from: kms, for: target)
+        let version = keyFile.version + 1
+        let (slots, dropped) = try await database.wrap(
+            newKey.plaintext, under: target.slots, context: keyFile.encryptionContext, salt: keyFile.cipher.salt,
+            version: version, dropUnreachable: dropUnreachableSlots)
         let journaled = try await journal.begin(
-            .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
+            .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: version, slots: slots,
             sealedWith: currentKey)
         database.logger.debug(
             "Rotation started", metadata: ["from_version": "\(keyFile.version)", "kek_id": "\(newKey.kekId)"])
@@ -51,29 +62,40 @@ struct Rotation {
                 }
                 throw error
             }
-            database.record(.keyRotated, settled)
+            recordRotation(settled, from: keyFile, dropped: dropped)
             return settled
         }
 
         try database.reach(.writingFinalKeyFile)
         let rotated = try await database.store(
             journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
-        database.record(.keyRotated, rotated)
+        recordRotation(rotated, from: keyFile, dropped: dropped)
         return rotated
+    }
+
+    /// The audit events of a rotation: the new key, and each slot it no longer has.
+    private func recordRotation(_ rotated: KeyFile, from keyFile: KeyFile, dropped: [KeySlot]) {
+        database.record(.keyRotated, rotated)
+        let removed = keyFile.allSlots.filter { old in
+            !rotated.allSlots.contains { $0.kms == old.kms && $0.kekId == old.kekId }
+        }
+        for slot in removed {
+            let why = dropped.contains(slot) ? "its provider could not take the new key" : "removed with a rotation"
+            database.audit.record(
+                AuditEvent(
+                    kind: .slotRemoved, databasePath: database.databasePath, provider: slot.kms, kekId: slot.kekId,
+                    dekVersion: rotated.version, detail: "slot \(slot.number): \(why)"))
+        }
     }
 
     /// The error for a rekey SQLCipher reported as done but rolled back: not enough room for its
     /// journal (a full disk, a file-size limit), or another process reading the database.
     private func rolledBack(_ keyFile: KeyFile) -> DBKeyError {
         let path = database.databasePath
-        let size = UInt64((try? FilePath(path).stat().size) ?? 0)
-        let directory = FilePath(path).removingLastComponent()
-        let free =
-            (try? FileManager.default.attributesOfFileSystem(forPath: directory.isEmpty ? "." : directory.string))?[
-                .systemFreeSize] as? UInt64
+        let room = database.roomForRotation()
+        let size = room.databaseSize
         let noRoom =
-            (free.map { $0 < size + size / 8 } ?? false)
-            || (Platform.fileSizeLimit.map { $0 < size + size / 8 } ?? false)
+            (room.free.map { $0 < room.needed } ?? false) || (room.fileSizeLimit.map { $0 < room.needed } ?? false)
         let kept = "\(path) keeps its current key (version \(keyFile.version)) and nothing needs recovery"
         if noRoom {
             return DBKeyError(

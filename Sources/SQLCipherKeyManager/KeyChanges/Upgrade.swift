@@ -48,9 +48,13 @@ struct Upgrade {
 
         let journaled: KeyFile
         do {
+            // Every slot gets the new key, escrow seals bound to the copy's salt.
+            let (slots, _) = try await database.wrap(
+                newKey.plaintext, under: keyFile.slots, context: keyFile.encryptionContext, salt: cipher.salt,
+                version: keyFile.version + 1, dropUnreachable: false)
             journaled = try await journal.begin(
                 .upgrade, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
-                cipher: cipher, sealedWith: currentKey)
+                cipher: cipher, slots: slots, sealedWith: currentKey)
         } catch {
             // Never remove what a journal points at: only a copy no pending record names.
             if (try? database.load().pending) == nil {

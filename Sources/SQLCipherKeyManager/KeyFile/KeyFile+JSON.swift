@@ -58,6 +58,7 @@ extension KeyFile {
         }
         (self.cipher, self.unknownCipherFields) = try fields.cipher("cipher", fileFormat: format)
         self.pending = try fields.pending("pending", fileFormat: format)
+        self.slots = try fields.slots("slots", fileFormat: format)
         self.mac = try fields.base64("mac", byteCount: 32)
         // Only the older seven-field form may lack a MAC: removing it must not remove the check.
         if format != nil, mac == nil {
@@ -82,6 +83,7 @@ extension KeyFile {
         object["rotation_period_days"] = rotationPeriodDays.map { .integer(Int64($0)) }
         object["mac"] = mac.map { .string(Base64.encode($0)) }
         object["cipher"] = cipher.jsonValue(keeping: unknownCipherFields)
+        object["slots"] = KeySlot.jsonValue(slots)
         object["pending"] =
             pending.map { pending in
                 var fields = pending.unknownFields
@@ -93,6 +95,7 @@ extension KeyFile {
                 fields["key_check"] = .string(pending.keyCheck.base64)
                 fields["started_at"] = .string(KeyFile.timestamp(pending.startedAt))
                 fields["cipher"] = pending.cipher.map { $0.jsonValue(keeping: pending.unknownCipherFields) }
+                fields["slots"] = KeySlot.jsonValue(pending.slots)
                 return .object(fields)
             } ?? .null
         let encoder = JSONEncoder()
@@ -332,7 +335,52 @@ private struct FieldReader {
             pending.cipher = cipher
             pending.unknownCipherFields = unknownCipherFields
         }
+        pending.slots = try fields.slots("slots", fileFormat: fileFormat)
         pending.unknownFields = fields.remaining
         return pending
+    }
+
+    /// The `slots` array (format 4): numbered from 1, each number once, at most
+    /// ``KeySlot/maximumAdditionalSlots``; an escrow slot carries its public key.
+    mutating func slots(_ name: String, fileFormat: Int?) throws -> [KeySlot] {
+        guard let value = take(name) else { return [] }
+        guard (fileFormat ?? 1) >= KeyFile.slotsFormat else {
+            throw invalid(name, "needs a format \(KeyFile.slotsFormat) file, whose MAC covers it")
+        }
+        guard case .array(let entries) = value else {
+            throw invalid(name, "must be an array of slot objects", found: value)
+        }
+        guard entries.count <= KeySlot.maximumAdditionalSlots else {
+            throw invalid(
+                name,
+                "holds \(entries.count) slots; a .key file has at most \(KeySlot.maximumAdditionalSlots) besides its primary KEK"
+            )
+        }
+        var slots: [KeySlot] = []
+        for (index, entry) in entries.enumerated() {
+            guard case .object(let object) = entry else {
+                throw invalid("\(name)[\(index)]", "must be an object", found: entry)
+            }
+            var fields = FieldReader(object, source: source, prefix: "\(prefix)\(name)[\(index)].")
+            let number = try fields.positiveInteger("slot")
+            guard !slots.contains(where: { $0.number == number }) else {
+                throw invalid("\(name)[\(index)].slot", "repeats slot number \(number)")
+            }
+            var slot = KeySlot(
+                number: number,
+                kms: try fields.nonEmptyString("kms"),
+                kekId: try fields.nonEmptyString("kek_id"),
+                encryptedDek: WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek"))
+            )
+            if slot.isEscrow {
+                guard let publicKey = try fields.base64("public_key", byteCount: EscrowSeal.keyByteCount) else {
+                    throw fields.invalid("public_key", "is missing (an escrow slot names its public key)")
+                }
+                slot.escrowPublicKey = try EscrowPublicKey(rawRepresentation: publicKey)
+            }
+            slot.unknownFields = fields.remaining
+            slots.append(slot)
+        }
+        return slots
     }
 }

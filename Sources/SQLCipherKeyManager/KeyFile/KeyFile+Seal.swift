@@ -31,10 +31,14 @@ extension KeyFile {
 
     /// HMAC-SHA256(data key, `"dbkey key file v2"` ‖ each field, length-prefixed, in a fixed
     /// order). Format 3 files are labelled `v3` and add the cipher fields that came with it,
-    /// of the current settings and of the pending record's.
+    /// of the current settings and of the pending record's. Format 4 files are labelled `v4`
+    /// and add every key slot, current and pending.
     static func mac(of keyFile: KeyFile, key: SecureBuffer) -> [UInt8] {
-        let coversCipherFields = (keyFile.format ?? 1) >= KeyFile.cipherFieldsFormat
-        var message = Array((coversCipherFields ? "dbkey key file v3" : "dbkey key file v2").utf8)
+        let format = keyFile.format ?? 1
+        let coversCipherFields = format >= KeyFile.cipherFieldsFormat
+        let coversSlots = format >= KeyFile.slotsFormat
+        let label = coversSlots ? "v4" : coversCipherFields ? "v3" : "v2"
+        var message = Array("dbkey key file \(label)".utf8)
         func field(_ text: String?) {
             guard let text else {
                 message.append(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF])
@@ -83,6 +87,20 @@ extension KeyFile {
             }
             cipherFields(keyFile.cipher)
             cipherFields(keyFile.pending?.cipher)
+        }
+        if coversSlots {
+            func slotFields(_ slots: [KeySlot]) {
+                field(String(slots.count))
+                for slot in slots {
+                    field(String(slot.number))
+                    field(slot.kms)
+                    field(slot.kekId)
+                    field(slot.encryptedDek.encoded)
+                    field(slot.escrowPublicKey.map { Base64.encode($0.rawRepresentation) })
+                }
+            }
+            slotFields(keyFile.slots)
+            slotFields(keyFile.pending?.slots ?? [])
         }
         let code = key.withUnsafeBytes { HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: $0)) }
         return Array(code)

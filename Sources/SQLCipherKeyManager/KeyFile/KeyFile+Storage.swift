@@ -34,7 +34,6 @@ extension KeyFile {
     /// cipher settings an upgrade writes) and its MAC.
     func sizeWithKeyChangePending() throws -> Int {
         var largest = self
-        largest.format = KeyFile.currentFormat
         if largest.pending == nil {
             var longestCipher = CipherSettings(
                 pageSize: cipher.pageSize, sqlcipherVersion: String(repeating: "9", count: 64),
@@ -46,7 +45,9 @@ extension KeyFile {
                 version: version + 1,
                 keyCheck: keyCheck ?? KeyCheck(bytes: Array(repeating: 0, count: KeyCheck.byteCount))!,
                 startedAt: createdAt, cipher: longestCipher)
+            largest.pending?.slots = slots
         }
+        largest.format = largest.requiredFormat
         largest.mac = Array(repeating: 0, count: 32)
         return try largest.jsonData().count
     }
@@ -60,7 +61,7 @@ extension KeyFile {
         guard size <= KeyFile.maximumSize else {
             throw DBKeyError(
                 .invalidConfiguration,
-                "\(source) would grow to \(size) bytes while a key change is pending, past the \(KeyFile.maximumSize / 1024) KiB a .key file may have; nothing was written. Use a shorter encryption context.",
+                "\(source) would grow to \(size) bytes while a key change is pending, past the \(KeyFile.maximumSize / 1024) KiB a .key file may have; nothing was written. Use a shorter encryption context or fewer key slots.",
                 path: source
             )
         }

@@ -7,12 +7,16 @@ import Foundation
 /// only ever replaced atomically. Files in the older seven-field form (no `format` field) load;
 /// fields this version does not know are kept when the file is rewritten.
 public struct KeyFile: Sendable, Hashable {
-    /// The `format` this version writes.
-    public static let currentFormat = 3
+    /// The newest `format` this version reads and writes: a file is written in the lowest
+    /// format that holds it (3, or 4 when it has key slots), so that older versions still read
+    /// every file they could use.
+    public static let currentFormat = 4
     /// The first format whose `cipher` may record the SQLCipher format, algorithms and
     /// plaintext header (and its MAC covers them); DBKey versions before it refuse the file
     /// instead of opening the database with the wrong settings.
     static let cipherFieldsFormat = 3
+    /// The first format with key slots (`slots`, and `pending.slots`), which its MAC covers.
+    static let slotsFormat = 4
     /// The largest `.key` file DBKey reads.
     public static let maximumSize = 64 * 1024
     /// The deepest nesting of objects and arrays a `.key` file may have: the file is an object
@@ -49,6 +53,9 @@ public struct KeyFile: Sendable, Hashable {
     public var cipher: CipherSettings
     /// A half-done key change, recorded before it touches the database; `nil` normally.
     public var pending: PendingOperation?
+    /// The data key under further KEKs or sealed to escrow keys, beside the primary one (see
+    /// ``KeySlot``); empty in most files.
+    public var slots: [KeySlot]
 
     /// HMAC-SHA256 under the data key over every known field (see `KeyFile+Seal.swift`);
     /// `nil` in files written before it existed.
@@ -69,7 +76,7 @@ public struct KeyFile: Sendable, Hashable {
         rotationPeriodDays: Int?,
         cipher: CipherSettings
     ) {
-        self.format = KeyFile.currentFormat
+        self.format = KeyFile.cipherFieldsFormat
         self.kms = kms
         self.kekId = kekId
         self.encryptedDek = encryptedDek
@@ -82,6 +89,7 @@ public struct KeyFile: Sendable, Hashable {
         self.rotationPeriodDays = rotationPeriodDays
         self.cipher = cipher
         self.pending = nil
+        self.slots = []
         self.mac = nil
         self.unknownFields = [:]
         self.unknownCipherFields = [:]
@@ -118,6 +126,8 @@ public struct PendingOperation: Sendable, Hashable {
     /// The database's cipher settings once the change is done, when it changes them (an
     /// upgrade to the SQLCipher 4 format); `nil` when they stay.
     public var cipher: CipherSettings?
+    /// The new data key under every additional slot of the record once the change is done.
+    public var slots: [KeySlot] = []
     /// Fields this version does not know, kept as they were.
     var unknownFields: [String: JSONValue] = [:]
     /// Fields inside `cipher` this version does not know, kept as they were.

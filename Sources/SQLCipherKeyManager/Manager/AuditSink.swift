@@ -40,6 +40,16 @@ public struct AuditEvent: Sendable, Hashable {
         case keyChangeRecovered = "key-change.recovered"
         /// Opening the database failed.
         case openFailed = "open.failed"
+        /// A data key was unwrapped through a slot other than the primary KEK (its provider and
+        /// KEK are the event's; the detail says which slot and why).
+        case slotUsed = "key.slot-used"
+        /// A key slot was added.
+        case slotAdded = "key.slot-added"
+        /// A key slot was removed (or dropped by a rotation that could not reach it).
+        case slotRemoved = "key.slot-removed"
+        /// An operator recovered the database through a slot or an escrow key, and the primary
+        /// KEK was replaced.
+        case keyRecovered = "key.recovered"
     }
 
     /// What happened.

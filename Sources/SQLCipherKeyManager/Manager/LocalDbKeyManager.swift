@@ -6,7 +6,7 @@ import Logging
 ///
 /// A manager serves every provider in its ``KmsRegistry``: it opens any `.key` file whose
 /// provider is registered, and a key moved to another registered provider
-/// (``rewrap(to:kekId:wait:)``) still opens through the same manager.
+/// (``rewrap(to:kekId:slot:wait:)``) still opens through the same manager.
 ///
 /// ```swift
 /// let logger = Logger(label: "app.db")
@@ -50,6 +50,9 @@ public final class LocalDbKeyManager: Sendable {
         public var keyCacheTTL: Duration
         /// Where key events go; `nil` logs them at `debug` through the manager's logger.
         public var auditSink: (any AuditSink)?
+        /// When an open may unwrap the data key through a slot other than the primary KEK:
+        /// by default only while the primary's KMS is unavailable (see ``SlotFallback``).
+        public var slotFallback: SlotFallback
 
         /// Creates a configuration.
         public init(
@@ -61,7 +64,8 @@ public final class LocalDbKeyManager: Sendable {
             plaintextHeader: Bool = false,
             openWait: Duration = .seconds(5),
             keyCacheTTL: Duration = .seconds(300),
-            auditSink: (any AuditSink)? = nil
+            auditSink: (any AuditSink)? = nil,
+            slotFallback: SlotFallback = .whenUnavailable
         ) {
             self.kekId = kekId
             self.kekProvider = kekProvider
@@ -72,10 +76,15 @@ public final class LocalDbKeyManager: Sendable {
             self.openWait = openWait
             self.keyCacheTTL = keyCacheTTL
             self.auditSink = auditSink
+            self.slotFallback = slotFallback
         }
     }
 
     let database: ManagedDatabase
+
+    private init(database: ManagedDatabase) {
+        self.database = database
+    }
 
     /// The database file's path.
     public var databasePath: String { database.databasePath }
@@ -111,16 +120,17 @@ public final class LocalDbKeyManager: Sendable {
         self.init(databasePath: databasePath, providers: KmsRegistry(kms), configuration: configuration, logger: logger)
     }
 
-    init(
+    convenience init(
         databasePath: String,
         providers: KmsRegistry,
         configuration: Configuration,
         logger: Logger,
         faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
     ) {
-        self.database = ManagedDatabase(
-            databasePath: databasePath, providers: providers, configuration: configuration, logger: logger,
-            faultInjector: faultInjector)
+        self.init(
+            database: ManagedDatabase(
+                databasePath: databasePath, providers: providers, configuration: configuration, logger: logger,
+                faultInjector: faultInjector))
     }
 
     // MARK: - Creating and opening
@@ -255,8 +265,14 @@ public final class LocalDbKeyManager: Sendable {
     /// }
     /// ```
     ///
+    /// Every key slot gets the new key in the same journaled change (the pending record carries
+    /// it under each slot, escrow seals included), so that a crash leaves every slot able to
+    /// open the database.
+    ///
     /// - Parameters:
     ///   - wait: How long to wait for open connections to close.
+    ///   - dropUnreachableSlots: Leave out the slots whose provider cannot wrap the new key
+    ///     (each an audit event) instead of failing before anything changes.
     ///   - progress: Called about four times a second while pages are re-encrypted.
     /// - Returns: The updated `.key` file.
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the database stays open
@@ -266,9 +282,11 @@ public final class LocalDbKeyManager: Sendable {
     @discardableResult
     public func rotateKey(
         wait: Duration = .zero,
+        dropUnreachableSlots: Bool = false,
         progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
     ) async throws -> KeyFile {
-        try await Rotation(database: database).run(wait: wait, progress: progress)
+        try await Rotation(database: database, dropUnreachableSlots: dropUnreachableSlots)
+            .run(wait: wait, progress: progress)
     }
 
     /// Wraps the same data key under another KEK, possibly of another provider: one atomic
@@ -290,13 +308,91 @@ public final class LocalDbKeyManager: Sendable {
     /// - Throws: KMS codes from either provider (nothing changed), or
     ///   ``DBKeyError/Code-swift.struct/io`` when the `.key` file cannot be written (the old one
     ///   is intact).
+    /// - Parameter slot: The slot to rewrap: 0 (the default) is the primary KEK.
     @discardableResult
     public func rewrap(
         to target: any KeyManagementService,
         kekId: String,
+        slot: Int = 0,
         wait: Duration = .seconds(5)
     ) async throws -> KeyFile {
-        try await Rewrap(database: database).run(to: target, kekId: kekId, wait: wait)
+        try await Rewrap(database: database).run(to: target, kekId: kekId, slot: slot, wait: wait)
+    }
+
+    // MARK: - Key slots
+
+    /// Adds a key slot: the data key wrapped under `kekId` of `target` as well, so that the
+    /// database still opens when the primary KEK's KMS is unavailable (see ``SlotFallback``)
+    /// and can be recovered through it (``recover(through:to:kekId:wait:)``).
+    ///
+    /// One atomic `.key` write under the exclusive lock: it waits up to `wait` for open
+    /// connections to close. The new wrap is unwrapped again before it is written.
+    ///
+    /// ```swift
+    /// let secondRegion = MockKms(seed: 7, providerName: "second-region")
+    /// try await manager.addSlot(secondRegion, kekId: "key-2")
+    /// ```
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when the file has
+    ///   ``KeySlot/maximumAdditionalSlots`` slots already or one under the same KEK; KMS codes.
+    @discardableResult
+    public func addSlot(_ target: any KeyManagementService, kekId: String, wait: Duration = .zero) async throws
+        -> KeyFile
+    {
+        try await SlotChanges(database: database).add(target, kekId: kekId, wait: wait)
+    }
+
+    /// Adds an escrow slot: the data key sealed to an escrow public key (HPKE, see the README's
+    /// "Key slots and recovery"), opened only by its private key, which need never be on this
+    /// device. Every rotation re-seals it with the public key alone.
+    ///
+    /// ```swift
+    /// let escrow = try EscrowPrivateKey.generate()  // kept offline; only its public key is here
+    /// try await manager.addEscrowSlot(escrow.publicKey)
+    /// ```
+    @discardableResult
+    public func addEscrowSlot(_ publicKey: EscrowPublicKey, wait: Duration = .zero) async throws -> KeyFile {
+        try await SlotChanges(database: database).addEscrow(publicKey, wait: wait)
+    }
+
+    /// Removes key slot `number` (0, the primary, hands its place to the first other
+    /// provider's slot). Refused when no other provider's slot gives the key now.
+    ///
+    /// Removing a slot revokes nothing while older copies of the `.key` file exist (backups):
+    /// they still hold the data key under the removed KEK. With `rotate`, the data key is
+    /// rotated in the same journaled change, so that those copies open nothing any more.
+    @discardableResult
+    public func removeSlot(_ number: Int, rotate: Bool = false, wait: Duration = .zero) async throws -> KeyFile {
+        if rotate {
+            return try await Rotation(database: database, removingSlot: number).run(wait: wait, progress: nil)
+        }
+        return try await SlotChanges(database: database).remove(number, wait: wait)
+    }
+
+    /// Brings back a database whose primary KEK is lost or refused: unwraps the data key
+    /// through `access` alone (a slot, or an escrow private key; an interrupted key change is
+    /// settled with it), proves it opens the database, and wraps it under `kekId` of `target`
+    /// as the new primary. Never automatic; an audit event.
+    ///
+    /// ```swift
+    /// let escrow = try EscrowPrivateKey(pemFile: "/secure/escrow.pem")
+    /// let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+    /// try await manager.recover(through: .escrow(escrow), to: newMaster, kekId: "default")
+    /// ```
+    @discardableResult
+    public func recover(
+        through access: KeySlotAccess,
+        to target: any KeyManagementService,
+        kekId: String,
+        wait: Duration = .zero
+    ) async throws -> KeyFile {
+        try await SlotChanges(database: database).recover(through: access, to: target, kekId: kekId, wait: wait)
+    }
+
+    /// This manager, unwrapping the data key only through `access`: a break-glass open
+    /// through one slot or an escrow key, without changing the `.key` file's primary.
+    public func through(_ access: KeySlotAccess) -> LocalDbKeyManager {
+        LocalDbKeyManager(database: database.through(access))
     }
 
     /// Brings an existing database under management: a new data key from the KMS, an encrypted
@@ -365,6 +461,25 @@ public final class LocalDbKeyManager: Sendable {
     ///   ``DBKeyError/Code-swift.struct/unsupportedFormat`` when its provider is not registered.
     public func status(now: Date = Date()) async throws -> DatabaseKeyStatus {
         try await StatusCheck(database: database).run(now: now)
+    }
+
+    /// One read-only report of everything that can go wrong with the database and its key,
+    /// each problem with its fix: file modes and owners (database, journals, `.key`, lock, the
+    /// local master key file), an interrupted key change, each provider slot's reachability,
+    /// key and KEK version, rotation due, the `.key`'s salt and key against the database's
+    /// first page (another database's `.key`, or another generation's), a journal or WAL left
+    /// over, stale temporaries, and free space for a rotation.
+    ///
+    /// Nothing is written: unlike ``open()`` it does not settle an interrupted change, and
+    /// the key is checked against the file's pages without SQLite.
+    ///
+    /// ```swift
+    /// let report = await manager.doctor()
+    /// for finding in report.findings { print(finding.check, finding.message, finding.fix) }
+    /// ```
+    public func doctor(now: Date = Date()) async -> DoctorReport {
+        var doctor = Doctor(database: database, now: now)
+        return await doctor.run()
     }
 
     /// Checks everything between the `.key` file and the last page: the file is valid, the KMS

@@ -16,13 +16,16 @@ final class ManagedDatabase: Sendable {
     let faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
     /// Data keys unwrapped recently.
     let keyCache: DataKeyCache
+    /// Which key slots may unwrap the data key.
+    let slotAccess: KeySlotAccess
 
     init(
         databasePath: String,
         providers: KmsRegistry,
         configuration: LocalDbKeyManager.Configuration,
         logger: Logger,
-        faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
+        faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?,
+        slotAccess: KeySlotAccess = .automatic
     ) {
         self.databasePath = databasePath
         self.keyFilePath = KeyFile.path(forDatabase: databasePath)
@@ -34,6 +37,15 @@ final class ManagedDatabase: Sendable {
         self.audit = configuration.auditSink ?? LoggingAuditSink(logger: logger)
         self.faultInjector = faultInjector
         self.keyCache = DataKeyCache(timeToLive: configuration.keyCacheTTL)
+        self.slotAccess = slotAccess
+    }
+
+    /// The same database, unwrapping its key only through the slots `access` allows (for
+    /// recovery), with a key cache of its own.
+    func through(_ access: KeySlotAccess) -> ManagedDatabase {
+        ManagedDatabase(
+            databasePath: databasePath, providers: providers, configuration: configuration, logger: logger,
+            faultInjector: faultInjector, slotAccess: access)
     }
 
     var journal: KeyChangeJournal { KeyChangeJournal(database: self) }
@@ -68,6 +80,9 @@ final class ManagedDatabase: Sendable {
     /// that the file stays readable in its largest state, a key change pending.
     @discardableResult
     func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) async throws -> KeyFile {
+        var keyFile = keyFile
+        // A record with slots is written in the format whose MAC covers them, whatever it was.
+        keyFile.format = max(keyFile.format ?? 1, keyFile.requiredFormat)
         try keyFile.requireRoomForKeyChanges(source: keyFilePath)
         let sealed = keyFile.sealed(with: key)
         let path = keyFilePath
@@ -75,31 +90,17 @@ final class ManagedDatabase: Sendable {
         return sealed
     }
 
-    /// Unwraps the `.key` file's data key and checks it against the file's key check and seal.
+    /// Unwraps the `.key` file's data key (through the slots ``slotAccess`` allows) and checks
+    /// it against the file's key check and seal.
     func unwrapKey(of keyFile: KeyFile) async throws -> SecureBuffer {
-        let kms = try provider(named: keyFile.kms)
+        if case .automatic = slotAccess {
+            _ = try provider(named: keyFile.kms)
+        }
         if let cached = keyCache.key(for: keyFile) {
             try keyFile.verifySeal(with: cached, source: keyFilePath)
             return cached
         }
-        let key: SecureBuffer
-        do {
-            key = try await kms.decrypt(keyFile.encryptedDek, kekId: keyFile.kekId, context: keyFile.encryptionContext)
-        } catch let error as DBKeyError {
-            throw error.about(path: keyFilePath, kekId: keyFile.kekId)
-        }
-        guard key.count == RawKeyText.keyByteCount else {
-            throw DBKeyError(
-                .wrongKey, "The KMS returned a \(key.count)-byte key; SQLCipher keys here are 32 bytes.",
-                path: keyFilePath, kekId: keyFile.kekId)
-        }
-        if let check = keyFile.keyCheck, !check.matches(key) {
-            throw DBKeyError(
-                .wrongKey,
-                "The key the KMS returned does not match the key check in \(keyFilePath): its encrypted_dek was replaced by another database's.",
-                path: keyFilePath, kekId: keyFile.kekId
-            )
-        }
+        let key = try await unwrap(keyFile.currentKey, of: keyFile)
         try keyFile.verifySeal(with: key, source: keyFilePath)
         record(.keyLoaded, keyFile)
         keyCache.store(key, for: keyFile)
@@ -360,6 +361,18 @@ final class ManagedDatabase: Sendable {
         } catch {
             throw DBKeyError.io(error, "read the header of", path)
         }
+    }
+
+    /// What an in-place rotation needs beside the database (its journal: about the database's
+    /// size, with an eighth to spare) and what it has: free disk space and the process's
+    /// file-size limit.
+    func roomForRotation() -> (databaseSize: UInt64, needed: UInt64, free: UInt64?, fileSizeLimit: UInt64?) {
+        let size = UInt64((try? FilePath(databasePath).stat().size) ?? 0)
+        let directory = FilePath(databasePath).removingLastComponent()
+        let free =
+            (try? FileManager.default.attributesOfFileSystem(forPath: directory.isEmpty ? "." : directory.string))?[
+                .systemFreeSize] as? UInt64
+        return (size, size + size / 8, free, Platform.fileSizeLimit)
     }
 
     func fileExists(_ path: String) -> Bool {

@@ -29,7 +29,7 @@ public struct DatabaseKeyStatus: Sendable {
     }
 
     /// Whether the data key is wrapped under an older version of its KEK than the newest one.
-    /// Rewrap it (``LocalDbKeyManager/rewrap(to:kekId:wait:)`` with the same provider and KEK,
+    /// Rewrap it (``LocalDbKeyManager/rewrap(to:kekId:slot:wait:)`` with the same provider and KEK,
     /// `dbkey rewrap DATABASE`) before the old version is retired.
     public var wrappedUnderOlderKeyVersion: Bool {
         guard let wrappedKeyVersion, case .success(let health) = kmsHealth, let latest = health.latestKeyVersion

@@ -70,7 +70,7 @@ extension KeyManagementService {
 
 /// A service that can move a wrapped key to another of its KEKs (or to the newest version of the
 /// same one) without the plaintext leaving the service: AWS KMS's `ReEncrypt`, Vault Transit's
-/// `rewrap`. ``LocalDbKeyManager/rewrap(to:kekId:wait:)`` uses it when source and target are the
+/// `rewrap`. ``LocalDbKeyManager/rewrap(to:kekId:slot:wait:)`` uses it when source and target are the
 /// same service.
 public protocol ServerSideRewrapping: KeyManagementService {
     /// Wraps the key inside `wrapped` under `destinationKekId`, inside the service.

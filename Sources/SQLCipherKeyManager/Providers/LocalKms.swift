@@ -11,6 +11,11 @@ import SystemPackage
 /// 2. the file named by `DBKEY_MASTER_KEY_FILE` (base64, owner-only permissions);
 /// 3. `~/.config/dbkey/master.key`, created with mode 0600 on first use.
 ///
+/// New keys are wrapped under that master key. The files named by
+/// `DBKEY_OTHER_MASTER_KEY_FILES` (paths separated by `:`) add master keys that unwrap and wrap
+/// the keys of their own `kek_id`: what a key slot under a second local master key needs (see
+/// ``KeySlot``).
+///
 /// The KEK id is `local:` followed by the first 8 bytes of SHA-256(master key) in hex, so a
 /// `.key` file names the master key it needs without revealing it. Wrapped keys use a public
 /// format: base64( `0x01` ‖ nonce(12) ‖ AES-256-GCM ciphertext(32) ‖ tag(16) ), with additional
@@ -34,20 +39,27 @@ public struct LocalKms: KeyManagementService {
     public static let masterKeyVariable = "DBKEY_MASTER_KEY"
     /// The environment variable naming a file that holds the base64 master key.
     public static let masterKeyFileVariable = "DBKEY_MASTER_KEY_FILE"
+    /// The environment variable naming further master key files, separated by `:`.
+    public static let otherMasterKeyFilesVariable = "DBKEY_OTHER_MASTER_KEY_FILES"
 
     private let masterKey: SecureBuffer
+    /// Further master keys by KEK id.
+    private let otherMasterKeys: [String: SecureBuffer]
     private static let wrapping = AESGCMKeyWrap(label: "dbkey-local-v1")
 
-    /// Creates the provider from a 32-byte master key.
+    /// Creates the provider from a 32-byte master key, and further master keys that serve
+    /// the keys wrapped under them.
     ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when the key is not 32 bytes.
-    public init(masterKey: SecureBuffer) throws {
-        guard masterKey.count == 32 else {
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` when a key is not 32 bytes.
+    public init(masterKey: SecureBuffer, otherMasterKeys: [SecureBuffer] = []) throws {
+        for key in [masterKey] + otherMasterKeys where key.count != 32 {
             throw DBKeyError(
-                .invalidConfiguration, "A local master key must be 32 bytes; this one has \(masterKey.count).")
+                .invalidConfiguration, "A local master key must be 32 bytes; this one has \(key.count).")
         }
         self.masterKey = masterKey
         self.kekId = LocalKms.kekId(for: masterKey)
+        self.otherMasterKeys = Dictionary(
+            otherMasterKeys.map { (LocalKms.kekId(for: $0), $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// Claims seven-field `.key` files whose `kek_id` starts with `local:`.
@@ -93,13 +105,17 @@ public struct LocalKms: KeyManagementService {
         _ environment: [String: String] = ProcessInfo.processInfo.environment,
         logger: Logger
     ) throws -> LocalKms {
+        let others = try (environment[otherMasterKeyFilesVariable] ?? "").split(separator: ":").map {
+            try readMasterKeyFile(at: String($0))
+        }
         if let inline = environment[masterKeyVariable] {
             var inline = inline
             let text = inline.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
-            return try LocalKms(masterKey: decodeMasterKey(text, source: "$\(masterKeyVariable)"))
+            return try LocalKms(
+                masterKey: decodeMasterKey(text, source: "$\(masterKeyVariable)"), otherMasterKeys: others)
         }
         if let path = environment[masterKeyFileVariable] {
-            return try LocalKms(masterKey: readMasterKeyFile(at: path))
+            return try LocalKms(masterKey: readMasterKeyFile(at: path), otherMasterKeys: others)
         }
         guard let home = environment["HOME"], !home.isEmpty else {
             throw DBKeyError(
@@ -107,42 +123,49 @@ public struct LocalKms: KeyManagementService {
                 "No master key: set \(masterKeyFileVariable) to a key file, or HOME so that ~/.config/dbkey/master.key can be used."
             )
         }
-        let path = home + "/.config/dbkey/master.key"
+        let path = defaultMasterKeyPath(home: home)
         do {
-            return try LocalKms(masterKey: readMasterKeyFile(at: path))
+            return try LocalKms(masterKey: readMasterKeyFile(at: path), otherMasterKeys: others)
         } catch DBKeyError.Code.keyFileMissing {
-            return try LocalKms(masterKey: createMasterKeyFile(at: path, logger: logger))
+            return try LocalKms(masterKey: createMasterKeyFile(at: path, logger: logger), otherMasterKeys: others)
         }
     }
 
     public func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
-        try checkKek(kekId)
+        let masterKey = try masterKey(for: kekId)
         let key = try SecureBuffer.random(count: RawKeyText.keyByteCount)
         let wrapped = try LocalKms.wrapping.wrap(key, under: masterKey, context: context)
-        return DataKey(plaintext: key, wrapped: wrapped, kekId: self.kekId)
+        return DataKey(plaintext: key, wrapped: wrapped, kekId: LocalKms.kekId(for: masterKey))
     }
 
     public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
-        try checkKek(kekId)
-        return try LocalKms.wrapping.unwrap(wrapped, under: masterKey, context: context)
+        try LocalKms.wrapping.unwrap(wrapped, under: try masterKey(for: kekId), context: context)
     }
 
     public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
-        try checkKek(kekId)
-        return try LocalKms.wrapping.wrap(key, under: masterKey, context: context)
+        try LocalKms.wrapping.wrap(key, under: try masterKey(for: kekId), context: context)
     }
 
     public func health(kekId: String) async throws -> KmsHealth {
         let clock = ContinuousClock()
         let start = clock.now
-        try checkKek(kekId)
+        let masterKey = try masterKey(for: kekId)
         // A real round trip through the wrap format proves the key and the crypto work.
         let probe = try SecureBuffer.random(count: RawKeyText.keyByteCount)
         let wrapped = try LocalKms.wrapping.wrap(probe, under: masterKey, context: .empty)
         guard try LocalKms.wrapping.unwrap(wrapped, under: masterKey, context: .empty) == probe else {
             throw DBKeyError(.kmsUnavailable, "The local master key failed a wrap and unwrap round trip.")
         }
-        return KmsHealth(kekId: self.kekId, keyState: "available", latency: clock.now - start)
+        let resolved = kekId == LocalKms.defaultKekName ? self.kekId : kekId
+        return KmsHealth(kekId: resolved, keyState: "available", latency: clock.now - start)
+    }
+
+    /// The master key of a KEK id: the configured one for its id or `default`, or another
+    /// configured master key for its own id.
+    private func masterKey(for requested: String) throws -> SecureBuffer {
+        if let other = otherMasterKeys[requested] { return other }
+        try checkKek(requested)
+        return masterKey
     }
 
     private func checkKek(_ requested: String) throws {
@@ -160,6 +183,17 @@ public struct LocalKms: KeyManagementService {
                 "The data key is wrapped under the local master key \(requested), but the configured master key is \(kekId). Point \(LocalKms.masterKeyFileVariable) (or \(LocalKms.masterKeyVariable)) at the master key this database was created with."
             )
         }
+    }
+
+    /// The master key file `environment` names, or the default one; `nil` when the key is
+    /// given inline or no home is set.
+    static func masterKeyFilePath(environment: [String: String]) -> String? {
+        guard environment[masterKeyVariable] == nil else { return nil }
+        return environment[masterKeyFileVariable] ?? environment["HOME"].map { defaultMasterKeyPath(home: $0) }
+    }
+
+    private static func defaultMasterKeyPath(home: String) -> String {
+        home + "/.config/dbkey/master.key"
     }
 
     private static func readMasterKeyFile(at path: String) throws -> SecureBuffer {

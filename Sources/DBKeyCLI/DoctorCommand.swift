@@ -1,0 +1,43 @@
+import ArgumentParser
+import Foundation
+import SQLCipherKeyManager
+
+struct DoctorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "doctor",
+        abstract: "Report everything that can go wrong with a database and its key, each with its fix.",
+        discussion: """
+            Read-only: file modes and owners, an interrupted key change, each slot's KMS, \
+            KEK versions, rotation due, the .key against the database, leftover journals, \
+            stale temporaries, room for a rotation. Exits 0 only when nothing was found, 1 \
+            otherwise.
+            """
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    func run() async throws {
+        let report = await common.existingDatabaseManager(database, logger: common.makeLogger()).doctor()
+        if json {
+            Output.printJSON([
+                "database": database, "healthy": report.isHealthy,
+                "findings": report.findings.map { ["check": $0.check, "message": $0.message, "fix": $0.fix] },
+            ])
+        } else if report.isHealthy {
+            print("\(database): all is well.")
+        } else {
+            for finding in report.findings {
+                print("\(finding.check): \(finding.message)\n  fix: \(finding.fix)")
+            }
+        }
+        if !report.isHealthy {
+            throw ExitCode(1)
+        }
+    }
+}

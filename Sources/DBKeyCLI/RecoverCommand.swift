@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import SQLCipherKeyManager
+
+struct RecoverCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recover",
+        abstract: "Open the key through a slot or an escrow key, and wrap it under a new primary KEK.",
+        discussion: """
+            For a database whose primary KEK is lost, deleted or refused. The key is unwrapped \
+            through the named slot or escrow key alone (an interrupted key change is settled \
+            with it), proven to open the database, and wrapped under --to. Never automatic; \
+            an audit event. The recovery code is read from standard input, never from arguments.
+            """
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Option(help: "The escrow private key file (PKCS#8 PEM, from dbkey escrow keygen or openssl genpkey).")
+    var escrowPrivateKey: String?
+
+    @Flag(help: "Read the escrow key's recovery code from standard input.")
+    var recoveryCodeStdin = false
+
+    @Option(help: "Recover through this provider's slot (dbkey slot list).")
+    var slot: Int?
+
+    @Option(help: "The KEK to wrap the data key under as the new primary, as a URI.")
+    var to: String
+
+    @OptionGroup var wait: WaitOption
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    func validate() throws {
+        guard [escrowPrivateKey != nil, recoveryCodeStdin, slot != nil].filter({ $0 }).count == 1 else {
+            throw ValidationError(
+                "Name exactly one of --escrow-private-key FILE, --recovery-code-stdin and --slot N.")
+        }
+    }
+
+    func run() async throws {
+        try await common.reportingErrors(json: json) {
+            let logger = common.makeLogger()
+            let access: KeySlotAccess
+            if let escrowPrivateKey {
+                access = .escrow(try EscrowPrivateKey(pemFile: escrowPrivateKey))
+            } else if recoveryCodeStdin {
+                access = .escrow(try EscrowPrivateKey(recoveryCode: try Passphrase.fromStandardInput()))
+            } else {
+                access = .slot(slot ?? 0)
+            }
+            let target = try common.registry(logger: logger).target(forURI: to)
+            let manager = common.existingDatabaseManager(database, logger: logger)
+            let keyFile = try await manager.recover(
+                through: access, to: target.provider, kekId: target.kekId, wait: wait.duration)
+            if json {
+                Output.printJSON([
+                    "database": database, "recovered": true, "kms": keyFile.kms ?? "",
+                    "kek_id": keyFile.kekId, "dek_version": keyFile.version,
+                ])
+            } else {
+                print(
+                    "Recovered \(database): its data key (version \(keyFile.version)) is now wrapped under \(keyFile.kms ?? "?") KEK \(keyFile.kekId) as the primary."
+                )
+            }
+        }
+    }
+}
