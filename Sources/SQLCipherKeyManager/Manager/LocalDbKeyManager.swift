@@ -304,11 +304,15 @@ public final class LocalDbKeyManager: Sendable {
     /// try await manager.rewrap(to: newMaster, kekId: "default")
     /// ```
     ///
+    /// - Parameters:
+    ///   - target: The provider of the new KEK.
+    ///   - kekId: The new KEK, in `target`'s terms.
+    ///   - slot: The slot to rewrap: 0 (the default) is the primary KEK.
+    ///   - wait: How long to wait for a running rotation.
     /// - Returns: The updated `.key` file.
     /// - Throws: KMS codes from either provider (nothing changed), or
     ///   ``DBKeyError/Code-swift.struct/io`` when the `.key` file cannot be written (the old one
     ///   is intact).
-    /// - Parameter slot: The slot to rewrap: 0 (the default) is the primary KEK.
     @discardableResult
     public func rewrap(
         to target: any KeyManagementService,

@@ -188,7 +188,7 @@ struct SQLCipherFormatTests {
         let manager = try manager(path)
         #expect(try await count(manager) == 40)
         let rotated = try await manager.rotateKey()
-        #expect(rotated.cipher.format == 3 && rotated.version == 2 && rotated.format == KeyFile.currentFormat)
+        #expect(rotated.cipher.format == 3 && rotated.version == 2 && rotated.format == KeyFile.cipherFieldsFormat)
         #expect(try await count(manager) == 40)
         _ = try await manager.verify()
         let status = try await manager.status()

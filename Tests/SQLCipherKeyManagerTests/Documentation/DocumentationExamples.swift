@@ -57,6 +57,27 @@ enum DocCommentExamples {
         print(engine.version, engine.newDatabaseFormat)  // "4.6.1 community" 4
     }
 
+    static func slots(manager: LocalDbKeyManager) async throws {
+        let secondRegion = MockKms(seed: 7, providerName: "second-region")
+        try await manager.addSlot(secondRegion, kekId: "key-2")
+    }
+
+    static func escrowSlot(manager: LocalDbKeyManager) async throws {
+        let escrow = try EscrowPrivateKey.generate()  // kept offline; only its public key is here
+        try await manager.addEscrowSlot(escrow.publicKey)
+    }
+
+    static func recover(manager: LocalDbKeyManager) async throws {
+        let escrow = try EscrowPrivateKey(pemFile: "/secure/escrow.pem")
+        let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+        try await manager.recover(through: .escrow(escrow), to: newMaster, kekId: "default")
+    }
+
+    static func doctor(manager: LocalDbKeyManager) async {
+        let report = await manager.doctor()
+        for finding in report.findings { print(finding.check, finding.message, finding.fix) }
+    }
+
     static func upgrade(manager: LocalDbKeyManager) async throws {
         let upgraded = try await manager.upgrade()
         print(upgraded.cipher.format, upgraded.version)  // 4, one more than before

@@ -52,6 +52,17 @@ struct AuditAndErrorTests {
                 .upgrade()
         }
 
+        // Key slots: one added, used while the primary is down, removed; a recovery.
+        let backup = MockKms(seed: 42, providerName: "backup")
+        let slotted = LocalDbKeyManager(
+            databasePath: path, providers: KmsRegistry(providers: [kms, backup]), configuration: configuration,
+            logger: silentLogger)
+        try await slotted.addSlot(backup, kekId: "b")
+        kms.failNext(1, [.decrypt])
+        try await slotted.open().close()
+        try await slotted.recover(through: .slot(1), to: kms, kekId: "k3")
+        try await slotted.removeSlot(1)
+
         let events = sink.events
         let kinds = events.map(\.kind)
         for kind in AuditEvent.Kind.allCases where kind != .databaseUpgraded || engine.newDatabaseFormat >= 4 {
@@ -67,6 +78,8 @@ struct AuditAndErrorTests {
         #expect(events.first { $0.kind == .keyChangeRecovered }?.dekVersion == 3)
         #expect(events.first { $0.kind == .databaseMigrated }?.databasePath == plain)
         let text = events.map { "\($0)" }.joined(separator: "\n").lowercased()
+        #expect(events.first { $0.kind == .slotUsed }?.provider == "backup")
+        #expect(events.first { $0.kind == .keyRecovered }?.kekId == "mock:k3")
         for index: UInt64 in 0..<4 {
             #expect(!text.contains(hex(MockKms.dataKey(seed: 41, index: index))))
         }

@@ -41,7 +41,7 @@ struct LocalDbKeyManagerTests {
         #expect(keyFile.cipher.pageSize == 4096)
         let engine = try SQLCipherEngine.linked()
         #expect(keyFile.cipher.sqlcipherVersion == engine.version)
-        #expect(keyFile.cipher.compatibility == engine.newDatabaseFormat && keyFile.format == KeyFile.currentFormat)
+        #expect(keyFile.cipher.compatibility == engine.newDatabaseFormat && keyFile.format == KeyFile.cipherFieldsFormat)
         #expect(keyFile.cipher.salt == Array(try contents(manager.databasePath).prefix(16)))
         #expect(keyFile.encryptionContext == ["purpose": "test"])
         #expect(try manager.load() == keyFile)
