@@ -52,8 +52,6 @@ struct KeyChangeJournal {
             cipher: cipher
         )
         journaled.pending?.slots = slots
-        // A format whose MAC covers every field of the pending record.
-        journaled.format = max(journaled.requiredFormat, keyFile.format ?? 1, KeyFile.cipherFieldsFormat)
         try database.reach(.writingPendingKeyFile)
         let written = try await database.store(journaled, sealedWith: currentKey)
         try database.reach(.pendingKeyFileWritten)
@@ -214,7 +212,6 @@ extension KeyFile {
         }
         completed.slots = pending.slots
         completed.pending = nil
-        completed.format = completed.requiredFormat
         return completed
     }
 

@@ -40,7 +40,6 @@ struct Rewrap {
             rewrapped.slots[index].kekId = resolvedKekId
             rewrapped.slots[index].encryptedDek = wrapped
         }
-        rewrapped.format = rewrapped.requiredFormat
         try database.reach(.writingFinalKeyFile)
         rewrapped = try await database.store(rewrapped, sealedWith: key)
         database.record(

@@ -69,7 +69,10 @@ struct Doctor {
                 "dbkey rotate \(path)")
         }
         await checkSlots(keyFile)
-        await checkKeyFitsDatabase(keyFile)
+        // With a change pending, either key may be the database's: settling it decides.
+        if keyFile.pending == nil {
+            await checkKeyFitsDatabase(keyFile)
+        }
         checkLeftoverJournals()
         checkDiskSpace()
         return report()

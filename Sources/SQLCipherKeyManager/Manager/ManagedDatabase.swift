@@ -81,8 +81,8 @@ final class ManagedDatabase: Sendable {
     @discardableResult
     func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) async throws -> KeyFile {
         var keyFile = keyFile
-        // A record with slots is written in the format whose MAC covers them, whatever it was.
-        keyFile.format = max(keyFile.format ?? 1, keyFile.requiredFormat)
+        // Written in the lowest format that holds it: 4 with slots (its MAC covers them), else 3.
+        keyFile.format = keyFile.requiredFormat
         try keyFile.requireRoomForKeyChanges(source: keyFilePath)
         let sealed = keyFile.sealed(with: key)
         let path = keyFilePath

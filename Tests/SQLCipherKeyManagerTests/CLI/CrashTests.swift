@@ -18,11 +18,11 @@ struct CrashTests {
         ]
     }
 
-    func start(_ arguments: [String]) throws -> Process {
+    func start(_ arguments: [String], environment extra: [String: String] = [:]) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
         process.arguments = arguments
-        process.environment = environment
+        process.environment = environment.merging(extra) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -31,10 +31,12 @@ struct CrashTests {
 
     /// Runs `arguments` and kills the process with SIGKILL after `delay`. Returns whether the
     /// kill landed before the process finished by itself, and how long it ran.
-    func runAndKill(_ arguments: [String], after delay: Duration) async throws -> (interrupted: Bool, ran: Duration) {
+    func runAndKill(_ arguments: [String], after delay: Duration, environment: [String: String] = [:]) async throws
+        -> (interrupted: Bool, ran: Duration)
+    {
         let clock = ContinuousClock()
         let began = clock.now
-        let process = try start(arguments)
+        let process = try start(arguments, environment: environment)
         // Poll rather than sleep through: a process that finishes early tells how long a whole
         // run takes now, whatever the load on the machine.
         while process.isRunning && clock.now - began < delay {
@@ -80,10 +82,10 @@ struct CrashTests {
             ])
     }
 
-    func timed(_ arguments: [String]) async throws -> Duration {
+    func timed(_ arguments: [String], environment: [String: String] = [:]) async throws -> Duration {
         let clock = ContinuousClock()
         let began = clock.now
-        let process = try start(arguments)
+        let process = try start(arguments, environment: environment)
         try await offPool { process.waitUntilExit() }
         #expect(process.terminationStatus == 0, "\(arguments) failed")
         return clock.now - began
@@ -118,6 +120,85 @@ struct CrashTests {
             "kill test (rotate, \(wal ? "WAL" : "rollback"), \(Self.rows) rows, one rotation \(duration)): \(interrupted)/\(Self.kills) kills landed mid-rotation, \(pendingFound) left a journaled rotation; every open recovered all rows"
         )
         // The test only means something if kills landed mid-rotation.
+        #expect(interrupted >= Self.kills / 2, "only \(interrupted) of \(Self.kills) kills interrupted a rotation")
+        #expect(pendingFound >= 3, "only \(pendingFound) kills left a journaled rotation to recover")
+    }
+
+    @Test(
+        "SIGKILL at random moments during rotate with three slots (local, a second master key, escrow): each slot alone opens every row"
+    )
+    func killedRotationsWithSlots() async throws {
+        let directory = try TemporaryDirectory()
+        let first = secureBuffer(hex: (0..<32).map { String(format: "%02x", $0) }.joined())
+        let second = try SecureBuffer.random(count: 32)
+        let secondPath = directory.file("second.key")
+        #expect(
+            FileManager.default.createFile(
+                atPath: secondPath, contents: second.withUnsafeBytes { Data(Data($0).base64EncodedString().utf8) },
+                attributes: [.posixPermissions: 0o600]))
+        let escrow = try EscrowPrivateKey.generate()
+        let target = directory.file("app.db")
+        let manager = LocalDbKeyManager(
+            databasePath: target, kms: try LocalKms(masterKey: first, otherMasterKeys: [second]), logger: silentLogger)
+        try await manager.initialize()
+        try await fillItems(UncheckedConnection(try await manager.open()))
+        try await manager.addSlot(try LocalKms(masterKey: second), kekId: LocalKms.defaultKekName)
+        try await manager.addEscrowSlot(escrow.publicKey)
+        let both = [LocalKms.otherMasterKeyFilesVariable: secondPath]
+        // Each slot alone: the primary's master key, the second one through slot 1, the escrow key.
+        let openers: [(String, @Sendable (String) throws -> LocalDbKeyManager)] = [
+            (
+                "primary",
+                { LocalDbKeyManager(databasePath: $0, kms: try LocalKms(masterKey: first), logger: silentLogger) }
+            ),
+            (
+                "slot 1",
+                {
+                    LocalDbKeyManager(databasePath: $0, kms: try LocalKms(masterKey: second), logger: silentLogger)
+                        .through(.slot(1))
+                }
+            ),
+            (
+                "escrow",
+                {
+                    LocalDbKeyManager(databasePath: $0, kms: try LocalKms(masterKey: second), logger: silentLogger)
+                        .through(.escrow(escrow))
+                }
+            ),
+        ]
+        var duration = try await timed(["rotate", target], environment: both)
+        var interrupted = 0
+        var pendingFound = 0
+        for _ in 0..<Self.kills {
+            let outcome = try await runAndKill(
+                ["rotate", target], after: duration * Double.random(in: 0...1.2), environment: both)
+            if outcome.interrupted {
+                interrupted += 1
+            } else {
+                duration = outcome.ran
+            }
+            let pending = try KeyFile.read(from: target + ".key").pending
+            if pending != nil {
+                pendingFound += 1
+                #expect(pending?.slots.count == 2, "the pending record carries the new key under both slots")
+            }
+            for (name, opener) in openers {
+                // A copy of exactly what the kill left, journal included.
+                let copy = directory.file("\(name.replacingOccurrences(of: " ", with: "-")).db")
+                for suffix in ["", "-journal", ".key", ".key.lock"] {
+                    try? FileManager.default.removeItem(atPath: copy + suffix)
+                    if FileManager.default.fileExists(atPath: target + suffix) {
+                        try FileManager.default.copyItem(atPath: target + suffix, toPath: copy + suffix)
+                    }
+                }
+                let connection = UncheckedConnection(try await opener(copy).open())
+                try await expectEveryItem(connection)
+                #expect(try KeyFile.read(from: copy + ".key").pending == nil, "\(name) settled the copy")
+            }
+        }
+        print(
+            "kill test (rotate with 3 slots, \(Self.rows) rows, one rotation \(duration)): \(interrupted)/\(Self.kills) kills landed mid-rotation, \(pendingFound) left a journaled rotation; the primary, slot 1 and the escrow key each opened every row of every outcome"
+        )
         #expect(interrupted >= Self.kills / 2, "only \(interrupted) of \(Self.kills) kills interrupted a rotation")
         #expect(pendingFound >= 3, "only \(pendingFound) kills left a journaled rotation to recover")
     }

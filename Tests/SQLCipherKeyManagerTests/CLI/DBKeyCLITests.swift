@@ -237,11 +237,13 @@ extension DBKeyCLITests.Workspace {
     /// Runs `dbkey` at trace log level and checks that no secret it could know — the master
     /// key, the database's data key, an AWS secret, a passphrase in the environment — appears
     /// in what it printed.
-    func dbkey(_ arguments: [String], environment extra: [String: String] = [:]) async throws -> ProcessResult {
+    func dbkey(_ arguments: [String], environment extra: [String: String] = [:], input: String = "") async throws
+        -> ProcessResult
+    {
         let environment = environment.merging(extra) { $1 }
         let traced =
             arguments.isEmpty || arguments[0].hasPrefix("-") ? arguments : arguments + ["--log-level", "trace"]
-        let result = try await run(DBKeyCLITests.executable, traced, environment: environment)
+        let result = try await run(DBKeyCLITests.executable, traced, input: input, environment: environment)
         var secrets = [masterKeyBase64]
         secrets += ["AWS_SECRET_ACCESS_KEY", "OLD_DB_PASSPHRASE", "P", "VAULT_TOKEN", "DBKEY_PKCS11_PIN"].compactMap {
             environment[$0]

@@ -119,14 +119,18 @@ struct KeySlotTests {
         }
     }
 
-    @Test("a rotation puts the new key under every slot, in its journal; a slot's outage stops it before anything changes")
+    @Test(
+        "a rotation puts the new key under every slot, in its journal; a slot's outage stops it before anything changes"
+    )
     func rotationCarriesSlots() async throws {
         let database = try await SlottedDatabase()
         let escrow = try EscrowPrivateKey.generate()
         try await database.manager().addEscrowSlot(escrow.publicKey)
         let before = try contents(database.path + ".key")
         database.backup.failNext(1, [.encrypt])
-        await expectError(.kmsUnavailable, containing: ["Key slot 1 (backup mock:backup-kek)", "--drop-unreachable-slots"]) {
+        await expectError(
+            .kmsUnavailable, containing: ["Key slot 1 (backup mock:backup-kek)", "--drop-unreachable-slots"]
+        ) {
             try await database.manager().rotateKey()
         }
         #expect(try contents(database.path + ".key") == before, "the .key changed")
@@ -197,7 +201,8 @@ struct KeySlotTests {
         try await manager.rotateKey()
 
         // The first master key is gone: its slot answers "not found", and nothing opens.
-        let onlySecond = LocalDbKeyManager(databasePath: path, kms: try LocalKms(masterKey: second), logger: silentLogger)
+        let onlySecond = LocalDbKeyManager(
+            databasePath: path, kms: try LocalKms(masterKey: second), logger: silentLogger)
         await expectError(.kmsKeyNotFound, containing: ["other slots"]) { _ = try await onlySecond.open() }
         let third = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
         let sink = RecordingAuditSink()
@@ -217,11 +222,14 @@ struct KeySlotTests {
         #expect(try await escrowOnly.rowCount(of: "t") == 3)
         // Another escrow key opens nothing.
         await expectError(.kmsKeyNotFound, containing: ["No escrow slot"]) {
-            try await escrowOnly.recover(through: .escrow(try EscrowPrivateKey.generate()), to: fourth, kekId: "default")
+            try await escrowOnly.recover(
+                through: .escrow(try EscrowPrivateKey.generate()), to: fourth, kekId: "default")
         }
     }
 
-    @Test("slot remove keeps old .key copies working; slot remove --rotate makes them useless; the last working slot stays")
+    @Test(
+        "slot remove keeps old .key copies working; slot remove --rotate makes them useless; the last working slot stays"
+    )
     func removeSlot() async throws {
         let database = try await SlottedDatabase()
         let oldCopy = try contents(database.path + ".key")
@@ -260,11 +268,14 @@ struct KeySlotTests {
         #expect(database.sink.events.filter { $0.kind == .slotRemoved }.count == 2)
     }
 
-    @Test("at most seven slots besides the primary; with every slot twice (a change pending) the file stays far under 64 KiB")
+    @Test(
+        "at most seven slots besides the primary; with every slot twice (a change pending) the file stays far under 64 KiB"
+    )
     func slotCap() async throws {
         let database = try await SlottedDatabase(rows: 1)
         for index in 2...KeySlot.maximumAdditionalSlots {
-            try await database.manager().addSlot(MockKms(seed: UInt64(10 + index), providerName: "p\(index)"), kekId: "k")
+            try await database.manager().addSlot(
+                MockKms(seed: UInt64(10 + index), providerName: "p\(index)"), kekId: "k")
         }
         await expectError(.invalidConfiguration, containing: ["already has 7 slots", "the most"]) {
             try await database.manager().addEscrowSlot(try EscrowPrivateKey.generate().publicKey)
@@ -275,7 +286,8 @@ struct KeySlotTests {
         keyFile.kekId = "arn:aws:kms:ap-southeast-2:123456789012:key/" + String(repeating: "f", count: 100)
         keyFile.slots = keyFile.slots.map { slot in
             var slot = slot
-            slot.kekId = "pkcs11:token=" + String(repeating: "t", count: 200) + ";object=" + String(repeating: "o", count: 200)
+            slot.kekId =
+                "pkcs11:token=" + String(repeating: "t", count: 200) + ";object=" + String(repeating: "o", count: 200)
             slot.encryptedDek = WrappedKey(encoded: String(repeating: "A", count: 400))
             return slot
         }
@@ -305,12 +317,15 @@ struct KeySlotTests {
         }
     }
 
-    @Test("recovery codes: round trip, and every single mistyped symbol and swap of neighbours is caught, its group named")
+    @Test(
+        "recovery codes: round trip, and every single mistyped symbol and swap of neighbours is caught, its group named"
+    )
     func recoveryCodes() throws {
         for _ in 0..<20 {
             let escrow = try EscrowPrivateKey.generate()
             let code = String(decoding: escrow.recoveryCode.withUnsafeBytes { Array($0) }, as: UTF8.self)
-            let back = try EscrowPrivateKey(recoveryCode: buffer(code.lowercased().replacingOccurrences(of: "-", with: " ")))
+            let back = try EscrowPrivateKey(
+                recoveryCode: buffer(code.lowercased().replacingOccurrences(of: "-", with: " ")))
             #expect(back.publicKey == escrow.publicKey)
             let symbols = Array(code.utf8)
             let alphabet = Array("0123456789ABCDEFGHJKMNPQRSTVWXYZ*~$=U".utf8)

@@ -63,6 +63,8 @@ struct VaultTransitTests {
         #expect(before.wrappedKeyVersion == 1)
         #expect(try before.kmsHealth.get().latestKeyVersion == 2)
         #expect(before.wrappedUnderOlderKeyVersion)
+        let diagnosis = await database.manager().doctor()
+        #expect(diagnosis.findings.map(\.check) == ["kek-version-outdated"], "\(diagnosis.findings)")
 
         transport.reset()
         let rewrapped = try await manager.rewrap(to: kms, kekId: kekId)
@@ -80,6 +82,7 @@ struct VaultTransitTests {
         let after = try await database.manager().status()
         #expect(after.wrappedKeyVersion == 2)
         #expect(!after.wrappedUnderOlderKeyVersion)
+        #expect(await database.manager().doctor().isHealthy)
         try await database.expectIntact(database.manager(kms: try OpenBao.provider()))
     }
 
