@@ -18,6 +18,9 @@ struct FaultInjectionTests {
         case migrate = "migrate --from-plaintext"
         case initialize = "init"
         case upgrade = "upgrade to the SQLCipher 4 format"
+        case rotateWithSlots = "rotate with a second master key's slot and an escrow slot"
+        case slotAdd = "slot add (a second master key)"
+        case recover = "recover through the escrow key"
 
         /// The operations the linked SQLCipher can run: upgrade needs SQLCipher 4.
         static var runnable: [Operation] {
@@ -35,12 +38,15 @@ struct FaultInjectionTests {
         var database: String { directory.file("app.db") }
         var oldMaster: String { directory.file("old.key") }
         var newMaster: String { directory.file("new.key") }
+        /// The master key of the slot operations' second slot.
+        var secondMaster: String { directory.file("second.key") }
     }
 
     static func environment(_ directory: String, master: String) -> [String: String] {
         [
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory,
             LocalKms.masterKeyFileVariable: master,
+            LocalKms.otherMasterKeyFilesVariable: directory + "/second.key",
         ]
     }
 
@@ -54,7 +60,7 @@ struct FaultInjectionTests {
 
     static func prepare(_ operation: Operation) async throws -> Template {
         let template = Template(directory: try TemporaryDirectory())
-        for path in [template.oldMaster, template.newMaster] {
+        for path in [template.oldMaster, template.newMaster, template.secondMaster] {
             let key = try SecureBuffer.random(count: 32).withUnsafeBytes { Data($0).base64EncodedString() }
             _ = FileManager.default.createFile(
                 atPath: path, contents: Data((key + "\n").utf8), attributes: [.posixPermissions: 0o600])
@@ -79,11 +85,21 @@ struct FaultInjectionTests {
                     ["sql", template.database, "DROP TABLE t; " + insert], in: path, master: template.oldMaster
                 )
                 .status == 0)
-        case .rotateRollback, .rotateWAL, .rewrap:
+        case .rotateRollback, .rotateWAL, .rewrap, .slotAdd:
             #expect(try await dbkey(["init", template.database], in: path, master: template.oldMaster).status == 0)
             let setup = (operation == .rotateWAL ? "PRAGMA journal_mode = WAL; " : "") + insert
             #expect(
                 try await dbkey(["sql", template.database, setup], in: path, master: template.oldMaster).status == 0)
+        case .rotateWithSlots, .recover:
+            let escrow = template.directory.file("escrow.pem")
+            #expect(try await dbkey(["escrow", "keygen", escrow], in: path, master: template.oldMaster).status == 0)
+            let slots =
+                ["--escrow-public-key", escrow + ".pub"]
+                + (operation == .rotateWithSlots ? ["--slot-kek", "local://" + template.secondMaster] : [])
+            #expect(
+                try await dbkey(["init", template.database] + slots, in: path, master: template.oldMaster).status == 0)
+            #expect(
+                try await dbkey(["sql", template.database, insert], in: path, master: template.oldMaster).status == 0)
         }
         return template
     }
@@ -91,7 +107,13 @@ struct FaultInjectionTests {
     static func arguments(_ operation: Operation, _ template: Template, in directory: String) -> [String] {
         let database = directory + "/app.db"
         switch operation {
-        case .rotateRollback, .rotateWAL: return ["rotate", database]
+        case .rotateRollback, .rotateWAL, .rotateWithSlots: return ["rotate", database]
+        case .slotAdd: return ["slot", "add", database, "--kek", "local://" + directory + "/second.key"]
+        case .recover:
+            return [
+                "recover", database, "--escrow-private-key", directory + "/escrow.pem", "--to",
+                "local://" + directory + "/new.key",
+            ]
         case .rewrap: return ["rewrap", database, "--to", "local://" + directory + "/new.key"]
         case .migrate: return ["migrate", database, "--from-plaintext"]
         case .initialize: return ["init", database]
@@ -163,8 +185,8 @@ struct FaultInjectionTests {
         }
         var master = old
         var read = try await dbkey(["sql", database, "SELECT count(*) FROM t"], in: directory, master: master)
-        if operation == .rewrap && read.status == 22 {
-            master = new  // the rewrap completed: the new master key opens it
+        if operation == .rewrap || operation == .recover, read.status == 22 {
+            master = new  // the rewrap or recovery completed: the new master key opens it
             read = try await dbkey(["sql", database, "SELECT count(*) FROM t"], in: directory, master: master)
         }
         #expect(read.status == 0 && read.stdout == "\(rows)\n", "\(description): \(read.status) \(read.stderr)")
