@@ -31,6 +31,13 @@ struct EscrowCommand: AsyncParsableCommand {
 
         @OptionGroup var common: CommonOptions
 
+        func validate() throws {
+            guard !(recoveryCode && json) else {
+                throw ValidationError(
+                    "--recovery-code prints the code on a line of its own; it does not go with --json.")
+            }
+        }
+
         func run() async throws {
             try await common.reportingErrors(json: json) {
                 let key = try EscrowPrivateKey.generate()

@@ -75,10 +75,17 @@ struct StatusCommand: AsyncParsableCommand {
             ("page size", String(keyFile.cipher.pageSize)),
             ("format", formatDescription(status)),
             ("sqlcipher", "\(status.engine.version) (SQLite \(status.engine.sqliteVersion))"),
+            ("key slots", slotsDescription(keyFile)),
         ]
         for (label, value) in lines {
             print("\((label + ":").padding(toLength: 13, withPad: " ", startingAt: 0)) \(value)")
         }
+    }
+
+    private func slotsDescription(_ keyFile: KeyFile) -> String {
+        guard !keyFile.slots.isEmpty else { return "the primary only" }
+        let others = keyFile.slots.map { "\($0.number) \($0.kms) \($0.kekId)" }
+        return "the primary and " + others.joined(separator: ", ") + " (dbkey slot list)"
     }
 
     private func formatDescription(_ status: DatabaseKeyStatus) -> String {
@@ -119,6 +126,7 @@ struct StatusCommand: AsyncParsableCommand {
             "database_error": status.openError.map { ["code": $0.code.rawValue, "message": $0.message] } ?? NSNull(),
             "kek_version": status.wrappedKeyVersion ?? NSNull(),
             "kek_version_outdated": status.wrappedUnderOlderKeyVersion,
+            "slots": keyFile.slots.map { ["slot": $0.number, "kms": $0.kms, "kek_id": $0.kekId] },
         ]
         switch status.kmsHealth {
         case .success(let health):

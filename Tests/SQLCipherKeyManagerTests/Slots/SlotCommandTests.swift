@@ -123,6 +123,9 @@ struct SlotCommandTests {
         let second = try masterKeyFile(workspace, "second.key")
         let both = [LocalKms.otherMasterKeyFilesVariable: second.path]
         #expect(try await workspace.dbkey("init", database, "--slot-kek", "local://" + second.path).status == 0)
+        let status = try await workspace.dbkey("status", database, "--json")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        #expect((report["slots"] as? [[String: Any]])?.first?["slot"] as? Int == 1)
         let listed = try await workspace.dbkey("slot", "list", database, "--json")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])
         let slots = try #require(object["slots"] as? [[String: Any]])
@@ -194,6 +197,13 @@ struct SlotCommandTests {
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: database)
         #expect(try await checks() == ["file-mode"])
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: database)
+
+        if geteuid() == 0 {
+            // Another owner (only root can give a file away).
+            #expect(chown(database + ".key.lock", 12_345, 12_345) == 0)
+            #expect(try await checks() == ["file-mode"])
+            #expect(chown(database + ".key.lock", 0, 0) == 0)
+        }
 
         #expect(FileManager.default.createFile(atPath: database + ".key.tmp.1234", contents: Data("{".utf8)))
         #expect(try await checks() == ["stale-temporary"])
