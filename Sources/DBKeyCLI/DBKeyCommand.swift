@@ -37,7 +37,8 @@ public struct DBKeyCommand: AsyncParsableCommand {
         subcommands: [
             InitCommand.self, StatusCommand.self, VerifyCommand.self, SQLCommand.self,
             RotateCommand.self, RewrapCommand.self, MigrateCommand.self, UpgradeCommand.self,
-            SlotCommand.self, RecoverCommand.self, EscrowCommand.self, DoctorCommand.self,
+            SlotCommand.self, RecoverCommand.self, EscrowCommand.self, DoctorCommand.self, BackupCommand.self,
+            RestoreCommand.self,
         ]
     )
 

@@ -16,13 +16,32 @@ struct DoctorCommand: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Argument(help: "The database file.")
-    var database: String
+    @Argument(help: "The database file (or --all DIR).")
+    var database: String?
+
+    @OptionGroup var fleet: FleetOptions
 
     @Flag(help: "Print the result as JSON.")
     var json = false
 
+    func validate() throws {
+        try FleetOptions.requireOne(database: database, fleet)
+    }
+
     func run() async throws {
+        guard let database else {
+            let logger = common.makeLogger()
+            let limiter = fleet.makeLimiter()
+            let registry = fleet.registry(common, limiter: limiter, logger: logger)
+            return try await fleet.run(json: json, limiter: limiter) { path in
+                let report = await LocalDbKeyManager(databasePath: path, providers: registry, logger: logger).doctor()
+                guard report.isHealthy else {
+                    let checks = report.findings.map(\.check).joined(separator: ", ")
+                    return .init(databasePath: path, status: .failed, detail: checks)
+                }
+                return .init(databasePath: path, status: .unchanged, detail: "all is well")
+            }
+        }
         let report = await common.existingDatabaseManager(database, logger: common.makeLogger()).doctor()
         if json {
             Output.printJSON([

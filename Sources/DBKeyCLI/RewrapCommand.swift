@@ -16,8 +16,10 @@ struct RewrapCommand: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Argument(help: "The database file.")
-    var database: String
+    @Argument(help: "The database file (or --all DIR).")
+    var database: String?
+
+    @OptionGroup var fleet: FleetOptions
 
     @Option(
         help: """
@@ -34,8 +36,13 @@ struct RewrapCommand: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.")
     var json = false
 
+    func validate() throws {
+        try FleetOptions.requireOne(database: database, fleet)
+    }
+
     func run() async throws {
         try await common.reportingErrors(json: json) {
+            guard let database else { return try await rewrapAll() }
             let logger = common.makeLogger()
             let manager = common.existingDatabaseManager(database, logger: logger)
             let target: any KeyManagementService
@@ -62,6 +69,58 @@ struct RewrapCommand: AsyncParsableCommand {
                 print(
                     "Rewrapped the key of \(database) under \(keyFile.kms ?? "?") KEK \(keyFile.kekId)\(version) (data key version \(keyFile.version) unchanged)."
                 )
+            }
+        }
+    }
+
+    /// `--all`: every database under the directory, each left alone when it is already under
+    /// the target KEK (or its newest version), so that a second run does only what is left.
+    private func rewrapAll() async throws {
+        let logger = common.makeLogger()
+        let limiter = fleet.makeLimiter()
+        let registry = fleet.registry(common, limiter: limiter, logger: logger)
+        let target = try to.map { try registry.target(forURI: $0) }
+        var resolvedKekId: String?
+        if let target {
+            resolvedKekId = try await target.provider.health(kekId: target.kekId).kekId
+        }
+        let (slot, dryRun, resolved) = (slot, fleet.dryRun, resolvedKekId)
+        try await fleet.run(json: json, limiter: limiter) { path in
+            do {
+                let manager = LocalDbKeyManager(databasePath: path, providers: registry, logger: logger)
+                let keyFile = try manager.load()
+                guard let current = keyFile.allSlots.first(where: { $0.number == slot }), !current.isEscrow else {
+                    return .init(databasePath: path, status: .failed, detail: "no provider's slot \(slot)")
+                }
+                let kms: any KeyManagementService
+                let kekId: String
+                if let target, let resolvedKekId = resolved {
+                    guard current.kms != target.provider.providerName || current.kekId != resolvedKekId else {
+                        return .init(databasePath: path, status: .unchanged, detail: "already under \(resolvedKekId)")
+                    }
+                    (kms, kekId) = (target.provider, resolvedKekId)
+                } else {
+                    kms = try registry.provider(named: current.kms)
+                    kekId = current.kekId
+                    guard let version = kms.keyVersion(of: current.encryptedDek) else {
+                        return .init(
+                            databasePath: path, status: .unchanged, detail: "\(current.kms) keys are not versioned")
+                    }
+                    let latest = try await kms.health(kekId: kekId).latestKeyVersion ?? version
+                    guard version < latest else {
+                        return .init(databasePath: path, status: .unchanged, detail: "already at version \(version)")
+                    }
+                }
+                if dryRun {
+                    return .init(
+                        databasePath: path, status: .wouldChange,
+                        detail: "would rewrap under \(kms.providerName) \(kekId)")
+                }
+                let rewrapped = try await manager.rewrap(to: kms, kekId: kekId, slot: slot)
+                return .init(
+                    databasePath: path, status: .done, detail: "rewrapped under \(rewrapped.kms ?? "?") \(kekId)")
+            } catch {
+                return .init(databasePath: path, error: error)
             }
         }
     }

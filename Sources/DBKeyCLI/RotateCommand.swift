@@ -14,8 +14,10 @@ struct RotateCommand: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Argument(help: "The database file.")
-    var database: String
+    @Argument(help: "The database file (or --all DIR).")
+    var database: String?
+
+    @OptionGroup var fleet: FleetOptions
 
     @Flag(help: "Rotate only if rotation_period_days says the key is due.")
     var ifDue = false
@@ -30,6 +32,7 @@ struct RotateCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
+        try FleetOptions.requireOne(database: database, fleet)
         // Finite and bounded: Duration traps on an infinite or huge number of seconds.
         guard wait.isFinite, (0...86_400).contains(wait) else {
             throw ValidationError("--wait must be a number of seconds from 0 to 86400; got \(wait).")
@@ -38,6 +41,7 @@ struct RotateCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await common.reportingErrors(json: json) {
+            guard let database else { return try await rotateAll() }
             let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
             if ifDue, try !manager.needsRotation() {
                 let keyFile = try manager.load()
@@ -58,6 +62,30 @@ struct RotateCommand: AsyncParsableCommand {
                 ])
             } else {
                 print("Rotated \(database) to key version \(keyFile.version).")
+            }
+        }
+    }
+
+    /// `--all`: every database under the directory; databases in use are skipped and reported.
+    private func rotateAll() async throws {
+        let logger = common.makeLogger()
+        let limiter = fleet.makeLimiter()
+        let registry = fleet.registry(common, limiter: limiter, logger: logger)
+        let (ifDue, dryRun, dropUnreachableSlots, wait) = (ifDue, fleet.dryRun, dropUnreachableSlots, wait)
+        try await fleet.run(json: json, limiter: limiter) { path in
+            do {
+                let manager = LocalDbKeyManager(databasePath: path, providers: registry, logger: logger)
+                if ifDue, try !manager.needsRotation() {
+                    return .init(databasePath: path, status: .unchanged, detail: "not due")
+                }
+                if dryRun {
+                    return .init(databasePath: path, status: .wouldChange, detail: "would rotate")
+                }
+                let rotated = try await manager.rotateKey(
+                    wait: .seconds(wait), dropUnreachableSlots: dropUnreachableSlots)
+                return .init(databasePath: path, status: .done, detail: "rotated to key version \(rotated.version)")
+            } catch {
+                return .init(databasePath: path, error: error)
             }
         }
     }

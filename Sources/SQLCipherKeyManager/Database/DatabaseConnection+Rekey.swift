@@ -24,7 +24,8 @@ extension DatabaseConnection {
     /// SQL text.
     ///
     /// - Throws: ``DBKeyError`` when attaching, exporting or detaching fails.
-    func exportEncrypted(to path: String, key: SecureBuffer, cipher: CipherSettings) throws {
+    @discardableResult
+    func exportEncrypted(to path: String, key: SecureBuffer, cipher: CipherSettings) throws -> [String: Int64] {
         let handle = try liveHandle()
         let keyText = try RawKeyText.make(for: key)
         var statement: OpaquePointer?
@@ -45,14 +46,25 @@ extension DatabaseConnection {
         }
         sqlite3_finalize(statement)
         statement = nil
+        let counts: [String: Int64]
         do {
             try apply(cipher, schema: "dbkey_export")
-            let userVersion = try fetchAll("PRAGMA main.user_version").first?[0].integerValue ?? 0
-            let applicationID = try fetchAll("PRAGMA main.application_id").first?[0].integerValue ?? 0
             let journalMode = try fetchAll("PRAGMA main.journal_mode").first?[0].textValue ?? "delete"
-            try execute("SELECT sqlcipher_export('dbkey_export')")
-            try execute("PRAGMA dbkey_export.user_version = \(userVersion)")
-            try execute("PRAGMA dbkey_export.application_id = \(applicationID)")
+            // One read transaction: the copy and its row counts are one snapshot, even while
+            // another connection writes.
+            try execute("BEGIN")
+            do {
+                counts = try Migration.tableRowCounts(self)
+                let userVersion = try fetchAll("PRAGMA main.user_version").first?[0].integerValue ?? 0
+                let applicationID = try fetchAll("PRAGMA main.application_id").first?[0].integerValue ?? 0
+                try execute("SELECT sqlcipher_export('dbkey_export')")
+                try execute("PRAGMA dbkey_export.user_version = \(userVersion)")
+                try execute("PRAGMA dbkey_export.application_id = \(applicationID)")
+                try execute("COMMIT")
+            } catch {
+                try? execute("ROLLBACK")
+                throw error
+            }
             if journalMode.lowercased() == "wal" {
                 try execute("PRAGMA dbkey_export.journal_mode = WAL")
             }
@@ -61,5 +73,6 @@ extension DatabaseConnection {
             throw error
         }
         try execute("DETACH DATABASE dbkey_export")
+        return counts
     }
 }

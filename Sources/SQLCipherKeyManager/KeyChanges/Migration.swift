@@ -80,19 +80,21 @@ struct Migration: Sendable {
         return migrated
     }
 
-    /// Builds the encrypted copy of what `openOriginal` opens at ``copyPath`` under `key` and
-    /// `cipher`, checks it (integrity, every table's row count) and flushes it; removes it on
-    /// any failure.
+    /// Builds the encrypted copy of what `openOriginal` opens at `copyPath` (``copyPath`` by
+    /// default) under `key` and `cipher`, checks it (integrity, every table's row count: the
+    /// expected ones, or those of the snapshot the copy was made from) and flushes it; removes
+    /// it on any failure.
     ///
     /// - Returns: `cipher` with the copy's salt and the engine's version.
     func makeVerifiedCopy(
+        at copyPath: String? = nil,
         key: SecureBuffer,
         cipher: CipherSettings,
-        expectedRowCounts: [String: Int64],
+        expectedRowCounts: [String: Int64]?,
         progress: (@Sendable (KeyChangeProgress) -> Void)?,
         openOriginal: @escaping @Sendable () throws -> DatabaseConnection
     ) async throws -> CipherSettings {
-        let copyPath = copyPath
+        let copyPath = copyPath ?? self.copyPath
         var cipher = cipher
         do {
             try database.createEmptyDatabaseFile(at: copyPath)
@@ -100,12 +102,13 @@ struct Migration: Sendable {
             let total = (try? FilePath(database.databasePath).stat().size) ?? 0
             let reporter = reportProgress(of: [copyPath], total: total, phase: .copying, to: progress)
             defer { reporter?.cancel() }
-            cipher.sqlcipherVersion = try await BlockingExecutor.shared.run(.long) { [cipher] in
+            let (version, snapshotCounts) = try await BlockingExecutor.shared.run(.long) { [cipher] in
                 let original = try openOriginal()
                 defer { original.close() }
-                try original.exportEncrypted(to: copyPath, key: key, cipher: cipher)
-                return try original.cipherVersion()
+                let counts = try original.exportEncrypted(to: copyPath, key: key, cipher: cipher)
+                return (try original.cipherVersion(), counts)
             }
+            cipher.sqlcipherVersion = version
             // No copying report may follow the next phase's.
             reporter?.cancel()
             await reporter?.value
@@ -114,7 +117,8 @@ struct Migration: Sendable {
             let clock = ContinuousClock.now
             progress?(KeyChangeProgress(phase: .verifying, bytesDone: copied, bytesTotal: total, elapsed: .zero))
             try database.reach(.verifyingNewKey)
-            try await verifyCopy(key: key, cipher: cipher, expectedRowCounts: expectedRowCounts)
+            try await verifyCopy(
+                at: copyPath, key: key, cipher: cipher, expectedRowCounts: expectedRowCounts ?? snapshotCounts)
             progress?(
                 KeyChangeProgress(
                     phase: .synchronizing, bytesDone: copied, bytesTotal: total, elapsed: ContinuousClock.now - clock))
@@ -123,7 +127,7 @@ struct Migration: Sendable {
                 cipher.salt = try database.readSalt(of: copyPath)
             }
         } catch {
-            removeMigrationCopy()
+            database.removeDatabaseFiles(at: copyPath)
             throw error
         }
         return cipher
@@ -199,9 +203,10 @@ struct Migration: Sendable {
     }
 
     /// Checks the copy's integrity and row counts on the long-work lane.
-    private func verifyCopy(key: SecureBuffer, cipher: CipherSettings, expectedRowCounts: [String: Int64]) async throws
-    {
-        let (path, copyPath) = (database.databasePath, copyPath)
+    private func verifyCopy(
+        at copyPath: String, key: SecureBuffer, cipher: CipherSettings, expectedRowCounts: [String: Int64]
+    ) async throws {
+        let path = database.databasePath
         try await BlockingExecutor.shared.run(.long) {
             try Migration.verifyCopy(
                 at: copyPath, of: path, key: key, cipher: cipher, expectedRowCounts: expectedRowCounts)

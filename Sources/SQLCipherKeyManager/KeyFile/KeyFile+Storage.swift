@@ -21,10 +21,14 @@ extension KeyFile {
     /// A new file is written beside it, `fsync`ed and renamed over the old one; the directory is
     /// then `fsync`ed. A crash leaves the old file or the new one.
     ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/io`` (disk full, …); the old file is then intact.
-    public func write(to path: String) throws {
+    /// - Parameters:
+    ///   - path: The `.key` file's path.
+    ///   - replacing: When `false`, fails instead of replacing a file already there.
+    /// - Throws: ``DBKeyError/Code-swift.struct/io`` (disk full, a file already there, …); the
+    ///   old file is then intact.
+    public func write(to path: String, replacing: Bool = true) throws {
         let data = try jsonData()
-        try data.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path) }
+        try data.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path, replacing: replacing) }
     }
 }
 

@@ -43,6 +43,10 @@ public struct AuditEvent: Sendable, Hashable {
         /// A data key was unwrapped through a slot other than the primary KEK (its provider and
         /// KEK are the event's; the detail says which slot and why).
         case slotUsed = "key.slot-used"
+        /// A consistent copy of the database was made with a `.key` of its own.
+        case databaseBackedUp = "database.backed-up"
+        /// A backup was put in place under a database path.
+        case databaseRestored = "database.restored"
         /// A key slot was added.
         case slotAdded = "key.slot-added"
         /// A key slot was removed (or dropped by a rotation that could not reach it).

@@ -323,6 +323,60 @@ public final class LocalDbKeyManager: Sendable {
         try await Rewrap(database: database).run(to: target, kekId: kekId, slot: slot, wait: wait)
     }
 
+    // MARK: - Backups
+
+    /// Makes a consistent copy of the database at `destination`, with a `.key` of its own,
+    /// while the app keeps running: the copy is one snapshot (an `sqlcipher_export` in a read
+    /// transaction, under the shared lock), checked row for row against that snapshot and
+    /// flushed before it is placed. Nothing is ever replaced, and a failure leaves nothing at
+    /// `destination`.
+    ///
+    /// ```swift
+    /// let backupKek = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+    /// try await manager.backup(to: "/backups/app.db", protection: .kek(backupKek, kekId: "default"), newDataKey: true)
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - destination: The backup's database path; its `.key` is written beside it.
+    ///   - protection: Which KEKs the backup's data key is wrapped under.
+    ///   - newDataKey: Encrypt the copy under a new data key, so that the backup does not
+    ///     share the live key (the copy is made under it from the start).
+    ///   - progress: Called while the copy is written.
+    /// - Returns: The backup's `.key` file.
+    @discardableResult
+    public func backup(
+        to destination: String,
+        protection: BackupKeyProtection = .sameAsDatabase,
+        newDataKey: Bool = false,
+        progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
+    ) async throws -> KeyFile {
+        try await Backup(database: database).run(
+            to: destination, protection: protection, newDataKey: newDataKey, progress: progress)
+    }
+
+    /// Puts the backup at `backupPath` (and its `.key`) in place at this manager's database
+    /// path, after checking that they open together (key check, salt, every page); never over
+    /// an existing database or `.key`. With `target`, the restored `.key`'s primary KEK is
+    /// `kekId` of `target` (a new device's), its slots kept.
+    ///
+    /// - Parameters:
+    ///   - backupPath: The backup's database path.
+    ///   - access: The slots the backup's key may be unwrapped through; `.escrow` for a
+    ///     backup sealed to an escrow key.
+    ///   - target: The provider of the restored database's primary KEK; `nil` keeps the
+    ///     backup's.
+    ///   - kekId: The KEK in `target`'s terms.
+    /// - Returns: The restored `.key` file.
+    @discardableResult
+    public func restore(
+        from backupPath: String,
+        through access: KeySlotAccess = .automatic,
+        rewrapTo target: (any KeyManagementService)? = nil,
+        kekId: String? = nil
+    ) async throws -> KeyFile {
+        try await Restore(database: database).run(from: backupPath, through: access, rewrapTo: target, kekId: kekId)
+    }
+
     // MARK: - Key slots
 
     /// Adds a key slot: the data key wrapped under `kekId` of `target` as well, so that the

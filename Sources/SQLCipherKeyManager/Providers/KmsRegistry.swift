@@ -103,6 +103,7 @@ public final class KmsRegistry: Sendable {
     private let environment: [String: String]
     private let logger: Logger
     private let made = Mutex<[String: any KeyManagementService]>([:])
+    private let limiter: KmsRateLimiter?
 
     /// Creates a registry.
     ///
@@ -121,6 +122,26 @@ public final class KmsRegistry: Sendable {
         self.factories = Dictionary(factories.map { ($0.providerName, $0) }, uniquingKeysWith: { first, _ in first })
         self.environment = environment
         self.logger = logger
+        self.limiter = nil
+    }
+
+    private init(copying registry: KmsRegistry, limiter: KmsRateLimiter?) {
+        self.instances = registry.instances
+        self.factories = registry.factories
+        self.environment = registry.environment
+        self.logger = registry.logger
+        self.limiter = limiter
+    }
+
+    /// This registry with every request of every provider it hands out waiting its turn at
+    /// `limiter` (a provider's own rewrap inside the service, such as AWS `ReEncrypt`, is then
+    /// not used: the key is unwrapped and wrapped again, two limited requests).
+    public func rateLimited(_ limiter: KmsRateLimiter) -> KmsRegistry {
+        KmsRegistry(copying: self, limiter: limiter)
+    }
+
+    private func limited(_ provider: any KeyManagementService) -> any KeyManagementService {
+        limiter.map { RateLimitedKms(base: provider, limiter: $0) } ?? provider
     }
 
     /// A registry of one provider.
@@ -130,12 +151,13 @@ public final class KmsRegistry: Sendable {
 
     /// This registry with `provider` added, replacing one of the same id.
     public func adding(_ provider: any KeyManagementService) -> KmsRegistry {
-        KmsRegistry(
+        let added = KmsRegistry(
             providers: [provider] + instances.values.filter { $0.providerName != provider.providerName },
             factories: Array(factories.values),
             environment: environment,
             logger: logger
         )
+        return limiter.map { added.rateLimited($0) } ?? added
     }
 
     /// The ids of the registered providers, sorted.
@@ -148,6 +170,10 @@ public final class KmsRegistry: Sendable {
     /// - Throws: ``DBKeyError/Code-swift.struct/unsupportedFormat`` when no provider of that id
     ///   is registered; the factory's configuration errors.
     public func provider(named name: String) throws -> any KeyManagementService {
+        limited(try unlimitedProvider(named: name))
+    }
+
+    private func unlimitedProvider(named name: String) throws -> any KeyManagementService {
         if let instance = instances[name] { return instance }
         if let existing = made.withLock({ $0[name] }) { return existing }
         guard let factory = factories[name] else {
@@ -183,12 +209,12 @@ public final class KmsRegistry: Sendable {
     public func target(for uri: KekURI) throws -> KekTarget {
         if let factory = factories.values.first(where: { $0.uriScheme == uri.scheme }) {
             if let target = try factory.target(forKeyPart: uri.keyId, environment: environment, logger: logger) {
-                return target
+                return KekTarget(provider: limited(target.provider), kekId: target.kekId)
             }
             return KekTarget(provider: try provider(named: factory.providerName), kekId: uri.keyId)
         }
         if let instance = instances[uri.scheme] {
-            return KekTarget(provider: instance, kekId: uri.keyId)
+            return KekTarget(provider: limited(instance), kekId: uri.keyId)
         }
         throw DBKeyError(
             .invalidConfiguration,

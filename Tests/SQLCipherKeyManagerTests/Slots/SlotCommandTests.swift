@@ -11,17 +11,6 @@ import Testing
 struct SlotCommandTests {
     typealias Workspace = DBKeyCLITests.Workspace
 
-    /// A second master key file in the workspace, base64, mode 0600.
-    func masterKeyFile(_ workspace: Workspace, _ name: String) throws -> (path: String, key: SecureBuffer) {
-        let key = try SecureBuffer.random(count: 32)
-        let path = workspace.directory.file(name)
-        let text = key.withUnsafeBytes { Data($0).base64EncodedString() }
-        #expect(
-            FileManager.default.createFile(
-                atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]))
-        return (path, key)
-    }
-
     func pythonOpensEscrow(_ keyFile: String, privateKey: String, slot: Int, pending: Bool = false) async throws
         -> SecureBuffer
     {
@@ -77,7 +66,7 @@ struct SlotCommandTests {
             #expect(try await sqlcipherShellOpensDatabase(database, key: opened, cipher: keyFile.cipher))
         }
         // The OpenSSL key recovers the database under a new master key.
-        let newMaster = try masterKeyFile(workspace, "new-master.key")
+        let newMaster = try DBKeyCLITests.masterKeyFile(workspace, "new-master.key")
         let recovered = try await workspace.dbkey(
             "recover", database, "--escrow-private-key", theirs, "--to", "local://" + newMaster.path)
         #expect(recovered.status == 0, "\(recovered.stderr)")
@@ -100,7 +89,7 @@ struct SlotCommandTests {
         try FileManager.default.removeItem(atPath: try #require(workspace.environment[LocalKms.masterKeyFileVariable]))
         #expect(try await workspace.dbkey("sql", database, "SELECT x FROM t").status == 14)
 
-        let newMaster = try masterKeyFile(workspace, "new-master.key")
+        let newMaster = try DBKeyCLITests.masterKeyFile(workspace, "new-master.key")
         var typo = Array(code)
         typo[8] = typo[8] == "A" ? "B" : "A"  // group 2
         let mistyped = try await workspace.dbkey(
@@ -120,7 +109,7 @@ struct SlotCommandTests {
     func slotCommands() async throws {
         let workspace = try Workspace()
         let database = workspace.database
-        let second = try masterKeyFile(workspace, "second.key")
+        let second = try DBKeyCLITests.masterKeyFile(workspace, "second.key")
         let both = [LocalKms.otherMasterKeyFilesVariable: second.path]
         #expect(try await workspace.dbkey("init", database, "--slot-kek", "local://" + second.path).status == 0)
         let status = try await workspace.dbkey("status", database, "--json")
@@ -137,7 +126,7 @@ struct SlotCommandTests {
         #expect(try contents(database + ".key") == before)
         #expect(try await workspace.dbkey(["rotate", database], environment: both).status == 0)
         // Rewrap slot 1 under a third master key; the second no longer opens it.
-        let third = try masterKeyFile(workspace, "third.key")
+        let third = try DBKeyCLITests.masterKeyFile(workspace, "third.key")
         let rewrapped = try await workspace.dbkey(
             ["rewrap", database, "--slot", "1", "--to", "local://" + third.path], environment: both)
         #expect(rewrapped.status == 0, "\(rewrapped.stderr)")

@@ -1,0 +1,234 @@
+import Foundation
+import SystemPackage
+
+/// The KEKs a backup's `.key` wraps its data key under.
+public enum BackupKeyProtection: Sendable {
+    /// The live `.key`'s: the primary KEK and every slot (escrow slots sealed again for the
+    /// copy's salt).
+    case sameAsDatabase
+    /// Only this KEK: a backup KEK apart from the devices' (`dbkey backup --to URI`).
+    case kek(any KeyManagementService, kekId: String)
+    /// The primary KEK and a seal to this escrow key, no other slot: restored with its private
+    /// key (`dbkey backup --escrow-public-key FILE`).
+    case escrow(EscrowPublicKey)
+}
+
+/// A consistent copy of a managed database with a `.key` of its own (see
+/// ``LocalDbKeyManager/backup(to:protection:newDataKey:progress:)``).
+struct Backup {
+    let database: ManagedDatabase
+
+    func run(
+        to destination: String, protection: BackupKeyProtection, newDataKey: Bool,
+        progress: (@Sendable (KeyChangeProgress) -> Void)?
+    ) async throws -> KeyFile {
+        try database.refuseSymbolicLink()
+        let destinationKey = KeyFile.path(forDatabase: destination)
+        for path in [destination, destinationKey] where database.fileExists(path) {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(path) already exists; a backup never replaces a file. Choose another destination.",
+                path: path)
+        }
+        // Shared: the app keeps running; only a key change waits.
+        let (lock, keyFile) = try await database.acquireSettled(wait: database.configuration.openWait)
+        defer { lock.release() }
+        let liveKey = try await database.unwrapKey(of: keyFile)
+        // The backup's data key: the live one, or a new one from the KEK that will be primary.
+        let primary: (kms: any KeyManagementService, kekId: String)
+        switch protection {
+        case .kek(let target, let kekId):
+            primary = (target, try await target.health(kekId: kekId).kekId)
+        case .sameAsDatabase, .escrow:
+            primary = (try database.provider(named: keyFile.kms), keyFile.kekId)
+        }
+        let fresh =
+            newDataKey
+            ? try await primary.kms.generateDataKey(kekId: primary.kekId, context: keyFile.encryptionContext) : nil
+        let dataKey = fresh?.plaintext ?? liveKey
+        let version = newDataKey ? 1 : keyFile.version
+
+        // The copy, from one snapshot, under a new salt (and a new header salt when it has one).
+        var cipher = keyFile.cipher
+        cipher.salt = nil
+        if cipher.plaintextHeaderSize > 0 {
+            cipher = cipher.withPlaintextHeader()
+        }
+        let copyPath = destination + ".dbkey-backup"
+        database.removeDatabaseFiles(at: copyPath)
+        cipher = try await Migration(database: database).makeVerifiedCopy(
+            at: copyPath, key: dataKey, cipher: cipher, expectedRowCounts: nil, progress: progress
+        ) { [database] in try database.openConnection(key: liveKey, keyFile: keyFile) }
+        do {
+            var backup = keyFile
+            backup.pending = nil
+            backup.cipher = cipher
+            backup.version = version
+            backup.keyCheck = KeyCheck(for: dataKey)
+            if newDataKey {
+                backup.createdAt = KeyFile.now()
+                backup.rotatedAt = nil
+            }
+            backup.kms = primary.kms.providerName
+            backup.kekId = fresh?.kekId ?? primary.kekId
+            if let fresh {
+                backup.encryptedDek = fresh.wrapped
+            } else if case .kek = protection {
+                backup.encryptedDek = try await database.wrapChecked(
+                    dataKey, by: primary.kms, kekId: primary.kekId, context: keyFile.encryptionContext)
+            }
+            switch protection {
+            case .sameAsDatabase:
+                backup.slots = try await database.wrap(
+                    dataKey, under: keyFile.slots, context: keyFile.encryptionContext, salt: cipher.salt,
+                    version: version, dropUnreachable: false
+                ).slots
+            case .kek:
+                backup.slots = []
+            case .escrow(let publicKey):
+                let escrowSlot = KeySlot(
+                    number: 1, kms: KeySlot.escrowProvider, kekId: publicKey.id,
+                    encryptedDek: WrappedKey(encoded: ""), escrowPublicKey: publicKey)
+                backup.slots = try await database.wrap(
+                    dataKey, under: [escrowSlot], context: keyFile.encryptionContext, salt: cipher.salt,
+                    version: version, dropUnreachable: false
+                ).slots
+            }
+            backup.format = backup.requiredFormat
+            try backup.requireRoomForKeyChanges(source: destinationKey)
+            try await Backup.place(copyPath, at: destination, keyFile: backup.sealed(with: dataKey))
+            database.record(
+                .databaseBackedUp, keyFile, detail: "to \(destination)\(newDataKey ? " under a new data key" : "")")
+            return backup.sealed(with: dataKey)
+        } catch {
+            database.removeDatabaseFiles(at: copyPath)
+            throw error
+        }
+    }
+
+    /// Writes the backup's `.key` (never over one), then links the flushed copy in at
+    /// `destination` (never over a file): a database at `destination` always has its `.key`.
+    /// A failure removes what was placed; a process killed between the two leaves only the
+    /// `.key`, which holds no data.
+    static func place(_ copyPath: String, at destination: String, keyFile: KeyFile) async throws {
+        let keyPath = KeyFile.path(forDatabase: destination)
+        try await BlockingExecutor.shared.run(.short) {
+            try keyFile.write(to: keyPath, replacing: false)
+            do {
+                try valueOrErrno { link(copyPath, destination) }
+            } catch {
+                _ = unlink(keyPath)
+                throw DBKeyError.io(error, "place the backup at", destination)
+            }
+            _ = unlink(copyPath)
+            do {
+                try ProtectedFile.synchronizeDirectory(FilePath(destination).removingLastComponent())
+            } catch {
+                _ = unlink(destination)
+                _ = unlink(keyPath)
+                throw error
+            }
+        }
+    }
+}
+
+/// A backup put in place under a database path (see
+/// ``LocalDbKeyManager/restore(from:through:rewrapTo:kekId:)``).
+struct Restore {
+    let database: ManagedDatabase
+
+    func run(
+        from backupPath: String, through access: KeySlotAccess, rewrapTo target: (any KeyManagementService)?,
+        kekId: String?
+    ) async throws -> KeyFile {
+        try database.refuseSymbolicLink()
+        for path in [database.databasePath, database.keyFilePath] where database.fileExists(path) {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(path) already exists; a restore never replaces a database or its .key. Restore to another path, or move it away first.",
+                path: path)
+        }
+        // The backup, checked where it lies: its .key, its key, its salt, every page.
+        let source = ManagedDatabase(
+            databasePath: backupPath, providers: database.providers, configuration: database.configuration,
+            logger: database.logger, faultInjector: nil, slotAccess: access)
+        try source.refuseSymbolicLink()
+        var keyFile = try source.load()
+        guard keyFile.pending == nil else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "\(source.keyFilePath) records a key change in progress: it is a live database's .key, not a backup's. Use dbkey backup to make a backup.",
+                path: source.keyFilePath)
+        }
+        let key = try await source.unwrapKey(of: keyFile)
+        let problems = try await BlockingExecutor.shared.run(.long) { [keyFile] in
+            let connection = try source.openConnection(key: key, keyFile: keyFile)
+            defer { connection.close() }
+            return try connection.integrityCheck()
+        }
+        guard problems.isEmpty else {
+            throw DBKeyError(
+                .databaseDamaged,
+                "The backup \(backupPath) opens with its key but is damaged (\(problems.prefix(3).joined(separator: "; "))). Nothing was restored.",
+                path: backupPath)
+        }
+        if let target, let kekId {
+            let resolved = try await target.health(kekId: kekId).kekId
+            keyFile.encryptedDek = try await database.wrapChecked(
+                key, by: target, kekId: resolved, context: keyFile.encryptionContext)
+            keyFile.kms = target.providerName
+            keyFile.kekId = resolved
+            keyFile.slots.removeAll { $0.kms == target.providerName && $0.kekId == resolved }
+        }
+        keyFile.format = keyFile.requiredFormat
+        let sealed = keyFile.sealed(with: key)
+        let (path, keyPath) = (database.databasePath, database.keyFilePath)
+        let temporary = path + ".dbkey-restoring"
+        database.removeDatabaseFiles(at: temporary)
+        do {
+            try await BlockingExecutor.shared.run(.long) { try Restore.copyFile(backupPath, to: temporary) }
+            try await Backup.place(temporary, at: path, keyFile: sealed)
+        } catch {
+            database.removeDatabaseFiles(at: temporary)
+            throw error
+        }
+        // What was placed opens together.
+        do {
+            try await database.proveOpens(with: key, keyFile: sealed)
+        } catch {
+            _ = unlink(keyPath)
+            _ = unlink(path)
+            throw error
+        }
+        database.record(.databaseRestored, sealed, detail: "from \(backupPath)")
+        return sealed
+    }
+
+    /// Copies `source` to a new file at `destination` (mode 0600, never over a file) and
+    /// flushes it.
+    static func copyFile(_ source: String, to destination: String) throws {
+        do {
+            let input = try FileDescriptor.open(FilePath(source), .readOnly, options: [.closeOnExec, .noFollow])
+            try input.closeAfter {
+                let output = try FileDescriptor.open(
+                    FilePath(destination), .writeOnly, options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
+                    permissions: [.ownerReadWrite])
+                try output.closeAfter {
+                    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                    while true {
+                        let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                        if count == 0 { break }
+                        _ = try buffer.withUnsafeBytes {
+                            try output.writeAll(UnsafeRawBufferPointer(rebasing: $0.prefix(count)))
+                        }
+                    }
+                    try output.synchronize()
+                }
+            }
+        } catch let error as DBKeyError {
+            throw error
+        } catch {
+            throw DBKeyError.io(error, "copy the backup to", destination)
+        }
+    }
+}

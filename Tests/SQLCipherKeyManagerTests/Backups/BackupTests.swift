@@ -1,0 +1,157 @@
+import Foundation
+import SQLCipherKeyManagerTesting
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// `backup` and `restore`, in the library and as processes.
+@Suite("Backups")
+struct BackupTests {
+    typealias Workspace = DBKeyCLITests.Workspace
+
+    @Test(
+        "a backup taken while a writer process inserts restores with a clean integrity check and a count the writer committed"
+    )
+    func backupWhileWriting() async throws {
+        let workspace = try Workspace()
+        let database = workspace.database
+        #expect(try await workspace.dbkey("init", database).status == 0)
+        #expect(
+            try await workspace.dbkey("sql", database, "PRAGMA journal_mode = WAL; CREATE TABLE t(x INTEGER NOT NULL)")
+                .status == 0)
+        // The writer: one dbkey process per insert, each committing the next number.
+        let shell = try requireTool("sh", installedBy: "dash")
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: shell)
+        writer.arguments = [
+            "-c",
+            "i=1; while [ $i -le 400 ]; do \"$0\" sql \"$1\" \"INSERT INTO t VALUES ($i)\" || exit 1; i=$((i+1)); done",
+            DBKeyCLITests.executable, database,
+        ]
+        writer.environment = workspace.environment
+        try writer.run()
+        let manager = LocalDbKeyManager(
+            databasePath: database, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
+        var before: Int64 = 0
+        while before < 20 {
+            try await Task.sleep(for: .milliseconds(50))
+            before = try await manager.rowCount(of: "t") ?? 0
+        }
+        let backup = workspace.directory.file("backup.db")
+        let made = try await workspace.dbkey("backup", database, backup)
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(writer.isRunning, "the writer finished before the backup did: nothing was tested")
+        try await offPool { writer.waitUntilExit() }
+        #expect(writer.terminationStatus == 0, "a write failed while the backup ran")
+
+        let restored = workspace.directory.file("restored.db")
+        let placed = try await workspace.dbkey("restore", backup, restored)
+        #expect(placed.status == 0, "\(placed.stderr)")
+        #expect(try await workspace.dbkey("verify", restored).status == 0)
+        let result = try await workspace.dbkey("sql", restored, "SELECT count(*), max(x) FROM t")
+        let fields = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\t").compactMap {
+            Int64($0)
+        }
+        // Each insert commits the next number: a snapshot holds exactly 1...n.
+        #expect(
+            fields.count == 2 && fields[0] == fields[1] && fields[0] >= before && fields[0] < 400, "\(result.stdout)")
+    }
+
+    @Test("--new-dek: the backup does not open with the live key; restored, it opens with its own")
+    func newDataKey() async throws {
+        let database = try await TestDatabase(rows: 40)
+        let backup = database.directory.file("backup.db")
+        let liveKey = try await database.currentKey()
+        let keyFile = try await database.manager().backup(to: backup, newDataKey: true)
+        let liveCheck = try database.manager().load().keyCheck
+        #expect(keyFile.version == 1 && keyFile.keyCheck != liveCheck)
+        #expect(try await !sqlcipherShellOpensDatabase(backup, key: liveKey, cipher: keyFile.cipher))
+        let restored = database.directory.file("restored.db")
+        let manager = LocalDbKeyManager(databasePath: restored, kms: try localKms(), logger: silentLogger)
+        try await manager.restore(from: backup)
+        try await TestDatabase.expectItems(manager, rows: 40)
+    }
+
+    @Test("a backup sealed to an escrow key restores with the private key, re-homed under a new master key")
+    func escrowBackup() async throws {
+        let database = try await TestDatabase(rows: 30)
+        let escrow = try EscrowPrivateKey.generate()
+        let backup = database.directory.file("backup.db")
+        let keyFile = try await database.manager().backup(to: backup, protection: .escrow(escrow.publicKey))
+        #expect(keyFile.slots.count == 1 && keyFile.slots[0].isEscrow)
+        // A new device: a master key that never wrapped this database.
+        let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+        let restored = database.directory.file("restored.db")
+        let manager = LocalDbKeyManager(databasePath: restored, kms: newMaster, logger: silentLogger)
+        await expectError(.kmsKeyNotFound) { try await manager.restore(from: backup) }
+        #expect(!FileManager.default.fileExists(atPath: restored))
+        try await manager.restore(from: backup, through: .escrow(escrow), rewrapTo: newMaster, kekId: "default")
+        try await TestDatabase.expectItems(manager, rows: 30)
+        #expect(try manager.load().kekId == newMaster.kekId)
+    }
+
+    @Test("restore never overwrites a database or a .key, and changes neither")
+    func restoreRefusesToOverwrite() async throws {
+        let database = try await TestDatabase(rows: 10)
+        let backup = database.directory.file("backup.db")
+        try await database.manager().backup(to: backup)
+        let other = try await TestDatabase(rows: 5)
+        for victim in [other.path, other.path + ".key"] {
+            let before = try contents(victim)
+            let manager = LocalDbKeyManager(databasePath: other.path, kms: try localKms(), logger: silentLogger)
+            await expectError(.alreadyInitialized) { try await manager.restore(from: backup) }
+            #expect(try contents(victim) == before)
+        }
+        // And a backup never replaces anything either.
+        let keyBefore = try contents(other.path + ".key")
+        await expectError(.alreadyInitialized) { try await database.manager().backup(to: other.path) }
+        #expect(try contents(other.path + ".key") == keyBefore)
+    }
+
+    @Test("a failed backup leaves nothing: the KMS down, and a file-size limit mid-copy")
+    func failedBackupLeavesNothing() async throws {
+        let database = try await TestDatabase(rows: 300)
+        let backup = database.directory.file("backup.db")
+        let down = MockKms(seed: 9)
+        down.failNext(10)
+        await expectError(.kmsUnavailable) {
+            try await database.manager().backup(to: backup, protection: .kek(down, kekId: "k"))
+        }
+        let leftovers = {
+            try FileManager.default.contentsOfDirectory(atPath: database.directory.path).filter {
+                $0.hasPrefix("backup")
+            }
+        }
+        #expect(try leftovers() == [])
+        // The copy cannot grow past 64 KiB: the write fails (SIGXFSZ ignored, as a full disk would).
+        let workspaceEnvironment = [
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            LocalKms.masterKeyVariable: testMasterKeyBase64,
+        ]
+        let shell = try requireTool("sh", installedBy: "dash")
+        let failed = try await run(
+            shell,
+            [
+                "-c", "trap '' XFSZ; ulimit -f 64; exec \"$0\" backup \"$1\" \"$2\"", DBKeyCLITests.executable,
+                database.path, backup,
+            ],
+            environment: workspaceEnvironment)
+        #expect(failed.status == 41 && failed.stderr.contains("I/O error"), "\(failed.stderr)")
+        #expect(try leftovers() == [])
+        try await database.expectIntact()
+    }
+}
+
+extension TestDatabase {
+    /// Checks that `manager` opens a database with `rows` rows of ``TestDatabase``'s `item` table.
+    static func expectItems(_ manager: LocalDbKeyManager, rows: Int, sourceLocation: SourceLocation = #_sourceLocation)
+        async throws
+    {
+        let db = try await manager.open()
+        defer { db.close() }
+        #expect(try db.integrityCheck() == [], sourceLocation: sourceLocation)
+        #expect(
+            try db.fetchAll("SELECT count(*), sum(id) FROM item").first?.values
+                == [.integer(Int64(rows)), .integer(Int64(rows * (rows + 1) / 2))], sourceLocation: sourceLocation)
+    }
+}

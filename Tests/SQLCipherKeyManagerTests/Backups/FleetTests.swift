@@ -1,0 +1,168 @@
+import Foundation
+import SQLCipherKeyManagerAWS
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// `rewrap --all`, `rotate --all` and `doctor --all` over a tree of databases.
+@Suite("Many databases", .serialized)
+struct FleetTests {
+    typealias Workspace = DBKeyCLITests.Workspace
+
+    /// `count` small databases under `root`, a few to a folder, under the workspace's master key.
+    static func makeFleet(_ root: String, count: Int) async throws -> [String] {
+        let kms = try localKms()
+        var paths: [String] = []
+        for index in 0..<count {
+            let folder = root + "/tenant-\(index / 20)"
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            let path = folder + "/user-\(index).db"
+            let manager = LocalDbKeyManager(databasePath: path, kms: kms, logger: silentLogger)
+            try await manager.initialize()
+            let db = try await manager.open()
+            try db.execute("CREATE TABLE note(n INTEGER); INSERT INTO note VALUES (\(index))")
+            db.close()
+            paths.append(path)
+        }
+        return paths
+    }
+
+    static func summary(_ result: ProcessResult) throws -> (summary: [String: Int], databases: [[String: String]]) {
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        return (
+            try #require(object["summary"] as? [String: Int]), try #require(object["databases"] as? [[String: String]])
+        )
+    }
+
+    /// Whether every database opens with `kms` and holds its own row.
+    static func expectOpening(_ paths: [String], kms: any KeyManagementService) async throws {
+        for (index, path) in paths.enumerated() {
+            let db = try await LocalDbKeyManager(
+                databasePath: path, kms: kms, configuration: .init(keyCacheTTL: .zero), logger: silentLogger
+            ).open()
+            #expect(try db.fetchAll("SELECT n FROM note").first?[0] == .integer(Int64(index)), "\(path)")
+            db.close()
+        }
+    }
+
+    @Test(
+        "rewrap --all: 200 databases, some in use, a broken .key, a link out of the tree; local → local, a run killed half-way and run again, then local → AWS"
+    )
+    func rewrapAll() async throws {
+        let workspace = try Workspace()
+        let root = workspace.directory.file("tenants")
+        let paths = try await Self.makeFleet(root, count: 200)
+        // A broken .key, and a link to a database outside the tree.
+        let broken = root + "/tenant-3/broken.db"
+        #expect(FileManager.default.createFile(atPath: broken, contents: Data()))
+        #expect(
+            FileManager.default.createFile(
+                atPath: broken + ".key", contents: Data("{".utf8), attributes: [.posixPermissions: 0o600]))
+        let outside = workspace.directory.file("outside")
+        let outsidePaths = try await Self.makeFleet(outside, count: 1)
+        try FileManager.default.createSymbolicLink(atPath: root + "/tenant-4/elsewhere", withDestinationPath: outside)
+        let outsideKey = try contents(outsidePaths[0] + ".key")
+        // Databases held open by an app: rewrap does not disturb them, so they are rewrapped.
+        var held: [DatabaseConnection] = []
+        for path in paths.prefix(5) {
+            held.append(
+                try await LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
+        }
+        defer { held.forEach { $0.close() } }
+
+        // A dry run changes nothing.
+        let firstKey = try contents(paths[0] + ".key")
+        let second = try DBKeyCLITests.masterKeyFile(workspace, "second.key")
+        let dry = try await workspace.dbkey(
+            "rewrap", "--all", root, "--to", "local://" + second.path, "--dry-run", "--json")
+        #expect(try Self.summary(dry).summary["would-change"] == 200)
+        #expect(try contents(paths[0] + ".key") == firstKey)
+
+        // A run killed half-way, then run again: what the first did is left alone.
+        let environment = workspace.environment
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+        process.arguments = ["rewrap", "--all", root, "--to", "local://" + second.path, "--jobs", "2"]
+        process.environment = environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Kill once about half the databases are rewrapped.
+        let secondKekId = LocalKms.kekId(for: second.key)
+        var rewrappedBefore = 0
+        while process.isRunning && rewrappedBefore < 100 {
+            try await Task.sleep(for: .milliseconds(20))
+            rewrappedBefore = paths.filter { (try? KeyFile.read(from: $0 + ".key").kekId) == secondKekId }.count
+        }
+        kill(process.processIdentifier, SIGKILL)
+        try await offPool { process.waitUntilExit() }
+        rewrappedBefore = paths.filter { (try? KeyFile.read(from: $0 + ".key").kekId) == secondKekId }.count
+        #expect(process.terminationReason == .uncaughtSignal && rewrappedBefore > 0 && rewrappedBefore < 200)
+        let rerun = try await workspace.dbkey(
+            "rewrap", "--all", root, "--to", "local://" + second.path, "--jobs", "8", "--json")
+        #expect(rerun.status == 1, "the broken .key fails the run")
+        let (summary, databases) = try Self.summary(rerun)
+        #expect(summary["done"] == 200 - rewrappedBefore && summary["unchanged"] == rewrappedBefore, "\(summary)")
+        #expect(summary["failed"] == 1 && summary["refused"] == 1)
+        #expect(databases.first { $0["status"] == "failed" }?["database"] == broken)
+        #expect(try contents(outsidePaths[0] + ".key") == outsideKey, "the link out of the tree was followed")
+        print(
+            "fleet test: a rewrap --all killed after \(rewrappedBefore) of 200; the second run rewrapped the other \(200 - rewrappedBefore) and left those alone"
+        )
+        try await Self.expectOpening(paths, kms: try LocalKms(masterKey: second.key))
+
+        // local → AWS (moto), at most 100 KMS requests a second.
+        let toAws = try await workspace.dbkey(
+            [
+                "rewrap", "--all", root, "--to", "aws-kms://" + (try Moto.keyArn()), "--jobs", "8", "--max-kms-rps",
+                "100", "--json",
+            ],
+            environment: try Moto.processEnvironment().merging([LocalKms.masterKeyFileVariable: second.path]) { $1 })
+        #expect(try Self.summary(toAws).summary["done"] == 200, "\(toAws.stderr)")
+        try await Self.expectOpening(paths, kms: try Moto.provider())
+    }
+
+    @Test("rotate --all --if-due skips databases in use and reports them; doctor --all names the broken one")
+    func rotateAndDoctorAll() async throws {
+        let workspace = try Workspace()
+        let root = workspace.directory.file("tenants")
+        let paths = try await Self.makeFleet(root, count: 10)
+        var held: [DatabaseConnection] = []
+        for path in paths.prefix(3) {
+            held.append(
+                try await LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
+        }
+        let rotated = try await workspace.dbkey("rotate", "--all", root, "--json")
+        #expect(rotated.status == 0, "skipped is not failed: \(rotated.stdout)")
+        let (summary, databases) = try Self.summary(rotated)
+        #expect(summary["done"] == 7 && summary["skipped"] == 3)
+        #expect(
+            Set(databases.filter { $0["status"] == "skipped" }.compactMap { $0["database"] }) == Set(paths.prefix(3)))
+        held.forEach { $0.close() }
+        // --if-due: none is due (no rotation period).
+        let due = try await workspace.dbkey("rotate", "--all", root, "--if-due", "--json")
+        #expect(try Self.summary(due).summary["unchanged"] == 10)
+        try await Self.expectOpening(paths, kms: try localKms())
+
+        let doctor = try await workspace.dbkey("doctor", "--all", root, "--json")
+        let healthy = try Self.summary(doctor).summary["unchanged"]
+        #expect(doctor.status == 0 && healthy == 10)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: paths[4])
+        let unwell = try await workspace.dbkey("doctor", "--all", root, "--json")
+        #expect(unwell.status == 1)
+        #expect(try Self.summary(unwell).databases.first { $0["status"] == "failed" }?["detail"] == "file-mode")
+    }
+}
+
+extension DBKeyCLITests {
+    /// A new master key file in the workspace, base64, mode 0600.
+    static func masterKeyFile(_ workspace: Workspace, _ name: String) throws -> (path: String, key: SecureBuffer) {
+        let key = try SecureBuffer.random(count: 32)
+        let path = workspace.directory.file(name)
+        let text = key.withUnsafeBytes { Data($0).base64EncodedString() }
+        #expect(
+            FileManager.default.createFile(
+                atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]))
+        return (path, key)
+    }
+}
