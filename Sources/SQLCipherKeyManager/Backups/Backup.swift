@@ -113,20 +113,27 @@ struct Backup {
     static func place(_ copyPath: String, at destination: String, keyFile: KeyFile) async throws {
         let keyPath = KeyFile.path(forDatabase: destination)
         try await BlockingExecutor.shared.run(.short) {
-            try keyFile.write(to: keyPath, replacing: false)
+            do {
+                try keyFile.write(to: keyPath, replacing: false)
+            } catch let error as DBKeyError {
+                // Placed, but its directory not flushed: take it back. (Never a file that was
+                // already there: that is EEXIST, and nothing of ours.)
+                if error.errno != .fileExists { _ = unlink(keyPath) }
+                throw error
+            }
             do {
                 try valueOrErrno { link(copyPath, destination) }
             } catch {
                 _ = unlink(keyPath)
                 throw DBKeyError.io(error, "place the backup at", destination)
             }
-            _ = unlink(copyPath)
             do {
+                try valueOrErrno { unlink(copyPath) }
                 try ProtectedFile.synchronizeDirectory(FilePath(destination).removingLastComponent())
             } catch {
                 _ = unlink(destination)
                 _ = unlink(keyPath)
-                throw error
+                throw DBKeyError.io(error, "place the backup at", destination)
             }
         }
     }

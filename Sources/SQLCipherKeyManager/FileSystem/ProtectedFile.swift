@@ -93,7 +93,14 @@ package enum ProtectedFile {
                 } else {
                     // link() fails with EEXIST instead of replacing: first writer wins.
                     try valueOrErrno { link(temporary.string, target.string) }
-                    _ = unlink(temporary.string)
+                    // A file left with two names would be refused (one hard link only): take
+                    // the new one back if the temporary name cannot go.
+                    do {
+                        try valueOrErrno { unlink(temporary.string) }
+                    } catch {
+                        _ = unlink(target.string)
+                        throw error
+                    }
                 }
             } catch {
                 _ = unlink(temporary.string)

@@ -21,6 +21,7 @@ struct FaultInjectionTests {
         case rotateWithSlots = "rotate with a second master key's slot and an escrow slot"
         case slotAdd = "slot add (a second master key)"
         case recover = "recover through the escrow key"
+        case backup = "backup --new-dek"
 
         /// The operations the linked SQLCipher can run: upgrade needs SQLCipher 4.
         static var runnable: [Operation] {
@@ -85,7 +86,7 @@ struct FaultInjectionTests {
                     ["sql", template.database, "DROP TABLE t; " + insert], in: path, master: template.oldMaster
                 )
                 .status == 0)
-        case .rotateRollback, .rotateWAL, .rewrap, .slotAdd:
+        case .rotateRollback, .rotateWAL, .rewrap, .slotAdd, .backup:
             #expect(try await dbkey(["init", template.database], in: path, master: template.oldMaster).status == 0)
             let setup = (operation == .rotateWAL ? "PRAGMA journal_mode = WAL; " : "") + insert
             #expect(
@@ -109,6 +110,7 @@ struct FaultInjectionTests {
         switch operation {
         case .rotateRollback, .rotateWAL, .rotateWithSlots: return ["rotate", database]
         case .slotAdd: return ["slot", "add", database, "--kek", "local://" + directory + "/second.key"]
+        case .backup: return ["backup", database, directory + "/backup.db", "--new-dek"]
         case .recover:
             return [
                 "recover", database, "--escrow-private-key", directory + "/escrow.pem", "--to",
@@ -172,6 +174,8 @@ struct FaultInjectionTests {
                 ["sql", database, "SELECT count(*) FROM sqlite_master"], in: directory, master: old)
             #expect(opened.status == 0, "\(description): \(opened.stderr)")
             return
+        case .backup:
+            try await expectBackupOutcome(in: directory, case: description)
         case .migrate where !hasKeyFile:
             // Not migrated: the plaintext original has every row, and migrate runs again.
             let original = try DatabaseConnection.open(path: database, keying: .plaintext)
@@ -194,6 +198,38 @@ struct FaultInjectionTests {
         #expect(rotated.status == 0, "\(description): not stuck: \(rotated.stderr)")
         let verified = try await dbkey(["verify", database], in: directory, master: master)
         #expect(verified.status == 0, "\(description): \(verified.stderr)")
+    }
+
+    /// After a fault in a backup: a backup at the destination is whole (its `.key` beside it,
+    /// restoring with every row); a failure the process saw left nothing beside it, and a kill
+    /// at most the temporary copy or a `.key` (no database at the destination); a backup to a
+    /// new destination runs.
+    static func expectBackupOutcome(in directory: String, case description: String) async throws {
+        let backup = directory + "/backup.db"
+        let old = directory + "/old.key"
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
+            $0.hasPrefix("backup.db")
+        }
+        if FileManager.default.fileExists(atPath: backup) {
+            #expect(
+                FileManager.default.fileExists(atPath: backup + ".key"), "\(description): a backup without its .key")
+            let restored = try await dbkey(["restore", backup, directory + "/restored.db"], in: directory, master: old)
+            #expect(restored.status == 0, "\(description): \(restored.stderr)")
+            let read = try await dbkey(
+                ["sql", directory + "/restored.db", "SELECT count(*) FROM t"], in: directory, master: old)
+            #expect(read.stdout == "\(rows)\n", "\(description): \(read.stderr)")
+        } else if description.contains("EIO") || description.contains("ENOSPC") {
+            #expect(leftovers == [], "\(description): left \(leftovers)")
+        } else {
+            // The flushed copy (and its journal), a temporary or a lone .key: no data at the destination.
+            let unexpected = leftovers.filter {
+                !($0.hasPrefix("backup.db.dbkey-backup") || $0.hasPrefix("backup.db.key.tmp.") || $0 == "backup.db.key")
+            }
+            #expect(unexpected == [], "\(description): left \(leftovers)")
+        }
+        let again = try await dbkey(
+            ["backup", directory + "/app.db", directory + "/again.db"], in: directory, master: old)
+        #expect(again.status == 0, "\(description): backup again: \(again.stderr)")
     }
 
     @Test(
