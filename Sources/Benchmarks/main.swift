@@ -1,5 +1,6 @@
 // dbkey-bench WORKDIR [SIZES_MB]      the whole benchmark (run it through Scripts/bench)
 // dbkey-bench rotate-child DATABASE   one rotation, printing the process's peak RSS in KiB
+// dbkey-bench fleet WORKDIR COUNT DBKEY   rewrap --all over COUNT small databases (Scripts/bench fleet)
 //
 // Every figure is a median of several runs (300 for opens, 5 or 3 for rotations, 30 for rewraps), measured against its baseline in the same run with
 // the two alternating, and printed as one table.
@@ -24,6 +25,11 @@ if arguments.first == "rotate-child", arguments.count == 2 {
         databasePath: arguments[1], kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
     try await manager.rotateKey()
     print(peakResidentKiB())
+    exit(0)
+}
+
+if arguments.first == "fleet", arguments.count == 4, let count = Int(arguments[2]) {
+    ResultRow.print(try await FleetBenchmark.run(workdir: arguments[1], count: count, dbkey: arguments[3]))
     exit(0)
 }
 
@@ -69,10 +75,14 @@ func bareOpen(_ path: String, key: UnsafeRawBufferPointer, pageSize: Int?, query
     sqlite3_close(db)
 }
 
-func runProcess(_ path: String, _ arguments: [String], input: String = "") throws -> String {
+func runProcess(
+    _ path: String, _ arguments: [String], input: String = "", environment: [String: String]? = nil,
+    requireSuccess: Bool = true
+) throws -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
+    if let environment { process.environment = environment }
     let stdin = Pipe()
     let stdout = Pipe()
     process.standardInput = stdin
@@ -83,7 +93,7 @@ func runProcess(_ path: String, _ arguments: [String], input: String = "") throw
     try stdin.fileHandleForWriting.close()
     let output = stdout.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    precondition(process.terminationStatus == 0, "\(path) \(arguments) failed")
+    precondition(!requireSuccess || process.terminationStatus == 0, "\(path) \(arguments) failed")
     return String(decoding: output, as: UTF8.self)
 }
 
