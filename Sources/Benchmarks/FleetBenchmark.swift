@@ -5,7 +5,9 @@ import SQLCipherKeyManager
 /// `dbkey rewrap --all` over many small databases: local → local and local → AWS KMS (moto),
 /// with `--jobs 1` and `--jobs 8`, reporting wall time and KMS requests per database.
 enum FleetBenchmark {
-    static func run(workdir: String, count: Int, dbkey: String) async throws -> [ResultRow] {
+    static func run(workdir relativeWorkdir: String, count: Int, dbkey: String) async throws -> [ResultRow] {
+        // KEK URIs name master key files by absolute path.
+        let workdir = URL(fileURLWithPath: relativeWorkdir).standardizedFileURL.path
         let root = workdir + "/fleet"
         try? FileManager.default.removeItem(atPath: workdir)
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -45,6 +47,9 @@ enum FleetBenchmark {
                 dbkey, ["rewrap", "--all", root, "--to", uri, "--jobs", String(jobs), "--json"], environment: run,
                 requireSuccess: false)
             let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]
+            if let error = object?["error"] {
+                FileHandle.standardError.write(Data("fleet: dbkey failed: \(error)\n".utf8))
+            }
             let summary = object?["summary"] as? [String: Int] ?? [:]
             let failed = (object?["databases"] as? [[String: String]] ?? []).filter { $0["status"] == "failed" }
             if let first = failed.first {

@@ -78,6 +78,19 @@ enum DocCommentExamples {
         for finding in report.findings { print(finding.check, finding.message, finding.fix) }
     }
 
+    static func backup(manager: LocalDbKeyManager) async throws {
+        let backupKek = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
+        try await manager.backup(to: "/backups/app.db", protection: .kek(backupKek, kekId: "default"), newDataKey: true)
+    }
+
+    static func fleet() async throws {
+        let found = try DatabaseFleet.discover(under: "/srv/tenants")
+        let outcomes = await DatabaseFleet.run(found.databases, jobs: 8) { path in
+            .init(databasePath: path, status: .unchanged, detail: "looked at")
+        }
+        print(outcomes.count, found.refused.count)
+    }
+
     static func upgrade(manager: LocalDbKeyManager) async throws {
         let upgraded = try await manager.upgrade()
         print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
