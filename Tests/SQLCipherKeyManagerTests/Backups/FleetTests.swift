@@ -82,7 +82,11 @@ struct FleetTests {
         let environment = workspace.environment
         let process = Process()
         process.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
-        process.arguments = ["rewrap", "--all", root, "--to", "local://" + second.path, "--jobs", "2"]
+        // At most 100 KMS requests a second (four a database): about 8 s for the tree, time to
+        // kill it half-way whatever the load.
+        process.arguments = [
+            "rewrap", "--all", root, "--to", "local://" + second.path, "--jobs", "2", "--max-kms-rps", "100",
+        ]
         process.environment = environment
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice

@@ -62,6 +62,11 @@ struct AuditAndErrorTests {
         try await slotted.open().close()
         try await slotted.recover(through: .slot(1), to: kms, kekId: "k3")
         try await slotted.removeSlot(1)
+        // A backup and its restore.
+        try await slotted.backup(to: directory.file("backup.db"))
+        try await LocalDbKeyManager(
+            databasePath: directory.file("restored.db"), kms: kms, configuration: configuration, logger: silentLogger
+        ).restore(from: directory.file("backup.db"))
 
         let events = sink.events
         let kinds = events.map(\.kind)
