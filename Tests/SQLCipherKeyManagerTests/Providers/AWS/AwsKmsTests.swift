@@ -205,8 +205,9 @@ struct AwsKmsFaultTests {
         #expect(result.stdout.contains("did not answer within 0.5 s"), "the report says why")
         // status makes two calls (open's Decrypt, then DescribeKey), each 2 × 0.5 s + backoff:
         // about 2.2 s on an idle machine; the defaults would take 2 × 3 × 10 s. The ceiling
-        // leaves room for a machine busy with the rest of the suite.
-        #expect(elapsed >= .seconds(2) && elapsed < .seconds(10), "\(elapsed)")
+        // leaves room for a machine busy with the rest of the suite (10.3 s was seen on two
+        // cores while the fleet and kill tests ran beside it).
+        #expect(elapsed >= .seconds(2) && elapsed < .seconds(20), "\(elapsed)")
     }
 
     @Test("health reports a key pending deletion as disabled")
