@@ -92,35 +92,15 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(help: "Wrap the restored data key under this KEK as the primary, as a URI.")
     var to: String?
 
-    @Option(help: "Open the backup's key with this escrow private key file.")
-    var escrowPrivateKey: String?
-
-    @Flag(help: "Open the backup's key with the escrow key's recovery code, read from standard input.")
-    var recoveryCodeStdin = false
-
-    @Option(help: "Open the backup's key through this provider's slot.")
-    var slot: Int?
+    @OptionGroup var through: SlotAccessOptions
 
     @Flag(help: "Print the result as JSON.")
     var json = false
 
-    func validate() throws {
-        guard [escrowPrivateKey != nil, recoveryCodeStdin, slot != nil].filter({ $0 }).count <= 1 else {
-            throw ValidationError("Name at most one of --escrow-private-key, --recovery-code-stdin and --slot.")
-        }
-    }
-
     func run() async throws {
         try await common.reportingErrors(json: json) {
             let logger = common.makeLogger()
-            let access: KeySlotAccess
-            if let escrowPrivateKey {
-                access = .escrow(try EscrowPrivateKey(pemFile: escrowPrivateKey))
-            } else if recoveryCodeStdin {
-                access = .escrow(try EscrowPrivateKey(recoveryCode: try Passphrase.fromStandardInput()))
-            } else {
-                access = slot.map { .slot($0) } ?? .automatic
-            }
+            let access = try through.access()
             let target = try to.map { try common.registry(logger: logger).target(forURI: $0) }
             let keyFile = try await common.existingDatabaseManager(database, logger: logger).restore(
                 from: backup, through: access, rewrapTo: target?.provider, kekId: target?.kekId)

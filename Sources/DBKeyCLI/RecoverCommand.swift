@@ -19,14 +19,7 @@ struct RecoverCommand: AsyncParsableCommand {
     @Argument(help: "The database file.")
     var database: String
 
-    @Option(help: "The escrow private key file (PKCS#8 PEM, from dbkey escrow keygen or openssl genpkey).")
-    var escrowPrivateKey: String?
-
-    @Flag(help: "Read the escrow key's recovery code from standard input.")
-    var recoveryCodeStdin = false
-
-    @Option(help: "Recover through this provider's slot (dbkey slot list).")
-    var slot: Int?
+    @OptionGroup var through: SlotAccessOptions
 
     @Option(help: "The KEK to wrap the data key under as the new primary, as a URI.")
     var to: String
@@ -37,7 +30,7 @@ struct RecoverCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard [escrowPrivateKey != nil, recoveryCodeStdin, slot != nil].filter({ $0 }).count == 1 else {
+        guard through.namedCount == 1 else {
             throw ValidationError(
                 "Name exactly one of --escrow-private-key FILE, --recovery-code-stdin and --slot N.")
         }
@@ -46,14 +39,7 @@ struct RecoverCommand: AsyncParsableCommand {
     func run() async throws {
         try await common.reportingErrors(json: json) {
             let logger = common.makeLogger()
-            let access: KeySlotAccess
-            if let escrowPrivateKey {
-                access = .escrow(try EscrowPrivateKey(pemFile: escrowPrivateKey))
-            } else if recoveryCodeStdin {
-                access = .escrow(try EscrowPrivateKey(recoveryCode: try Passphrase.fromStandardInput()))
-            } else {
-                access = .slot(slot ?? 0)
-            }
+            let access = try through.access()
             let target = try common.registry(logger: logger).target(forURI: to)
             let manager = common.existingDatabaseManager(database, logger: logger)
             let keyFile = try await manager.recover(

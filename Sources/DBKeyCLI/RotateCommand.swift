@@ -22,8 +22,7 @@ struct RotateCommand: AsyncParsableCommand {
     @Flag(help: "Rotate only if rotation_period_days says the key is due.")
     var ifDue = false
 
-    @Option(parsing: .unconditional, help: "Seconds to wait for other connections to close (0 to 86400).")
-    var wait: Double = 0
+    @OptionGroup var wait: WaitOption
 
     @Flag(help: "Leave out the key slots whose KMS cannot wrap the new key, instead of failing.")
     var dropUnreachableSlots = false
@@ -33,10 +32,6 @@ struct RotateCommand: AsyncParsableCommand {
 
     func validate() throws {
         try FleetOptions.requireOne(database: database, fleet)
-        // Finite and bounded: Duration traps on an infinite or huge number of seconds.
-        guard wait.isFinite, (0...86_400).contains(wait) else {
-            throw ValidationError("--wait must be a number of seconds from 0 to 86400; got \(wait).")
-        }
     }
 
     func run() async throws {
@@ -53,7 +48,7 @@ struct RotateCommand: AsyncParsableCommand {
                 return
             }
             let keyFile = try await manager.rotateKey(
-                wait: .seconds(wait), dropUnreachableSlots: dropUnreachableSlots, progress: ProgressLine.reporter())
+                wait: wait.duration, dropUnreachableSlots: dropUnreachableSlots, progress: ProgressLine.reporter())
             ProgressLine.finish()
             if json {
                 Output.printJSON([
@@ -71,7 +66,7 @@ struct RotateCommand: AsyncParsableCommand {
         let logger = common.makeLogger()
         let limiter = fleet.makeLimiter()
         let registry = fleet.registry(common, limiter: limiter, logger: logger)
-        let (ifDue, dryRun, dropUnreachableSlots, wait) = (ifDue, fleet.dryRun, dropUnreachableSlots, wait)
+        let (ifDue, dryRun, dropUnreachableSlots, wait) = (ifDue, fleet.dryRun, dropUnreachableSlots, wait.duration)
         try await fleet.run(json: json, limiter: limiter) { path in
             do {
                 let manager = LocalDbKeyManager(databasePath: path, providers: registry, logger: logger)
@@ -82,7 +77,7 @@ struct RotateCommand: AsyncParsableCommand {
                     return .init(databasePath: path, status: .wouldChange, detail: "would rotate")
                 }
                 let rotated = try await manager.rotateKey(
-                    wait: .seconds(wait), dropUnreachableSlots: dropUnreachableSlots)
+                    wait: wait, dropUnreachableSlots: dropUnreachableSlots)
                 return .init(databasePath: path, status: .done, detail: "rotated to key version \(rotated.version)")
             } catch {
                 return .init(databasePath: path, error: error)
