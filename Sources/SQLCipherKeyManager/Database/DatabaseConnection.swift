@@ -59,8 +59,14 @@ public final class DatabaseConnection {
     /// first would leave a new file in plaintext), then the cipher settings, each read back
     /// because SQLCipher ignores pragmas it does not know.
     ///
-    /// - Parameter onClose: Called once when the connection closes, to release what the caller
-    ///   holds for its lifetime (a lock).
+    /// - Parameters:
+    ///   - path: The database file.
+    ///   - keying: The key, or none.
+    ///   - create: Whether a missing file is created.
+    ///   - busyTimeout: How long a statement waits for another connection's lock (a writer
+    ///     committing, a WAL checkpoint) before failing with `SQLITE_BUSY`.
+    ///   - onClose: Called once when the connection closes, to release what the caller
+    ///     holds for its lifetime (a lock).
     /// - Throws: ``DBKeyError/Code-swift.struct/wrongKey`` with `SQLITE_NOTADB` when the first
     ///   read fails: the caller tells a wrong key from a damaged file. Other codes for other
     ///   failures.
@@ -68,6 +74,7 @@ public final class DatabaseConnection {
         path: String,
         keying: Keying,
         create: Bool = false,
+        busyTimeout: Duration = defaultBusyTimeout,
         onClose: (() -> Void)? = nil
     ) throws -> DatabaseConnection {
         var handle: OpaquePointer?
@@ -85,6 +92,8 @@ public final class DatabaseConnection {
         // From here on, deinit closes the handle and runs onClose on every failure path.
         let connection = DatabaseConnection(handle: handle, path: path, onClose: onClose)
         sqlite3_extended_result_codes(handle, 1)
+        let (seconds, attoseconds) = busyTimeout.components
+        sqlite3_busy_timeout(handle, Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000))
         switch keying {
         case .raw(let key, let settings):
             let keyText = try RawKeyText.make(for: key)
@@ -105,15 +114,20 @@ public final class DatabaseConnection {
         return connection
     }
 
+    /// How long a connection waits for another's lock unless told otherwise: long enough for
+    /// another process's commit or checkpoint, short enough to report a stuck holder.
+    static let defaultBusyTimeout = Duration.seconds(5)
+
     /// Opens the database with DBKey's raw 256-bit key and cipher settings.
     static func open(
         path: String,
         key: SecureBuffer,
         cipher: CipherSettings,
         create: Bool,
+        busyTimeout: Duration = defaultBusyTimeout,
         onClose: (() -> Void)? = nil
     ) throws -> DatabaseConnection {
-        try open(path: path, keying: .raw(key, cipher), create: create, onClose: onClose)
+        try open(path: path, keying: .raw(key, cipher), create: create, busyTimeout: busyTimeout, onClose: onClose)
     }
 
     /// Applies key bytes (`sqlite3_key`): raw-key text or a passphrase.

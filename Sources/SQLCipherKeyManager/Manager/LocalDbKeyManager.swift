@@ -53,6 +53,11 @@ public final class LocalDbKeyManager: Sendable {
         /// When an open may unwrap the data key through a slot other than the primary KEK:
         /// by default only while the primary's KMS is unavailable (see ``SlotFallback``).
         public var slotFallback: SlotFallback
+        /// How long a statement on a connection the manager opens waits for another
+        /// connection's lock (another process committing, a WAL checkpoint as the last
+        /// connection closes) before failing with ``DBKeyError/Code-swift.struct/databaseInUse``;
+        /// `.zero` fails at once.
+        public var busyTimeout: Duration
 
         /// Creates a configuration.
         public init(
@@ -65,7 +70,8 @@ public final class LocalDbKeyManager: Sendable {
             openWait: Duration = .seconds(5),
             keyCacheTTL: Duration = .seconds(300),
             auditSink: (any AuditSink)? = nil,
-            slotFallback: SlotFallback = .whenUnavailable
+            slotFallback: SlotFallback = .whenUnavailable,
+            busyTimeout: Duration = .seconds(5)
         ) {
             self.kekId = kekId
             self.kekProvider = kekProvider
@@ -77,6 +83,7 @@ public final class LocalDbKeyManager: Sendable {
             self.keyCacheTTL = keyCacheTTL
             self.auditSink = auditSink
             self.slotFallback = slotFallback
+            self.busyTimeout = busyTimeout
         }
     }
 

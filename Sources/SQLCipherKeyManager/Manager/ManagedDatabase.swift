@@ -248,6 +248,7 @@ final class ManagedDatabase: Sendable {
                 key: key,
                 cipher: keyFile.cipher,
                 create: false,
+                busyTimeout: configuration.busyTimeout,
                 onClose: onClose
             )
         } catch DBKeyError.Code.wrongKey {

@@ -33,10 +33,12 @@ struct BackupTests {
         let manager = LocalDbKeyManager(
             databasePath: database, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
         var before: Int64 = 0
-        while before < 20 {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while before < 20 && writer.isRunning && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
             before = try await manager.rowCount(of: "t") ?? 0
         }
+        try #require(before >= 20 && writer.isRunning, "the writer committed \(before) rows and stopped or stalled")
         let backup = workspace.directory.file("backup.db")
         let made = try await workspace.dbkey("backup", database, backup)
         #expect(made.status == 0, "\(made.stderr)")

@@ -41,7 +41,8 @@ struct LocalDbKeyManagerTests {
         #expect(keyFile.cipher.pageSize == 4096)
         let engine = try SQLCipherEngine.linked()
         #expect(keyFile.cipher.sqlcipherVersion == engine.version)
-        #expect(keyFile.cipher.compatibility == engine.newDatabaseFormat && keyFile.format == KeyFile.cipherFieldsFormat)
+        #expect(
+            keyFile.cipher.compatibility == engine.newDatabaseFormat && keyFile.format == KeyFile.cipherFieldsFormat)
         #expect(keyFile.cipher.salt == Array(try contents(manager.databasePath).prefix(16)))
         #expect(keyFile.encryptionContext == ["purpose": "test"])
         #expect(try manager.load() == keyFile)
@@ -304,6 +305,33 @@ struct LocalDbKeyManagerTests {
         let key = MockKms.dataKey(seed: 11, index: 0)
         #expect(!text.lowercased().contains(hex(key)))
         #expect(!text.contains(key.withUnsafeBytes { Data($0).base64EncodedString() }))
+    }
+
+    @Test(
+        "a statement waits out another connection's write lock for the busy timeout; with .zero it fails at once as in use"
+    )
+    func busyTimeout() async throws {
+        let directory = try TemporaryDirectory()
+        let owner = try manager(directory)
+        try await populated(owner)
+        let waiting = try manager(directory, configuration: .init(keyCacheTTL: .zero))
+        let impatient = try manager(directory, configuration: .init(keyCacheTTL: .zero, busyTimeout: .zero))
+        let writer = UncheckedConnection(try await owner.open())
+        let reader = UncheckedConnection(try await waiting.open())
+        let refused = UncheckedConnection(try await impatient.open())
+        // A writer holds the exclusive lock for 400 ms, as another process's commit would.
+        try writer.connection.execute("BEGIN EXCLUSIVE")
+        try writer.connection.execute("INSERT INTO item(body) VALUES ('late')")
+        await expectError(.databaseInUse) { _ = try refused.connection.fetchAll("SELECT count(*) FROM item") }
+        let commit = Task {
+            try await Task.sleep(for: .milliseconds(400))
+            try writer.connection.execute("COMMIT")
+        }
+        let started = ContinuousClock.now
+        let count = try await offPool { try reader.connection.fetchAll("SELECT count(*) FROM item").first?[0] }
+        #expect(count == .integer(11), "the read waited for the commit and saw it")
+        #expect(ContinuousClock.now - started >= .milliseconds(300))
+        try await commit.value
     }
 
     @Test("the key cache: one Decrypt for a cold open, none warm, one again after the TTL and after a rotation")
