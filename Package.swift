@@ -125,6 +125,12 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .executableTarget(
+            name: "dbkey-example-app",
+            dependencies: ["SQLCipherKeyManager", .product(name: "Logging", package: "swift-log")],
+            path: "Sources/ExampleApp",
+            swiftSettings: upcomingFeatures
+        ),
+        .executableTarget(
             name: "dbkey-memory-audit",
             dependencies: ["SQLCipherKeyManager", "SQLCipherKeyManagerTesting"],
             path: "Sources/MemoryAudit",
@@ -144,6 +150,7 @@ let package = Package(
                 "CSQLCipher",
                 "dbkey",
                 "dbkey-memory-audit",
+                "dbkey-example-app",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -8,7 +8,8 @@ struct RotateCommand: AsyncParsableCommand {
         discussion: """
             Crash-safe: the change is journaled in the .key file, and the next open finishes or \
             undoes a rotation that was interrupted. Needs the database closed by every other \
-            process (see --wait). To change only the KEK, use rewrap.
+            process (see --wait). A database a running app keeps open in a DatabasePool is \
+            rotated by the app: --request asks it to. To change only the KEK, use rewrap.
             """
     )
 
@@ -27,11 +28,22 @@ struct RotateCommand: AsyncParsableCommand {
     @Flag(help: "Leave out the key slots whose KMS cannot wrap the new key, instead of failing.")
     var dropUnreachableSlots = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Ask the running app that holds the database to rotate it, and wait for its answer.",
+            discussion:
+                "The app's DatabasePool must answer rotation requests (answeringRotationRequests). --wait is how long an app has to take the request (60 s when not given); the rotation itself is then waited for."
+        ))
+    var request = false
+
     @Flag(help: "Print the result as JSON.")
     var json = false
 
     func validate() throws {
         try FleetOptions.requireOne(database: database, fleet)
+        if request && (database == nil || ifDue) {
+            throw ValidationError("--request rotates one database, without --all or --if-due.")
+        }
     }
 
     func run() async throws {
@@ -47,9 +59,16 @@ struct RotateCommand: AsyncParsableCommand {
                 }
                 return
             }
-            let keyFile = try await manager.rotateKey(
-                wait: wait.duration, dropUnreachableSlots: dropUnreachableSlots, progress: ProgressLine.reporter())
-            ProgressLine.finish()
+            let keyFile: KeyFile
+            if request {
+                keyFile = try await manager.requestRotation(
+                    timeout: wait.seconds > 0 ? wait.duration : .seconds(60), dropUnreachableSlots: dropUnreachableSlots
+                )
+            } else {
+                keyFile = try await manager.rotateKey(
+                    wait: wait.duration, dropUnreachableSlots: dropUnreachableSlots, progress: ProgressLine.reporter())
+                ProgressLine.finish()
+            }
             if json {
                 Output.printJSON([
                     "database": database, "rotated": true, "dek_version": keyFile.version,

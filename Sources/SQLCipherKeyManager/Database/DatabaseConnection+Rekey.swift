@@ -16,6 +16,19 @@ extension DatabaseConnection {
         try check(code, "rekeying (sqlite3_rekey)")
     }
 
+    /// In WAL mode, copies every page of the WAL into the database file and empties the WAL
+    /// (`wal_checkpoint(TRUNCATE)`); in rollback mode, does nothing.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another connection's read
+    ///   keeps pages in the WAL.
+    func checkpointWAL() throws {
+        guard try fetchAll("PRAGMA journal_mode").first?[0].textValue?.lowercased() == "wal" else { return }
+        guard try fetchAll("PRAGMA wal_checkpoint(TRUNCATE)").first?[0] == .integer(0) else {
+            throw DBKeyError(
+                .databaseInUse, "Another connection is reading \(path): its WAL could not be emptied.", path: path)
+        }
+    }
+
     /// Copies this database into a new encrypted file with `sqlcipher_export`, keyed with a raw
     /// key and `cipher` (format, page size, plaintext header), carrying over `user_version`, `application_id` and WAL mode (which
     /// `sqlcipher_export` drops).

@@ -63,6 +63,8 @@ public struct DBKeyError: Error, Sendable, CustomStringConvertible {
         public static let ciphertextInvalid = Code(rawValue: "ciphertext-invalid")
         /// Another connection or process is using the database.
         public static let databaseInUse = Code(rawValue: "database-in-use")
+        /// The connection pool was closed: it runs no more work.
+        public static let databaseClosed = Code(rawValue: "database-closed")
         /// A rotation was interrupted and could not be completed or rolled back automatically.
         public static let rotationInterrupted = Code(rawValue: "rotation-interrupted")
         /// The file was written in a format this version cannot read (a newer SQLCipher, a newer

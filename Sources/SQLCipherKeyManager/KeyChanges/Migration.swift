@@ -180,12 +180,11 @@ struct Migration: Sendable {
     /// Checkpoints a WAL and checks no other process holds the original, so that the rename
     /// cannot strand committed pages in a `-wal` file beside the new database.
     func checkpointForSwap(_ original: DatabaseConnection) throws {
-        if try original.fetchAll("PRAGMA journal_mode").first?[0].textValue?.lowercased() == "wal" {
-            let result = try original.fetchAll("PRAGMA wal_checkpoint(TRUNCATE)")
-            guard result.first?[0] == .integer(0) else {
-                throw DBKeyError(
-                    .databaseInUse, "Another process is using \(database.databasePath): stop it before migrating.")
-            }
+        do {
+            try original.checkpointWAL()
+        } catch DBKeyError.Code.databaseInUse {
+            throw DBKeyError(
+                .databaseInUse, "Another process is using \(database.databasePath): stop it before migrating.")
         }
     }
 

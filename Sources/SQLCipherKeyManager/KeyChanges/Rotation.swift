@@ -62,6 +62,7 @@ struct Rotation {
                 }
                 throw error
             }
+            database.handOver(newKey.plaintext)
             recordRotation(settled, from: keyFile, dropped: dropped)
             return settled
         }
@@ -69,6 +70,7 @@ struct Rotation {
         try database.reach(.writingFinalKeyFile)
         let rotated = try await database.store(
             journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
+        database.handOver(newKey.plaintext)
         recordRotation(rotated, from: keyFile, dropped: dropped)
         return rotated
     }
@@ -127,6 +129,9 @@ struct Rotation {
         try await BlockingExecutor.shared.run(.long) {
             let connection = try DatabaseConnection.open(path: path, key: currentKey, cipher: cipher, create: false)
             try connection.rekey(to: newKey)
+            // In WAL mode the re-encrypted pages are in the WAL: copy them into the database
+            // file and empty the WAL, so that no page under the old key remains on disk.
+            try connection.checkpointWAL()
             connection.close()
         }
     }

@@ -58,6 +58,10 @@ public final class LocalDbKeyManager: Sendable {
         /// connection closes) before failing with ``DBKeyError/Code-swift.struct/databaseInUse``;
         /// `.zero` fails at once.
         public var busyTimeout: Duration
+        /// How long a key change made in this process waits for the work running on its
+        /// ``DatabasePool``s and ``KeyChangeCoordinator``s to finish before failing with
+        /// ``DBKeyError/Code-swift.struct/databaseInUse``.
+        public var quiesceTimeout: Duration
 
         /// Creates a configuration.
         public init(
@@ -71,7 +75,8 @@ public final class LocalDbKeyManager: Sendable {
             keyCacheTTL: Duration = .seconds(300),
             auditSink: (any AuditSink)? = nil,
             slotFallback: SlotFallback = .whenUnavailable,
-            busyTimeout: Duration = .seconds(5)
+            busyTimeout: Duration = .seconds(5),
+            quiesceTimeout: Duration = .seconds(10)
         ) {
             self.kekId = kekId
             self.kekProvider = kekProvider
@@ -84,6 +89,7 @@ public final class LocalDbKeyManager: Sendable {
             self.auditSink = auditSink
             self.slotFallback = slotFallback
             self.busyTimeout = busyTimeout
+            self.quiesceTimeout = quiesceTimeout
         }
     }
 
@@ -216,7 +222,7 @@ public final class LocalDbKeyManager: Sendable {
 
     /// Creates the key and the database when neither exists; another process creating them
     /// meanwhile is not an error.
-    private func createOnFirstUse() async throws {
+    func createOnFirstUse() async throws {
         guard !database.fileExists(keyFilePath) && !database.fileExists(databasePath) else { return }
         do {
             try await initialize()

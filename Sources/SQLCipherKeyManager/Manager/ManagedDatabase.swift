@@ -216,15 +216,31 @@ final class ManagedDatabase: Sendable {
     /// Runs a key change: takes the exclusive lock (waiting up to `wait`), removes stale
     /// temporary `.key` files, settles an interrupted change, and hands `body` the settled
     /// `.key`; afterwards, whatever the outcome, forgets every cached key.
+    ///
+    /// Connection pools and coordinators of this process on the database are paused first
+    /// (closed, their locks let go) and reopened afterwards; `body` hands them the new data key
+    /// with ``handOver(_:)``.
     func changingKey<Result>(wait: Duration, _ body: (KeyFile) async throws -> Result) async throws -> Result {
-        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
-        defer {
-            // No key unwrapped before the change is kept.
-            keyCache.removeAll()
-            lock.release()
+        try await KeyChangeParticipants.shared.pausing(
+            databasePath: databasePath, timeout: configuration.quiesceTimeout
+        ) { pause in
+            let lock = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
+            defer {
+                // No key unwrapped before the change is kept.
+                keyCache.removeAll()
+                lock.release()
+            }
+            removeStaleTemporaryKeyFiles()
+            return try await TaskPause.$current.withValue(pause) {
+                try await body(try await journal.settle(try load()))
+            }
         }
-        removeStaleTemporaryKeyFiles()
-        return try await body(try await journal.settle(try load()))
+    }
+
+    /// Gives the pools and coordinators paused for the running key change its new data key, so
+    /// that they reopen without asking the KMS.
+    func handOver(_ key: SecureBuffer) {
+        TaskPause.current?.handOver(key)
     }
 
     /// A new data key from `kms` under the `.key`'s KEK and context, checked to be 32 bytes.

@@ -1,0 +1,223 @@
+import Foundation
+import Synchronization
+
+/// An app's own SQLite stack (GRDB, SQLite.swift, C code keyed through ``DatabaseKey``) taking
+/// part in key changes made while it runs.
+///
+/// A rotation needs the database alone: every handle keyed with the old key must be closed
+/// before a page is re-encrypted. A coordinator registered with
+/// ``LocalDbKeyManager/register(_:)`` is asked to close its handles when a key change made in
+/// this process starts, and to reopen them when it ends — through the seam, which hands out the
+/// new key:
+///
+/// ```swift
+/// final class NotesStore: KeyChangeCoordinator {
+///     let manager: LocalDbKeyManager
+///     let key = Mutex<DatabaseKey?>(nil)
+///     init(manager: LocalDbKeyManager) { self.manager = manager }
+///
+///     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+///         // Stop new work, let running work finish, close every handle; then:
+///         key.withLock { $0?.release(); $0 = nil }
+///     }
+///
+///     func reopenAfterKeyChange() async {
+///         let newKey = try? await manager.getOrCreateKey()  // key the app's handles with it
+///         key.withLock { $0 = newKey }
+///     }
+/// }
+/// ```
+///
+/// Never change the key with the stack's own call (GRDB's `changePassphrase`, `PRAGMA rekey`):
+/// that rekey is outside DBKey's journal, and the keying seam refuses it.
+public protocol KeyChangeCoordinator: AnyObject, Sendable {
+    /// Stops new work on the database, waits for running work, closes every handle keyed with
+    /// the current key, and releases its ``DatabaseKey`` (and with it the shared lock).
+    ///
+    /// - Parameter deadline: When the key change gives up waiting.
+    /// - Throws: To refuse: the key change then fails with
+    ///   ``DBKeyError/Code-swift.struct/databaseInUse``, changes nothing, and
+    ///   ``reopenAfterKeyChange()`` is called.
+    func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws
+
+    /// Reopens the handles through the seam (``LocalDbKeyManager/getOrCreateKey()``). Called
+    /// once after every key change the coordinator was closed for, whether it succeeded, failed
+    /// or was refused.
+    func reopenAfterKeyChange() async
+}
+
+/// A coordinator's registration; the coordinator takes part in key changes until it is
+/// cancelled or released.
+public final class KeyChangeRegistration: Sendable {
+    private let cancellation: @Sendable () -> Void
+
+    init(cancellation: @escaping @Sendable () -> Void) {
+        self.cancellation = cancellation
+    }
+
+    deinit {
+        cancellation()
+    }
+
+    /// Ends the registration. Later calls do nothing.
+    public func cancel() {
+        cancellation()
+    }
+}
+
+/// What holds handles on a database in this process and pauses for a key change: a
+/// ``DatabasePool``, or an app's ``KeyChangeCoordinator``.
+protocol KeyChangeParticipant: Sendable {
+    /// Lets running work finish (until `deadline`), closes every handle and lets go of the
+    /// shared lock; throws, having resumed, when it cannot.
+    func suspend(until deadline: ContinuousClock.Instant) async throws
+    /// Reopens, with `newKey` when the change handed one over (a rotation's new data key).
+    func resume(newKey: SecureBuffer?) async
+}
+
+/// An app's coordinator as a participant.
+struct CoordinatorParticipant: KeyChangeParticipant {
+    let coordinator: any KeyChangeCoordinator
+
+    func suspend(until deadline: ContinuousClock.Instant) async throws {
+        do {
+            try await coordinator.closeForKeyChange(before: deadline)
+        } catch {
+            await coordinator.reopenAfterKeyChange()
+            throw error
+        }
+    }
+
+    func resume(newKey: SecureBuffer?) async {
+        await coordinator.reopenAfterKeyChange()
+    }
+}
+
+/// The participants of every database in the process, by path, and the key changes that have
+/// them paused.
+final class KeyChangeParticipants: Sendable {
+    static let shared = KeyChangeParticipants()
+
+    private struct Database {
+        var participants: [UInt64: any KeyChangeParticipant] = [:]
+        /// The key change that has them paused, if one has.
+        var pause: Pause?
+    }
+
+    private let databases = Mutex<(next: UInt64, byPath: [String: Database])>((0, [:]))
+
+    /// The key under which a database's participants are filed: its absolute, standardised path.
+    private static func name(_ databasePath: String) -> String {
+        URL(fileURLWithPath: databasePath).standardizedFileURL.path
+    }
+
+    /// Files `participant` under the database; it takes part until the registration ends.
+    func register(_ participant: any KeyChangeParticipant, databasePath: String) -> KeyChangeRegistration {
+        let name = Self.name(databasePath)
+        let id = databases.withLock { state in
+            state.next += 1
+            state.byPath[name, default: Database()].participants[state.next] = participant
+            return state.next
+        }
+        return KeyChangeRegistration { [self] in
+            databases.withLock { state in
+                state.byPath[name]?.participants[id] = nil
+                if state.byPath[name]?.participants.isEmpty == true && state.byPath[name]?.pause == nil {
+                    state.byPath[name] = nil
+                }
+            }
+        }
+    }
+
+    /// A key change's hold on a database's participants.
+    final class Pause: Sendable {
+        let participants: [any KeyChangeParticipant]
+        private let handedOver = Mutex<SecureBuffer?>(nil)
+
+        init(participants: [any KeyChangeParticipant]) {
+            self.participants = participants
+        }
+
+        /// Gives the participants the new data key, so that they reopen without a KMS call.
+        func handOver(_ key: SecureBuffer) {
+            handedOver.withLock { $0 = key }
+        }
+
+        /// Resumes every participant but those at the indices `skipped`.
+        func resume(skipping skipped: Set<Int> = []) async {
+            let key = handedOver.withLock { $0 }
+            await withTaskGroup(of: Void.self) { group in
+                for (index, participant) in participants.enumerated() where !skipped.contains(index) {
+                    group.addTask { await participant.resume(newKey: key) }
+                }
+            }
+        }
+    }
+
+    /// Runs `body` with every participant of the database paused: closed, their locks let go.
+    /// A change inside another change (a rotation run by a slot removal) runs in the outer one's
+    /// pause.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when a participant cannot pause
+    ///   by `timeout` (every participant is resumed, nothing is changed); what `body` throws.
+    func pausing<Result>(
+        databasePath: String, timeout: Duration, _ body: (Pause?) async throws -> Result
+    ) async throws -> Result {
+        let name = Self.name(databasePath)
+        let (pause, isOuter) = databases.withLock { state -> (Pause?, Bool) in
+            guard var database = state.byPath[name] else { return (nil, false) }
+            if let running = database.pause { return (running, false) }
+            guard !database.participants.isEmpty else { return (nil, false) }
+            let pause = Pause(participants: Array(database.participants.values))
+            database.pause = pause
+            state.byPath[name] = database
+            return (pause, true)
+        }
+        guard let pause, isOuter else { return try await body(pause) }
+        defer {
+            databases.withLock { state in
+                state.byPath[name]?.pause = nil
+                if state.byPath[name]?.participants.isEmpty == true { state.byPath[name] = nil }
+            }
+        }
+        let deadline = ContinuousClock.now + timeout
+        // Every participant pauses at once. One that cannot has resumed itself; the others are
+        // resumed, and nothing is changed.
+        let outcomes = await withTaskGroup(of: (Int, (any Error)?).self) { group in
+            for (index, participant) in pause.participants.enumerated() {
+                group.addTask {
+                    do {
+                        try await participant.suspend(until: deadline)
+                        return (index, nil)
+                    } catch {
+                        return (index, error)
+                    }
+                }
+            }
+            return await group.reduce(into: [Int: any Error]()) { failures, outcome in
+                if let error = outcome.1 { failures[outcome.0] = error }
+            }
+        }
+        if let error = outcomes.values.first {
+            await pause.resume(skipping: Set(outcomes.keys))
+            if let error = error as? DBKeyError, error.code == .databaseInUse { throw error }
+            throw DBKeyError(
+                .databaseInUse,
+                "\(databasePath) is in use: a connection pool or coordinator in this process could not close for the key change within \(timeout).",
+                path: databasePath, underlying: error)
+        }
+        do {
+            let result = try await body(pause)
+            await pause.resume()
+            return result
+        } catch {
+            await pause.resume()
+            throw error
+        }
+    }
+}
+
+/// The pause of the key change the current task runs, for handing its new key over.
+enum TaskPause {
+    @TaskLocal static var current: KeyChangeParticipants.Pause?
+}

@@ -1,0 +1,141 @@
+import Foundation
+import Logging
+import SystemPackage
+
+/// An operator's request that the app holding a database rotate its key.
+///
+/// A running app's ``DatabasePool`` holds the database's shared lock for as long as it lives,
+/// so another process can never take the exclusive lock a rotation needs. Instead it leaves a
+/// request beside the database, `<db>.key.rotate-request`; a pool opened with
+/// `answeringRotationRequests` set notices it, claims it (renaming it to
+/// `<db>.key.rotate-claimed`, so that exactly one app answers and a withdrawn request is never
+/// carried out), rotates online, and writes the outcome to `<db>.key.rotate-result`, which the
+/// requester reads and removes. `dbkey rotate --request` is the requester; so is
+/// ``LocalDbKeyManager/requestRotation(timeout:dropUnreachableSlots:)``.
+///
+/// The files hold no key material: an id, a flag, and the outcome (a key version, or an error
+/// code and message). They are written atomically with mode 0600, and read only as regular
+/// files of the requester's owner (no symbolic links), of at most 4 KiB.
+public enum RotationRequest {
+    static func requestPath(_ databasePath: String) -> String { databasePath + ".key.rotate-request" }
+    static func claimedPath(_ databasePath: String) -> String { databasePath + ".key.rotate-claimed" }
+    static func resultPath(_ databasePath: String) -> String { databasePath + ".key.rotate-result" }
+
+    private static let maxSize = 4096
+
+    // MARK: - The app's side
+
+    /// Claims and carries out the database's pending request, if there is one, and writes its
+    /// outcome. A request that cannot be read is answered with its error.
+    static func answer(database: ManagedDatabase) async {
+        let path = database.databasePath
+        guard rename(requestPath(path), claimedPath(path)) == 0 else { return }
+        defer { _ = unlink(claimedPath(path)) }
+        var outcome: [String: Any] = [:]
+        do {
+            let request = try read(claimedPath(path), kind: "rotation request")
+            guard let id = request["id"] as? String, !id.isEmpty, id.count <= 64 else {
+                throw DBKeyError(
+                    .invalidConfiguration, "The rotation request \(requestPath(path)) has no valid id.", path: path)
+            }
+            outcome["id"] = id
+            database.logger.debug("Carrying out a rotation request", metadata: ["request": "\(id)"])
+            let rotated = try await Rotation(
+                database: database, dropUnreachableSlots: request["drop_unreachable_slots"] as? Bool ?? false
+            ).run(wait: .zero, progress: nil)
+            outcome["status"] = "rotated"
+            outcome["dek_version"] = rotated.version
+        } catch let error as DBKeyError {
+            outcome["status"] = "failed"
+            outcome["code"] = error.code.rawValue
+            outcome["message"] = error.message
+        } catch {
+            outcome["status"] = "failed"
+            outcome["code"] = DBKeyError.Code.io.rawValue
+            outcome["message"] = "The rotation failed: \(type(of: error))."
+        }
+        do {
+            try write(outcome, to: resultPath(path))
+        } catch {
+            database.logger.debug(
+                "Writing a rotation request's outcome failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - The requester's side
+
+    /// Leaves a request, waits up to `timeout` for an app to claim and answer it, and returns
+    /// the rotated `.key` — see ``LocalDbKeyManager/requestRotation(timeout:dropUnreachableSlots:)``.
+    static func request(
+        database: ManagedDatabase, timeout: Duration, dropUnreachableSlots: Bool
+    ) async throws -> KeyFile {
+        let path = database.databasePath
+        let id = UUID().uuidString
+        // A result left by an earlier requester that gave up is of no use to anyone.
+        _ = unlink(resultPath(path))
+        do {
+            try write(
+                ["id": id, "drop_unreachable_slots": dropUnreachableSlots], to: requestPath(path), replacing: false)
+        } catch let error as DBKeyError where error.errno == .fileExists {
+            throw DBKeyError(
+                .databaseInUse, "Another rotation request for \(path) is waiting for an answer: try again later.",
+                path: path)
+        }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let outcome = try answer(to: id, path: path) { return try outcome(database) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // Withdraw the request. If it is gone, an app claimed it: its answer will come.
+        if unlink(requestPath(path)) == 0 {
+            throw DBKeyError(
+                .databaseInUse,
+                "No app answered the rotation request for \(path) within \(timeout): none holding it answers requests (DatabasePool's answeringRotationRequests), or none is running. The request was withdrawn; nothing was changed.",
+                path: path)
+        }
+        while true {
+            if let outcome = try answer(to: id, path: path) { return try outcome(database) }
+            guard access(claimedPath(path), F_OK) == 0 else {
+                if let outcome = try answer(to: id, path: path) { return try outcome(database) }
+                throw DBKeyError(
+                    .rotationInterrupted,
+                    "The app that claimed the rotation request for \(path) stopped without answering. The next open settles whatever it left; run dbkey status to see the key version.",
+                    path: path)
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// The outcome written for request `id`, if it is there: removed, and turned into the
+    /// rotated `.key` or the app's error.
+    private static func answer(to id: String, path: String) throws -> ((ManagedDatabase) throws -> KeyFile)? {
+        guard access(resultPath(path), F_OK) == 0 else { return nil }
+        let result = try read(resultPath(path), kind: "rotation result")
+        guard result["id"] as? String == id else { return nil }
+        _ = unlink(resultPath(path))
+        return { database in
+            if result["status"] as? String == "rotated" {
+                return try database.load()
+            }
+            let code = DBKeyError.Code(rawValue: result["code"] as? String ?? DBKeyError.Code.io.rawValue)
+            throw DBKeyError(
+                code,
+                "The app holding \(path) could not rotate it: \(result["message"] as? String ?? "no reason given")",
+                path: path)
+        }
+    }
+
+    private static func read(_ path: String, kind: String) throws -> [String: Any] {
+        let bytes = try ProtectedFile.read(at: path, maxSize: maxSize, kind: kind, missingCode: .io)
+        let object = bytes.withUnsafeBytes { try? JSONSerialization.jsonObject(with: Data($0)) }
+        guard let fields = object as? [String: Any] else {
+            throw DBKeyError(.invalidConfiguration, "The \(kind) \(path) is not a JSON object.", path: path)
+        }
+        return fields
+    }
+
+    private static func write(_ fields: [String: Any], to path: String, replacing: Bool = true) throws {
+        let data = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
+        try data.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path, replacing: replacing) }
+    }
+}

@@ -1,0 +1,314 @@
+import CSQLCipher
+import Foundation
+import SQLCipherKeyManagerTesting
+import Synchronization
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// The connection pool, and key changes made while it runs.
+@Suite("Connection pool and online rotation")
+struct DatabasePoolTests {
+    /// Creates `entry` (1...n) and `total` (their sum), which the writer keeps in step.
+    static func createLedger(_ pool: DatabasePool) async throws {
+        try await pool.write { db in
+            try db.execute(
+                "CREATE TABLE entry(n INTEGER PRIMARY KEY); CREATE TABLE total(sum INTEGER NOT NULL); INSERT INTO total VALUES (0)"
+            )
+        }
+    }
+
+    /// Commits entry `n` and adds it to the total, in one transaction.
+    static func commit(_ n: Int64, to pool: DatabasePool) async throws {
+        try await pool.write { db in
+            try db.execute("INSERT INTO entry(n) VALUES (?)", arguments: [.integer(n)])
+            try db.execute("UPDATE total SET sum = sum + ?", arguments: [.integer(n)])
+        }
+    }
+
+    /// One snapshot: the number of entries, their sum, and the total.
+    static func ledger(_ pool: DatabasePool) async throws -> (count: Int64, sum: Int64, total: Int64) {
+        try await pool.read { db in
+            let count = try db.fetchAll("SELECT count(*), coalesce(sum(n), 0) FROM entry")[0]
+            let total = try db.fetchAll("SELECT sum FROM total")[0][0]
+            return (count[0].integerValue ?? -1, count[1].integerValue ?? -1, total.integerValue ?? -2)
+        }
+    }
+
+    @Test(
+        "4 readers and a writer run through 5 online rotations: no errors, every committed row, consistent snapshots, and only the new key opens the file alone"
+    )
+    func onlineRotations() async throws {
+        let database = try await TestDatabase(rows: 200)
+        let manager = database.manager()
+        let pool = try await manager.openPool(maximumReaders: 4)
+        try await Self.createLedger(pool)
+        let stop = Shared(false)
+        let committed = Shared(Int64(0))
+        let writer = Task {
+            var n: Int64 = 0
+            while !stop.value.load(ordering: .relaxed) {
+                n += 1
+                try await Self.commit(n, to: pool)
+                committed.value.store(n, ordering: .relaxed)
+            }
+            return n
+        }
+        let readers = (0..<4).map { _ in
+            Task {
+                var reads = 0
+                while !stop.value.load(ordering: .relaxed) {
+                    let snapshot = try await Self.ledger(pool)
+                    #expect(snapshot.sum == snapshot.total, "a read saw a half-made write")
+                    #expect(snapshot.sum == snapshot.count * (snapshot.count + 1) / 2, "entries are not 1...n")
+                    reads += 1
+                }
+                return reads
+            }
+        }
+        let cipher = try manager.load().cipher
+        for round in 1...5 {
+            try await Task.sleep(for: .milliseconds(150))
+            let oldKey = try await database.currentKey()
+            let before = committed.value.load(ordering: .relaxed)
+            let rotated = try await manager.rotateKey()
+            #expect(rotated.version == round + 1)
+            let newKey = try await database.currentKey()
+            // The database file alone, as it is after the rotation's checkpoint: copied while
+            // the pool's writer is held, so that no checkpoint runs meanwhile.
+            let copy = database.directory.file("copy-\(round).db")
+            try await pool.writeWithoutTransaction { _ in
+                try FileManager.default.copyItem(atPath: database.path, toPath: copy)
+            }
+            #expect(try await sqlcipherShellOpensDatabase(copy, key: newKey, cipher: cipher))
+            #expect(try await !sqlcipherShellOpensDatabase(copy, key: oldKey, cipher: cipher))
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(committed.value.load(ordering: .relaxed) > before, "the writer went on after rotation \(round)")
+        }
+        stop.value.store(true, ordering: .relaxed)
+        let last = try await writer.value
+        for reader in readers {
+            #expect(try await reader.value > 0)
+        }
+        let final = try await Self.ledger(pool)
+        #expect(final.count == last && final.sum == last * (last + 1) / 2)
+        await pool.close()
+        #expect(!DatabaseLock.isHeld(databasePath: database.path), "close released the lock")
+        try await database.expectIntact()
+    }
+
+    @Test(
+        "a rotation that cannot quiesce (a long read) fails as in use and changes nothing; the read and the pool go on")
+    func quiesceTimeout() async throws {
+        let database = try await TestDatabase(rows: 50)
+        let manager = LocalDbKeyManager(
+            databasePath: database.path, kms: database.kms,
+            configuration: .init(quiesceTimeout: .milliseconds(300)), logger: silentLogger)
+        let pool = try await manager.openPool()
+        let keyBefore = try contents(database.path + ".key")
+        let longRead = Task {
+            try await pool.read { db in
+                Thread.sleep(forTimeInterval: 1.5)
+                return try db.fetchAll("SELECT count(*) FROM item")[0][0]
+            }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        let started = ContinuousClock.now
+        await expectError(.databaseInUse, containing: ["quiesceTimeout"]) { try await manager.rotateKey() }
+        #expect(ContinuousClock.now - started < .seconds(1.2), "the rotation gave up at its timeout")
+        #expect(try contents(database.path + ".key") == keyBefore)
+        #expect(try await longRead.value == .integer(50))
+        try await pool.write { db in try db.execute("DELETE FROM item WHERE id = 1") }
+        #expect(try await pool.read { db in try db.fetchAll("SELECT count(*) FROM item")[0][0] } == .integer(49))
+        #expect(try manager.load().version == 1)
+        await pool.close()
+    }
+
+    @Test("a pool of 2 readers runs 2 reads at once; a third waits; a waiting task is cancelled; all go on")
+    func exhaustionAndCancellation() async throws {
+        let database = try await TestDatabase(rows: 10)
+        let pool = try await database.manager().openPool(maximumReaders: 2)
+        let running = Shared(0)
+        let mostAtOnce = Shared(0)
+        let release = Shared(false)
+        @Sendable func blockingRead() async throws -> Int {
+            try await pool.read { _ in
+                let now = running.value.add(1, ordering: .relaxed).newValue
+                _ = mostAtOnce.value.max(now, ordering: .relaxed)
+                while !release.value.load(ordering: .relaxed) { Thread.sleep(forTimeInterval: 0.005) }
+                _ = running.value.subtract(1, ordering: .relaxed)
+                return now
+            }
+        }
+        let first = Task { try await blockingRead() }
+        let second = Task { try await blockingRead() }
+        while running.value.load(ordering: .relaxed) < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        let third = Task { try await blockingRead() }
+        let cancelled = Task { try await blockingRead() }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(running.value.load(ordering: .relaxed) == 2, "a third read ran while two held both readers")
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        release.value.store(true, ordering: .relaxed)
+        _ = try await (first.value, second.value, third.value)
+        #expect(mostAtOnce.value.load(ordering: .relaxed) == 2)
+        // The cancelled waiter took no reader with it: two reads still run at once.
+        release.value.store(false, ordering: .relaxed)
+        let again = [Task { try await blockingRead() }, Task { try await blockingRead() }]
+        let deadline = ContinuousClock.now + .seconds(10)
+        while running.value.load(ordering: .relaxed) < 2 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(running.value.load(ordering: .relaxed) == 2)
+        release.value.store(true, ordering: .relaxed)
+        for task in again { _ = try await task.value }
+        await pool.close()
+    }
+
+    @Test("close waits for running work, then releases every handle and the lock; later work fails as closed")
+    func closeDuringWork() async throws {
+        let database = try await TestDatabase(rows: 10)
+        let manager = database.manager()
+        let pool = try await manager.openPool()
+        #expect(DatabaseLock.isHeld(databasePath: database.path))
+        let working = Task {
+            try await pool.read { db in
+                Thread.sleep(forTimeInterval: 0.4)
+                return try db.fetchAll("SELECT count(*) FROM item")[0][0]
+            }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        await pool.close()
+        #expect(try await working.value == .integer(10), "the running read finished")
+        #expect(!DatabaseLock.isHeld(databasePath: database.path))
+        await expectError(.databaseClosed) { _ = try await pool.read { _ in 1 } }
+        await expectError(.databaseClosed) { try await pool.write { _ in } }
+        // Nothing holds the database: another process's kind of rotation gets in at once.
+        #expect(try await manager.rotateKey().version == 2)
+    }
+
+    @Test("a KMS outage during an online rotation changes nothing, and the pool keeps working throughout")
+    func kmsOutageDuringOnlineRotation() async throws {
+        let kms = MockKms(seed: 16)
+        let database = try await TestDatabase(rows: 20, kms: kms, kekId: "k")
+        let manager = database.manager()
+        let pool = try await manager.openPool()
+        try await Self.createLedger(pool)
+        let keyBefore = try contents(database.path + ".key")
+        kms.failNext(100)
+        let writer = Task {
+            for n in Int64(1)...200 {
+                try await Self.commit(n, to: pool)
+            }
+        }
+        for _ in 0..<3 {
+            await expectError(.kmsUnavailable) { try await manager.rotateKey() }
+        }
+        try await writer.value
+        #expect(try contents(database.path + ".key") == keyBefore)
+        let ledger = try await Self.ledger(pool)
+        #expect(ledger.count == 200 && ledger.sum == ledger.total)
+        await pool.close()
+    }
+
+    @Test(
+        "an app's coordinator is closed before a rotation and reopened after it, on the new key; one that refuses stops it"
+    )
+    func coordinator() async throws {
+        let database = try await TestDatabase(rows: 30)
+        let manager = database.manager()
+        let store = HandleStore(manager: manager)
+        try await store.reopen()
+        let registration = manager.register(store)
+        #expect(try store.count() == 30)
+        let rotated = try await manager.rotateKey()
+        #expect(store.events == ["closed v1", "reopened v2"])
+        #expect(rotated.version == 2 && store.keyVersion == 2)
+        #expect(try store.count() == 30)
+
+        store.refuses = true
+        await expectError(.databaseInUse) { try await manager.rotateKey() }
+        #expect(store.events.suffix(1) == ["reopened v2"] && store.keyVersion == 2)
+        #expect(try manager.load().version == 2)
+        #expect(try store.count() == 30)
+
+        registration.cancel()
+        store.close()
+        #expect(try await manager.rotateKey().version == 3)
+        #expect(store.events.count == 3, "a cancelled registration takes no part")
+    }
+}
+
+/// A value tasks share (tests only).
+final class Shared<Value: AtomicRepresentable & Sendable>: Sendable {
+    let value: Atomic<Value>
+    init(_ initial: Value) { value = Atomic(initial) }
+}
+
+/// An app's own SQLite handle, keyed through the seam, taking part in key changes.
+final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
+    private let manager: LocalDbKeyManager
+    private let state = Mutex<(key: DatabaseKey?, handle: OpaquePointer?, events: [String], refuses: Bool)>(
+        (nil, nil, [], false))
+
+    init(manager: LocalDbKeyManager) {
+        self.manager = manager
+    }
+
+    var events: [String] { state.withLock { $0.events } }
+    var keyVersion: Int? { state.withLock { $0.key?.version } }
+    var refuses: Bool {
+        get { state.withLock { $0.refuses } }
+        set { state.withLock { $0.refuses = newValue } }
+    }
+
+    func reopen() async throws {
+        let key = try await manager.getOrCreateKey()
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
+            throw DBKeyError(.io, "cannot open the database")
+        }
+        try key.apply(to: handle)
+        state.withLock {
+            $0.key = key
+            $0.handle = handle
+        }
+    }
+
+    func close() {
+        state.withLock {
+            sqlite3_close_v2($0.handle)
+            $0.handle = nil
+            $0.key?.release()
+            $0.key = nil
+        }
+    }
+
+    func count() throws -> Int64 {
+        try state.withLock { state in
+            let db = DatabaseConnection.borrowing(try #require(state.handle))
+            defer { db.close() }
+            return try db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue ?? -1
+        }
+    }
+
+    func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        if refuses { throw DBKeyError(.databaseInUse, "busy (test)") }
+        let version = keyVersion ?? 0
+        close()
+        state.withLock { $0.events.append("closed v\(version)") }
+    }
+
+    func reopenAfterKeyChange() async {
+        guard state.withLock({ $0.handle == nil }) else {
+            state.withLock { $0.events.append("reopened v\($0.key?.version ?? 0)") }
+            return
+        }
+        do {
+            try await reopen()
+            state.withLock { $0.events.append("reopened v\($0.key?.version ?? 0)") }
+        } catch {
+            state.withLock { $0.events.append("reopen failed: \(error)") }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Testing
+
+@testable import SQLCipherKeyManager
+
+/// `dbkey-example-app`: a running app with a pool, readers and a writer busy, rotating online.
+enum ExampleApp {
+    static let executable = URL(fileURLWithPath: DBKeyCLITests.executable).deletingLastPathComponent()
+        .appendingPathComponent("dbkey-example-app").path
+
+    /// Starts the app with its output going to `output`, a file (a pipe nobody reads would
+    /// fill up and stop it).
+    static func start(_ arguments: [String], output: String, environment: [String: String]) throws -> Process {
+        #expect(FileManager.default.createFile(atPath: output, contents: nil))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = environment
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// The lines the app printed.
+    static func lines(_ output: String) throws -> [Substring] {
+        String(decoding: try contents(output), as: UTF8.self).split(separator: "\n")
+    }
+
+    /// The last entry the app reported committed, 0 for none.
+    static func lastCommitted(_ output: String) throws -> Int64 {
+        try lines(output).reversed().lazy.compactMap { line in
+            line.hasPrefix("committed ") ? Int64(line.dropFirst("committed ".count)) : nil
+        }.first ?? 0
+    }
+
+    /// Waits until the app prints `line` or stops.
+    static func waitFor(_ line: String, in output: String, from process: Process) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while process.isRunning && ContinuousClock.now < deadline {
+            if try lines(output).contains(where: { $0 == line }) { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("dbkey-example-app did not print \"\(line)\"")
+    }
+
+    /// Checks the app's tables through a new manager (which settles what a kill left): entries
+    /// exactly 1...n with n at least `committed`, and their sum in `total`.
+    static func expectLedger(_ manager: LocalDbKeyManager, committed: Int64) async throws -> Int64 {
+        let db = UncheckedConnection(try await manager.open())
+        let (count, sum, total) = try await offPool {
+            defer { db.connection.close() }
+            let row = try db.connection.fetchAll("SELECT count(*), coalesce(sum(n), 0), max(n) FROM entry")[0]
+            let total = try db.connection.fetchAll("SELECT sum FROM total")[0][0].integerValue
+            #expect(row[2].integerValue ?? 0 == row[0].integerValue, "entries are 1...n")
+            return (row[0].integerValue ?? -1, row[1].integerValue ?? -1, total ?? -2)
+        }
+        #expect(count >= committed, "an entry the app reported committed is missing")
+        #expect(sum == count * (count + 1) / 2 && sum == total)
+        return count
+    }
+}
+
+extension CrashTests {
+    @Test(
+        "SIGKILL at random moments of an app rotating online with 4 readers and a writer busy: the next open settles, every committed row is there"
+    )
+    func killedOnlineRotations() async throws {
+        let database = try await TestDatabase(rows: Self.rows)
+        let output = database.directory.file("app.out")
+        let arguments = [database.path, "--readers", "4", "--rotations", "2"]
+        // One run to its end: how long the kills are spread over.
+        let clock = ContinuousClock()
+        let began = clock.now
+        let whole = try ExampleApp.start(arguments, output: output, environment: environment)
+        try await offPool { whole.waitUntilExit() }
+        var duration = clock.now - began
+        #expect(whole.terminationStatus == 0)
+        #expect(try ExampleApp.lines(output).contains("rotated 3"))
+        var committed = try await ExampleApp.expectLedger(database.manager(), committed: 1)
+        var interrupted = 0
+        var pendingFound = 0
+        for _ in 0..<Self.kills {
+            let process = try ExampleApp.start(arguments, output: output, environment: environment)
+            let start = clock.now
+            let delay = duration * Double.random(in: 0...1.1)
+            while process.isRunning && clock.now - start < delay {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            kill(process.processIdentifier, SIGKILL)
+            try await offPool { process.waitUntilExit() }
+            if process.terminationReason == .uncaughtSignal {
+                interrupted += 1
+            } else {
+                let tail = try ExampleApp.lines(output).suffix(3)
+                #expect(process.terminationStatus == 0, "the app failed: \(tail)")
+                duration = clock.now - start
+            }
+            if try KeyFile.read(from: database.path + ".key").pending != nil {
+                pendingFound += 1
+            }
+            let reported = max(committed, try ExampleApp.lastCommitted(output))
+            committed = try await ExampleApp.expectLedger(database.manager(), committed: reported)
+            try await database.expectIntact()
+        }
+        print(
+            "kill test (online rotations, pool with 4 readers and a writer, \(Self.rows) rows, one run \(duration)): \(interrupted)/\(Self.kills) kills landed mid-run, \(pendingFound) left a journaled rotation; every open settled it with every committed entry (\(committed) in all)"
+        )
+        #expect(interrupted >= Self.kills / 2, "only \(interrupted) of \(Self.kills) kills interrupted the app")
+        #expect(pendingFound >= 3, "only \(pendingFound) kills left a journaled rotation to recover")
+    }
+
+    @Test(
+        "dbkey rotate --request: the running app rotates online and dbkey prints its answer; with no app answering it withdraws and changes nothing"
+    )
+    func rotationRequest() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let database = workspace.database
+        #expect(try await workspace.dbkey("init", database).status == 0)
+        let output = workspace.directory.file("app.out")
+        let app = try ExampleApp.start(
+            [database, "--readers", "2", "--answer-requests", "--seconds", "6"], output: output,
+            environment: workspace.environment)
+        try await ExampleApp.waitFor("ready", in: output, from: app)
+        let direct = try await workspace.dbkey("rotate", database)
+        #expect(direct.status == 30, "the app holds the database: \(direct.stderr)")
+        let requested = try await workspace.dbkey("rotate", database, "--request", "--wait", "20", "--json")
+        #expect(requested.status == 0, "\(requested.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(requested.stdout.utf8)) as? [String: Any])
+        #expect(report["dek_version"] as? Int == 2 && report["rotated"] as? Bool == true)
+        let atRotation = try ExampleApp.lastCommitted(output)
+        try await offPool { app.waitUntilExit() }
+        let tail = try ExampleApp.lines(output).suffix(3)
+        #expect(app.terminationStatus == 0, "\(tail)")
+        let last = try ExampleApp.lastCommitted(output)
+        #expect(last > atRotation, "the app went on writing after the rotation")
+        #expect(try ExampleApp.lines(output).last == "done \(last)")
+        for leftover in [".key.rotate-request", ".key.rotate-claimed", ".key.rotate-result"] {
+            #expect(!FileManager.default.fileExists(atPath: database + leftover), "\(leftover) left behind")
+        }
+
+        // No app: the request is withdrawn after --wait, and nothing changes.
+        let keyBefore = try contents(database + ".key")
+        let unanswered = try await workspace.dbkey("rotate", database, "--request", "--wait", "1")
+        #expect(unanswered.status == 30 && unanswered.stderr.contains("No app answered"), "\(unanswered.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: database + ".key.rotate-request"))
+        #expect(try contents(database + ".key") == keyBefore)
+        #expect(try await workspace.dbkey("sql", database, "SELECT count(*) FROM entry").stdout.contains("\(last)"))
+    }
+}
