@@ -1,6 +1,7 @@
 // dbkey-bench WORKDIR [SIZES_MB]      the whole benchmark (run it through Scripts/bench)
 // dbkey-bench rotate-child DATABASE   one rotation, printing the process's peak RSS in KiB
 // dbkey-bench fleet WORKDIR COUNT DBKEY   rewrap --all over COUNT small databases (Scripts/bench fleet)
+// dbkey-bench pool WORKDIR [SIZES_MB]  pool reads vs bare C, and the pause of online rotations (Scripts/bench pool)
 //
 // Every figure is a median of several runs (300 for opens, 5 or 3 for rotations, 30 for rewraps), measured against its baseline in the same run with
 // the two alternating, and printed as one table.
@@ -25,6 +26,12 @@ if arguments.first == "rotate-child", arguments.count == 2 {
         databasePath: arguments[1], kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
     try await manager.rotateKey()
     print(peakResidentKiB())
+    exit(0)
+}
+
+if arguments.first == "pool", arguments.count >= 2 {
+    let sizes = (arguments.dropFirst(2).first ?? "100,1024").split(separator: ",").compactMap { Int($0) }
+    ResultRow.print(try await PoolBenchmark.run(workdir: arguments[1] + "/pool", sizesMB: sizes))
     exit(0)
 }
 
@@ -473,5 +480,9 @@ do {
             ratio: String(format: "%.2f×", selectRatio), target: "—", met: nil))
     removeDatabase(path)
 }
+
+// MARK: 6. The connection pool
+
+rows += try await PoolBenchmark.run(workdir: workdir + "/pool", sizesMB: [100, 1024])
 
 ResultRow.print(rows)

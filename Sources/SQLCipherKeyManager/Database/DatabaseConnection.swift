@@ -24,6 +24,10 @@ public final class DatabaseConnection {
     private let ownsHandle: Bool
     /// The authorizer that refuses key and format changes, on connections handed to users.
     private var keyChangeGuard: KeyChangeGuard?
+    /// Statements prepared from SQL strings of exactly one statement, kept for the next run of
+    /// the same SQL (a pool's reads, `BEGIN` and `COMMIT`); finalised when the connection closes.
+    private var statementCache: [String: PreparedStatement] = [:]
+    private static let statementCacheLimit = 64
 
     private init(handle: OpaquePointer, path: String, onClose: (() -> Void)?, ownsHandle: Bool = true) {
         self.handle = handle
@@ -144,6 +148,10 @@ public final class DatabaseConnection {
     /// Statements still alive are finalised when they are released.
     public func close() {
         guard let handle else { return }
+        for cached in statementCache.values {
+            sqlite3_finalize(cached.handle)
+        }
+        statementCache = [:]
         if ownsHandle {
             sqlite3_close_v2(handle)
         }
@@ -199,7 +207,7 @@ public final class DatabaseConnection {
         arguments: [DatabaseValue] = [],
         onRow: (Row) throws -> Void = { _ in }
     ) throws {
-        try execute(sql, arguments: arguments, onStatement: { _ in }, onRow: onRow)
+        try execute(sql, arguments: arguments, afterStatement: { _ in }, onRow: onRow)
     }
 
     /// Runs every statement in `sql` and hands each result — the column names of a statement
@@ -218,27 +226,27 @@ public final class DatabaseConnection {
         arguments: [DatabaseValue] = [],
         _ body: (_ columnNames: [String], _ rows: [Row]) throws -> Void
     ) throws {
-        var current: (columns: [String], rows: [Row])?
+        var rows: [Row] = []
         try execute(
             sql, arguments: arguments,
-            onStatement: { statement in
-                if let finished = current { try body(finished.columns, finished.rows) }
-                current = statement.columnNames.isEmpty ? nil : (statement.columnNames, [])
+            afterStatement: { statement in
+                // The names as the statement ran: a schema change re-prepares it.
+                if !statement.columnNames.isEmpty { try body(statement.columnNames, rows) }
+                rows = []
             },
-            onRow: { current?.rows.append($0) })
-        if let finished = current { try body(finished.columns, finished.rows) }
+            onRow: { rows.append($0) })
     }
 
     private func execute(
         _ sql: String,
         arguments: [DatabaseValue],
-        onStatement: (Statement) throws -> Void,
+        afterStatement: (Statement) throws -> Void,
         onRow: (Row) throws -> Void
     ) throws {
         var remaining = arguments[...]
         // Each statement is prepared only after the one before it ran: a script may create a
         // table and then insert into it.
-        try forEachStatement(in: sql) { statement in
+        try forEachStatement(in: sql, cached: true) { statement in
             let taken = remaining.prefix(statement.parameterCount)
             guard taken.count == statement.parameterCount else {
                 throw DBKeyError(
@@ -247,8 +255,8 @@ public final class DatabaseConnection {
                 )
             }
             remaining = remaining.dropFirst(taken.count)
-            try onStatement(statement)
             try statement.run(arguments: Array(taken), onRow: onRow)
+            try afterStatement(statement)
         }
         guard remaining.isEmpty else {
             throw DBKeyError(
@@ -345,8 +353,19 @@ public final class DatabaseConnection {
 
     /// Prepares the statements of `sql` one at a time, each after `body` returned for the one
     /// before (`sqlite3_prepare_v2`).
-    func forEachStatement(in sql: String, _ body: (Statement) throws -> Void) throws {
+    ///
+    /// - Parameter cached: Whether SQL of exactly one statement is kept prepared for the next
+    ///   call with the same SQL. A cached statement is taken out of the cache while it runs, so
+    ///   the same SQL run from inside `body` gets a statement of its own.
+    func forEachStatement(in sql: String, cached: Bool = false, _ body: (Statement) throws -> Void) throws {
         let handle = try liveHandle()
+        let cached = cached && PreparedStatement.countsReprepares
+        if cached, let entry = statementCache.removeValue(forKey: sql) {
+            let statement = Statement(connection: self, prepared: entry, ownsHandle: false)
+            defer { keep(statement.prepared, for: sql) }
+            try body(statement)
+            return
+        }
         try sql.utf8CString.withUnsafeBufferPointer { buffer in
             let start = buffer.baseAddress!
             let end = start + buffer.count - 1
@@ -362,11 +381,31 @@ public final class DatabaseConnection {
                 try check(code, "preparing a statement")
                 // A null statement with OK is whitespace or a comment: nothing to run.
                 if let statementHandle {
-                    try body(Statement(connection: self, handle: statementHandle))
+                    if cached && current == start && tail == end {
+                        let statement = Statement(
+                            connection: self, prepared: PreparedStatement(handle: statementHandle), ownsHandle: false)
+                        defer { keep(statement.prepared, for: sql) }
+                        try body(statement)
+                    } else {
+                        try body(
+                            Statement(
+                                connection: self, prepared: PreparedStatement(handle: statementHandle), ownsHandle: true
+                            ))
+                    }
                 }
                 cursor = tail
             }
         }
+    }
+
+    /// Puts a statement back in the cache, or finalises it when the connection has closed, the
+    /// cache is full, or the same SQL was cached meanwhile.
+    private func keep(_ entry: PreparedStatement, for sql: String) {
+        guard handle != nil, statementCache[sql] == nil, statementCache.count < Self.statementCacheLimit else {
+            sqlite3_finalize(entry.handle)
+            return
+        }
+        statementCache[sql] = entry
     }
 
     func liveHandle() throws -> OpaquePointer {

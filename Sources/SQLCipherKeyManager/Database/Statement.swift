@@ -14,24 +14,30 @@ internal import CSQLCipher
 /// Argument values are never copied into error messages.
 public final class Statement {
     /// The number of `?` parameters (`sqlite3_bind_parameter_count`).
-    public let parameterCount: Int
-    /// The names of the result columns (`sqlite3_column_name`).
-    public let columnNames: [String]
+    public var parameterCount: Int { prepared.parameterCount }
+    /// The names of the result columns (`sqlite3_column_name`), read again when a schema change
+    /// makes SQLite re-prepare the statement as it runs.
+    public var columnNames: [String] { prepared.columnNames }
 
     private let connection: DatabaseConnection
-    private let handle: OpaquePointer
+    private var handle: OpaquePointer { prepared.handle }
+    /// The handle and what was read from it.
+    private(set) var prepared: PreparedStatement
+    /// Whether the statement finalises its handle; `false` for one the connection's cache owns.
+    private let ownsHandle: Bool
 
-    init(connection: DatabaseConnection, handle: OpaquePointer) {
+    /// A statement over a prepared handle: its own (finalised with it), or one the connection's
+    /// statement cache owns.
+    init(connection: DatabaseConnection, prepared: PreparedStatement, ownsHandle: Bool) {
         self.connection = connection
-        self.handle = handle
-        self.parameterCount = Int(sqlite3_bind_parameter_count(handle))
-        self.columnNames = (0..<sqlite3_column_count(handle)).map { index in
-            sqlite3_column_name(handle, index).map { String(cString: $0) } ?? ""
-        }
+        self.prepared = prepared
+        self.ownsHandle = ownsHandle
     }
 
     deinit {
-        sqlite3_finalize(handle)
+        if ownsHandle {
+            sqlite3_finalize(handle)
+        }
     }
 
     /// Runs the statement with `arguments`, discarding any rows.
@@ -56,6 +62,10 @@ public final class Statement {
         connection.forgetKeyChangeRefusal()
         while true {
             let code = sqlite3_step(handle)
+            // A schema change made SQLite re-prepare the statement: its columns may differ.
+            if PreparedStatement.reprepareCount(handle) != prepared.reprepares {
+                prepared = PreparedStatement(handle: handle)
+            }
             switch code {
             case SQLITE_ROW:
                 try onRow(currentRow())
@@ -141,3 +151,32 @@ public final class Statement {
 
 /// SQLite's SQLITE_TRANSIENT: copy the bound bytes before the bind call returns.
 private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// A prepared statement's handle, and what was read from it when it was prepared.
+struct PreparedStatement {
+    let handle: OpaquePointer
+    let parameterCount: Int
+    let columnNames: [String]
+    /// How many times SQLite had re-prepared the statement when the names were read.
+    let reprepares: Int32
+
+    /// Whether SQLite counts re-preparations (`SQLITE_STMTSTATUS_REPREPARE`, SQLite 3.20): only
+    /// then can a statement kept for reuse tell that a schema change re-prepared it, so only
+    /// then are statements kept (not on SQLCipher 3.4.1, on SQLite 3.15.2).
+    static let countsReprepares = sqlite3_libversion_number() >= 3_020_000
+
+    /// `sqlite3_stmt_status(SQLITE_STMTSTATUS_REPREPARE)`; the constant is not in SQLite 3.15's
+    /// header.
+    static func reprepareCount(_ handle: OpaquePointer) -> Int32 {
+        countsReprepares ? sqlite3_stmt_status(handle, 5, 0) : 0
+    }
+
+    init(handle: OpaquePointer) {
+        self.handle = handle
+        self.reprepares = Self.reprepareCount(handle)
+        self.parameterCount = Int(sqlite3_bind_parameter_count(handle))
+        self.columnNames = (0..<sqlite3_column_count(handle)).map { index in
+            sqlite3_column_name(handle, index).map { String(cString: $0) } ?? ""
+        }
+    }
+}

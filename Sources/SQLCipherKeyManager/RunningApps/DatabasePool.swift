@@ -84,10 +84,16 @@ public actor DatabasePool {
             requestWatcher = Task { [weak self] in
                 while !Task.isCancelled {
                     try? await Task.sleep(for: interval)
-                    await self?.answerRotationRequest()
+                    // A pool released without close() stops answering.
+                    guard let pool = self else { return }
+                    await pool.answerRotationRequest()
                 }
             }
         }
+    }
+
+    deinit {
+        requestWatcher?.cancel()
     }
 
     // MARK: - Work

@@ -56,6 +56,38 @@ struct DatabaseConnectionTests {
         }
     }
 
+    @Test(
+        "SQL kept prepared for reuse follows schema changes, its own and another connection's, and runs inside its own rows"
+    )
+    func statementCache() throws {
+        let directory = try TemporaryDirectory()
+        let (db, key) = try openNew(directory)
+        try db.execute("CREATE TABLE t(a INTEGER); INSERT INTO t VALUES (1), (2)")
+        let select = "SELECT * FROM t ORDER BY 1"
+        #expect(try db.fetchAll(select) == [1, 2].map { Row(columnNames: ["a"], values: [.integer($0)]) })
+        try db.execute("ALTER TABLE t ADD COLUMN b TEXT DEFAULT 'x'")
+        #expect(try db.fetchAll(select).first == Row(columnNames: ["a", "b"], values: [.integer(1), .text("x")]))
+        var headers: [[String]] = []
+        try db.forEachResult(select) { columns, _ in headers.append(columns) }
+        // Another connection replaces the table: the kept statement is re-prepared as it runs.
+        let other = try DatabaseConnection.open(
+            path: directory.file("test.db"), key: key, cipher: try newCipher(), create: false)
+        try other.execute("DROP TABLE t; CREATE TABLE t(x, y, z); INSERT INTO t VALUES (7, 8, 9)")
+        other.close()
+        #expect(
+            try db.fetchAll(select)
+                == [Row(columnNames: ["x", "y", "z"], values: [.integer(7), .integer(8), .integer(9)])])
+        try db.forEachResult(select) { columns, _ in headers.append(columns) }
+        #expect(headers == [["a", "b"], ["x", "y", "z"]])
+        // The same SQL run while its rows are read gets a statement of its own.
+        var inner: [Int] = []
+        try db.execute(select) { _ in inner.append(try db.fetchAll(select).count) }
+        #expect(inner == [1])
+        #expect(try db.fetchAll(select).count == 1)
+        db.close()
+        #expect(throws: DBKeyError.self) { try db.fetchAll(select) }
+    }
+
     @Test("every storage class binds and reads back unchanged")
     func bindingRoundTrip() async throws {
         let directory = try TemporaryDirectory()

@@ -9,6 +9,7 @@ import SQLCipherKeyManagerConformance
 import SQLCipherKeyManagerPKCS11
 import SQLCipherKeyManagerTesting
 import SQLCipherKeyManagerVault
+import Synchronization
 import Testing
 
 // Every Swift example of the README, the DocC articles and the doc comments, as compiled code:
@@ -32,6 +33,25 @@ extension ExampleKms {
 @Test func exampleProviderConforms() async throws {
     let kms = ExampleKms(kekNames: ["k1"])
     try await KmsConformanceSuite(kekId: "k1") { kms }.run()
+}
+
+/// The coordinator of ``KeyChangeCoordinator``'s doc comment.
+final class NotesStore: KeyChangeCoordinator {
+    let manager: LocalDbKeyManager
+    let key = Mutex<DatabaseKey?>(nil)
+    init(manager: LocalDbKeyManager) { self.manager = manager }
+
+    func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        // Stop new work, let running work finish, close every handle; then:
+        key.withLock {
+            $0?.release(); $0 = nil
+        }
+    }
+
+    func reopenAfterKeyChange() async {
+        let newKey = try? await manager.getOrCreateKey()  // key the app's handles with it
+        key.withLock { $0 = newKey }
+    }
 }
 
 /// The examples of the doc comments, each over the names its comment assumes.
@@ -316,6 +336,31 @@ enum DocumentationExamples {
         // … statements on handle …
         sqlite3_close_v2(handle)
         key.release()
+    }
+
+    static func pool(manager: LocalDbKeyManager) async throws {
+        let pool = try await manager.openPool()
+        try await pool.write { db in
+            try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
+            try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
+        }
+        let count = try await pool.read { db in try db.fetchAll("SELECT count(*) FROM note")[0][0] }
+        try await manager.rotateKey()  // the pool pauses, is reopened with the new key, and goes on
+        await pool.close()
+        _ = count
+    }
+
+    static func openPool(manager: LocalDbKeyManager) async throws {
+        let pool = try await manager.openPool(maximumReaders: 4, answeringRotationRequests: .seconds(2))
+        let notes = try await pool.read { db in try db.fetchAll("SELECT count(*) FROM sqlite_master") }
+        _ = notes
+    }
+
+    static func coordinator(manager: LocalDbKeyManager) async throws {
+        let store = NotesStore(manager: manager)
+        let registration = manager.register(store)  // until the store goes away
+        try await manager.rotateKey()  // closes the store's handles, rotates, reopens them
+        registration.cancel()
     }
 
     static func dbkeyWithExample() async {
