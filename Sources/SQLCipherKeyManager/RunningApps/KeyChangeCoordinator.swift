@@ -18,7 +18,10 @@ import Synchronization
 ///
 ///     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
 ///         // Stop new work, let running work finish, close every handle; then:
-///         key.withLock { $0?.release(); $0 = nil }
+///         key.withLock {
+///             $0?.release()
+///             $0 = nil
+///         }
 ///     }
 ///
 ///     func reopenAfterKeyChange() async {

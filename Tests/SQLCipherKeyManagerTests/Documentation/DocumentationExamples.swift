@@ -44,7 +44,8 @@ final class NotesStore: KeyChangeCoordinator {
     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
         // Stop new work, let running work finish, close every handle; then:
         key.withLock {
-            $0?.release(); $0 = nil
+            $0?.release()
+            $0 = nil
         }
     }
 
