@@ -60,12 +60,18 @@ public final class Statement {
         try bind(arguments)
         defer { sqlite3_reset(handle) }
         connection.forgetKeyChangeRefusal()
+        var firstStep = true
         while true {
             let code = sqlite3_step(handle)
-            // A schema change made SQLite re-prepare the statement: its columns may differ.
-            if PreparedStatement.reprepareCount(handle) != prepared.reprepares {
+            // A schema change made SQLite re-prepare the statement as it stepped (another
+            // connection's change is seen only then): its columns may differ. An SQLite that
+            // does not count re-preparations is asked again after every first step.
+            if PreparedStatement.reprepareCount(handle) != prepared.reprepares
+                || (firstStep && !PreparedStatement.countsReprepares)
+            {
                 prepared = PreparedStatement(handle: handle)
             }
+            firstStep = false
             switch code {
             case SQLITE_ROW:
                 try onRow(currentRow())
@@ -161,8 +167,8 @@ struct PreparedStatement {
     let reprepares: Int32
 
     /// Whether SQLite counts re-preparations (`SQLITE_STMTSTATUS_REPREPARE`, SQLite 3.20): only
-    /// then can a statement kept for reuse tell that a schema change re-prepared it, so only
-    /// then are statements kept (not on SQLCipher 3.4.1, on SQLite 3.15.2).
+    /// then can a statement tell cheaply that a schema change re-prepared it, so only then are
+    /// statements kept for reuse (not on SQLCipher 3.4.1, on SQLite 3.15.2).
     static let countsReprepares = sqlite3_libversion_number() >= 3_020_000
 
     /// `sqlite3_stmt_status(SQLITE_STMTSTATUS_REPREPARE)`; the constant is not in SQLite 3.15's
