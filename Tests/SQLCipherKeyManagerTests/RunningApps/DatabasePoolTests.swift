@@ -35,6 +35,17 @@ struct DatabasePoolTests {
         }
     }
 
+    /// Whether the database's lock is free within a second. A child process another test
+    /// forks holds a copy of every descriptor until it execs, a released lock's included — the
+    /// reason `DatabaseLock.acquire` polls too.
+    static func lockReleased(_ path: String) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(1)
+        while DatabaseLock.isHeld(databasePath: path) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return !DatabaseLock.isHeld(databasePath: path)
+    }
+
     @Test(
         "4 readers and a writer run through 5 online rotations: no errors, every committed row, consistent snapshots, and only the new key opens the file alone"
     )
@@ -93,7 +104,7 @@ struct DatabasePoolTests {
         let final = try await Self.ledger(pool)
         #expect(final.count == last && final.sum == last * (last + 1) / 2)
         await pool.close()
-        #expect(!DatabaseLock.isHeld(databasePath: database.path), "close released the lock")
+        #expect(try await Self.lockReleased(database.path), "close released the lock")
         try await database.expectIntact()
     }
 
@@ -182,7 +193,7 @@ struct DatabasePoolTests {
         try await Task.sleep(for: .milliseconds(100))
         await pool.close()
         #expect(try await working.value == .integer(10), "the running read finished")
-        #expect(!DatabaseLock.isHeld(databasePath: database.path))
+        #expect(try await Self.lockReleased(database.path))
         await expectError(.databaseClosed) { _ = try await pool.read { _ in 1 } }
         await expectError(.databaseClosed) { try await pool.write { _ in } }
         // Nothing holds the database: another process's kind of rotation gets in at once.
