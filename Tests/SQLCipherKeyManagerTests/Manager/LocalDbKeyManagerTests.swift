@@ -314,7 +314,8 @@ struct LocalDbKeyManagerTests {
         let directory = try TemporaryDirectory()
         let owner = try manager(directory)
         try await populated(owner)
-        let waiting = try manager(directory, configuration: .init(keyCacheTTL: .zero))
+        // Long enough for the commit's fsyncs on a CI machine busy with other tests' I/O.
+        let waiting = try manager(directory, configuration: .init(keyCacheTTL: .zero, busyTimeout: .seconds(60)))
         let impatient = try manager(directory, configuration: .init(keyCacheTTL: .zero, busyTimeout: .zero))
         let writer = UncheckedConnection(try await owner.open())
         let reader = UncheckedConnection(try await waiting.open())
