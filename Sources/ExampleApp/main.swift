@@ -71,6 +71,8 @@ do {
                 try db.execute("UPDATE total SET sum = sum + ?", arguments: [.integer(n)])
             }
             say("committed \(n)")
+            // Paced, as an app's writes are.
+            try await Task.sleep(for: .milliseconds(1))
         }
         return n
     }
@@ -86,6 +88,7 @@ do {
                 guard sum == total else {
                     fail(DBKeyError(.sqlite, "inconsistent snapshot: sum \(sum), total \(total)"), status: 3)
                 }
+                try await Task.sleep(for: .milliseconds(1))
             }
         }
     }

@@ -42,8 +42,8 @@ package final class BlockingExecutor: Sendable {
 }
 
 /// Worker threads that start when there is more work than idle threads and end after ten idle
-/// seconds. A thread that finishes a job looks for the next one for a moment (200 yields) before
-/// it sleeps: a pool's reads come in runs, and a sleeping thread takes tens of microseconds to
+/// seconds. One thread at a time looks for the next job for a moment (200 yields) before it
+/// sleeps: a pool's reads come in runs, and a sleeping thread takes tens of microseconds to
 /// wake — as long as a UI read itself.
 private final class ThreadLane: @unchecked Sendable {
     // Every var below is guarded by `condition`.
@@ -51,6 +51,8 @@ private final class ThreadLane: @unchecked Sendable {
     private var jobs: [() -> Void] = []
     private var threads = 0
     private var idle = 0
+    /// Whether a thread is looking for work before it sleeps.
+    private var spinning = false
     private let name: String
     private let maximumThreads: Int
 
@@ -82,14 +84,19 @@ private final class ThreadLane: @unchecked Sendable {
     private func work() {
         condition.lock()
         while true {
-            // Work tends to come in runs (a pool's reads): look again for a moment before
-            // sleeping, so that the next job does not wait for this thread to be woken.
-            var spins = 0
-            while jobs.isEmpty && spins < 200 {
-                condition.unlock()
-                sched_yield()
-                spins += 1
-                condition.lock()
+            // Work tends to come in runs (a pool's reads): one thread at a time looks again for
+            // a moment before sleeping, so that the next job does not wait for a thread to be
+            // woken, and idle threads never crowd the cores.
+            if jobs.isEmpty && !spinning {
+                spinning = true
+                var spins = 0
+                while jobs.isEmpty && spins < 200 {
+                    condition.unlock()
+                    sched_yield()
+                    spins += 1
+                    condition.lock()
+                }
+                spinning = false
             }
             while jobs.isEmpty {
                 idle += 1

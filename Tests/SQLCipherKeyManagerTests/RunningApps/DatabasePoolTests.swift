@@ -62,6 +62,8 @@ struct DatabasePoolTests {
                 n += 1
                 try await Self.commit(n, to: pool)
                 committed.value.store(n, ordering: .relaxed)
+                // Paced, as an app's work is: flat-out loops would starve the tests beside it.
+                try await Task.sleep(for: .milliseconds(1))
             }
             return n
         }
@@ -73,6 +75,7 @@ struct DatabasePoolTests {
                     #expect(snapshot.sum == snapshot.total, "a read saw a half-made write")
                     #expect(snapshot.sum == snapshot.count * (snapshot.count + 1) / 2, "entries are not 1...n")
                     reads += 1
+                    try await Task.sleep(for: .milliseconds(1))
                 }
                 return reads
             }
