@@ -110,6 +110,69 @@ struct BackupTests {
         #expect(try contents(other.path + ".key") == keyBefore)
     }
 
+    @Test(
+        "restore refuses a damaged backup, a .key of another database, a missing .key, and a live .key with a change pending; nothing is left at the destination"
+    )
+    func restoreRefusals() async throws {
+        let database = try await TestDatabase(rows: 300)
+        let backup = database.directory.file("backup.db")
+        try await database.manager().backup(to: backup)
+        let original = try contents(backup)
+        #expect(original.count >= 4096 * 6)
+        let restored = database.directory.file("restored.db")
+        let manager = LocalDbKeyManager(databasePath: restored, kms: try localKms(), logger: silentLogger)
+        func expectNothingRestored(sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let names = try FileManager.default.contentsOfDirectory(atPath: database.directory.path)
+            #expect(
+                !names.contains { $0.hasPrefix("restored.db") }, "left behind: \(names)", sourceLocation: sourceLocation
+            )
+        }
+
+        // A damaged later page: the key opens the backup, its integrity check fails.
+        var laterPage = original
+        for offset in (4096 * 4 + 200)..<(4096 * 4 + 260) { laterPage[offset] ^= 0x5A }
+        try laterPage.write(to: URL(fileURLWithPath: backup))
+        await expectError(.databaseDamaged) { try await manager.restore(from: backup) }
+        try expectNothingRestored()
+
+        // A damaged first page.
+        var firstPage = original
+        for offset in 100..<140 { firstPage[offset] ^= 0xA5 }
+        try firstPage.write(to: URL(fileURLWithPath: backup))
+        await expectError(.databaseDamaged) { try await manager.restore(from: backup) }
+        try expectNothingRestored()
+        try original.write(to: URL(fileURLWithPath: backup))
+
+        // The .key of another database beside the backup.
+        let backupKey = try contents(backup + ".key")
+        let other = try await TestDatabase(rows: 5)
+        try FileManager.default.removeItem(atPath: backup + ".key")
+        try FileManager.default.copyItem(atPath: other.path + ".key", toPath: backup + ".key")
+        await expectError(.wrongKey) { try await manager.restore(from: backup) }
+        try expectNothingRestored()
+
+        // No .key beside the backup.
+        try FileManager.default.removeItem(atPath: backup + ".key")
+        await expectError(.keyFileMissing) { try await manager.restore(from: backup) }
+        try expectNothingRestored()
+        #expect(
+            FileManager.default.createFile(
+                atPath: backup + ".key", contents: backupKey, attributes: [.posixPermissions: 0o600]))
+
+        // A live database whose .key records a rotation in progress is not a backup.
+        let live = try await TestDatabase(rows: 20)
+        await expectError(.io) { try await live.manager(faultAt: .pendingKeyFileWritten).rotateKey() }
+        #expect(try KeyFile.read(from: live.path + ".key").pending != nil)
+        await expectError(.unsupportedFormat, containing: ["key change in progress"]) {
+            try await manager.restore(from: live.path)
+        }
+        try expectNothingRestored()
+
+        // And the intact backup still restores.
+        try await manager.restore(from: backup)
+        try await TestDatabase.expectItems(manager, rows: 300)
+    }
+
     @Test("a failed backup leaves nothing: the KMS down, and a file-size limit mid-copy")
     func failedBackupLeavesNothing() async throws {
         let database = try await TestDatabase(rows: 300)
