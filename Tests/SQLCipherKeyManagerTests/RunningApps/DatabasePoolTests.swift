@@ -228,6 +228,46 @@ struct DatabasePoolTests {
     }
 
     @Test(
+        "a rotation request that is not JSON is answered as refused and changes nothing; an app that claims a request and stops is reported as interrupted"
+    )
+    func rotationRequestFailures() async throws {
+        let database = try await TestDatabase(rows: 10)
+        let manager = database.manager()
+        let (request, claimed, result) = (
+            database.path + ".key.rotate-request", database.path + ".key.rotate-claimed",
+            database.path + ".key.rotate-result"
+        )
+        let keyBefore = try contents(database.path + ".key")
+        let pool = try await manager.openPool(answeringRotationRequests: .milliseconds(20))
+        #expect(
+            FileManager.default.createFile(
+                atPath: request, contents: Data("not json".utf8), attributes: [.posixPermissions: 0o600]))
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: result) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let answer = try JSONSerialization.jsonObject(with: try contents(result)) as? [String: Any]
+        #expect(answer?["status"] as? String == "failed" && answer?["code"] as? String == "invalid-configuration")
+        #expect(!FileManager.default.fileExists(atPath: request) && !FileManager.default.fileExists(atPath: claimed))
+        #expect(try contents(database.path + ".key") == keyBefore)
+        #expect(try await pool.read { db in try db.fetchAll("SELECT count(*) FROM item")[0][0] } == .integer(10))
+        await pool.close()
+
+        // An app claims the request (the rename), then stops before it answers.
+        let requester = Task { try await manager.requestRotation(timeout: .milliseconds(300)) }
+        while !FileManager.default.fileExists(atPath: request) {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        #expect(rename(request, claimed) == 0)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(unlink(claimed) == 0)
+        await expectError(.rotationInterrupted, containing: ["stopped without answering"]) {
+            _ = try await requester.value
+        }
+        #expect(try contents(database.path + ".key") == keyBefore)
+    }
+
+    @Test(
         "an app's coordinator is closed before a rotation and reopened after it, on the new key; one that refuses stops it"
     )
     func coordinator() async throws {
