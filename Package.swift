@@ -30,6 +30,12 @@ let package = Package(
             pkgConfig: "sqlcipher",
             providers: [.apt(["libsqlcipher-dev"])]
         ),
+        // OpenSSL's libcrypto, which SQLCipher itself links: AES and HMAC for re-encrypting pages.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
         .systemLibrary(
             name: "CPKCS11",
             providers: [.apt(["libp11-kit-dev"])]
@@ -39,6 +45,7 @@ let package = Package(
             name: "SQLCipherKeyManager",
             dependencies: [
                 "CSQLCipher",
+                "COpenSSL",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -19,7 +19,7 @@ enum PageAuthentication {
     static func authenticatingPages(
         path: String, key: SecureBuffer, salt: [UInt8], cipher: CipherSettings, firstPage: Int = 2, limit: Int = 8
     ) throws -> (authenticated: Int, read: Int) {
-        let macKey = key.withUnsafeBytes { hmacKey(from: $0, salt: salt, kdf: cipher.effectiveKDFAlgorithm) }
+        let macKey = key.withUnsafeBytes { hmacKey(from: $0, salt: salt, cipher: cipher) }
         let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
         return try descriptor.closeAfter {
             var (authenticated, read) = (0, 0)
@@ -61,12 +61,16 @@ enum PageAuthentication {
         return Array(mac.finalize())
     }
 
-    /// PBKDF2(`kdf`, key, salt XOR 0x3a, 2 iterations, 32 bytes), derived in a ``SecureBuffer``.
-    static func hmacKey(from key: UnsafeRawBufferPointer, salt: [UInt8], kdf: CipherSettings.KDFAlgorithm)
-        -> SymmetricKey
-    {
-        let derived = PBKDF2.derive(kdf, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2, byteCount: 32)
-        return derived.withUnsafeBytes { SymmetricKey(data: $0) }
+    /// The HMAC key of `cipher`'s pages under `key`, as a swift-crypto key.
+    static func hmacKey(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings) -> SymmetricKey {
+        hmacKeyBytes(from: key, salt: salt, cipher: cipher).withUnsafeBytes { SymmetricKey(data: $0) }
+    }
+
+    /// PBKDF2(the format's KDF, key, salt XOR 0x3a, 2 iterations, 32 bytes), derived in a
+    /// ``SecureBuffer``: how SQLCipher derives the HMAC key from a raw key.
+    static func hmacKeyBytes(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings) -> SecureBuffer {
+        PBKDF2.derive(
+            cipher.effectiveKDFAlgorithm, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2, byteCount: 32)
     }
 }
 

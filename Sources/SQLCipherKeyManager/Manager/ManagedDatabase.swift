@@ -232,7 +232,9 @@ final class ManagedDatabase: Sendable {
             }
             removeStaleTemporaryKeyFiles()
             return try await TaskPause.$current.withValue(pause) {
-                try await body(try await journal.settle(try load()))
+                let settled = try await journal.settle(try load())
+                removeStaleCopy()
+                return try await body(settled)
             }
         }
     }
@@ -449,15 +451,16 @@ final class ManagedDatabase: Sendable {
         return removed
     }
 
-    /// Removes the copy an upgrade killed before its journal was written left beside the
-    /// database (a database's worth of disk). Called under the shared lock with no change
+    /// Removes the copy an upgrade or a rotation killed before its journal was written left
+    /// beside the database (a database's worth of disk). Called under a lock with no change
     /// pending: the exclusive lock every copy's maker holds cannot be held by anyone now, and
-    /// no record names the copy. One `stat` when there is none.
+    /// no record names the copy. One `stat` each when there is none.
     func removeStaleCopy() {
-        let copyPath = Migration(database: self).copyPath
-        guard fileExists(copyPath) else { return }
-        removeDatabaseFiles(at: copyPath)
-        logger.debug("Removed the copy of an interrupted upgrade", metadata: ["path": "\(copyPath)"])
+        for copyPath in [Migration(database: self).copyPath, CopyRotation.copyPath(of: databasePath)]
+        where fileExists(copyPath) {
+            removeDatabaseFiles(at: copyPath)
+            logger.debug("Removed the copy of an interrupted key change", metadata: ["path": "\(copyPath)"])
+        }
     }
 
     /// Removes a database file and its journals.
