@@ -31,9 +31,10 @@ let package = Package(
             providers: [.apt(["libsqlcipher-dev"])]
         ),
         // OpenSSL's libcrypto, which SQLCipher itself links: AES and HMAC for re-encrypting pages.
+        // No pkgConfig: SwiftPM would add libcrypto.pc's -L (the system library folder) to the
+        // link line, where the system's SQLCipher 3.4.1 would shadow the 4.6.1 build.
         .systemLibrary(
             name: "COpenSSL",
-            pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
         .systemLibrary(
@@ -124,6 +125,9 @@ let package = Package(
             name: "dbkey-bench",
             dependencies: [
                 "SQLCipherKeyManager",
+                .product(name: "Crypto", package: "swift-crypto"),
+                // AES-CBC, only to measure swift-crypto against the OpenSSL EVP rotation uses.
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 "SQLCipherKeyManagerAWS",
                 "CSQLCipher",
                 .product(name: "Logging", package: "swift-log"),

@@ -10,8 +10,8 @@ import SystemPackage
 /// in a 48-byte reserve in the 3 format, HMAC-SHA512 in an 80-byte reserve in the 4 format);
 /// page 1's first 16 bytes are the salt (or its plaintext header), outside the ciphertext. The
 /// HMAC key is PBKDF2 with the format's KDF over the key, the salt XOR 0x3a and 2 iterations.
-enum PageAuthentication {
-    static let ivSize = 16
+package enum PageAuthentication {
+    package static let ivSize = 16
 
     /// How many of `limit` pages from `firstPage` (2 by default: page 1 is what a failed open
     /// already tried) authenticate under `key` and `cipher`, and how many were read; pages past
@@ -68,7 +68,9 @@ enum PageAuthentication {
 
     /// PBKDF2(the format's KDF, key, salt XOR 0x3a, 2 iterations, 32 bytes), derived in a
     /// ``SecureBuffer``: how SQLCipher derives the HMAC key from a raw key.
-    static func hmacKeyBytes(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings) -> SecureBuffer {
+    package static func hmacKeyBytes(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings)
+        -> SecureBuffer
+    {
         PBKDF2.derive(
             cipher.effectiveKDFAlgorithm, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2, byteCount: 32)
     }

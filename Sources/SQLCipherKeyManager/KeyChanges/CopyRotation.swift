@@ -109,6 +109,10 @@ final class CopyRotation: @unchecked Sendable {
             throw DBKeyError.io(error, "create", copyPath)
         }
         return try copy.closeAfter {
+            // The copy becomes the database: it keeps the database's permissions.
+            if let mode = try? source.stat().permissions.rawValue {
+                _ = fchmod(copy.rawValue, mode_t(mode & 0o777))
+            }
             let checksum = try reencryption.reencrypt(
                 source, sourcePath: database.databasePath, size: size, into: copy, destinationPath: copyPath,
                 from: currentKey, to: newKey, salt: salt, workers: ProcessInfo.processInfo.activeProcessorCount)

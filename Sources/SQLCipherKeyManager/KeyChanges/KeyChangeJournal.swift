@@ -98,14 +98,17 @@ struct KeyChangeJournal {
     /// over it, rolling the rotation forward, and a partial or missing one is removed with the
     /// record; once only the pending key opens the database, the rename happened and the
     /// rotation is completed. The old file is never needed once the rename is durable.
+    ///
+    /// The copy is always `<db>.dbkey-rotating` of this database: a record naming another file
+    /// (the database and its `.key` were copied or renamed since) names no copy of this one.
     private func settleCopyRotation(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
         let path = database.databasePath
-        let directory = FilePath(path).removingLastComponent()
-        let copyPath = directory.appending(pending.copy?.name ?? CopyRotation.copyPath(of: path)).string
+        let copyPath = CopyRotation.copyPath(of: path)
+        let recorded = pending.copy.flatMap { $0.name == FilePath(copyPath).lastComponent?.string ? $0 : nil }
         let currentKey = try await database.unwrapKey(of: keyFile)
         var pendingKey: SecureBuffer?
         if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
-            guard let copy = pending.copy, try await isComplete(copy, at: copyPath, cipher: keyFile.cipher) else {
+            guard let copy = recorded, try await isComplete(copy, at: copyPath, cipher: keyFile.cipher) else {
                 database.removeDatabaseFiles(at: copyPath)
                 let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
                 database.record(.keyChangeRecovered, settled, detail: "rotation rolled back: the current key was kept")

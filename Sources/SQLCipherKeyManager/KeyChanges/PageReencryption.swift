@@ -55,7 +55,7 @@ struct PageReencryption: Sendable {
         let state = Mutex(WorkState(digests: Array(repeating: [], count: chunkCount)))
         DispatchQueue.concurrentPerform(iterations: max(1, min(workers, chunkCount))) { _ in
             do {
-                let crypto = try PageCrypto(oldKey: oldKey, newKey: newKey, salt: salt, layout: self)
+                let crypto = try PageCrypto(oldKey: oldKey, newKey: newKey, salt: salt, cipher: cipher)
                 try withChunkBuffers { chunk, plaintext in
                     while let index = state.withLock({ $0.claim(below: chunkCount) }) {
                         let firstPage = index * pagesPerChunk + 1
@@ -196,8 +196,9 @@ struct PageReencryption: Sendable {
 }
 
 /// One worker's OpenSSL contexts: AES-256-CBC under the old and the new key, and the page HMAC
-/// under the keys derived from each. Not shared between threads.
-private final class PageCrypto {
+/// under the keys derived from each. Not shared between threads. (Package-visible for
+/// `Scripts/bench`, which measures it against swift-crypto.)
+package final class PageCrypto {
     private let layout: PageReencryption
     private let decryptor: OpaquePointer
     private let encryptor: OpaquePointer
@@ -205,9 +206,10 @@ private final class PageCrypto {
     private let newMAC: OpaquePointer
     private let expectedMAC = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
 
-    init(oldKey: SecureBuffer, newKey: SecureBuffer, salt: [UInt8], layout: PageReencryption) throws {
-        self.layout = layout
-        let cipher = layout.cipher
+    /// Contexts for re-encrypting pages of a database with `cipher` and `salt` from `oldKey` to
+    /// `newKey`.
+    package init(oldKey: SecureBuffer, newKey: SecureBuffer, salt: [UInt8], cipher: CipherSettings) throws {
+        self.layout = PageReencryption(cipher: cipher)
         func failure(_ what: String) -> DBKeyError {
             DBKeyError(.invalidConfiguration, "OpenSSL could not set up \(what) for re-encrypting pages.")
         }
@@ -254,7 +256,10 @@ private final class PageCrypto {
     }
 
     /// Re-encrypts one page in place, with `plaintext` (a page's size) as scratch.
-    func reencrypt(_ page: UnsafeMutableRawBufferPointer, number: Int, plaintext: UnsafeMutableRawBufferPointer) throws
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseDamaged`` when the page fails its HMAC.
+    package func reencrypt(_ page: UnsafeMutableRawBufferPointer, number: Int, plaintext: UnsafeMutableRawBufferPointer)
+        throws
     {
         let cipher = layout.cipher
         let start = layout.contentStart(ofPage: number)

@@ -54,8 +54,11 @@ final class ManagedDatabase: Sendable {
 
     /// Reads and validates the `.key` file, naming its provider when the older form leaves it
     /// to be inferred.
-    func load() throws -> KeyFile {
-        var keyFile = try KeyFile.read(from: keyFilePath)
+    ///
+    /// - Parameter cached: Whether a record parsed earlier from this very file may be returned
+    ///   (an open under the shared lock); a key change always reads the file again.
+    func load(cached: Bool = false) throws -> KeyFile {
+        var keyFile = try KeyFile.read(from: keyFilePath, cache: cached ? KeyFileCache.shared : nil)
         if keyFile.kms == nil {
             keyFile.kms = try providers.providerName(of: keyFile, source: keyFilePath)
         }
@@ -197,7 +200,7 @@ final class ManagedDatabase: Sendable {
     /// - Returns: The held lock and the `.key` file read under it.
     func acquireSettled(wait: Duration) async throws -> (DatabaseLock, KeyFile) {
         let lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
-        let keyFile = try load()
+        let keyFile = try load(cached: true)
         guard keyFile.pending != nil else {
             removeStaleCopy()
             return (lock, keyFile)

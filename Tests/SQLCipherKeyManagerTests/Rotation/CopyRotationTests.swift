@@ -116,8 +116,11 @@ struct CopyRotationTests {
         let old = try pages(path, key: oldKey, cipher: keyFile.cipher)
         #expect(old.authentic)
 
+        #expect(chmod(path, 0o640) == 0)
         let rotated = try await manager.rotateKey()
         #expect(rotated.version == keyFile.version + 1 && rotated.cipher == keyFile.cipher)
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o640, "the database keeps its permissions")
         let newKey = try await manager.dataKey()
         let newBytes = try contents(path)
         #expect(newBytes.count == oldBytes.count)
@@ -255,6 +258,22 @@ struct CopyRotationTests {
         // And a rotation from there works.
         try await database.manager().rotateKey()
         try await database.expectIntact()
+    }
+
+    @Test(
+        "a database and .key renamed after a rotation was journaled roll it back: the old name's copy is never taken")
+    func renamedAfterJournal() async throws {
+        let database = try await TestDatabase(rows: 50)
+        let before = try database.manager().load()
+        await expectError(.io) { try await database.manager(faultAt: .pendingKeyFileWritten).rotateKey() }
+        let renamed = database.directory.file("renamed.db")
+        #expect(rename(database.path, renamed) == 0 && rename(database.path + ".key", renamed + ".key") == 0)
+        let copy = try contents(database.path + ".dbkey-rotating")
+        let manager = LocalDbKeyManager(
+            databasePath: renamed, kms: database.kms, configuration: .init(), logger: silentLogger)
+        try await manager.open().close()
+        #expect(try manager.load().version == before.version && manager.load().pending == nil)
+        #expect(try contents(database.path + ".dbkey-rotating") == copy, "another name's copy is left alone")
     }
 
     @Test("a pending copy record that names no copy, or names a path, is refused as a corrupt .key")
