@@ -1,6 +1,6 @@
 // dbkey-bench WORKDIR [SIZES_MB]      the whole benchmark (run it through Scripts/bench)
 // dbkey-bench rotate WORKDIR [SIZES_MB]  only the rotation rows and the page-cipher comparison (Scripts/bench rotate)
-// dbkey-bench open WORKDIR DBKEY      only the open rows, and dbkey's start-up vs the sqlcipher shell's (Scripts/bench open)
+// dbkey-bench open WORKDIR DBKEY…     only the open rows, and each dbkey build's start-up vs the sqlcipher shell's (Scripts/bench open)
 // dbkey-bench rotate-child DATABASE [--in-place]  one rotation, printing the process's peak RSS in KiB
 // dbkey-bench fleet WORKDIR COUNT DBKEY   rewrap --all over COUNT small databases (Scripts/bench fleet)
 // dbkey-bench pool WORKDIR [SIZES_MB]  pool reads vs bare C, and the pause of online rotations (Scripts/bench pool)
@@ -205,24 +205,28 @@ if only != "rotate" {
             measurement: "passphrase open vs ours (cold)", ours: Measure.microseconds(passphraseOpen.a),
             baseline: "\(Measure.milliseconds(passphraseOpen.b)) PBKDF2",
             ratio: String(format: "%.0f× faster", speedup), target: "≥ 50× faster", met: speedup >= 50))
-    if only == "open", let dbkey = arguments.dropFirst(2).first {
-        // A whole process: `dbkey sql` against the sqlcipher shell doing the same open and query.
+    if only == "open" {
+        // A whole process: `dbkey sql` (each build named) against the sqlcipher shell doing the
+        // same open and query.
         let keyHex = try hexString(try await manager.getOrCreateKey())
-        let processes = try await Measure.alternating(
-            30,
-            { _ = try runProcess(dbkey, ["sql", path, query]) },
-            {
-                _ = try runProcess(
-                    sqlcipherShell, [path],
-                    input: "PRAGMA key = \"x'\(keyHex)'\";\nPRAGMA cipher_page_size = 4096;\n\(query);\n")
-            })
-        let ratio = Measure.seconds(processes.a) / Measure.seconds(processes.b)
-        rows.append(
-            .init(
-                measurement: "dbkey sql process, open + point query (start-up included)",
-                ours: Measure.milliseconds(processes.a),
-                baseline: "\(Measure.milliseconds(processes.b)) sqlcipher shell", ratio: String(format: "%.2f×", ratio),
-                target: "—", met: nil))
+        for dbkey in arguments.dropFirst(2) {
+            let processes = try await Measure.alternating(
+                30,
+                { _ = try runProcess(dbkey, ["sql", path, query]) },
+                {
+                    _ = try runProcess(
+                        sqlcipherShell, [path],
+                        input: "PRAGMA key = \"x'\(keyHex)'\";\nPRAGMA cipher_page_size = 4096;\n\(query);\n")
+                })
+            let ratio = Measure.seconds(processes.a) / Measure.seconds(processes.b)
+            let build = dbkey.contains("/.build-static/") ? "Swift runtime static" : "Swift runtime shared"
+            rows.append(
+                .init(
+                    measurement: "dbkey sql process (\(build)), open + point query, start-up included",
+                    ours: Measure.milliseconds(processes.a),
+                    baseline: "\(Measure.milliseconds(processes.b)) sqlcipher shell",
+                    ratio: String(format: "%.2f×", ratio), target: "—", met: nil))
+        }
         ResultRow.print(rows)
         exit(0)
     }

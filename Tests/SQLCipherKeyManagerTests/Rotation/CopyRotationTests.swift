@@ -165,21 +165,7 @@ struct CopyRotationTests {
     @Test("a hot journal is rolled back before the copy is made: the rotated database holds the committed rows only")
     func hotJournalBeforeCopy() async throws {
         let database = try await TestDatabase(rows: 2000)
-        let oldKey = try await database.currentKey()
-        // The database and its journal as a crash mid-transaction leaves them: uncommitted pages
-        // spilled into the file, the originals in the hot journal.
-        let connection = try DatabaseConnection.open(
-            path: database.path, key: oldKey, cipher: try database.manager().load().cipher, create: false)
-        try connection.execute("PRAGMA cache_size = 10")
-        try connection.execute("BEGIN IMMEDIATE")
-        try connection.execute("UPDATE item SET body = body || 'x'")
-        let spilledDatabase = try contents(database.path)
-        let hotJournal = try contents(database.path + "-journal")
-        try connection.execute("ROLLBACK")
-        connection.close()
-        #expect(hotJournal.count > 0)
-        try spilledDatabase.write(to: URL(fileURLWithPath: database.path))
-        try hotJournal.write(to: URL(fileURLWithPath: database.path + "-journal"))
+        try database.leaveHotJournal(key: try await database.currentKey())
         try await database.manager().rotateKey()
         try await database.expectIntact()
     }
