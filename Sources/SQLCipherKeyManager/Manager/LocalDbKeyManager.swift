@@ -256,8 +256,8 @@ public final class LocalDbKeyManager: Sendable {
 
     // MARK: - Key changes
 
-    /// Rotates the data key: a new DEK from the KMS, every page re-encrypted under it with
-    /// `PRAGMA rekey`, the `.key` file updated.
+    /// Rotates the data key: a new DEK from the KMS, every page re-encrypted under it (into a
+    /// copy that replaces the database, or with `PRAGMA rekey` in place), the `.key` file updated.
     ///
     /// The change is journaled in the `.key` file so that a crash at any moment loses nothing:
     /// 1. the `.key.lock` lock is taken exclusively — no connection or ``DatabaseKey`` may be
