@@ -30,6 +30,13 @@ let package = Package(
             pkgConfig: "sqlcipher",
             providers: [.apt(["libsqlcipher-dev"])]
         ),
+        // OpenSSL's libcrypto, which SQLCipher itself links: AES and HMAC for re-encrypting pages.
+        // No pkgConfig: SwiftPM would add libcrypto.pc's -L (the system library folder) to the
+        // link line, where the system's SQLCipher 3.4.1 would shadow the 4.6.1 build.
+        .systemLibrary(
+            name: "COpenSSL",
+            providers: [.apt(["libssl-dev"])]
+        ),
         .systemLibrary(
             name: "CPKCS11",
             providers: [.apt(["libp11-kit-dev"])]
@@ -39,6 +46,7 @@ let package = Package(
             name: "SQLCipherKeyManager",
             dependencies: [
                 "CSQLCipher",
+                "COpenSSL",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -117,6 +125,9 @@ let package = Package(
             name: "dbkey-bench",
             dependencies: [
                 "SQLCipherKeyManager",
+                .product(name: "Crypto", package: "swift-crypto"),
+                // AES-CBC, only to measure swift-crypto against the OpenSSL EVP rotation uses.
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 "SQLCipherKeyManagerAWS",
                 "CSQLCipher",
                 .product(name: "Logging", package: "swift-log"),

@@ -1,5 +1,7 @@
 // dbkey-bench WORKDIR [SIZES_MB]      the whole benchmark (run it through Scripts/bench)
-// dbkey-bench rotate-child DATABASE   one rotation, printing the process's peak RSS in KiB
+// dbkey-bench rotate WORKDIR [SIZES_MB]  only the rotation rows and the page-cipher comparison (Scripts/bench rotate)
+// dbkey-bench open WORKDIR DBKEY…     only the open rows, and each dbkey build's start-up vs the sqlcipher shell's (Scripts/bench open)
+// dbkey-bench rotate-child DATABASE [--in-place]  one rotation, printing the process's peak RSS in KiB
 // dbkey-bench fleet WORKDIR COUNT DBKEY   rewrap --all over COUNT small databases (Scripts/bench fleet)
 // dbkey-bench pool WORKDIR [SIZES_MB]  pool reads vs bare C, and the pause of online rotations (Scripts/bench pool)
 //
@@ -21,10 +23,10 @@ func peakResidentKiB() -> Int {
     return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
 }
 
-if arguments.first == "rotate-child", arguments.count == 2 {
+if arguments.first == "rotate-child", (2...3).contains(arguments.count) {
     let manager = LocalDbKeyManager(
         databasePath: arguments[1], kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
-    try await manager.rotateKey()
+    try await manager.rotateKey(inPlace: arguments.last == "--in-place")
     print(peakResidentKiB())
     exit(0)
 }
@@ -40,11 +42,15 @@ if arguments.first == "fleet", arguments.count == 4, let count = Int(arguments[2
     exit(0)
 }
 
-guard let workdir = arguments.first else {
-    print("usage: dbkey-bench WORKDIR [SIZES_MB, default 256,1024]")
+/// `rotate` or `open` to run only those rows, or `nil` for the whole benchmark.
+let only = ["rotate", "open"].contains(arguments.first) ? arguments.first : nil
+guard let workdir = arguments.dropFirst(only == nil ? 0 : 1).first else {
+    print("usage: dbkey-bench [rotate | open] WORKDIR [SIZES_MB, default 256,1024 | DBKEY]")
     exit(64)
 }
-let sizesMB = (arguments.dropFirst().first ?? "256,1024").split(separator: ",").compactMap { Int($0) }
+let sizesMB = (arguments.dropFirst(only == nil ? 1 : 2).first ?? "256,1024").split(separator: ",").compactMap {
+    Int($0)
+}
 let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
 /// The `sqlcipher` shell of the engine under test: the first on the PATH (Scripts/bench puts the
 /// one built beside the linked library first).
@@ -142,7 +148,7 @@ try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirecto
 
 // MARK: 1. Open to first query
 
-do {
+if only != "rotate" {
     let path = workdir + "/open.db"
     let manager = try await managedDatabase(path, megabytes: 1, pageSize: 4096)
     let text = try keyText(try await manager.getOrCreateKey())
@@ -199,10 +205,36 @@ do {
             measurement: "passphrase open vs ours (cold)", ours: Measure.microseconds(passphraseOpen.a),
             baseline: "\(Measure.milliseconds(passphraseOpen.b)) PBKDF2",
             ratio: String(format: "%.0f× faster", speedup), target: "≥ 50× faster", met: speedup >= 50))
+    if only == "open" {
+        // A whole process: `dbkey sql` (each build named) against the sqlcipher shell doing the
+        // same open and query.
+        let keyHex = try hexString(try await manager.getOrCreateKey())
+        for dbkey in arguments.dropFirst(2) {
+            let processes = try await Measure.alternating(
+                30,
+                { _ = try runProcess(dbkey, ["sql", path, query]) },
+                {
+                    _ = try runProcess(
+                        sqlcipherShell, [path],
+                        input: "PRAGMA key = \"x'\(keyHex)'\";\nPRAGMA cipher_page_size = 4096;\n\(query);\n")
+                })
+            let ratio = Measure.seconds(processes.a) / Measure.seconds(processes.b)
+            let build = dbkey.contains("/.build-static/") ? "Swift runtime static" : "Swift runtime shared"
+            rows.append(
+                .init(
+                    measurement: "dbkey sql process (\(build)), open + point query, start-up included",
+                    ours: Measure.milliseconds(processes.a),
+                    baseline: "\(Measure.milliseconds(processes.b)) sqlcipher shell",
+                    ratio: String(format: "%.2f×", ratio), target: "—", met: nil))
+        }
+        ResultRow.print(rows)
+        exit(0)
+    }
 }
 
 // MARK: 2. Rotation throughput
 
+rows += try await PageCipherBenchmark.run(workdir: workdir)
 var peakAtLargest: Int?
 for pageSize in [4096, 1024] {
     for megabytes in sizesMB {
@@ -214,6 +246,7 @@ for pageSize in [4096, 1024] {
         try FileManager.default.copyItem(atPath: ours, toPath: shellCopy)
         var shellKey = try hexString(try await manager.getOrCreateKey())
         var oursTimes: [Duration] = []
+        var inPlaceTimes: [Duration] = []
         var shellTimes: [Duration] = []
         var exportTimes: [Duration] = []
         var copyTimes: [Duration] = []
@@ -234,6 +267,9 @@ for pageSize in [4096, 1024] {
                                 try runProcess(executable, ["rotate-child", ours]).trimmingCharacters(
                                     in: .whitespacesAndNewlines)) ?? 0)
                     })
+                sync()
+                inPlaceTimes.append(
+                    try timedSynchronously { _ = try runProcess(executable, ["rotate-child", ours, "--in-place"]) })
             }
             let rekeyShell = {
                 sync()
@@ -282,7 +318,12 @@ for pageSize in [4096, 1024] {
                     try FileManager.default.removeItem(atPath: copy)
                 })
         }
+        // Six rotations later (three by copy, three in place), every page must still check out.
+        _ = try await LocalDbKeyManager(
+            databasePath: ours, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger
+        ).verify()
         let oursRate = megabytesPerSecond(bytes, Measure.median(oursTimes))
+        let inPlaceRate = megabytesPerSecond(bytes, Measure.median(inPlaceTimes))
         let shellRate = megabytesPerSecond(bytes, Measure.median(shellTimes))
         let exportRate = megabytesPerSecond(bytes, Measure.median(exportTimes))
         let copyRate = megabytesPerSecond(bytes, Measure.median(copyTimes))
@@ -293,7 +334,14 @@ for pageSize in [4096, 1024] {
                     "rotate \(bytes / 1_000_000) MB, \(pageSize) B pages (export \(String(format: "%.0f", exportRate)), fsync'd copy \(String(format: "%.0f", copyRate)) MB/s)",
                 ours: String(format: "%.0f MB/s", oursRate),
                 baseline: String(format: "%.0f MB/s shell rekey", shellRate),
-                ratio: String(format: "%.2f×", ratio), target: "≥ 0.95×", met: ratio >= 0.95))
+                ratio: String(format: "%.2f×", ratio), target: "≥ 2×", met: ratio >= 2))
+        rows.append(
+            .init(
+                measurement: "rotate --in-place \(bytes / 1_000_000) MB, \(pageSize) B pages (PRAGMA rekey)",
+                ours: String(format: "%.0f MB/s", inPlaceRate),
+                baseline: String(format: "%.0f MB/s shell rekey", shellRate),
+                ratio: String(format: "%.2f×", inPlaceRate / shellRate), target: "≥ 0.95×",
+                met: inPlaceRate / shellRate >= 0.95))
         if megabytes == sizesMB.max() {
             peakAtLargest = max(peakAtLargest ?? 0, peak)
             rows.append(
@@ -303,7 +351,7 @@ for pageSize in [4096, 1024] {
                     baseline: "—", ratio: "—", target: "≤ 64 MB", met: peak / 1024 <= 64))
         }
         removeDatabase(shellCopy)
-        if megabytes == sizesMB.max(), pageSize == 4096 {
+        if megabytes == sizesMB.max(), pageSize == 4096, only == nil {
             // Kept for the rewrap measurement.
             removeDatabase(workdir + "/rewrap-large.db")
             try FileManager.default.moveItem(atPath: ours, toPath: workdir + "/rewrap-large.db")
@@ -311,6 +359,11 @@ for pageSize in [4096, 1024] {
         }
         removeDatabase(ours)
     }
+}
+
+if only != nil {
+    ResultRow.print(rows)
+    exit(0)
 }
 
 // MARK: 3. Rewrap

@@ -4,10 +4,12 @@ import SQLCipherKeyManager
 struct RotateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rotate",
-        abstract: "Rotate the data key: a new DEK from the KMS and PRAGMA rekey of every page.",
+        abstract: "Rotate the data key: a new DEK from the KMS, every page re-encrypted under it.",
         discussion: """
             Crash-safe: the change is journaled in the .key file, and the next open finishes or \
-            undoes a rotation that was interrupted. Needs the database closed by every other \
+            undoes a rotation that was interrupted. The pages are re-encrypted on every core into \
+            a copy beside the database (it needs the database's size free), which replaces it; \
+            --in-place uses PRAGMA rekey instead. Needs the database closed by every other \
             process (see --wait). A database a running app keeps open in a DatabasePool is \
             rotated by the app: --request asks it to. To change only the KEK, use rewrap.
             """
@@ -30,6 +32,14 @@ struct RotateCommand: AsyncParsableCommand {
 
     @Flag(
         help: ArgumentHelp(
+            "Re-encrypt with PRAGMA rekey in place instead of into a copy.",
+            discussion:
+                "For a disk without room for a copy: SQLite's journal still needs about the database's size, and it is about twice as slow."
+        ))
+    var inPlace = false
+
+    @Flag(
+        help: ArgumentHelp(
             "Ask the running app that holds the database to rotate it, and wait for its answer.",
             discussion:
                 "The app's DatabasePool must answer rotation requests (answeringRotationRequests). --wait is how long an app has to take the request (60 s when not given); the rotation itself is then waited for."
@@ -43,6 +53,9 @@ struct RotateCommand: AsyncParsableCommand {
         try FleetOptions.requireOne(database: database, fleet)
         if request && (database == nil || ifDue) {
             throw ValidationError("--request rotates one database, without --all or --if-due.")
+        }
+        if request && inPlace {
+            throw ValidationError("--request lets the app rotate as it does; --in-place cannot be asked of it.")
         }
     }
 
@@ -66,7 +79,8 @@ struct RotateCommand: AsyncParsableCommand {
                 )
             } else {
                 keyFile = try await manager.rotateKey(
-                    wait: wait.duration, dropUnreachableSlots: dropUnreachableSlots, progress: ProgressLine.reporter())
+                    wait: wait.duration, dropUnreachableSlots: dropUnreachableSlots, inPlace: inPlace,
+                    progress: ProgressLine.reporter())
                 ProgressLine.finish()
             }
             if json {
@@ -85,7 +99,9 @@ struct RotateCommand: AsyncParsableCommand {
         let logger = common.makeLogger()
         let limiter = fleet.makeLimiter()
         let registry = fleet.registry(common, limiter: limiter, logger: logger)
-        let (ifDue, dryRun, dropUnreachableSlots, wait) = (ifDue, fleet.dryRun, dropUnreachableSlots, wait.duration)
+        let (ifDue, dryRun, dropUnreachableSlots, wait, inPlace) = (
+            ifDue, fleet.dryRun, dropUnreachableSlots, wait.duration, inPlace
+        )
         try await fleet.run(json: json, limiter: limiter) { path in
             do {
                 let manager = LocalDbKeyManager(databasePath: path, providers: registry, logger: logger)
@@ -96,7 +112,7 @@ struct RotateCommand: AsyncParsableCommand {
                     return .init(databasePath: path, status: .wouldChange, detail: "would rotate")
                 }
                 let rotated = try await manager.rotateKey(
-                    wait: wait, dropUnreachableSlots: dropUnreachableSlots)
+                    wait: wait, dropUnreachableSlots: dropUnreachableSlots, inPlace: inPlace)
                 return .init(databasePath: path, status: .done, detail: "rotated to key version \(rotated.version)")
             } catch {
                 return .init(databasePath: path, error: error)

@@ -16,7 +16,7 @@ public struct CipherSettings: Sendable, Hashable {
     /// The SQLCipher version that wrote the database, as `PRAGMA cipher_version` gave it.
     public var sqlcipherVersion: String?
     /// The database's 16-byte salt: the first 16 bytes of the file, which SQLCipher keeps in the
-    /// clear and `PRAGMA rekey` does not change. It ties the `.key` file to its database, so that
+    /// clear and a rotation (by copy or `PRAGMA rekey`) does not change. It ties the `.key` file to its database, so that
     /// a key that fails to open can be told from a damaged database. With a plaintext header
     /// the file does not hold it, and it is supplied on every open (`PRAGMA cipher_salt`).
     public var salt: [UInt8]?

@@ -71,6 +71,9 @@ public final class DatabaseConnection {
     ///     committing, a WAL checkpoint) before failing with `SQLITE_BUSY`.
     ///   - onClose: Called once when the connection closes, to release what the caller
     ///     holds for its lifetime (a lock).
+    ///   - proving: Whether the key is proven by a first read. Only a caller that proved it on
+    ///     another connection leaves this out (an in-place rekey, whose connection must run
+    ///     nothing first).
     /// - Throws: ``DBKeyError/Code-swift.struct/wrongKey`` with `SQLITE_NOTADB` when the first
     ///   read fails: the caller tells a wrong key from a damaged file. Other codes for other
     ///   failures.
@@ -79,7 +82,8 @@ public final class DatabaseConnection {
         keying: Keying,
         create: Bool = false,
         busyTimeout: Duration = defaultBusyTimeout,
-        onClose: (() -> Void)? = nil
+        onClose: (() -> Void)? = nil,
+        proving: Bool = true
     ) throws -> DatabaseConnection {
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX
@@ -103,6 +107,7 @@ public final class DatabaseConnection {
             let keyText = try RawKeyText.make(for: key)
             try connection.applyKey(keyText)
             try connection.apply(settings)
+            guard proving else { return connection }
             if !create {
                 try connection.proveKey()
                 try connection.requirePages()

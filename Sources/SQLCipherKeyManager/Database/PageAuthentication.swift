@@ -10,8 +10,8 @@ import SystemPackage
 /// in a 48-byte reserve in the 3 format, HMAC-SHA512 in an 80-byte reserve in the 4 format);
 /// page 1's first 16 bytes are the salt (or its plaintext header), outside the ciphertext. The
 /// HMAC key is PBKDF2 with the format's KDF over the key, the salt XOR 0x3a and 2 iterations.
-enum PageAuthentication {
-    static let ivSize = 16
+package enum PageAuthentication {
+    package static let ivSize = 16
 
     /// How many of `limit` pages from `firstPage` (2 by default: page 1 is what a failed open
     /// already tried) authenticate under `key` and `cipher`, and how many were read; pages past
@@ -19,7 +19,7 @@ enum PageAuthentication {
     static func authenticatingPages(
         path: String, key: SecureBuffer, salt: [UInt8], cipher: CipherSettings, firstPage: Int = 2, limit: Int = 8
     ) throws -> (authenticated: Int, read: Int) {
-        let macKey = key.withUnsafeBytes { hmacKey(from: $0, salt: salt, kdf: cipher.effectiveKDFAlgorithm) }
+        let macKey = key.withUnsafeBytes { hmacKey(from: $0, salt: salt, cipher: cipher) }
         let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
         return try descriptor.closeAfter {
             var (authenticated, read) = (0, 0)
@@ -61,12 +61,18 @@ enum PageAuthentication {
         return Array(mac.finalize())
     }
 
-    /// PBKDF2(`kdf`, key, salt XOR 0x3a, 2 iterations, 32 bytes), derived in a ``SecureBuffer``.
-    static func hmacKey(from key: UnsafeRawBufferPointer, salt: [UInt8], kdf: CipherSettings.KDFAlgorithm)
-        -> SymmetricKey
+    /// The HMAC key of `cipher`'s pages under `key`, as a swift-crypto key.
+    static func hmacKey(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings) -> SymmetricKey {
+        hmacKeyBytes(from: key, salt: salt, cipher: cipher).withUnsafeBytes { SymmetricKey(data: $0) }
+    }
+
+    /// PBKDF2(the format's KDF, key, salt XOR 0x3a, 2 iterations, 32 bytes), derived in a
+    /// ``SecureBuffer``: how SQLCipher derives the HMAC key from a raw key.
+    package static func hmacKeyBytes(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings)
+        -> SecureBuffer
     {
-        let derived = PBKDF2.derive(kdf, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2, byteCount: 32)
-        return derived.withUnsafeBytes { SymmetricKey(data: $0) }
+        PBKDF2.derive(
+            cipher.effectiveKDFAlgorithm, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2, byteCount: 32)
     }
 }
 

@@ -24,6 +24,22 @@ package enum ProtectedFile {
         kind: String,
         missingCode: DBKeyError.Code
     ) throws -> SecureBuffer {
+        try read(at: path, maxSize: maxSize, kind: kind, missingCode: missingCode, unlessKnown: { _ in nil }) {
+            contents, _ in contents
+        }
+    }
+
+    /// ``read(at:maxSize:kind:missingCode:)``, parsing the contents with `parse` (given the open
+    /// file's status too); when `known` returns a value for that status (checked as trustworthy
+    /// first), that value, without reading the contents.
+    static func read<Result>(
+        at path: String,
+        maxSize: Int,
+        kind: String,
+        missingCode: DBKeyError.Code,
+        unlessKnown known: (Stat) -> Result?,
+        parse: (SecureBuffer, Stat) throws -> Result
+    ) throws -> Result {
         let descriptor: FileDescriptor
         do {
             // O_NONBLOCK so that a FIFO planted at the path cannot make the open hang.
@@ -59,7 +75,8 @@ package enum ProtectedFile {
                     "The \(kind) \(path) is \(status.size) bytes, more than the \(maxSize / 1024) KiB allowed: it is not a DBKey \(kind)."
                 )
             }
-            return try readAll(descriptor, expectedSize: Int(status.size), path: path, kind: kind)
+            if let result = known(status) { return result }
+            return try parse(try readAll(descriptor, expectedSize: Int(status.size), path: path, kind: kind), status)
         }
     }
 

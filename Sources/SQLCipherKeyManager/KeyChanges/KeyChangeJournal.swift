@@ -38,6 +38,7 @@ struct KeyChangeJournal {
         version: Int,
         cipher: CipherSettings? = nil,
         slots: [KeySlot] = [],
+        copy: RotationCopy? = nil,
         sealedWith currentKey: SecureBuffer
     ) async throws -> KeyFile {
         var journaled = keyFile
@@ -52,6 +53,7 @@ struct KeyChangeJournal {
             cipher: cipher
         )
         journaled.pending?.slots = slots
+        journaled.pending?.copy = copy
         try database.reach(.writingPendingKeyFile)
         let written = try await database.store(journaled, sealedWith: currentKey)
         try database.reach(.pendingKeyFileWritten)
@@ -65,6 +67,8 @@ struct KeyChangeJournal {
         switch pending.operation {
         case .rotate:
             return try await settleRotation(keyFile, pending)
+        case .rotateByCopy:
+            return try await settleCopyRotation(keyFile, pending)
         case .migrate:
             return try await settleMigration(keyFile, pending)
         case .upgrade:
@@ -87,6 +91,59 @@ struct KeyChangeJournal {
             return settled
         }
         throw neitherKeyOpens(keyFile, pending)
+    }
+
+    /// A rotation by copy, by the recovery table in the README: while the database still opens
+    /// under the current key, a complete copy (its size and checksum as recorded) is renamed
+    /// over it, rolling the rotation forward, and a partial or missing one is removed with the
+    /// record; once only the pending key opens the database, the rename happened and the
+    /// rotation is completed. The old file is never needed once the rename is durable.
+    ///
+    /// The copy is always `<db>.dbkey-rotating` of this database: a record naming another file
+    /// (the database and its `.key` were copied or renamed since) names no copy of this one.
+    private func settleCopyRotation(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
+        let path = database.databasePath
+        let copyPath = CopyRotation.copyPath(of: path)
+        let recorded = pending.copy.flatMap { $0.name == FilePath(copyPath).lastComponent?.string ? $0 : nil }
+        let currentKey = try await database.unwrapKey(of: keyFile)
+        var pendingKey: SecureBuffer?
+        if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
+            guard let copy = recorded, try await isComplete(copy, at: copyPath, cipher: keyFile.cipher) else {
+                database.removeDatabaseFiles(at: copyPath)
+                let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
+                database.record(.keyChangeRecovered, settled, detail: "rotation rolled back: the current key was kept")
+                return settled
+            }
+            // Unwrapped before the rename: a KMS outage then changes nothing.
+            pendingKey = try await unwrapPendingKey(of: keyFile, pending)
+            try await BlockingExecutor.shared.run(.short) { [database] in
+                for suffix in ["-wal", "-shm"] { _ = unlink(path + suffix) }
+                try database.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
+            }
+        }
+        let newKey: SecureBuffer
+        if let pendingKey {
+            newKey = pendingKey
+        } else {
+            newKey = try await unwrapPendingKey(of: keyFile, pending)
+        }
+        guard try await database.opens(path, with: newKey, cipher: keyFile.cipher) else {
+            throw neitherKeyOpens(keyFile, pending)
+        }
+        database.removeDatabaseFiles(at: copyPath)
+        let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: newKey)
+        database.record(.keyChangeRecovered, settled, detail: "rotation completed")
+        return settled
+    }
+
+    /// Whether the copy at `path` has the recorded size and checksum: all of it was written.
+    private func isComplete(_ copy: RotationCopy, at path: String, cipher: CipherSettings) async throws -> Bool {
+        guard let status = try? FilePath(path).stat(followTargetSymlink: false), status.type == .regular,
+            status.size == copy.size
+        else { return false }
+        return try await BlockingExecutor.shared.run(.long) {
+            try PageReencryption(cipher: cipher).checksum(ofFileAt: path).checksum == copy.checksum
+        }
     }
 
     /// A migration's copy was complete before its `.key` was written, so the swap is rolled
@@ -207,7 +264,7 @@ extension KeyFile {
         completed.keyCheck = pending.keyCheck
         completed.cipher = pending.cipher ?? cipher
         switch pending.operation {
-        case .rotate, .upgrade: completed.rotatedAt = date
+        case .rotate, .rotateByCopy, .upgrade: completed.rotatedAt = date
         case .migrate: break
         }
         completed.slots = pending.slots

@@ -240,13 +240,7 @@ struct Migration: Sendable {
         for suffix in ["-wal", "-shm", "-journal"] {
             _ = unlink(database.databasePath + suffix)
         }
-        do {
-            try valueOrErrno { rename(copyPath, database.databasePath) }
-            let directory = FilePath(database.databasePath).removingLastComponent()
-            try ProtectedFile.synchronizeDirectory(directory.isEmpty ? "." : directory)
-        } catch {
-            throw DBKeyError.io(error, "swap the encrypted copy in for", database.databasePath)
-        }
+        try database.replaceDatabase(with: copyPath, action: "swap the encrypted copy in for")
     }
 
     func removeMigrationCopy() {

@@ -18,7 +18,7 @@ enum SQLCipher4Detector {
         let key = passphrase.withUnsafeBytes {
             PBKDF2.derive(.sha512, password: $0, salt: salt, iterations: kdfIterations, byteCount: 32)
         }
-        let macKey = key.withUnsafeBytes { PageAuthentication.hmacKey(from: $0, salt: salt, kdf: .sha512) }
+        let macKey = key.withUnsafeBytes { PageAuthentication.hmacKey(from: $0, salt: salt, cipher: defaults) }
         return PageAuthentication.authenticates(page, number: 1, macKey: macKey, cipher: defaults)
     }
 

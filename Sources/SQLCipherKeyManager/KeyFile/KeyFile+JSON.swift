@@ -96,6 +96,12 @@ extension KeyFile {
                 fields["started_at"] = .string(KeyFile.timestamp(pending.startedAt))
                 fields["cipher"] = pending.cipher.map { $0.jsonValue(keeping: pending.unknownCipherFields) }
                 fields["slots"] = KeySlot.jsonValue(pending.slots)
+                fields["copy"] = pending.copy.map { copy in
+                    .object([
+                        "name": .string(copy.name), "size": .integer(copy.size),
+                        "checksum": .string(Base64.encode(copy.checksum)),
+                    ])
+                }
                 return .object(fields)
             } ?? .null
         let encoder = JSONEncoder()
@@ -336,8 +342,28 @@ private struct FieldReader {
             pending.unknownCipherFields = unknownCipherFields
         }
         pending.slots = try fields.slots("slots", fileFormat: fileFormat)
+        pending.copy = try fields.rotationCopy("copy")
+        guard (pending.copy != nil) == (operation == .rotateByCopy) else {
+            throw fields.invalid(
+                "copy", "must be present exactly when the operation is \"\(KeyChangeKind.rotateByCopy.rawValue)\"")
+        }
         pending.unknownFields = fields.remaining
         return pending
+    }
+
+    /// The `copy` object of a rotation by copy: a plain file name, a positive size and a
+    /// 32-byte checksum.
+    mutating func rotationCopy(_ name: String) throws -> RotationCopy? {
+        guard var fields = try object(name) else { return nil }
+        let fileName = try fields.nonEmptyString("name")
+        guard !fileName.contains("/"), fileName != ".", fileName != ".." else {
+            throw fields.invalid("name", "must be a file name in the database's directory")
+        }
+        let size = try fields.positiveInteger("size")
+        guard let checksum = try fields.base64("checksum", byteCount: 32) else {
+            throw fields.invalid("checksum", "is missing")
+        }
+        return RotationCopy(name: fileName, size: Int64(size), checksum: checksum)
     }
 
     /// The `slots` array (format 4): numbered from 1, each number once, at most

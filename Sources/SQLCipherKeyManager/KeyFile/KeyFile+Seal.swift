@@ -102,6 +102,13 @@ extension KeyFile {
             slotFields(keyFile.slots)
             slotFields(keyFile.pending?.slots ?? [])
         }
+        // Only a rotation by copy has these (older files never do): its record names the copy.
+        if let copy = keyFile.pending?.copy {
+            field("copy")
+            field(copy.name)
+            field(String(copy.size))
+            field(Base64.encode(copy.checksum))
+        }
         let code = key.withUnsafeBytes { HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: $0)) }
         return Array(code)
     }

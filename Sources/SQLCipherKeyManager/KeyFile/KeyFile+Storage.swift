@@ -1,4 +1,6 @@
 import Foundation
+import Synchronization
+import SystemPackage
 
 extension KeyFile {
     /// Reads and validates a `.key` file.
@@ -11,9 +13,21 @@ extension KeyFile {
     ///   ``DBKeyError/Code-swift.struct/keyFileCorrupt``,
     ///   ``DBKeyError/Code-swift.struct/unsupportedFormat``, or ``DBKeyError/Code-swift.struct/io``.
     public static func read(from path: String) throws -> KeyFile {
-        let contents = try ProtectedFile.read(
-            at: path, maxSize: maximumSize, kind: "key file", missingCode: .keyFileMissing)
-        return try contents.withUnsafeBytes { try KeyFile(jsonBytes: $0, source: path) }
+        try read(from: path, cache: nil)
+    }
+
+    /// ``read(from:)``, returning the record `cache` parsed from this very file when the open
+    /// file's identity (device, inode, size, modification and change times) is the one it had,
+    /// and caching what it parses. The file's checks (owner, mode, links, size) run each time.
+    static func read(from path: String, cache: KeyFileCache?) throws -> KeyFile {
+        try ProtectedFile.read(
+            at: path, maxSize: maximumSize, kind: "key file", missingCode: .keyFileMissing,
+            unlessKnown: { status in cache?.keyFile(at: path, identity: KeyFileCache.Identity(status)) },
+            parse: { contents, status in
+                let keyFile = try contents.withUnsafeBytes { try KeyFile(jsonBytes: $0, source: path) }
+                cache?.store(keyFile, at: path, identity: KeyFileCache.Identity(status))
+                return keyFile
+            })
     }
 
     /// Replaces the `.key` file at `path` atomically and durably with mode 0600.
@@ -68,6 +82,52 @@ extension KeyFile {
                 "\(source) would grow to \(size) bytes while a key change is pending, past the \(KeyFile.maximumSize / 1024) KiB a .key file may have; nothing was written. Use a shorter encryption context or fewer key slots.",
                 path: source
             )
+        }
+    }
+}
+
+/// `.key` files parsed on earlier opens, by path, each with the identity of the file it came
+/// from, so that a warm open does not parse the file again. Holds no secret (a `.key` holds
+/// none). Never used for a key change: under the exclusive lock the file is always read again.
+final class KeyFileCache: Sendable {
+    static let shared = KeyFileCache()
+    /// Past this many databases, the cache starts again (a fleet run opens each once).
+    static let capacity = 256
+
+    /// What tells one file from another at a path: a rewritten `.key` is a new file (a rename),
+    /// and a file changed in place has new times.
+    struct Identity: Hashable {
+        let device: UInt64
+        let inode: UInt64
+        let size: Int64
+        let modified: [Int]
+        let changed: [Int]
+
+        init(_ status: Stat) {
+            let raw = status.rawValue
+            device = UInt64(raw.st_dev)
+            inode = UInt64(raw.st_ino)
+            size = status.size
+            modified = [Int(raw.st_mtim.tv_sec), Int(raw.st_mtim.tv_nsec)]
+            changed = [Int(raw.st_ctim.tv_sec), Int(raw.st_ctim.tv_nsec)]
+        }
+    }
+
+    private struct Entry {
+        let identity: Identity
+        let keyFile: KeyFile
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+
+    func keyFile(at path: String, identity: Identity) -> KeyFile? {
+        entries.withLock { $0[path] }.flatMap { $0.identity == identity ? $0.keyFile : nil }
+    }
+
+    func store(_ keyFile: KeyFile, at path: String, identity: Identity) {
+        entries.withLock { entries in
+            if entries.count >= KeyFileCache.capacity { entries.removeAll() }
+            entries[path] = Entry(identity: identity, keyFile: keyFile)
         }
     }
 }

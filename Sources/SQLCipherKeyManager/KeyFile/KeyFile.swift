@@ -128,6 +128,9 @@ public struct PendingOperation: Sendable, Hashable {
     public var cipher: CipherSettings?
     /// The new data key under every additional slot of the record once the change is done.
     public var slots: [KeySlot] = []
+    /// The re-encrypted copy a rotation by copy swaps in for the database; `nil` for other
+    /// changes.
+    public var copy: RotationCopy?
     /// Fields this version does not know, kept as they were.
     var unknownFields: [String: JSONValue] = [:]
     /// Fields inside `cipher` this version does not know, kept as they were.
@@ -155,10 +158,31 @@ public struct PendingOperation: Sendable, Hashable {
     }
 }
 
+/// The re-encrypted copy of a database that a rotation swaps in (the pending record's `copy`),
+/// recorded so that an interrupted rotation can tell a complete copy from a partial one.
+public struct RotationCopy: Sendable, Hashable {
+    /// The copy's file name, in the database's directory.
+    public var name: String
+    /// Its size in bytes: the database's.
+    public var size: Int64
+    /// SHA-256 over the SHA-256 of each chunk's page HMACs (see `PageReencryption`).
+    public var checksum: [UInt8]
+
+    /// Creates a record.
+    public init(name: String, size: Int64, checksum: [UInt8]) {
+        self.name = name
+        self.size = size
+        self.checksum = checksum
+    }
+}
+
 /// The key changes the journal records in a `.key` file's `pending` field.
 public enum KeyChangeKind: String, Sendable, Hashable, CaseIterable {
-    /// A new data key, every page re-encrypted in place (`PRAGMA rekey`).
+    /// A new data key, every page re-encrypted in place (`PRAGMA rekey`): `rotate --in-place`.
     case rotate
+    /// A new data key, every page re-encrypted into a copy that is renamed over the database:
+    /// the default rotation. Its record carries ``PendingOperation/copy``.
+    case rotateByCopy = "rotate-copy"
     /// An existing database brought under management: an encrypted copy swapped in.
     case migrate
     /// A managed database moved to the SQLCipher 4 format: a copy under a new data key,

@@ -256,20 +256,32 @@ public final class LocalDbKeyManager: Sendable {
 
     // MARK: - Key changes
 
-    /// Rotates the data key: a new DEK from the KMS, every page re-encrypted under it with
-    /// `PRAGMA rekey`, the `.key` file updated.
+    /// Rotates the data key: a new DEK from the KMS, every page re-encrypted under it (into a
+    /// copy that replaces the database, or with `PRAGMA rekey` in place), the `.key` file updated.
     ///
     /// The change is journaled in the `.key` file so that a crash at any moment loses nothing:
     /// 1. the `.key.lock` lock is taken exclusively — no connection or ``DatabaseKey`` may be
     ///    held;
     /// 2. the KMS creates the new key (a KMS failure changes nothing);
-    /// 3. the `.key` file is rewritten with a `pending` record holding the new wrapped key;
-    /// 4. `sqlite3_rekey` re-encrypts the database in one write transaction;
-    /// 5. a new connection proves the new key (rekey can return OK having done nothing);
-    /// 6. the `.key` file is rewritten with the new key current and `pending` cleared.
+    /// 3. SQLite's exclusive lock is taken on the database (the WAL emptied first) and every
+    ///    page is checked against its HMAC, decrypted and encrypted under the new key with a
+    ///    fresh IV into `<db>.dbkey-rotating`, on every core, then flushed;
+    /// 4. the `.key` file is rewritten with a `pending` record holding the new wrapped key and
+    ///    the copy's name, size and checksum;
+    /// 5. the copy is renamed over the database and the directory flushed;
+    /// 6. a new connection proves the new key;
+    /// 7. the `.key` file is rewritten with the new key current and `pending` cleared.
     ///
-    /// A later open finishes or undoes a rotation that stopped between 3 and 6. The journal mode
-    /// (rollback or WAL) is kept.
+    /// A later open finishes or undoes a rotation that stopped between 4 and 7 (the README's
+    /// recovery table); a copy left by a stop before 4 is removed. The journal mode (rollback or
+    /// WAL), `user_version`, `application_id` and every page's content are kept. The copy needs
+    /// the database's size free on its disk; with `inPlace`, `sqlite3_rekey` re-encrypts the
+    /// pages in one write transaction instead (its journal needs about as much, and it is
+    /// slower), after the pending record is written.
+    ///
+    /// Every handle on the database must go through a manager or the keying seam
+    /// (``KeyChangeCoordinator``): a handle outside them that stays open across the rename
+    /// would go on using the old file.
     ///
     /// ```swift
     /// if try manager.needsRotation() {
@@ -286,19 +298,23 @@ public final class LocalDbKeyManager: Sendable {
     ///   - wait: How long to wait for open connections to close.
     ///   - dropUnreachableSlots: Leave out the slots whose provider cannot wrap the new key
     ///     (each an audit event) instead of failing before anything changes.
+    ///   - inPlace: Re-encrypt with `PRAGMA rekey` in place instead of into a copy.
     ///   - progress: Called about four times a second while pages are re-encrypted.
     /// - Returns: The updated `.key` file.
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the database stays open
     ///   elsewhere; KMS codes (nothing changed); ``DBKeyError/Code-swift.struct/io`` (the
     ///   database keeps the key that opens it, and the `.key` file says which);
-    ///   ``DBKeyError/Code-swift.struct/rotationInterrupted`` when neither key opens the result.
+    ///   ``DBKeyError/Code-swift.struct/rotationInterrupted`` when neither key opens the result;
+    ///   ``DBKeyError/Code-swift.struct/databaseDamaged`` naming the first page that fails its
+    ///   HMAC (nothing changed).
     @discardableResult
     public func rotateKey(
         wait: Duration = .zero,
         dropUnreachableSlots: Bool = false,
+        inPlace: Bool = false,
         progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
     ) async throws -> KeyFile {
-        try await Rotation(database: database, dropUnreachableSlots: dropUnreachableSlots)
+        try await Rotation(database: database, dropUnreachableSlots: dropUnreachableSlots, inPlace: inPlace)
             .run(wait: wait, progress: progress)
     }
 

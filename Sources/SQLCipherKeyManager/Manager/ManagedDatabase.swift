@@ -54,8 +54,11 @@ final class ManagedDatabase: Sendable {
 
     /// Reads and validates the `.key` file, naming its provider when the older form leaves it
     /// to be inferred.
-    func load() throws -> KeyFile {
-        var keyFile = try KeyFile.read(from: keyFilePath)
+    ///
+    /// - Parameter cached: Whether a record parsed earlier from this very file may be returned
+    ///   (an open under the shared lock); a key change always reads the file again.
+    func load(cached: Bool = false) throws -> KeyFile {
+        var keyFile = try KeyFile.read(from: keyFilePath, cache: cached ? KeyFileCache.shared : nil)
         if keyFile.kms == nil {
             keyFile.kms = try providers.providerName(of: keyFile, source: keyFilePath)
         }
@@ -197,7 +200,7 @@ final class ManagedDatabase: Sendable {
     /// - Returns: The held lock and the `.key` file read under it.
     func acquireSettled(wait: Duration) async throws -> (DatabaseLock, KeyFile) {
         let lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
-        let keyFile = try load()
+        let keyFile = try load(cached: true)
         guard keyFile.pending != nil else {
             removeStaleCopy()
             return (lock, keyFile)
@@ -232,7 +235,9 @@ final class ManagedDatabase: Sendable {
             }
             removeStaleTemporaryKeyFiles()
             return try await TaskPause.$current.withValue(pause) {
-                try await body(try await journal.settle(try load()))
+                let settled = try await journal.settle(try load())
+                removeStaleCopy()
+                return try await body(settled)
             }
         }
     }
@@ -449,15 +454,16 @@ final class ManagedDatabase: Sendable {
         return removed
     }
 
-    /// Removes the copy an upgrade killed before its journal was written left beside the
-    /// database (a database's worth of disk). Called under the shared lock with no change
+    /// Removes the copy an upgrade or a rotation killed before its journal was written left
+    /// beside the database (a database's worth of disk). Called under a lock with no change
     /// pending: the exclusive lock every copy's maker holds cannot be held by anyone now, and
-    /// no record names the copy. One `stat` when there is none.
+    /// no record names the copy. One `stat` each when there is none.
     func removeStaleCopy() {
-        let copyPath = Migration(database: self).copyPath
-        guard fileExists(copyPath) else { return }
-        removeDatabaseFiles(at: copyPath)
-        logger.debug("Removed the copy of an interrupted upgrade", metadata: ["path": "\(copyPath)"])
+        for copyPath in [Migration(database: self).copyPath, CopyRotation.copyPath(of: databasePath)]
+        where fileExists(copyPath) {
+            removeDatabaseFiles(at: copyPath)
+            logger.debug("Removed the copy of an interrupted key change", metadata: ["path": "\(copyPath)"])
+        }
     }
 
     /// Removes a database file and its journals.

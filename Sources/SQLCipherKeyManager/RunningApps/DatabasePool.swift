@@ -23,7 +23,7 @@ import Logging
 ///   ``writeWithoutTransaction(_:)`` runs outside one (pragmas, `VACUUM`).
 /// - SQLite work runs on the package's own threads, never on Swift's cooperative pool.
 /// - A task waiting for a connection can be cancelled: it throws `CancellationError`.
-/// - A key change made in this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:progress:)``,
+/// - A key change made in this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``,
 ///   an upgrade, a slot change) pauses the pool: new work waits, running work finishes (for up
 ///   to the configuration's `quiesceTimeout`, or the change fails with `database-in-use`), every
 ///   connection is closed and the shared lock let go; the change runs; the pool reopens with the

@@ -53,7 +53,7 @@ extension LocalDbKeyManager {
     /// - Parameters:
     ///   - timeout: How long to wait for an app to claim the request; once claimed, the
     ///     rotation's outcome is waited for however long it takes.
-    ///   - dropUnreachableSlots: As for ``rotateKey(wait:dropUnreachableSlots:progress:)``.
+    ///   - dropUnreachableSlots: As for ``rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``.
     /// - Returns: The rotated `.key` file.
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when no app claimed the request
     ///   in time (it is withdrawn; nothing changed) or another request is waiting; the app's

@@ -3,10 +3,11 @@ import Foundation
 /// Fixed-size memory for key material that is locked in RAM, kept out of core dumps and wiped
 /// when released.
 ///
-/// Every data key, master key and key text DBKey handles lives in a `SecureBuffer`. Its pages are
-/// allocated on their own, `mlock`ed so they are never written to swap and marked
-/// `MADV_DONTDUMP` so they never appear in a core file; `deinit` overwrites the whole allocation
-/// with `explicit_bzero`, which the compiler may not optimise away. The bytes are reachable only
+/// Every data key, master key and key text DBKey handles lives in a `SecureBuffer`. Its memory
+/// is `mlock`ed so it is never written to swap and marked `MADV_DONTDUMP` so it never appears in
+/// a core file: a slot of pages locked once and shared only by `SecureBuffer`s for a buffer of
+/// up to a page, pages of its own for a larger one. `deinit` overwrites the whole slot or
+/// allocation with `explicit_bzero`, which the compiler may not optimise away. The bytes are reachable only
 /// inside ``withUnsafeBytes(_:)``, the description never shows them, and `==` compares in
 /// constant time.
 ///
@@ -32,6 +33,8 @@ public final class SecureBuffer: @unchecked Sendable {
 
     private let base: UnsafeMutableRawPointer
     private let allocatedByteCount: Int
+    /// Whether the memory is a slot of ``LockedMemoryPool``, which stays locked when returned.
+    private let isPooled: Bool
 
     /// Creates a buffer of `count` bytes and lets `initializer` write all of them.
     ///
@@ -44,17 +47,24 @@ public final class SecureBuffer: @unchecked Sendable {
         initializingWith initializer: (UnsafeMutableRawBufferPointer) throws -> Void
     ) rethrows {
         precondition(count >= 0, "SecureBuffer needs a non-negative size")
-        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
-        // Whole pages of our own, so that mlock and madvise cover exactly this buffer and no
-        // other allocation shares (or later inherits) its pages.
-        let allocatedByteCount = max(pageSize, (count + pageSize - 1) / pageSize * pageSize)
-        let base = UnsafeMutableRawPointer.allocate(byteCount: allocatedByteCount, alignment: pageSize)
-        base.initializeMemory(as: UInt8.self, repeating: 0, count: allocatedByteCount)
-        self.base = base
-        self.allocatedByteCount = allocatedByteCount
         self.count = count
-        self.isMemoryLocked = mlock(base, allocatedByteCount) == 0
-        self.isExcludedFromCoreDumps = Platform.excludeFromCoreDumps(base, allocatedByteCount)
+        if let slot = LockedMemoryPool.shared.allocate(count) {
+            base = slot.base
+            allocatedByteCount = slot.byteCount
+            isPooled = true
+            isMemoryLocked = slot.isMemoryLocked
+            isExcludedFromCoreDumps = slot.isExcludedFromCoreDumps
+        } else {
+            let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+            // Whole pages of our own, so that mlock and madvise cover exactly this buffer and
+            // no other allocation shares (or later inherits) its pages.
+            allocatedByteCount = (count + pageSize - 1) / pageSize * pageSize
+            base = UnsafeMutableRawPointer.allocate(byteCount: allocatedByteCount, alignment: pageSize)
+            base.initializeMemory(as: UInt8.self, repeating: 0, count: allocatedByteCount)
+            isPooled = false
+            isMemoryLocked = mlock(base, allocatedByteCount) == 0
+            isExcludedFromCoreDumps = Platform.excludeFromCoreDumps(base, allocatedByteCount)
+        }
         try initializer(UnsafeMutableRawBufferPointer(start: base, count: count))
     }
 
@@ -86,6 +96,13 @@ public final class SecureBuffer: @unchecked Sendable {
 
     deinit {
         Platform.secureZero(base, allocatedByteCount)
+        if isPooled {
+            LockedMemoryPool.shared.release(
+                LockedMemoryPool.Slot(
+                    base: base, byteCount: allocatedByteCount, isMemoryLocked: isMemoryLocked,
+                    isExcludedFromCoreDumps: isExcludedFromCoreDumps))
+            return
+        }
         if isMemoryLocked {
             munlock(base, allocatedByteCount)
         }

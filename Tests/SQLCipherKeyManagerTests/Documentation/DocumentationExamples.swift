@@ -300,7 +300,7 @@ enum DocumentationExamples {
     }
 
     static func keyChanges(manager: LocalDbKeyManager, newMaster: SecureBuffer) async throws {
-        try await manager.rotateKey(wait: .seconds(30))  // new DEK, rekey
+        try await manager.rotateKey(wait: .seconds(30))  // new DEK, every page re-encrypted
         try await manager.rewrap(to: try LocalKms(masterKey: newMaster), kekId: "default")  // same DEK, new KEK
         try await manager.migrate(from: .plaintext)  // bring an existing database in
         try await manager.migrate(from: .passphrase(try Passphrase.fromFile("old.pass"), .init(kdfIterations: 4000)))

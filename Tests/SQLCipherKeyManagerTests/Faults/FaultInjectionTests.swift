@@ -14,6 +14,7 @@ struct FaultInjectionTests {
     enum Operation: String, CaseIterable, Sendable {
         case rotateRollback = "rotate (rollback journal)"
         case rotateWAL = "rotate (WAL)"
+        case rotateInPlace = "rotate --in-place (rollback journal)"
         case rewrap = "rewrap to another master key"
         case migrate = "migrate --from-plaintext"
         case initialize = "init"
@@ -86,7 +87,7 @@ struct FaultInjectionTests {
                     ["sql", template.database, "DROP TABLE t; " + insert], in: path, master: template.oldMaster
                 )
                 .status == 0)
-        case .rotateRollback, .rotateWAL, .rewrap, .slotAdd, .backup:
+        case .rotateRollback, .rotateWAL, .rotateInPlace, .rewrap, .slotAdd, .backup:
             #expect(try await dbkey(["init", template.database], in: path, master: template.oldMaster).status == 0)
             let setup = (operation == .rotateWAL ? "PRAGMA journal_mode = WAL; " : "") + insert
             #expect(
@@ -109,6 +110,7 @@ struct FaultInjectionTests {
         let database = directory + "/app.db"
         switch operation {
         case .rotateRollback, .rotateWAL, .rotateWithSlots: return ["rotate", database]
+        case .rotateInPlace: return ["rotate", "--in-place", database]
         case .slotAdd: return ["slot", "add", database, "--kek", "local://" + directory + "/second.key"]
         case .backup: return ["backup", database, directory + "/backup.db", "--new-dek"]
         case .recover:

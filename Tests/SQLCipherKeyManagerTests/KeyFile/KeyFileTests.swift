@@ -1,5 +1,6 @@
 import Foundation
 import SQLCipherKeyManagerAWS
+import SystemPackage
 import Testing
 
 @testable import SQLCipherKeyManager
@@ -34,6 +35,41 @@ struct KeyFileTests {
         #expect(mode == 0o600)
         // Nothing left beside it.
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path) == ["app.db.key"])
+    }
+
+    @Test(
+        "the parsed-file cache answers only for the very file it parsed: a rewritten or edited .key is read again, a corrupt one refused"
+    )
+    func parsedFileCache() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("app.db.key")
+        let cache = KeyFileCache()
+        var keyFile = sampleKeyFile()
+        try keyFile.write(to: path)
+        #expect(try KeyFile.read(from: path, cache: cache) == keyFile)
+        let identity = KeyFileCache.Identity(try FilePath(path).stat())
+        #expect(cache.keyFile(at: path, identity: identity) == keyFile, "the file it parsed is cached")
+        #expect(try KeyFile.read(from: path, cache: cache) == keyFile)
+
+        // Rewritten (a new file by rename): read again.
+        keyFile.version = 7
+        keyFile = keyFile.sealed(with: secureBuffer(hex: String(repeating: "42", count: 32)))
+        try keyFile.write(to: path)
+        #expect(try KeyFile.read(from: path, cache: cache).version == 7)
+
+        // Edited in place, the same size: read again, and refused.
+        var bytes = try contents(path)
+        let brace = try #require(bytes.firstIndex(of: UInt8(ascii: "{")))
+        bytes[brace] = UInt8(ascii: "[")
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        try handle.write(contentsOf: bytes)
+        try handle.close()
+        await expectError(.keyFileCorrupt) { _ = try KeyFile.read(from: path, cache: cache) }
+        // The checks on the file still run on every read: a group-readable file is refused.
+        try keyFile.write(to: path)
+        _ = try KeyFile.read(from: path, cache: cache)
+        #expect(chmod(path, 0o640) == 0)
+        await expectError(.keyFileInsecure) { _ = try KeyFile.read(from: path, cache: cache) }
     }
 
     @Test("a pending operation survives the round trip")

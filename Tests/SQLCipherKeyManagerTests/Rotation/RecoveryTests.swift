@@ -84,21 +84,7 @@ struct RecoveryTests {
         let database = try await TestDatabase(rows: 2000)
         let oldKey = try await database.currentKey()
         _ = try await journalRotation(database)
-        // Copy the database and its journal while a write transaction under the current key is
-        // open and spilling pages, as a crash would leave them.
-        let connection = try DatabaseConnection.open(
-            path: database.path, key: oldKey, cipher: try newCipher(pageSize: 4096), create: false)
-        try connection.execute("PRAGMA cache_size = 10")  // spill pages to the file mid-transaction
-        try connection.execute("BEGIN IMMEDIATE")
-        // A real change: SQLite 3.46 (SQLCipher 4.6) writes nothing for `SET body = body`.
-        try connection.execute("UPDATE item SET body = body || 'x'")
-        let snapshotDatabase = try contents(database.path)
-        let snapshotJournal = try contents(database.path + "-journal")
-        try connection.execute("ROLLBACK")
-        connection.close()
-        #expect(snapshotJournal.count > 0)
-        try snapshotDatabase.write(to: URL(fileURLWithPath: database.path))
-        try snapshotJournal.write(to: URL(fileURLWithPath: database.path + "-journal"))
+        try database.leaveHotJournal(key: oldKey)
         try await database.expectIntact()
         #expect(!FileManager.default.fileExists(atPath: database.path + "-journal"))
     }

@@ -98,6 +98,25 @@ struct TestDatabase {
         #expect(try KeyFile.read(from: path + ".key").pending == nil, sourceLocation: sourceLocation)
     }
 
+    /// Leaves the database and its journal as a crash in the middle of a write transaction
+    /// under `key` leaves them: uncommitted pages spilled into the file, the originals in a hot
+    /// journal.
+    func leaveHotJournal(key: SecureBuffer) throws {
+        let connection = try DatabaseConnection.open(
+            path: path, key: key, cipher: try KeyFile.read(from: path + ".key").cipher, create: false)
+        try connection.execute("PRAGMA cache_size = 10")  // spill pages to the file mid-transaction
+        try connection.execute("BEGIN IMMEDIATE")
+        // A real change: SQLite 3.46 (SQLCipher 4.6) writes nothing for `SET body = body`.
+        try connection.execute("UPDATE item SET body = body || 'x'")
+        let spilledDatabase = try contents(path)
+        let hotJournal = try contents(path + "-journal")
+        try connection.execute("ROLLBACK")
+        connection.close()
+        #expect(hotJournal.count > 0)
+        try spilledDatabase.write(to: URL(fileURLWithPath: path))
+        try hotJournal.write(to: URL(fileURLWithPath: path + "-journal"))
+    }
+
     /// The current data key, unwrapped (tests only).
     func currentKey() async throws -> SecureBuffer {
         let keyFile = try KeyFile.read(from: path + ".key")

@@ -65,21 +65,26 @@ struct RotationTests {
     }
 
     @Test(
-        "a failure at any step leaves a database that opens with every row and a matching .key",
-        arguments: KeyChangeStep.rotationSteps)
-    func faultAtStep(step: KeyChangeStep) async throws {
+        "a failure at any step, by copy or in place, leaves a database that opens with every row and a matching .key",
+        arguments: KeyChangeStep.rotationSteps, [false, true])
+    func faultAtStep(step: KeyChangeStep, inPlace: Bool) async throws {
         let database = try await TestDatabase()
         let before = try database.manager().load()
-        let result = await Result { try await database.manager(faultAt: step).rotateKey() }
+        let result = await Result { try await database.manager(faultAt: step).rotateKey(inPlace: inPlace) }
         let expectedVersion: Int
         switch step {
-        case .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase:
-            // Failed before the database changed (with or without the pending record on disk):
-            // the current key stays.
+        case .writingPendingKeyFile, .changingDatabase:
+            // Failed before the database changed, with no pending record: the current key stays.
             #expect((result.error as? DBKeyError)?.code == .io)
             expectedVersion = before.version
-        case .verifyingNewKey:
-            // The rekey had committed: the journal settles it by completing the rotation.
+        case .pendingKeyFileWritten:
+            // The pending record is on the disk. In place, the database was not rekeyed: the
+            // next open drops the record. By copy, the complete copy it names is renamed in.
+            #expect((result.error as? DBKeyError)?.code == .io)
+            expectedVersion = before.version + (inPlace ? 0 : 1)
+        case .verifyingNewKey, .swappingDatabase:
+            // The rekey had committed, or the complete copy is journaled (a rotation in place
+            // passes no swap): the journal settles it by completing the rotation.
             #expect(try result.get().version == before.version + 1)
             expectedVersion = before.version + 1
         default:
@@ -167,7 +172,8 @@ struct RotationTests {
 extension KeyChangeStep {
     /// The steps a rotation passes through.
     static let rotationSteps: [KeyChangeStep] = [
-        .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase, .verifyingNewKey, .writingFinalKeyFile,
+        .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase, .swappingDatabase, .verifyingNewKey,
+        .writingFinalKeyFile,
     ]
 }
 

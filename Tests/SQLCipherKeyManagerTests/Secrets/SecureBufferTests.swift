@@ -20,6 +20,40 @@ struct SecureBufferTests {
         #expect(secureBuffer(hex: "0011") != secureBuffer(hex: "001122"))
     }
 
+    @Test(
+        "small buffers share pages locked once: each locked, undumpable, zero-filled even when its slot held a secret, and never overlapping a live one"
+    )
+    func pooledSlots() throws {
+        var live: [SecureBuffer] = []
+        for count in [0, 1, 32, 64, 65, 100, 500, 2048, 4096] {
+            let buffer = try SecureBuffer.random(count: count)
+            #expect(buffer.isMemoryLocked && buffer.isExcludedFromCoreDumps, "\(count) bytes")
+            live.append(buffer)
+        }
+        let ranges = live.map { buffer in
+            buffer.withUnsafeBytes {
+                UInt(bitPattern: $0.baseAddress)..<(UInt(bitPattern: $0.baseAddress) + UInt(max(1, $0.count)))
+            }
+        }
+        for (index, range) in ranges.enumerated() {
+            #expect(!ranges[(index + 1)...].contains { $0.overlaps(range) }, "live buffers never share bytes")
+        }
+        // A slot given back is wiped: the next buffer of its size starts as zeros.
+        var address: UInt?
+        do {
+            let secret = SecureBuffer(count: 48) { $0.initializeMemory(as: UInt8.self, repeating: 0xA5) }
+            address = secret.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
+        }
+        var reused = false
+        for _ in 0..<64 {
+            let next = SecureBuffer(count: 48) { bytes in
+                #expect(bytes.allSatisfy { $0 == 0 }, "a new buffer starts as zeros")
+            }
+            reused = reused || next.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } == address
+        }
+        #expect(reused, "the released slot is used again")
+    }
+
     @Test("random buffers have the requested size and differ")
     func random() async throws {
         let first = try SecureBuffer.random(count: 300)
