@@ -100,16 +100,13 @@ final class KeyFileCache: Sendable {
         let device: UInt64
         let inode: UInt64
         let size: Int64
-        let modified: [Int]
-        let changed: [Int]
+        let times: [Int]
 
         init(_ status: Stat) {
-            let raw = status.rawValue
-            device = UInt64(raw.st_dev)
-            inode = UInt64(raw.st_ino)
+            device = UInt64(status.rawValue.st_dev)
+            inode = UInt64(status.rawValue.st_ino)
             size = status.size
-            modified = [Int(raw.st_mtim.tv_sec), Int(raw.st_mtim.tv_nsec)]
-            changed = [Int(raw.st_ctim.tv_sec), Int(raw.st_ctim.tv_nsec)]
+            times = Platform.modificationAndChangeTimes(status)
         }
     }
 

@@ -6,6 +6,7 @@
 #elseif canImport(Darwin)
     import Darwin
 #endif
+import SystemPackage
 
 /// The platform's C library, for the few calls that differ between Linux and Apple platforms.
 package enum Platform {
@@ -60,6 +61,18 @@ package enum Platform {
         #endif
         guard code == 0, limit.rlim_cur != rlim_t.max else { return nil }
         return UInt64(limit.rlim_cur)
+    }
+
+    /// A file's modification and status-change times, to the nanosecond.
+    package static func modificationAndChangeTimes(_ status: Stat) -> [Int] {
+        let raw = status.rawValue
+        #if canImport(Glibc)
+            return [raw.st_mtim.tv_sec, raw.st_mtim.tv_nsec, raw.st_ctim.tv_sec, raw.st_ctim.tv_nsec].map { Int($0) }
+        #elseif canImport(Darwin)
+            return [
+                raw.st_mtimespec.tv_sec, raw.st_mtimespec.tv_nsec, raw.st_ctimespec.tv_sec, raw.st_ctimespec.tv_nsec,
+            ].map { Int($0) }
+        #endif
     }
 
     /// The calling thread's `errno`.
