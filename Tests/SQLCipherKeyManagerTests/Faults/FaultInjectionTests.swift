@@ -32,7 +32,9 @@ struct FaultInjectionTests {
     }
 
     static let modes = ["EIO", "ENOSPC", "killbefore", "killafter"]
-    static let rows = 300
+    /// About 2.7 MB: more than two of a rotation's 1 MiB chunks, so that its first and last
+    /// copy writes are different calls, made by different workers.
+    static let rows = 12_000
 
     /// A prepared directory for one operation, copied for every case.
     struct Template {
