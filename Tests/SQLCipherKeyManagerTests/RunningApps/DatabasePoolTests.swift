@@ -242,8 +242,12 @@ struct DatabasePoolTests {
         #expect(
             FileManager.default.createFile(
                 atPath: request, contents: Data("not json".utf8), attributes: [.posixPermissions: 0o600]))
+        // The app writes its answer, then removes its claim (in that order, so that a requester
+        // never sees neither): wait for both.
         let deadline = ContinuousClock.now + .seconds(30)
-        while !FileManager.default.fileExists(atPath: result) && ContinuousClock.now < deadline {
+        while !FileManager.default.fileExists(atPath: result) || FileManager.default.fileExists(atPath: claimed),
+            ContinuousClock.now < deadline
+        {
             try await Task.sleep(for: .milliseconds(10))
         }
         let answer = try JSONSerialization.jsonObject(with: try contents(result)) as? [String: Any]
