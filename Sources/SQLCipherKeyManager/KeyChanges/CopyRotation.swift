@@ -74,8 +74,8 @@ final class CopyRotation: @unchecked Sendable {
         let copyPath = copyPath(of: path)
         let cipher = keyFile.cipher
         // Read now: reading the file later, while SQLite holds its lock, would drop that lock.
+        // A copy left by an earlier run was removed when the change began (changingKey).
         let salt = try cipher.salt ?? database.readSalt()
-        database.removeDatabaseFiles(at: copyPath)
         try database.requireRoomForCopy()
         let total = (try? FilePath(path).stat().size) ?? 0
         let reporter = reportProgress(of: [copyPath], total: total, phase: .rekeying, to: progress)
@@ -125,19 +125,13 @@ final class CopyRotation: @unchecked Sendable {
         }
     }
 
-    /// Renames the copy over the database and flushes the directory, then lets the lock go and
-    /// removes the old file's empty WAL and its index, on the short-work lane. Releases the lock
-    /// whatever happens.
+    /// Renames the copy over the database and flushes the directory, then lets the lock go, on
+    /// the short-work lane. Releases the lock whatever happens.
     func swapIn() async throws {
         try await BlockingExecutor.shared.run(.short) { [self] in
             defer { release() }
             try database.reach(.swappingDatabase)
             try database.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
-        }
-        // The old file's WAL was empty and its index describes the old file: neither may be
-        // taken for the new file's.
-        for suffix in ["-wal", "-shm"] {
-            _ = unlink(database.databasePath + suffix)
         }
     }
 
@@ -154,9 +148,13 @@ final class CopyRotation: @unchecked Sendable {
 }
 
 extension ManagedDatabase {
-    /// Renames `copy` over the database and flushes the directory, so that the rename survives
-    /// a power loss.
+    /// Removes the database's journal, WAL and WAL index, which describe the file being replaced
+    /// (the caller emptied or rolled them back), then renames `copy` over the database and
+    /// flushes the directory, so that the rename survives a power loss.
     func replaceDatabase(with copy: String, action: String) throws {
+        for suffix in ["-wal", "-shm", "-journal"] {
+            _ = unlink(databasePath + suffix)
+        }
         do {
             try valueOrErrno { rename(copy, databasePath) }
             let directory = FilePath(databasePath).removingLastComponent()

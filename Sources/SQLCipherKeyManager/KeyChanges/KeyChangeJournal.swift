@@ -117,7 +117,6 @@ struct KeyChangeJournal {
             // Unwrapped before the rename: a KMS outage then changes nothing.
             pendingKey = try await unwrapPendingKey(of: keyFile, pending)
             try await BlockingExecutor.shared.run(.short) { [database] in
-                for suffix in ["-wal", "-shm"] { _ = unlink(path + suffix) }
                 try database.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
             }
         }

@@ -184,7 +184,7 @@ struct Migration: Sendable {
             try original.checkpointWAL()
         } catch DBKeyError.Code.databaseInUse {
             throw DBKeyError(
-                .databaseInUse, "Another process is using \(database.databasePath): stop it before migrating.")
+                .databaseInUse, "Another process is using \(database.databasePath): stop it and try again.")
         }
     }
 
@@ -237,9 +237,6 @@ struct Migration: Sendable {
     }
 
     private func swapInCopy() throws {
-        for suffix in ["-wal", "-shm", "-journal"] {
-            _ = unlink(database.databasePath + suffix)
-        }
         try database.replaceDatabase(with: copyPath, action: "swap the encrypted copy in for")
     }
 

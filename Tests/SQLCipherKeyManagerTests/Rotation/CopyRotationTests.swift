@@ -269,6 +269,29 @@ struct CopyRotationTests {
     }
 
     @Test(
+        "a KMS outage while a journaled copy is rolled forward changes nothing: the copy is renamed in only once the pending key is unwrapped"
+    )
+    func kmsOutageBeforeRollForward() async throws {
+        let kms = MockKms(seed: 11)
+        let database = try await TestDatabase(rows: 50, kms: kms)
+        let before = try database.manager().load()
+        // A manager that already holds the current key, so that the outage hits the pending one.
+        let manager = database.manager()
+        try await manager.open().close()
+        await expectError(.io) { try await database.manager(faultAt: .pendingKeyFileWritten).rotateKey() }
+        let (keyBytes, databaseBytes) = (try contents(database.path + ".key"), try contents(database.path))
+        let copy = try contents(database.path + ".dbkey-rotating")
+        kms.resetCalls()
+        kms.failNext(1, [.decrypt])
+        await expectError(.kmsUnavailable) { _ = try await manager.open() }
+        #expect(kms.calls(of: .decrypt).count == 1, "the one decrypt asked for was the pending key's")
+        #expect(try contents(database.path + ".key") == keyBytes && contents(database.path) == databaseBytes)
+        #expect(try contents(database.path + ".dbkey-rotating") == copy)
+        try await database.expectIntact()
+        #expect(try database.manager().load().version == before.version + 1, "rolled forward once the KMS answers")
+    }
+
+    @Test(
         "a database and .key renamed after a rotation was journaled roll it back: the old name's copy is never taken")
     func renamedAfterJournal() async throws {
         let database = try await TestDatabase(rows: 50)
