@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "SQLCipherKeyManagerAWS", targets: ["SQLCipherKeyManagerAWS"]),
         .library(name: "SQLCipherKeyManagerVault", targets: ["SQLCipherKeyManagerVault"]),
         .library(name: "SQLCipherKeyManagerPKCS11", targets: ["SQLCipherKeyManagerPKCS11"]),
+        .library(name: "SQLCipherKeyManagerGCP", targets: ["SQLCipherKeyManagerGCP"]),
+        .library(name: "SQLCipherKeyManagerAzure", targets: ["SQLCipherKeyManagerAzure"]),
         .executable(name: "dbkey", targets: ["dbkey"]),
     ],
     dependencies: [
@@ -76,6 +78,28 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .target(
+            name: "SQLCipherKeyManagerGCP",
+            dependencies: [
+                "SQLCipherKeyManager",
+                "KmsHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                // RSA signatures (RS256) for a service account's token request.
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
+            name: "SQLCipherKeyManagerAzure",
+            dependencies: [
+                "SQLCipherKeyManager",
+                "KmsHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
             name: "SQLCipherKeyManagerPKCS11",
             dependencies: [
                 "SQLCipherKeyManager",
@@ -118,6 +142,8 @@ let package = Package(
                 "SQLCipherKeyManagerAWS",
                 "SQLCipherKeyManagerVault",
                 "SQLCipherKeyManagerPKCS11",
+                "SQLCipherKeyManagerGCP",
+                "SQLCipherKeyManagerAzure",
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -156,6 +182,8 @@ let package = Package(
                 "SQLCipherKeyManagerAWS",
                 "SQLCipherKeyManagerVault",
                 "SQLCipherKeyManagerPKCS11",
+                "SQLCipherKeyManagerGCP",
+                "SQLCipherKeyManagerAzure",
                 "KmsHTTP",
                 "DBKeyCLI",
                 "CSQLCipher",

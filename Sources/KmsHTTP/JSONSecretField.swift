@@ -27,6 +27,58 @@ package enum JSONSecretField {
         return result
     }
 
+    /// Takes the string value of the first `"name"` field (an OAuth token, a PEM private key)
+    /// into secure memory, its JSON escapes undone, then overwrites it in `body` with `A`s.
+    ///
+    /// - Returns: `nil` when the field is missing, is not a string, or holds a `\u` escape
+    ///   (which no token or PEM text needs).
+    package static func takeText(_ name: String, from body: inout Data) -> SecureBuffer? {
+        let marker = Array("\"\(name)\"".utf8)
+        var result: SecureBuffer?
+        body.withUnsafeMutableBytes { bytes in
+            guard let markerStart = bytes.firstRange(of: marker)?.lowerBound else { return }
+            var index = markerStart + marker.count
+            while index < bytes.count, [UInt8(ascii: " "), UInt8(ascii: ":")].contains(bytes[index]) { index += 1 }
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return }
+            let valueStart = index + 1
+            // The closing quote is the first one not escaped; the value is never longer than its text.
+            var end = valueStart
+            var escaped = false
+            while end < bytes.count, escaped || bytes[end] != UInt8(ascii: "\"") {
+                escaped = !escaped && bytes[end] == UInt8(ascii: "\\")
+                end += 1
+            }
+            guard end < bytes.count else { return }
+            var length = 0
+            var valid = true
+            let scratch = SecureBuffer(count: end - valueStart) { output in
+                var position = valueStart
+                while position < end {
+                    var byte = bytes[position]
+                    if byte == UInt8(ascii: "\\") {
+                        position += 1
+                        switch bytes[position] {
+                        case UInt8(ascii: "n"): byte = 0x0A
+                        case UInt8(ascii: "r"): byte = 0x0D
+                        case UInt8(ascii: "t"): byte = 0x09
+                        case UInt8(ascii: "/"), UInt8(ascii: "\\"), UInt8(ascii: "\""): byte = bytes[position]
+                        default: valid = false
+                        }
+                    }
+                    output[length] = byte
+                    length += 1
+                    position += 1
+                }
+            }
+            for position in valueStart..<end { bytes[position] = UInt8(ascii: "A") }
+            guard valid else { return }
+            result = scratch.withUnsafeBytes {
+                SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(length)))
+            }
+        }
+        return result
+    }
+
     /// Serialises `object` and appends `"name":"value"` as its last field, copying `value`
     /// (already base64 text) byte for byte.
     ///

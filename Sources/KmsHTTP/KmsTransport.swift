@@ -25,11 +25,17 @@ package struct KmsHTTPRequest: Sendable {
 package struct KmsHTTPResponse: Sendable {
     package var status: Int
     package var body: Data
+    /// The response's headers, their names in lower case.
+    package var headers: [String: String]
 
-    package init(status: Int, body: Data) {
+    package init(status: Int, body: Data, headers: [String: String] = [:]) {
         self.status = status
         self.body = body
+        self.headers = headers
     }
+
+    /// The value of the header `name` (in any case).
+    package func header(_ name: String) -> String? { headers[name.lowercased()] }
 }
 
 /// Sends KMS requests. ``URLSessionKmsTransport`` is the real one.
@@ -73,6 +79,12 @@ package struct URLSessionKmsTransport: KmsTransport {
                 underlying: error)
         } catch is CancellationError {
             throw CancellationError()
+        } catch let error as URLError where URLSessionKmsTransport.isCertificateFailure(error) {
+            // Not a passing failure: retrying cannot help, and the server may not be the KMS.
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The TLS certificate of \(request.url.host ?? "?") was not accepted (\(error.localizedDescription)). DBKey trusts the system's CA certificates: add the CA that issued the server's certificate there (on Debian: /usr/local/share/ca-certificates, then update-ca-certificates).",
+                underlying: error)
         } catch {
             // Refused connections, resets, DNS failures: FoundationNetworking reports them as
             // NSURLErrorDomain errors of several kinds; all of them mean "try again later".
@@ -82,6 +94,20 @@ package struct URLSessionKmsTransport: KmsTransport {
                 underlying: error as? any Error & Sendable
             )
         }
+    }
+
+    /// Whether `error` says the server's certificate did not verify. FoundationNetworking on
+    /// Linux reports it as an unknown error (-1) with libcurl's message ("SSL certificate
+    /// problem: …", "SSL: no alternative certificate subject name matches …"); Apple's
+    /// URLSession has codes of its own for it.
+    static func isCertificateFailure(_ error: URLError) -> Bool {
+        let codes: Set<URLError.Code> = [
+            .serverCertificateUntrusted, .serverCertificateHasUnknownRoot, .serverCertificateHasBadDate,
+            .serverCertificateNotYetValid,
+        ]
+        return codes.contains(error.code)
+            || (error.code == .unknown && error.localizedDescription.hasPrefix("SSL")
+                && error.localizedDescription.contains("certificate"))
     }
 
     /// One exchange, bounded by a Dispatch timer that cancels the task: independent of Swift's
@@ -96,8 +122,14 @@ package struct URLSessionKmsTransport: KmsTransport {
                     if let error {
                         continuation.resume(throwing: timedOut ? URLError(.timedOut) : error)
                     } else {
-                        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-                        continuation.resume(returning: KmsHTTPResponse(status: status, body: data ?? Data()))
+                        let http = response as? HTTPURLResponse
+                        var headers: [String: String] = [:]
+                        for case let (name as String, value as String) in http?.allHeaderFields ?? [:] {
+                            headers[name.lowercased()] = value
+                        }
+                        continuation.resume(
+                            returning: KmsHTTPResponse(
+                                status: http?.statusCode ?? 0, body: data ?? Data(), headers: headers))
                     }
                 }
                 state.task = task
@@ -157,6 +189,8 @@ package struct KmsHTTPClient: Sendable {
         case json([String: Any])
         /// A JSON object with one more field whose value is secret base64 text.
         case jsonWithSecret([String: Any], name: String, value: SecureBuffer)
+        /// A body built by the caller in secure memory (an OAuth form holding a credential).
+        case secret(SecureBuffer)
     }
 
     package let transport: any KmsTransport
@@ -167,6 +201,14 @@ package struct KmsHTTPClient: Sendable {
         self.transport = transport
         self.retry = retry
         self.logger = logger
+    }
+
+    /// This client with one attempt of at most 2 s: for a metadata service that is the last
+    /// place credentials may be, and is simply absent on most machines.
+    package func probing() -> KmsHTTPClient {
+        KmsHTTPClient(
+            transport: transport, retry: RetryPolicy(attempts: 1, timeout: min(retry.timeout, .seconds(2))),
+            logger: logger)
     }
 
     /// Sends one operation and returns the body of its `200` answer.
@@ -189,6 +231,7 @@ package struct KmsHTTPClient: Sendable {
         case .json(let object): payload = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         case .jsonWithSecret(let object, let name, let value):
             payload = try JSONSecretField.body(object, appending: name, value: value)
+        case .secret(let bytes): payload = bytes.withUnsafeBytes { Data($0) }
         }
         defer { payload.wipe() }
         return try await retry.run(operation, logger: logger) {

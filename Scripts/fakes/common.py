@@ -1,0 +1,166 @@
+"""What the two fake KMS servers share: a threaded HTTP(S) server on 127.0.0.1 whose handler
+routes to methods, an admin API guarded by a token, failure injection, and JSON answers.
+
+Only for DBKey's tests: keys live in memory, and every listener binds 127.0.0.1."""
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import secrets
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, url: bool = False) -> bytes:
+    text = text.strip()
+    padded = text + "=" * (-len(text) % 4)
+    return base64.urlsafe_b64decode(padded) if url else base64.b64decode(padded, validate=True)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+class Failures:
+    """The next `count` matching requests are answered with `status` (after `delay` seconds);
+    `delay` alone with status 0 only slows them down."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rules: list[dict] = []
+
+    def add(self, rule: dict) -> None:
+        with self.lock:
+            self.rules.append({"status": 0, "count": 1, "delay": 0.0, "path": "", "body": None} | rule)
+
+    def take(self, path: str) -> dict | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule["path"] in path and rule["count"] > 0:
+                    rule["count"] -= 1
+                    if rule["count"] == 0:
+                        self.rules.remove(rule)
+                    return rule
+        return None
+
+
+class Answer(Exception):
+    """Raised by a route to answer with a status, a JSON body and headers."""
+
+    def __init__(self, status: int, body: dict | str, headers: dict | None = None) -> None:
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+class FakeServer:
+    """State shared by every listener of one fake; subclasses define `route(request)`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.failures = Failures()
+        self.admin_token = secrets.token_urlsafe(24)
+        self.requests: list[str] = []
+
+    # Routing -------------------------------------------------------------------------------
+
+    def handle(self, request: "Request") -> tuple[int, dict | str, dict]:
+        try:
+            if request.path.startswith("/_fake/"):
+                if not hmac.compare_digest(request.headers.get("x-fake-admin", ""), self.admin_token):
+                    raise Answer(403, {"error": "admin token required"})
+                return 200, self.admin(request.path[len("/_fake/"):], request.json()), {}
+            with self.lock:
+                self.requests.append(f"{request.method} {request.path}")
+            rule = self.failures.take(request.path)
+            if rule:
+                time.sleep(rule["delay"])
+                if rule["status"]:
+                    raise Answer(rule["status"], rule["body"] or self.failure_body(rule["status"]))
+            return 200, self.route(request), {}
+        except Answer as answer:
+            return answer.status, answer.body, answer.headers
+
+    def admin(self, command: str, body: dict) -> dict:
+        if command == "fail":
+            self.failures.add(body)
+            return {}
+        if command == "requests":
+            with self.lock:
+                return {"requests": list(self.requests)}
+        raise Answer(404, {"error": f"no admin command {command}"})
+
+    def route(self, request: "Request") -> dict:
+        raise NotImplementedError
+
+    def failure_body(self, status: int) -> dict:
+        return {"error": {"code": status, "message": "injected failure"}}
+
+    # Listeners -----------------------------------------------------------------------------
+
+    def listen(self, context: ssl.SSLContext | None = None) -> int:
+        """Serves on 127.0.0.1 on a new port (in a thread) and returns the port."""
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def respond(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                split = urlsplit(self.path)
+                request = Request(self.command, split.path, parse_qs(split.query), self.headers, body)
+                status, payload, headers = fake.handle(request)
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = respond
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        if context:
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.server_address[1]
+
+
+class Request:
+    def __init__(self, method: str, path: str, query: dict, headers, body: bytes) -> None:
+        self.method, self.path, self.query, self.body = method, path, query, body
+        self.headers = {name.lower(): value for name, value in headers.items()}
+
+    def json(self) -> dict:
+        if not self.body:
+            return {}
+        try:
+            value = json.loads(self.body)
+        except ValueError:
+            raise Answer(400, {"error": {"code": 400, "message": "Invalid JSON payload received.",
+                                         "status": "INVALID_ARGUMENT"}})
+        if not isinstance(value, dict):
+            raise Answer(400, {"error": {"code": 400, "message": "The body is not an object.",
+                                         "status": "INVALID_ARGUMENT"}})
+        return value
+
+    def form(self) -> dict[str, str]:
+        return {name: values[0] for name, values in parse_qs(self.body.decode()).items()}
+
+    def bearer(self) -> str | None:
+        value = self.headers.get("authorization", "")
+        return value[len("Bearer "):] if value.startswith("Bearer ") else None

@@ -1,0 +1,145 @@
+import Foundation
+import SQLCipherKeyManager
+
+/// An OAuth 2.0 bearer token, in secure memory, with the instant to fetch a new one.
+package struct BearerToken: Sendable {
+    /// The token's bytes.
+    package let value: SecureBuffer
+    /// When the token should be replaced: before it expires, by a quarter of its lifetime or five
+    /// minutes, whichever is less.
+    package let refreshAt: ContinuousClock.Instant
+
+    package init(value: SecureBuffer, lifetime: Duration) {
+        self.value = value
+        refreshAt = .now + lifetime - min(.seconds(300), lifetime / 4)
+    }
+
+    /// The `Authorization` header's value. An HTTP header is text, so the token becomes a
+    /// `String` for the length of one request.
+    package var authorization: String {
+        "Bearer " + value.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Reads a token endpoint's JSON answer (OAuth 2.0, Google's and Entra's token endpoints,
+    /// the metadata and managed-identity endpoints): `access_token` goes straight into secure
+    /// memory and is blanked in `body`; the lifetime comes from `expires_in` (a number or a
+    /// string) or `expires_on` (seconds since 1970, as App Service answers).
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/kmsUnavailable`` for an answer without a token.
+    package static func taking(from body: inout Data, issuer: String) throws -> BearerToken {
+        defer { body.wipe() }
+        guard let token = JSONSecretField.takeText("access_token", from: &body), token.count > 0 else {
+            throw DBKeyError(.kmsUnavailable, "The token endpoint \(issuer) answered without an access_token.")
+        }
+        let fields = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+        if let type = fields["token_type"] as? String, type.lowercased() != "bearer" {
+            throw DBKeyError(.kmsUnavailable, "The token endpoint \(issuer) answered with a \(type) token, not Bearer.")
+        }
+        func seconds(_ name: String) -> Int? {
+            (fields[name] as? Int) ?? (fields[name] as? String).flatMap { Int($0) }
+        }
+        let lifetime: Int
+        if let expiresIn = seconds("expires_in") {
+            lifetime = expiresIn
+        } else if let expiresOn = seconds("expires_on") {
+            lifetime = expiresOn - Int(Date().timeIntervalSince1970)
+        } else {
+            lifetime = 300
+        }
+        guard lifetime > 0 else {
+            throw DBKeyError(.kmsUnavailable, "The token endpoint \(issuer) answered with a token that has expired.")
+        }
+        return BearerToken(value: token, lifetime: .seconds(lifetime))
+    }
+}
+
+/// Bearer tokens kept per scope until they are due for refresh, each fetched once however many
+/// requests wait for it.
+package actor BearerTokenCache {
+    private var tokens: [String: BearerToken] = [:]
+    private var pending: [String: Task<BearerToken, any Error>] = [:]
+
+    package init() {}
+
+    /// The cached token for `scope`, or a new one from `fetch` when there is none or it is due.
+    package func token(
+        scope: String,
+        fetch: @escaping @Sendable () async throws -> BearerToken
+    ) async throws -> BearerToken {
+        if let token = tokens[scope], ContinuousClock.now < token.refreshAt { return token }
+        if let task = pending[scope] { return try await task.value }
+        let task = Task { try await fetch() }
+        pending[scope] = task
+        defer { pending[scope] = nil }
+        let token = try await task.value
+        tokens[scope] = token
+        return token
+    }
+
+    /// Forgets the token for `scope` (the service refused it).
+    package func invalidate(scope: String) {
+        tokens[scope] = nil
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body, built in secure memory because it carries a
+/// credential (a client secret, a signed assertion).
+package enum FormBody {
+    /// A field's value.
+    package enum Value {
+        case text(String)
+        case secret(SecureBuffer)
+    }
+
+    /// The encoded fields, in order.
+    package static func encode(_ fields: [(name: String, value: Value)]) -> SecureBuffer {
+        func encodedCount(_ bytes: UnsafeRawBufferPointer) -> Int {
+            bytes.reduce(0) { $0 + (isUnreserved($1) ? 1 : 3) }
+        }
+        func withBytes<R>(_ value: Value, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+            switch value {
+            case .text(let text): Array(text.utf8).withUnsafeBytes(body)
+            case .secret(let secret): secret.withUnsafeBytes(body)
+            }
+        }
+        let total = fields.enumerated().reduce(0) { sum, field in
+            sum + (field.offset > 0 ? 1 : 0) + field.element.name.utf8.count + 1
+                + withBytes(field.element.value, encodedCount)
+        }
+        return SecureBuffer(count: total) { output in
+            var index = 0
+            func put(_ byte: UInt8) {
+                output[index] = byte
+                index += 1
+            }
+            let hex = Array("0123456789ABCDEF".utf8)
+            for (offset, field) in fields.enumerated() {
+                if offset > 0 { put(UInt8(ascii: "&")) }
+                for byte in field.name.utf8 { put(byte) }
+                put(UInt8(ascii: "="))
+                withBytes(field.value) { bytes in
+                    for byte in bytes {
+                        if isUnreserved(byte) {
+                            put(byte)
+                        } else {
+                            put(UInt8(ascii: "%"))
+                            put(hex[Int(byte >> 4)])
+                            put(hex[Int(byte & 0x0F)])
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// RFC 3986's unreserved characters: letters, digits, `-`, `.`, `_`, `~`.
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
+            UInt8(ascii: "~"):
+            true
+        default: false
+        }
+    }
+}

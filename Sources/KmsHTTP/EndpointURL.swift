@@ -1,0 +1,29 @@
+import Foundation
+import SQLCipherKeyManager
+
+/// Checks on the URLs a provider sends credentials or keys to.
+package enum EndpointURL {
+    /// Parses `text` as an `https://` URL, or an `http://` one to a loopback address only
+    /// (`127.0.0.0/8`, `::1`, `localhost`): a test server or a local proxy, never a network.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` naming `what`.
+    package static func requiringTLS(_ text: String, what: String) throws -> URL {
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host,
+            !host.isEmpty, url.user == nil
+        else {
+            throw DBKeyError(.invalidConfiguration, "The \(what) \"\(text)\" is not an http(s) URL.")
+        }
+        if scheme == "https" || (scheme == "http" && isLoopback(host)) { return url }
+        throw DBKeyError(
+            .invalidConfiguration,
+            "The \(what) \"\(text)\" must use https:// (plain http:// only to a loopback address, for tests).")
+    }
+
+    /// Whether `host` names this machine: `localhost`, `::1` or an address in `127.0.0.0/8`.
+    package static func isLoopback(_ host: String) -> Bool {
+        let bare = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")).lowercased()
+        if bare == "localhost" || bare == "::1" { return true }
+        let octets = bare.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
+    }
+}

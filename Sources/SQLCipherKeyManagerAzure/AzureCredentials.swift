@@ -1,0 +1,160 @@
+import Foundation
+import KmsHTTP
+import SQLCipherKeyManager
+
+/// Where ``AzureKeyVault`` gets its Microsoft Entra bearer tokens, found as the Azure SDKs'
+/// `DefaultAzureCredential` finds them, for the scope the vault's challenge names.
+///
+/// In order: a service principal with a client secret (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
+/// `AZURE_CLIENT_SECRET`; `AZURE_AUTHORITY_HOST` for another cloud, default
+/// `https://login.microsoftonline.com`); the managed identity of App Service, Functions or
+/// Container Apps (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); the managed identity of a
+/// virtual machine or scale set through the instance metadata service (IMDS,
+/// `http://169.254.169.254`, or `AZURE_POD_IDENTITY_AUTHORITY_HOST`). With a managed identity,
+/// `AZURE_CLIENT_ID` picks a user-assigned identity.
+public struct AzureCredentials: Sendable {
+    enum Source: Sendable {
+        case clientSecret(tenant: String, clientId: String, secret: SecureBuffer, authority: URL)
+        case appService(endpoint: URL, header: SecureBuffer, clientId: String?)
+        case instanceMetadata(endpoint: URL, clientId: String?)
+    }
+
+    let source: Source
+
+    /// A service principal's client-secret credential.
+    ///
+    /// - Parameter authority: The Entra authority host; `nil` for the public cloud's.
+    public static func clientSecret(
+        tenant: String, clientId: String, secret: SecureBuffer, authority: URL? = nil
+    ) -> AzureCredentials {
+        AzureCredentials(
+            source: .clientSecret(
+                tenant: tenant, clientId: clientId, secret: secret,
+                authority: authority ?? URL(string: "https://login.microsoftonline.com")!))
+    }
+
+    /// Finds credentials as described above.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a service principal
+    ///   named in part, or an endpoint that is not https (http only to loopback or link-local
+    ///   addresses, where managed identity lives).
+    public static func fromEnvironment(_ environment: [String: String]) throws -> AzureCredentials {
+        func variable(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+        let clientId = variable("AZURE_CLIENT_ID")
+        if let secret = variable("AZURE_CLIENT_SECRET") {
+            guard let tenant = variable("AZURE_TENANT_ID"), let clientId else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "AZURE_CLIENT_SECRET is set, but AZURE_TENANT_ID or AZURE_CLIENT_ID is not: a service principal needs all three."
+                )
+            }
+            let authority = try EndpointURL.requiringTLS(
+                variable("AZURE_AUTHORITY_HOST") ?? "https://login.microsoftonline.com", what: "AZURE_AUTHORITY_HOST")
+            return clientSecret(
+                tenant: tenant, clientId: clientId,
+                secret: try Passphrase.fromText(secret, kind: "Azure client secret"),
+                authority: authority)
+        }
+        if let endpoint = variable("IDENTITY_ENDPOINT"), let header = variable("IDENTITY_HEADER") {
+            return AzureCredentials(
+                source: .appService(
+                    endpoint: try managedIdentityURL(endpoint, what: "IDENTITY_ENDPOINT"),
+                    header: try Passphrase.fromText(header, kind: "IDENTITY_HEADER"), clientId: clientId))
+        }
+        let host = variable("AZURE_POD_IDENTITY_AUTHORITY_HOST") ?? "http://169.254.169.254"
+        let endpoint = try managedIdentityURL(
+            host.hasSuffix("/") ? String(host.dropLast()) : host, what: "AZURE_POD_IDENTITY_AUTHORITY_HOST"
+        ).appendingPathComponent("metadata/identity/oauth2/token")
+        return AzureCredentials(source: .instanceMetadata(endpoint: endpoint, clientId: clientId))
+    }
+
+    /// A managed-identity endpoint: https, or http to a loopback or link-local (169.254/16)
+    /// address, where Azure serves it.
+    static func managedIdentityURL(_ text: String, what: String) throws -> URL {
+        if let url = URL(string: text), url.scheme == "http", let host = url.host,
+            host.hasPrefix("169.254.") || EndpointURL.isLoopback(host)
+        {
+            return url
+        }
+        return try EndpointURL.requiringTLS(text, what: what)
+    }
+
+    /// A description of the source, with no secret: for messages.
+    var summary: String {
+        switch source {
+        case .clientSecret(_, let clientId, _, _): "the service principal \(clientId)"
+        case .appService: "the managed identity (IDENTITY_ENDPOINT)"
+        case .instanceMetadata(let endpoint, _): "the managed identity (IMDS at \(endpoint.host ?? "?"))"
+        }
+    }
+
+    /// The tenant the credential belongs to, when it names one.
+    var tenant: String? {
+        if case .clientSecret(let tenant, _, _, _) = source { return tenant }
+        return nil
+    }
+
+    /// A new token for what `challenge` asks.
+    func fetchToken(for challenge: AuthenticationChallenge, _ client: KmsHTTPClient) async throws -> BearerToken {
+        switch source {
+        case .clientSecret(let tenant, let clientId, let secret, let authority):
+            let url = authority.appendingPathComponent("\(tenant)/oauth2/v2.0/token")
+            let form = FormBody.encode([
+                ("client_id", .text(clientId)), ("client_secret", .secret(secret)), ("scope", .text(challenge.scope)),
+                ("grant_type", .text("client_credentials")),
+            ])
+            var body = try await client.send(
+                "token", method: "POST", url: url, body: .secret(form),
+                headers: { _ in [("Content-Type", "application/x-www-form-urlencoded")] },
+                mapError: { status, body in AzureCredentials.tokenError(status: status, body: body, what: summary) })
+            return try BearerToken.taking(from: &body, issuer: url.absoluteString)
+        case .appService(let endpoint, let header, let clientId):
+            var query = [
+                URLQueryItem(name: "api-version", value: "2019-08-01"),
+                URLQueryItem(name: "resource", value: challenge.resource),
+            ]
+            if let clientId { query.append(URLQueryItem(name: "client_id", value: clientId)) }
+            let headerValue = header.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+            return try await managedIdentityToken(endpoint, query, [("X-IDENTITY-HEADER", headerValue)], client)
+        case .instanceMetadata(let endpoint, let clientId):
+            var query = [
+                URLQueryItem(name: "api-version", value: "2018-02-01"),
+                URLQueryItem(name: "resource", value: challenge.resource),
+            ]
+            if let clientId { query.append(URLQueryItem(name: "client_id", value: clientId)) }
+            do {
+                return try await managedIdentityToken(endpoint, query, [("Metadata", "true")], client.probing())
+            } catch let error as DBKeyError where error.code == .kmsUnavailable {
+                throw DBKeyError(
+                    .kmsAccessDenied,
+                    "No Azure credentials: AZURE_CLIENT_SECRET and IDENTITY_ENDPOINT are unset, and the instance metadata service at \(endpoint.host ?? "?") did not answer (\(error.message)). Set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or run on Azure with a managed identity.",
+                    underlying: error)
+            }
+        }
+    }
+
+    private func managedIdentityToken(
+        _ endpoint: URL, _ query: [URLQueryItem], _ headers: [(name: String, value: String)], _ client: KmsHTTPClient
+    ) async throws -> BearerToken {
+        var components = URLComponents(url: endpoint, resolvingAgainstBaseURL: false)!
+        components.queryItems = (components.queryItems ?? []) + query
+        var body = try await client.send(
+            "managed identity token", method: "GET", url: components.url!, body: .none, headers: { _ in headers },
+            mapError: { status, body in AzureCredentials.tokenError(status: status, body: body, what: summary) })
+        return try BearerToken.taking(from: &body, issuer: summary)
+    }
+
+    /// Maps a token endpoint's error (`{"error": "invalid_client", "error_description": …}`).
+    static func tokenError(status: Int, body: Data, what: String) -> DBKeyError {
+        let object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+        let detail = [
+            object["error"] as? String, object["error_description"] as? String, object["message"] as? String,
+        ].compactMap { $0 }.joined(separator: ": ")
+        let message = "The token request for \(what) failed with HTTP \(status)\(detail.isEmpty ? "" : ": \(detail)")"
+        if status >= 500 || status == 429 || status == 0 {
+            return DBKeyError(.kmsUnavailable, "\(message). Try again later.")
+        }
+        return DBKeyError(
+            .kmsAccessDenied, "\(message). Check the tenant, the client id and that the secret has not expired.")
+    }
+}

@@ -1,0 +1,343 @@
+import Crypto
+import Foundation
+import KmsHTTP
+import Logging
+import Synchronization
+import SQLCipherKeyManager
+
+/// Azure Key Vault and Managed HSM: data keys wrapped and unwrapped (`wrapkey`, `unwrapkey`) by
+/// a key that never leaves the vault — RSA-OAEP-256 for an RSA key, A256KW for a symmetric
+/// Managed HSM key.
+///
+/// The key is named `HOST/keys/NAME[/VERSION]` (`azure-kv://myvault.vault.azure.net/keys/app-db`
+/// on the command line); without a version, the newest one wraps. The wrapped key is stored as
+/// `azurekv:VERSION:VALUE`: the version that wrapped it (unwrapping needs it) and the base64url
+/// value the vault returned.
+///
+/// ```swift
+/// let kms = try AzureKeyVault.fromEnvironment(logger: logger)
+/// let manager = LocalDbKeyManager(
+///     databasePath: path, kms: kms,
+///     configuration: .init(
+///         kekId: "myvault.vault.azure.net/keys/app-db", encryptionContext: ["purpose": "notes"]),
+///     logger: logger)
+/// ```
+///
+/// Key wrap binds no context, so what is wrapped is the data key followed by SHA-256 of
+/// ``EncryptionContext/canonicalEncoding``, checked on unwrap: a wrapped key moved to a `.key`
+/// with another context is refused. With an RSA key that is a check against mix-ups only —
+/// anyone holding the public key can make an RSA-OAEP wrap of a key and context of their own;
+/// with an A256KW key only the vault can wrap.
+///
+/// Tokens come from ``AzureCredentials``, for the scope the vault's `WWW-Authenticate`
+/// challenge names; a challenge naming a resource that is not the vault's own domain is
+/// refused. The identity needs the key operations get, wrapKey and unwrapKey (the role
+/// Key Vault Crypto Service Encryption User, or an access policy with those three).
+///
+/// 429 and 5xx answers, timeouts and refused connections are retried as ``RetryPolicy`` says.
+public struct AzureKeyVault: KeyManagementService {
+    /// `azure`.
+    public let providerName = "azure"
+
+    /// The Key Vault REST API version every request names.
+    public static let apiVersion = "7.4"
+
+    let credentials: AzureCredentials
+    let retry: RetryPolicy
+    let transport: any KmsTransport
+    let logger: Logger
+    private let tokens = BearerTokenCache()
+    private let learned = VaultFacts()
+
+    /// Creates the provider.
+    public init(credentials: AzureCredentials, retry: RetryPolicy = RetryPolicy(), logger: Logger) {
+        self.init(credentials: credentials, retry: retry, transport: URLSessionKmsTransport(), logger: logger)
+    }
+
+    init(credentials: AzureCredentials, retry: RetryPolicy, transport: any KmsTransport, logger: Logger) {
+        self.credentials = credentials
+        self.retry = retry
+        self.transport = transport
+        self.logger = logger
+    }
+
+    /// Makes the Key Vault provider from the environment (see ``fromEnvironment(_:logger:)``).
+    public static let factory = KmsProviderFactory(
+        providerName: "azure", uriScheme: "azure-kv",
+        uriForms: [
+            "azure-kv://VAULT.vault.azure.net/keys/NAME[/VERSION]",
+            "azure-kv://POOL.managedhsm.azure.net/keys/NAME[/VERSION]",
+        ]
+    ) { environment, logger in
+        try fromEnvironment(environment, logger: logger)
+    }
+
+    /// Configures the provider: credentials as ``AzureCredentials/fromEnvironment(_:)`` finds
+    /// them, `DBKEY_KMS_MAX_ATTEMPTS` (default 3) and `DBKEY_KMS_TIMEOUT_SECONDS`.
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger
+    ) throws -> AzureKeyVault {
+        let retry = try RetryPolicy.fromEnvironment(
+            environment, attemptsVariable: "DBKEY_KMS_MAX_ATTEMPTS", countsFirstAttempt: true)
+        return AzureKeyVault(
+            credentials: try AzureCredentials.fromEnvironment(environment), retry: retry, logger: logger)
+    }
+
+    // MARK: - KeyManagementService
+
+    public func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
+        let key = try SecureBuffer.random(count: RawKeyText.keyByteCount)
+        return DataKey(plaintext: key, wrapped: try await encrypt(key, kekId: kekId, context: context), kekId: kekId)
+    }
+
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+        let name = try KeyVaultKeyName(kekId)
+        let algorithm = try await wrapAlgorithm(name)
+        let payload = AzureKeyVault.boundPayload(key, context)
+        let response = try await call(
+            "wrapKey", name, url: name.url("wrapkey", version: nil),
+            body: .jsonWithSecret(["alg": algorithm], name: "value", value: Base64URL.encode(payload)))
+        let answer = try AzureKeyVault.object(response)
+        guard let value = answer["value"] as? String, Base64URL.decode(value) != nil,
+            let version = (answer["kid"] as? String).flatMap(AzureKeyVault.version(ofKid:))
+        else {
+            throw DBKeyError(.kmsUnavailable, "Key Vault's answer to wrapKey with \(name) has no value or kid.")
+        }
+        return WrappedKey(encoded: "azurekv:\(version):\(value)")
+    }
+
+    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+        let name = try KeyVaultKeyName(kekId)
+        guard let (version, value) = AzureKeyVault.parts(of: wrapped) else {
+            throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a Key Vault wrap (azurekv:VERSION:…).")
+        }
+        let algorithm = try await wrapAlgorithm(name)
+        var response = try await call(
+            "unwrapKey", name, url: name.url("unwrapkey", version: version),
+            body: .json(["alg": algorithm, "value": value]))
+        defer { response.wipe() }
+        guard let text = JSONSecretField.takeText("value", from: &response),
+            let payload = text.withUnsafeBytes(Base64URL.decode)
+        else {
+            throw DBKeyError(.kmsUnavailable, "Key Vault answered without a value for \(name).")
+        }
+        return try AzureKeyVault.unbound(payload, context, name: name)
+    }
+
+    public func health(kekId: String) async throws -> KmsHealth {
+        let name = try KeyVaultKeyName(kekId)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let key = try await readKey(name)
+        let latency = clock.now - start
+        guard key.enabled else {
+            throw DBKeyError(
+                .kmsKeyDisabled, "The Key Vault key \(name) (version \(key.version)) is disabled; enable it.")
+        }
+        return KmsHealth(kekId: name.description, keyState: "enabled", latency: latency)
+    }
+
+    // MARK: - The protocol
+
+    /// The data key followed by SHA-256 of the context's canonical encoding.
+    static func boundPayload(_ key: SecureBuffer, _ context: EncryptionContext) -> SecureBuffer {
+        let digest = Array(SHA256.hash(data: context.canonicalEncoding))
+        return key.withUnsafeBytes { bytes in
+            SecureBuffer(count: bytes.count + digest.count) { output in
+                output.copyMemory(from: bytes)
+                UnsafeMutableRawBufferPointer(rebasing: output[bytes.count...]).copyBytes(from: digest)
+            }
+        }
+    }
+
+    /// The data key of an unwrapped payload whose digest matches `context` (compared in
+    /// constant time).
+    static func unbound(_ payload: SecureBuffer, _ context: EncryptionContext, name: KeyVaultKeyName) throws
+        -> SecureBuffer
+    {
+        let digest = Array(SHA256.hash(data: context.canonicalEncoding))
+        let keyCount = RawKeyText.keyByteCount
+        guard payload.count == keyCount + digest.count else {
+            throw DBKeyError(
+                .ciphertextInvalid,
+                "The Key Vault wrap with \(name) holds \(payload.count) bytes, not a 32-byte data key and its context digest."
+            )
+        }
+        return try payload.withUnsafeBytes { bytes in
+            var difference: UInt8 = 0
+            for index in 0..<digest.count { difference |= bytes[keyCount + index] ^ digest[index] }
+            guard difference == 0 else {
+                throw DBKeyError(
+                    .ciphertextInvalid,
+                    "The Key Vault wrap with \(name) was made for another encryption context: the wrapped key belongs to another database or was altered."
+                )
+            }
+            return SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: bytes.prefix(keyCount)))
+        }
+    }
+
+    static func parts(of wrapped: WrappedKey) -> (version: String, value: String)? {
+        let parts = wrapped.encoded.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0] == "azurekv", KeyVaultKeyName.isVersion(parts[1]), !parts[2].isEmpty,
+            Base64URL.decode(String(parts[2])) != nil
+        else { return nil }
+        return (String(parts[1]), String(parts[2]))
+    }
+
+    /// The version in a key id URL, `https://HOST/keys/NAME/VERSION`.
+    static func version(ofKid kid: String) -> String? {
+        guard let last = URL(string: kid)?.pathComponents.last, KeyVaultKeyName.isVersion(last) else { return nil }
+        return last
+    }
+
+    static func object(_ response: Data) throws -> [String: Any] {
+        guard let object = try? JSONSerialization.jsonObject(with: response) as? [String: Any] else {
+            throw DBKeyError(.kmsUnavailable, "Key Vault answered with a body that is not a JSON object.")
+        }
+        return object
+    }
+
+    /// What a key read tells: its type, whether it is enabled, its version.
+    struct KeyFacts: Sendable {
+        let type: String
+        let enabled: Bool
+        let version: String
+    }
+
+    private func readKey(_ name: KeyVaultKeyName) async throws -> KeyFacts {
+        let object = try AzureKeyVault.object(try await call("get", name, url: name.url(nil, version: nil), body: nil))
+        let key = object["key"] as? [String: Any] ?? [:]
+        let facts = KeyFacts(
+            type: key["kty"] as? String ?? "?",
+            enabled: (object["attributes"] as? [String: Any])?["enabled"] as? Bool ?? true,
+            version: (key["kid"] as? String).flatMap(AzureKeyVault.version(ofKid:)) ?? "?")
+        learned.setKeyType(facts.type, for: name)
+        return facts
+    }
+
+    /// RSA-OAEP-256 for an RSA key, A256KW for a symmetric (Managed HSM) key, learned from the
+    /// key's first read.
+    private func wrapAlgorithm(_ name: KeyVaultKeyName) async throws -> String {
+        let type: String
+        if let known = learned.keyType(of: name) {
+            type = known
+        } else {
+            type = try await readKey(name).type
+        }
+        switch type {
+        case "RSA", "RSA-HSM": return "RSA-OAEP-256"
+        case "oct", "oct-HSM": return "A256KW"
+        default:
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The Key Vault key \(name) is of type \(type); DBKey wraps with RSA (RSA-OAEP-256) or symmetric Managed HSM keys (A256KW)."
+            )
+        }
+    }
+
+    /// The vault's challenge, learned once per host from a request without a token.
+    private func challenge(_ name: KeyVaultKeyName) async throws -> AuthenticationChallenge {
+        if let known = learned.challenge(of: name.host) { return known }
+        let request = KmsHTTPRequest(url: name.url(nil, version: nil), method: "GET", headers: [], body: Data())
+        let response = try await retry.run("challenge", logger: logger) {
+            let response = try await transport.send(request, timeout: retry.timeout)
+            if response.status >= 500 || response.status == 429 {
+                throw DBKeyError(
+                    .kmsUnavailable, "The vault \(name.host) answered HTTP \(response.status). Try again later.")
+            }
+            return response
+        }
+        guard response.status == 401, let header = response.header("WWW-Authenticate") else {
+            throw DBKeyError(
+                .kmsAccessDenied,
+                "The vault \(name.host) answered HTTP \(response.status) with no authentication challenge to a request without a token: it does not look like Key Vault."
+            )
+        }
+        let challenge = try AuthenticationChallenge(header: header, vaultHost: name.host)
+        if let tenant = credentials.tenant, let vaultTenant = challenge.tenant,
+            vaultTenant.lowercased() != tenant.lowercased()
+        {
+            throw DBKeyError(
+                .kmsAccessDenied,
+                "The vault \(name.host) belongs to tenant \(vaultTenant), and AZURE_TENANT_ID names \(tenant): use a service principal of the vault's tenant."
+            )
+        }
+        learned.setChallenge(challenge, for: name.host)
+        return challenge
+    }
+
+    /// Sends one request (a GET when `body` is `nil`) with a bearer token for the vault's
+    /// challenge, and returns the successful body. A refused token is forgotten.
+    private func call(_ operation: String, _ name: KeyVaultKeyName, url: URL, body: KmsHTTPClient.Body?) async throws
+        -> Data
+    {
+        let challenge = try await challenge(name)
+        let client = KmsHTTPClient(transport: transport, retry: retry, logger: logger)
+        let token = try await tokens.token(scope: challenge.scope) { [credentials] in
+            try await credentials.fetchToken(for: challenge, client)
+        }
+        do {
+            return try await client.send(
+                operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
+                headers: { _ in
+                    [("Authorization", token.authorization)]
+                        + (body == nil ? [] : [("Content-Type", "application/json")])
+                },
+                mapError: { status, responseBody in
+                    AzureKeyVault.error(
+                        status: status, body: responseBody, operation: operation, key: name,
+                        credentials: credentials.summary)
+                })
+        } catch let error as DBKeyError where error.code == .kmsAccessDenied {
+            await tokens.invalidate(scope: challenge.scope)
+            throw error
+        }
+    }
+
+    /// Maps an error answer (`{"error": {"code", "message", "innererror": {"code"}}}`) to a code.
+    static func error(status: Int, body: Data, operation: String, key: KeyVaultKeyName, credentials: String)
+        -> DBKeyError
+    {
+        let error = (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["error"] as? [String: Any]
+        let code = error?["code"] as? String ?? ""
+        let inner = (error?["innererror"] as? [String: Any])?["code"] as? String ?? ""
+        let message = error?["message"] as? String ?? ""
+        let what =
+            "Key Vault \(operation) with \(key) failed with HTTP \(status)\(code.isEmpty ? "" : " \(code)")\(message.isEmpty ? "" : ": \(message)")"
+        switch status {
+        case 401:
+            return DBKeyError(.kmsAccessDenied, "\(what). The token of \(credentials) was refused.")
+        case 403 where inner == "KeyDisabled" || message.contains("disabled"):
+            return DBKeyError(.kmsKeyDisabled, "\(what). Enable the key version, or rewrap under an enabled one.")
+        case 403:
+            return DBKeyError(
+                .kmsAccessDenied,
+                "\(what). Give \(credentials) the key operations get, wrapKey and unwrapKey (the role Key Vault Crypto Service Encryption User, or an access policy)."
+            )
+        case 404:
+            return DBKeyError(.kmsKeyNotFound, "\(what). Check the vault's host, the key's name and its version.")
+        case 429, 500...:
+            return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
+        case 400 where operation == "unwrapKey":
+            return DBKeyError(
+                .ciphertextInvalid, "\(what). The wrapped key was altered or belongs to another key or version.")
+        default:
+            return DBKeyError(.invalidConfiguration, "\(what).")
+        }
+    }
+}
+
+/// What ``AzureKeyVault`` learns once and its copies share: each vault's challenge, each key's
+/// type.
+private final class VaultFacts: Sendable {
+    private let challenges = Mutex<[String: AuthenticationChallenge]>([:])
+    private let keyTypes = Mutex<[String: String]>([:])
+
+    func challenge(of host: String) -> AuthenticationChallenge? { challenges.withLock { $0[host] } }
+    func setChallenge(_ challenge: AuthenticationChallenge, for host: String) {
+        challenges.withLock { $0[host] = challenge }
+    }
+    func keyType(of name: KeyVaultKeyName) -> String? { keyTypes.withLock { $0[name.description] } }
+    func setKeyType(_ type: String, for name: KeyVaultKeyName) { keyTypes.withLock { $0[name.description] = type } }
+}
