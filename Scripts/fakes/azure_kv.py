@@ -20,7 +20,7 @@ Microsoft Entra endpoints a client needs to reach it.
   localhost, signs the server's certificate; the CA's certificate is written to the state
   directory. A second HTTPS listener presents a certificate from another CA that no one trusts.
 - `/_fake/*` is the admin API, guarded by the admin token: keys, versions, principals, the
-  challenge's resource, failure injection.
+  resource a key's challenge names, failure injection.
 
 Use: azure_kv.py STATE_DIR. Prints one JSON line (ports, admin token, tenant, CA file) and
 serves on 127.0.0.1 until killed."""
@@ -109,7 +109,7 @@ class KeyVault(FakeServer):
         self.tokens: dict[str, dict] = {}             # token -> {"principal", "audience", "expires"}
         self.token_lifetime = 3600
         self.port = 0
-        self.challenge_resource: str | None = None
+        self.challenge_resources: dict[str, str] = {}  # key name -> the resource its challenge names
 
     @property
     def origin(self) -> str:
@@ -139,11 +139,10 @@ class KeyVault(FakeServer):
                 self.identity_operations = body["operations"]
                 return {}
             if command == "challenge":
-                self.challenge_resource = body.get("resource")
+                self.challenge_resources[body["name"]] = body["resource"]
                 return {}
-            if command == "token-lifetime":
-                self.token_lifetime = body["seconds"]
-                return {}
+            if command == "issued":
+                return {"tokens": list(self.tokens)}
         return super().admin(command, body)
 
     def add_version(self, name: str, kty: str, size: int) -> str:
@@ -209,9 +208,9 @@ class KeyVault(FakeServer):
 
     # Key Vault ------------------------------------------------------------------------------
 
-    def authorize(self, request, operation: str) -> None:
+    def authorize(self, request, name: str, operation: str) -> None:
         token = request.bearer()
-        resource = self.challenge_resource or self.origin
+        resource = self.challenge_resources.get(name, self.origin)
         challenge = {"WWW-Authenticate": f'Bearer authorization="{self.origin}/{self.tenant}", '
                                          f'resource="{resource}"'}
         if token is None:
@@ -239,7 +238,7 @@ class KeyVault(FakeServer):
         method = {None: "get", "/wrapkey": "wrapKey", "/unwrapkey": "unwrapKey"}[operation]
         if (request.method == "GET") != (method == "get"):
             raise kv_error(405, "BadParameter", "Method not allowed.")
-        self.authorize(request, method)
+        self.authorize(request, name, method)
         with self.lock:
             versions = self.keys.get(name, [])
             version = next((v for v in versions if v["id"] == version_id), None) if version_id else \

@@ -87,10 +87,11 @@ class CloudKms(FakeServer):
                                               "expires": time.time() + body.get("lifetime", 3600)}
                 return {}
             if command == "account":
-                return {"path": self.make_account(body["directory"], body.get("permissions", ALL_PERMISSIONS))}
-            if command == "token-lifetime":
-                self.token_lifetime = body["seconds"]
-                return {}
+                path = self.make_account(body["directory"], body.get("permissions", ALL_PERMISSIONS),
+                                         body.get("token_lifetime"))
+                return {"path": path}
+            if command == "issued":
+                return {"tokens": list(self.tokens)}
         return super().admin(command, body)
 
     def add_version(self, name: str) -> str:
@@ -99,12 +100,13 @@ class CloudKms(FakeServer):
         key["primary"] = len(key["versions"])
         return f"{name}/cryptoKeyVersions/{key['primary']}"
 
-    def make_account(self, directory: str, permissions: list[str]) -> str:
+    def make_account(self, directory: str, permissions: list[str], token_lifetime: int | None = None) -> str:
         """A service account with a new RSA key; its JSON key file, as Google issues it."""
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         email = f"sa-{secrets.token_hex(4)}@fake-project.iam.gserviceaccount.com"
         key_id = secrets.token_hex(20)
-        self.accounts[email] = {"public_key": private.public_key(), "key_id": key_id, "permissions": permissions}
+        self.accounts[email] = {"public_key": private.public_key(), "key_id": key_id, "permissions": permissions,
+                                "token_lifetime": token_lifetime}
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
         document = {"type": "service_account", "project_id": "fake-project", "private_key_id": key_id,
@@ -121,8 +123,9 @@ class CloudKms(FakeServer):
 
     def issue(self, principal: str) -> dict:
         token = "ya29.fake-" + secrets.token_urlsafe(32)
-        self.tokens[token] = {"principal": principal, "expires": time.time() + self.token_lifetime}
-        return {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"}
+        lifetime = self.accounts.get(principal, {}).get("token_lifetime") or self.token_lifetime
+        self.tokens[token] = {"principal": principal, "expires": time.time() + lifetime}
+        return {"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}
 
     def token_endpoint(self, request) -> dict:
         form = request.form()

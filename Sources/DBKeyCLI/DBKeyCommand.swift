@@ -7,7 +7,10 @@ import SQLCipherKeyManager
 /// The `dbkey` executable is one line:
 ///
 /// ```swift
-/// await DBKeyCommand.main(providers: [LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory])
+/// await DBKeyCommand.main(providers: [
+///     LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+///     AzureKeyVault.factory,
+/// ])
 /// ```
 public struct DBKeyCommand: AsyncParsableCommand {
     /// The providers the running command may use: every KEK URI and `.key` file is resolved

@@ -11,8 +11,8 @@ import SQLCipherKeyManager
 ///
 /// The key is named `HOST/keys/NAME[/VERSION]` (`azure-kv://myvault.vault.azure.net/keys/app-db`
 /// on the command line); without a version, the newest one wraps. The wrapped key is stored as
-/// `azurekv:VERSION:VALUE`: the version that wrapped it (unwrapping needs it) and the base64url
-/// value the vault returned.
+/// `azurekv:VERSION:WRAPPED`: the version that wrapped it (unwrapping needs it) and the bytes
+/// the vault returned, in base64.
 ///
 /// ```swift
 /// let kms = try AzureKeyVault.fromEnvironment(logger: logger)
@@ -24,8 +24,8 @@ import SQLCipherKeyManager
 /// ```
 ///
 /// Key wrap binds no context, so what is wrapped is the data key followed by SHA-256 of
-/// ``EncryptionContext/canonicalEncoding``, checked on unwrap: a wrapped key moved to a `.key`
-/// with another context is refused. With an RSA key that is a check against mix-ups only —
+/// ``EncryptionContext/canonicalEncoding`` (and 8 random bytes, so that no two wraps are
+/// alike), checked on unwrap: a wrapped key moved to a `.key` with another context is refused. With an RSA key that is a check against mix-ups only —
 /// anyone holding the public key can make an RSA-OAEP wrap of a key and context of their own;
 /// with an A256KW key only the vault can wrap.
 ///
@@ -94,17 +94,19 @@ public struct AzureKeyVault: KeyManagementService {
     public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
         let name = try KeyVaultKeyName(kekId)
         let algorithm = try await wrapAlgorithm(name)
-        let payload = AzureKeyVault.boundPayload(key, context)
+        let payload = try AzureKeyVault.boundPayload(key, context)
         let response = try await call(
             "wrapKey", name, url: name.url("wrapkey", version: nil),
             body: .jsonWithSecret(["alg": algorithm], name: "value", value: Base64URL.encode(payload)))
         let answer = try AzureKeyVault.object(response)
-        guard let value = answer["value"] as? String, Base64URL.decode(value) != nil,
+        guard let value = (answer["value"] as? String).flatMap(Base64URL.decode),
             let version = (answer["kid"] as? String).flatMap(AzureKeyVault.version(ofKid:))
         else {
             throw DBKeyError(.kmsUnavailable, "Key Vault's answer to wrapKey with \(name) has no value or kid.")
         }
-        return WrappedKey(encoded: "azurekv:\(version):\(value)")
+        // The wrapped key is not secret; it is stored in base64, as the other providers store theirs.
+        let stored = value.base64Encoded().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+        return WrappedKey(encoded: "azurekv:\(version):\(stored)")
     }
 
     public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
@@ -115,7 +117,7 @@ public struct AzureKeyVault: KeyManagementService {
         let algorithm = try await wrapAlgorithm(name)
         var response = try await call(
             "unwrapKey", name, url: name.url("unwrapkey", version: version),
-            body: .json(["alg": algorithm, "value": value]))
+            body: .json(["alg": algorithm, "value": Base64URL.encode(value)]))
         defer { response.wipe() }
         guard let text = JSONSecretField.takeText("value", from: &response),
             let payload = text.withUnsafeBytes(Base64URL.decode)
@@ -140,13 +142,23 @@ public struct AzureKeyVault: KeyManagementService {
 
     // MARK: - The protocol
 
-    /// The data key followed by SHA-256 of the context's canonical encoding.
-    static func boundPayload(_ key: SecureBuffer, _ context: EncryptionContext) -> SecureBuffer {
+    /// The number of random bytes after the digest: A256KW (RFC 3394) is deterministic, and
+    /// they make every wrap of a key a new one, as RSA-OAEP's are.
+    static let saltByteCount = 8
+
+    /// What is wrapped: the data key, SHA-256 of the context's canonical encoding, and
+    /// ``saltByteCount`` random bytes.
+    static func boundPayload(_ key: SecureBuffer, _ context: EncryptionContext) throws -> SecureBuffer {
         let digest = Array(SHA256.hash(data: context.canonicalEncoding))
+        let salt = try SecureBuffer.random(count: saltByteCount)
         return key.withUnsafeBytes { bytes in
-            SecureBuffer(count: bytes.count + digest.count) { output in
+            SecureBuffer(count: bytes.count + digest.count + saltByteCount) { output in
                 output.copyMemory(from: bytes)
                 UnsafeMutableRawBufferPointer(rebasing: output[bytes.count...]).copyBytes(from: digest)
+                salt.withUnsafeBytes {
+                    UnsafeMutableRawBufferPointer(rebasing: output[(bytes.count + digest.count)...]).copyMemory(
+                        from: $0)
+                }
             }
         }
     }
@@ -158,10 +170,10 @@ public struct AzureKeyVault: KeyManagementService {
     {
         let digest = Array(SHA256.hash(data: context.canonicalEncoding))
         let keyCount = RawKeyText.keyByteCount
-        guard payload.count == keyCount + digest.count else {
+        guard payload.count == keyCount + digest.count + saltByteCount else {
             throw DBKeyError(
                 .ciphertextInvalid,
-                "The Key Vault wrap with \(name) holds \(payload.count) bytes, not a 32-byte data key and its context digest."
+                "The Key Vault wrap with \(name) holds \(payload.count) bytes, not a 32-byte data key, its context digest and salt."
             )
         }
         return try payload.withUnsafeBytes { bytes in
@@ -177,12 +189,13 @@ public struct AzureKeyVault: KeyManagementService {
         }
     }
 
-    static func parts(of wrapped: WrappedKey) -> (version: String, value: String)? {
+    /// The version and the wrapped bytes of `azurekv:VERSION:BASE64`.
+    static func parts(of wrapped: WrappedKey) -> (version: String, value: [UInt8])? {
         let parts = wrapped.encoded.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[0] == "azurekv", KeyVaultKeyName.isVersion(parts[1]), !parts[2].isEmpty,
-            Base64URL.decode(String(parts[2])) != nil
+        guard parts.count == 3, parts[0] == "azurekv", KeyVaultKeyName.isVersion(parts[1]),
+            let value = Base64.decode(String(parts[2])), !value.isEmpty
         else { return nil }
-        return (String(parts[1]), String(parts[2]))
+        return (String(parts[1]), value)
     }
 
     /// The version in a key id URL, `https://HOST/keys/NAME/VERSION`.

@@ -144,14 +144,15 @@ struct ServiceAccountKey: Sendable {
             at: path, maxSize: 16384, kind: "Google service-account key file", missingCode: .keyFileMissing)
         var body = file.withUnsafeBytes { Data($0) }
         defer { body.wipe() }
-        guard let pem = JSONSecretField.takeText("private_key", from: &body) else {
-            throw DBKeyError(
-                .invalidConfiguration, "\(path) holds no private_key: it is not a service-account key file.")
+        let pem = JSONSecretField.takeText("private_key", from: &body)
+        // The secrets of other kinds of credential file are blanked before the file is parsed.
+        for field in ["client_secret", "refresh_token", "access_token"] {
+            _ = JSONSecretField.takeText(field, from: &body)
         }
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             throw DBKeyError(.invalidConfiguration, "\(path) is not JSON.")
         }
-        guard object["type"] as? String == "service_account" else {
+        guard object["type"] as? String == "service_account", let pem else {
             throw DBKeyError(
                 .invalidConfiguration,
                 "\(path) is a \(object["type"] as? String ?? "untyped") credential file; DBKey reads service-account keys only (type service_account). For a user's gcloud login, set GOOGLE_OAUTH_ACCESS_TOKEN=$(gcloud auth print-access-token)."

@@ -245,7 +245,10 @@ extension DBKeyCLITests.Workspace {
             arguments.isEmpty || arguments[0].hasPrefix("-") ? arguments : arguments + ["--log-level", "trace"]
         let result = try await run(DBKeyCLITests.executable, traced, input: input, environment: environment)
         var secrets = [masterKeyBase64]
-        secrets += ["AWS_SECRET_ACCESS_KEY", "OLD_DB_PASSPHRASE", "P", "VAULT_TOKEN", "DBKEY_PKCS11_PIN"].compactMap {
+        secrets += [
+            "AWS_SECRET_ACCESS_KEY", "OLD_DB_PASSPHRASE", "P", "VAULT_TOKEN", "DBKEY_PKCS11_PIN", "AZURE_CLIENT_SECRET",
+            "GOOGLE_OAUTH_ACCESS_TOKEN", "IDENTITY_HEADER",
+        ].compactMap {
             environment[$0]
         }.filter {
             !$0.isEmpty

@@ -5,7 +5,9 @@ import Crypto
 import Logging
 import SQLCipherKeyManager
 import SQLCipherKeyManagerAWS
+import SQLCipherKeyManagerAzure
 import SQLCipherKeyManagerConformance
+import SQLCipherKeyManagerGCP
 import SQLCipherKeyManagerPKCS11
 import SQLCipherKeyManagerTesting
 import SQLCipherKeyManagerVault
@@ -58,7 +60,10 @@ final class NotesStore: KeyChangeCoordinator {
 /// The examples of the doc comments, each over the names its comment assumes.
 enum DocCommentExamples {
     static func main() async {
-        await DBKeyCommand.main(providers: [LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory])
+        await DBKeyCommand.main(providers: [
+            LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+            AzureKeyVault.factory,
+        ])
     }
 
     static func connection(manager: LocalDbKeyManager) async throws {
@@ -243,6 +248,25 @@ enum DocCommentExamples {
             let manager = LocalDbKeyManager(
                 databasePath: path, kms: kms,
                 configuration: .init(kekId: "token=app;object=db-kek", encryptionContext: ["purpose": "notes"]),
+                logger: logger)
+            _ = manager
+        }
+        do {
+            let kms = try CloudKms.fromEnvironment(logger: logger)
+            let manager = LocalDbKeyManager(
+                databasePath: path, kms: kms,
+                configuration: .init(
+                    kekId: "projects/acme/locations/global/keyRings/apps/cryptoKeys/notes-db",
+                    encryptionContext: ["purpose": "notes"]),
+                logger: logger)
+            _ = manager
+        }
+        do {
+            let kms = try AzureKeyVault.fromEnvironment(logger: logger)
+            let manager = LocalDbKeyManager(
+                databasePath: path, kms: kms,
+                configuration: .init(
+                    kekId: "myvault.vault.azure.net/keys/app-db", encryptionContext: ["purpose": "notes"]),
                 logger: logger)
             _ = manager
         }

@@ -2,7 +2,9 @@ import Foundation
 import SQLCipherKeyManager
 import SQLCipherKeyManagerTesting
 import SQLCipherKeyManagerAWS
+import SQLCipherKeyManagerAzure
 import SQLCipherKeyManagerConformance
+import SQLCipherKeyManagerGCP
 import SQLCipherKeyManagerPKCS11
 import SQLCipherKeyManagerVault
 import Testing
@@ -45,7 +47,20 @@ struct ProviderUnderTest: Sendable, CustomTestStringConvertible {
                 kekId:
                     "token=\(SoftHSM.variables["DBKEY_TEST_PKCS11_TOKEN"] ?? "");object=\(SoftHSM.variables["DBKEY_TEST_PKCS11_OBJECT"] ?? "")"
             ) { try SoftHSM.provider() },
+            ProviderUnderTest(
+                name: "gcp (fake Cloud KMS, service account)", kekId: environment["DBKEY_TEST_GCP_KEY"] ?? ""
+            ) { try FakeCloudKms.provider() },
+            ProviderUnderTest(
+                name: "azure (fake Key Vault, RSA-OAEP-256)",
+                kekId: "127.0.0.1:\(environment["DBKEY_TEST_AZURE_PORT"] ?? "0")/keys/conformance-rsa"
+            ) { try FakeKeyVault.provider() },
+            ProviderUnderTest(
+                name: "azure (fake Managed HSM, A256KW)",
+                kekId: "127.0.0.1:\(environment["DBKEY_TEST_AZURE_PORT"] ?? "0")/keys/conformance-hsm"
+            ) { try FakeKeyVault.provider() },
         ]
+
+    private static let environment = ProcessInfo.processInfo.environment
 }
 
 /// Every provider in the package passes the public conformance suite, check by check.

@@ -1,0 +1,103 @@
+import Foundation
+import Testing
+
+@testable import KmsHTTP
+@testable import SQLCipherKeyManager
+@testable import SQLCipherKeyManagerAzure
+
+/// The fake Key Vault that `Scripts/test` starts (through `Scripts/azurekv`) and describes in
+/// `DBKEY_TEST_AZURE_*` variables. A test that needs it fails when it is missing.
+enum FakeKeyVault {
+    static func value(_ name: String) throws -> String {
+        try scriptVariable("DBKEY_TEST_AZURE_\(name)", describing: "fake Key Vault")
+    }
+
+    /// The vault's host: `127.0.0.1:PORT`.
+    static func host() throws -> String { "127.0.0.1:" + (try value("PORT")) }
+    static func origin() throws -> URL { URL(string: "https://" + (try host()))! }
+
+    /// The KEK id of key `name` in the vault.
+    static func kekId(_ name: String) throws -> String { "\(try host())/keys/\(name)" }
+
+    /// The service principal Scripts/azurekv registered, with every key operation.
+    static func clientCredentials(secret: String? = nil, tenant: String? = nil) throws -> AzureCredentials {
+        .clientSecret(
+            tenant: try tenant ?? value("TENANT"), clientId: try value("CLIENT_ID"),
+            secret: try Passphrase.fromText(secret ?? value("CLIENT_SECRET")), authority: try origin())
+    }
+
+    static func provider(
+        credentials: AzureCredentials? = nil,
+        retry: RetryPolicy = .init(attempts: 2, timeout: .seconds(5), initialBackoff: .milliseconds(10)),
+        transport: (any KmsTransport)? = nil
+    ) throws -> AzureKeyVault {
+        AzureKeyVault(
+            credentials: try credentials ?? clientCredentials(), retry: retry,
+            transport: transport ?? URLSessionKmsTransport(), logger: silentLogger)
+    }
+
+    /// The environment a `dbkey` process needs to reach the vault as the service principal.
+    static func processEnvironment() throws -> [String: String] {
+        [
+            "AZURE_TENANT_ID": try value("TENANT"), "AZURE_CLIENT_ID": try value("CLIENT_ID"),
+            "AZURE_CLIENT_SECRET": try value("CLIENT_SECRET"), "AZURE_AUTHORITY_HOST": try origin().absoluteString,
+        ]
+    }
+
+    @discardableResult
+    static func admin(_ command: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
+        let response = try await URLSessionKmsTransport().send(
+            KmsHTTPRequest(
+                url: try origin().appendingPathComponent("_fake/\(command)"), method: "POST",
+                headers: [("X-Fake-Admin", try value("ADMIN_TOKEN"))],
+                body: try JSONSerialization.data(withJSONObject: body)),
+            timeout: .seconds(10))
+        #expect(response.status == 200, "admin \(command): \(String(decoding: response.body, as: UTF8.self))")
+        return (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]) ?? [:]
+    }
+
+    /// A new key of the test's own (`RSA` or `oct-HSM`): its name and first version.
+    static func createKey(type: String = "RSA") async throws -> (name: String, version: String) {
+        let name = "k-" + UUID().uuidString.prefix(8).lowercased()
+        let kid = try await admin("keys", ["name": name, "kty": type, "size": type == "RSA" ? 2048 : 256])["kid"]
+        return (name, String((kid as? String ?? "").split(separator: "/").last ?? ""))
+    }
+
+    /// Every bearer token the vault and its Entra endpoints issued.
+    static func issuedTokens() async throws -> [String] { try await admin("issued")["tokens"] as? [String] ?? [] }
+
+    /// A new version of key `name`; its id.
+    @discardableResult
+    static func rotate(_ name: String) async throws -> String {
+        String((try await admin("rotate", ["name": name])["kid"] as? String ?? "").split(separator: "/").last ?? "")
+    }
+
+    /// A service principal with only `operations`: (client id, secret).
+    static func client(operations: [String]) async throws -> (id: String, secret: String) {
+        let answer = try await admin("client", ["operations": operations])
+        return (try #require(answer["client_id"] as? String), try #require(answer["client_secret"] as? String))
+    }
+
+    static func fail(status: Int, count: Int = 1, path: String = "", delay: Double = 0) async throws {
+        try await admin("fail", ["status": status, "count": count, "path": path, "delay": delay])
+    }
+
+    /// Microsoft's client (azure-keyvault-keys with azure-identity) through
+    /// Scripts/interop/azure_kv.py, as a principal allowed wrapKey and unwrapKey but not get, so
+    /// that it cannot wrap locally.
+    static func microsoftClient(_ request: [String: Any]) async throws -> [String: String] {
+        let python = try requireTool("python3", installedBy: "python3")
+        let principal = try await client(operations: ["wrapKey", "unwrapKey"])
+        let input = String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)
+        var environment = ProcessInfo.processInfo.environment.filter { ["PATH", "HOME"].contains($0.key) }
+        environment["AZURE_TENANT_ID"] = try value("TENANT")
+        environment["AZURE_CLIENT_ID"] = principal.id
+        environment["AZURE_CLIENT_SECRET"] = principal.secret
+        environment["AZURE_AUTHORITY_HOST"] = try origin().absoluteString
+        environment["REQUESTS_CA_BUNDLE"] = try value("CA_FILE")
+        let result = try await run(
+            python, [repositoryRoot.path + "/Scripts/interop/azure_kv.py"], input: input, environment: environment)
+        #expect(result.status == 0, "azure_kv.py failed: \(result.stderr)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String])
+    }
+}

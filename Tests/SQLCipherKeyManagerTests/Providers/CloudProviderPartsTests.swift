@@ -1,0 +1,168 @@
+import Foundation
+import Testing
+
+@testable import KmsHTTP
+@testable import SQLCipherKeyManager
+@testable import SQLCipherKeyManagerAzure
+@testable import SQLCipherKeyManagerGCP
+
+/// The parts of the Cloud KMS and Key Vault providers that need no server: names, encodings,
+/// token answers, endpoint rules.
+@Suite("Cloud provider parts")
+struct CloudProviderPartsTests {
+    @Test("Cloud KMS key names: the four labelled ids, domain-scoped projects, nothing else")
+    func cloudKmsNames() throws {
+        for valid in [
+            "projects/acme/locations/global/keyRings/apps/cryptoKeys/notes-db",
+            "projects/example.com:acme/locations/europe-west1/keyRings/r_1/cryptoKeys/K",
+        ] {
+            #expect(try CloudKmsKeyName(valid).description == valid)
+        }
+        for invalid in [
+            "", "projects/acme", "projects/acme/locations/global/keyRings/apps/cryptoKeys/",
+            "projects/acme/locations/global/keyRings/apps/cryptoKeys/k/cryptoKeyVersions/1",
+            "projects/acme/locations/global/keyRing/apps/cryptoKeys/k",
+            "projects/acme/locations/glo bal/keyRings/apps/cryptoKeys/k",
+            "projects/acme/locations/global/keyRings/a.b/cryptoKeys/k",
+        ] {
+            #expect(throws: DBKeyError.self, "\(invalid)") { try CloudKmsKeyName(invalid) }
+        }
+        let name = try CloudKmsKeyName("projects/p/locations/l/keyRings/r/cryptoKeys/k")
+        #expect(name.versionNumber(of: "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/12") == 12)
+        #expect(name.versionNumber(of: "projects/p/locations/l/keyRings/r/cryptoKeys/other/cryptoKeyVersions/1") == nil)
+        #expect(name.versionNumber(of: "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/0") == nil)
+        let kms = try CloudKms(
+            credentials: .accessToken(Passphrase.fromText("t")), endpoint: nil, retry: RetryPolicy(),
+            transport: URLSessionKmsTransport(), logger: silentLogger)
+        #expect(kms.keyVersion(of: WrappedKey(encoded: "gcpkms:v7:AAAA")) == 7)
+        for malformed in ["gcpkms:v0:AAAA", "gcpkms:7:AAAA", "gcpkms:v7:", "vault:v7:AAAA", "gcpkms:v7:not base64"] {
+            #expect(kms.keyVersion(of: WrappedKey(encoded: malformed)) == nil, "\(malformed)")
+        }
+    }
+
+    @Test("Key Vault key names: HOST/keys/NAME with an optional 32-digit version, and the URLs made of them")
+    func keyVaultNames() throws {
+        let name = try KeyVaultKeyName("myvault.vault.azure.net/keys/app-db")
+        #expect(name.host == "myvault.vault.azure.net" && name.name == "app-db" && name.version == nil)
+        #expect(
+            name.url("wrapkey", version: nil).absoluteString
+                == "https://myvault.vault.azure.net/keys/app-db/wrapkey?api-version=\(AzureKeyVault.apiVersion)")
+        let version = String(repeating: "ab", count: 16)
+        let pinned = try KeyVaultKeyName("pool.managedhsm.azure.net/keys/k/\(version)")
+        #expect(pinned.version == version && pinned.description == "pool.managedhsm.azure.net/keys/k/\(version)")
+        #expect(pinned.url(nil, version: nil).path == "/keys/k/\(version)")
+        #expect(pinned.url("unwrapkey", version: String(repeating: "cd", count: 16)).path.hasPrefix("/keys/k/cdcd"))
+        for invalid in [
+            "", "myvault.vault.azure.net", "myvault.vault.azure.net/secrets/k", "myvault.vault.azure.net/keys/k_1",
+            "myvault.vault.azure.net/keys/k/\(version)/x", "my vault/keys/k", "/keys/k",
+            "myvault.vault.azure.net/keys/k/XYZ",
+        ] {
+            #expect(throws: DBKeyError.self, "\(invalid)") { try KeyVaultKeyName(invalid) }
+        }
+        #expect(AzureKeyVault.version(ofKid: "https://v.vault.azure.net/keys/k/\(version)") == version)
+        #expect(AzureKeyVault.version(ofKid: "https://v.vault.azure.net/keys/k") == nil)
+    }
+
+    @Test("form bodies percent-encode all but RFC 3986's unreserved characters, secrets included")
+    func formBodies() throws {
+        let secret = try Passphrase.fromText("s3cr3t+/=&%~._-")
+        let body = FormBody.encode([
+            ("grant_type", .text("client_credentials")), ("client_secret", .secret(secret)),
+            ("scope", .text("https://v.example/.default")),
+        ])
+        #expect(
+            body.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+                == "grant_type=client_credentials&client_secret=s3cr3t%2B%2F%3D%26%25~._-&scope=https%3A%2F%2Fv.example%2F.default"
+        )
+        // What Foundation decodes is what went in.
+        let decoded = body.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }.split(separator: "&")[1]
+            .dropFirst("client_secret=".count).removingPercentEncoding
+        #expect(decoded == "s3cr3t+/=&%~._-")
+    }
+
+    @Test(
+        "base64url: every length from 0 to 70 round-trips and matches Foundation's base64 with - and _",
+        arguments: 0...70)
+    func base64URL(length: Int) throws {
+        let bytes = (0..<length).map { _ in UInt8.random(in: 0...255) }
+        let expected = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        #expect(Base64URL.encode(bytes) == expected)
+        let decoded = try #require(Base64URL.decode(expected))
+        #expect(decoded.withUnsafeBytes { Array($0) } == bytes)
+        if !expected.isEmpty {
+            #expect(Base64URL.decode(expected + "!") == nil)
+        }
+        #expect(Base64URL.decode("ab+/") == nil, "standard base64's characters are not base64url")
+    }
+
+    @Test(
+        "a token answer: access_token into secure memory and blanked; expires_in as number or text, expires_on; not Bearer refused"
+    )
+    func tokenAnswers() throws {
+        for (json, lifetime) in [
+            (#"{"access_token": "ya29.a\/b", "expires_in": 3599, "token_type": "Bearer"}"#, 3599),
+            (#"{"token_type":"Bearer","expires_in":"600","access_token":"ya29.a\/b"}"#, 600),
+            (
+                #"{"access_token":"ya29.a\/b","expires_on":"\#(Int(Date().timeIntervalSince1970) + 1200)","resource":"r"}"#,
+                1200
+            ),
+        ] {
+            var body = Data(json.utf8)
+            let before = ContinuousClock.now
+            let token = try BearerToken.taking(from: &body, issuer: "test")
+            #expect(token.value.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } == "ya29.a/b")
+            #expect(token.authorization == "Bearer ya29.a/b")
+            let refresh = token.refreshAt - before
+            let expected = Duration.seconds(lifetime) - min(.seconds(300), .seconds(lifetime) / 4)
+            #expect(refresh > expected - .seconds(2) && refresh <= expected + .seconds(1), "\(refresh)")
+            #expect(body.allSatisfy { $0 == 0 }, "the answer is wiped")
+        }
+        var mac = Data(#"{"access_token": "t", "token_type": "mac"}"#.utf8)
+        #expect(throws: DBKeyError.self) { try BearerToken.taking(from: &mac, issuer: "test") }
+        var none = Data(#"{"error": "invalid_grant"}"#.utf8)
+        #expect(throws: DBKeyError.self) { try BearerToken.taking(from: &none, issuer: "test") }
+        var expired = Data(#"{"access_token": "t", "expires_in": 0}"#.utf8)
+        #expect(throws: DBKeyError.self) { try BearerToken.taking(from: &expired, issuer: "test") }
+    }
+
+    @Test("a JSON string taken into secure memory: escapes undone, the value blanked, \\u refused")
+    func jsonText() throws {
+        var body = Data(#"{"private_key": "-----BEGIN-----\nAB\/C\"D\\\n-----END-----\n", "client_email": "e"}"#.utf8)
+        let value = try #require(JSONSecretField.takeText("private_key", from: &body))
+        #expect(
+            value.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+                == "-----BEGIN-----\nAB/C\"D\\\n-----END-----\n")
+        let rest = try #require(try JSONSerialization.jsonObject(with: body) as? [String: String])
+        #expect(rest["client_email"] == "e" && rest["private_key"]?.allSatisfy { $0 == "A" } == true)
+        var unicode = Data(#"{"access_token": "a\u0041"}"#.utf8)
+        #expect(JSONSecretField.takeText("access_token", from: &unicode) == nil)
+        var missing = Data(#"{"token": "x"}"#.utf8)
+        #expect(JSONSecretField.takeText("access_token", from: &missing) == nil)
+    }
+
+    @Test("endpoints: https anywhere, plain http to loopback only, no user in the URL")
+    func endpoints() throws {
+        for valid in [
+            "https://cloudkms.googleapis.com", "http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9",
+        ] {
+            #expect(throws: Never.self) { try EndpointURL.requiringTLS(valid, what: "x") }
+        }
+        for invalid in [
+            "http://kms.example.com", "http://10.0.0.1", "ftp://127.0.0.1", "https://u:p@kms.example.com", "kms",
+        ] {
+            #expect(throws: DBKeyError.self, "\(invalid)") { try EndpointURL.requiringTLS(invalid, what: "x") }
+        }
+        #expect(try AzureCredentials.managedIdentityURL("http://169.254.169.254", what: "x").host == "169.254.169.254")
+        #expect(throws: DBKeyError.self) { try AzureCredentials.managedIdentityURL("http://10.0.0.1/t", what: "x") }
+    }
+
+    @Test("a PEM private key's DER is decoded from between its header and footer lines")
+    func pemToDer() throws {
+        let der = (0..<300).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let base64 = Data(der).base64EncodedString(options: .lineLength64Characters)
+        let pem = try Passphrase.fromText("-----BEGIN PRIVATE KEY-----\n\(base64)\n-----END PRIVATE KEY-----\n")
+        #expect(try #require(ServiceAccountKey.der(ofPEM: pem)).withUnsafeBytes { Array($0) } == der)
+        #expect(ServiceAccountKey.der(ofPEM: try Passphrase.fromText("no header")) == nil)
+    }
+}

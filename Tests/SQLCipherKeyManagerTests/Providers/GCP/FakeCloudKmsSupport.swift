@@ -1,0 +1,137 @@
+import Foundation
+import Testing
+
+@testable import KmsHTTP
+@testable import SQLCipherKeyManager
+@testable import SQLCipherKeyManagerGCP
+
+/// The fake Cloud KMS and drongo that `Scripts/test` starts (through `Scripts/gcpkms`) and
+/// describes in `DBKEY_TEST_GCP_*` and `DBKEY_TEST_DRONGO_*` variables. A test that needs them
+/// fails when they are missing.
+enum FakeCloudKms {
+    static func value(_ name: String) throws -> String {
+        try scriptVariable("DBKEY_TEST_GCP_\(name)", describing: "fake Cloud KMS")
+    }
+
+    static func endpoint() throws -> URL { URL(string: try value("ENDPOINT"))! }
+
+    /// The service-account key file the fake issued at start (all permissions).
+    static func serviceAccountFile() throws -> String { try value("SERVICE_ACCOUNT") }
+
+    /// A provider with the service account (or `credentials`), through `transport` when given.
+    static func provider(
+        credentials: GoogleCredentials? = nil,
+        endpoint: URL? = nil,
+        retry: RetryPolicy = .init(attempts: 2, timeout: .seconds(5), initialBackoff: .milliseconds(10)),
+        transport: (any KmsTransport)? = nil
+    ) throws -> CloudKms {
+        CloudKms(
+            credentials: try credentials ?? .serviceAccount(keyFile: serviceAccountFile()),
+            endpoint: try endpoint ?? self.endpoint(), retry: retry,
+            transport: transport ?? URLSessionKmsTransport(), logger: silentLogger)
+    }
+
+    /// The environment a `dbkey` process needs to reach the fake as a service account.
+    static func processEnvironment() throws -> [String: String] {
+        [
+            "GOOGLE_APPLICATION_CREDENTIALS": try serviceAccountFile(),
+            CloudKms.endpointVariable: try value("ENDPOINT"),
+        ]
+    }
+
+    /// An admin command; its JSON answer.
+    @discardableResult
+    static func admin(_ command: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
+        let response = try await URLSessionKmsTransport().send(
+            KmsHTTPRequest(
+                url: try endpoint().appendingPathComponent("_fake/\(command)"), method: "POST",
+                headers: [("X-Fake-Admin", try value("ADMIN_TOKEN"))],
+                body: try JSONSerialization.data(withJSONObject: body)),
+            timeout: .seconds(10))
+        #expect(response.status == 200, "admin \(command): \(String(decoding: response.body, as: UTF8.self))")
+        return (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]) ?? [:]
+    }
+
+    /// A new key of the test's own, version 1 primary; its resource name.
+    static func createKey() async throws -> String {
+        let name = "projects/dbkey-test/locations/global/keyRings/tests/cryptoKeys/k-\(UUID().uuidString.prefix(8))"
+        try await admin("keys", ["name": name])
+        return name
+    }
+
+    /// Every bearer token the fake issued or was given.
+    static func issuedTokens() async throws -> [String] { try await admin("issued")["tokens"] as? [String] ?? [] }
+
+    /// A new primary version; its number.
+    @discardableResult
+    static func rotate(_ key: String) async throws -> Int {
+        let version = try await admin("rotate", ["name": key])["version"] as? String ?? ""
+        return Int(version.split(separator: "/").last ?? "") ?? 0
+    }
+
+    static func setState(_ key: String, version: Int, _ state: String) async throws {
+        try await admin("state", ["version": "\(key)/cryptoKeyVersions/\(version)", "state": state])
+    }
+
+    /// The next `count` requests whose path contains `path` are answered with `status`, or
+    /// held for `delay` seconds.
+    static func fail(status: Int, count: Int = 1, path: String = "", delay: Double = 0) async throws {
+        try await admin("fail", ["status": status, "count": count, "path": path, "delay": delay])
+    }
+
+    /// A new service account with only `permissions`, whose tokens live `tokenLifetime`
+    /// seconds; its key file (in `directory`).
+    static func serviceAccount(permissions: [String], in directory: TemporaryDirectory, tokenLifetime: Int = 3600)
+        async throws -> String
+    {
+        let answer = try await admin(
+            "account", ["directory": directory.path, "permissions": permissions, "token_lifetime": tokenLifetime])
+        return try #require(answer["path"] as? String)
+    }
+
+    /// A token registered for `principal`.
+    static func token(principal: String = "metadata@fake.iam.gserviceaccount.com", lifetime: Int = 3600) async throws
+        -> String
+    {
+        let token = "static-" + UUID().uuidString
+        try await admin("token", ["token": token, "principal": principal, "lifetime": lifetime])
+        return token
+    }
+
+    /// Google's client (google-cloud-kms, REST) with the service account, through
+    /// Scripts/interop/gcp_kms.py, against `endpoint` (default: the fake).
+    static func googleClient(_ request: [String: Any], endpoint: String? = nil, token: String? = nil) async throws
+        -> [String: String]
+    {
+        let python = try requireTool("python3", installedBy: "python3")
+        let input = String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)
+        var environment = ProcessInfo.processInfo.environment.filter { ["PATH", "HOME"].contains($0.key) }
+        environment["DBKEY_TEST_GCP_ENDPOINT"] = try endpoint ?? value("ENDPOINT")
+        if let token {
+            environment["DBKEY_TEST_GCP_TOKEN"] = token
+        } else {
+            environment["GOOGLE_APPLICATION_CREDENTIALS"] = try serviceAccountFile()
+        }
+        let result = try await run(
+            python, [repositoryRoot.path + "/Scripts/interop/gcp_kms.py"], input: input, environment: environment)
+        guard result.status == 0 else {
+            throw DBKeyError(.kmsUnavailable, "gcp_kms.py failed: \(result.stderr.suffix(400))")
+        }
+        return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String])
+    }
+}
+
+/// drongo's Cloud KMS in server mode: a second, independent peer. It checks no token.
+enum Drongo {
+    static func endpoint() throws -> URL {
+        URL(string: try scriptVariable("DBKEY_TEST_DRONGO_ENDPOINT", describing: "drongo server"))!
+    }
+
+    static func provider() throws -> CloudKms {
+        try FakeCloudKms.provider(
+            credentials: .accessToken(try Passphrase.fromText("drongo-checks-no-token")), endpoint: endpoint())
+    }
+
+    /// The key Scripts/gcpkms made in drongo.
+    static let kekId = "projects/dbkey-test/locations/global/keyRings/conformance/cryptoKeys/conformance"
+}
