@@ -143,3 +143,33 @@ package enum FormBody {
         }
     }
 }
+
+extension KmsHTTPClient {
+    /// Sends one operation (a GET when `body` is `nil`, else a JSON POST) with a bearer token
+    /// for `scope` from `tokens`, fetched with `fetch` when there is none or it is due, and
+    /// returns the body of its `200` answer. A token the service refuses is forgotten, so that
+    /// the next call fetches another.
+    package func sendAuthorized(
+        _ operation: String,
+        url: URL,
+        body: Body?,
+        tokens: BearerTokenCache,
+        scope: String,
+        fetch: @escaping @Sendable () async throws -> BearerToken,
+        mapError: (_ status: Int, _ body: Data) -> DBKeyError
+    ) async throws -> Data {
+        let token = try await tokens.token(scope: scope, fetch: fetch)
+        do {
+            return try await send(
+                operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
+                headers: { _ in
+                    [("Authorization", token.authorization)]
+                        + (body == nil ? [] : [("Content-Type", "application/json")])
+                },
+                mapError: mapError)
+        } catch let error as DBKeyError where error.code == .kmsAccessDenied {
+            await tokens.invalidate(scope: scope)
+            throw error
+        }
+    }
+}

@@ -10,16 +10,9 @@ package enum JSONSecretField {
     ///
     /// - Returns: `nil` when the field is missing or its value is not base64.
     package static func take(_ name: String, from body: inout Data) -> SecureBuffer? {
-        let marker = Array("\"\(name)\"".utf8)
         var result: SecureBuffer?
         body.withUnsafeMutableBytes { bytes in
-            guard let markerStart = bytes.firstRange(of: marker)?.lowerBound else { return }
-            var index = markerStart + marker.count
-            while index < bytes.count, bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: ":") {
-                index += 1
-            }
-            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return }
-            let valueStart = index + 1
+            guard let valueStart = stringValueStart(of: name, in: UnsafeRawBufferPointer(bytes)) else { return }
             guard let valueEnd = bytes[valueStart...].firstIndex(of: UInt8(ascii: "\"")) else { return }
             result = SecureBuffer.decodingBase64(UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd]))
             for position in valueStart..<valueEnd { bytes[position] = UInt8(ascii: "A") }
@@ -33,14 +26,9 @@ package enum JSONSecretField {
     /// - Returns: `nil` when the field is missing, is not a string, or holds a `\u` escape
     ///   (which no token or PEM text needs).
     package static func takeText(_ name: String, from body: inout Data) -> SecureBuffer? {
-        let marker = Array("\"\(name)\"".utf8)
         var result: SecureBuffer?
         body.withUnsafeMutableBytes { bytes in
-            guard let markerStart = bytes.firstRange(of: marker)?.lowerBound else { return }
-            var index = markerStart + marker.count
-            while index < bytes.count, [UInt8(ascii: " "), UInt8(ascii: ":")].contains(bytes[index]) { index += 1 }
-            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return }
-            let valueStart = index + 1
+            guard let valueStart = stringValueStart(of: name, in: UnsafeRawBufferPointer(bytes)) else { return }
             // The closing quote is the first one not escaped; the value is never longer than its text.
             var end = valueStart
             var escaped = false
@@ -77,6 +65,18 @@ package enum JSONSecretField {
             }
         }
         return result
+    }
+
+    /// The index just after the opening quote of the first `"name"` field's string value.
+    private static func stringValueStart(of name: String, in bytes: UnsafeRawBufferPointer) -> Int? {
+        let marker = Array("\"\(name)\"".utf8)
+        guard let markerStart = bytes.firstRange(of: marker)?.lowerBound else { return nil }
+        var index = markerStart + marker.count
+        while index < bytes.count, bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: ":") {
+            index += 1
+        }
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return nil }
+        return index + 1
     }
 
     /// Serialises `object` and appends `"name":"value"` as its last field, copying `value`

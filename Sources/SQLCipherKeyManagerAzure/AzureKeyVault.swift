@@ -287,25 +287,14 @@ public struct AzureKeyVault: KeyManagementService {
     {
         let challenge = try await challenge(name)
         let client = KmsHTTPClient(transport: transport, retry: retry, logger: logger)
-        let token = try await tokens.token(scope: challenge.scope) { [credentials] in
-            try await credentials.fetchToken(for: challenge, client)
-        }
-        do {
-            return try await client.send(
-                operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
-                headers: { _ in
-                    [("Authorization", token.authorization)]
-                        + (body == nil ? [] : [("Content-Type", "application/json")])
-                },
-                mapError: { status, responseBody in
-                    AzureKeyVault.error(
-                        status: status, body: responseBody, operation: operation, key: name,
-                        credentials: credentials.summary)
-                })
-        } catch let error as DBKeyError where error.code == .kmsAccessDenied {
-            await tokens.invalidate(scope: challenge.scope)
-            throw error
-        }
+        return try await client.sendAuthorized(
+            operation, url: url, body: body, tokens: tokens, scope: challenge.scope,
+            fetch: { [credentials] in try await credentials.fetchToken(for: challenge, client) },
+            mapError: { status, responseBody in
+                AzureKeyVault.error(
+                    status: status, body: responseBody, operation: operation, key: name,
+                    credentials: credentials.summary)
+            })
     }
 
     /// Maps an error answer (`{"error": {"code", "message", "innererror": {"code"}}}`) to a code.

@@ -244,25 +244,14 @@ public struct CloudKms: KeyManagementService {
             throw DBKeyError(.invalidConfiguration, "Cannot make a URL of \(endpoint) and \(key).")
         }
         let client = KmsHTTPClient(transport: transport, retry: retry, logger: logger)
-        let token = try await tokens.token(scope: GoogleCredentials.scope) { [credentials] in
-            try await credentials.fetchToken(client)
-        }
-        do {
-            return try await client.send(
-                operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
-                headers: { _ in
-                    [("Authorization", token.authorization)]
-                        + (body == nil ? [] : [("Content-Type", "application/json")])
-                },
-                mapError: { status, responseBody in
-                    CloudKms.error(
-                        status: status, body: responseBody, operation: operation, key: key,
-                        credentials: credentials.summary)
-                })
-        } catch let error as DBKeyError where error.code == .kmsAccessDenied {
-            await tokens.invalidate(scope: GoogleCredentials.scope)
-            throw error
-        }
+        return try await client.sendAuthorized(
+            operation, url: url, body: body, tokens: tokens, scope: GoogleCredentials.scope,
+            fetch: { [credentials] in try await credentials.fetchToken(client) },
+            mapError: { status, responseBody in
+                CloudKms.error(
+                    status: status, body: responseBody, operation: operation, key: key,
+                    credentials: credentials.summary)
+            })
     }
 
     /// Maps an error answer (`{"error": {"code", "message", "status"}}`) to a code.
