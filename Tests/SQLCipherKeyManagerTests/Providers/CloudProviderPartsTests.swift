@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import KmsHTTP
@@ -124,6 +125,34 @@ struct CloudProviderPartsTests {
         #expect(throws: DBKeyError.self) { try BearerToken.taking(from: &none, issuer: "test") }
         var expired = Data(#"{"access_token": "t", "expires_in": 0}"#.utf8)
         #expect(throws: DBKeyError.self) { try BearerToken.taking(from: &expired, issuer: "test") }
+    }
+
+    @Test("the token cache: one fetch for concurrent callers, a new one when the token is due or was refused")
+    func tokenCache() async throws {
+        let cache = BearerTokenCache()
+        let fetches = Mutex(0)
+        let fetch: @Sendable () async throws -> BearerToken = {
+            let number = fetches.withLock {
+                $0 += 1
+                return $0
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            return BearerToken(value: try Passphrase.fromText("token-\(number)"), lifetime: .seconds(4))
+        }
+        let tokens = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<10 {
+                group.addTask { try await cache.token(scope: "s", fetch: fetch).authorization }
+            }
+            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        }
+        #expect(tokens == ["Bearer token-1"] && fetches.withLock { $0 } == 1)
+        #expect(try await cache.token(scope: "other", fetch: fetch).authorization == "Bearer token-2")
+        // Due a quarter of its lifetime (1 s) before it expires.
+        try await Task.sleep(for: .milliseconds(3200))
+        #expect(try await cache.token(scope: "s", fetch: fetch).authorization == "Bearer token-3")
+        #expect(try await cache.token(scope: "s", fetch: fetch).authorization == "Bearer token-3")
+        await cache.invalidate(scope: "s")
+        #expect(try await cache.token(scope: "s", fetch: fetch).authorization == "Bearer token-4")
     }
 
     @Test("a JSON string taken into secure memory: escapes undone, the value blanked, \\u refused")
