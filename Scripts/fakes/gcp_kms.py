@@ -14,7 +14,7 @@ JWT, checked against the account's public key) and the metadata server's token p
   Errors are Cloud KMS's JSON errors and statuses (401, 403, 404, 400 INVALID_ARGUMENT or
   FAILED_PRECONDITION; 429 and 503 by injection).
 - `/_fake/*` is the admin API, guarded by the admin token: keys, versions, states, principals,
-  tokens, failure injection.
+  tokens (registered, revoked), failure injection.
 
 Use: gcp_kms.py STATE_DIR. Writes a service-account key file (0600) there, prints one JSON line
 (port, admin token, key file) and serves on 127.0.0.1 until killed."""
@@ -90,6 +90,10 @@ class CloudKms(FakeServer):
                 path = self.make_account(body["directory"], body.get("permissions", ALL_PERMISSIONS),
                                          body.get("token_lifetime"))
                 return {"path": path}
+            if command == "revoke":
+                self.tokens = {token: entry for token, entry in self.tokens.items()
+                               if entry["principal"] != body["principal"]}
+                return {}
             if command == "issued":
                 return {"tokens": list(self.tokens)}
         return super().admin(command, body)

@@ -147,8 +147,11 @@ package enum FormBody {
 extension KmsHTTPClient {
     /// Sends one operation (a GET when `body` is `nil`, else a JSON POST) with a bearer token
     /// for `scope` from `tokens`, fetched with `fetch` when there is none or it is due, and
-    /// returns the body of its `200` answer. A token the service refuses is forgotten, so that
-    /// the next call fetches another.
+    /// returns the body of its `200` answer.
+    ///
+    /// A token the service refuses with `401` (it expired on the way, or was revoked) is
+    /// forgotten and the operation sent once more with a new one, as Google's and Azure's
+    /// clients do; a second `401` is the caller's error.
     package func sendAuthorized(
         _ operation: String,
         url: URL,
@@ -158,18 +161,26 @@ extension KmsHTTPClient {
         fetch: @escaping @Sendable () async throws -> BearerToken,
         mapError: (_ status: Int, _ body: Data) -> DBKeyError
     ) async throws -> Data {
-        let token = try await tokens.token(scope: scope, fetch: fetch)
-        do {
-            return try await send(
-                operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
-                headers: { _ in
-                    [("Authorization", token.authorization)]
-                        + (body == nil ? [] : [("Content-Type", "application/json")])
-                },
-                mapError: mapError)
-        } catch let error as DBKeyError where error.code == .kmsAccessDenied {
-            await tokens.invalidate(scope: scope)
-            throw error
+        var refusals = 0
+        while true {
+            let token = try await tokens.token(scope: scope, fetch: fetch)
+            var refused = false
+            do {
+                return try await send(
+                    operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
+                    headers: { _ in
+                        [("Authorization", token.authorization)]
+                            + (body == nil ? [] : [("Content-Type", "application/json")])
+                    },
+                    mapError: { status, responseBody in
+                        refused = status == 401
+                        return mapError(status, responseBody)
+                    })
+            } catch let error as DBKeyError where refused {
+                await tokens.invalidate(scope: scope)
+                refusals += 1
+                if refusals == 2 { throw error }
+            }
         }
     }
 }

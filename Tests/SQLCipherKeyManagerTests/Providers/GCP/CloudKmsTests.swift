@@ -222,29 +222,51 @@ struct CloudKmsTests {
     }
 
     @Test(
-        "service-account tokens: one exchange for many calls, a new one when it is due, a refused signature is access denied"
+        "tokens: one exchange for many calls; a revoked or due token replaced and the call sent again; a refused signature is access denied"
     )
     func serviceAccountTokens() async throws {
         let kekId = try await FakeCloudKms.createKey()
         let directory = try TemporaryDirectory()
-        let keyFile = try await FakeCloudKms.serviceAccount(
-            permissions: ["cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt"],
-            in: directory, tokenLifetime: 12)
+        let permissions = ["cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt"]
+        let keyFile = try await FakeCloudKms.serviceAccount(permissions: permissions, in: directory)
         let transport = CountingTransport()
         let kms = try FakeCloudKms.provider(credentials: .serviceAccount(keyFile: keyFile), transport: transport)
         let dataKey = try await kms.generateDataKey(kekId: kekId, context: context)
         for _ in 0..<3 { _ = try await kms.decrypt(dataKey.wrapped, kekId: kekId, context: context) }
         #expect(transport.count("/token") == 1)
-        try await Task.sleep(for: .seconds(9.5))
-        _ = try await kms.decrypt(dataKey.wrapped, kekId: kekId, context: context)
-        #expect(transport.count("/token") == 2, "the 12-second token was due after 9 s")
+
+        // Revoked: the 401 makes the provider fetch a new token and send the call once more.
+        let document = try #require(try JSONSerialization.jsonObject(with: contents(keyFile)) as? [String: Any])
+        try await FakeCloudKms.admin("revoke", ["principal": try #require(document["client_email"] as? String)])
+        transport.reset()
+        #expect(try await kms.decrypt(dataKey.wrapped, kekId: kekId, context: context) == dataKey.plaintext)
+        #expect(transport.count("/token") == 1 && transport.count("/v1/\(kekId):decrypt") == 2)
+
+        // A 1-second token: due (or refused, if it expired on the way) and replaced.
+        let shortLived = try await FakeCloudKms.serviceAccount(
+            permissions: permissions, in: directory, tokenLifetime: 1)
+        let short = CountingTransport()
+        let shortKms = try FakeCloudKms.provider(credentials: .serviceAccount(keyFile: shortLived), transport: short)
+        _ = try await shortKms.decrypt(dataKey.wrapped, kekId: kekId, context: context)
+        try await Task.sleep(for: .seconds(2))
+        #expect(try await shortKms.decrypt(dataKey.wrapped, kekId: kekId, context: context) == dataKey.plaintext)
+        #expect(short.count("/token") >= 2)
+
+        // A fixed token that is refused stays refused: two 401s, then access denied.
+        let unknown = CountingTransport()
+        let fixed = try FakeCloudKms.provider(
+            credentials: .accessToken(try Passphrase.fromText("ya29.never-issued")), transport: unknown)
+        await expectError(.kmsAccessDenied, containing: ["HTTP 401"]) {
+            _ = try await fixed.decrypt(dataKey.wrapped, kekId: kekId, context: context)
+        }
+        #expect(unknown.count("/v1/\(kekId):decrypt") == 2)
 
         // The same file naming another account: the fake does not know its key.
-        var document = try #require(try JSONSerialization.jsonObject(with: contents(keyFile)) as? [String: Any])
-        document["client_email"] = "stranger@fake-project.iam.gserviceaccount.com"
+        var strangerDocument = document
+        strangerDocument["client_email"] = "stranger@fake-project.iam.gserviceaccount.com"
         let strangerFile = directory.file("stranger.json")
         _ = FileManager.default.createFile(
-            atPath: strangerFile, contents: try JSONSerialization.data(withJSONObject: document),
+            atPath: strangerFile, contents: try JSONSerialization.data(withJSONObject: strangerDocument),
             attributes: [.posixPermissions: 0o600])
         let stranger = try FakeCloudKms.provider(credentials: .serviceAccount(keyFile: strangerFile))
         await expectError(.kmsAccessDenied, containing: ["invalid_grant", "stranger@"]) {
