@@ -35,6 +35,7 @@ import secrets
 import ssl
 import sys
 import time
+import uuid
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Answer, FakeServer, b64url, unb64  # noqa: E402
 
 ALL_OPERATIONS = ["get", "wrapKey", "unwrapKey"]
+TOKEN_LIFETIME = 3600
 
 
 def kv_error(status: int, code: str, message: str, inner: str | None = None, headers: dict | None = None) -> Answer:
@@ -107,7 +109,6 @@ class KeyVault(FakeServer):
         self.identity_header = secrets.token_urlsafe(16)
         self.identity_operations = list(ALL_OPERATIONS)
         self.tokens: dict[str, dict] = {}             # token -> {"principal", "audience", "expires"}
-        self.token_lifetime = 3600
         self.port = 0
         self.challenge_resources: dict[str, str] = {}  # key name -> the resource its challenge names
 
@@ -131,7 +132,7 @@ class KeyVault(FakeServer):
                         version["enabled"] = body["enabled"]
                 return {}
             if command == "client":
-                client_id = body.get("client_id") or str(__import__("uuid").uuid4())
+                client_id = body.get("client_id") or str(uuid.uuid4())
                 secret = secrets.token_urlsafe(30)
                 self.clients[client_id] = {"secret": secret, "operations": body.get("operations", ALL_OPERATIONS)}
                 return {"client_id": client_id, "client_secret": secret}
@@ -160,10 +161,10 @@ class KeyVault(FakeServer):
 
     def issue(self, principal: str, resource: str) -> dict:
         token = "eyJ0eXAiOiJKV1QifQ.fake-" + secrets.token_urlsafe(32)
-        expires = int(time.time()) + self.token_lifetime
+        expires = int(time.time()) + TOKEN_LIFETIME
         self.tokens[token] = {"principal": principal, "audience": resource.rstrip("/"), "expires": expires}
-        return {"token_type": "Bearer", "access_token": token, "expires_in": self.token_lifetime,
-                "ext_expires_in": self.token_lifetime, "expires_on": str(expires), "resource": resource}
+        return {"token_type": "Bearer", "access_token": token, "expires_in": TOKEN_LIFETIME,
+                "ext_expires_in": TOKEN_LIFETIME, "expires_on": str(expires), "resource": resource}
 
     def entra(self, request) -> dict | None:
         path = request.path

@@ -67,7 +67,6 @@ class FakeServer:
         self.lock = threading.RLock()
         self.failures = Failures()
         self.admin_token = secrets.token_urlsafe(24)
-        self.requests: list[str] = []
 
     # Routing -------------------------------------------------------------------------------
 
@@ -77,8 +76,6 @@ class FakeServer:
                 if not hmac.compare_digest(request.headers.get("x-fake-admin", ""), self.admin_token):
                     raise Answer(403, {"error": "admin token required"})
                 return 200, self.admin(request.path[len("/_fake/"):], request.json()), {}
-            with self.lock:
-                self.requests.append(f"{request.method} {request.path}")
             rule = self.failures.take(request.path)
             if rule:
                 time.sleep(rule["delay"])
@@ -92,9 +89,6 @@ class FakeServer:
         if command == "fail":
             self.failures.add(body)
             return {}
-        if command == "requests":
-            with self.lock:
-                return {"requests": list(self.requests)}
         raise Answer(404, {"error": f"no admin command {command}"})
 
     def route(self, request: "Request") -> dict:

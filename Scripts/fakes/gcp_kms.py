@@ -42,6 +42,7 @@ SCOPES = {"https://www.googleapis.com/auth/cloudkms", "https://www.googleapis.co
 ALL_PERMISSIONS = ["cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt",
                    "cloudkms.cryptoKeys.get"]
 STATES = {"ENABLED": 1, "DISABLED": 2, "DESTROYED": 3}
+TOKEN_LIFETIME = 3600
 
 
 def crc(data: bytes) -> str:
@@ -60,7 +61,6 @@ class CloudKms(FakeServer):
         self.tokens: dict[str, dict] = {}        # token -> {"principal", "expires"}
         self.metadata_principal = "metadata@fake.iam.gserviceaccount.com"
         self.accounts[self.metadata_principal] = {"public_key": None, "key_id": None, "permissions": ALL_PERMISSIONS}
-        self.token_lifetime = 3600
         self.port = 0
 
     # Admin ----------------------------------------------------------------------------------
@@ -87,9 +87,7 @@ class CloudKms(FakeServer):
                                               "expires": time.time() + body.get("lifetime", 3600)}
                 return {}
             if command == "account":
-                path = self.make_account(body["directory"], body.get("permissions", ALL_PERMISSIONS),
-                                         body.get("token_lifetime"))
-                return {"path": path}
+                return {"path": self.make_account(body["directory"], body.get("permissions", ALL_PERMISSIONS))}
             if command == "revoke":
                 self.tokens = {token: entry for token, entry in self.tokens.items()
                                if entry["principal"] != body["principal"]}
@@ -104,13 +102,12 @@ class CloudKms(FakeServer):
         key["primary"] = len(key["versions"])
         return f"{name}/cryptoKeyVersions/{key['primary']}"
 
-    def make_account(self, directory: str, permissions: list[str], token_lifetime: int | None = None) -> str:
+    def make_account(self, directory: str, permissions: list[str]) -> str:
         """A service account with a new RSA key; its JSON key file, as Google issues it."""
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         email = f"sa-{secrets.token_hex(4)}@fake-project.iam.gserviceaccount.com"
         key_id = secrets.token_hex(20)
-        self.accounts[email] = {"public_key": private.public_key(), "key_id": key_id, "permissions": permissions,
-                                "token_lifetime": token_lifetime}
+        self.accounts[email] = {"public_key": private.public_key(), "key_id": key_id, "permissions": permissions}
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
         document = {"type": "service_account", "project_id": "fake-project", "private_key_id": key_id,
@@ -127,9 +124,8 @@ class CloudKms(FakeServer):
 
     def issue(self, principal: str) -> dict:
         token = "ya29.fake-" + secrets.token_urlsafe(32)
-        lifetime = self.accounts.get(principal, {}).get("token_lifetime") or self.token_lifetime
-        self.tokens[token] = {"principal": principal, "expires": time.time() + lifetime}
-        return {"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}
+        self.tokens[token] = {"principal": principal, "expires": time.time() + TOKEN_LIFETIME}
+        return {"access_token": token, "expires_in": TOKEN_LIFETIME, "token_type": "Bearer"}
 
     def token_endpoint(self, request) -> dict:
         form = request.form()

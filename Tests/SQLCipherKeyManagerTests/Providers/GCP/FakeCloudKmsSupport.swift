@@ -79,13 +79,9 @@ enum FakeCloudKms {
         try await admin("fail", ["status": status, "count": count, "path": path, "delay": delay])
     }
 
-    /// A new service account with only `permissions`, whose tokens live `tokenLifetime`
-    /// seconds; its key file (in `directory`).
-    static func serviceAccount(permissions: [String], in directory: TemporaryDirectory, tokenLifetime: Int = 3600)
-        async throws -> String
-    {
-        let answer = try await admin(
-            "account", ["directory": directory.path, "permissions": permissions, "token_lifetime": tokenLifetime])
+    /// A new service account with only `permissions`; its key file (in `directory`).
+    static func serviceAccount(permissions: [String], in directory: TemporaryDirectory) async throws -> String {
+        let answer = try await admin("account", ["directory": directory.path, "permissions": permissions])
         return try #require(answer["path"] as? String)
     }
 
