@@ -36,34 +36,119 @@ struct AWSEnvironment {
 
     var home: String { variables["HOME"] ?? NSHomeDirectory() }
 
-    /// Credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, else the
-    /// profile in the shared credentials file, else the profile in the config file.
+    var credentialsPath: String { variables["AWS_SHARED_CREDENTIALS_FILE"] ?? home + "/.aws/credentials" }
+    var configPath: String { variables["AWS_CONFIG_FILE"] ?? home + "/.aws/config" }
+    var configSection: String { profile == "default" ? "default" : "profile \(profile)" }
+
+    private func variable(_ name: String) -> String? { variables[name].flatMap { $0.isEmpty ? nil : $0 } }
+
+    /// Where the credentials come from, in botocore's order (see ``AWSCredentialProvider``).
     ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/kmsAccessDenied`` when none are found.
-    func credentials() throws -> AWSCredentials {
-        if let id = variables["AWS_ACCESS_KEY_ID"], !id.isEmpty, var secret = variables["AWS_SECRET_ACCESS_KEY"] {
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a container endpoint
+    ///   to a host AWS does not serve it from, or an endpoint that is not a URL.
+    func credentialProvider(region: String?) throws -> AWSCredentialProvider {
+        // 1. The environment.
+        if let id = variable("AWS_ACCESS_KEY_ID"), var secret = variables["AWS_SECRET_ACCESS_KEY"] {
             let secretBuffer = secret.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
-            return AWSCredentials(
-                accessKeyId: id, secretAccessKey: secretBuffer, sessionToken: variables["AWS_SESSION_TOKEN"])
+            return AWSCredentialProvider(
+                AWSCredentials(
+                    accessKeyId: id, secretAccessKey: secretBuffer, sessionToken: variable("AWS_SESSION_TOKEN")))
         }
-        let credentialsPath = variables["AWS_SHARED_CREDENTIALS_FILE"] ?? home + "/.aws/credentials"
-        let configPath = variables["AWS_CONFIG_FILE"] ?? home + "/.aws/config"
-        for (path, section) in [
-            (credentialsPath, profile), (configPath, profile == "default" ? "default" : "profile \(profile)"),
-        ] {
-            guard let values = try AWSConfigFile.section(section, in: path),
-                let id = values["aws_access_key_id"], let secret = values["aws_secret_access_key"]
-            else { continue }
-            return AWSCredentials(
-                accessKeyId: id.string,
-                secretAccessKey: secret.buffer,
-                sessionToken: values["aws_session_token"]?.string
+        let config = try AWSConfigFile.section(configSection, in: configPath) ?? [:]
+        // 2. Web identity: the environment's, else the profile's.
+        let tokenFile = variable("AWS_WEB_IDENTITY_TOKEN_FILE") ?? config["web_identity_token_file"]?.string
+        let roleArn = variable("AWS_ROLE_ARN") ?? config["role_arn"]?.string
+        if let tokenFile, let roleArn {
+            let sessionName =
+                variable("AWS_ROLE_SESSION_NAME") ?? config["role_session_name"]?.string
+                ?? "dbkey-\(Int(Date().timeIntervalSince1970 * 1000))"
+            return AWSCredentialProvider(
+                source: .webIdentity(
+                    tokenFile: tokenFile, roleArn: roleArn, sessionName: sessionName, endpoint: try stsEndpoint(region))
             )
         }
-        throw DBKeyError(
-            .kmsAccessDenied,
-            "No AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add the profile \"\(profile)\" to \(credentialsPath)."
-        )
+        // 3. The shared credentials file.
+        if let values = try AWSConfigFile.section(profile, in: credentialsPath),
+            let fixed = AWSEnvironment.fixedCredentials(values)
+        {
+            return AWSCredentialProvider(fixed)
+        }
+        // 4. The profile's credential_process; 5. the config file's keys.
+        if let command = config["credential_process"]?.string {
+            return AWSCredentialProvider(source: .process(command: command))
+        }
+        if let fixed = AWSEnvironment.fixedCredentials(config) {
+            return AWSCredentialProvider(fixed)
+        }
+        // 6. The container endpoint.
+        if let container = try containerSource() { return AWSCredentialProvider(source: container) }
+        // 7. The instance metadata service.
+        guard variable("AWS_EC2_METADATA_DISABLED")?.lowercased() != "true" else {
+            throw DBKeyError(
+                .kmsAccessDenied,
+                "No AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add the profile \"\(profile)\" to \(credentialsPath) (the instance metadata service is disabled by AWS_EC2_METADATA_DISABLED)."
+            )
+        }
+        let text = variable("AWS_EC2_METADATA_SERVICE_ENDPOINT") ?? "http://169.254.169.254"
+        guard let endpoint = URL(string: text), endpoint.host != nil else {
+            throw DBKeyError(.invalidConfiguration, "AWS_EC2_METADATA_SERVICE_ENDPOINT \"\(text)\" is not a URL.")
+        }
+        return AWSCredentialProvider(source: .instanceMetadata(endpoint: endpoint))
+    }
+
+    static func fixedCredentials(_ values: [String: AWSConfigFile.Value]) -> AWSCredentials? {
+        guard let id = values["aws_access_key_id"], let secret = values["aws_secret_access_key"] else { return nil }
+        return AWSCredentials(
+            accessKeyId: id.string, secretAccessKey: secret.buffer, sessionToken: values["aws_session_token"]?.string)
+    }
+
+    /// STS for web identity: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, else the region's
+    /// endpoint (the global one without a region).
+    func stsEndpoint(_ region: String?) throws -> URL {
+        let text =
+            variable("AWS_ENDPOINT_URL_STS") ?? variable("AWS_ENDPOINT_URL")
+            ?? region.map { "https://sts.\($0).amazonaws.com/" } ?? "https://sts.amazonaws.com/"
+        return try EndpointURL.requiringTLS(text, what: "STS endpoint")
+    }
+
+    /// The ECS/EKS container endpoint: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` on
+    /// `169.254.170.2`, or `AWS_CONTAINER_CREDENTIALS_FULL_URI` (https anywhere; http only to a
+    /// loopback address or the container hosts `169.254.170.2`, `169.254.170.23`,
+    /// `fd00:ec2::23`), with `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` or
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+    func containerSource() throws -> AWSCredentialProvider.Source? {
+        let url: URL
+        if let relative = variable("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+            guard let made = URL(string: "http://169.254.170.2" + relative) else {
+                throw DBKeyError(
+                    .invalidConfiguration, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI \"\(relative)\" is not a path.")
+            }
+            url = made
+        } else if let full = variable("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            guard let made = URL(string: full), let host = made.host,
+                made.scheme == "https"
+                    || (made.scheme == "http"
+                        && (EndpointURL.isLoopback(host)
+                            || ["169.254.170.2", "169.254.170.23", "fd00:ec2::23", "[fd00:ec2::23]"].contains(host)))
+            else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI \"\(full)\" must be https, or http to a loopback address or a container host (169.254.170.2, 169.254.170.23, fd00:ec2::23)."
+                )
+            }
+            url = made
+        } else {
+            return nil
+        }
+        let authorization: AWSCredentialProvider.Authorization? =
+            if let file = variable("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+                .file(file)
+            } else if let token = variable("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+                .token(try Passphrase.fromText(token, kind: "AWS_CONTAINER_AUTHORIZATION_TOKEN"))
+            } else {
+                nil
+            }
+        return .container(url: url, authorization: authorization)
     }
 
     /// `AWS_REGION`, `AWS_DEFAULT_REGION`, else the profile's `region` in the config file.
@@ -71,9 +156,7 @@ struct AWSEnvironment {
         for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
             if let region = variables[name], !region.isEmpty { return region }
         }
-        let configPath = variables["AWS_CONFIG_FILE"] ?? home + "/.aws/config"
-        let section = profile == "default" ? "default" : "profile \(profile)"
-        return try AWSConfigFile.section(section, in: configPath)?["region"]?.string
+        return try AWSConfigFile.section(configSection, in: configPath)?["region"]?.string
     }
 
     /// `AWS_ENDPOINT_URL_KMS`, else `AWS_ENDPOINT_URL`, else nil (the public endpoint).

@@ -27,7 +27,7 @@ public struct AwsKms: ServerSideRewrapping {
     /// `aws`.
     public let providerName = "aws"
 
-    let credentials: AWSCredentials
+    let credentials: AWSCredentialProvider
     let defaultRegion: String?
     let endpointOverride: URL?
     let retry: RetryPolicy
@@ -52,8 +52,34 @@ public struct AwsKms: ServerSideRewrapping {
             transport: URLSessionKmsTransport(), logger: logger)
     }
 
+    /// Creates the provider with credentials from `credentials`, refreshed as they expire.
+    public init(
+        credentials: AWSCredentialProvider,
+        region: String?,
+        endpoint: URL? = nil,
+        retry: RetryPolicy = RetryPolicy(),
+        logger: Logger
+    ) {
+        self.init(
+            credentials: credentials, region: region, endpoint: endpoint, retry: retry,
+            transport: URLSessionKmsTransport(), logger: logger)
+    }
+
     init(
         credentials: AWSCredentials,
+        region: String?,
+        endpoint: URL?,
+        retry: RetryPolicy,
+        transport: any KmsTransport,
+        logger: Logger
+    ) {
+        self.init(
+            credentials: AWSCredentialProvider(credentials), region: region, endpoint: endpoint, retry: retry,
+            transport: transport, logger: logger)
+    }
+
+    init(
+        credentials: AWSCredentialProvider,
         region: String?,
         endpoint: URL?,
         retry: RetryPolicy,
@@ -103,8 +129,9 @@ public struct AwsKms: ServerSideRewrapping {
         }
         let retry = try RetryPolicy.fromEnvironment(
             environment, attemptsVariable: "AWS_MAX_ATTEMPTS", countsFirstAttempt: true)
+        let region = try aws.region()
         return AwsKms(
-            credentials: try aws.credentials(), region: try aws.region(), endpoint: endpoint, retry: retry,
+            credentials: try aws.credentialProvider(region: region), region: region, endpoint: endpoint, retry: retry,
             logger: logger)
     }
 
@@ -221,6 +248,7 @@ public struct AwsKms: ServerSideRewrapping {
         let endpoint = endpointOverride ?? URL(string: "https://kms.\(region).amazonaws.com/")!
         let signer = SigV4Signer(service: "kms", region: region)
         let client = KmsHTTPClient(transport: transport, retry: retry, logger: logger)
+        let credentials = try await self.credentials.current(client)
         return try await client.send(
             operation,
             method: "POST",

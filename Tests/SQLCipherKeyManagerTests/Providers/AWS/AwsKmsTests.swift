@@ -283,9 +283,14 @@ struct AWSEnvironmentTests {
     @Test("no credentials anywhere is access denied with advice; a credentials file others can read is refused")
     func missingOrInsecure() async throws {
         let directory = try TemporaryDirectory()
-        await expectError(.kmsAccessDenied, containing: ["AWS_ACCESS_KEY_ID"]) {
-            _ = try AWSEnvironment(variables: ["HOME": directory.path]).credentials()
+        await expectError(.kmsAccessDenied, containing: ["AWS_ACCESS_KEY_ID", "AWS_EC2_METADATA_DISABLED"]) {
+            _ = try AWSEnvironment(variables: ["HOME": directory.path, "AWS_EC2_METADATA_DISABLED": "true"])
+                .credentials()
         }
+        // With nothing else, the instance metadata service is the last source.
+        #expect(
+            try AWSEnvironment(variables: ["HOME": directory.path]).credentialProvider(region: nil).summary
+                == "the EC2 instance role (IMDS at 169.254.169.254)")
         let file = directory.file("credentials")
         _ = FileManager.default.createFile(
             atPath: file, contents: Data("[default]\naws_access_key_id=A\naws_secret_access_key=s\n".utf8),
@@ -320,5 +325,15 @@ final class SilentServer {
 
     deinit {
         close(socket)
+    }
+}
+
+extension AWSEnvironment {
+    /// The fixed credentials the chain finds (the environment's or a file's); tests only.
+    func credentials() throws -> AWSCredentials {
+        guard case .fixed(let credentials) = try credentialProvider(region: nil).source else {
+            throw DBKeyError(.kmsAccessDenied, "not fixed credentials")
+        }
+        return credentials
     }
 }
