@@ -1,0 +1,236 @@
+import Crypto
+import Foundation
+import Testing
+
+@testable import KmsHTTP
+@testable import SQLCipherKeyManager
+@testable import SQLCipherKeyManagerAWS
+
+/// The AWS credential chain, source by source, against boto3 given the same environment.
+@Suite("AWS credential chain, agreeing with boto3")
+struct AWSCredentialChainTests {
+    /// One environment to resolve, and the source botocore names for it.
+    struct Case: Sendable, CustomTestStringConvertible {
+        let name: String
+        let method: String
+        /// Whether each resolution makes new credentials (STS), so that only the source and the
+        /// presence of a session token can be compared.
+        let freshEachTime: Bool
+        let environment: @Sendable (TemporaryDirectory) throws -> [String: String]
+
+        var testDescription: String { name }
+    }
+
+    static func value(_ name: String) throws -> String {
+        try scriptVariable(name, describing: "AWS credential endpoints")
+    }
+
+    static func write(_ text: String, to path: String, mode: Int = 0o600) {
+        _ = FileManager.default.createFile(
+            atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+    }
+
+    static func webIdentity(_ directory: TemporaryDirectory) throws -> [String: String] {
+        let token = directory.file("web-identity-token")
+        // Kubernetes projects the token readable by the pod: the key-file checks do not apply.
+        write(
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXBwOmRia2V5In0.c2ln\n", to: token,
+            mode: 0o644)
+        return [
+            "AWS_WEB_IDENTITY_TOKEN_FILE": token, "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/dbkey-web",
+            "AWS_ENDPOINT_URL_STS": try value("DBKEY_TEST_STS_ENDPOINT"), "AWS_REGION": "us-east-1",
+        ]
+    }
+
+    static func sharedFiles(_ directory: TemporaryDirectory, credentials: Bool, process: Bool, config: Bool) -> [String:
+        String]
+    {
+        let credentialsFile = directory.file("credentials")
+        let configFile = directory.file("config")
+        if credentials {
+            write(
+                "[default]\naws_access_key_id = AKIASHARED000001\naws_secret_access_key = shared-secret\n",
+                to: credentialsFile)
+        }
+        var configText = "[default]\nregion = us-east-1\n"
+        if process {
+            let script = directory.file("credential-process")
+            write(
+                "#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"ASIAPROCESS00001\", \"SecretAccessKey\": \"process-secret\", \"SessionToken\": \"process-token\", \"Expiration\": \"2099-01-01T00:00:00Z\"}'\n",
+                to: script, mode: 0o700)
+            configText += "credential_process = \"\(script)\" --profile default\n"
+        }
+        if config {
+            configText += "aws_access_key_id = AKIACONFIG000001\naws_secret_access_key = config-secret\n"
+        }
+        write(configText, to: configFile)
+        return ["AWS_SHARED_CREDENTIALS_FILE": credentialsFile, "AWS_CONFIG_FILE": configFile]
+    }
+
+    static let cases: [Case] = [
+        Case(name: "environment", method: "env", freshEachTime: false) { directory in
+            ["AWS_ACCESS_KEY_ID": "AKIAENVIRONMENT01", "AWS_SECRET_ACCESS_KEY": "env-secret"]
+                .merging(try webIdentity(directory)) { a, _ in a }
+        },
+        Case(
+            name: "web identity, before the shared credentials file", method: "assume-role-with-web-identity",
+            freshEachTime: true
+        ) {
+            directory in
+            try webIdentity(directory).merging(sharedFiles(directory, credentials: true, process: true, config: true)) {
+                a, _ in a
+            }
+        },
+        Case(
+            name: "shared credentials file, before credential_process", method: "shared-credentials-file",
+            freshEachTime: false
+        ) {
+            directory in sharedFiles(directory, credentials: true, process: true, config: true)
+        },
+        Case(name: "credential_process, before the config file's keys", method: "custom-process", freshEachTime: false)
+        {
+            directory in sharedFiles(directory, credentials: false, process: true, config: true)
+        },
+        Case(name: "config file", method: "config-file", freshEachTime: false) { directory in
+            sharedFiles(directory, credentials: false, process: false, config: true)
+        },
+        Case(name: "container endpoint with a token", method: "container-role", freshEachTime: false) { _ in
+            [
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": try value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+                    + "/container/credentials",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN": try value("DBKEY_TEST_AWS_CONTAINER_AUTHORIZATION"),
+            ]
+        },
+        Case(name: "container endpoint with a token file", method: "container-role", freshEachTime: false) {
+            directory in
+            let file = directory.file("container-token")
+            write(try value("DBKEY_TEST_AWS_CONTAINER_AUTHORIZATION"), to: file, mode: 0o644)
+            return [
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": try value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+                    + "/container/credentials",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": file,
+            ]
+        },
+        Case(name: "instance metadata (IMDSv2)", method: "iam-role", freshEachTime: false) { _ in
+            ["AWS_EC2_METADATA_SERVICE_ENDPOINT": try value("DBKEY_TEST_AWS_METADATA_ENDPOINT")]
+        },
+    ]
+
+    /// botocore's name for a source.
+    static func method(_ source: AWSCredentialProvider.Source, environment: [String: String]) -> String {
+        switch source {
+        case .fixed: environment["AWS_ACCESS_KEY_ID"] != nil ? "env" : "file"
+        case .webIdentity: "assume-role-with-web-identity"
+        case .process: "custom-process"
+        case .container: "container-role"
+        case .instanceMetadata: "iam-role"
+        }
+    }
+
+    @Test("each source resolves to what boto3 resolves in the same environment", arguments: cases)
+    func agreesWithBoto3(source: Case) async throws {
+        let directory = try TemporaryDirectory()
+        var environment = try source.environment(directory)
+        environment["HOME"] = directory.path
+        let python = try requireTool("python3", installedBy: "python3")
+        var pythonEnvironment = environment
+        pythonEnvironment["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        let result = try await run(
+            python, [repositoryRoot.path + "/Scripts/interop/aws_credentials.py"], environment: pythonEnvironment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let boto3 = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(boto3["method"] as? String == source.method)
+
+        let provider = try AWSEnvironment(variables: environment).credentialProvider(region: "us-east-1")
+        let ours = Self.method(provider.source, environment: environment)
+        #expect(
+            ours == source.method
+                || (ours == "file" && ["shared-credentials-file", "config-file"].contains(source.method)))
+        let client = KmsHTTPClient(transport: URLSessionKmsTransport(), retry: RetryPolicy(), logger: silentLogger)
+        let credentials = try await provider.current(client)
+        #expect((credentials.sessionToken != nil) == (boto3["token"] as? Bool == true))
+        if !source.freshEachTime {
+            #expect(credentials.accessKeyId == boto3["access_key"] as? String)
+            let digest = SHA256.hash(data: credentials.secretAccessKey.withUnsafeBytes { Data($0) })
+                .map { String(format: "%02x", $0) }.joined()
+            #expect(digest == boto3["secret_sha256"] as? String)
+        } else {
+            #expect(
+                credentials.accessKeyId.hasPrefix("ASIA") && (boto3["access_key"] as? String)?.hasPrefix("ASIA") == true
+            )
+        }
+        #expect(!credentials.description.contains("secret") || credentials.description.contains("redacted"))
+    }
+
+    @Test("temporary credentials are fetched once while they are good, and a container endpoint refuses a wrong token")
+    func caching() async throws {
+        let transport = CountingTransport()
+        let client = KmsHTTPClient(transport: transport, retry: RetryPolicy(attempts: 1), logger: silentLogger)
+        let endpoint = try Self.value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+        let imds = try AWSEnvironment(variables: [
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": endpoint, "HOME": "/nonexistent",
+        ])
+        .credentialProvider(region: nil)
+        let first = try await imds.current(client)
+        let second = try await imds.current(client)
+        #expect(first.accessKeyId == second.accessKeyId)
+        #expect(transport.count("/latest/api/token") == 1, "one IMDSv2 session for both")
+        let wrong = try AWSEnvironment(variables: [
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": endpoint + "/container/credentials",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": "wrong", "HOME": "/nonexistent",
+        ]).credentialProvider(region: nil)
+        await expectError(.kmsAccessDenied, containing: ["HTTP 401"]) { _ = try await wrong.current(client) }
+        await expectError(.invalidConfiguration, containing: ["AWS_CONTAINER_CREDENTIALS_FULL_URI"]) {
+            _ = try AWSEnvironment(variables: ["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.0.0.1/creds"])
+                .credentialProvider(region: nil)
+        }
+        let absent = try AWSEnvironment(variables: [
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9", "HOME": "/nonexistent",
+        ])
+        .credentialProvider(region: nil)
+        let probing = CountingTransport()
+        let retrying = KmsHTTPClient(transport: probing, retry: RetryPolicy(attempts: 3), logger: silentLogger)
+        await expectError(.kmsAccessDenied, containing: ["No AWS credentials", "instance metadata service"]) {
+            _ = try await absent.current(retrying)
+        }
+        #expect(probing.count("/latest/api/token") == 1, "no retries when no IMDS answers")
+    }
+
+    @Test("temporary credentials are used while good for 15 more minutes and fetched again after")
+    func refreshBeforeExpiry() async throws {
+        let directory = try TemporaryDirectory()
+        let counter = directory.file("count")
+        let client = KmsHTTPClient(transport: URLSessionKmsTransport(), retry: RetryPolicy(), logger: silentLogger)
+        for (minutes, expectedKeys) in [(10, 2), (60, 1)] {
+            Self.write("0", to: counter)
+            let script = directory.file("process-\(minutes)")
+            let expiry = ISO8601DateFormatter().string(from: Date(timeIntervalSinceNow: Double(minutes) * 60))
+            Self.write(
+                "#!/bin/sh\nn=$(($(cat \(counter)) + 1)); echo $n > \(counter)\necho \"{\\\"Version\\\": 1, \\\"AccessKeyId\\\": \\\"ASIAPROCESS$n\\\", \\\"SecretAccessKey\\\": \\\"s$n\\\", \\\"SessionToken\\\": \\\"t$n\\\", \\\"Expiration\\\": \\\"\(expiry)\\\"}\"\n",
+                to: script, mode: 0o700)
+            let provider = AWSCredentialProvider(source: .process(command: script))
+            let first = try await provider.current(client)
+            let second = try await provider.current(client)
+            #expect(
+                Set([first.accessKeyId, second.accessKeyId]).count == expectedKeys, "expiring in \(minutes) minutes")
+            #expect(first.sessionToken == "t1")
+        }
+    }
+
+    @Test("credential_process output is split without a shell, and a failing process is access denied")
+    func credentialProcess() async throws {
+        #expect(
+            CredentialProcess.split(#"/opt/bin/creds --profile "my profile" 'a b' c\ d"#) == [
+                "/opt/bin/creds", "--profile", "my profile", "a b", "c d",
+            ])
+        let directory = try TemporaryDirectory()
+        let script = directory.file("fails")
+        Self.write("#!/bin/sh\necho '{\"SecretAccessKey\": \"leaked\"}'\nexit 3\n", to: script, mode: 0o700)
+        let provider = AWSCredentialProvider(source: .process(command: script))
+        let client = KmsHTTPClient(transport: URLSessionKmsTransport(), retry: RetryPolicy(), logger: silentLogger)
+        let error = await expectError(.kmsAccessDenied, containing: ["exited with 3"]) {
+            _ = try await provider.current(client)
+        }
+        #expect(error?.message.contains("leaked") == false)
+    }
+}
