@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "SQLCipherKeyManagerPKCS11", targets: ["SQLCipherKeyManagerPKCS11"]),
         .library(name: "SQLCipherKeyManagerGCP", targets: ["SQLCipherKeyManagerGCP"]),
         .library(name: "SQLCipherKeyManagerAzure", targets: ["SQLCipherKeyManagerAzure"]),
+        .library(name: "SQLCipherKeyManagerTPM", targets: ["SQLCipherKeyManagerTPM"]),
         .executable(name: "dbkey", targets: ["dbkey"]),
     ],
     dependencies: [
@@ -38,6 +39,11 @@ let package = Package(
         .systemLibrary(
             name: "COpenSSL",
             providers: [.apt(["libssl-dev"])]
+        ),
+        // The TPM2 Software Stack (ESAPI, marshaling, the TCTI loader), only for the TPM provider.
+        .systemLibrary(
+            name: "CTSS2",
+            providers: [.apt(["libtss2-dev"])]
         ),
         .systemLibrary(
             name: "CPKCS11",
@@ -100,6 +106,16 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .target(
+            name: "SQLCipherKeyManagerTPM",
+            dependencies: [
+                "SQLCipherKeyManager",
+                "CTSS2",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
             name: "SQLCipherKeyManagerPKCS11",
             dependencies: [
                 "SQLCipherKeyManager",
@@ -144,6 +160,7 @@ let package = Package(
                 "SQLCipherKeyManagerPKCS11",
                 "SQLCipherKeyManagerGCP",
                 "SQLCipherKeyManagerAzure",
+                "SQLCipherKeyManagerTPM",
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -184,6 +201,7 @@ let package = Package(
                 "SQLCipherKeyManagerPKCS11",
                 "SQLCipherKeyManagerGCP",
                 "SQLCipherKeyManagerAzure",
+                "SQLCipherKeyManagerTPM",
                 "KmsHTTP",
                 "DBKeyCLI",
                 "CSQLCipher",

@@ -9,7 +9,7 @@ import SQLCipherKeyManager
 /// ```swift
 /// await DBKeyCommand.main(providers: [
 ///     LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
-///     AzureKeyVault.factory,
+///     AzureKeyVault.factory, Tpm2Kms.factory,
 /// ])
 /// ```
 public struct DBKeyCommand: AsyncParsableCommand {

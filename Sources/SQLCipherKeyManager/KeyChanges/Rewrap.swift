@@ -6,6 +6,9 @@ struct Rewrap {
     func run(to target: any KeyManagementService, kekId: String, slot number: Int, wait: Duration) async throws
         -> KeyFile
     {
+        if number == 0, let reason = target.primaryRefusal(kekId: kekId) {
+            throw DBKeyError(.invalidConfiguration, "\(kekId) cannot be the primary KEK: \(reason)")
+        }
         // Shared: connections may stay open, but no rotation may rewrite the .key meanwhile.
         try database.refuseSymbolicLink()
         let (lock, keyFile) = try await database.acquireSettled(wait: wait)

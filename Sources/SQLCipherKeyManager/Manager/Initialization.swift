@@ -19,6 +19,9 @@ struct Initialization {
         try configuration.encryptionContext.validate()
         try database.refuseSymbolicLink()
         let kms = try database.newKeyProvider()
+        if let reason = kms.primaryRefusal(kekId: configuration.kekId) {
+            throw DBKeyError(.invalidConfiguration, "\(configuration.kekId) cannot be the primary KEK: \(reason)")
+        }
         // Exclusive while the database exists without its .key, so that an open in another
         // process waits for the .key instead of finding it missing.
         let lockPath = DatabaseLock.path(forDatabase: database.databasePath)

@@ -58,6 +58,14 @@ public protocol KeyManagementService: Sendable {
     /// Whether a `.key` file in the older seven-field form — which has no `kms` field — belongs
     /// to this provider, judged by its `kek_id` (AWS claims `arn:aws:kms:…` and `alias/…`).
     func claimsLegacyKekId(_ kekId: String) -> Bool
+
+    /// Why `kekId` may not be a database's primary KEK, only a key slot beside one: `nil` (the
+    /// default) when it may be.
+    ///
+    /// A KEK that can become unusable for reasons no operator controls — a TPM key bound to PCRs,
+    /// which a firmware update changes — returns the reason; the manager then refuses to make
+    /// it the primary.
+    func primaryRefusal(kekId: String) -> String?
 }
 
 extension KeyManagementService {
@@ -66,6 +74,8 @@ extension KeyManagementService {
 
     /// `false`: the provider claims no `.key` files of the older form.
     public func claimsLegacyKekId(_ kekId: String) -> Bool { false }
+
+    public func primaryRefusal(kekId: String) -> String? { nil }
 }
 
 /// A service that can move a wrapped key to another of its KEKs (or to the newest version of the

@@ -9,6 +9,7 @@ import SQLCipherKeyManagerAzure
 import SQLCipherKeyManagerConformance
 import SQLCipherKeyManagerGCP
 import SQLCipherKeyManagerPKCS11
+import SQLCipherKeyManagerTPM
 import SQLCipherKeyManagerTesting
 import SQLCipherKeyManagerVault
 import Synchronization
@@ -62,7 +63,7 @@ enum DocCommentExamples {
     static func main() async {
         await DBKeyCommand.main(providers: [
             LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
-            AzureKeyVault.factory,
+            AzureKeyVault.factory, Tpm2Kms.factory,
         ])
     }
 
