@@ -100,7 +100,6 @@ let package = Package(
             dependencies: [
                 "SQLCipherKeyManager",
                 "KmsHTTP",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcomingFeatures
@@ -110,7 +109,6 @@ let package = Package(
             dependencies: [
                 "SQLCipherKeyManager",
                 "CTSS2",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcomingFeatures

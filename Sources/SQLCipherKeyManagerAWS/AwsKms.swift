@@ -48,8 +48,8 @@ public struct AwsKms: ServerSideRewrapping {
         logger: Logger
     ) {
         self.init(
-            credentials: credentials, region: region, endpoint: endpoint, retry: retry,
-            transport: URLSessionKmsTransport(), logger: logger)
+            credentials: AWSCredentialProvider(credentials), region: region, endpoint: endpoint, retry: retry,
+            logger: logger)
     }
 
     /// Creates the provider with credentials from `credentials`, refreshed as they expire.

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import KmsHTTP
 import Logging
@@ -94,7 +93,7 @@ public struct AzureKeyVault: KeyManagementService {
     public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
         let name = try KeyVaultKeyName(kekId)
         let algorithm = try await wrapAlgorithm(name)
-        let payload = try AzureKeyVault.boundPayload(key, context)
+        let payload = try ContextBoundKey.bind(key, to: context, saltByteCount: AzureKeyVault.saltByteCount)
         let response = try await call(
             "wrapKey", name, url: name.url("wrapkey", version: nil),
             body: .jsonWithSecret(["alg": algorithm], name: "value", value: Base64URL.encode(payload)))
@@ -124,7 +123,8 @@ public struct AzureKeyVault: KeyManagementService {
         else {
             throw DBKeyError(.kmsUnavailable, "Key Vault answered without a value for \(name).")
         }
-        return try AzureKeyVault.unbound(payload, context, name: name)
+        return try ContextBoundKey.unbind(
+            payload, from: context, saltByteCount: AzureKeyVault.saltByteCount, what: "The Key Vault wrap with \(name)")
     }
 
     public func health(kekId: String) async throws -> KmsHealth {
@@ -145,49 +145,6 @@ public struct AzureKeyVault: KeyManagementService {
     /// The number of random bytes after the digest: A256KW (RFC 3394) is deterministic, and
     /// they make every wrap of a key a new one, as RSA-OAEP's are.
     static let saltByteCount = 8
-
-    /// What is wrapped: the data key, SHA-256 of the context's canonical encoding, and
-    /// ``saltByteCount`` random bytes.
-    static func boundPayload(_ key: SecureBuffer, _ context: EncryptionContext) throws -> SecureBuffer {
-        let digest = Array(SHA256.hash(data: context.canonicalEncoding))
-        let salt = try SecureBuffer.random(count: saltByteCount)
-        return key.withUnsafeBytes { bytes in
-            SecureBuffer(count: bytes.count + digest.count + saltByteCount) { output in
-                output.copyMemory(from: bytes)
-                UnsafeMutableRawBufferPointer(rebasing: output[bytes.count...]).copyBytes(from: digest)
-                salt.withUnsafeBytes {
-                    UnsafeMutableRawBufferPointer(rebasing: output[(bytes.count + digest.count)...]).copyMemory(
-                        from: $0)
-                }
-            }
-        }
-    }
-
-    /// The data key of an unwrapped payload whose digest matches `context` (compared in
-    /// constant time).
-    static func unbound(_ payload: SecureBuffer, _ context: EncryptionContext, name: KeyVaultKeyName) throws
-        -> SecureBuffer
-    {
-        let digest = Array(SHA256.hash(data: context.canonicalEncoding))
-        let keyCount = RawKeyText.keyByteCount
-        guard payload.count == keyCount + digest.count + saltByteCount else {
-            throw DBKeyError(
-                .ciphertextInvalid,
-                "The Key Vault wrap with \(name) holds \(payload.count) bytes, not a 32-byte data key, its context digest and salt."
-            )
-        }
-        return try payload.withUnsafeBytes { bytes in
-            var difference: UInt8 = 0
-            for index in 0..<digest.count { difference |= bytes[keyCount + index] ^ digest[index] }
-            guard difference == 0 else {
-                throw DBKeyError(
-                    .ciphertextInvalid,
-                    "The Key Vault wrap with \(name) was made for another encryption context: the wrapped key belongs to another database or was altered."
-                )
-            }
-            return SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: bytes.prefix(keyCount)))
-        }
-    }
 
     /// The version and the wrapped bytes of `azurekv:VERSION:BASE64`.
     static func parts(of wrapped: WrappedKey) -> (version: String, value: [UInt8])? {

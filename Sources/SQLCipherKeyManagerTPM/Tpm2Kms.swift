@@ -1,5 +1,4 @@
 import CTSS2
-import Crypto
 import Foundation
 import Logging
 import SQLCipherKeyManager
@@ -69,7 +68,7 @@ public struct Tpm2Kms: KeyManagementService {
 
     public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
         let pcrs = try Tpm2Kms.pcrMask(kekId)
-        let payload = Tpm2Kms.bound(key, context)
+        let payload = try ContextBoundKey.bind(key, to: context)
         let (name, blob) = try withTPM { esys, srk in
             var buffer = [UInt8](repeating: 0, count: 2048)
             var written = 0
@@ -108,7 +107,7 @@ public struct Tpm2Kms: KeyManagementService {
                 SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: $0.prefix(written)))
             }
         }
-        return try Tpm2Kms.unbound(payload, context)
+        return try ContextBoundKey.unbind(payload, from: context, what: "The sealed data key")
     }
 
     public func health(kekId: String) async throws -> KmsHealth {
@@ -164,35 +163,6 @@ public struct Tpm2Kms: KeyManagementService {
             mask |= 1 << pcr
         }
         return mask
-    }
-
-    /// The data key followed by SHA-256 of the context's canonical encoding.
-    static func bound(_ key: SecureBuffer, _ context: EncryptionContext) -> SecureBuffer {
-        let digest = Array(SHA256.hash(data: context.canonicalEncoding))
-        return key.withUnsafeBytes { bytes in
-            SecureBuffer(count: bytes.count + digest.count) { output in
-                output.copyMemory(from: bytes)
-                UnsafeMutableRawBufferPointer(rebasing: output[bytes.count...]).copyBytes(from: digest)
-            }
-        }
-    }
-
-    static func unbound(_ payload: SecureBuffer, _ context: EncryptionContext) throws -> SecureBuffer {
-        let digest = Array(SHA256.hash(data: context.canonicalEncoding))
-        let keyCount = RawKeyText.keyByteCount
-        guard payload.count == keyCount + digest.count else {
-            throw DBKeyError(
-                .ciphertextInvalid,
-                "The sealed object holds \(payload.count) bytes, not a data key and its context digest.")
-        }
-        return try payload.withUnsafeBytes { bytes in
-            var difference: UInt8 = 0
-            for index in 0..<digest.count { difference |= bytes[keyCount + index] ^ digest[index] }
-            guard difference == 0 else {
-                throw DBKeyError(.ciphertextInvalid, "The sealed data key was sealed for another encryption context.")
-            }
-            return SecureBuffer(copying: UnsafeRawBufferPointer(rebasing: bytes.prefix(keyCount)))
-        }
     }
 
     /// Runs `body` with a connection to the TPM and its storage root key, one process-wide at a

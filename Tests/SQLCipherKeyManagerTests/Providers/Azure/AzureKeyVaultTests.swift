@@ -72,7 +72,7 @@ struct AzureKeyVaultTests {
     func oursUnwrapsMicrosofts(type: String) async throws {
         let (name, version) = try await FakeKeyVault.createKey(type: type)
         let key = try SecureBuffer.random(count: 32)
-        let payload = try AzureKeyVault.boundPayload(key, context)
+        let payload = try ContextBoundKey.bind(key, to: context, saltByteCount: AzureKeyVault.saltByteCount)
         let answer = try await FakeKeyVault.microsoftClient([
             "op": "wrap", "key_id": "\(try FakeKeyVault.origin().absoluteString)/keys/\(name)/\(version)",
             "alg": type == "RSA" ? "RSA-OAEP-256" : "A256KW",
