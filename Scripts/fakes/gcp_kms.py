@@ -14,7 +14,7 @@ JWT, checked against the account's public key) and the metadata server's token p
   Errors are Cloud KMS's JSON errors and statuses (401, 403, 404, 400 INVALID_ARGUMENT or
   FAILED_PRECONDITION; 429 and 503 by injection).
 - `/_fake/*` is the admin API, guarded by the admin token: keys, versions, states, principals,
-  tokens (registered, revoked), failure injection.
+  tokens (revoked), failure injection.
 
 Use: gcp_kms.py STATE_DIR. Writes a service-account key file (0600) there, prints one JSON line
 (port, admin token, key file) and serves on 127.0.0.1 until killed."""
@@ -81,10 +81,6 @@ class CloudKms(FakeServer):
             if command == "principal":
                 account = self.accounts.setdefault(body["principal"], {"public_key": None, "key_id": None})
                 account["permissions"] = body["permissions"]
-                return {}
-            if command == "token":
-                self.tokens[body["token"]] = {"principal": body["principal"],
-                                              "expires": time.time() + body.get("lifetime", 3600)}
                 return {}
             if command == "account":
                 return {"path": self.make_account(body["directory"], body.get("permissions", ALL_PERMISSIONS))}

@@ -113,7 +113,9 @@ public struct AzureKeyVault: KeyManagementService {
         guard let (version, value) = AzureKeyVault.parts(of: wrapped) else {
             throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a Key Vault wrap (azurekv:VERSION:…).")
         }
-        let algorithm = try await wrapAlgorithm(name)
+        // A256KW's output is its input plus 8 bytes; an RSA-OAEP wrap is as long as the key's
+        // modulus (256 bytes and up). So unwrapping, which opens take, needs no read of the key.
+        let algorithm = value.count == AzureKeyVault.payloadByteCount + 8 ? "A256KW" : "RSA-OAEP-256"
         var response = try await call(
             "unwrapKey", name, url: name.url("unwrapkey", version: version),
             body: .json(["alg": algorithm, "value": Base64URL.encode(value)]))
@@ -145,6 +147,9 @@ public struct AzureKeyVault: KeyManagementService {
     /// The number of random bytes after the digest: A256KW (RFC 3394) is deterministic, and
     /// they make every wrap of a key a new one, as RSA-OAEP's are.
     static let saltByteCount = 8
+
+    /// What is wrapped: the data key, its context's SHA-256 and the salt.
+    static let payloadByteCount = RawKeyText.keyByteCount + 32 + saltByteCount
 
     /// The version and the wrapped bytes of `azurekv:VERSION:BASE64`.
     static func parts(of wrapped: WrappedKey) -> (version: String, value: [UInt8])? {
@@ -187,7 +192,7 @@ public struct AzureKeyVault: KeyManagementService {
     }
 
     /// RSA-OAEP-256 for an RSA key, A256KW for a symmetric (Managed HSM) key, learned from the
-    /// key's first read.
+    /// key's first read (wrapping only: an unwrap tells the algorithm by the wrap's length).
     private func wrapAlgorithm(_ name: KeyVaultKeyName) async throws -> String {
         let type: String
         if let known = learned.keyType(of: name) {

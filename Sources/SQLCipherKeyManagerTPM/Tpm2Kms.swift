@@ -225,7 +225,7 @@ public struct Tpm2Kms: KeyManagementService {
                 .kmsKeyNotFound,
                 "The sealed data key does not load under this TPM's storage root key (\(text(rc))): it was sealed by another TPM, or the SRK at 0x81000001 was replaced."
             )
-        case 4 where rc & 0xBF == 0x9D || rc & 0xBF == 0x99:
+        case 4 where rc & 0xBF == 0x9D:  // TPM2_RC_POLICY_FAIL, on whichever session
             throw DBKeyError(
                 .kmsAccessDenied,
                 "The TPM refused to unseal: the PCRs \(kekId.split(separator: ":").last ?? "") no longer hold the values the key was sealed to (\(text(rc))). Firmware and boot-loader updates change them; open through another key slot and reseal."

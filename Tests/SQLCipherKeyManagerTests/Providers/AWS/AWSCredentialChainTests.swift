@@ -159,7 +159,8 @@ struct AWSCredentialChainTests {
                 credentials.accessKeyId.hasPrefix("ASIA") && (boto3["access_key"] as? String)?.hasPrefix("ASIA") == true
             )
         }
-        #expect(!credentials.description.contains("secret") || credentials.description.contains("redacted"))
+        let secret = credentials.secretAccessKey.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+        #expect(!credentials.description.contains(secret), "the description shows the secret key")
     }
 
     @Test("temporary credentials are fetched once while they are good, and a container endpoint refuses a wrong token")
@@ -215,6 +216,24 @@ struct AWSCredentialChainTests {
                 Set([first.accessKeyId, second.accessKeyId]).count == expectedKeys, "expiring in \(minutes) minutes")
             #expect(first.sessionToken == "t1")
         }
+    }
+
+    @Test("a refused AssumeRoleWithWebIdentity is access denied naming the role, without the token")
+    func webIdentityRefused() async throws {
+        let directory = try TemporaryDirectory()
+        var environment = try Self.webIdentity(directory)
+        // An endpoint that is not STS: it answers 404, as STS answers a call it refuses with 4xx.
+        environment["AWS_ENDPOINT_URL_STS"] = try Self.value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+        environment["HOME"] = directory.path
+        let provider = try AWSEnvironment(variables: environment).credentialProvider(region: "us-east-1")
+        let client = KmsHTTPClient(transport: URLSessionKmsTransport(), retry: RetryPolicy(), logger: silentLogger)
+        let error = await expectError(
+            .kmsAccessDenied, containing: ["AssumeRoleWithWebIdentity", "dbkey-web", "HTTP 404"]
+        ) {
+            _ = try await provider.current(client)
+        }
+        let token = try String(contentsOfFile: directory.file("web-identity-token"), encoding: .utf8)
+        #expect(error?.message.contains(token.trimmingCharacters(in: .whitespacesAndNewlines)) == false)
     }
 
     @Test("credential_process output is split without a shell, and a failing process is access denied")

@@ -232,6 +232,11 @@ struct AzureKeyVaultTests {
         try await FakeKeyVault.fail(status: 503, count: 1, path: unwrapPath)
         #expect(try await kms.decrypt(dataKey.wrapped, kekId: kekId, context: context) == dataKey.plaintext)
         #expect(transport.count(unwrapPath) == 3)
+        // An open unwraps without reading the key: a new provider sends the challenge's request
+        // to the key's path and the unwrap, no GET of the key.
+        let opening = CountingTransport()
+        _ = try await FakeKeyVault.provider(transport: opening).decrypt(dataKey.wrapped, kekId: kekId, context: context)
+        #expect(opening.count("/keys/\(name)") == 1 && opening.count(unwrapPath) == 1)
         transport.reset()
         var bytes = try #require(AzureKeyVault.parts(of: dataKey.wrapped)).value
         bytes[bytes.count / 2] ^= 1

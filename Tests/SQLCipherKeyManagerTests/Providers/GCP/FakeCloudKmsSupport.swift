@@ -85,15 +85,6 @@ enum FakeCloudKms {
         return try #require(answer["path"] as? String)
     }
 
-    /// A token registered for `principal`.
-    static func token(principal: String = "metadata@fake.iam.gserviceaccount.com", lifetime: Int = 3600) async throws
-        -> String
-    {
-        let token = "static-" + UUID().uuidString
-        try await admin("token", ["token": token, "principal": principal, "lifetime": lifetime])
-        return token
-    }
-
     /// Google's client (google-cloud-kms, REST) with the service account, through
     /// Scripts/interop/gcp_kms.py, against `endpoint` (default: the fake).
     static func googleClient(_ request: [String: Any], endpoint: String? = nil, token: String? = nil) async throws
