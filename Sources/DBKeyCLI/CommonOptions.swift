@@ -55,6 +55,19 @@ enum Output {
         try? FileHandle.standardError.write(contentsOf: Data("dbkey: warning: \(message)\n".utf8))
     }
 
+    /// The escrow slots of small order that a key change left out of the new generation
+    /// (`before` is the `.key` read before the change; `removing`, a slot the change removes).
+    static func warnUnsafeEscrowSlotsLeftOut(
+        before: KeyFile?, after: KeyFile, database: String, removing: Int? = nil
+    ) {
+        for slot in before?.slots ?? []
+        where slot.isUnsafeEscrow && slot.number != removing && !after.slots.contains(where: { $0.number == slot.number }) {
+            printWarning(
+                "escrow slot \(slot.number) (\(slot.kekId)) was sealed to a public key of small order, which exposes the data key to anyone holding the .key; the new data key was not sealed to it and the slot is gone. Add a new escrow key (dbkey escrow keygen FILE; dbkey slot add \(database) --escrow-public-key FILE.pub), and remake backups made with the old slot."
+            )
+        }
+    }
+
     static func printJSON(_ value: Any) {
         let data =
             (try? JSONSerialization.data(

@@ -72,6 +72,7 @@ struct RotateCommand: AsyncParsableCommand {
                 }
                 return
             }
+            let before = try? manager.load()
             let keyFile: KeyFile
             if request {
                 keyFile = try await manager.requestRotation(
@@ -83,6 +84,7 @@ struct RotateCommand: AsyncParsableCommand {
                     progress: ProgressLine.reporter())
                 ProgressLine.finish()
             }
+            Output.warnUnsafeEscrowSlotsLeftOut(before: before, after: keyFile, database: database)
             if json {
                 Output.printJSON([
                     "database": database, "rotated": true, "dek_version": keyFile.version,
@@ -111,8 +113,10 @@ struct RotateCommand: AsyncParsableCommand {
                 if dryRun {
                     return .init(databasePath: path, status: .wouldChange, detail: "would rotate")
                 }
+                let before = try? manager.load()
                 let rotated = try await manager.rotateKey(
                     wait: wait, dropUnreachableSlots: dropUnreachableSlots, inPlace: inPlace)
+                Output.warnUnsafeEscrowSlotsLeftOut(before: before, after: rotated, database: path)
                 return .init(databasePath: path, status: .done, detail: "rotated to key version \(rotated.version)")
             } catch {
                 return .init(databasePath: path, error: error)

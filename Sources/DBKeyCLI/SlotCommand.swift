@@ -105,7 +105,10 @@ struct SlotCommand: AsyncParsableCommand {
         func run() async throws {
             try await common.reportingErrors(json: json) {
                 let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+                let before = try? manager.load()
                 let keyFile = try await manager.removeSlot(slot, rotate: rotate, wait: wait.duration)
+                Output.warnUnsafeEscrowSlotsLeftOut(
+                    before: before, after: keyFile, database: database, removing: slot)
                 if !rotate {
                     Output.printWarning(
                         "slot \(slot) is gone from \(manager.keyFilePath), but any older copy of that file (a backup) still opens the database through it. To make such copies useless, rotate the data key (dbkey rotate \(database))."

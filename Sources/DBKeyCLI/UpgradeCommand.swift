@@ -34,6 +34,7 @@ struct UpgradeCommand: AsyncParsableCommand {
             let keyFile = try await manager.upgrade(progress: ProgressLine.reporter())
             ProgressLine.finish()
             let upgraded = keyFile.version != before.version
+            Output.warnUnsafeEscrowSlotsLeftOut(before: before, after: keyFile, database: database)
             if json {
                 Output.printJSON([
                     "database": database, "upgraded": upgraded, "sqlcipher_format": keyFile.cipher.format,

@@ -23,6 +23,9 @@ struct Backup {
         progress: (@Sendable (KeyChangeProgress) -> Void)?
     ) async throws -> KeyFile {
         try database.refuseSymbolicLink()
+        if case .escrow(let publicKey) = protection {
+            try publicKey.requireSafeToSealTo()
+        }
         let destinationKey = KeyFile.path(forDatabase: destination)
         for path in [destination, destinationKey] where database.fileExists(path) {
             throw DBKeyError(

@@ -110,16 +110,7 @@ struct Rotation {
     /// The audit events of a rotation: the new key, and each slot it no longer has.
     private func recordRotation(_ rotated: KeyFile, from keyFile: KeyFile, dropped: [KeySlot]) {
         database.record(.keyRotated, rotated)
-        let removed = keyFile.allSlots.filter { old in
-            !rotated.allSlots.contains { $0.kms == old.kms && $0.kekId == old.kekId }
-        }
-        for slot in removed {
-            let why = dropped.contains(slot) ? "its provider could not take the new key" : "removed with a rotation"
-            database.audit.record(
-                AuditEvent(
-                    kind: .slotRemoved, databasePath: database.databasePath, provider: slot.kms, kekId: slot.kekId,
-                    dekVersion: rotated.version, detail: "slot \(slot.number): \(why)"))
-        }
+        database.recordSlotsLeftOut(of: keyFile, by: rotated, dropped: dropped, change: "a rotation")
     }
 
     /// The error for a rekey SQLCipher reported as done but rolled back: not enough room for its

@@ -47,11 +47,13 @@ struct Upgrade {
         ) { [database] in try database.openConnection(key: currentKey, keyFile: keyFile) }
 
         let journaled: KeyFile
+        let dropped: [KeySlot]
         do {
             // Every slot gets the new key, escrow seals bound to the copy's salt.
-            let (slots, _) = try await database.wrap(
+            let (slots, leftOut) = try await database.wrap(
                 newKey.plaintext, under: keyFile.slots, context: keyFile.encryptionContext, salt: cipher.salt,
                 version: keyFile.version + 1, dropUnreachable: false)
+            dropped = leftOut
             journaled = try await journal.begin(
                 .upgrade, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
                 cipher: cipher, slots: slots, sealedWith: currentKey)
@@ -68,6 +70,7 @@ struct Upgrade {
         let upgraded = try await database.store(
             journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
         database.record(.databaseUpgraded, upgraded)
+        database.recordSlotsLeftOut(of: keyFile, by: upgraded, dropped: dropped, change: "an upgrade")
         return upgraded
     }
 }

@@ -402,7 +402,7 @@ private struct FieldReader {
                 guard let publicKey = try fields.base64("public_key", byteCount: EscrowSeal.keyByteCount) else {
                     throw fields.invalid("public_key", "is missing (an escrow slot names its public key)")
                 }
-                slot.escrowPublicKey = try EscrowPublicKey(rawRepresentation: publicKey)
+                slot.escrowPublicKey = try EscrowPublicKey(storedRawRepresentation: publicKey)
             }
             slot.unknownFields = fields.remaining
             slots.append(slot)

@@ -8,7 +8,8 @@ public struct DoctorReport: Sendable {
         /// The check that found it, a stable name: `file-mode`, `key-file`, `pending-change`,
         /// `slot-unreachable`, `slot-broken`, `kek-version-outdated`, `rotation-due`,
         /// `key-mismatch`, `leftover-journal`, `stale-temporary`, `disk-space`,
-        /// `database-missing`.
+        /// `database-missing`, `escrow-key-unsafe` (critical: the data key can be read from the
+        /// `.key`).
         public let check: String
         /// What is wrong.
         public let message: String
@@ -68,6 +69,7 @@ struct Doctor {
                 "The data key (version \(keyFile.version)) was due for rotation on \(due.formatted(.iso8601)).",
                 "dbkey rotate \(path)")
         }
+        checkEscrowSlots(keyFile)
         await checkSlots(keyFile)
         // With a change pending, either key may be the database's: settling it decides.
         if keyFile.pending == nil {
@@ -130,6 +132,19 @@ struct Doctor {
             add(
                 "stale-temporary", "\(copy) is the copy of a migration or upgrade that did not finish.",
                 "Open the database once: an open settles the change and removes a copy no record names.")
+        }
+    }
+
+    /// Escrow slots sealed to a public key of small order: the data key is readable from the
+    /// `.key` alone.
+    private mutating func checkEscrowSlots(_ keyFile: KeyFile) {
+        let path = database.databasePath
+        for slot in keyFile.slots where slot.isUnsafeEscrow {
+            add(
+                "escrow-key-unsafe",
+                "Critical: escrow slot \(slot.number) of \(database.keyFilePath) is sealed to \(slot.kekId), a public key of small order (RFC 7748 §6.1): anyone holding this .key, or a copy or backup of it, can compute the data key (version \(keyFile.version)) without any KMS.",
+                "Remove the slot and replace the data key it exposed: dbkey slot remove \(path) \(slot.number) --rotate; then make a new escrow key (dbkey escrow keygen FILE) and add it (dbkey slot add \(path) --escrow-public-key FILE.pub). Backups made with this slot keep the exposed key: remake them."
+            )
         }
     }
 

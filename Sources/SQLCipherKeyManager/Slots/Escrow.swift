@@ -9,16 +9,40 @@ public struct EscrowPublicKey: Sendable, Hashable {
     /// The 32-byte X25519 public key.
     public let rawRepresentation: [UInt8]
 
-    /// Creates a key from its 32 bytes.
+    /// Creates a key from its 32 bytes, refusing a key that would leak what is sealed to it.
     ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for another length.
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for another length, or for
+    ///   a key of small order (see ``hasSmallOrder``).
     public init(rawRepresentation: [UInt8]) throws {
+        try self.init(storedRawRepresentation: rawRepresentation)
+        try requireSafeToSealTo()
+    }
+
+    /// A key as a `.key` file records it: the length is checked, the order is not, so that a file
+    /// holding an unsafe slot still opens and the slot can be removed (``hasSmallOrder`` tells).
+    init(storedRawRepresentation rawRepresentation: [UInt8]) throws {
         guard rawRepresentation.count == EscrowSeal.keyByteCount else {
             throw DBKeyError(
                 .invalidConfiguration,
                 "An escrow public key is 32 bytes (X25519); this one has \(rawRepresentation.count).")
         }
         self.rawRepresentation = rawRepresentation
+    }
+
+    /// Whether the key is one of the 14 encodings of a point of small order (RFC 7748 §6.1: u = 0,
+    /// 1, p−1, the two points of order 8, and the non-canonical p and p+1, each with and without
+    /// bit 255). HPKE's shared secret with such a key is the same for every sender, so anyone
+    /// holding a seal made to it could open it: DBKey never seals to one.
+    public var hasSmallOrder: Bool { X25519Validation.hasSmallOrder(rawRepresentation) }
+
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a key of small order.
+    func requireSafeToSealTo() throws {
+        guard !hasSmallOrder else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The escrow public key \(id) is a point of small order (RFC 7748 §6.1): anything sealed to it could be opened by anyone holding the .key, so DBKey refuses it and changed nothing. Make a new escrow key (dbkey escrow keygen) and use its .pub file."
+            )
+        }
     }
 
     /// Reads a PEM public key file (`SubjectPublicKeyInfo` of an X25519 key).
@@ -176,6 +200,7 @@ enum EscrowSeal {
     static func seal(
         _ key: SecureBuffer, to publicKey: EscrowPublicKey, context: EncryptionContext, salt: [UInt8], version: Int
     ) throws -> WrappedKey {
+        try publicKey.requireSafeToSealTo()
         do {
             let recipient = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: publicKey.rawRepresentation)
             var sender = try HPKE.Sender(recipientKey: recipient, ciphersuite: suite, info: info(context))
@@ -200,6 +225,14 @@ enum EscrowSeal {
             throw DBKeyError(
                 .ciphertextInvalid, "The escrow slot is not an HPKE seal of \(sealedByteCount) bytes: it was altered.")
         }
+        // RFC 9180 §7.1.4: the recipient refuses an encapsulated key whose shared secret would be
+        // all zero, one no honest sender makes.
+        guard !X25519Validation.hasSmallOrder(blob.prefix(keyByteCount)) else {
+            throw DBKeyError(
+                .ciphertextInvalid,
+                "The escrow slot's encapsulated key is a point of small order (RFC 7748 §6.1), which no HPKE sender makes: the slot was forged or altered, and it was not opened."
+            )
+        }
         do {
             let secret = try privateKey.key.withUnsafeBytes {
                 try Curve25519.KeyAgreement.PrivateKey(rawRepresentation: $0)
@@ -214,6 +247,28 @@ enum EscrowSeal {
                 "The escrow slot does not open with this private key: the key is another escrow key, or the slot was altered or belongs to another database or key version."
             )
         }
+    }
+}
+
+/// The check RFC 7748 §6.1 and RFC 9180 §7.1.4 ask of X25519 public keys, which swift-crypto
+/// leaves to its caller (it returns an all-zero shared secret rather than failing).
+enum X25519Validation {
+    /// A fixed scalar: X25519 clamps it to a multiple of 8, and a multiple of 8 times a point of
+    /// order 1, 2, 4 or 8 is the identity, whose u-coordinate is 0. For a point of large order the
+    /// product is never the identity, so the all-zero output tells exactly the small-order points.
+    private static let probe: Curve25519.KeyAgreement.PrivateKey = {
+        // 32 bytes always make a private key.
+        try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x5A, count: 32))
+    }()
+
+    /// Whether the 32-byte u-coordinate `publicKey` has small order; anything not 32 bytes is
+    /// treated as unsafe.
+    static func hasSmallOrder<Bytes: Collection<UInt8>>(_ publicKey: Bytes) -> Bool {
+        guard publicKey.count == EscrowSeal.keyByteCount,
+            let point = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: Array(publicKey)),
+            let shared = try? probe.sharedSecretFromKeyAgreement(with: point)
+        else { return true }
+        return shared.withUnsafeBytes { bytes in bytes.reduce(0) { $0 | $1 } == 0 }
     }
 }
 

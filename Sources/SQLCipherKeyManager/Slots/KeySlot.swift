@@ -42,6 +42,12 @@ public struct KeySlot: Sendable, Hashable {
     /// Whether the slot is sealed to an escrow key rather than wrapped by a provider.
     public var isEscrow: Bool { kms == KeySlot.escrowProvider }
 
+    /// Whether the slot is sealed to an escrow public key of small order
+    /// (``EscrowPublicKey/hasSmallOrder``): its seal can be opened by anyone holding the `.key`.
+    /// DBKey never makes one; a file that holds one still opens, `doctor` reports it, and the next
+    /// key change leaves it out.
+    public var isUnsafeEscrow: Bool { escrowPublicKey?.hasSmallOrder ?? false }
+
     /// The slot with another wrapped key: the same slot for a new data key.
     func holding(_ wrapped: WrappedKey) -> KeySlot {
         var slot = self

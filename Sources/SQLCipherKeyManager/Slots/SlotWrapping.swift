@@ -1,3 +1,5 @@
+import Logging
+
 extension ManagedDatabase {
     /// Wraps `key` under `kekId` of `target` and unwraps it again, so that a misconfigured
     /// target never gets into a `.key` file.
@@ -27,9 +29,11 @@ extension ManagedDatabase {
     /// record: escrow slots are sealed for `salt` and `version`.
     ///
     /// A slot whose provider fails stops the change before anything is written, unless
-    /// `dropUnreachable` leaves it out.
+    /// `dropUnreachable` leaves it out. An escrow slot whose public key has small order is
+    /// always left out: a seal to it would give the new key to anyone holding the `.key`.
     ///
-    /// - Returns: The slots holding the new key, and those left out.
+    /// - Returns: The slots holding the new key, and those left out (``KeySlot/isUnsafeEscrow``
+    ///   tells the unsafe ones from the unreachable).
     func wrap(
         _ newKey: SecureBuffer, under slots: [KeySlot], context: EncryptionContext, salt: [UInt8]?, version: Int,
         dropUnreachable: Bool
@@ -37,6 +41,12 @@ extension ManagedDatabase {
         var wrapped: [KeySlot] = []
         var dropped: [KeySlot] = []
         for slot in slots {
+            if slot.isUnsafeEscrow {
+                logger.debug(
+                    "Escrow slot of small order left out", metadata: ["slot": "\(slot.number)", "kek_id": "\(slot.kekId)"])
+                dropped.append(slot)
+                continue
+            }
             if let publicKey = slot.escrowPublicKey {
                 guard let salt else {
                     throw DBKeyError(
@@ -61,6 +71,25 @@ extension ManagedDatabase {
             }
         }
         return (wrapped, dropped)
+    }
+
+    /// One `slot-removed` audit event for each slot of `keyFile` that `changed` no longer has,
+    /// saying why: left out by ``wrap(_:under:context:salt:version:dropUnreachable:)`` or
+    /// removed by the `change`.
+    func recordSlotsLeftOut(of keyFile: KeyFile, by changed: KeyFile, dropped: [KeySlot], change: String) {
+        let removed = keyFile.allSlots.filter { old in
+            !changed.allSlots.contains { $0.kms == old.kms && $0.kekId == old.kekId }
+        }
+        for slot in removed {
+            let why =
+                slot.isUnsafeEscrow
+                ? "its escrow public key has small order, so a seal to it would leak the new key"
+                : dropped.contains(slot) ? "its provider could not take the new key" : "removed with \(change)"
+            audit.record(
+                AuditEvent(
+                    kind: .slotRemoved, databasePath: databasePath, provider: slot.kms, kekId: slot.kekId,
+                    dekVersion: changed.version, detail: "slot \(slot.number): \(why)"))
+        }
     }
 }
 
