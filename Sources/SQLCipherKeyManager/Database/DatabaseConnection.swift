@@ -107,6 +107,7 @@ public final class DatabaseConnection {
             let keyText = try RawKeyText.make(for: key)
             try connection.applyKey(keyText)
             try connection.apply(settings)
+            try connection.keepTemporaryStorageInMemory()
             guard proving else { return connection }
             if !create {
                 try connection.proveKey()
@@ -116,8 +117,9 @@ public final class DatabaseConnection {
         case .passphrase(let passphrase, let format, let settings):
             try connection.applyKey(passphrase)
             try connection.apply(settings, format: format)
+            try connection.keepTemporaryStorageInMemory()
         case .plaintext:
-            break
+            try connection.keepTemporaryStorageInMemory()
         }
         try connection.proveKey()
         return connection
@@ -146,6 +148,22 @@ public final class DatabaseConnection {
             sqlite3_key(handle, bytes.baseAddress, Int32(bytes.count))
         }
         try check(code, "applying the key (sqlite3_key)")
+    }
+
+    /// Keeps SQLite's temporary storage — temporary tables and indices, sorts that spill,
+    /// statement journals, `VACUUM`'s copy, `ATTACH ''` — in memory (`PRAGMA temp_store =
+    /// MEMORY`): SQLCipher does not encrypt those files, and SQLite's own default is a file.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/unsupportedFormat`` for an SQLite built with
+    ///   `SQLITE_TEMP_STORE=0`, which ignores the pragma and always uses files.
+    func keepTemporaryStorageInMemory(alwaysOnDisk: Bool = SQLCipherEngine.tempStoreAlwaysOnDisk) throws {
+        guard !alwaysOnDisk else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "The linked SQLCipher was built with SQLITE_TEMP_STORE=0: it writes temporary tables and sorts of \(path) to unencrypted files whatever a connection asks. Link a build with SQLITE_TEMP_STORE=2 or 3 (see the README's \"SQLCipher versions\").",
+                path: path)
+        }
+        try execute("PRAGMA temp_store = MEMORY")
     }
 
     /// Closes the connection (`sqlite3_close_v2`). Later calls do nothing.

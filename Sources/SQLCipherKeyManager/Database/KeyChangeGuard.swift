@@ -14,7 +14,10 @@ internal import CSQLCipher
 /// - `ATTACH` of anything but `:memory:` or a temporary database: an attached file inherits the
 ///   key, and the next rotation would strand it — and so `VACUUM INTO` a file (SQLCipher 4),
 ///   which attaches its target when it runs;
-/// - `sqlcipher_export`, which writes an unmanaged copy.
+/// - `sqlcipher_export`, which writes an unmanaged copy;
+/// - setting `temp_store` (in any spelling, to any value) and `temp_store_directory`: DBKey keeps
+///   SQLite's temporary storage in memory, since its files (temporary tables, sorts that spill,
+///   statement journals, `VACUUM`'s copy) are not encrypted.
 ///
 /// Each refusal is ``DBKeyError/Code-swift.struct/sqlite`` with `SQLITE_AUTH` and a message that
 /// names the managed operation to use instead.
@@ -61,6 +64,10 @@ final class KeyChangeGuard {
             if keyingPragmas.contains(name) {
                 return
                     "PRAGMA \(name) would change the database's key behind its .key file, leaving a database nothing opens. Change keys with dbkey rotate (LocalDbKeyManager.rotateKey) or dbkey migrate."
+            }
+            if name == "temp_store_directory" || (name == "temp_store" && second != nil) {
+                return
+                    "PRAGMA \(name) = … would let SQLite write temporary tables, sorts and journals to unencrypted files. DBKey keeps them in memory (temp_store = MEMORY) on every connection; reading PRAGMA temp_store is allowed."
             }
             if second != nil, settingPragmas.contains(name) || name.hasPrefix("cipher") {
                 return

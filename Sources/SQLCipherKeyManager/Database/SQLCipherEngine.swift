@@ -61,6 +61,10 @@ public struct SQLCipherEngine: Sendable, Hashable {
         }
     }
 
+    /// Whether the linked library was built with `SQLITE_TEMP_STORE=0`: temporary storage always
+    /// in files, whatever `PRAGMA temp_store` says (`sqlite3_compileoption_used`).
+    static let tempStoreAlwaysOnDisk = sqlite3_compileoption_used("TEMP_STORE=0") == 1
+
     // MARK: - Process-wide settings
 
     /// Where SQLCipher 4's own log goes, at which level (`PRAGMA cipher_log_level`).

@@ -45,8 +45,9 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
     }
 
     /// Keys an SQLite handle the app opened: checks that it is SQLCipher, calls `sqlite3_key`
-    /// with the raw key, applies the recorded cipher settings, and proves the key with a first
-    /// read. Call it right after `sqlite3_open_v2`, before any other statement (a statement
+    /// with the raw key, applies the recorded cipher settings, keeps SQLite's temporary files in
+    /// memory (`PRAGMA temp_store = MEMORY`: SQLCipher does not encrypt them), and proves the key
+    /// with a first read. Call it right after `sqlite3_open_v2`, before any other statement (a statement
     /// first would leave a new file in plaintext).
     ///
     /// The handle stays the app's: this neither closes it nor keeps it.
@@ -70,6 +71,7 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         let keyText = try RawKeyText.make(for: key)
         try connection.applyKey(keyText)
         try connection.apply(cipherSettings)
+        try connection.keepTemporaryStorageInMemory()
         try connection.proveKey()
         try connection.requirePages()
     }
@@ -86,7 +88,8 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
 
     /// Calls `body` with SQLCipher's raw-key text, `x'` + 64 hex digits + `'`, for an API that
     /// takes the key as text (`PRAGMA key`, GRDB's `usePassphrase`). The bytes live in locked
-    /// memory and are wiped when `body` returns: do not copy them.
+    /// memory and are wiped when `body` returns: do not copy them. Unlike ``apply(to:)``, this
+    /// leaves the handle's settings to the caller: set `PRAGMA temp_store = MEMORY` on it too.
     ///
     /// - Throws: What `body` throws.
     public func withRawKeyText<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) throws -> Result {
