@@ -61,7 +61,9 @@ enum Output {
         before: KeyFile?, after: KeyFile, database: String, removing: Int? = nil
     ) {
         for slot in before?.slots ?? []
-        where slot.isUnsafeEscrow && slot.number != removing && !after.slots.contains(where: { $0.number == slot.number }) {
+        where slot.isUnsafeEscrow && slot.number != removing
+            && !after.slots.contains(where: { $0.number == slot.number })
+        {
             printWarning(
                 "escrow slot \(slot.number) (\(slot.kekId)) was sealed to a public key of small order, which exposes the data key to anyone holding the .key; the new data key was not sealed to it and the slot is gone. Add a new escrow key (dbkey escrow keygen FILE; dbkey slot add \(database) --escrow-public-key FILE.pub), and remake backups made with the old slot."
             )

@@ -20,6 +20,7 @@ enum ExitStatus {
         (.databaseInUse, 30),
         (.rotationInterrupted, 31),
         (.unsupportedFormat, 32),
+        (.keyChangePending, 33),
         (.sqlite, 40),
         (.io, 41),
         (.invalidConfiguration, 42),

@@ -42,7 +42,7 @@ struct RotateCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "Ask the running app that holds the database to rotate it, and wait for its answer.",
             discussion:
-                "The app's DatabasePool must answer rotation requests (answeringRotationRequests). --wait is how long an app has to take the request (60 s when not given); the rotation itself is then waited for."
+                "The app's DatabasePool must answer rotation requests (answeringRotationRequests). --wait bounds the whole wait (60 s when not given): no app taking the request withdraws it (exit 30); an app still rotating then finishes on its own (exit 33); an app that stops after taking it is reported at once (exit 31)."
         ))
     var request = false
 

@@ -33,6 +33,9 @@ struct Backup {
                 "\(path) already exists; a backup never replaces a file. Choose another destination.",
                 path: path)
         }
+        let destinationLock = try await DestinationLock.acquire(destination)
+        var placed = false
+        defer { destinationLock.release(placed: placed) }
         // Shared: the app keeps running; only a key change waits.
         let (lock, keyFile) = try await database.acquireSettled(wait: database.configuration.openWait)
         defer { lock.release() }
@@ -57,7 +60,7 @@ struct Backup {
         if cipher.plaintextHeaderSize > 0 {
             cipher = cipher.withPlaintextHeader()
         }
-        let copyPath = destination + ".dbkey-backup"
+        let copyPath = Backup.copyPath(at: destination)
         database.removeDatabaseFiles(at: copyPath)
         cipher = try await Migration(database: database).makeVerifiedCopy(
             at: copyPath, key: dataKey, cipher: cipher, expectedRowCounts: nil, progress: progress
@@ -100,6 +103,7 @@ struct Backup {
             backup.format = backup.requiredFormat
             try backup.requireRoomForKeyChanges(source: destinationKey)
             try await Backup.place(copyPath, at: destination, keyFile: backup.sealed(with: dataKey))
+            placed = true
             database.record(
                 .databaseBackedUp, keyFile, detail: "to \(destination)\(newDataKey ? " under a new data key" : "")")
             return backup.sealed(with: dataKey)
@@ -109,10 +113,19 @@ struct Backup {
         }
     }
 
+    /// The flushed copy a backup places at `destination`.
+    static func copyPath(at destination: String) -> String { destination + ".dbkey-backup" }
+    /// The flushed copy a restore places at `destination`.
+    static func restoringPath(at destination: String) -> String { destination + ".dbkey-restoring" }
+
     /// Writes the backup's `.key` (never over one), then links the flushed copy in at
     /// `destination` (never over a file): a database at `destination` always has its `.key`.
-    /// A failure removes what was placed; a process killed between the two leaves only the
-    /// `.key`, which holds no data.
+    /// A failure removes what was placed.
+    ///
+    /// The `.key`, written only once the copy is flushed, is the placement's journal: a process
+    /// killed after it leaves the `.key` and the whole copy, which
+    /// ``completeInterruptedPlacement(at:)`` links in — the next open of `destination` or the
+    /// next restore to it does. The caller holds `destination`'s exclusive lock.
     static func place(_ copyPath: String, at destination: String, keyFile: KeyFile) async throws {
         let keyPath = KeyFile.path(forDatabase: destination)
         try await BlockingExecutor.shared.run(.short) {
@@ -142,6 +155,58 @@ struct Backup {
     }
 }
 
+/// The exclusive lock on the path a backup or restore places a database at, held for the
+/// whole operation so that no open and no other placement sees a half-placed database.
+struct DestinationLock {
+    let lock: DatabaseLock
+    let destination: String
+    /// Whether this placement made the lock file (and so removes it if it places nothing).
+    let madeLockFile: Bool
+
+    static func acquire(_ destination: String) async throws -> DestinationLock {
+        let lockPath = DatabaseLock.path(forDatabase: destination)
+        let existed = (try? FilePath(lockPath).stat(followTargetSymlink: false)) != nil
+        let lock = try await DatabaseLock.acquire(.exclusive, databasePath: destination, wait: .zero)
+        return DestinationLock(lock: lock, destination: destination, madeLockFile: !existed)
+    }
+
+    /// Releases the lock; a placement that put nothing in place leaves no lock file behind.
+    func release(placed: Bool) {
+        let keyPath = KeyFile.path(forDatabase: destination)
+        if !placed && madeLockFile && (try? FilePath(keyPath).stat(followTargetSymlink: false)) == nil {
+            _ = unlink(DatabaseLock.path(forDatabase: destination))
+        }
+        lock.release()
+    }
+}
+
+extension Backup {
+    /// Finishes the placement a killed backup or restore left at `destination`: its `.key`
+    /// written, its flushed copy beside it, no database yet. Called under `destination`'s lock
+    /// (shared by an open, exclusive by a restore), so no placement is running.
+    ///
+    /// - Returns: Whether a placement was completed.
+    /// - Throws: ``DBKeyError/Code-swift.struct/io`` when the copy cannot be linked in.
+    static func completeInterruptedPlacement(at destination: String) throws -> Bool {
+        func exists(_ path: String) -> Bool { (try? FilePath(path).stat(followTargetSymlink: false)) != nil }
+        guard !exists(destination), exists(KeyFile.path(forDatabase: destination)) else { return false }
+        for copy in [restoringPath(at: destination), copyPath(at: destination)] where exists(copy) {
+            do {
+                // Another opener may have linked it a moment ago: then it is in place.
+                if link(copy, destination) != 0 && errno != EEXIST {
+                    throw Errno(rawValue: errno)
+                }
+                _ = unlink(copy)
+                try ProtectedFile.synchronizeDirectory(FilePath(destination).removingLastComponent())
+            } catch {
+                throw DBKeyError.io(error, "finish placing the backup copy at", destination)
+            }
+            return true
+        }
+        return false
+    }
+}
+
 /// A backup put in place under a database path (see
 /// ``LocalDbKeyManager/restore(from:through:rewrapTo:kekId:)``).
 struct Restore {
@@ -152,18 +217,33 @@ struct Restore {
         kekId: String?
     ) async throws -> KeyFile {
         try database.refuseSymbolicLink()
-        for path in [database.databasePath, database.keyFilePath] where database.fileExists(path) {
-            throw DBKeyError(
-                .alreadyInitialized,
-                "\(path) already exists; a restore never replaces a database or its .key. Restore to another path, or move it away first.",
-                path: path)
-        }
         // The backup, checked where it lies: its .key, its key, its salt, every page.
         let source = ManagedDatabase(
             databasePath: backupPath, providers: database.providers, configuration: database.configuration,
             logger: database.logger, faultInjector: nil, slotAccess: access)
         try source.refuseSymbolicLink()
         var keyFile = try source.load()
+        // Exclusive on the target for the whole restore: no open, and no other restore, sees a
+        // half-placed database.
+        let (path, keyPath) = (database.databasePath, database.keyFilePath)
+        let lock = try await DestinationLock.acquire(path)
+        var placed = false
+        defer { lock.release(placed: placed) }
+        if try Backup.completeInterruptedPlacement(at: path) {
+            placed = true
+            database.record(.databaseRestored, try? database.load(), detail: "an interrupted placement completed")
+            let completed = try database.load()
+            // The same backup again: its restore is what was just completed.
+            if completed.keyCheck == keyFile.keyCheck, completed.version == keyFile.version {
+                return completed
+            }
+        }
+        for existing in [path, keyPath] where database.fileExists(existing) {
+            throw DBKeyError(
+                .alreadyInitialized,
+                "\(existing) already exists\(placed ? " (an interrupted restore to it was just completed)" : ""); a restore never replaces a database or its .key. Restore to another path, or move it away first.",
+                path: existing)
+        }
         guard keyFile.pending == nil else {
             throw DBKeyError(
                 .unsupportedFormat,
@@ -192,8 +272,7 @@ struct Restore {
         }
         keyFile.format = keyFile.requiredFormat
         let sealed = keyFile.sealed(with: key)
-        let (path, keyPath) = (database.databasePath, database.keyFilePath)
-        let temporary = path + ".dbkey-restoring"
+        let temporary = Backup.restoringPath(at: path)
         database.removeDatabaseFiles(at: temporary)
         do {
             try await BlockingExecutor.shared.run(.long) { try Restore.copyFile(backupPath, to: temporary) }
@@ -210,6 +289,7 @@ struct Restore {
             _ = unlink(path)
             throw error
         }
+        placed = true
         database.record(.databaseRestored, sealed, detail: "from \(backupPath)")
         return sealed
     }

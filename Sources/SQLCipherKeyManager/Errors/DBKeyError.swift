@@ -67,6 +67,10 @@ public struct DBKeyError: Error, Sendable, CustomStringConvertible {
         public static let databaseClosed = Code(rawValue: "database-closed")
         /// A rotation was interrupted and could not be completed or rolled back automatically.
         public static let rotationInterrupted = Code(rawValue: "rotation-interrupted")
+        /// A key change is committed (its journal records it) but not finished: it completes on
+        /// its own — the next open of the database finishes it, or the app carrying it out
+        /// does. Nothing is lost and nothing needs undoing; `dbkey status` shows the outcome.
+        public static let keyChangePending = Code(rawValue: "key-change-pending")
         /// The file was written in a format this version cannot read (a newer SQLCipher, a newer
         /// `.key` format).
         public static let unsupportedFormat = Code(rawValue: "unsupported-format")

@@ -154,11 +154,28 @@ package enum ProtectedFile {
                 "The \(kind) \(path) can be accessed by group or others (mode \(String(mode, radix: 8))). Restrict it to its owner: chmod 600 \(path)."
             )
         }
-        guard status.linkCount == 1 else {
+        guard status.linkCount == 1 || (status.linkCount == 2 && isInterruptedWrite(path, status)) else {
             throw DBKeyError(
                 .keyFileInsecure,
                 "The \(kind) \(path) has \(status.linkCount) hard links, so another name can change it. Give it a single link: cp -p \(path) \(path).new && mv \(path).new \(path)."
             )
+        }
+    }
+
+    /// Whether the file's second name is the temporary of a ``writeAtomically(_:to:replacing:)``
+    /// that was stopped between its `link` and its `unlink`: `<path>.tmp.N`, beside it, the same
+    /// file. That name is as private as the file (same owner, mode 0600, same directory), and
+    /// the next key change removes it.
+    private static func isInterruptedWrite(_ path: String, _ status: Stat) -> Bool {
+        let file = FilePath(path)
+        let directory = file.removingLastComponent()
+        let prefix = (file.lastComponent?.string ?? "") + ".tmp."
+        let names =
+            (try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "." : directory.string)) ?? []
+        return names.contains { name in
+            guard name.hasPrefix(prefix), let other = try? directory.appending(name).stat(followTargetSymlink: false)
+            else { return false }
+            return other.inode == status.inode && other.deviceID == status.deviceID
         }
     }
 

@@ -127,11 +127,30 @@ struct Doctor {
                 "stale-temporary", "\(directory.appending(name)) is a .key write a killed process left.",
                 "Rotate or open the database once: the next key change removes it (or delete it).")
         }
-        let copy = Migration(database: database).copyPath
-        if database.fileExists(copy) {
+        let path = database.databasePath
+        let copies = [
+            (Migration(database: database).copyPath, "the copy of a migration or upgrade that did not finish"),
+            (CopyRotation.copyPath(of: path), "the copy of a rotation that did not finish"),
+        ]
+        for (copy, what) in copies where database.fileExists(copy) {
             add(
-                "stale-temporary", "\(copy) is the copy of a migration or upgrade that did not finish.",
-                "Open the database once: an open settles the change and removes a copy no record names.")
+                "stale-temporary", "\(copy) is \(what).",
+                "Open the database once (dbkey verify \(path)): an open settles the change and removes a copy no record names."
+            )
+        }
+        for copy in [Backup.restoringPath(at: path), Backup.copyPath(at: path)] where database.fileExists(copy) {
+            add(
+                "stale-temporary", "\(copy) is the copy of a restore or backup to \(path) that was interrupted.",
+                database.fileExists(database.keyFilePath)
+                    ? "Open the database once (dbkey verify \(path)): its .key was written, so the open puts the copy in place."
+                    : "Delete it (rm \(copy)) and restore again: its .key was never written.")
+        }
+        if RotationRequest.claimState(path) == .abandoned {
+            add(
+                "stale-temporary",
+                "\(RotationRequest.claimedPath(path)) is a rotation request claimed by an app that stopped before answering.",
+                "Delete it (rm \(RotationRequest.claimedPath(path))); the next open settles whatever the rotation left."
+            )
         }
     }
 

@@ -276,6 +276,11 @@ final class ManagedDatabase: Sendable {
             throw try diagnoseFailedOpen(key: key, keyFile: keyFile)
         } catch let error as DBKeyError where error.resultCode == .SQLITE_CANTOPEN && !fileExists(databasePath) {
             // Asked only when SQLite could not open it, so a normal open makes no extra stat.
+            // A backup or restore killed after writing the .key left its whole copy: finish it.
+            if try Backup.completeInterruptedPlacement(at: databasePath) {
+                logger.debug("Completed an interrupted backup or restore placement")
+                return try openConnection(key: key, keyFile: keyFile, onClose: onClose)
+            }
             throw DBKeyError(
                 .databaseNotFound,
                 "\(databasePath) does not exist, but its key file does. Restore the database from a backup.",

@@ -51,14 +51,15 @@ extension LocalDbKeyManager {
     /// ``RotationRequest``).
     ///
     /// - Parameters:
-    ///   - timeout: How long to wait for an app to claim the request; once claimed, the
-    ///     rotation's outcome is waited for however long it takes.
+    ///   - timeout: The longest this waits, for an app to claim the request and for its answer.
     ///   - dropUnreachableSlots: As for ``rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``.
     /// - Returns: The rotated `.key` file.
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when no app claimed the request
     ///   in time (it is withdrawn; nothing changed) or another request is waiting; the app's
     ///   rotation error, with its code; ``DBKeyError/Code-swift.struct/rotationInterrupted``
-    ///   when the app stopped without answering.
+    ///   when the app stopped without answering (its claim no longer held: told at once, not at
+    ///   the timeout); ``DBKeyError/Code-swift.struct/keyChangePending`` when the app is still
+    ///   rotating at the timeout (it finishes on its own).
     @discardableResult
     public func requestRotation(timeout: Duration = .seconds(60), dropUnreachableSlots: Bool = false) async throws
         -> KeyFile

@@ -29,8 +29,12 @@ public enum RotationRequest {
     /// outcome. A request that cannot be read is answered with its error.
     static func answer(database: ManagedDatabase) async {
         let path = database.databasePath
-        guard rename(requestPath(path), claimedPath(path)) == 0 else { return }
-        defer { _ = unlink(claimedPath(path)) }
+        guard let claim = claim(path) else { return }
+        defer {
+            // The claim goes before its lock: a requester never sees an unheld claim of a live app.
+            _ = unlink(claimedPath(path))
+            try? claim.close()
+        }
         var outcome: [String: Any] = [:]
         do {
             let request = try read(claimedPath(path), kind: "rotation request")
@@ -62,6 +66,49 @@ public enum RotationRequest {
         }
     }
 
+    /// Claims the request: an exclusive `flock` on the request file, taken before it is renamed
+    /// to the claimed name and held until the answer is written, so that a requester can tell
+    /// a claim whose app is gone (its lock released by the kernel) from one being carried out.
+    ///
+    /// - Returns: The locked descriptor, or `nil` when there is no request or another app has it.
+    private static func claim(_ path: String) -> FileDescriptor? {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                requestPath(path), .readOnly, options: [.noFollow, .closeOnExec], retryOnInterrupt: true)
+        else { return nil }
+        guard flock(descriptor.rawValue, LOCK_EX | LOCK_NB) == 0, rename(requestPath(path), claimedPath(path)) == 0,
+            let locked = try? descriptor.stat(),
+            let claimed = try? FilePath(claimedPath(path)).stat(followTargetSymlink: false),
+            locked.deviceID == claimed.deviceID && locked.inode == claimed.inode
+        else {
+            // No request, another app's, or a request replaced between the open and the rename
+            // (the renamed file is then not the one locked: leave it to the next look).
+            try? descriptor.close()
+            return nil
+        }
+        return descriptor
+    }
+
+    /// What became of a claimed request.
+    enum ClaimState {
+        /// No claim.
+        case none
+        /// An app holds it: the rotation is under way.
+        case held
+        /// The claim is there but no process holds it: the app stopped before answering.
+        case abandoned
+    }
+
+    /// Whether the database's claimed request is held by a live app (its `flock`).
+    static func claimState(_ databasePath: String) -> ClaimState {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                claimedPath(databasePath), .readOnly, options: [.noFollow, .closeOnExec], retryOnInterrupt: true)
+        else { return access(claimedPath(databasePath), F_OK) == 0 ? .held : .none }
+        defer { try? descriptor.close() }
+        return flock(descriptor.rawValue, LOCK_SH | LOCK_NB) == 0 ? .abandoned : .held
+    }
+
     // MARK: - The requester's side
 
     /// Leaves a request, waits up to `timeout` for an app to claim and answer it, and returns
@@ -82,27 +129,38 @@ public enum RotationRequest {
                 path: path)
         }
         let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline && access(requestPath(path), F_OK) == 0 {
             if let outcome = try answer(to: id, path: path) { return try outcome(database) }
             try await Task.sleep(for: .milliseconds(20))
         }
-        // Withdraw the request. If it is gone, an app claimed it: its answer will come.
-        if unlink(requestPath(path)) == 0 {
+        // Still there at the deadline: withdraw the request. If it is gone, an app claimed it.
+        if ContinuousClock.now >= deadline, unlink(requestPath(path)) == 0 {
             throw DBKeyError(
                 .databaseInUse,
                 "No app answered the rotation request for \(path) within \(timeout): none holding it answers requests (DatabasePool's answeringRotationRequests), or none is running. The request was withdrawn; nothing was changed.",
                 path: path)
         }
+        // Claimed: the answer is waited for within the same bound, and a claim that no live
+        // process holds is reported at once.
         while true {
             if let outcome = try answer(to: id, path: path) { return try outcome(database) }
-            guard access(claimedPath(path), F_OK) == 0 else {
+            switch claimState(path) {
+            case .held:
+                guard ContinuousClock.now < deadline + .milliseconds(200) else {
+                    throw DBKeyError(
+                        .keyChangePending,
+                        "The app holding \(path) took the rotation request and is still carrying it out after \(timeout). It completes on its own (the rotation is journaled, and an interrupted one is settled by the next open): run dbkey status \(path) to see the key version.",
+                        path: path)
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            case .none, .abandoned:
                 if let outcome = try answer(to: id, path: path) { return try outcome(database) }
+                _ = unlink(claimedPath(path))
                 throw DBKeyError(
                     .rotationInterrupted,
                     "The app that claimed the rotation request for \(path) stopped without answering. The next open settles whatever it left; run dbkey status to see the key version.",
                     path: path)
             }
-            try await Task.sleep(for: .milliseconds(20))
         }
     }
 

@@ -43,7 +43,8 @@ extension ManagedDatabase {
         for slot in slots {
             if slot.isUnsafeEscrow {
                 logger.debug(
-                    "Escrow slot of small order left out", metadata: ["slot": "\(slot.number)", "kek_id": "\(slot.kekId)"])
+                    "Escrow slot of small order left out",
+                    metadata: ["slot": "\(slot.number)", "kek_id": "\(slot.kekId)"])
                 dropped.append(slot)
                 continue
             }

@@ -220,3 +220,68 @@ extension TestDatabase {
                 == [.integer(Int64(rows)), .integer(Int64(rows * (rows + 1) / 2))], sourceLocation: sourceLocation)
     }
 }
+
+extension BackupTests {
+    /// A workspace database with rows and a backup of it at `backup.db`.
+    func backedUp() async throws -> (Workspace, backup: String) {
+        let workspace = try Workspace()
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        #expect(
+            try await workspace.dbkey("sql", workspace.database, "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2)")
+                .status == 0)
+        let backup = workspace.directory.file("backup.db")
+        #expect(try await workspace.dbkey("backup", workspace.database, backup).status == 0)
+        return (workspace, backup)
+    }
+
+    @Test(
+        "a restore killed after its .key was written (the whole copy beside it) is completed by the next restore or the next open",
+        arguments: ["restore again", "open"])
+    func interruptedRestoreCompletes(by next: String) async throws {
+        let (workspace, backup) = try await backedUp()
+        let restored = workspace.directory.file("restored.db")
+        #expect(try await workspace.dbkey("restore", backup, restored).status == 0)
+        // The state a kill between the .key and the link leaves: the .key, the flushed copy.
+        #expect(rename(restored, Backup.restoringPath(at: restored)) == 0)
+        if next == "restore again" {
+            let again = try await workspace.dbkey("restore", backup, restored)
+            #expect(again.status == 0, "\(again.stderr)")
+        } else {
+            let status = try await workspace.dbkey("status", restored)
+            #expect(status.status == 0, "\(status.stderr)")
+        }
+        let read = try await workspace.dbkey("sql", restored, "SELECT count(*) FROM t")
+        #expect(read.status == 0 && read.stdout == "2\n", "\(read.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: Backup.restoringPath(at: restored)))
+        #expect(try await workspace.dbkey("verify", restored).status == 0)
+        // A restore of another backup to the completed target is refused, saying so.
+        let other = workspace.directory.file("other.db")
+        #expect(try await workspace.dbkey("backup", workspace.database, other, "--new-dek").status == 0)
+        #expect(rename(restored, Backup.restoringPath(at: restored)) == 0)
+        let refused = try await workspace.dbkey("restore", other, restored)
+        #expect(refused.status == 13 && refused.stderr.contains("interrupted restore to it was just completed"))
+        #expect(try await workspace.dbkey("sql", restored, "SELECT count(*) FROM t").stdout == "2\n")
+    }
+
+    @Test("a backup killed after its .key was written is completed by the first open of the backup")
+    func interruptedBackupCompletes() async throws {
+        let (workspace, backup) = try await backedUp()
+        #expect(rename(backup, Backup.copyPath(at: backup)) == 0)
+        let restored = workspace.directory.file("restored.db")
+        let placed = try await workspace.dbkey("restore", backup, restored)
+        #expect(placed.status == 0, "\(placed.stderr)")
+        #expect(try await workspace.dbkey("sql", restored, "SELECT count(*) FROM t").stdout == "2\n")
+    }
+
+    @Test("a failed restore leaves nothing at its target, lock file included")
+    func failedRestoreLeavesNothing() async throws {
+        let (workspace, _) = try await backedUp()
+        let restored = workspace.directory.file("restored.db")
+        let missing = try await workspace.dbkey("restore", workspace.directory.file("nothing.db"), restored)
+        #expect(missing.status != 0)
+        let left = try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).filter {
+            $0.hasPrefix("restored.db")
+        }
+        #expect(left.isEmpty, "\(left)")
+    }
+}

@@ -118,7 +118,8 @@ struct TemporaryStorageTests {
         var environment = workspace.environment
         environment["SQLITE_TMPDIR"] = temporary
         let shell = try await run(
-            sqlcipher, [workspace.directory.file("plain.db")], input: "PRAGMA temp_store = FILE;\n" + Self.temporaryWork,
+            sqlcipher, [workspace.directory.file("plain.db")],
+            input: "PRAGMA temp_store = FILE;\n" + Self.temporaryWork,
             environment: environment)
         #expect(shell.status == 0, "\(shell.stderr)")
         #expect(!control.created().isEmpty, "the probe saw no temporary file from the shell")

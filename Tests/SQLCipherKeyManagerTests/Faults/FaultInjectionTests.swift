@@ -23,11 +23,14 @@ struct FaultInjectionTests {
         case slotAdd = "slot add (a second master key)"
         case recover = "recover through the escrow key"
         case backup = "backup --new-dek"
+        case restore = "restore a backup"
 
-        /// The operations the linked SQLCipher can run: upgrade needs SQLCipher 4.
+        /// The operations the linked SQLCipher can run (upgrade needs SQLCipher 4), narrowed to
+        /// those whose name starts with `DBKEY_TEST_FAULT_OPERATION` when it is set.
         static var runnable: [Operation] {
             let sqlcipher4 = ((try? SQLCipherEngine.linked().majorVersion) ?? 0) >= 4
-            return allCases.filter { $0 != .upgrade || sqlcipher4 }
+            let only = ProcessInfo.processInfo.environment["DBKEY_TEST_FAULT_OPERATION"] ?? ""
+            return allCases.filter { ($0 != .upgrade || sqlcipher4) && $0.rawValue.hasPrefix(only) }
         }
     }
 
@@ -89,11 +92,17 @@ struct FaultInjectionTests {
                     ["sql", template.database, "DROP TABLE t; " + insert], in: path, master: template.oldMaster
                 )
                 .status == 0)
-        case .rotateRollback, .rotateWAL, .rotateInPlace, .rewrap, .slotAdd, .backup:
+        case .rotateRollback, .rotateWAL, .rotateInPlace, .rewrap, .slotAdd, .backup, .restore:
             #expect(try await dbkey(["init", template.database], in: path, master: template.oldMaster).status == 0)
             let setup = (operation == .rotateWAL ? "PRAGMA journal_mode = WAL; " : "") + insert
             #expect(
                 try await dbkey(["sql", template.database, setup], in: path, master: template.oldMaster).status == 0)
+            if operation == .restore {
+                let backup = template.directory.file("backup.db")
+                #expect(
+                    try await dbkey(["backup", template.database, backup], in: path, master: template.oldMaster)
+                        .status == 0)
+            }
         case .rotateWithSlots, .recover:
             let escrow = template.directory.file("escrow.pem")
             #expect(try await dbkey(["escrow", "keygen", escrow], in: path, master: template.oldMaster).status == 0)
@@ -115,6 +124,7 @@ struct FaultInjectionTests {
         case .rotateInPlace: return ["rotate", "--in-place", database]
         case .slotAdd: return ["slot", "add", database, "--kek", "local://" + directory + "/second.key"]
         case .backup: return ["backup", database, directory + "/backup.db", "--new-dek"]
+        case .restore: return ["restore", directory + "/backup.db", directory + "/restored.db"]
         case .recover:
             return [
                 "recover", database, "--escrow-private-key", directory + "/escrow.pem", "--to",
@@ -180,6 +190,9 @@ struct FaultInjectionTests {
             return
         case .backup:
             try await expectBackupOutcome(in: directory, case: description)
+        case .restore:
+            try await expectRestoreOutcome(in: directory, case: description)
+            return
         case .migrate where !hasKeyFile:
             // Not migrated: the plaintext original has every row, and migrate runs again.
             let original = try DatabaseConnection.open(path: database, keying: .plaintext)
@@ -225,15 +238,45 @@ struct FaultInjectionTests {
         } else if description.contains("EIO") || description.contains("ENOSPC") {
             #expect(leftovers == [], "\(description): left \(leftovers)")
         } else {
-            // The flushed copy (and its journal), a temporary or a lone .key: no data at the destination.
+            // The flushed copy (and its journal), a temporary, a lone .key or the destination's
+            // lock file: no data at the destination.
             let unexpected = leftovers.filter {
-                !($0.hasPrefix("backup.db.dbkey-backup") || $0.hasPrefix("backup.db.key.tmp.") || $0 == "backup.db.key")
+                !($0.hasPrefix("backup.db.dbkey-backup") || $0.hasPrefix("backup.db.key.tmp.") || $0 == "backup.db.key"
+                    || $0 == "backup.db.key.lock")
             }
             #expect(unexpected == [], "\(description): left \(leftovers)")
         }
         let again = try await dbkey(
             ["backup", directory + "/app.db", directory + "/again.db"], in: directory, master: old)
         #expect(again.status == 0, "\(description): backup again: \(again.stderr)")
+    }
+
+    /// After a fault in a restore: the target opens with every row (an open completes a
+    /// placement the kill interrupted), or holds no database and a restore again puts it there;
+    /// a failure the process saw left nothing at the target.
+    static func expectRestoreOutcome(in directory: String, case description: String) async throws {
+        let restored = directory + "/restored.db"
+        let old = directory + "/old.key"
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
+            $0.hasPrefix("restored.db")
+        }
+        if description.contains("EIO") || description.contains("ENOSPC"),
+            !FileManager.default.fileExists(atPath: restored)
+        {
+            #expect(leftovers == [], "\(description): left \(leftovers)")
+        }
+        var read = try await dbkey(["sql", restored, "SELECT count(*) FROM t"], in: directory, master: old)
+        if read.status != 0 {
+            #expect(
+                !FileManager.default.fileExists(atPath: restored + ".key"),
+                "\(description): a .key the open could not complete: \(read.stderr)")
+            let again = try await dbkey(["restore", directory + "/backup.db", restored], in: directory, master: old)
+            #expect(again.status == 0, "\(description): restore again: \(again.stderr)")
+            read = try await dbkey(["sql", restored, "SELECT count(*) FROM t"], in: directory, master: old)
+        }
+        #expect(read.status == 0 && read.stdout == "\(rows)\n", "\(description): \(read.status) \(read.stderr)")
+        let verified = try await dbkey(["verify", restored], in: directory, master: old)
+        #expect(verified.status == 0, "\(description): \(verified.stderr)")
     }
 
     @Test(

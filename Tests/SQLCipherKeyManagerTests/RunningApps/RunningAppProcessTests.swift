@@ -149,4 +149,65 @@ extension CrashTests {
         #expect(try contents(database + ".key") == keyBefore)
         #expect(try await workspace.dbkey("sql", database, "SELECT count(*) FROM entry").stdout.contains("\(last)"))
     }
+
+    @Test(
+        "dbkey rotate --request: an app killed after it claimed the request is reported at once (exit 31), within --wait; the next open settles it"
+    )
+    func requestClaimedThenKilled() async throws {
+        let workspace = try DBKeyCLITests.Workspace()
+        let database = workspace.database
+        #expect(try await workspace.dbkey("init", database).status == 0)
+        // About 20 MB, so that the app's rotation takes a while.
+        let fill =
+            "CREATE TABLE pad(x); WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20000) INSERT INTO pad SELECT randomblob(1000) FROM c"
+        #expect(try await workspace.dbkey("sql", database, fill).status == 0)
+        let output = workspace.directory.file("app.out")
+        let app = try ExampleApp.start(
+            [database, "--readers", "1", "--answer-requests", "--seconds", "60"], output: output,
+            environment: workspace.environment)
+        try await ExampleApp.waitFor("ready", in: output, from: app)
+
+        let requester = Process()
+        requester.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
+        requester.arguments = ["rotate", database, "--request", "--wait", "30"]
+        requester.environment = workspace.environment
+        let stderr = Pipe()
+        requester.standardError = stderr
+        requester.standardOutput = FileHandle.nullDevice
+        try requester.run()
+        // Freeze the app the moment it claims the request, then kill it: it never answers.
+        let claimed = database + ".key.rotate-claimed"
+        let deadline = ContinuousClock.now + .seconds(30)
+        while access(claimed, F_OK) != 0 && ContinuousClock.now < deadline && requester.isRunning {
+            usleep(500)
+        }
+        kill(app.processIdentifier, SIGSTOP)
+        let answeredFirst = access(database + ".key.rotate-result", F_OK) == 0 || access(claimed, F_OK) != 0
+        kill(app.processIdentifier, SIGKILL)
+        let clock = ContinuousClock()
+        let killedAt = clock.now
+        try await offPool {
+            requester.waitUntilExit()
+            app.waitUntilExit()
+        }
+        let waited = clock.now - killedAt
+        let message = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        print(
+            "request kill test: the app was killed \(answeredFirst ? "after" : "before") it answered; the requester returned \(waited) later"
+        )
+        if answeredFirst {
+            // The app answered before it was frozen: nothing to report but the rotation.
+            #expect(requester.terminationStatus == 0, "\(message)")
+        } else {
+            #expect(requester.terminationStatus == 31, "\(message)")
+            #expect(message.contains("stopped without answering"), "\(message)")
+            #expect(waited < .seconds(15), "the requester waited \(waited) after the app was killed")
+        }
+        #expect(access(claimed, F_OK) != 0, "the abandoned claim was left behind")
+        let doctor = try await workspace.dbkey("doctor", database)
+        #expect(!doctor.stdout.contains("rotate-claimed"), "\(doctor.stdout)")
+        #expect(try await workspace.dbkey("verify", database).status == 0)
+        let counted = try await workspace.dbkey("sql", database, "SELECT count(*) FROM pad")
+        #expect(counted.stdout == "20000\n", "\(counted.stderr)")
+    }
 }

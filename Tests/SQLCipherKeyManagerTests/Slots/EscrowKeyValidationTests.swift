@@ -157,7 +157,8 @@ struct EscrowKeyValidationTests {
         keyFile.slots.append(
             KeySlot(
                 number: number, kms: KeySlot.escrowProvider, kekId: publicKey.id,
-                encryptedDek: WrappedKey(encoded: Data(Array(sender.encapsulatedKey) + Array(sealed)).base64EncodedString()),
+                encryptedDek: WrappedKey(
+                    encoded: Data(Array(sender.encapsulatedKey) + Array(sealed)).base64EncodedString()),
                 escrowPublicKey: publicKey))
         keyFile.format = keyFile.requiredFormat
         try keyFile.sealed(with: dataKey).write(to: database + ".key")
