@@ -134,8 +134,9 @@ struct Backup {
             } catch let error as DBKeyError {
                 // Placed, but its directory not flushed: take it back. (Never a file that was
                 // already there: that is EEXIST, and nothing of ours.)
-                if error.errno != .fileExists { _ = unlink(keyPath) }
-                throw error
+                guard error.errno != .fileExists else { throw error }
+                _ = unlink(keyPath)
+                throw error.code == .keyChangePending ? DBKeyError.io(error.errno ?? .ioError, "place", keyPath) : error
             }
             do {
                 try valueOrErrno { link(copyPath, destination) }

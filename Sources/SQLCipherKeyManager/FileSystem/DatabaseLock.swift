@@ -43,21 +43,36 @@ final class DatabaseLock {
         return flock(descriptor.rawValue, LOCK_EX | LOCK_NB) != 0
     }
 
-    /// Takes the lock, trying again every 10 ms for up to `wait` (at least ``minimumWait``).
+    /// Takes the lock, trying again every 10 ms for up to `wait` (at least ``minimumWait``),
+    /// creating the lock file when it is missing.
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the lock is still held by
     ///   someone else after `wait`; ``DBKeyError/Code-swift.struct/io`` when the lock file
     ///   cannot be opened.
     static func acquire(_ mode: Mode, databasePath: String, wait: Duration) async throws -> DatabaseLock {
+        // Created when missing: never nil.
+        try await acquire(mode, databasePath: databasePath, wait: wait, creating: true)!
+    }
+
+    /// ``acquire(_:databasePath:wait:)``, or `nil` when the lock file is missing and `creating`
+    /// is `false`: a reader passes `false`, so that reading a database that does not exist
+    /// creates nothing, and a lock file on a read-only file system is opened read-only.
+    static func acquire(_ mode: Mode, databasePath: String, wait: Duration, creating: Bool) async throws
+        -> DatabaseLock?
+    {
         let path = path(forDatabase: databasePath)
         let descriptor: FileDescriptor
         do {
+            // Read-write when it may be created; a reader opens it read-only, so that a lock file
+            // on a read-only file system still locks (flock needs no write access).
             descriptor = try FileDescriptor.open(
                 FilePath(path),
-                .readWrite,
-                options: [.create, .noFollow, .closeOnExec],
+                creating ? .readWrite : .readOnly,
+                options: creating ? [.create, .noFollow, .closeOnExec] : [.noFollow, .closeOnExec],
                 permissions: [.ownerReadWrite]
             )
+        } catch Errno.noSuchFileOrDirectory where !creating {
+            return nil
         } catch {
             throw DBKeyError.io(error, "open the lock file", path)
         }
@@ -86,6 +101,26 @@ final class DatabaseLock {
             .databaseInUse,
             "\(databasePath) is in use: \(holder). Try again when it is done\(wait > .zero ? "" : ", or wait for it (dbkey rotate --wait SECONDS)")."
         )
+    }
+
+    /// Whether another process holds one of SQLite's own locks on the database file (the POSIX
+    /// record locks on its lock bytes, from `PENDING_BYTE`): evidence, not a guess, that a
+    /// process outside DBKey has it open — asked only once DBKey's own connections are closed
+    /// (a process never sees its own record locks).
+    static func sqliteLockHeldElsewhere(databasePath: String) -> Bool {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                FilePath(databasePath), .readOnly, options: [.noFollow, .closeOnExec])
+        else { return false }
+        defer { try? descriptor.close() }
+        var probe = flock()
+        probe.l_type = Int16(F_WRLCK)
+        probe.l_whence = Int16(SEEK_SET)
+        // PENDING_BYTE, then the RESERVED byte and the SHARED range (510 bytes) after it.
+        probe.l_start = 0x4000_0000
+        probe.l_len = 512
+        guard fcntl(descriptor.rawValue, F_GETLK, &probe) == 0 else { return false }
+        return probe.l_type != Int16(F_UNLCK)
     }
 
     /// Releases the lock. Later calls do nothing.

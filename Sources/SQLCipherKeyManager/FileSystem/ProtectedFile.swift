@@ -89,6 +89,8 @@ package enum ProtectedFile {
     ///   is already there (two processes creating the same master key: exactly one wins).
     /// - Throws: ``DBKeyError/Code-swift.struct/io`` (disk full, permission denied, …); the
     ///   existing file is then untouched and no temporary file is left behind.
+    ///   ``DBKeyError/Code-swift.struct/keyChangePending`` when the new file is in place but its
+    ///   directory could not be flushed.
     static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, replacing: Bool = true) throws {
         let target = FilePath(path)
         let directory = target.removingLastComponent()
@@ -123,15 +125,25 @@ package enum ProtectedFile {
                 _ = unlink(temporary.string)
                 throw error
             }
-            try synchronizeDirectory(directory.isEmpty ? "." : directory)
         } catch let error as Errno {
             throw DBKeyError.io(error, "write", path)
+        }
+        // From here on the new file is what every reader sees: a failure is not "not written".
+        do {
+            try synchronizeDirectory(directory)
+        } catch {
+            throw DBKeyError(
+                .keyChangePending,
+                "\(path) was written and is in effect, but its directory could not be flushed to disk (\(error)): until the disk is flushed, a power loss could bring back the file's previous version. Keep what that version needs (an old KEK or master key) until dbkey verify succeeds on the database.",
+                errno: error as? Errno, path: path)
         }
     }
 
     /// Makes a directory's entries (a rename, a new file) durable.
     static func synchronizeDirectory(_ directory: FilePath) throws {
-        let descriptor = try FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec])
+        // The parent of a bare file name is the working directory.
+        let descriptor = try FileDescriptor.open(
+            directory.isEmpty ? "." : directory, .readOnly, options: [.directory, .closeOnExec])
         try descriptor.closeAfter { try descriptor.synchronize() }
     }
 

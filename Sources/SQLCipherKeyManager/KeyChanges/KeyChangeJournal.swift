@@ -60,6 +60,50 @@ struct KeyChangeJournal {
         return written
     }
 
+    /// What is true after `error` stopped a key change of `original` that may have written its
+    /// record: a record on disk is settled now, as the next open would settle it, so that the
+    /// command reports the change as done or as not done — never a failure that the next open
+    /// contradicts by completing it. The caller holds the exclusive lock.
+    ///
+    /// - Returns: The `.key` when the change is complete (its version moved on); `nil` when it
+    ///   did not happen, for the caller to throw its error.
+    /// - Throws: ``DBKeyError/Code-swift.struct/keyChangePending`` when the record cannot be
+    ///   settled now: the next open settles it.
+    func outcome(after error: any Error, of original: KeyFile) async throws -> KeyFile? {
+        try await outcome(after: error) { $0.version != original.version }
+    }
+
+    /// ``outcome(after:of:)`` for a change that makes the `.key` (a new or migrated database):
+    /// complete when the settled `.key` exists with no record pending.
+    func outcomeOfNewKeyFile(after error: any Error) async throws -> KeyFile? {
+        guard database.fileExists(database.keyFilePath) else { return nil }
+        return try await outcome(after: error) { $0.pending == nil }
+    }
+
+    private func outcome(after error: any Error, isComplete: (KeyFile) -> Bool) async throws -> KeyFile? {
+        // A crash simulated by a test leaves the record for the next open, as a kill would.
+        guard !database.isCrashSimulated else { throw error }
+        let settled: KeyFile
+        do {
+            settled = try await settle(try database.load())
+        } catch let settling {
+            // Settling removed an abandoned migration's .key: the change did not happen.
+            if !database.fileExists(database.keyFilePath) { return nil }
+            let reason = { (error: any Error) in (error as? DBKeyError)?.message ?? "\(type(of: error))" }
+            throw DBKeyError(
+                .keyChangePending,
+                "The key change of \(database.databasePath) is recorded in \(database.keyFilePath) but could not be finished now (\(reason(error)); then \(reason(settling))). The next open of the database completes or undoes it — run dbkey status \(database.databasePath) to see which; no data is lost.",
+                path: database.databasePath)
+        }
+        if isComplete(settled) { return settled }
+        // Undone: a .key that was in place but not flushed when the error came is no longer
+        // what the change left, so it is no longer pending either.
+        if let failure = error as? DBKeyError, failure.code == .keyChangePending {
+            throw DBKeyError.io(failure.errno ?? .ioError, "write", database.keyFilePath)
+        }
+        return nil
+    }
+
     /// Finishes or undoes the `.key` file's pending key change. The caller holds the
     /// exclusive lock.
     func settle(_ keyFile: KeyFile) async throws -> KeyFile {

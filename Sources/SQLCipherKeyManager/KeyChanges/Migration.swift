@@ -64,18 +64,29 @@ struct Migration: Sendable {
                 .migrate, keyFile, newKey: dataKey, provider: kms.providerName, version: 1,
                 sealedWith: dataKey.plaintext)
         } catch {
-            // Never remove what the journal points at: once the .key is in place (its write
-            // may fail after the rename, in the directory's fsync), the copy is the migration.
+            // Once the .key is in place (its write may fail after the rename, in the
+            // directory's fsync), the copy is the migration: settle it now, as an open would.
+            if let migrated = try await database.journal.outcomeOfNewKeyFile(after: error) {
+                database.record(.databaseMigrated, migrated)
+                return migrated
+            }
+            // Never remove what the journal points at.
             if !database.fileExists(database.keyFilePath) {
                 removeMigrationCopy()
             }
             throw error
         }
-        try database.reach(.swappingDatabase)
-        try await swapInCopyOffThePool()
-        try database.reach(.writingFinalKeyFile)
-        let migrated = try await database.store(
-            keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
+        let migrated: KeyFile
+        do {
+            try database.reach(.swappingDatabase)
+            try await swapInCopyOffThePool()
+            try database.reach(.writingFinalKeyFile)
+            migrated = try await database.store(
+                keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
+        } catch {
+            guard let settled = try await database.journal.outcomeOfNewKeyFile(after: error) else { throw error }
+            migrated = settled
+        }
         database.record(.databaseMigrated, migrated)
         return migrated
     }

@@ -48,9 +48,15 @@ struct Rotation {
         let journaled: KeyFile
         let changeDatabase: () async throws -> Void
         if inPlace {
-            journaled = try await journal.begin(
-                .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: version, slots: slots,
-                sealedWith: currentKey)
+            do {
+                journaled = try await journal.begin(
+                    .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: version, slots: slots,
+                    sealedWith: currentKey)
+            } catch {
+                // A record may be on disk: settle it now (nothing was rekeyed: it is dropped).
+                guard let settled = try await journal.outcome(after: error, of: keyFile) else { throw error }
+                return settled
+            }
             changeDatabase = {
                 try database.reach(.changingDatabase)
                 try await rekey(from: currentKey, to: newKey.plaintext, keyFile: keyFile, progress: progress)
@@ -64,10 +70,12 @@ struct Rotation {
                     .rotateByCopy, keyFile, newKey: newKey, provider: kms.providerName, version: version,
                     slots: slots, copy: record, sealedWith: currentKey)
             } catch {
-                // The copy stays: a pending record on the disk may name it, and the next key
-                // change or open settles it either way.
+                // A record may be on disk naming the copy: settle it now, as an open would.
                 copy.release()
-                throw error
+                guard let settled = try await journal.outcome(after: error, of: keyFile) else { throw error }
+                database.handOver(newKey.plaintext)
+                recordRotation(settled, from: keyFile, dropped: dropped)
+                return settled
             }
             changeDatabase = { try await copy.swapIn() }
         }
@@ -82,10 +90,15 @@ struct Rotation {
                     path: database.databasePath
                 )
             }
+            try database.reach(.writingFinalKeyFile)
+            let rotated = try await database.store(
+                journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
+            database.handOver(newKey.plaintext)
+            recordRotation(rotated, from: keyFile, dropped: dropped)
+            return rotated
         } catch {
             // Whichever key opens the database now decides; the journal records both.
-            let settled = try await journal.settle(journaled)
-            guard settled.version == keyFile.version + 1 else {
+            guard let settled = try await journal.outcome(after: error, of: keyFile) else {
                 database.logger.debug("Rotation failed; the current key was kept")
                 if let failure = error as? DBKeyError, failure.code == .rotationInterrupted {
                     // SQLCipher rolled back a rekey it reported as done: say why, if it can be
@@ -98,13 +111,6 @@ struct Rotation {
             recordRotation(settled, from: keyFile, dropped: dropped)
             return settled
         }
-
-        try database.reach(.writingFinalKeyFile)
-        let rotated = try await database.store(
-            journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
-        database.handOver(newKey.plaintext)
-        recordRotation(rotated, from: keyFile, dropped: dropped)
-        return rotated
     }
 
     /// The audit events of a rotation: the new key, and each slot it no longer has.
@@ -126,6 +132,13 @@ struct Rotation {
             return DBKeyError(
                 .io,
                 "The rotation did not take effect: the re-encryption's journal, about the database's size (\(String(format: "%.1f", Double(size) / 1_000_000)) MB), did not fit (free disk space or the process's file-size limit), and SQLCipher rolled it back. \(kept): make room and rotate again.",
+                path: path)
+        }
+        guard DatabaseLock.sqliteLockHeldElsewhere(databasePath: path) else {
+            // No other process holds it: what SQLCipher swallowed was a failed write.
+            return DBKeyError(
+                .io,
+                "The rotation did not take effect: a write of the re-encryption failed (an I/O error or a full disk; no other process holds the database) and SQLCipher rolled it back. \(kept): check the disk and rotate again.",
                 path: path)
         }
         return DBKeyError(

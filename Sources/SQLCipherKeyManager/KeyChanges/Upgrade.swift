@@ -8,6 +8,8 @@ import Foundation
 /// as DBKey's 4096-byte pages.
 struct Upgrade {
     let database: ManagedDatabase
+    /// The upgraded database's page size.
+    var pageSize = CipherSettings.newDatabasePageSize
 
     func run(progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
@@ -38,7 +40,7 @@ struct Upgrade {
         }
         let kms = try database.provider(named: keyFile.kms)
         let newKey = try await database.newDataKey(from: kms, for: keyFile)
-        var cipher = CipherSettings.new(format: 4, pageSize: keyFile.cipher.pageSize)
+        var cipher = CipherSettings.new(format: 4, pageSize: pageSize)
         if database.configuration.plaintextHeader {
             cipher = cipher.withPlaintextHeader()
         }
@@ -46,29 +48,47 @@ struct Upgrade {
             key: newKey.plaintext, cipher: cipher, expectedRowCounts: rowCounts, progress: progress
         ) { [database] in try database.openConnection(key: currentKey, keyFile: keyFile) }
 
-        let journaled: KeyFile
+        // Every slot gets the new key, escrow seals bound to the copy's salt.
+        let slots: [KeySlot]
         let dropped: [KeySlot]
         do {
-            // Every slot gets the new key, escrow seals bound to the copy's salt.
-            let (slots, leftOut) = try await database.wrap(
+            (slots, dropped) = try await database.wrap(
                 newKey.plaintext, under: keyFile.slots, context: keyFile.encryptionContext, salt: cipher.salt,
                 version: keyFile.version + 1, dropUnreachable: false)
-            dropped = leftOut
+        } catch {
+            migration.removeMigrationCopy()
+            throw error
+        }
+        let journaled: KeyFile
+        do {
             journaled = try await journal.begin(
                 .upgrade, keyFile, newKey: newKey, provider: kms.providerName, version: keyFile.version + 1,
                 cipher: cipher, slots: slots, sealedWith: currentKey)
         } catch {
-            // Never remove what a journal points at: only a copy no pending record names.
-            if (try? database.load().pending) == nil {
+            // A record may be on disk naming the copy: settle it now, as an open would. Never
+            // remove what a journal points at: only a copy no pending record names.
+            let settled = try await journal.outcome(after: error, of: keyFile)
+            if settled == nil, (try? database.load().pending) == nil {
                 migration.removeMigrationCopy()
             }
-            throw error
+            guard let settled else { throw error }
+            return recordUpgrade(settled, from: keyFile, dropped: dropped)
         }
-        try database.reach(.swappingDatabase)
-        try await migration.swapInCopyOffThePool()
-        try database.reach(.writingFinalKeyFile)
-        let upgraded = try await database.store(
-            journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
+        do {
+            try database.reach(.swappingDatabase)
+            try await migration.swapInCopyOffThePool()
+            try database.reach(.writingFinalKeyFile)
+            let upgraded = try await database.store(
+                journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
+            return recordUpgrade(upgraded, from: keyFile, dropped: dropped)
+        } catch {
+            guard let settled = try await journal.outcome(after: error, of: keyFile) else { throw error }
+            return recordUpgrade(settled, from: keyFile, dropped: dropped)
+        }
+    }
+
+    /// The audit events of an upgrade: the new format, and each slot it no longer has.
+    private func recordUpgrade(_ upgraded: KeyFile, from keyFile: KeyFile, dropped: [KeySlot]) -> KeyFile {
         database.record(.databaseUpgraded, upgraded)
         database.recordSlotsLeftOut(of: keyFile, by: upgraded, dropped: dropped, change: "an upgrade")
         return upgraded

@@ -82,6 +82,11 @@ struct Initialization {
             keyFile = try await database.journal.begin(
                 .migrate, draft, newKey: dataKey, provider: kms.providerName, version: 1, sealedWith: dataKey.plaintext)
         } catch {
+            // A .key in place but not flushed: settle it now, as an open would.
+            if let created = try await database.journal.outcomeOfNewKeyFile(after: error) {
+                database.record(.keyGenerated, created)
+                return created
+            }
             // Never remove what a journal points at: only a copy no .key names.
             if !database.fileExists(database.keyFilePath) {
                 database.removeDatabaseFiles(at: copyPath)
@@ -93,11 +98,17 @@ struct Initialization {
             }
             throw error
         }
-        try database.reach(.swappingDatabase)
-        try await migration.swapInCopyOffThePool()
-        try database.reach(.writingFinalKeyFile)
-        keyFile = try await database.store(
-            keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
+        do {
+            try database.reach(.swappingDatabase)
+            try await migration.swapInCopyOffThePool()
+            try database.reach(.writingFinalKeyFile)
+            keyFile = try await database.store(
+                keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
+        } catch {
+            // Journaled: what the record settles to is what happened.
+            guard let created = try await database.journal.outcomeOfNewKeyFile(after: error) else { throw error }
+            keyFile = created
+        }
         database.record(.keyGenerated, keyFile)
         return keyFile
     }

@@ -508,8 +508,10 @@ public final class LocalDbKeyManager: Sendable {
     }
 
     /// Moves a managed database in the SQLCipher 3 format to the SQLCipher 4 format
-    /// (HMAC-SHA512 page authentication), under a new data key from the same KEK, keeping its
-    /// page size; with ``Configuration/plaintextHeader`` the new file gets a plaintext header.
+    /// (HMAC-SHA512 page authentication), under a new data key from the same KEK, with SQLCipher
+    /// 4's default page size (4096 bytes: what an app opening it with SQLCipher 4's defaults
+    /// expects) unless `pageSize` says otherwise; with ``Configuration/plaintextHeader`` the new
+    /// file gets a plaintext header.
     /// A database already in the 4 format is left as it is.
     ///
     /// The copy is made with `sqlcipher_export`, checked row for row, `fsync`ed, journaled
@@ -524,16 +526,25 @@ public final class LocalDbKeyManager: Sendable {
     /// print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
     /// ```
     ///
-    /// - Parameter progress: Called about four times a second while the copy is written, then
-    ///   once at each later step.
+    /// - Parameters:
+    ///   - pageSize: The upgraded database's page size, a power of two from 1024 to 65536.
+    ///   - progress: Called about four times a second while the copy is written, then once at
+    ///     each later step.
     /// - Returns: The updated `.key` file.
-    /// - Throws: ``DBKeyError/Code-swift.struct/unsupportedFormat`` when the linked SQLCipher
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for another page size;
+    ///   ``DBKeyError/Code-swift.struct/unsupportedFormat`` when the linked SQLCipher
     ///   is 3.x; ``DBKeyError/Code-swift.struct/databaseInUse`` when the database is open
     ///   elsewhere; KMS codes; ``DBKeyError/Code-swift.struct/io`` (in every failure before the
     ///   swap, the original database and its `.key` are unchanged).
     @discardableResult
-    public func upgrade(progress: (@Sendable (KeyChangeProgress) -> Void)? = nil) async throws -> KeyFile {
-        try await Upgrade(database: database).run(progress: progress)
+    public func upgrade(
+        pageSize: Int = CipherSettings.newDatabasePageSize, progress: (@Sendable (KeyChangeProgress) -> Void)? = nil
+    ) async throws -> KeyFile {
+        guard CipherSettings.newDatabasePageSizes.contains(pageSize) else {
+            throw DBKeyError(
+                .invalidConfiguration, "The page size must be a power of two from 1024 to 65536; got \(pageSize).")
+        }
+        return try await Upgrade(database: database, pageSize: pageSize).run(progress: progress)
     }
 
     // MARK: - Checks

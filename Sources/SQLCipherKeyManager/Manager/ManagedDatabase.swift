@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import SystemPackage
 
 /// One managed database as the workflows see it: its paths, the providers, the `.key` store,
@@ -12,8 +13,14 @@ final class ManagedDatabase: Sendable {
     let configuration: LocalDbKeyManager.Configuration
     let logger: Logger
     let audit: any AuditSink
-    /// Called at each step of a key change; tests make it throw to simulate a failure there.
+    /// Called at each step of a key change; tests make it throw to simulate a crash there.
     let faultInjector: (@Sendable (KeyChangeStep) throws -> Void)?
+    /// Whether the fault injector has thrown: the simulated crash stops the change where it is,
+    /// with nothing settled after it, as a killed process would leave it.
+    private let crashSimulated = Mutex(false)
+
+    /// Whether a test's fault injector has simulated a crash in a key change of this database.
+    var isCrashSimulated: Bool { crashSimulated.withLock { $0 } }
     /// Data keys unwrapped recently.
     let keyCache: DataKeyCache
     /// Which key slots may unwrap the data key.
@@ -199,7 +206,17 @@ final class ManagedDatabase: Sendable {
     ///
     /// - Returns: The held lock and the `.key` file read under it.
     func acquireSettled(wait: Duration) async throws -> (DatabaseLock, KeyFile) {
-        let lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
+        let lock: DatabaseLock
+        if let existing = try await DatabaseLock.acquire(
+            .shared, databasePath: databasePath, wait: wait, creating: false)
+        {
+            lock = existing
+        } else {
+            // No lock file: a database never opened here, or none at all. Reading creates nothing
+            // for a database without a .key (load throws why).
+            _ = try load()
+            lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
+        }
         let keyFile = try load(cached: true)
         guard keyFile.pending != nil else {
             removeStaleCopy()
@@ -490,7 +507,12 @@ final class ManagedDatabase: Sendable {
 
     /// Runs the fault injector for a step, if there is one.
     func reach(_ step: KeyChangeStep) throws {
-        try faultInjector?(step)
+        do {
+            try faultInjector?(step)
+        } catch {
+            crashSimulated.withLock { $0 = true }
+            throw error
+        }
     }
 }
 

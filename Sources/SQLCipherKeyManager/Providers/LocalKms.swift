@@ -73,7 +73,10 @@ public struct LocalKms: KeyManagementService {
         uriForms: ["local://default", "local:///PATH"],
         claimsLegacyKekId: { $0.hasPrefix("local:") },
         target: { keyPart, environment, logger in
-            if keyPart == defaultKekName { return nil }
+            // Named as a KEK to wrap under: the configured master key, created if there is none.
+            if keyPart == defaultKekName {
+                return KekTarget(provider: try fromEnvironment(environment, logger: logger), kekId: defaultKekName)
+            }
             guard keyPart.hasPrefix("/") else {
                 throw DBKeyError(
                     .invalidConfiguration,
@@ -83,7 +86,10 @@ public struct LocalKms: KeyManagementService {
             let fromFile = try fromEnvironment([masterKeyFileVariable: keyPart], logger: logger)
             return KekTarget(provider: fromFile, kekId: defaultKekName)
         },
-        makeProvider: { environment, logger in try fromEnvironment(environment, logger: logger) }
+        // Asked for by a .key's "kms": the master key it was wrapped under must exist already.
+        makeProvider: { environment, logger in
+            try fromEnvironment(environment, logger: logger, creatingMissingFile: false)
+        }
     )
 
     /// The KEK id of a master key: `local:` + hex of the first 8 bytes of its SHA-256.
@@ -97,13 +103,17 @@ public struct LocalKms: KeyManagementService {
     /// - Parameters:
     ///   - environment: The variables to read; the process's environment by default.
     ///   - logger: Receives a warning, with the file's path, when a new master key is created.
+    ///   - creatingMissingFile: Whether a missing default file is created with a new master key
+    ///     (for a new database); when `false`, its absence is
+    ///     ``DBKeyError/Code-swift.struct/keyFileMissing`` and nothing is written.
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a master key that is
     ///   not base64 of 32 bytes, ``DBKeyError/Code-swift.struct/keyFileInsecure`` for a file
     ///   others can read, ``DBKeyError/Code-swift.struct/keyFileMissing`` when
     ///   `DBKEY_MASTER_KEY_FILE` names no file.
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment,
-        logger: Logger
+        logger: Logger,
+        creatingMissingFile: Bool = true
     ) throws -> LocalKms {
         let others = try (environment[otherMasterKeyFilesVariable] ?? "").split(separator: ":").map {
             try readMasterKeyFile(at: String($0))
@@ -127,6 +137,12 @@ public struct LocalKms: KeyManagementService {
         do {
             return try LocalKms(masterKey: readMasterKeyFile(at: path), otherMasterKeys: others)
         } catch DBKeyError.Code.keyFileMissing {
+            guard creatingMissingFile else {
+                throw DBKeyError(
+                    .keyFileMissing,
+                    "No local master key: \(path) does not exist, and neither \(masterKeyFileVariable) nor \(masterKeyVariable) is set. Point \(masterKeyFileVariable) at the master key this database's key was wrapped under; nothing was created.",
+                    path: path)
+            }
             return try LocalKms(masterKey: createMasterKeyFile(at: path, logger: logger), otherMasterKeys: others)
         }
     }

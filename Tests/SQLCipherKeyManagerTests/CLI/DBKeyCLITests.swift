@@ -744,3 +744,55 @@ struct DBKeyPkcs11CLITests {
         }
     }
 }
+
+extension DBKeyCLITests {
+    /// Runs dbkey in `directory` (its working directory), with `environment`.
+    static func dbkey(in directory: String, _ arguments: [String], environment: [String: String]) async throws
+        -> ProcessResult
+    {
+        let shell = try requireTool("sh", installedBy: "dash")
+        return try await run(
+            shell, ["-c", "cd \"$0\" && exec \"$@\"", directory, executable] + arguments, environment: environment)
+    }
+
+    @Test("backup and restore to bare file names (no directory part) work from the working directory")
+    func bareFileNames() async throws {
+        let workspace = try Workspace()
+        let directory = workspace.directory.path
+        for arguments in [
+            ["init", "app.db"], ["sql", "app.db", "CREATE TABLE t(x); INSERT INTO t VALUES (7)"],
+            ["backup", "app.db", "bare.db"], ["restore", "bare.db", "restored.db"],
+        ] {
+            let result = try await Self.dbkey(in: directory, arguments, environment: workspace.environment)
+            #expect(result.status == 0, "\(arguments): \(result.stderr)")
+        }
+        let read = try await Self.dbkey(
+            in: directory, ["sql", "restored.db", "SELECT x FROM t"], environment: workspace.environment)
+        #expect(read.stdout == "7\n", "\(read.stderr)")
+    }
+
+    @Test("reads create nothing: no lock file for a missing database, no master key when none is configured")
+    func readsCreateNothing() async throws {
+        let workspace = try Workspace()
+        let home = workspace.directory.file("home")
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: false)
+        let bare = ["PATH": workspace.environment["PATH"] ?? "/usr/bin:/bin", "HOME": home]
+        let before = try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).sorted()
+        let missing = workspace.directory.file("missing.db")
+        for arguments in [
+            ["sql", missing, "SELECT 1"], ["status", missing], ["verify", missing], ["backup", missing, missing + "2"],
+        ] {
+            let result = try await Self.dbkey(in: workspace.directory.path, arguments, environment: bare)
+            #expect(result.status != 0, "\(arguments)")
+        }
+        // A database under the local master key, read with no master key configured.
+        #expect(try await workspace.dbkey("init", workspace.database).status == 0)
+        let read = try await Self.dbkey(in: home, ["sql", workspace.database, "SELECT 1"], environment: bare)
+        #expect(read.status == 14 && read.stderr.contains("nothing was created"), "\(read.status) \(read.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: home).isEmpty, "a master key was created")
+        let after = try FileManager.default.contentsOfDirectory(atPath: workspace.directory.path).filter {
+            !$0.hasPrefix("app.db")
+        }
+        #expect(after.sorted() == before, "\(after)")
+    }
+}

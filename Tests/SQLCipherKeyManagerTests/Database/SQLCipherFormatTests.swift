@@ -262,6 +262,30 @@ struct SQLCipherFormatTests {
     }
 
     @Test(
+        "upgrade gives a 1024-byte-page 3.x database SQLCipher 4's 4096-byte pages, which the 4.6.1 shell reads with its defaults; --page-size keeps another",
+        .enabled(if: SQLCipherFormatTests.onSQLCipher4), arguments: [nil, 1024] as [Int?])
+    func upgradePageSize(pageSize: Int?) async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("small-pages.db")
+        try await makeFormat3Database(
+            path: path, kms: try localKms(), kekId: LocalKms.defaultKekName, rows: 300, pageSize: 1024)
+        let manager = try manager(path)
+        let upgraded: KeyFile
+        if let pageSize {
+            upgraded = try await manager.upgrade(pageSize: pageSize)
+        } else {
+            upgraded = try await manager.upgrade()
+        }
+        #expect(upgraded.cipher.format == 4 && upgraded.cipher.pageSize == (pageSize ?? 4096))
+        #expect(try await count(manager) == 300)
+        let sqlcipher4 = try requireTool("sqlcipher", installedBy: "Scripts/build-sqlcipher")
+        let read = try await shell(sqlcipher4, path, key: try await manager.dataKey(), query: "SELECT count(*) FROM t;")
+        // SQLCipher 4's defaults (4096-byte pages) read exactly the default upgrade.
+        #expect((read.status == 0 && read.last == "300") == (pageSize == nil), "\(read)")
+        await expectError(.invalidConfiguration) { _ = try await manager.upgrade(pageSize: 1000) }
+    }
+
+    @Test(
         "a failure at each step of an upgrade leaves a database that opens with every row, in one format",
         .enabled(if: SQLCipherFormatTests.onSQLCipher4), arguments: KeyChangeStep.allCases)
     func upgradeFaults(step: KeyChangeStep) async throws {

@@ -168,6 +168,34 @@ struct FaultInjectionTests {
         }
     }
 
+    /// What `operation` changes, read after an open settled any record a key change left: the
+    /// `.key`'s version, primary KEK, format, slot count and pending record, or whether a copy
+    /// was placed.
+    static func changeSignature(_ operation: Operation, in directory: String) async throws -> String {
+        let database = directory + "/app.db"
+        switch operation {
+        case .backup: return FileManager.default.fileExists(atPath: directory + "/backup.db") ? "placed" : "none"
+        case .restore: return FileManager.default.fileExists(atPath: directory + "/restored.db") ? "placed" : "none"
+        default: break
+        }
+        for master in ["old.key", "new.key"] {
+            let read = try await dbkey(
+                ["sql", database, "SELECT count(*) FROM sqlite_master"], in: directory, master: directory + "/" + master
+            )
+            if read.status == 0 { break }
+        }
+        guard let keyFile = try? KeyFile.read(from: database + ".key") else { return "no .key" }
+        return
+            "version \(keyFile.version), \(keyFile.kekId), format \(keyFile.cipher.format), \(keyFile.slots.count) slots\(keyFile.pending == nil ? "" : ", pending")"
+    }
+
+    /// ``changeSignature(_:in:)`` of the prepared database, before the operation.
+    static func unchangedSignature(_ operation: Operation, _ template: Template) async throws -> String {
+        let scratch = try TemporaryDirectory()
+        try copyContents(of: template.directory.path, to: scratch.path)
+        return try await changeSignature(operation, in: scratch.path)
+    }
+
     /// After a fault: the database opens with every row (with whichever master key the .key
     /// ended under), and the next key change runs.
     static func expectRecovered(
@@ -298,6 +326,7 @@ struct FaultInjectionTests {
             targets += ns.map { (call.function, call.site, $0) }
         }
         let cases = targets.flatMap { target in Self.modes.map { (target, $0) } }
+        let before = try await Self.unchangedSignature(operation, template)
         try await withThrowingTaskGroup(of: Void.self) { group in
             var pending = cases[...]
             func next() {
@@ -307,12 +336,26 @@ struct FaultInjectionTests {
                     try Self.copyContents(of: template.directory.path, to: scratch.path)
                     let description =
                         "\(operation.rawValue): \(mode) at \(target.function) #\(target.n) of site \(target.site)"
-                    _ = try await Self.dbkey(
+                    let result = try await Self.dbkey(
                         Self.arguments(operation, template, in: scratch.path), in: scratch.path,
                         master: scratch.file("old.key"),
                         shim: try Self.shim(
                             scratch.path,
                             ["FAULTSHIM_AT": "\(target.function):\(target.site):\(target.n)", "FAULTSHIM_MODE": mode]))
+                    if mode == "EIO" || mode == "ENOSPC" {
+                        // No other process is there: an I/O error is never reported as one.
+                        #expect(result.status != 30, "\(description): reported in use: \(result.stderr)")
+                        // What the command said is what is true once an open has settled the journal.
+                        let after = try await Self.changeSignature(operation, in: scratch.path)
+                        if result.status == 0 || result.status == 33 {
+                            #expect(after != before, "\(description): exit \(result.status), but nothing changed")
+                        } else {
+                            #expect(
+                                after == before,
+                                "\(description): exit \(result.status) (\(result.stderr)), but the change took effect: \(before) → \(after)"
+                            )
+                        }
+                    }
                     try await Self.expectRecovered(operation, in: scratch.path, case: description)
                 }
             }

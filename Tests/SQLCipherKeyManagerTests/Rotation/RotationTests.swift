@@ -65,7 +65,7 @@ struct RotationTests {
     }
 
     @Test(
-        "a failure at any step, by copy or in place, leaves a database that opens with every row and a matching .key",
+        "a crash at any step, by copy or in place, leaves a database that opens with every row and a matching .key",
         arguments: KeyChangeStep.rotationSteps, [false, true])
     func faultAtStep(step: KeyChangeStep, inPlace: Bool) async throws {
         let database = try await TestDatabase()
@@ -82,10 +82,15 @@ struct RotationTests {
             // next open drops the record. By copy, the complete copy it names is renamed in.
             #expect((result.error as? DBKeyError)?.code == .io)
             expectedVersion = before.version + (inPlace ? 0 : 1)
-        case .verifyingNewKey, .swappingDatabase:
-            // The rekey had committed, or the complete copy is journaled (a rotation in place
-            // passes no swap): the journal settles it by completing the rotation.
+        case .swappingDatabase where inPlace:
+            // A rotation in place passes no swap: it runs to the end.
             #expect(try result.get().version == before.version + 1)
+            expectedVersion = before.version + 1
+        case .verifyingNewKey, .swappingDatabase:
+            // A crash there: the rekey had committed, or the complete copy is journaled; the
+            // next open settles it by completing the rotation. (A real error there is settled
+            // by the command itself: the fault injection tests check what it reports.)
+            #expect((result.error as? DBKeyError)?.code == .io)
             expectedVersion = before.version + 1
         default:
             // Rekeyed but the final .key write failed: it still records the pending key,

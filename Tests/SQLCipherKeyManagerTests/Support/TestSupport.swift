@@ -265,10 +265,10 @@ let expectedSQLCipherVersion = ProcessInfo.processInfo.environment["DBKEY_TEST_S
 /// - Returns: The data key.
 @discardableResult
 func makeFormat3Database(
-    path: String, kms: any KeyManagementService, kekId: String, rows: Int = 0
+    path: String, kms: any KeyManagementService, kekId: String, rows: Int = 0, pageSize: Int = 4096
 ) async throws -> SecureBuffer {
     let dataKey = try await kms.generateDataKey(kekId: kekId, context: .empty)
-    let cipher = CipherSettings(pageSize: 4096)
+    let cipher = CipherSettings(pageSize: pageSize)
     let db = try DatabaseConnection.open(path: path, key: dataKey.plaintext, cipher: cipher, create: true)
     try db.execute("CREATE TABLE t(x)")
     try db.inTransaction {
@@ -279,7 +279,7 @@ func makeFormat3Database(
         kms: kms.providerName, kekId: dataKey.kekId, encryptedDek: dataKey.wrapped, createdAt: KeyFile.now(),
         encryptionContext: .empty, keyCheck: KeyCheck(for: dataKey.plaintext), rotationPeriodDays: nil,
         cipher: CipherSettings(
-            pageSize: 4096, sqlcipherVersion: "3.4.1", salt: Array(try contents(path).prefix(16))))
+            pageSize: pageSize, sqlcipherVersion: "3.4.1", salt: Array(try contents(path).prefix(16))))
     keyFile.format = 2
     try keyFile.sealed(with: dataKey.plaintext).write(to: path + ".key")
     return dataKey.plaintext
