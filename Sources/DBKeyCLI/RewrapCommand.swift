@@ -8,7 +8,8 @@ struct RewrapCommand: AsyncParsableCommand {
         abstract: "Wrap the same data key under another KEK or provider; the database is not touched.",
         discussion: """
             One atomic write of the .key file, as fast for 1 GB as for 1 MB. Open connections \
-            are not disturbed. The new wrap is checked before it replaces the old one. Without \
+            are not disturbed; two rewraps of one database take turns (--wait), each keeping the \
+            other's change. The new wrap is checked before it replaces the old one. Without \
             --to, the key is rewrapped under the newest version of its own KEK (after a Vault \
             Transit key was rotated).
             """
@@ -32,6 +33,8 @@ struct RewrapCommand: AsyncParsableCommand {
 
     @Option(help: "The key slot to rewrap (dbkey slot list); 0, the default, is the primary KEK.")
     var slot: Int = 0
+
+    @OptionGroup var wait: WaitOption
 
     @Flag(help: "Print the result as JSON.")
     var json = false
@@ -57,7 +60,7 @@ struct RewrapCommand: AsyncParsableCommand {
                 }
                 (target, kekId) = (try manager.providers.provider(named: current.kms), current.kekId)
             }
-            let keyFile = try await manager.rewrap(to: target, kekId: kekId, slot: slot)
+            let keyFile = try await manager.rewrap(to: target, kekId: kekId, slot: slot, wait: wait.duration)
             if json {
                 Output.printJSON([
                     "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId,

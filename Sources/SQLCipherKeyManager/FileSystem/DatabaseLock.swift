@@ -103,6 +103,43 @@ final class DatabaseLock {
         )
     }
 
+    /// The byte of the lock file that ``acquireKeyWriter(databasePath:wait:)`` locks.
+    private static let keyWriterByte: Int64 = 1
+
+    /// Takes the `.key` writer's lock, beside the shared lock: a record lock on one byte of the
+    /// lock file, so that the key changes that run beside open connections (a rewrap) take
+    /// turns, each re-reading the `.key` under it, and none overwrites another's change. Those
+    /// that hold the exclusive lock need no more: it excludes every other holder.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another key change still
+    ///   holds it after `wait`.
+    static func acquireKeyWriter(databasePath: String, wait: Duration) async throws -> DatabaseLock {
+        let path = path(forDatabase: databasePath)
+        let descriptor: FileDescriptor
+        do {
+            descriptor = try FileDescriptor.open(
+                FilePath(path), .readWrite, options: [.create, .noFollow, .closeOnExec],
+                permissions: [.ownerReadWrite])
+        } catch {
+            throw DBKeyError.io(error, "open the lock file", path)
+        }
+        let lock = DatabaseLock(descriptor: descriptor)
+        let deadline = ContinuousClock.now + max(wait, DatabaseLock.minimumWait)
+        while true {
+            do {
+                if try Platform.tryLockByte(descriptor, at: keyWriterByte) { return lock }
+            } catch {
+                throw DBKeyError.io(error, "lock", path)
+            }
+            guard ContinuousClock.now < deadline else { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw DBKeyError(
+            .databaseInUse,
+            "Another change of \(databasePath)'s .key (a rewrap) is running; nothing was changed. Try again when it is done, or wait for it (--wait SECONDS).",
+            path: databasePath)
+    }
+
     /// Whether another process holds one of SQLite's own locks on the database file (the POSIX
     /// record locks on its lock bytes, from `PENDING_BYTE`): evidence, not a guess, that a
     /// process outside DBKey has it open — asked only once DBKey's own connections are closed

@@ -9,10 +9,14 @@ struct Rewrap {
         if number == 0, let reason = target.primaryRefusal(kekId: kekId) {
             throw DBKeyError(.invalidConfiguration, "\(kekId) cannot be the primary KEK: \(reason)")
         }
-        // Shared: connections may stay open, but no rotation may rewrite the .key meanwhile.
+        // Shared: connections may stay open, but no rotation may rewrite the .key meanwhile;
+        // and one rewrap at a time, each changing the .key as the one before left it.
         try database.refuseSymbolicLink()
-        let (lock, keyFile) = try await database.acquireSettled(wait: wait)
+        let (lock, _) = try await database.acquireSettled(wait: wait)
         defer { lock.release() }
+        let writer = try await DatabaseLock.acquireKeyWriter(databasePath: database.databasePath, wait: wait)
+        defer { writer.release() }
+        let keyFile = try database.load()
         guard let slot = keyFile.allSlots.first(where: { $0.number == number }), !slot.isEscrow else {
             throw DBKeyError(
                 .invalidConfiguration,

@@ -90,6 +90,11 @@ final class ManagedDatabase: Sendable {
     /// that the file stays readable in its largest state, a key change pending.
     @discardableResult
     func store(_ keyFile: KeyFile, sealedWith key: SecureBuffer) async throws -> KeyFile {
+        // A change of an unsealed .key (the older forms, or one downgraded to them) seals its
+        // cipher settings only once the database's first page has proven them.
+        if keyFile.mac == nil, fileExists(keyFilePath) {
+            try await proveUnsealedSettings(of: keyFile, key: key)
+        }
         var keyFile = keyFile
         // Written in the lowest format that holds it: 4 with slots (its MAC covers them), else 3.
         keyFile.format = keyFile.requiredFormat
@@ -98,6 +103,29 @@ final class ManagedDatabase: Sendable {
         let path = keyFilePath
         try await BlockingExecutor.shared.run(.short) { try sealed.write(to: path) }
         return sealed
+    }
+
+    /// Checks that the cipher settings an unsealed `.key` implies authenticate the database's
+    /// first page under `key`: nothing but the database vouches for them.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/keyFileCorrupt`` when they do not.
+    private func proveUnsealedSettings(of keyFile: KeyFile, key: SecureBuffer) async throws {
+        let cipher = keyFile.cipher
+        let path = databasePath
+        let proven = try await BlockingExecutor.shared.run(.short) { [self] () -> Bool in
+            guard let salt = try cipher.salt ?? (cipher.plaintextHeaderSize > 0 ? nil : readSalt()) else {
+                return false
+            }
+            let page = try PageAuthentication.authenticatingPages(
+                path: path, key: key, salt: salt, cipher: cipher, firstPage: 1, limit: 1)
+            return page.read == 1 && page.authenticated == 1
+        }
+        guard proven else {
+            throw DBKeyError(
+                .keyFileCorrupt,
+                "\(keyFilePath) is unsealed (the older form, or one downgraded to it), and the settings it implies (the SQLCipher \(cipher.format) format, \(cipher.pageSize)-byte pages) do not authenticate the first page of \(path): it was altered. Nothing was written; restore the .key from a backup.",
+                path: keyFilePath)
+        }
     }
 
     /// Unwraps the `.key` file's data key (through the slots ``slotAccess`` allows) and checks

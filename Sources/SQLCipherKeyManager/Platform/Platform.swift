@@ -38,6 +38,35 @@ package enum Platform {
         #endif
     }
 
+    /// Tries to take a write lock on one byte of the file open at `descriptor`, without waiting:
+    /// an open-file-description lock on Linux (`F_OFD_SETLK`: held by the descriptor, like
+    /// `flock`, so two tasks of one process exclude each other), a process lock elsewhere
+    /// (`F_SETLK`). It is released when the descriptor is closed.
+    ///
+    /// - Returns: Whether the lock was taken; `false` when another holder has it.
+    /// - Throws: The `Errno` of any other failure.
+    package static func tryLockByte(_ descriptor: FileDescriptor, at offset: Int64) throws -> Bool {
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = off_t(offset)
+        lock.l_len = 1
+        #if os(Linux)
+            // F_OFD_SETLK (fcntl.h, Linux 3.15), which the Glibc module does not export.
+            let command: Int32 = 37
+        #else
+            let command = F_SETLK
+        #endif
+        guard fcntl(descriptor.rawValue, command, &lock) == 0 else {
+            let error = Errno(rawValue: errno)
+            if error == .wouldBlock || error == .resourceTemporarilyUnavailable || error == .permissionDenied {
+                return false
+            }
+            throw error
+        }
+        return true
+    }
+
     /// Sets the process's core file size limit to zero, soft and hard (`setrlimit`).
     ///
     /// - Returns: Whether the kernel accepted it.

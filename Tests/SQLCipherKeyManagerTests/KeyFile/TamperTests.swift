@@ -87,3 +87,52 @@ struct TamperTests {
         #expect(try contents(database.path) == databaseBytes)
     }
 }
+
+extension TamperTests {
+    @Test(
+        "a sealed .key downgraded to the seven-field form: every key change refuses to seal the settings it implies, nothing is written"
+    )
+    func downgradedToLegacyForm() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("app.db")
+        let manager = LocalDbKeyManager(
+            databasePath: path, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
+        try await manager.initialize()
+        let db = try await manager.open()
+        try db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        db.close()
+        let sealed = try #require(try JSONSerialization.jsonObject(with: contents(path + ".key")) as? [String: Any])
+        // What an attacker holding the .key writes: the seven fields, no MAC, no cipher settings.
+        var legacy: [String: Any] = [:]
+        for field in [
+            "encrypted_dek", "kek_id", "version", "created_at", "rotated_at", "encryption_context", "dek_spec",
+        ] {
+            legacy[field] = sealed[field] ?? NSNull()
+        }
+        try JSONSerialization.data(withJSONObject: legacy).write(to: URL(fileURLWithPath: path + ".key"))
+        #expect(chmod(path + ".key", 0o600) == 0)
+        let keyBefore = try contents(path + ".key")
+        let databaseBefore = try contents(path)
+        let other = try localKms(masterKeyBase64: Data(repeating: 9, count: 32).base64EncodedString())
+        await expectError(.keyFileCorrupt, containing: ["unsealed", "do not authenticate"]) {
+            _ = try await manager.rewrap(to: other, kekId: "default")
+        }
+        // Those that open the database first are refused by that open (the implied settings do
+        // not read it), before anything is written.
+        for change in [
+            { _ = try await manager.addEscrowSlot(try EscrowPrivateKey.generate().publicKey) },
+            { _ = try await manager.rotateKey() },
+        ] as [@Sendable () async throws -> Void] {
+            do {
+                try await change()
+                Issue.record("a key change of the downgraded .key succeeded")
+            } catch let error as DBKeyError {
+                #expect([.keyFileCorrupt, .wrongKey].contains(error.code), "\(error)")
+            }
+        }
+        #expect(try contents(path + ".key") == keyBefore, "a key change wrote the downgraded settings")
+        #expect(try contents(path) == databaseBefore)
+        // Nor does an open read the database with the settings it implies.
+        await #expect(throws: DBKeyError.self) { _ = try await manager.open() }
+    }
+}

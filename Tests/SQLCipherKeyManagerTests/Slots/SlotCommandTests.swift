@@ -256,3 +256,40 @@ struct SlotCommandTests {
         )
     }
 }
+
+extension SlotCommandTests {
+    @Test("two rewraps of one .key at once (the primary and slot 1): each that reports success is in the final .key")
+    func concurrentRewraps() async throws {
+        let workspace = try Workspace()
+        let database = workspace.database
+        let second = try DBKeyCLITests.masterKeyFile(workspace, "second.key")
+        let third = try DBKeyCLITests.masterKeyFile(workspace, "third.key")
+        let thirdId = LocalKms.kekId(for: third.key)
+        let keys = [LocalKms.otherMasterKeyFilesVariable: second.path + ":" + third.path]
+        var bothWon = 0
+        for round in 0..<8 {
+            try? FileManager.default.removeItem(atPath: database)
+            try? FileManager.default.removeItem(atPath: database + ".key")
+            #expect(try await workspace.dbkey(["init", database, "--slot-kek", "local://" + second.path]).status == 0)
+            async let primary = workspace.dbkey(
+                ["rewrap", database, "--to", "local://" + third.path, "--wait", "30"], environment: keys)
+            async let slot = workspace.dbkey(
+                ["rewrap", database, "--slot", "1", "--to", "local://" + third.path, "--wait", "30"],
+                environment: keys)
+            let (first, other) = try await (primary, slot)
+            let keyFile = try KeyFile.read(from: database + ".key")
+            #expect(first.status == 0 || first.status == 30, "round \(round): \(first.stderr)")
+            #expect(other.status == 0 || other.status == 30, "round \(round): \(other.stderr)")
+            if first.status == 0 { #expect(keyFile.kekId == thirdId, "round \(round): the primary's rewrap was lost") }
+            if other.status == 0 {
+                #expect(keyFile.slots.first?.kekId == thirdId, "round \(round): slot 1's rewrap was lost")
+            }
+            if first.status == 0 && other.status == 0 { bothWon += 1 }
+            let read = try await workspace.dbkey(
+                ["sql", database, "SELECT count(*) FROM sqlite_master"], environment: keys)
+            #expect(read.status == 0, "\(read.stderr)")
+        }
+        // With --wait, the second waits its turn rather than losing.
+        #expect(bothWon == 8)
+    }
+}
