@@ -307,7 +307,7 @@ for pageSize in [4096, 1024] {
                 try await Measure.time {
                     let copy = workdir + "/copied.db"
                     let source = try FileHandle(forReadingFrom: URL(fileURLWithPath: ours))
-                    FileManager.default.createFile(atPath: copy, contents: nil)
+                    _ = FileManager.default.createFile(atPath: copy, contents: nil)
                     let destination = try FileHandle(forWritingTo: URL(fileURLWithPath: copy))
                     while let chunk = try source.read(upToCount: 1 << 20), !chunk.isEmpty {
                         try destination.write(contentsOf: chunk)

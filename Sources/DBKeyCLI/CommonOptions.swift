@@ -51,6 +51,12 @@ enum Output {
         try? FileHandle.standardError.write(contentsOf: Data("dbkey: error: \(message)\n".utf8))
     }
 
+    /// A line for the person at the terminal, on standard error, that is neither a warning nor
+    /// an error.
+    static func printNote(_ message: String) {
+        try? FileHandle.standardError.write(contentsOf: Data("dbkey: \(message)\n".utf8))
+    }
+
     static func printWarning(_ message: String) {
         try? FileHandle.standardError.write(contentsOf: Data("dbkey: warning: \(message)\n".utf8))
     }

@@ -23,7 +23,10 @@ struct EscrowCommand: AsyncParsableCommand {
         @Argument(help: "The private key file to create.")
         var out: String
 
-        @Flag(help: "Also print the private key as a recovery code on standard output.")
+        @Flag(
+            help:
+                "Also print the private key as a recovery code, alone on standard output (the rest goes to standard error)."
+        )
         var recoveryCode = false
 
         @Flag(help: "Print the result as JSON.")
@@ -47,6 +50,12 @@ struct EscrowCommand: AsyncParsableCommand {
                     Output.printJSON([
                         "private_key": out, "public_key": publicPath, "escrow_key_id": key.publicKey.id,
                     ])
+                } else if recoveryCode {
+                    // Standard output carries the code alone, so that it can go straight to
+                    // recover --recovery-code-stdin; the label goes to standard error.
+                    Output.printNote(
+                        "Escrow key \(key.publicKey.id): private key \(out), public key \(publicPath); its recovery code follows on standard output."
+                    )
                 } else {
                     print("Escrow key \(key.publicKey.id): private key \(out), public key \(publicPath).")
                 }

@@ -20,8 +20,10 @@ struct FleetOptions: ParsableArguments {
 
     func validate() throws {
         guard (1...64).contains(jobs) else { throw ValidationError("--jobs must be from 1 to 64; got \(jobs).") }
-        if let maxKmsRps, !(maxKmsRps.isFinite && maxKmsRps > 0) {
-            throw ValidationError("--max-kms-rps must be a positive number; got \(maxKmsRps).")
+        if let maxKmsRps, !(KmsRateLimiter.rates.contains(maxKmsRps)) {
+            throw ValidationError(
+                "--max-kms-rps must be from \(KmsRateLimiter.rates.lowerBound) to \(Int(KmsRateLimiter.rates.upperBound)) requests a second; got \(maxKmsRps)."
+            )
         }
         if all == nil, dryRun || maxKmsRps != nil {
             throw ValidationError("--dry-run and --max-kms-rps go with --all.")

@@ -81,7 +81,7 @@ struct MigrateCommand: AsyncParsableCommand {
             ProgressLine.finish()
             if json {
                 Output.printJSON([
-                    "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId,
+                    "database": database, "kms": (keyFile.kms as Any?) ?? NSNull(), "kek_id": keyFile.kekId,
                     "dek_version": keyFile.version,
                 ])
             } else {

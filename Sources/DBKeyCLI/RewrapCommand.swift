@@ -63,9 +63,9 @@ struct RewrapCommand: AsyncParsableCommand {
             let keyFile = try await manager.rewrap(to: target, kekId: kekId, slot: slot, wait: wait.duration)
             if json {
                 Output.printJSON([
-                    "database": database, "kms": keyFile.kms ?? NSNull(), "kek_id": keyFile.kekId,
+                    "database": database, "kms": (keyFile.kms as Any?) ?? NSNull(), "kek_id": keyFile.kekId,
                     "dek_version": keyFile.version,
-                    "kek_version": target.keyVersion(of: keyFile.encryptedDek) ?? NSNull(),
+                    "kek_version": (target.keyVersion(of: keyFile.encryptedDek) as Any?) ?? NSNull(),
                 ])
             } else {
                 let version = target.keyVersion(of: keyFile.encryptedDek).map { " version \($0)" } ?? ""

@@ -91,7 +91,7 @@ package struct URLSessionKmsTransport: KmsTransport {
             throw DBKeyError(
                 .kmsUnavailable,
                 "The KMS at \(request.url.host ?? "?") could not be reached: \((error as NSError).localizedDescription).",
-                underlying: error as? any Error & Sendable
+                underlying: error
             )
         }
     }

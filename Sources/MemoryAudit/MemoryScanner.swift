@@ -86,7 +86,7 @@ struct MemoryScanner {
         var regions: [(start: UInt, end: UInt)] = []
         var line = [CChar](repeating: 0, count: 4096)
         while fgets(&line, Int32(line.count), file) != nil {
-            let text = String(cString: line)
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             let fields = text.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count >= 2, fields[1].first == "r" else { continue }
             // The kernel's own pages cannot be read through /proc/self/mem.

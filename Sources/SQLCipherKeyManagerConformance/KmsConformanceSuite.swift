@@ -95,9 +95,9 @@ public struct KmsConformanceSuite: Sendable {
         if let (name, value) = context.dictionary.sorted(by: { $0.key < $1.key }).first {
             var changed = context.dictionary
             changed[name] = value + "-other"
-            others.append(try EncryptionContext(changed))
+            others.append(EncryptionContext(changed))
             if context.dictionary.count > 1 {
-                others.append(try EncryptionContext([name: value]))
+                others.append(EncryptionContext([name: value]))
             }
         }
         for other in others {

@@ -186,7 +186,9 @@ public final class DatabaseConnection {
     /// (see ``KeyChangeGuard``). Installed once the connection is keyed and proven.
     func guardAgainstKeyChanges() throws {
         let guarding = KeyChangeGuard()
-        guarding.install(on: try liveHandle())
+        let handle = try liveHandle()
+        guarding.install(on: handle)
+        try KeyChangeGuard.replaceExport(on: handle)
         keyChangeGuard = guarding
     }
 

@@ -14,7 +14,8 @@ internal import CSQLCipher
 /// - `ATTACH` of anything but `:memory:` or a temporary database: an attached file inherits the
 ///   key, and the next rotation would strand it — and so `VACUUM INTO` a file (SQLCipher 4),
 ///   which attaches its target when it runs;
-/// - `sqlcipher_export`, which writes an unmanaged copy;
+/// - `sqlcipher_export`, which writes an unmanaged copy — refused where a statement names it, and
+///   replaced by a function that fails wherever else it could run (a column's `DEFAULT`);
 /// - setting `temp_store` (in any spelling, to any value) and `temp_store_directory`: DBKey keeps
 ///   SQLite's temporary storage in memory, since its files (temporary tables, sorts that spill,
 ///   statement journals, `VACUUM`'s copy) are not encrypted.
@@ -56,6 +57,26 @@ final class KeyChangeGuard {
         )
     }
 
+    /// The message of the `sqlcipher_export` that ``replaceExport(on:)`` installs.
+    static let exportRefusal =
+        "sqlcipher_export writes a copy of the database outside DBKey's management. Use dbkey migrate to change formats."
+
+    /// Replaces SQLCipher's `sqlcipher_export` on `handle` with a function that fails: the
+    /// authorizer sees the functions a statement names, but not those a column's `DEFAULT`
+    /// expression calls when a row is inserted, and this catches every way in
+    /// (`sqlite3_create_function_v2`, for each number of arguments SQLCipher's takes).
+    static func replaceExport(on handle: OpaquePointer) throws {
+        for arguments: Int32 in [-1, 1, 2] {
+            let code = sqlite3_create_function_v2(
+                handle, "sqlcipher_export", arguments, SQLITE_UTF8, nil,
+                { context, _, _ in sqlite3_result_error(context, KeyChangeGuard.exportRefusal, -1) }, nil, nil, nil)
+            guard code == SQLITE_OK else {
+                throw DBKeyError(
+                    .sqlite, "Could not guard sqlcipher_export on a managed connection (SQLite code \(code)).")
+            }
+        }
+    }
+
     /// Why SQLite's authorizer should refuse an action, or `nil` to allow it.
     static func refusal(action: Int32, _ first: String?, _ second: String?) -> String? {
         switch action {
@@ -81,10 +102,7 @@ final class KeyChangeGuard {
             }
             return nil
         case SQLITE_FUNCTION:
-            guard second?.lowercased() != "sqlcipher_export" else {
-                return
-                    "sqlcipher_export writes a copy of the database outside DBKey's management. Use dbkey migrate to change formats."
-            }
+            guard second?.lowercased() != "sqlcipher_export" else { return exportRefusal }
             return nil
         default:
             return nil

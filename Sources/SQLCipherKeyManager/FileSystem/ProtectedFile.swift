@@ -156,7 +156,9 @@ package enum ProtectedFile {
         guard owner == me else {
             throw DBKeyError(
                 .keyFileInsecure,
-                "The \(kind) \(path) is owned by uid \(owner), not by this user (uid \(me)). Run as its owner, or give it to this user: chown \(me) \(path)."
+                me == 0
+                    ? "The \(kind) \(path) belongs to uid \(owner), the user that runs the app, not to root: run dbkey as that user (sudo -u '#\(owner)' dbkey …). Do not chown it to root: the app would lose it."
+                    : "The \(kind) \(path) is owned by uid \(owner), not by this user (uid \(me)). Run as its owner (the user that runs the app); if the owner itself is wrong, give it back to the app's user with chown."
             )
         }
         let mode = status.permissions.rawValue & 0o777
@@ -239,7 +241,7 @@ extension DBKeyError {
         guard let errno = error as? Errno else {
             return error as? DBKeyError
                 ?? DBKeyError(
-                    .io, "Cannot \(action) \(path): \(error).", path: path, underlying: error as? any Error & Sendable)
+                    .io, "Cannot \(action) \(path): \(error).", path: path, underlying: error)
         }
         let advice =
             switch errno {

@@ -212,7 +212,12 @@ private struct FieldReader {
         guard case .string(let text) = value else {
             throw invalid(name, "must be an ISO 8601 date string", found: value)
         }
+        // The whole text is the date: Foundation's parser stops at the date and ignores what
+        // follows it, which a file must not carry unnoticed.
         guard
+            text.wholeMatch(
+                of: /[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})/)
+                != nil,
             let date = (try? Date(text, strategy: .iso8601))
                 ?? (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
         else {

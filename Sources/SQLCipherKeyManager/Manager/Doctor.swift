@@ -9,7 +9,7 @@ public struct DoctorReport: Sendable {
         /// `slot-unreachable`, `slot-broken`, `kek-version-outdated`, `rotation-due`,
         /// `key-mismatch`, `leftover-journal`, `stale-temporary`, `disk-space`,
         /// `database-missing`, `escrow-key-unsafe` (critical: the data key can be read from the
-        /// `.key`).
+        /// `.key`), `engine-unsupported`.
         public let check: String
         /// What is wrong.
         public let message: String
@@ -69,6 +69,7 @@ struct Doctor {
                 "The data key (version \(keyFile.version)) was due for rotation on \(due.formatted(.iso8601)).",
                 "dbkey rotate \(path)")
         }
+        checkEngine(keyFile)
         checkEscrowSlots(keyFile)
         await checkSlots(keyFile)
         // With a change pending, either key may be the database's: settling it decides.
@@ -103,9 +104,15 @@ struct Doctor {
                     "file-mode", "\(file) is a symbolic link; DBKey uses its files only directly.",
                     "Replace the link with the file it points to.")
             } else if status.userID.rawValue != geteuid() {
+                let owner = status.userID.rawValue
+                // The database's owner is the app's user: the fix is to be that user, or to give a
+                // stray file back to it — never to take the app's files away from it.
+                let appUser = (try? FilePath(path).stat(followTargetSymlink: false))?.userID.rawValue ?? owner
                 add(
-                    "file-mode", "\(file) is owned by uid \(status.userID.rawValue), not by this user (\(geteuid())).",
-                    "chown $(id -u) \(file)")
+                    "file-mode", "\(file) is owned by uid \(owner), not by this user (\(geteuid())).",
+                    owner == appUser
+                        ? "Run dbkey as the database's owner, the app's user: sudo -u '#\(owner)' dbkey doctor \(path). Do not chown it to yourself: the app would lose it."
+                        : "Give it back to the database's owner, the app's user: chown \(appUser) \(file).")
             } else if status.permissions.rawValue & 0o077 != 0 {
                 add(
                     "file-mode",
@@ -151,6 +158,18 @@ struct Doctor {
                 "\(RotationRequest.claimedPath(path)) is a rotation request claimed by an app that stopped before answering.",
                 "Delete it (rm \(RotationRequest.claimedPath(path))); the next open settles whatever the rotation left."
             )
+        }
+    }
+
+    /// The linked SQLCipher reads the database's format (and a pending change's).
+    private mutating func checkEngine(_ keyFile: KeyFile) {
+        guard let engine = try? SQLCipherEngine.linked() else { return }
+        let formats = Set([keyFile.cipher.format] + (keyFile.pending?.cipher.map { [$0.format] } ?? []))
+        for format in formats.sorted() where !engine.supports(format: format) {
+            add(
+                "engine-unsupported",
+                "\(database.databasePath) is in the SQLCipher \(format) format, which the linked SQLCipher \(engine.version) cannot read: every command but this one refuses it.",
+                "Use a build linked against SQLCipher 4 (see the README's \"SQLCipher versions\").")
         }
     }
 

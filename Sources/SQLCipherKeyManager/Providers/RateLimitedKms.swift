@@ -7,9 +7,12 @@ public final class KmsRateLimiter: Sendable {
     private let interval: Duration?
     private let state = Mutex<(next: ContinuousClock.Instant, requests: Int)>((.now, 0))
 
-    /// Creates a limiter of `requestsPerSecond` (more than 0), or a counter only (`nil`).
+    /// The rates a limiter takes: from one request in 1,000 seconds to a million a second.
+    public static let rates: ClosedRange<Double> = 0.001...1_000_000
+
+    /// Creates a limiter of `requestsPerSecond` (in ``rates``), or a counter only (`nil`).
     public init(requestsPerSecond: Double?) {
-        precondition(requestsPerSecond.map { $0 > 0 } ?? true, "a rate limit needs a positive rate")
+        precondition(requestsPerSecond.map { KmsRateLimiter.rates.contains($0) } ?? true, "a rate limit out of range")
         self.interval = requestsPerSecond.map { .nanoseconds(Int64(1_000_000_000 / $0)) }
     }
 

@@ -284,9 +284,11 @@ enum PEM {
     }
 
     static func decode(_ contents: [UInt8], label: String) -> [UInt8]? {
-        guard let body = body(of: UnsafeRawBufferPointer(start: contents, count: contents.count), label: label)
-        else { return nil }
-        return Base64.decode(String(decoding: body.filter { !$0.isWhitespace }, as: UTF8.self))
+        contents.withUnsafeBytes { bytes in
+            body(of: bytes, label: label).flatMap {
+                Base64.decode(String(decoding: $0.filter { !$0.isWhitespace }, as: UTF8.self))
+            }
+        }
     }
 
     /// The DER inside a secret PEM file, decoded without leaving locked memory.

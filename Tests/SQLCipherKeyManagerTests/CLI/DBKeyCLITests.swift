@@ -796,3 +796,23 @@ extension DBKeyCLITests {
         #expect(after.sorted() == before, "\(after)")
     }
 }
+
+extension DBKeyCLITests {
+    @Test(
+        "root reading an app-owned database is told to run as the app's user, never to chown its files to root",
+        .enabled(if: geteuid() == 0, "needs root, to give files to another user"))
+    func rootIsNotToldToChown() async throws {
+        let workspace = try Workspace()
+        let database = workspace.database
+        #expect(try await workspace.dbkey("init", database).status == 0)
+        for file in [database, database + ".key", database + ".key.lock"] {
+            #expect(chown(file, 4321, 4321) == 0)
+        }
+        let read = try await workspace.dbkey("sql", database, "SELECT 1")
+        #expect(read.status == 16, "\(read.stderr)")
+        #expect(read.stderr.contains("sudo -u '#4321'") && !read.stderr.contains("chown 0"), "\(read.stderr)")
+        let doctor = try await workspace.dbkey("doctor", database, "--json")
+        #expect(doctor.stdout.contains("sudo -u '#4321'"), "\(doctor.stdout)")
+        #expect(!doctor.stdout.contains("chown $(id -u)") && !doctor.stdout.contains("chown 0"), "\(doctor.stdout)")
+    }
+}

@@ -46,6 +46,7 @@ struct DBKeyCloudCLITests {
         let environment = try cloud.environment()
         let kek = try await cloud.makeKek()
         var outputs: [ProcessResult] = []
+        @discardableResult
         func dbkey(_ arguments: String...) async throws -> ProcessResult {
             // At trace level; the workspace checks its own secrets (the client secret among them).
             let result = try await workspace.dbkey(arguments, environment: environment)

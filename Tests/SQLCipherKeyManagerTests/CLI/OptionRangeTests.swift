@@ -38,6 +38,19 @@ struct OptionRangeTests {
         .init(arguments: ["migrate", "PLAIN", "--from-passphrase-env", "P", "--kdf-iter", "0"], valid: false),
         .init(arguments: ["migrate", "PLAIN", "--from-passphrase-env", "P", "--kdf-iter", "-5"], valid: false),
         .init(arguments: ["migrate", "PLAIN", "--from-passphrase-env", "P", "--page-size", "100"], valid: false),
+        // --max-kms-rps: 0.001 to 1,000,000 (1e-10 overflowed the interval and crashed; 1e-9 hung).
+        .init(arguments: ["rotate", "--all", "DIR", "--max-kms-rps", "1e-10"], valid: false),
+        .init(arguments: ["rotate", "--all", "DIR", "--max-kms-rps", "1e-9"], valid: false),
+        .init(arguments: ["rotate", "--all", "DIR", "--max-kms-rps", "0"], valid: false),
+        .init(arguments: ["rotate", "--all", "DIR", "--max-kms-rps", "inf"], valid: false),
+        .init(arguments: ["rotate", "--all", "DIR", "--max-kms-rps", "1e7"], valid: false),
+        .init(arguments: ["rotate", "--all", "DIR", "--max-kms-rps", "100"], valid: true),
+        // upgrade --page-size: as init's.
+        .init(arguments: ["upgrade", "DB", "--page-size", "1000"], valid: false),
+        .init(arguments: ["upgrade", "DB", "--page-size", "131072"], valid: false),
+        // rewrap --wait: as rotate's.
+        .init(arguments: ["rewrap", "DB", "--wait", "inf"], valid: false),
+        .init(arguments: ["rewrap", "DB", "--wait", "2"], valid: true),
     ]
 
     @Test("out of range exits 64 naming the range; in range does the work", arguments: cases)
@@ -49,8 +62,15 @@ struct OptionRangeTests {
             case "DB": workspace.database
             case "NEW": workspace.directory.file("new.db")
             case "PLAIN": workspace.directory.file("plain.db")
+            case "DIR": workspace.directory.file("fleet")
             default: $0
             }
+        }
+        if option.arguments.contains("DIR") {
+            // A fleet of one, apart from the workspace's master key file.
+            try FileManager.default.createDirectory(
+                atPath: workspace.directory.file("fleet"), withIntermediateDirectories: false)
+            #expect(try await workspace.dbkey("init", workspace.directory.file("fleet/f.db")).status == 0)
         }
         let result = try await workspace.dbkey(arguments)
         if option.valid {

@@ -116,6 +116,22 @@ struct KeyChangeGuardTests {
         #expect(try await workspace.dbkey("sql", workspace.database, "SELECT x FROM t").stdout == "1\n")
     }
 
+    @Test("sqlcipher_export is refused where no statement names it: a column's DEFAULT, when a row is inserted")
+    func exportThroughDefault() async throws {
+        let directory = try TemporaryDirectory()
+        let manager = try await database(directory)
+        let keyBefore = try contents(manager.keyFilePath)
+        let db = try await manager.open()
+        try db.execute("ATTACH ':memory:' AS scratch")
+        try db.execute("CREATE TABLE d(y, x DEFAULT (sqlcipher_export('scratch')))")
+        let error = await expectError(.sqlite) { try db.execute("INSERT INTO d(y) VALUES (1)") }
+        #expect(error?.message.contains("sqlcipher_export writes a copy") == true, "\(error?.message ?? "-")")
+        #expect(try db.fetchAll("SELECT count(*) FROM d").first?[0] == .integer(0))
+        db.close()
+        #expect(try contents(manager.keyFilePath) == keyBefore)
+        #expect(try await manager.verify().keyFile.version == 1)
+    }
+
     @Test("the rule itself: keying pragmas always, settings only with a value, files only for ATTACH")
     func rule() {
         #expect(KeyChangeGuard.refusal(action: 19, "REKEY", nil) != nil)

@@ -222,6 +222,9 @@ struct SQLCipherFormatTests {
         await expectError(.unsupportedFormat, containing: ["SQLCipher 4 format", "3.4.1"]) {
             _ = try await manager(path).open()
         }
+        // doctor says so too, where every other command refuses.
+        let report = try await manager(path).doctor()
+        #expect(report.findings.contains { $0.check == "engine-unsupported" }, "\(report.findings)")
     }
 
     // MARK: - Upgrade

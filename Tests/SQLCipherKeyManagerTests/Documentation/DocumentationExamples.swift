@@ -123,6 +123,21 @@ enum DocCommentExamples {
         print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
     }
 
+    /// The threat model article's examples.
+    static func threatModel(manager: LocalDbKeyManager) async throws {
+        let unsafe = try manager.load().slots.filter(\.isUnsafeEscrow)
+        for slot in unsafe {
+            try await manager.removeSlot(slot.number, rotate: true)
+        }
+        do {
+            try await manager.rotateKey()
+        } catch DBKeyError.Code.keyChangePending {
+            // Recorded: the next open completes or undoes it; nothing is lost.
+        }
+        let upgraded = try await manager.upgrade()
+        print(upgraded.cipher.pageSize)  // 4096
+    }
+
     static func statement(db: DatabaseConnection, readings: [(String, Double)]) throws {
         let insert = try db.prepare("INSERT INTO reading(sensor, value) VALUES (?, ?)")
         try db.inTransaction {

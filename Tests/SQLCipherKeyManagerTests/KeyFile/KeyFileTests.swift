@@ -188,10 +188,11 @@ struct KeyFileTests {
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == target)
     }
 
-    @Test("a file owned by another user is refused with chown advice")
+    @Test("a file owned by another user is refused, and root is told to run as that user, not to take the file")
     func otherOwner() async throws {
         try await expectRefused(
-            .keyFileInsecure, containing: ["owned by uid 65534", "chown"], bytes: try sampleKeyFile().jsonData()
+            .keyFileInsecure, containing: ["uid 65534", "sudo -u '#65534'", "Do not chown it to root"],
+            bytes: try sampleKeyFile().jsonData()
         ) {
             #expect(chown($0, 65534, 65534) == 0, "tests run as root, who can give a file away")
         }
@@ -327,4 +328,27 @@ struct KeyFileTests {
     }
 
     static let expectedKeyCheckHex = "d4582da86548e7ba313a6c0290661919"
+}
+
+extension KeyFileTests {
+    @Test(
+        "a date is the whole text: trailing or leading junk is refused, ISO 8601 with fractions and offsets is read",
+        arguments: [
+            ("2024-01-15T10:30:00Z", true), ("2024-01-15T10:30:00.123Z", true), ("2024-01-15T10:30:00+02:00", true),
+            ("2024-01-15T10:30:00Zjunk", false), ("2024-01-15T10:30:00Z ", false), (" 2024-01-15T10:30:00Z", false),
+            ("2024-01-15T10:30:00Z\n", false), ("2024-01-15T10:30:00", false), ("2024-01-15", false),
+        ])
+    func strictDates(text: String, valid: Bool) throws {
+        let object: [String: Any] = [
+            "encrypted_dek": "AQID", "kek_id": "local:0011223344556677", "version": 1, "created_at": text,
+            "rotated_at": NSNull(), "encryption_context": [String: String](), "dek_spec": "AES_256",
+        ]
+        let data = try JSONSerialization.data(withJSONObject: object)
+        let parsed = Result { try data.withUnsafeBytes { try KeyFile(jsonBytes: $0, source: "test.key") } }
+        if valid {
+            #expect(throws: Never.self) { try parsed.get() }
+        } else {
+            #expect((parsed.error as? DBKeyError)?.code == .keyFileCorrupt, "\(text) was taken")
+        }
+    }
 }

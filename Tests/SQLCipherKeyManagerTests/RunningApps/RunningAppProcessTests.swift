@@ -126,6 +126,8 @@ extension CrashTests {
         try await ExampleApp.waitFor("ready", in: output, from: app)
         let direct = try await workspace.dbkey("rotate", database)
         #expect(direct.status == 30, "the app holds the database: \(direct.stderr)")
+        // The advice is the one that can work: waiting never ends a running pool's hold.
+        #expect(direct.stderr.contains("dbkey rotate --request"), "\(direct.stderr)")
         let requested = try await workspace.dbkey("rotate", database, "--request", "--wait", "20", "--json")
         #expect(requested.status == 0, "\(requested.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(requested.stdout.utf8)) as? [String: Any])

@@ -66,9 +66,12 @@ struct Tpm2KmsTests {
             let encoded = try #require(dataKey.wrapped.encoded.split(separator: ":").last)
             let blob = try #require(Base64.decode(String(encoded)))
             let publicSize = Int(blob[0]) << 8 | Int(blob[1]) + 2
-            FileManager.default.createFile(atPath: directory.file("ours.pub"), contents: Data(blob.prefix(publicSize)))
-            FileManager.default.createFile(
-                atPath: directory.file("ours.priv"), contents: Data(blob.dropFirst(publicSize)))
+            #expect(
+                FileManager.default.createFile(
+                    atPath: directory.file("ours.pub"), contents: Data(blob.prefix(publicSize))))
+            #expect(
+                FileManager.default.createFile(
+                    atPath: directory.file("ours.priv"), contents: Data(blob.dropFirst(publicSize))))
             try await SoftwareTPM.tool(
                 "tpm2_load",
                 [
@@ -85,7 +88,7 @@ struct Tpm2KmsTests {
 
             // The reverse: tpm2_create seals a key and digest of ours, with no policy.
             let key = try SecureBuffer.random(count: 32)
-            FileManager.default.createFile(
+            _ = FileManager.default.createFile(
                 atPath: directory.file("theirs.in"),
                 contents: key.withUnsafeBytes { Data($0) } + Data(SHA256.hash(data: context.canonicalEncoding)))
             let created = try await SoftwareTPM.tool(
