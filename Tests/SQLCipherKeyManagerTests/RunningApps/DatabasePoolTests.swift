@@ -265,7 +265,7 @@ struct DatabasePoolTests {
         }
         #expect(rename(request, claimed) == 0)
         #expect(RotationRequest.claimState(database.path) == .abandoned)
-        #expect(try await manager.doctor().findings.contains { $0.message.contains("claimed by an app that stopped") })
+        #expect(await manager.doctor().findings.contains { $0.message.contains("claimed by an app that stopped") })
         await expectError(.rotationInterrupted, containing: ["stopped without answering"]) {
             _ = try await requester.value
         }
