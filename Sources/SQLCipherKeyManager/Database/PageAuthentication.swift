@@ -1,4 +1,3 @@
-import Crypto
 import SystemPackage
 
 /// Checks pages of an SQLCipher file against a key without SQLite, to tell a key that no
@@ -38,32 +37,24 @@ package enum PageAuthentication {
 
     /// Whether page `number` carries a valid HMAC under `macKey` (page 1's authenticated bytes
     /// start after its salt or plaintext header).
-    static func authenticates(_ page: [UInt8], number: Int, macKey: SymmetricKey, cipher: CipherSettings) -> Bool {
+    static func authenticates(_ page: [UInt8], number: Int, macKey: KeyedCrypto.HMAC, cipher: CipherSettings) -> Bool {
         let start = number == 1 ? max(cipher.plaintextHeaderSize, CipherSettings.saltByteCount) : 0
         let macStart = page.count - cipher.reservedBytesPerPage + ivSize
-        let algorithm = cipher.effectiveHMACAlgorithm
         let pageNumber = withUnsafeBytes(of: UInt32(number).littleEndian) { Array($0) }
-        let expected: [UInt8]
-        switch algorithm {
-        case .sha1: expected = mac(Insecure.SHA1.self, key: macKey, page[start..<macStart], pageNumber)
-        case .sha256: expected = mac(SHA256.self, key: macKey, page[start..<macStart], pageNumber)
-        case .sha512: expected = mac(SHA512.self, key: macKey, page[start..<macStart], pageNumber)
+        let expected = page.withUnsafeBytes { bytes in
+            pageNumber.withUnsafeBytes {
+                macKey.authenticationCode([UnsafeRawBufferPointer(rebasing: bytes[start..<macStart]), $0])
+            }
         }
-        return expected == Array(page[macStart..<(macStart + algorithm.byteCount)])
+        return expected.count == cipher.effectiveHMACAlgorithm.byteCount
+            && expected == Array(page[macStart..<(macStart + expected.count)])
     }
 
-    private static func mac<H: HashFunction>(
-        _: H.Type, key: SymmetricKey, _ content: ArraySlice<UInt8>, _ pageNumber: [UInt8]
-    ) -> [UInt8] {
-        var mac = HMAC<H>(key: key)
-        mac.update(data: content)
-        mac.update(data: pageNumber)
-        return Array(mac.finalize())
-    }
-
-    /// The HMAC key of `cipher`'s pages under `key`, as a swift-crypto key.
-    static func hmacKey(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings) -> SymmetricKey {
-        hmacKeyBytes(from: key, salt: salt, cipher: cipher).withUnsafeBytes { SymmetricKey(data: $0) }
+    /// The HMAC of `cipher`'s pages under `key`, keyed with ``hmacKeyBytes(from:salt:cipher:)``.
+    static func hmacKey(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings) -> KeyedCrypto.HMAC {
+        hmacKeyBytes(from: key, salt: salt, cipher: cipher).withUnsafeBytes {
+            KeyedCrypto.HMAC(cipher.effectiveHMACAlgorithm.digest, key: $0)
+        }
     }
 
     /// PBKDF2(the format's KDF, key, salt XOR 0x3a, 2 iterations, 32 bytes), derived in a
@@ -71,59 +62,30 @@ package enum PageAuthentication {
     package static func hmacKeyBytes(from key: UnsafeRawBufferPointer, salt: [UInt8], cipher: CipherSettings)
         -> SecureBuffer
     {
-        PBKDF2.derive(
-            cipher.effectiveKDFAlgorithm, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2, byteCount: 32)
+        KeyedCrypto.pbkdf2(
+            cipher.effectiveKDFAlgorithm.digest, password: key, salt: salt.map { $0 ^ 0x3A }, iterations: 2,
+            byteCount: 32)
     }
 }
 
-/// PBKDF2 (RFC 8018) over swift-crypto's HMAC, with SQLCipher's three PRFs.
-enum PBKDF2 {
-    /// `byteCount` bytes of PBKDF2 with `kdf`'s HMAC, in a ``SecureBuffer``; the intermediate
-    /// blocks are wiped.
-    static func derive(
-        _ kdf: CipherSettings.KDFAlgorithm, password: UnsafeRawBufferPointer, salt: [UInt8], iterations: Int,
-        byteCount: Int
-    ) -> SecureBuffer {
-        switch kdf {
-        case .sha1: derive(Insecure.SHA1.self, password, salt, iterations, byteCount)
-        case .sha256: derive(SHA256.self, password, salt, iterations, byteCount)
-        case .sha512: derive(SHA512.self, password, salt, iterations, byteCount)
+extension CipherSettings.HMACAlgorithm {
+    /// The digest of this HMAC.
+    var digest: KeyedCrypto.Digest {
+        switch self {
+        case .sha1: .sha1
+        case .sha256: .sha256
+        case .sha512: .sha512
         }
     }
+}
 
-    private static func derive<H: HashFunction>(
-        _: H.Type, _ password: UnsafeRawBufferPointer, _ salt: [UInt8], _ iterations: Int, _ byteCount: Int
-    ) -> SecureBuffer {
-        let prf = HMAC<H>(key: SymmetricKey(data: password))
-        return SecureBuffer(count: byteCount) { output in
-            var blockNumber: UInt32 = 1
-            var written = 0
-            while written < byteCount {
-                var first = prf
-                first.update(data: salt)
-                first.update(data: withUnsafeBytes(of: blockNumber.bigEndian) { Array($0) })
-                var block = Array(first.finalize())
-                var result = block
-                for _ in 1..<max(iterations, 1) {
-                    var next = prf
-                    next.update(data: block)
-                    let digest = next.finalize()
-                    digest.withUnsafeBytes { bytes in
-                        for index in block.indices {
-                            block[index] = bytes[index]
-                            result[index] ^= bytes[index]
-                        }
-                    }
-                }
-                let take = min(result.count, byteCount - written)
-                for index in 0..<take { output[written + index] = result[index] }
-                written += take
-                for index in block.indices {
-                    block[index] = 0
-                    result[index] = 0
-                }
-                blockNumber += 1
-            }
+extension CipherSettings.KDFAlgorithm {
+    /// The digest of this PBKDF2.
+    var digest: KeyedCrypto.Digest {
+        switch self {
+        case .sha1: .sha1
+        case .sha256: .sha256
+        case .sha512: .sha512
         }
     }
 }

@@ -1,4 +1,3 @@
-import Crypto
 import SystemPackage
 
 /// Recognises a database written by SQLCipher 4 with its default settings, so that migration on
@@ -16,7 +15,7 @@ enum SQLCipher4Detector {
         guard let page = try? firstPage(path), page.count == defaults.pageSize else { return false }
         let salt = Array(page[0..<CipherSettings.saltByteCount])
         let key = passphrase.withUnsafeBytes {
-            PBKDF2.derive(.sha512, password: $0, salt: salt, iterations: kdfIterations, byteCount: 32)
+            KeyedCrypto.pbkdf2(.sha512, password: $0, salt: salt, iterations: kdfIterations, byteCount: 32)
         }
         let macKey = key.withUnsafeBytes { PageAuthentication.hmacKey(from: $0, salt: salt, cipher: defaults) }
         return PageAuthentication.authenticates(page, number: 1, macKey: macKey, cipher: defaults)

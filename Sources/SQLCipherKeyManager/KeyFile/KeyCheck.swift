@@ -1,5 +1,3 @@
-import Crypto
-
 /// The first 16 bytes of HMAC-SHA256(key: data key, message: `"dbkey key check v1"`).
 ///
 /// Stored in the `.key` file, it tells whether a key the KMS returned is the one the file
@@ -20,9 +18,7 @@ public struct KeyCheck: Sendable, Hashable, CustomStringConvertible {
 
     /// Computes the check value of a data key.
     public init(for key: SecureBuffer) {
-        let mac = key.withUnsafeBytes { keyBytes in
-            HMAC<SHA256>.authenticationCode(for: KeyCheck.message, using: SymmetricKey(data: keyBytes))
-        }
+        let mac = KeyedCrypto.authenticationCode(.sha256, key: key, message: KeyCheck.message)
         self.bytes = Array(mac.prefix(KeyCheck.byteCount))
     }
 

@@ -109,7 +109,6 @@ extension KeyFile {
             field(String(copy.size))
             field(Base64.encode(copy.checksum))
         }
-        let code = key.withUnsafeBytes { HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: $0)) }
-        return Array(code)
+        return KeyedCrypto.authenticationCode(.sha256, key: key, message: message)
     }
 }

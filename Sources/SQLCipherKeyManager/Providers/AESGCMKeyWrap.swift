@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 
 /// Data-key wrapping with AES-256-GCM, in the published format of the local provider:
@@ -29,17 +28,11 @@ package struct AESGCMKeyWrap: Sendable {
             throw DBKeyError(
                 .invalidConfiguration, "Only 32-byte data keys can be wrapped; this one has \(key.count) bytes.")
         }
-        let sealed = try key.withUnsafeBytes { plaintext in
-            try kek.withUnsafeBytes { kekBytes in
-                try AES.GCM.seal(
-                    plaintext,
-                    using: SymmetricKey(data: kekBytes),
-                    nonce: AES.GCM.Nonce(),
-                    authenticating: additionalData(for: context)
-                )
-            }
-        }
-        let blob = [AESGCMKeyWrap.formatVersion] + Array(sealed.nonce) + Array(sealed.ciphertext) + Array(sealed.tag)
+        var generator = SystemRandomNumberGenerator()
+        let nonce = (0..<AESGCMKeyWrap.nonceByteCount).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let sealed = try KeyedCrypto.AESGCM.seal(
+            key, key: kek, nonce: nonce, additionalData: additionalData(for: context))
+        let blob = [AESGCMKeyWrap.formatVersion] + nonce + sealed.ciphertext + sealed.tag
         return WrappedKey(encoded: Base64.encode(blob))
     }
 
@@ -57,21 +50,16 @@ package struct AESGCMKeyWrap: Sendable {
         }
         let nonceEnd = 1 + AESGCMKeyWrap.nonceByteCount
         let ciphertextEnd = nonceEnd + RawKeyText.keyByteCount
-        do {
-            let box = try AES.GCM.SealedBox(
-                nonce: AES.GCM.Nonce(data: blob[1..<nonceEnd]),
-                ciphertext: blob[nonceEnd..<ciphertextEnd],
-                tag: blob[ciphertextEnd...]
-            )
-            var plaintext = try kek.withUnsafeBytes { kekBytes in
-                try AES.GCM.open(box, using: SymmetricKey(data: kekBytes), authenticating: additionalData(for: context))
-            }
-            return SecureBuffer.takingAndWiping(&plaintext)
-        } catch {
+        guard
+            let plaintext = try KeyedCrypto.AESGCM.open(
+                blob[nonceEnd..<ciphertextEnd], tag: blob[ciphertextEnd...], key: kek, nonce: blob[1..<nonceEnd],
+                additionalData: additionalData(for: context))
+        else {
             throw DBKeyError(
                 .ciphertextInvalid,
                 "The wrapped data key failed authentication: it was altered, or the encryption context differs from the one it was wrapped with (\(context))."
             )
         }
+        return plaintext
     }
 }
