@@ -2,7 +2,7 @@ import Foundation
 
 /// Moving a managed database from the SQLCipher 3 format to the SQLCipher 4 format, under a new
 /// data key: a copy made with `sqlcipher_export`, verified, flushed, journaled and swapped in,
-/// as a migration's is (see ``LocalDbKeyManager/upgrade(progress:)``).
+/// as a migration's is (see ``LocalDbKeyManager/upgrade(pageSize:progress:)``).
 ///
 /// `PRAGMA cipher_migrate` is not used: it refuses raw-key databases with custom settings, such
 /// as DBKey's 4096-byte pages.

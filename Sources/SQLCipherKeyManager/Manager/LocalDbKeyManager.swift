@@ -37,7 +37,7 @@ public final class LocalDbKeyManager: Sendable {
         public var rotationPeriodDays: Int?
         /// The `cipher_page_size` of new databases.
         public var pageSize: Int
-        /// Whether new databases (and ``LocalDbKeyManager/upgrade(progress:)``'s copy) keep
+        /// Whether new databases (and ``LocalDbKeyManager/upgrade(pageSize:progress:)``'s copy) keep
         /// their first 32 bytes in plaintext (`cipher_plaintext_header_size`), with the salt
         /// recorded in the `.key` and supplied on every open: what iOS needs to recognise a WAL
         /// database held open in a shared app-group container. Needs SQLCipher 4.

@@ -23,7 +23,7 @@ public struct DatabaseKeyStatus: Sendable {
     public var databaseOpens: Bool { openError == nil }
 
     /// Whether the database is in the SQLCipher 3 format while the linked SQLCipher writes the
-    /// 4 format: ``LocalDbKeyManager/upgrade(progress:)`` (`dbkey upgrade`) would move it.
+    /// 4 format: ``LocalDbKeyManager/upgrade(pageSize:progress:)`` (`dbkey upgrade`) would move it.
     public var upgradeAvailable: Bool {
         keyFile.cipher.format < engine.newDatabaseFormat
     }
