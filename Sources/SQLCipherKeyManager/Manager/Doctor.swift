@@ -267,6 +267,14 @@ struct Doctor {
         }
         guard !leftovers.isEmpty, !DatabaseLock.isHeld(databasePath: path) else { return }
         for file in leftovers {
+            if file.hasSuffix("-journal"), database.rollbackJournalIsUnusable() == true {
+                add(
+                    "stale-temporary",
+                    "\(file) is a rollback journal SQLite will never roll back (its header was never completed): a write stopped before it began. An open leaves it; it may hold page images under the key of that time.",
+                    "The next key change removes it (dbkey rotate \(path)); or delete it while no process has the database open."
+                )
+                continue
+            }
             add(
                 "leftover-journal",
                 "\(file) is left over with no process holding the database: the last writer stopped mid-transaction or without checkpointing.",

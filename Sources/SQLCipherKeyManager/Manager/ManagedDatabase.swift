@@ -279,6 +279,7 @@ final class ManagedDatabase: Sendable {
                 lock.release()
             }
             removeStaleTemporaryKeyFiles()
+            removeUnusableRollbackJournal()
             return try await TaskPause.$current.withValue(pause) {
                 let settled = try await journal.settle(try load())
                 removeStaleCopy()
@@ -471,6 +472,31 @@ final class ManagedDatabase: Sendable {
             )
         } catch {
             throw DBKeyError.io(error, "create", path)
+        }
+    }
+
+    /// Whether the database's rollback journal is one SQLite would never roll back: empty, or
+    /// its first byte zero (SQLite's test of a hot journal), as a write stopped before its header
+    /// was complete leaves it. `nil` when there is none.
+    func rollbackJournalIsUnusable() -> Bool? {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                FilePath(databasePath + "-journal"), .readOnly, options: [.noFollow, .closeOnExec])
+        else { return nil }
+        defer { try? descriptor.close() }
+        var first: UInt8 = 0
+        let count = (try? withUnsafeMutableBytes(of: &first) { try descriptor.read(into: $0) }) ?? 1
+        return count == 0 || first == 0
+    }
+
+    /// Removes a rollback journal SQLite would never roll back (see ``rollbackJournalIsUnusable()``),
+    /// which an open leaves where it is. Under the exclusive lock, and only when no process
+    /// outside DBKey holds one of SQLite's locks: then no writer is starting a journal.
+    func removeUnusableRollbackJournal() {
+        guard rollbackJournalIsUnusable() == true, !DatabaseLock.sqliteLockHeldElsewhere(databasePath: databasePath)
+        else { return }
+        if unlink(databasePath + "-journal") == 0 {
+            logger.debug("Removed a rollback journal SQLite would not roll back")
         }
     }
 

@@ -243,6 +243,26 @@ struct FaultInjectionTests {
         #expect(rotated.status == 0, "\(description): not stuck: \(rotated.stderr)")
         let verified = try await dbkey(["verify", database], in: directory, master: master)
         #expect(verified.status == 0, "\(description): \(verified.stderr)")
+        // After a key change and a verify, nothing the fault left is there for doctor to report.
+        let doctor = try await dbkey(["doctor", database, "--json"], in: directory, master: master)
+        #expect(
+            !doctor.stdout.contains("leftover-journal") && !doctor.stdout.contains("stale-temporary"),
+            "\(description): doctor after rotate and verify: \(doctor.stdout)")
+    }
+
+    /// What doctor advises for what a fault left (`verify`, which opens the database) leaves
+    /// nothing for doctor to report again.
+    static func expectDoctorAdviceWorks(in directory: String, case description: String) async throws {
+        let database = directory + "/app.db"
+        let master = directory + "/old.key"
+        let first = try await dbkey(["doctor", database, "--json"], in: directory, master: master)
+        let settledByAnOpen = ["leftover-journal", "is the copy of"]
+        guard settledByAnOpen.contains(where: first.stdout.contains) else { return }
+        _ = try await dbkey(["verify", database], in: directory, master: master)
+        let again = try await dbkey(["doctor", database, "--json"], in: directory, master: master)
+        #expect(
+            !settledByAnOpen.contains(where: again.stdout.contains),
+            "\(description): doctor after the verify it advised: \(again.stdout)")
     }
 
     /// After a fault in a backup: a backup at the destination is whole (its `.key` beside it,
@@ -355,6 +375,9 @@ struct FaultInjectionTests {
                                 "\(description): exit \(result.status) (\(result.stderr)), but the change took effect: \(before) → \(after)"
                             )
                         }
+                    }
+                    if operation == .rotateInPlace || operation == .rotateRollback {
+                        try await Self.expectDoctorAdviceWorks(in: scratch.path, case: description)
                     }
                     try await Self.expectRecovered(operation, in: scratch.path, case: description)
                 }
