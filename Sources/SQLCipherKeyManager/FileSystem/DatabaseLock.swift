@@ -16,9 +16,13 @@ final class DatabaseLock {
 
     private var descriptor: FileDescriptor?
 
-    private init(descriptor: FileDescriptor) {
+    private init(descriptor: FileDescriptor?) {
         self.descriptor = descriptor
     }
+
+    /// The lock a reader holds on a read-only file system with no lock file: nothing can change
+    /// the key there, so there is nothing to exclude.
+    static var readOnlyFileSystem: DatabaseLock { DatabaseLock(descriptor: nil) }
 
     deinit {
         release()

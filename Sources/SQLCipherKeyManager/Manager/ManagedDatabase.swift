@@ -243,7 +243,12 @@ final class ManagedDatabase: Sendable {
             // No lock file: a database never opened here, or none at all. Reading creates nothing
             // for a database without a .key (load throws why).
             _ = try load()
-            lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
+            do {
+                lock = try await DatabaseLock.acquire(.shared, databasePath: databasePath, wait: wait)
+            } catch let error as DBKeyError where error.errno == .readOnlyFileSystem {
+                // No key change can happen on a read-only file system: a reader needs no lock.
+                lock = .readOnlyFileSystem
+            }
         }
         let keyFile = try load(cached: true)
         guard keyFile.pending != nil else {

@@ -816,3 +816,49 @@ extension DBKeyCLITests {
         #expect(!doctor.stdout.contains("chown $(id -u)") && !doctor.stdout.contains("chown 0"), "\(doctor.stdout)")
     }
 }
+
+extension DBKeyCLITests {
+    @Test(
+        "on a read-only file system, sql, verify, status, doctor and backup (to a writable place) work, with or without a lock file",
+        .enabled(if: geteuid() == 0, "needs root, to mount a read-only bind of the database's folder"),
+        arguments: [true, false])
+    func readOnlyFileSystem(withLockFile: Bool) async throws {
+        let workspace = try Workspace()
+        let source = workspace.directory.file("src")
+        let readOnly = workspace.directory.file("ro")
+        for folder in [source, readOnly] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        }
+        #expect(try await workspace.dbkey("init", source + "/app.db").status == 0)
+        #expect(
+            try await workspace.dbkey("sql", source + "/app.db", "CREATE TABLE t(x); INSERT INTO t VALUES (5)").status
+                == 0)
+        if !withLockFile { #expect(unlink(source + "/app.db.key.lock") == 0) }
+        let mount = try requireTool("mount", installedBy: "mount")
+        let bound = try await run(mount, ["--bind", source, readOnly])
+        try #require(bound.status == 0, "mount --bind: \(bound.stderr)")
+        defer { _ = try? runUnmount(readOnly) }
+        let remounted = try await run(mount, ["-o", "remount,bind,ro", readOnly])
+        try #require(remounted.status == 0, "remount read-only: \(remounted.stderr)")
+        let database = readOnly + "/app.db"
+        let read = try await workspace.dbkey("sql", database, "SELECT x FROM t")
+        #expect(read.status == 0 && read.stdout == "5\n", "\(read.stderr)")
+        for arguments in [["verify", database], ["status", database], ["doctor", database]] {
+            let result = try await workspace.dbkey(arguments)
+            #expect(result.status == 0, "\(arguments[0]): \(result.stderr)")
+        }
+        let backup = workspace.directory.file("backup.db")
+        let made = try await workspace.dbkey("backup", database, backup)
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(try await workspace.dbkey("sql", backup, "SELECT x FROM t").stdout == "5\n")
+    }
+
+    /// Unmounts `path`, waiting for nothing.
+    func runUnmount(_ path: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try requireTool("umount", installedBy: "mount"))
+        process.arguments = [path]
+        try process.run()
+        process.waitUntilExit()
+    }
+}
