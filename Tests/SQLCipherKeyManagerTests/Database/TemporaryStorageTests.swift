@@ -136,7 +136,9 @@ struct TemporaryStorageTests {
         #expect(left.isEmpty, "\(left)")
     }
 
-    @Test("a handle keyed through DatabaseKey.apply(to:) keeps temporary storage in memory")
+    @Test(
+        "a handle keyed through DatabaseKey.apply(to:) keeps temporary storage in memory, even one told to use files before"
+    )
     func keyingSeamSetsMemory() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("seam.db")
@@ -149,12 +151,33 @@ struct TemporaryStorageTests {
         #expect(sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK)
         defer { sqlite3_close_v2(handle) }
         let opened = try #require(handle)
-        // SQLite's own default, before DBKey keys the handle: whatever the build chose (0 = default).
+        // The probe sees SQLite's temporary files: an unkeyed connection told to use files has one
+        // open (unlinked, as SQLite makes them) while its temporary table exists.
+        let control = try DatabaseConnection.open(path: ":memory:", keying: .plaintext, create: true)
+        try control.execute("PRAGMA temp_store = FILE; PRAGMA temp.cache_size = 10; CREATE TEMP TABLE c AS \(Self.fiveMegabytes)")
+        #expect(Self.openTemporaryFiles() > 0, "the probe saw no temporary file")
+        control.close()
+        // An app whose SQLite defaults to files (or that asked for them) before keying the handle.
         let connection = DatabaseConnection.borrowing(opened)
-        #expect(try connection.fetchAll("PRAGMA temp_store").first?[0] == .integer(0))
+        try connection.execute("PRAGMA temp_store = FILE")
         try key.apply(to: opened)
         #expect(try connection.fetchAll("PRAGMA temp_store").first?[0] == .integer(2))
+        try connection.execute("PRAGMA temp.cache_size = 10; CREATE TEMP TABLE copy AS \(Self.fiveMegabytes)")
+        #expect(Self.openTemporaryFiles() == 0, "a temporary table of a keyed handle went to a file")
         connection.close()
+    }
+
+    /// Rows enough to spill a temporary table out of a 10-page cache.
+    static let fiveMegabytes = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT randomblob(1000) AS x FROM n"
+
+    /// How many of SQLite's temporary files (`etilqs_…`) this process has open.
+    static func openTemporaryFiles() -> Int {
+        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return descriptors.filter { descriptor in
+            let target =
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + descriptor)) ?? ""
+            return target.contains("etilqs_")
+        }.count
     }
 
     @Test("a library that always writes temporary files (SQLITE_TEMP_STORE=0) is refused at open")
