@@ -124,7 +124,7 @@ struct Backup {
     ///
     /// The `.key`, written only once the copy is flushed, is the placement's journal: a process
     /// killed after it leaves the `.key` and the whole copy, which
-    /// ``completeInterruptedPlacement(at:)`` links in — the next open of `destination` or the
+    /// ``ManagedDatabase/completeInterruptedPlacement(at:)`` links in — the next open of `destination` or the
     /// next restore to it does. The caller holds `destination`'s exclusive lock.
     static func place(_ copyPath: String, at destination: String, keyFile: KeyFile) async throws {
         let keyPath = KeyFile.path(forDatabase: destination)
@@ -181,17 +181,16 @@ struct DestinationLock {
     }
 }
 
-extension Backup {
+extension ManagedDatabase {
     /// Finishes the placement a killed backup or restore left at `destination`: its `.key`
     /// written, its flushed copy beside it, no database yet. Called under `destination`'s lock
     /// (shared by an open, exclusive by a restore), so no placement is running.
     ///
     /// - Returns: Whether a placement was completed.
     /// - Throws: ``DBKeyError/Code-swift.struct/io`` when the copy cannot be linked in.
-    static func completeInterruptedPlacement(at destination: String) throws -> Bool {
-        func exists(_ path: String) -> Bool { (try? FilePath(path).stat(followTargetSymlink: false)) != nil }
-        guard !exists(destination), exists(KeyFile.path(forDatabase: destination)) else { return false }
-        for copy in [restoringPath(at: destination), copyPath(at: destination)] where exists(copy) {
+    func completeInterruptedPlacement(at destination: String) throws -> Bool {
+        guard !fileExists(destination), fileExists(KeyFile.path(forDatabase: destination)) else { return false }
+        for copy in [Backup.restoringPath(at: destination), Backup.copyPath(at: destination)] where fileExists(copy) {
             do {
                 // Another opener may have linked it a moment ago: then it is in place.
                 if link(copy, destination) != 0 && errno != EEXIST {
@@ -230,7 +229,7 @@ struct Restore {
         let lock = try await DestinationLock.acquire(path)
         var placed = false
         defer { lock.release(placed: placed) }
-        if try Backup.completeInterruptedPlacement(at: path) {
+        if try database.completeInterruptedPlacement(at: path) {
             placed = true
             database.record(.databaseRestored, try? database.load(), detail: "an interrupted placement completed")
             let completed = try database.load()

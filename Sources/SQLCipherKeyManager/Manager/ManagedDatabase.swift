@@ -328,7 +328,7 @@ final class ManagedDatabase: Sendable {
         } catch let error as DBKeyError where error.resultCode == .SQLITE_CANTOPEN && !fileExists(databasePath) {
             // Asked only when SQLite could not open it, so a normal open makes no extra stat.
             // A backup or restore killed after writing the .key left its whole copy: finish it.
-            if try Backup.completeInterruptedPlacement(at: databasePath) {
+            if try completeInterruptedPlacement(at: databasePath) {
                 logger.debug("Completed an interrupted backup or restore placement")
                 return try openConnection(key: key, keyFile: keyFile, onClose: onClose)
             }
