@@ -168,7 +168,9 @@ struct TemporaryStorageTests {
     }
 
     /// Rows enough to spill a temporary table out of a 10-page cache.
-    static let fiveMegabytes = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT randomblob(1000) AS x FROM n"
+    static let fiveMegabytes =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
+        + "SELECT randomblob(1000) AS x FROM n"
 
     /// How many of SQLite's temporary files (`etilqs_…`) this process has open.
     static func openTemporaryFiles() -> Int {
