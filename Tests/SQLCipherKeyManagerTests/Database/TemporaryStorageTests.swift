@@ -154,7 +154,8 @@ struct TemporaryStorageTests {
         // The probe sees SQLite's temporary files: an unkeyed connection told to use files has one
         // open (unlinked, as SQLite makes them) while its temporary table exists.
         let control = try DatabaseConnection.open(path: ":memory:", keying: .plaintext, create: true)
-        try control.execute("PRAGMA temp_store = FILE; PRAGMA temp.cache_size = 10; CREATE TEMP TABLE c AS \(Self.fiveMegabytes)")
+        try control.execute(
+            "PRAGMA temp_store = FILE; PRAGMA temp.cache_size = 10; CREATE TEMP TABLE c AS \(Self.fiveMegabytes)")
         #expect(Self.openTemporaryFiles() > 0, "the probe saw no temporary file")
         control.close()
         // An app whose SQLite defaults to files (or that asked for them) before keying the handle.
