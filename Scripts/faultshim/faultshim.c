@@ -6,8 +6,10 @@
 //   FAULTSHIM_LOG=/file        appends "FUNC SITE" for each call seen; SITE is a hash of the
 //                              caller's stack (module-relative addresses: stable across runs)
 //   FAULTSHIM_AT=FUNC:SITE:N   the N-th call of FUNC from SITE ("*": from anywhere) ...
-//   FAULTSHIM_MODE=MODE        ... fails with EIO or ENOSPC, or gets SIGKILL just before
-//                              (killbefore) or just after (killafter) it runs
+//   FAULTSHIM_MODE=MODE        ... fails with EIO or ENOSPC, gets SIGKILL just before
+//                              (killbefore) or just after (killafter) it runs, or stops the
+//                              process with SIGSTOP just before it (stopbefore: the memory
+//                              audit's pause; the call runs once the process is continued)
 //
 // FUNC is one of open, write, pwrite, fsync, fdatasync, rename, unlink (open64, openat, pwrite64,
 // renameat and unlinkat count as their plain names). Built by Scripts/test; used by the
@@ -108,7 +110,7 @@ static void log_call(const char *func, unsigned long long site) {
 }
 
 // What happens to this call: 0 to run it, an errno to fail it with; SIGKILL on the spot for
-// killbefore, and *kill_after set for killafter.
+// killbefore, SIGSTOP on the spot for stopbefore, and *kill_after set for killafter.
 static int decide(const char *func, int *kill_after) {
     *kill_after = 0;
     inside++;
@@ -125,6 +127,10 @@ static int decide(const char *func, int *kill_after) {
     if (strcmp(want_site, "*") != 0 && strtoull(want_site, NULL, 16) != site) return 0;
     if (++matching_calls != want_n) return 0;
     if (strcmp(mode, "killbefore") == 0) kill(getpid(), SIGKILL);
+    if (strcmp(mode, "stopbefore") == 0) {
+        kill(getpid(), SIGSTOP);
+        return 0;
+    }
     if (strcmp(mode, "killafter") == 0) {
         *kill_after = 1;
         return 0;
