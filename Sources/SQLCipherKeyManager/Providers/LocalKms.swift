@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import Logging
 import SystemPackage
@@ -94,8 +93,7 @@ public struct LocalKms: KeyManagementService {
 
     /// The KEK id of a master key: `local:` + hex of the first 8 bytes of its SHA-256.
     public static func kekId(for masterKey: SecureBuffer) -> String {
-        let digest = masterKey.withUnsafeBytes { SHA256.hash(data: $0) }
-        return "local:" + digest.prefix(8).lowercaseHex
+        "local:" + KeyedCrypto.sha256(of: masterKey).prefix(8).lowercaseHex
     }
 
     /// Loads the master key from the environment, or from (or into) the default file.

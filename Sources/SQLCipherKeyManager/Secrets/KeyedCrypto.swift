@@ -65,6 +65,19 @@ enum KeyedCrypto {
         }
     }
 
+    /// The SHA-256 digest of a key (`EVP_Digest`, whose working state holds the key's bytes
+    /// until it is cleansed and freed; swift-crypto's `SHA256` keeps them in its context,
+    /// uncleansed, as the memory audit found).
+    static func sha256(of key: SecureBuffer) -> [UInt8] {
+        var digest = [UInt8](repeating: 0, count: Digest.sha256.byteCount)
+        var length: UInt32 = 0
+        let done = key.withUnsafeBytes { bytes in
+            EVP_Digest(bytes.baseAddress, bytes.count, &digest, &length, EVP_sha256(), nil)
+        }
+        precondition(done == 1 && length == digest.count, "OpenSSL's SHA-256 failed")
+        return digest
+    }
+
     /// `byteCount` bytes of PBKDF2-HMAC-`digest` (RFC 8018), written straight into secure
     /// memory (`PKCS5_PBKDF2_HMAC`).
     static func pbkdf2(
