@@ -156,7 +156,7 @@ struct Doctor {
             add(
                 "stale-temporary",
                 "\(RotationRequest.claimedPath(path)) is a rotation request claimed by an app that stopped before answering.",
-                "Delete it (rm \(RotationRequest.claimedPath(path))); the next open settles whatever the rotation left."
+                "Rotate (dbkey rotate \(path)), which removes it, or delete it (rm \(RotationRequest.claimedPath(path))); the next open settles whatever the rotation left."
             )
         }
     }

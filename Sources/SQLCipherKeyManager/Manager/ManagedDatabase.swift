@@ -285,6 +285,7 @@ final class ManagedDatabase: Sendable {
             }
             removeStaleTemporaryKeyFiles()
             removeUnusableRollbackJournal()
+            RotationRequest.removeAbandonedClaim(databasePath)
             return try await TaskPause.$current.withValue(pause) {
                 let settled = try await journal.settle(try load())
                 removeStaleCopy()

@@ -109,6 +109,20 @@ public enum RotationRequest {
         return flock(descriptor.rawValue, LOCK_SH | LOCK_NB) == 0 ? .abandoned : .held
     }
 
+    /// Removes a claimed request whose app stopped after it answered, or before: its claim is
+    /// held by no process. Called under the database's exclusive lock, which no running app
+    /// leaves to anyone: no claim can be made meanwhile.
+    static func removeAbandonedClaim(_ databasePath: String) {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                claimedPath(databasePath), .readOnly, options: [.noFollow, .closeOnExec], retryOnInterrupt: true)
+        else { return }
+        defer { try? descriptor.close() }
+        if flock(descriptor.rawValue, LOCK_EX | LOCK_NB) == 0 {
+            _ = unlink(claimedPath(databasePath))
+        }
+    }
+
     // MARK: - The requester's side
 
     /// Leaves a request, waits up to `timeout` for an app to claim and answer it, and returns
@@ -127,6 +141,9 @@ public enum RotationRequest {
             throw DBKeyError(
                 .databaseInUse, "Another rotation request for \(path) is waiting for an answer: try again later.",
                 path: path)
+        } catch let error as DBKeyError where error.code == .keyChangePending {
+            // In place, its directory not flushed: an app sees it all the same, and waiting
+            // for its answer is the only way to say what became of it.
         }
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline && access(requestPath(path), F_OK) == 0 {
@@ -158,7 +175,7 @@ public enum RotationRequest {
                 _ = unlink(claimedPath(path))
                 throw DBKeyError(
                     .rotationInterrupted,
-                    "The app that claimed the rotation request for \(path) stopped without answering. The next open settles whatever it left; run dbkey status to see the key version.",
+                    "The app that claimed the rotation request for \(path) stopped without answering (or could not write its answer). The next open settles whatever it left; run dbkey status to see the key version.",
                     path: path)
             }
         }
@@ -166,14 +183,33 @@ public enum RotationRequest {
 
     /// The outcome written for request `id`, if it is there: removed, and turned into the
     /// rotated `.key` or the app's error.
+    ///
+    /// The app has answered by then: a failure to read its answer, or the rotated `.key`, is
+    /// reported as ``DBKeyError/Code-swift.struct/keyChangePending`` — the rotation may have
+    /// happened, and a plain failure would say it did not.
     private static func answer(to id: String, path: String) throws -> ((ManagedDatabase) throws -> KeyFile)? {
         guard access(resultPath(path), F_OK) == 0 else { return nil }
-        let result = try read(resultPath(path), kind: "rotation result")
+        func unread(_ what: String, _ error: any Error) -> DBKeyError {
+            DBKeyError(
+                .keyChangePending,
+                "The app holding \(path) answered the rotation request, but \(what) failed (\((error as? DBKeyError)?.message ?? "\(type(of: error))")). The rotation is done or undone by the app, journaled: run dbkey status \(path) to see the key version.",
+                path: path)
+        }
+        let result: [String: Any]
+        do {
+            result = try read(resultPath(path), kind: "rotation result")
+        } catch {
+            throw unread("reading its answer", error)
+        }
         guard result["id"] as? String == id else { return nil }
         _ = unlink(resultPath(path))
         return { database in
             if result["status"] as? String == "rotated" {
-                return try database.load()
+                do {
+                    return try database.load()
+                } catch {
+                    throw unread("reading the rotated .key", error)
+                }
             }
             let code = DBKeyError.Code(rawValue: result["code"] as? String ?? DBKeyError.Code.io.rawValue)
             throw DBKeyError(
