@@ -45,7 +45,8 @@ public enum DatabaseFleet {
         }
     }
 
-    /// The managed databases below `directory`: every regular `<db>.key` file, in path order.
+    /// The managed databases below `directory`: every regular `<db>.key` file, in path order;
+    /// a local master key file among them (base64, not a `.key` file's JSON) is left out.
     /// Symbolic links — to files or to directories — are never followed (the walk never leaves
     /// the tree) and are returned as refused, with the reason.
     ///
@@ -75,7 +76,7 @@ public enum DatabaseFleet {
                     refused.append((path, "a symbolic link, not followed"))
                 case .directory:
                     pending.append(path)
-                case .regular where name.hasSuffix(".key") && name.count > 4:
+                case .regular where name.hasSuffix(".key") && name.count > 4 && !isOtherKeyFile(path):
                     databases.append(String(path.dropLast(4)))
                 default:
                     continue
@@ -83,6 +84,27 @@ public enum DatabaseFleet {
             }
         }
         return (databases.sorted(), refused.sorted { $0.0 < $1.0 })
+    }
+
+    /// Whether a `*.key` file is some other key than a database's: a `.key` file is a JSON
+    /// object, a local master key file (`master.key`, kept beside the databases it wraps) is
+    /// base64. Its first bytes are read into secure memory, as they may be a secret's; an empty
+    /// or unreadable file stays a database's, to be reported.
+    static func isOtherKeyFile(_ path: String) -> Bool {
+        guard
+            let descriptor = try? FileDescriptor.open(
+                FilePath(path), .readOnly, options: [.noFollow, .closeOnExec], retryOnInterrupt: true)
+        else { return false }
+        defer { try? descriptor.close() }
+        var read = 0
+        let start = SecureBuffer(count: 16) { bytes in
+            read = (try? descriptor.read(into: bytes, retryOnInterrupt: true)) ?? 0
+        }
+        return start.withUnsafeBytes { bytes in
+            let whitespace: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0D]
+            guard let first = bytes.prefix(read).first(where: { !whitespace.contains($0) }) else { return false }
+            return first != UInt8(ascii: "{")
+        }
     }
 
     /// Runs `work` on every database, at most `jobs` at a time, and returns the outcomes in

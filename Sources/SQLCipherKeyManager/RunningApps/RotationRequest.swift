@@ -173,9 +173,13 @@ public enum RotationRequest {
             case .none, .abandoned:
                 if let outcome = try answer(to: id, path: path) { return try outcome(database) }
                 _ = unlink(claimedPath(path))
+                let untrusted =
+                    access(resultPath(path), F_OK) == 0
+                    ? " An answer is there that this requester does not trust (another user's file, or a link): run dbkey as the app's user, and remove \(resultPath(path)) if neither wrote it."
+                    : ""
                 throw DBKeyError(
                     .rotationInterrupted,
-                    "The app that claimed the rotation request for \(path) stopped without answering (or could not write its answer). The next open settles whatever it left; run dbkey status to see the key version.",
+                    "The app that claimed the rotation request for \(path) stopped without answering (or could not write its answer). The next open settles whatever it left; run dbkey status to see the key version.\(untrusted)",
                     path: path)
             }
         }
@@ -198,7 +202,15 @@ public enum RotationRequest {
         let result: [String: Any]
         do {
             result = try read(resultPath(path), kind: "rotation result")
+        } catch let error as DBKeyError
+            where [.keyFileMissing, .keyFileInsecure, .keyFileCorrupt, .invalidConfiguration].contains(error.code)
+        {
+            // Gone, or not an answer this requester can trust (another user's file, a link, not
+            // JSON): not its answer. The app's answer replaces it.
+            return nil
         } catch {
+            // Unread: withdrawn if no app has taken the request, so that nothing changes.
+            if unlink(requestPath(path)) == 0 { throw error }
             throw unread("reading its answer", error)
         }
         guard result["id"] as? String == id else { return nil }
@@ -220,7 +232,7 @@ public enum RotationRequest {
     }
 
     private static func read(_ path: String, kind: String) throws -> [String: Any] {
-        let bytes = try ProtectedFile.read(at: path, maxSize: maxSize, kind: kind, missingCode: .io)
+        let bytes = try ProtectedFile.read(at: path, maxSize: maxSize, kind: kind, missingCode: .keyFileMissing)
         let object = bytes.withUnsafeBytes { try? JSONSerialization.jsonObject(with: Data($0)) }
         guard let fields = object as? [String: Any] else {
             throw DBKeyError(.invalidConfiguration, "The \(kind) \(path) is not a JSON object.", path: path)

@@ -126,7 +126,9 @@ struct FleetTests {
         try await Self.expectOpening(paths, kms: try Moto.provider())
     }
 
-    @Test("rotate --all --if-due skips databases in use and reports them; doctor --all names the broken one")
+    @Test(
+        "rotate --all --if-due skips databases in use and reports them, and takes no master key file for a database; doctor --all names the broken one"
+    )
     func rotateAndDoctorAll() async throws {
         let workspace = try Workspace()
         let root = workspace.directory.file("tenants")
@@ -136,10 +138,18 @@ struct FleetTests {
             held.append(
                 try await LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
         }
+        // A master key kept beside the databases is no database's .key; an empty .key is.
+        _ = try DBKeyCLITests.masterKeyFile(workspace, "tenants/tenant-0/master.key")
+        #expect(DatabaseFleet.isOtherKeyFile(root + "/tenant-0/master.key"))
+        #expect(!DatabaseFleet.isOtherKeyFile(paths[0] + ".key"))
+        #expect(FileManager.default.createFile(atPath: root + "/empty.db.key", contents: Data()))
+        #expect(!DatabaseFleet.isOtherKeyFile(root + "/empty.db.key"))
+        try FileManager.default.removeItem(atPath: root + "/empty.db.key")
+        #expect(try DatabaseFleet.discover(under: root).databases == paths.sorted())
         let rotated = try await workspace.dbkey("rotate", "--all", root, "--json")
         #expect(rotated.status == 0, "skipped is not failed: \(rotated.stdout)")
         let (summary, databases) = try Self.summary(rotated)
-        #expect(summary["done"] == 7 && summary["skipped"] == 3)
+        #expect(summary["done"] == 7 && summary["skipped"] == 3 && databases.count == 10)
         #expect(
             Set(databases.filter { $0["status"] == "skipped" }.compactMap { $0["database"] }) == Set(paths.prefix(3)))
         held.forEach { $0.close() }

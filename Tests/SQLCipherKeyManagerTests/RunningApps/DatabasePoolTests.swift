@@ -274,6 +274,74 @@ struct DatabasePoolTests {
     }
 
     @Test(
+        "a result file planted beside the request (a link, another user's, readable by others, not JSON, too large) is not taken for the app's answer"
+    )
+    func plantedRotationResult() async throws {
+        let database = try await TestDatabase(rows: 10)
+        let manager = database.manager()
+        let (request, result) = (database.path + ".key.rotate-request", database.path + ".key.rotate-result")
+        // A directory anyone can write to, as an attacker needs.
+        #expect(chmod(database.directory.path, 0o777) == 0)
+        let answer = Data(#"{"id": "planted", "status": "failed", "code": "io", "message": "planted"}"#.utf8)
+        let elsewhere = database.directory.file("elsewhere.json")
+        #expect(
+            FileManager.default.createFile(atPath: elsewhere, contents: answer, attributes: [.posixPermissions: 0o600]))
+        var plants: [(String, () -> Bool)] = [
+            ("a link", { symlink(elsewhere, result) == 0 }),
+            (
+                "readable by others",
+                {
+                    FileManager.default.createFile(
+                        atPath: result, contents: answer, attributes: [.posixPermissions: 0o644])
+                }
+            ),
+            (
+                "not JSON",
+                {
+                    FileManager.default.createFile(
+                        atPath: result, contents: Data("{".utf8), attributes: [.posixPermissions: 0o600])
+                }
+            ),
+            (
+                "too large",
+                {
+                    FileManager.default.createFile(
+                        atPath: result, contents: Data(repeating: 0x20, count: 8192),
+                        attributes: [.posixPermissions: 0o600])
+                }
+            ),
+        ]
+        if getuid() == 0 {
+            plants.append(
+                (
+                    "another user's",
+                    {
+                        FileManager.default.createFile(
+                            atPath: result, contents: answer, attributes: [.posixPermissions: 0o600])
+                            && chown(result, 65534, 65534) == 0
+                    }
+                ))
+        }
+        for (index, (kind, plant)) in plants.enumerated() {
+            let requester = Task { try await manager.requestRotation(timeout: .seconds(30)) }
+            while !FileManager.default.fileExists(atPath: request) {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            #expect(plant(), "\(kind): not planted")
+            // The app starts answering only now: the planted file is there first.
+            let pool = try await manager.openPool(answeringRotationRequests: .milliseconds(20))
+            do {
+                let rotated = try await requester.value
+                #expect(rotated.version == index + 2, "\(kind)")
+            } catch {
+                Issue.record("\(kind): the requester took the planted file for an answer: \(error)")
+            }
+            await pool.close()
+        }
+        #expect(try manager.load().version == plants.count + 1)
+    }
+
+    @Test(
         "an app's coordinator is closed before a rotation and reopened after it, on the new key; one that refuses stops it"
     )
     func coordinator() async throws {
