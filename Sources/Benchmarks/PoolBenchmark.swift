@@ -59,7 +59,7 @@ enum PoolBenchmark {
     }
 
     /// `readers` tasks, each reading `readsPerReader` pages through the pool.
-    private static func poolReads(_ pool: DatabasePool, readers: Int) async throws {
+    private static func poolReads(_ pool: ConnectionPool, readers: Int) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for reader in 0..<readers {
                 group.addTask {

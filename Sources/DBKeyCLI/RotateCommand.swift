@@ -10,7 +10,7 @@ struct RotateCommand: AsyncParsableCommand {
             undoes a rotation that was interrupted. The pages are re-encrypted on every core into \
             a copy beside the database (it needs the database's size free), which replaces it; \
             --in-place uses PRAGMA rekey instead. Needs the database closed by every other \
-            process (see --wait). A database a running app keeps open in a DatabasePool is \
+            process (see --wait). A database a running app keeps open in a ConnectionPool is \
             rotated by the app: --request asks it to. To change only the KEK, use rewrap.
             """
     )
@@ -42,7 +42,7 @@ struct RotateCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "Ask the running app that holds the database to rotate it, and wait for its answer.",
             discussion:
-                "The app's DatabasePool must answer rotation requests (answeringRotationRequests). --wait bounds the whole wait (60 s when not given): no app taking the request withdraws it (exit 30); an app still rotating then finishes on its own (exit 33); an app that stops after taking it is reported at once (exit 31)."
+                "The app's ConnectionPool must answer rotation requests (answeringRotationRequests). --wait bounds the whole wait (60 s when not given): no app taking the request withdraws it (exit 30); an app still rotating then finishes on its own (exit 33); an app that stops after taking it is reported at once (exit 31)."
         ))
     var request = false
 

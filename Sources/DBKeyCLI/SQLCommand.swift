@@ -53,7 +53,7 @@ struct SQLCommand: AsyncParsableCommand {
         }
     }
 
-    private static func text(_ value: DatabaseValue) -> String {
+    private static func text(_ value: SQLValue) -> String {
         switch value {
         case .null: ""
         case .integer(let integer): String(integer)
@@ -69,7 +69,7 @@ struct SQLCommand: AsyncParsableCommand {
             .replacingOccurrences(of: "\n", with: "\\n")
     }
 
-    private static func jsonValue(_ value: DatabaseValue) -> Any {
+    private static func jsonValue(_ value: SQLValue) -> Any {
         switch value {
         case .null: NSNull()
         case .integer(let integer): integer

@@ -26,7 +26,7 @@ public final class DatabaseConnection {
     private var keyChangeGuard: KeyChangeGuard?
     /// Statements prepared from SQL strings of exactly one statement, kept for the next run of
     /// the same SQL (a pool's reads, `BEGIN` and `COMMIT`); finalised when the connection closes.
-    private var statementCache: [String: PreparedStatement] = [:]
+    private var statementCache: [String: StatementHandle] = [:]
     private static let statementCacheLimit = 64
 
     private init(handle: OpaquePointer, path: String, onClose: (() -> Void)?, ownsHandle: Bool = true) {
@@ -209,8 +209,8 @@ public final class DatabaseConnection {
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/sqlite`` when the SQL is invalid or holds more
     ///   than one statement.
-    public func prepare(_ sql: String) throws -> Statement {
-        var statements: [Statement] = []
+    public func prepare(_ sql: String) throws -> PreparedStatement {
+        var statements: [PreparedStatement] = []
         try forEachStatement(in: sql) { statements.append($0) }
         guard statements.count == 1 else {
             throw DBKeyError(.sqlite, "Expected exactly one SQL statement, found \(statements.count).")
@@ -229,8 +229,8 @@ public final class DatabaseConnection {
     /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
     public func execute(
         _ sql: String,
-        arguments: [DatabaseValue] = [],
-        onRow: (Row) throws -> Void = { _ in }
+        arguments: [SQLValue] = [],
+        onRow: (ResultRow) throws -> Void = { _ in }
     ) throws {
         try execute(sql, arguments: arguments, afterStatement: { _ in }, onRow: onRow)
     }
@@ -248,10 +248,10 @@ public final class DatabaseConnection {
     /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
     public func forEachResult(
         _ sql: String,
-        arguments: [DatabaseValue] = [],
-        _ body: (_ columnNames: [String], _ rows: [Row]) throws -> Void
+        arguments: [SQLValue] = [],
+        _ body: (_ columnNames: [String], _ rows: [ResultRow]) throws -> Void
     ) throws {
-        var rows: [Row] = []
+        var rows: [ResultRow] = []
         try execute(
             sql, arguments: arguments,
             afterStatement: { statement in
@@ -264,9 +264,9 @@ public final class DatabaseConnection {
 
     private func execute(
         _ sql: String,
-        arguments: [DatabaseValue],
-        afterStatement: (Statement) throws -> Void,
-        onRow: (Row) throws -> Void
+        arguments: [SQLValue],
+        afterStatement: (PreparedStatement) throws -> Void,
+        onRow: (ResultRow) throws -> Void
     ) throws {
         var remaining = arguments[...]
         // Each statement is prepared only after the one before it ran: a script may create a
@@ -294,8 +294,8 @@ public final class DatabaseConnection {
     /// Runs `sql` and returns every row it produces.
     ///
     /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
-    public func fetchAll(_ sql: String, arguments: [DatabaseValue] = []) throws -> [Row] {
-        var rows: [Row] = []
+    public func fetchAll(_ sql: String, arguments: [SQLValue] = []) throws -> [ResultRow] {
+        var rows: [ResultRow] = []
         try execute(sql, arguments: arguments) { rows.append($0) }
         return rows
     }
@@ -382,11 +382,11 @@ public final class DatabaseConnection {
     /// - Parameter cached: Whether SQL of exactly one statement is kept prepared for the next
     ///   call with the same SQL. A cached statement is taken out of the cache while it runs, so
     ///   the same SQL run from inside `body` gets a statement of its own.
-    func forEachStatement(in sql: String, cached: Bool = false, _ body: (Statement) throws -> Void) throws {
+    func forEachStatement(in sql: String, cached: Bool = false, _ body: (PreparedStatement) throws -> Void) throws {
         let handle = try liveHandle()
-        let cached = cached && PreparedStatement.countsReprepares
+        let cached = cached && StatementHandle.countsReprepares
         if cached, let entry = statementCache.removeValue(forKey: sql) {
-            let statement = Statement(connection: self, prepared: entry, ownsHandle: false)
+            let statement = PreparedStatement(connection: self, prepared: entry, ownsHandle: false)
             defer { keep(statement.prepared, for: sql) }
             try body(statement)
             return
@@ -407,14 +407,14 @@ public final class DatabaseConnection {
                 // A null statement with OK is whitespace or a comment: nothing to run.
                 if let statementHandle {
                     if cached && current == start && tail == end {
-                        let statement = Statement(
-                            connection: self, prepared: PreparedStatement(handle: statementHandle), ownsHandle: false)
+                        let statement = PreparedStatement(
+                            connection: self, prepared: StatementHandle(handle: statementHandle), ownsHandle: false)
                         defer { keep(statement.prepared, for: sql) }
                         try body(statement)
                     } else {
                         try body(
-                            Statement(
-                                connection: self, prepared: PreparedStatement(handle: statementHandle), ownsHandle: true
+                            PreparedStatement(
+                                connection: self, prepared: StatementHandle(handle: statementHandle), ownsHandle: true
                             ))
                     }
                 }
@@ -425,7 +425,7 @@ public final class DatabaseConnection {
 
     /// Puts a statement back in the cache, or finalises it when the connection has closed, the
     /// cache is full, or the same SQL was cached meanwhile.
-    private func keep(_ entry: PreparedStatement, for sql: String) {
+    private func keep(_ entry: StatementHandle, for sql: String) {
         guard handle != nil, statementCache[sql] == nil, statementCache.count < Self.statementCacheLimit else {
             sqlite3_finalize(entry.handle)
             return
@@ -451,7 +451,7 @@ public final class DatabaseConnection {
     }
 
     static func error(code: Int32, message: String) -> DBKeyError {
-        let resultCode = ResultCode(rawValue: code)
+        let resultCode = SQLiteResultCode(rawValue: code)
         switch resultCode {
         case .SQLITE_NOTADB, .SQLITE_CORRUPT:
             return DBKeyError(

@@ -92,7 +92,7 @@ public struct DBKeyError: Error, Sendable, CustomStringConvertible {
     /// What happened and what to do about it. Never contains secrets.
     public let message: String
     /// The SQLite result code, for errors that come from SQLite.
-    public let resultCode: ResultCode?
+    public let resultCode: SQLiteResultCode?
     /// The system error, for errors that come from a system call.
     public let errno: Errno?
     /// The file the error is about (a database, a `.key` file, a lock file), when there is one.
@@ -116,7 +116,7 @@ public struct DBKeyError: Error, Sendable, CustomStringConvertible {
     public init(
         _ code: Code,
         _ message: String,
-        resultCode: ResultCode? = nil,
+        resultCode: SQLiteResultCode? = nil,
         errno: Errno? = nil,
         path: String? = nil,
         kekId: String? = nil,

@@ -101,7 +101,7 @@ final class DatabaseLock {
             mode == .shared
             ? "\(databasePath) is in use: a key rotation or migration is running on it. Try again when it is done\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
             // A pool holds the shared lock for as long as the app runs: waiting does not end that.
-            : "\(databasePath) is in use: another connection or process has it open, or is rotating it. A running app's DatabasePool holds it for as long as the app runs: ask the app to rotate (dbkey rotate --request, with answeringRotationRequests). Otherwise try again once the other process is closed\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
+            : "\(databasePath) is in use: another connection or process has it open, or is rotating it. A running app's ConnectionPool holds it for as long as the app runs: ask the app to rotate (dbkey rotate --request, with answeringRotationRequests). Otherwise try again once the other process is closed\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
         throw DBKeyError(.databaseInUse, message)
     }
 

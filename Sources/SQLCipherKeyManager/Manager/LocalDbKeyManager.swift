@@ -59,7 +59,7 @@ public final class LocalDbKeyManager: Sendable {
         /// `.zero` fails at once.
         public var busyTimeout: Duration
         /// How long a key change made in this process waits for the work running on its
-        /// ``DatabasePool``s and ``KeyChangeCoordinator``s to finish before failing with
+        /// ``ConnectionPool``s and ``KeyChangeCoordinator``s to finish before failing with
         /// ``DBKeyError/Code-swift.struct/databaseInUse``.
         public var quiesceTimeout: Duration
 

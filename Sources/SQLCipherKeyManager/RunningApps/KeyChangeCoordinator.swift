@@ -69,7 +69,7 @@ public final class KeyChangeRegistration: Sendable {
 }
 
 /// What holds handles on a database in this process and pauses for a key change: a
-/// ``DatabasePool``, or an app's ``KeyChangeCoordinator``.
+/// ``ConnectionPool``, or an app's ``KeyChangeCoordinator``.
 protocol KeyChangeParticipant: Sendable {
     /// Lets running work finish (until `deadline`), closes every handle and lets go of the
     /// shared lock; throws, having resumed, when it cannot.

@@ -12,19 +12,19 @@ extension LocalDbKeyManager {
     ///   - maximumReaders: The most readers open at once (at least 1).
     ///   - answeringRotationRequests: How often the pool checks for an operator's rotation
     ///     request (``RotationRequest``, `dbkey rotate --request`); `nil`, the default, never.
-    /// - Returns: The open pool; close it with ``DatabasePool/close()``.
+    /// - Returns: The open pool; close it with ``ConnectionPool/close()``.
     /// - Throws: What ``openOrCreate()`` throws; ``DBKeyError/Code-swift.struct/sqlite`` when the
     ///   database cannot be switched to WAL mode.
     public func openPool(
         maximumReaders: Int = 4,
         answeringRotationRequests: Duration? = nil
-    ) async throws -> DatabasePool {
+    ) async throws -> ConnectionPool {
         guard maximumReaders >= 1 else {
             throw DBKeyError(
                 .invalidConfiguration, "A pool needs at least one reader; \(maximumReaders) were asked for.")
         }
         try await createOnFirstUse()
-        let pool = DatabasePool(
+        let pool = ConnectionPool(
             database: database, maximumReaders: maximumReaders, rotationRequestInterval: answeringRotationRequests)
         do {
             try await pool.start()
@@ -46,8 +46,27 @@ extension LocalDbKeyManager {
             CoordinatorParticipant(coordinator: coordinator), databasePath: databasePath)
     }
 
+    /// Carries out an operator's rotation request (`dbkey rotate --request`), if one is waiting,
+    /// and writes its outcome for the requester: what a ``ConnectionPool`` opened with
+    /// `answeringRotationRequests` does by itself, for an app whose own SQLite stack holds the
+    /// database through the keying seam and a registered ``KeyChangeCoordinator`` (GRDB through
+    /// DBKeyGRDB's `KeyedDatabasePool`). Call it on a timer; it returns at once when no request
+    /// waits.
+    ///
+    /// ```swift
+    /// let answering = Task {
+    ///     while !Task.isCancelled {
+    ///         try? await Task.sleep(for: .seconds(2))
+    ///         await manager.answerRotationRequest()
+    ///     }
+    /// }
+    /// ```
+    public func answerRotationRequest() async {
+        await RotationRequest.answer(database: database)
+    }
+
     /// Asks the app holding the database to rotate its key, and waits for the outcome — the
-    /// way to rotate a database a running app's ``DatabasePool`` keeps open (see
+    /// way to rotate a database a running app's ``ConnectionPool`` keeps open (see
     /// ``RotationRequest``).
     ///
     /// - Parameters:

@@ -4,7 +4,7 @@ import SystemPackage
 
 /// An operator's request that the app holding a database rotate its key.
 ///
-/// A running app's ``DatabasePool`` holds the database's shared lock for as long as it lives,
+/// A running app's ``ConnectionPool`` holds the database's shared lock for as long as it lives,
 /// so another process can never take the exclusive lock a rotation needs. Instead it leaves a
 /// request beside the database, `<db>.key.rotate-request`; a pool opened with
 /// `answeringRotationRequests` set notices it, claims it (renaming it to
@@ -154,7 +154,7 @@ public enum RotationRequest {
         if ContinuousClock.now >= deadline, unlink(requestPath(path)) == 0 {
             throw DBKeyError(
                 .databaseInUse,
-                "No app answered the rotation request for \(path) within \(timeout): none holding it answers requests (DatabasePool's answeringRotationRequests), or none is running. The request was withdrawn; nothing was changed.",
+                "No app answered the rotation request for \(path) within \(timeout): none holding it answers requests (ConnectionPool's answeringRotationRequests), or none is running. The request was withdrawn; nothing was changed.",
                 path: path)
         }
         // Claimed: the answer is waited for within the same bound, and a claim that no live

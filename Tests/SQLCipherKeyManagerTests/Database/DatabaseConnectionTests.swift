@@ -64,9 +64,10 @@ struct DatabaseConnectionTests {
         let (db, key) = try openNew(directory)
         try db.execute("CREATE TABLE t(a INTEGER); INSERT INTO t VALUES (1), (2)")
         let select = "SELECT * FROM t ORDER BY 1"
-        #expect(try db.fetchAll(select) == [1, 2].map { Row(columnNames: ["a"], values: [.integer($0)]) })
+        #expect(try db.fetchAll(select) == [1, 2].map { ResultRow(columnNames: ["a"], values: [.integer($0)]) })
         try db.execute("ALTER TABLE t ADD COLUMN b TEXT DEFAULT 'x'")
-        #expect(try db.fetchAll(select).first == Row(columnNames: ["a", "b"], values: [.integer(1), .text("x")]))
+        #expect(
+            try db.fetchAll(select).first == ResultRow(columnNames: ["a", "b"], values: [.integer(1), .text("x")]))
         var headers: [[String]] = []
         try db.forEachResult(select) { columns, _ in headers.append(columns) }
         // Another connection replaces the table: the kept statement is re-prepared as it runs.
@@ -76,7 +77,7 @@ struct DatabaseConnectionTests {
         other.close()
         #expect(
             try db.fetchAll(select)
-                == [Row(columnNames: ["x", "y", "z"], values: [.integer(7), .integer(8), .integer(9)])])
+                == [ResultRow(columnNames: ["x", "y", "z"], values: [.integer(7), .integer(8), .integer(9)])])
         try db.forEachResult(select) { columns, _ in headers.append(columns) }
         #expect(headers == [["a", "b"], ["x", "y", "z"]])
         // The same SQL run while its rows are read gets a statement of its own.
@@ -93,7 +94,7 @@ struct DatabaseConnectionTests {
         let directory = try TemporaryDirectory()
         let (db, _) = try openNew(directory)
         try db.execute("CREATE TABLE v(i, r, t, b, n)")
-        let values: [DatabaseValue] = [
+        let values: [SQLValue] = [
             .integer(Int64.min), .real(-0.125), .text("žluťoučký 🐎\u{0}end"), .blob([0, 1, 255]), .null,
         ]
         try db.execute("INSERT INTO v VALUES (?, ?, ?, ?, ?)", arguments: values)
@@ -168,7 +169,7 @@ struct DatabaseConnectionTests {
         let constraint = await expectError(.sqlite) {
             try db.execute("INSERT INTO t VALUES (?)", arguments: ["secret-value-1"])
         }
-        #expect(constraint?.resultCode.map { ResultCode.SQLITE_CONSTRAINT ~= $0 } == true)
+        #expect(constraint?.resultCode.map { SQLiteResultCode.SQLITE_CONSTRAINT ~= $0 } == true)
         #expect(constraint?.message.contains("secret-value-1") == false)
     }
 

@@ -123,6 +123,16 @@ enum DocCommentExamples {
         print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
     }
 
+    static func answeringRequests(manager: LocalDbKeyManager) {
+        let answering = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(2))
+                await manager.answerRotationRequest()
+            }
+        }
+        answering.cancel()
+    }
+
     /// The threat model article's examples.
     static func threatModel(manager: LocalDbKeyManager) async throws {
         let unsafe = try manager.load().slots.filter(\.isUnsafeEscrow)

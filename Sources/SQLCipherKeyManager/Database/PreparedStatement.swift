@@ -12,7 +12,7 @@ internal import CSQLCipher
 /// ```
 ///
 /// Argument values are never copied into error messages.
-public final class Statement {
+public final class PreparedStatement {
     /// The number of `?` parameters (`sqlite3_bind_parameter_count`).
     public var parameterCount: Int { prepared.parameterCount }
     /// The names of the result columns (`sqlite3_column_name`), read again when a schema change
@@ -22,13 +22,13 @@ public final class Statement {
     private let connection: DatabaseConnection
     private var handle: OpaquePointer { prepared.handle }
     /// The handle and what was read from it.
-    private(set) var prepared: PreparedStatement
+    private(set) var prepared: StatementHandle
     /// Whether the statement finalises its handle; `false` for one the connection's cache owns.
     private let ownsHandle: Bool
 
     /// A statement over a prepared handle: its own (finalised with it), or one the connection's
     /// statement cache owns.
-    init(connection: DatabaseConnection, prepared: PreparedStatement, ownsHandle: Bool) {
+    init(connection: DatabaseConnection, prepared: StatementHandle, ownsHandle: Bool) {
         self.connection = connection
         self.prepared = prepared
         self.ownsHandle = ownsHandle
@@ -43,20 +43,20 @@ public final class Statement {
     /// Runs the statement with `arguments`, discarding any rows.
     ///
     /// - Throws: ``DBKeyError`` when the arguments do not match or a step fails.
-    public func execute(arguments: [DatabaseValue] = []) throws {
+    public func execute(arguments: [SQLValue] = []) throws {
         try run(arguments: arguments) { _ in }
     }
 
     /// Runs the statement with `arguments` and returns its rows.
     ///
     /// - Throws: ``DBKeyError`` when the arguments do not match or a step fails.
-    public func fetchAll(arguments: [DatabaseValue] = []) throws -> [Row] {
-        var rows: [Row] = []
+    public func fetchAll(arguments: [SQLValue] = []) throws -> [ResultRow] {
+        var rows: [ResultRow] = []
         try run(arguments: arguments) { rows.append($0) }
         return rows
     }
 
-    func run(arguments: [DatabaseValue], onRow: (Row) throws -> Void) throws {
+    func run(arguments: [SQLValue], onRow: (ResultRow) throws -> Void) throws {
         try bind(arguments)
         defer { sqlite3_reset(handle) }
         connection.forgetKeyChangeRefusal()
@@ -66,10 +66,10 @@ public final class Statement {
             // A schema change made SQLite re-prepare the statement as it stepped (another
             // connection's change is seen only then): its columns may differ. An SQLite that
             // does not count re-preparations is asked again after every first step.
-            if PreparedStatement.reprepareCount(handle) != prepared.reprepares
-                || (firstStep && !PreparedStatement.countsReprepares)
+            if StatementHandle.reprepareCount(handle) != prepared.reprepares
+                || (firstStep && !StatementHandle.countsReprepares)
             {
-                prepared = PreparedStatement(handle: handle)
+                prepared = StatementHandle(handle: handle)
             }
             firstStep = false
             switch code {
@@ -89,7 +89,7 @@ public final class Statement {
         }
     }
 
-    private func bind(_ arguments: [DatabaseValue]) throws {
+    private func bind(_ arguments: [SQLValue]) throws {
         guard arguments.count == parameterCount else {
             throw DBKeyError(
                 .sqlite,
@@ -132,8 +132,8 @@ public final class Statement {
         }
     }
 
-    private func currentRow() -> Row {
-        let values = (0..<Int32(columnNames.count)).map { column -> DatabaseValue in
+    private func currentRow() -> ResultRow {
+        let values = (0..<Int32(columnNames.count)).map { column -> SQLValue in
             switch sqlite3_column_type(handle, column) {
             case SQLITE_INTEGER:
                 return .integer(sqlite3_column_int64(handle, column))
@@ -151,7 +151,7 @@ public final class Statement {
                 return .null
             }
         }
-        return Row(columnNames: columnNames, values: values)
+        return ResultRow(columnNames: columnNames, values: values)
     }
 }
 
@@ -159,7 +159,7 @@ public final class Statement {
 private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 /// A prepared statement's handle, and what was read from it when it was prepared.
-struct PreparedStatement {
+struct StatementHandle {
     let handle: OpaquePointer
     let parameterCount: Int
     let columnNames: [String]

@@ -5,7 +5,7 @@
 /// ```swift
 /// try db.execute("INSERT INTO note(id, body, score) VALUES (?, ?, ?)", arguments: [1, "hello", 0.5])
 /// ```
-public enum DatabaseValue: Sendable, Hashable {
+public enum SQLValue: Sendable, Hashable {
     /// SQL `NULL`.
     case null
     /// A 64-bit signed integer.
@@ -18,23 +18,23 @@ public enum DatabaseValue: Sendable, Hashable {
     case blob([UInt8])
 }
 
-extension DatabaseValue: ExpressibleByNilLiteral {
+extension SQLValue: ExpressibleByNilLiteral {
     public init(nilLiteral: ()) { self = .null }
 }
 
-extension DatabaseValue: ExpressibleByIntegerLiteral {
+extension SQLValue: ExpressibleByIntegerLiteral {
     public init(integerLiteral value: Int64) { self = .integer(value) }
 }
 
-extension DatabaseValue: ExpressibleByFloatLiteral {
+extension SQLValue: ExpressibleByFloatLiteral {
     public init(floatLiteral value: Double) { self = .real(value) }
 }
 
-extension DatabaseValue: ExpressibleByStringLiteral {
+extension SQLValue: ExpressibleByStringLiteral {
     public init(stringLiteral value: String) { self = .text(value) }
 }
 
-extension DatabaseValue {
+extension SQLValue {
     /// The value as an integer, when it is one.
     public var integerValue: Int64? {
         if case .integer(let value) = self { return value }
@@ -49,24 +49,24 @@ extension DatabaseValue {
 }
 
 /// One row of a query result.
-public struct Row: Sendable, Hashable {
+public struct ResultRow: Sendable, Hashable {
     /// The result's column names, in order.
     public let columnNames: [String]
     /// The row's values, in column order.
-    public let values: [DatabaseValue]
+    public let values: [SQLValue]
 
     /// Creates a row.
-    public init(columnNames: [String], values: [DatabaseValue]) {
+    public init(columnNames: [String], values: [SQLValue]) {
         precondition(columnNames.count == values.count, "a row needs one value per column")
         self.columnNames = columnNames
         self.values = values
     }
 
     /// The value at a column index.
-    public subscript(index: Int) -> DatabaseValue { values[index] }
+    public subscript(index: Int) -> SQLValue { values[index] }
 
     /// The value of the first column with this name, or `nil` when there is no such column.
-    public subscript(name: String) -> DatabaseValue? {
+    public subscript(name: String) -> SQLValue? {
         columnNames.firstIndex(of: name).map { values[$0] }
     }
 }

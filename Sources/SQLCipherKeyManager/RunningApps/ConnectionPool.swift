@@ -33,7 +33,7 @@ import Logging
 /// The pool holds the database's shared lock while it is open (as a connection does), so
 /// another process cannot rotate the key; an operator's `dbkey rotate --request` asks the pool
 /// to rotate instead (see ``RotationRequest``).
-public actor DatabasePool {
+public actor ConnectionPool {
     /// The database file's path.
     public nonisolated let databasePath: String
     /// The most readers open at once.
@@ -395,10 +395,10 @@ final class PooledConnection: @unchecked Sendable {
     }
 }
 
-extension DatabasePool {
+extension ConnectionPool {
     /// The pool as a key-change participant, without keeping it alive.
     fileprivate struct Participant: KeyChangeParticipant {
-        weak var pool: DatabasePool?
+        weak var pool: ConnectionPool?
 
         func suspend(until deadline: ContinuousClock.Instant) async throws {
             try await pool?.pause(until: deadline)

@@ -8,9 +8,9 @@ import Testing
 
 /// The connection pool, and key changes made while it runs.
 @Suite("Connection pool and online rotation")
-struct DatabasePoolTests {
+struct ConnectionPoolTests {
     /// Creates `entry` (1...n) and `total` (their sum), which the writer keeps in step.
-    static func createLedger(_ pool: DatabasePool) async throws {
+    static func createLedger(_ pool: ConnectionPool) async throws {
         try await pool.write { db in
             try db.execute(
                 "CREATE TABLE entry(n INTEGER PRIMARY KEY); CREATE TABLE total(sum INTEGER NOT NULL); INSERT INTO total VALUES (0)"
@@ -19,7 +19,7 @@ struct DatabasePoolTests {
     }
 
     /// Commits entry `n` and adds it to the total, in one transaction.
-    static func commit(_ n: Int64, to pool: DatabasePool) async throws {
+    static func commit(_ n: Int64, to pool: ConnectionPool) async throws {
         try await pool.write { db in
             try db.execute("INSERT INTO entry(n) VALUES (?)", arguments: [.integer(n)])
             try db.execute("UPDATE total SET sum = sum + ?", arguments: [.integer(n)])
@@ -27,7 +27,7 @@ struct DatabasePoolTests {
     }
 
     /// One snapshot: the number of entries, their sum, and the total.
-    static func ledger(_ pool: DatabasePool) async throws -> (count: Int64, sum: Int64, total: Int64) {
+    static func ledger(_ pool: ConnectionPool) async throws -> (count: Int64, sum: Int64, total: Int64) {
         try await pool.read { db in
             let count = try db.fetchAll("SELECT count(*), coalesce(sum(n), 0) FROM entry")[0]
             let total = try db.fetchAll("SELECT sum FROM total")[0][0]
