@@ -1,0 +1,112 @@
+// A GRDB app on a DBKey-managed database, as the GRDB integration article describes it: a
+// KeyedDatabasePool with reader tasks and a writer task busy the whole time, while the key is
+// rotated by the app itself (--rotations) or by an operator's `dbkey rotate --request`
+// (--answer-requests). The integration's tests kill it at random moments.
+//
+// Use: dbkey-grdb-example-app DB [--readers N] [--rotations N] [--answer-requests] [--seconds S]
+// The local master key comes from the environment, as for dbkey. It prints "ready", then
+// "committed N" after each commit and "rotated V" after each rotation, and exits 3 when a
+// reader sees an inconsistent snapshot, 2 on any error.
+import DBKeyGRDB
+import Foundation
+import GRDB
+import Logging
+import SQLCipherKeyManager
+import Synchronization
+
+struct Options {
+    var database = ""
+    var readers = 2
+    var rotations = 0
+    var answerRequests = false
+    var seconds: Double?
+
+    init(_ arguments: [String]) {
+        var remaining = arguments[...]
+        while let argument = remaining.popFirst() {
+            switch argument {
+            case "--readers": readers = Int(remaining.popFirst() ?? "") ?? readers
+            case "--rotations": rotations = Int(remaining.popFirst() ?? "") ?? rotations
+            case "--answer-requests": answerRequests = true
+            case "--seconds": seconds = Double(remaining.popFirst() ?? "")
+            default: database = argument
+            }
+        }
+    }
+}
+
+/// Prints a line at once: the parent reads the output of a process it may kill at any moment.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+func fail(_ error: any Error, status: Int32 = 2) -> Never {
+    FileHandle.standardError.write(Data("dbkey-grdb-example-app: \(error)\n".utf8))
+    exit(status)
+}
+
+let options = Options(Array(CommandLine.arguments.dropFirst()))
+let logger = Logger(label: "dbkey-grdb-example-app")
+do {
+    let manager = LocalDbKeyManager(
+        databasePath: options.database, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
+    let pool = try await KeyedDatabasePool(
+        manager: manager, answeringRotationRequests: options.answerRequests ? .milliseconds(50) : nil)
+    // entry holds 1...n; total holds their sum, updated in the same transaction.
+    var migrator = DatabaseMigrator()
+    migrator.registerMigration("ledger") { db in
+        try db.create(table: "entry") { $0.primaryKey("n", .integer) }
+        try db.create(table: "total") { $0.column("sum", .integer).notNull() }
+        try db.execute(sql: "INSERT INTO total VALUES (0)")
+    }
+    try await pool.migrate(migrator)
+    let start = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT coalesce(max(n), 0) FROM entry") ?? 0 }
+    let stop = Atomic<Bool>(false)
+    say("ready")
+    let writer = Task {
+        var n = start
+        while !stop.load(ordering: .relaxed) {
+            n += 1
+            try await pool.write { [n] db in
+                try db.execute(sql: "INSERT INTO entry(n) VALUES (?)", arguments: [n])
+                try db.execute(sql: "UPDATE total SET sum = sum + ?", arguments: [n])
+            }
+            say("committed \(n)")
+            // Paced, as an app's writes are.
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        return n
+    }
+    let readers = (0..<options.readers).map { _ in
+        Task {
+            while !stop.load(ordering: .relaxed) {
+                let (sum, total) = try await pool.read { db in
+                    (
+                        try Int.fetchOne(db, sql: "SELECT coalesce(sum(n), 0) FROM entry") ?? -1,
+                        try Int.fetchOne(db, sql: "SELECT sum FROM total") ?? -2
+                    )
+                }
+                guard sum == total else {
+                    fail(DBKeyError(.sqlite, "inconsistent snapshot: sum \(sum), total \(total)"), status: 3)
+                }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+        }
+    }
+    for _ in 0..<options.rotations {
+        try await Task.sleep(for: .milliseconds(50))
+        say("rotated \(try await manager.rotateKey().version)")
+    }
+    if let seconds = options.seconds {
+        try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+    }
+    stop.store(true, ordering: .relaxed)
+    let last = try await writer.value
+    for reader in readers {
+        try await reader.value
+    }
+    try await pool.close()
+    say("done \(last)")
+} catch {
+    fail(error)
+}
