@@ -492,6 +492,8 @@ struct DocumentationExamplesTests {
         let sources = [
             URL(fileURLWithPath: #filePath).path,
             Self.root.appendingPathComponent("Tests/SQLCipherKeyManagerTests/Providers/Example/ExampleKms.swift").path,
+            // The GRDB article's examples, compiled by the GRDB integration's tests.
+            Self.root.appendingPathComponent("Integrations/GRDB/Tests/DBKeyGRDBTests/DocumentationExamples.swift").path,
         ].map { Self.codeLines((try? String(contentsOfFile: $0, encoding: .utf8)) ?? "") }
         let sourceFiles =
             FileManager.default.enumerator(atPath: Self.root.appendingPathComponent("Sources").path)?

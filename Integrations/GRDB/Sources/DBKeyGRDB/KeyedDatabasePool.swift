@@ -11,7 +11,7 @@ import Synchronization
 /// rotation replaces the database file and its key, and GRDB cannot reopen a connection: no
 /// connection of the old pool may stay. `KeyedDatabasePool` holds the current pool and is
 /// registered with the manager as a ``KeyChangeCoordinator``. Before every key change made in
-/// this process (``LocalDbKeyManager/rotateKey(dropUnreachableSlots:wait:progress:)``, a rewrap,
+/// this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``, a rewrap,
 /// a slot change, an operator's `dbkey rotate --request` it answers), it lets running work
 /// finish and closes the pool. After the change, it opens a new pool keyed with the new key.
 /// Work started meanwhile waits, and never fails for the change. Observations started with
