@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import SQLCipherKeyManager
 
@@ -20,6 +21,13 @@ struct NewKeyOptions: ParsableArguments {
             "Keep the first 32 bytes of the new database in plaintext, the salt in the .key (iOS shared containers; SQLCipher 4)."
     )
     var plaintextHeader = false
+
+    @Flag(
+        name: .customLong("allow-sqlcipher3"),
+        help:
+            "With a SQLCipher 3.x library, create the database in the old 3 format (otherwise refused). Also: DBKEY_ALLOW_SQLCIPHER3_DATABASES=1."
+    )
+    var allowSQLCipher3 = false
 
     func validate() throws {
         if let rotationDays, !(1...36_500).contains(rotationDays) {
@@ -44,7 +52,10 @@ struct NewKeyOptions: ParsableArguments {
                 encryptionContext: try EncryptionContext(parsing: contextPairs),
                 rotationPeriodDays: rotationDays,
                 pageSize: pageSize,
-                plaintextHeader: plaintextHeader
+                plaintextHeader: plaintextHeader,
+                allowsSQLCipher3Databases: allowSQLCipher3
+                    || ProcessInfo.processInfo.environment[
+                        LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable] == "1"
             ),
             logger: logger
         )

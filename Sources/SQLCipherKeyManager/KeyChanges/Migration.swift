@@ -21,6 +21,7 @@ struct Migration: Sendable {
 
     func run(from source: MigrationSource, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
+        try database.requireNewDatabasesAllowed()
         try database.configuration.encryptionContext.validate()
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: database.databasePath, wait: .zero)
         defer { lock.release() }

@@ -18,6 +18,7 @@ struct Initialization {
         }
         try configuration.encryptionContext.validate()
         try database.refuseSymbolicLink()
+        try database.requireNewDatabasesAllowed()
         let kms = try database.newKeyProvider()
         if let reason = kms.primaryRefusal(kekId: configuration.kekId) {
             throw DBKeyError(.invalidConfiguration, "\(configuration.kekId) cannot be the primary KEK: \(reason)")

@@ -62,6 +62,16 @@ public final class LocalDbKeyManager: Sendable {
         /// ``ConnectionPool``s and ``KeyChangeCoordinator``s to finish before failing with
         /// ``DBKeyError/Code-swift.struct/databaseInUse``.
         public var quiesceTimeout: Duration
+        /// Whether a process that linked SQLCipher 3.x may create databases, in the 3 format.
+        /// Off by default: DBKey creates new databases in the SQLCipher 4 format only, and with a
+        /// 3.x library ``LocalDbKeyManager/initialize()`` and every call that creates a database
+        /// fail with ``DBKeyError/Code-swift.struct/unsupportedFormat``, saying which library
+        /// was linked and how to link 4.x. The default is on when the environment sets
+        /// `DBKEY_ALLOW_SQLCIPHER3_DATABASES=1` (``allowSQLCipher3DatabasesVariable``).
+        public var allowsSQLCipher3Databases: Bool
+
+        /// The environment variable that turns ``allowsSQLCipher3Databases`` on by default.
+        public static let allowSQLCipher3DatabasesVariable = "DBKEY_ALLOW_SQLCIPHER3_DATABASES"
 
         /// Creates a configuration.
         public init(
@@ -76,7 +86,9 @@ public final class LocalDbKeyManager: Sendable {
             auditSink: (any AuditSink)? = nil,
             slotFallback: SlotFallback = .whenUnavailable,
             busyTimeout: Duration = .seconds(5),
-            quiesceTimeout: Duration = .seconds(10)
+            quiesceTimeout: Duration = .seconds(10),
+            allowsSQLCipher3Databases: Bool = ProcessInfo.processInfo.environment[
+                Configuration.allowSQLCipher3DatabasesVariable] == "1"
         ) {
             self.kekId = kekId
             self.kekProvider = kekProvider
@@ -90,6 +102,7 @@ public final class LocalDbKeyManager: Sendable {
             self.slotFallback = slotFallback
             self.busyTimeout = busyTimeout
             self.quiesceTimeout = quiesceTimeout
+            self.allowsSQLCipher3Databases = allowsSQLCipher3Databases
         }
     }
 

@@ -170,10 +170,26 @@ final class ManagedDatabase: Sendable {
         try newKeyFile(for: dataKey, provider: provider, cipher: cipher).requireRoomForKeyChanges(source: keyFilePath)
     }
 
+    /// Refuses to create a database with a SQLCipher 3.x library unless the configuration
+    /// allows the 3 format; checked before anything is created.
+    ///
+    /// - Returns: The linked engine.
+    @discardableResult
+    func requireNewDatabasesAllowed() throws -> SQLCipherEngine {
+        let engine = try SQLCipherEngine.linked()
+        guard engine.newDatabaseFormat >= 4 || configuration.allowsSQLCipher3Databases else {
+            throw DBKeyError(
+                .unsupportedFormat,
+                "This process linked SQLCipher \(engine.version), which makes databases in the old 3 format; DBKey creates new databases in the SQLCipher 4 format unless told otherwise. Link SQLCipher 4 (see the README's \"SQLCipher versions\": Debian 13's libsqlcipher-dev, or a 4.x build found through PKG_CONFIG_PATH), or allow the 3 format: LocalDbKeyManager.Configuration.allowsSQLCipher3Databases, dbkey --allow-sqlcipher3, or \(LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable)=1. Nothing was created.",
+                path: databasePath)
+        }
+        return engine
+    }
+
     /// The settings of a database this manager creates: the linked SQLCipher's newest format,
     /// the configured page size and, when configured, a plaintext header with its salt.
     func newDatabaseCipher() throws -> CipherSettings {
-        let engine = try SQLCipherEngine.linked()
+        let engine = try requireNewDatabasesAllowed()
         var cipher = CipherSettings.new(format: engine.newDatabaseFormat, pageSize: configuration.pageSize)
         cipher.sqlcipherVersion = engine.version
         if configuration.plaintextHeader {

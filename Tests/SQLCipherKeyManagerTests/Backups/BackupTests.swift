@@ -191,6 +191,7 @@ struct BackupTests {
         // The copy cannot grow past 64 KiB: the write fails (SIGXFSZ ignored, as a full disk would).
         let workspaceEnvironment = [
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
             LocalKms.masterKeyVariable: testMasterKeyBase64,
         ]
         let shell = try requireTool("sh", installedBy: "dash")

@@ -14,6 +14,7 @@ struct CrashTests {
     var environment: [String: String] {
         [
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
             LocalKms.masterKeyVariable: testMasterKeyBase64,
         ]
     }

@@ -29,6 +29,7 @@ struct DBKeyCLITests {
                 atPath: keyPath, contents: Data((masterKeyBase64 + "\n").utf8), attributes: [.posixPermissions: 0o600])
             environment = [
                 "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+                LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
                 "HOME": directory.path,
                 LocalKms.masterKeyFileVariable: keyPath,
             ]

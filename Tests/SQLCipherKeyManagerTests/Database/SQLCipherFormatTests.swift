@@ -483,4 +483,47 @@ struct SQLCipherFormatTests {
                 """, path: path, key: "x'\(hex(try await manager.dataKey()))'")
         #expect(read.status == 0 && read.stdout == "(2, 'from dbkey')\n", "\(read.stderr)")
     }
+
+    @Test(
+        "a new database is in the SQLCipher 4 format, or, with SQLCipher 3.x linked, refused unless the 3 format is allowed (init, migrate, dbkey), nothing created"
+    )
+    func newDatabasesNeedSQLCipher4OrAnOptIn() async throws {
+        let engine = try SQLCipherEngine.linked()
+        let directory = try TemporaryDirectory()
+        func manager(_ name: String, allowing: Bool) throws -> LocalDbKeyManager {
+            LocalDbKeyManager(
+                databasePath: directory.file(name), kms: try localKms(),
+                configuration: .init(allowsSQLCipher3Databases: allowing), logger: silentLogger)
+        }
+        guard engine.majorVersion < 4 else {
+            #expect(try await manager("four.db", allowing: false).initialize().cipher.format == 4)
+            return
+        }
+        let refusal = ["SQLCipher \(engine.version)", "Link SQLCipher 4", "--allow-sqlcipher3", "Nothing was created"]
+        await expectError(.unsupportedFormat, containing: refusal) {
+            try await manager("refused.db", allowing: false).initialize()
+        }
+        await expectError(.unsupportedFormat, containing: refusal) {
+            _ = try await manager("refused.db", allowing: false).openOrCreate()
+        }
+        let plain = try DatabaseConnection.open(path: directory.file("plain.db"), keying: .plaintext, create: true)
+        try plain.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        plain.close()
+        await expectError(.unsupportedFormat, containing: refusal) {
+            try await manager("plain.db", allowing: false).migrate(from: .plaintext)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path) == ["plain.db"])
+        #expect(try await manager("allowed.db", allowing: true).initialize().cipher.format == 3)
+
+        let workspace = try DBKeyCLITests.Workspace()
+        let refused = try await workspace.dbkey(
+            ["init", workspace.database],
+            environment: [LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: "0"])
+        #expect(refused.status == 32 && refused.stderr.contains("Link SQLCipher 4"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: workspace.database))
+        let allowed = try await workspace.dbkey(
+            ["init", workspace.database, "--allow-sqlcipher3"],
+            environment: [LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: "0"])
+        #expect(allowed.status == 0, "\(allowed.stderr)")
+    }
 }

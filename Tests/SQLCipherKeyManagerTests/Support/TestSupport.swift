@@ -60,6 +60,11 @@ final class LogCapture: Sendable {
     }
 }
 
+/// `DBKEY_ALLOW_SQLCIPHER3_DATABASES` as the test process has it (Scripts/test sets it on the
+/// SQLCipher 3 run), for the programs the tests start with an environment of their own.
+let allowSQLCipher3Databases =
+    ProcessInfo.processInfo.environment[LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable] ?? "0"
+
 /// A logger that discards everything.
 let silentLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
