@@ -11,6 +11,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SQLCipherKeyManager", targets: ["SQLCipherKeyManager"]),
+        // SQLCipher's C API (sqlite3_open_v2, with sqlite3_key declared), for an app that opens
+        // its own handles and keys them through DatabaseKey.apply(to:).
+        .library(name: "CSQLCipher", targets: ["CSQLCipher"]),
         .library(name: "SQLCipherKeyManagerTesting", targets: ["SQLCipherKeyManagerTesting"]),
         .library(name: "SQLCipherKeyManagerConformance", targets: ["SQLCipherKeyManagerConformance"]),
         .library(name: "SQLCipherKeyManagerAWS", targets: ["SQLCipherKeyManagerAWS"]),
