@@ -14,6 +14,8 @@ let package = Package(
         // SQLCipher's C API (sqlite3_open_v2, with sqlite3_key declared), for an app that opens
         // its own handles and keys them through DatabaseKey.apply(to:).
         .library(name: "CSQLCipher", targets: ["CSQLCipher"]),
+        // The benchmarks' measuring and workloads, for the integration packages' benchmarks.
+        .library(name: "DBKeyBenchmarkSupport", targets: ["BenchmarkSupport"]),
         .library(name: "SQLCipherKeyManagerTesting", targets: ["SQLCipherKeyManagerTesting"]),
         .library(name: "SQLCipherKeyManagerConformance", targets: ["SQLCipherKeyManagerConformance"]),
         .library(name: "SQLCipherKeyManagerAWS", targets: ["SQLCipherKeyManagerAWS"]),
@@ -165,9 +167,17 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: [
+                "SQLCipherKeyManager", "CSQLCipher", .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
         .executableTarget(
             name: "dbkey-bench",
             dependencies: [
+                "BenchmarkSupport",
                 "SQLCipherKeyManager",
                 .product(name: "Crypto", package: "swift-crypto"),
                 // AES-CBC, only to measure swift-crypto against the OpenSSL EVP rotation uses.

@@ -38,6 +38,16 @@ let package = Package(
             dependencies: ["DBKeyGRDB"],
             path: "Sources/GRDBExampleApp"
         ),
+        .executableTarget(
+            name: "dbkey-grdb-bench",
+            dependencies: [
+                "DBKeyGRDB",
+                .product(name: "DBKeyBenchmarkSupport", package: dbkey),
+                .product(name: "SQLCipherKeyManager", package: dbkey),
+                .product(name: "GRDB", package: grdbIdentity),
+            ],
+            path: "Sources/GRDBBenchmarks"
+        ),
         .testTarget(
             name: "DBKeyGRDBTests",
             dependencies: [

@@ -1,3 +1,4 @@
+import BenchmarkSupport
 import Foundation
 import Logging
 import SQLCipherKeyManager
@@ -5,7 +6,7 @@ import SQLCipherKeyManager
 /// `dbkey rewrap --all` over many small databases: local → local and local → AWS KMS (moto),
 /// with `--jobs 1` and `--jobs 8`, reporting wall time and KMS requests per database.
 enum FleetBenchmark {
-    static func run(workdir relativeWorkdir: String, count: Int, dbkey: String) async throws -> [ResultRow] {
+    static func run(workdir relativeWorkdir: String, count: Int, dbkey: String) async throws -> [BenchmarkRow] {
         // KEK URIs name master key files by absolute path.
         let workdir = URL(fileURLWithPath: relativeWorkdir).standardizedFileURL.path
         let root = workdir + "/fleet"
@@ -58,9 +59,9 @@ enum FleetBenchmark {
             }
             return (object?["seconds"] as? Double ?? 0, summary["kms_requests"] ?? 0, summary["done"] ?? 0)
         }
-        func row(_ what: String, _ run: (seconds: Double, requests: Int, done: Int), against: Double?) -> ResultRow {
+        func row(_ what: String, _ run: (seconds: Double, requests: Int, done: Int), against: Double?) -> BenchmarkRow {
             let perDatabase = run.seconds / Double(max(run.done, 1))
-            return ResultRow(
+            return BenchmarkRow(
                 measurement: "fleet rewrap \(what), \(run.done) databases",
                 ours: String(
                     format: "%.2f ms and %.1f KMS requests a database", perDatabase * 1000,
@@ -70,7 +71,7 @@ enum FleetBenchmark {
                 target: "every database done", met: run.done == count)
         }
         let (firstPath, secondPath) = (workdir + "/first.key", workdir + "/second.key")
-        var rows: [ResultRow] = []
+        var rows: [BenchmarkRow] = []
         let localOne = try rewrapAll(to: "local://" + secondPath, jobs: 1, master: firstPath)
         rows.append(row("local → local, --jobs 1", localOne, against: nil))
         let localEight = try rewrapAll(to: "local://" + firstPath, jobs: 8, master: secondPath)

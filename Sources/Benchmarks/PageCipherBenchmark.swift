@@ -1,4 +1,5 @@
 import Crypto
+import BenchmarkSupport
 import Foundation
 import SQLCipherKeyManager
 import _CryptoExtras
@@ -8,16 +9,16 @@ import _CryptoExtras
 /// pages of a real 64 MB database. Both check each page's HMAC under the old key, decrypt,
 /// encrypt under a new key with a fresh IV and compute the new HMAC.
 enum PageCipherBenchmark {
-    static func run(workdir: String) async throws -> [ResultRow] {
+    static func run(workdir: String) async throws -> [BenchmarkRow] {
         let path = workdir + "/page-cipher.db"
-        let manager = try await managedDatabase(path, megabytes: 64, pageSize: 4096)
+        let manager = try await OnlineRotation.managedDatabase(path, megabytes: 64, pageSize: 4096, logger: logger)
         let keyFile = try manager.load()
         let cipher = keyFile.cipher
         let oldKey = try rawKey(try await manager.getOrCreateKey())
         let newKey = try SecureBuffer.random(count: 32)
         let image = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
         let salt = keyFile.cipher.salt ?? Array(image.prefix(16))
-        removeDatabase(path)
+        OnlineRotation.removeDatabase(path)
         let pageCount = image.count / cipher.pageSize
 
         var evpTimes: [Duration] = []

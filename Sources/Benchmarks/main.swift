@@ -7,6 +7,7 @@
 //
 // Every figure is a median of several runs (300 for opens, 5 or 3 for rotations, 30 for rewraps), measured against its baseline in the same run with
 // the two alternating, and printed as one table.
+import BenchmarkSupport
 import CSQLCipher
 import Foundation
 import Logging
@@ -33,12 +34,12 @@ if arguments.first == "rotate-child", (2...3).contains(arguments.count) {
 
 if arguments.first == "pool", arguments.count >= 2 {
     let sizes = (arguments.dropFirst(2).first ?? "100,1024").split(separator: ",").compactMap { Int($0) }
-    ResultRow.print(try await PoolBenchmark.run(workdir: arguments[1] + "/pool", sizesMB: sizes))
+    BenchmarkRow.print(try await PoolBenchmark.run(workdir: arguments[1] + "/pool", sizesMB: sizes))
     exit(0)
 }
 
 if arguments.first == "fleet", arguments.count == 4, let count = Int(arguments[2]) {
-    ResultRow.print(try await FleetBenchmark.run(workdir: arguments[1], count: count, dbkey: arguments[3]))
+    BenchmarkRow.print(try await FleetBenchmark.run(workdir: arguments[1], count: count, dbkey: arguments[3]))
     exit(0)
 }
 
@@ -57,15 +58,7 @@ let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath(
 let sqlcipherShell =
     (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
     .map { "\($0)/sqlcipher" }.first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/sqlcipher"
-var rows: [ResultRow] = []
-
-/// `x'…'` for a raw key, in secure memory.
-/// The raw-key text of a managed database's key, for the bare C baseline; the key's lock is
-/// released at once so that rotations can run.
-func keyText(_ key: DatabaseKey) throws -> SecureBuffer {
-    defer { key.release() }
-    return try key.withRawKeyText { SecureBuffer(copying: $0) }
-}
+var rows: [BenchmarkRow] = []
 
 /// The 64 hex digits of a managed database's key, for the `sqlcipher` shell's `PRAGMA rekey`.
 func hexString(_ key: DatabaseKey) throws -> String {
@@ -110,29 +103,6 @@ func runProcess(
     return String(decoding: output, as: UTF8.self)
 }
 
-func removeDatabase(_ path: String) {
-    for suffix in ["", ".key", ".key.lock", "-journal", "-wal", "-shm"] {
-        try? FileManager.default.removeItem(atPath: path + suffix)
-    }
-}
-
-/// A managed database filled to about `megabytes` MB with 3000-byte rows.
-func managedDatabase(_ path: String, megabytes: Int, pageSize: Int) async throws -> LocalDbKeyManager {
-    removeDatabase(path)
-    let manager = LocalDbKeyManager(
-        databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger),
-        configuration: .init(pageSize: pageSize), logger: logger)
-    try await manager.initialize()
-    let db = try await manager.open()
-    try db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
-    let rowsNeeded = megabytes * 1_000_000 / 3000
-    try db.execute(
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) INSERT INTO t(body) SELECT randomblob(3000) FROM c",
-        arguments: [.integer(Int64(rowsNeeded))])
-    db.close()
-    return manager
-}
-
 func timedSynchronously(_ body: () throws -> Void) rethrows -> Duration {
     let clock = ContinuousClock()
     let start = clock.now
@@ -150,8 +120,8 @@ try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirecto
 
 if only != "rotate" {
     let path = workdir + "/open.db"
-    let manager = try await managedDatabase(path, megabytes: 1, pageSize: 4096)
-    let text = try keyText(try await manager.getOrCreateKey())
+    let manager = try await OnlineRotation.managedDatabase(path, megabytes: 1, pageSize: 4096, logger: logger)
+    let text = try NotePages.keyText(try await manager.getOrCreateKey())
     let coldManager = {
         LocalDbKeyManager(
             databasePath: path, providers: manager.providers, configuration: .init(keyCacheTTL: .zero), logger: logger)
@@ -177,7 +147,7 @@ if only != "rotate" {
     // A passphrase database with the engine's defaults: PBKDF2 over 64,000 HMAC-SHA1 rounds and
     // 1024-byte pages on 3.x, 256,000 HMAC-SHA512 rounds and 4096-byte pages on 4.x.
     let passphrasePath = workdir + "/passphrase.db"
-    removeDatabase(passphrasePath)
+    OnlineRotation.removeDatabase(passphrasePath)
     let passphrase = Array("correct horse battery staple".utf8)
     var db: OpaquePointer?
     sqlite3_open_v2(passphrasePath, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nil)
@@ -227,7 +197,7 @@ if only != "rotate" {
                     baseline: "\(Measure.milliseconds(processes.b)) sqlcipher shell",
                     ratio: String(format: "%.2f×", ratio), target: "—", met: nil))
         }
-        ResultRow.print(rows)
+        BenchmarkRow.print(rows)
         exit(0)
     }
 }
@@ -239,10 +209,11 @@ var peakAtLargest: Int?
 for pageSize in [4096, 1024] {
     for megabytes in sizesMB {
         let ours = workdir + "/rotate-ours.db"
-        let manager = try await managedDatabase(ours, megabytes: megabytes, pageSize: pageSize)
+        let manager = try await OnlineRotation.managedDatabase(
+            ours, megabytes: megabytes, pageSize: pageSize, logger: logger)
         let bytes = (try FileManager.default.attributesOfItem(atPath: ours)[.size] as? Int64) ?? 0
         let shellCopy = workdir + "/rotate-shell.db"
-        removeDatabase(shellCopy)
+        OnlineRotation.removeDatabase(shellCopy)
         try FileManager.default.copyItem(atPath: ours, toPath: shellCopy)
         var shellKey = try hexString(try await manager.getOrCreateKey())
         var oursTimes: [Duration] = []
@@ -293,7 +264,7 @@ for pageSize in [4096, 1024] {
             }
             sync()
             let exported = workdir + "/exported.db"
-            removeDatabase(exported)
+            OnlineRotation.removeDatabase(exported)
             exportTimes.append(
                 try await Measure.time {
                     _ = try runProcess(
@@ -302,7 +273,7 @@ for pageSize in [4096, 1024] {
                             "PRAGMA key = \"x'\(shellKey)'\";\nPRAGMA cipher_page_size = \(pageSize);\nATTACH DATABASE '\(exported)' AS e KEY \"x'\(next)'\";\nPRAGMA e.cipher_page_size = \(pageSize);\nSELECT sqlcipher_export('e');\nDETACH DATABASE e;\n"
                     )
                 })
-            removeDatabase(exported)
+            OnlineRotation.removeDatabase(exported)
             copyTimes.append(
                 try await Measure.time {
                     let copy = workdir + "/copied.db"
@@ -350,19 +321,19 @@ for pageSize in [4096, 1024] {
                     ours: "\(peak / 1024) MB",
                     baseline: "—", ratio: "—", target: "≤ 64 MB", met: peak / 1024 <= 64))
         }
-        removeDatabase(shellCopy)
+        OnlineRotation.removeDatabase(shellCopy)
         if megabytes == sizesMB.max(), pageSize == 4096, only == nil {
             // Kept for the rewrap measurement.
-            removeDatabase(workdir + "/rewrap-large.db")
+            OnlineRotation.removeDatabase(workdir + "/rewrap-large.db")
             try FileManager.default.moveItem(atPath: ours, toPath: workdir + "/rewrap-large.db")
             try FileManager.default.moveItem(atPath: ours + ".key", toPath: workdir + "/rewrap-large.db.key")
         }
-        removeDatabase(ours)
+        OnlineRotation.removeDatabase(ours)
     }
 }
 
 if only != nil {
-    ResultRow.print(rows)
+    BenchmarkRow.print(rows)
     exit(0)
 }
 
@@ -371,7 +342,7 @@ if only != nil {
 do {
     let small = workdir + "/rewrap-small.db"
     let large = workdir + "/rewrap-large.db"  // the largest 4096-page database, kept from above
-    _ = try await managedDatabase(small, megabytes: 1, pageSize: 4096)
+    _ = try await OnlineRotation.managedDatabase(small, megabytes: 1, pageSize: 4096, logger: logger)
     let first = try LocalKms.fromEnvironment(logger: logger)
     let second = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
     var times: [String: [Duration]] = [small: [], large: []]
@@ -396,8 +367,8 @@ do {
             ratio: String(format: "%.2f×", Measure.seconds(largeTime) / Measure.seconds(smallTime)),
             target: "≤ 5 ms, same at both",
             met: Measure.seconds(largeTime) <= 0.005 && Measure.seconds(smallTime) <= 0.005))
-    removeDatabase(small)
-    removeDatabase(large)
+    OnlineRotation.removeDatabase(small)
+    OnlineRotation.removeDatabase(large)
 }
 
 // MARK: 4. KMS calls per open (AWS KMS on moto)
@@ -433,7 +404,7 @@ if let endpoint = environment["DBKEY_TEST_AWS_ENDPOINT"], let keyArn = environme
     let kms = CountingKms(
         AwsKms(credentials: credentials, region: "us-east-1", endpoint: URL(string: endpoint), logger: logger))
     let path = workdir + "/aws.db"
-    removeDatabase(path)
+    OnlineRotation.removeDatabase(path)
     try await LocalDbKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: keyArn), logger: logger)
         .initialize()
     let manager = LocalDbKeyManager(databasePath: path, kms: kms, logger: logger)
@@ -447,7 +418,7 @@ if let endpoint = environment["DBKEY_TEST_AWS_ENDPOINT"], let keyArn = environme
             measurement: "AWS KMS (moto) Decrypt calls per open, cold / warm", ours: "\(cold) / \(warm)",
             baseline: "\(Measure.milliseconds(coldTime)) / \(Measure.milliseconds(warmTime))", ratio: "—",
             target: "1 / 0", met: cold == 1 && warm == 0))
-    removeDatabase(path)
+    OnlineRotation.removeDatabase(path)
 } else {
     rows.append(
         .init(
@@ -460,8 +431,8 @@ if let endpoint = environment["DBKEY_TEST_AWS_ENDPOINT"], let keyArn = environme
 
 do {
     let path = workdir + "/statements.db"
-    let manager = try await managedDatabase(path, megabytes: 1, pageSize: 4096)
-    let key = try keyText(try await manager.getOrCreateKey())
+    let manager = try await OnlineRotation.managedDatabase(path, megabytes: 1, pageSize: 4096, logger: logger)
+    let key = try NotePages.keyText(try await manager.getOrCreateKey())
     let count = 100_000
     var library: [Duration] = []
     var bare: [Duration] = []
@@ -531,11 +502,11 @@ do {
             measurement: "100k point selects (prepared)", ours: Measure.milliseconds(Measure.median(librarySelect)),
             baseline: "\(Measure.milliseconds(Measure.median(bareSelect))) C API",
             ratio: String(format: "%.2f×", selectRatio), target: "—", met: nil))
-    removeDatabase(path)
+    OnlineRotation.removeDatabase(path)
 }
 
 // MARK: 6. The connection pool
 
 rows += try await PoolBenchmark.run(workdir: workdir + "/pool", sizesMB: [100, 1024])
 
-ResultRow.print(rows)
+BenchmarkRow.print(rows)

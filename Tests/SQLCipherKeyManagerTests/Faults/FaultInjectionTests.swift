@@ -163,6 +163,57 @@ struct FaultInjectionTests {
         ].merging(extra) { $1 }
     }
 
+    /// One fault: the `n`-th call of `function` from `site` (a hash of the caller's stack), failed
+    /// or killed as `mode` says.
+    struct Fault: Sendable, CustomStringConvertible {
+        let function: String
+        let site: String
+        let n: Int
+        let mode: String
+
+        /// The shim's settings for it.
+        var shim: [String: String] { ["FAULTSHIM_AT": "\(function):\(site):\(n)", "FAULTSHIM_MODE": mode] }
+        var description: String { "\(mode) at \(function) #\(n) of site \(site)" }
+    }
+
+    /// The faults for `calls` (as the shim logged them): the first and the last call of each
+    /// site (every call with `everyCall`), in each of ``modes``; and how many sites there are.
+    static func cases(_ calls: [(function: String, site: String)], everyCall: Bool = false) -> (
+        faults: [Fault], sites: Int
+    ) {
+        var occurrences: [String: Int] = [:]
+        for call in calls { occurrences[call.function + " " + call.site, default: 0] += 1 }
+        var seen = Set<String>()
+        var faults: [Fault] = []
+        for call in calls where seen.insert(call.function + " " + call.site).inserted {
+            let count = occurrences[call.function + " " + call.site]!
+            for n in everyCall ? Array(1...count) : Array(Set([1, count])).sorted() {
+                faults += modes.map { Fault(function: call.function, site: call.site, n: n, mode: $0) }
+            }
+        }
+        return (faults, seen.count)
+    }
+
+    /// Runs `body` for each fault in a scratch copy of `template` (its path), two at a time: a
+    /// process each, beside the rest of the suite.
+    static func inject(
+        _ faults: [Fault], copying template: String, _ body: @escaping @Sendable (Fault, String) async throws -> Void
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var pending = faults[...]
+            func next() {
+                guard let fault = pending.popFirst() else { return }
+                group.addTask {
+                    let scratch = try TemporaryDirectory()
+                    try copyContents(of: template, to: scratch.path)
+                    try await body(fault, scratch.path)
+                }
+            }
+            for _ in 0..<2 { next() }
+            while try await group.next() != nil { next() }
+        }
+    }
+
     static func copyContents(of source: String, to destination: String) throws {
         for name in try FileManager.default.contentsOfDirectory(atPath: source) {
             try FileManager.default.copyItem(atPath: source + "/" + name, toPath: destination + "/" + name)
@@ -335,59 +386,35 @@ struct FaultInjectionTests {
         let template = try await Self.prepare(operation)
         let calls = try await Self.calls(operation, template)
         #expect(!calls.isEmpty)
-        // (function, site, n): the n-th call of that function from that site.
-        var occurrences: [String: Int] = [:]
-        var targets: [(function: String, site: String, n: Int)] = []
         let everyCall = ProcessInfo.processInfo.environment["DBKEY_FAULT_SWEEP"] == "every-call"
-        for call in calls { occurrences[call.function + " " + call.site, default: 0] += 1 }
-        var seen = Set<String>()
-        for call in calls where seen.insert(call.function + " " + call.site).inserted {
-            let count = occurrences[call.function + " " + call.site]!
-            let ns = everyCall ? Array(1...count) : Array(Set([1, count])).sorted()
-            targets += ns.map { (call.function, call.site, $0) }
-        }
-        let cases = targets.flatMap { target in Self.modes.map { (target, $0) } }
+        let (cases, sites) = Self.cases(calls, everyCall: everyCall)
         let before = try await Self.unchangedSignature(operation, template)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var pending = cases[...]
-            func next() {
-                guard let (target, mode) = pending.popFirst() else { return }
-                group.addTask {
-                    let scratch = try TemporaryDirectory()
-                    try Self.copyContents(of: template.directory.path, to: scratch.path)
-                    let description =
-                        "\(operation.rawValue): \(mode) at \(target.function) #\(target.n) of site \(target.site)"
-                    let result = try await Self.dbkey(
-                        Self.arguments(operation, template, in: scratch.path), in: scratch.path,
-                        master: scratch.file("old.key"),
-                        shim: try Self.shim(
-                            scratch.path,
-                            ["FAULTSHIM_AT": "\(target.function):\(target.site):\(target.n)", "FAULTSHIM_MODE": mode]))
-                    if mode == "EIO" || mode == "ENOSPC" {
-                        // No other process is there: an I/O error is never reported as one.
-                        #expect(result.status != 30, "\(description): reported in use: \(result.stderr)")
-                        // What the command said is what is true once an open has settled the journal.
-                        let after = try await Self.changeSignature(operation, in: scratch.path)
-                        if result.status == 0 || result.status == 33 {
-                            #expect(after != before, "\(description): exit \(result.status), but nothing changed")
-                        } else {
-                            #expect(
-                                after == before,
-                                "\(description): exit \(result.status) (\(result.stderr)), but the change took effect: \(before) → \(after)"
-                            )
-                        }
-                    }
-                    if operation == .rotateInPlace || operation == .rotateRollback {
-                        try await Self.expectDoctorAdviceWorks(in: scratch.path, case: description)
-                    }
-                    try await Self.expectRecovered(operation, in: scratch.path, case: description)
+        try await Self.inject(cases, copying: template.directory.path) { fault, scratch in
+            let description = "\(operation.rawValue): \(fault)"
+            let result = try await Self.dbkey(
+                Self.arguments(operation, template, in: scratch), in: scratch, master: scratch + "/old.key",
+                shim: try Self.shim(scratch, fault.shim))
+            if fault.mode == "EIO" || fault.mode == "ENOSPC" {
+                // No other process is there: an I/O error is never reported as one.
+                #expect(result.status != 30, "\(description): reported in use: \(result.stderr)")
+                // What the command said is what is true once an open has settled the journal.
+                let after = try await Self.changeSignature(operation, in: scratch)
+                if result.status == 0 || result.status == 33 {
+                    #expect(after != before, "\(description): exit \(result.status), but nothing changed")
+                } else {
+                    #expect(
+                        after == before,
+                        "\(description): exit \(result.status) (\(result.stderr)), but the change took effect: \(before) → \(after)"
+                    )
                 }
             }
-            for _ in 0..<2 { next() }  // two at a time: a process each, beside the rest of the suite
-            while try await group.next() != nil { next() }
+            if operation == .rotateInPlace || operation == .rotateRollback {
+                try await Self.expectDoctorAdviceWorks(in: scratch, case: description)
+            }
+            try await Self.expectRecovered(operation, in: scratch, case: description)
         }
         print(
-            "fault test (\(operation.rawValue)): \(calls.count) calls at \(seen.count) sites; \(cases.count) faults injected (\(everyCall ? "every call" : "first and last call of each site") × \(Self.modes.joined(separator: ", ")))"
+            "fault test (\(operation.rawValue)): \(calls.count) calls at \(sites) sites; \(cases.count) faults injected (\(everyCall ? "every call" : "first and last call of each site") × \(Self.modes.joined(separator: ", ")))"
         )
     }
 }

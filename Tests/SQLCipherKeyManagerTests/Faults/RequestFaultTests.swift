@@ -91,36 +91,14 @@ struct RequestFaultTests {
         let template = try await FaultInjectionTests.prepare(.rotateRollback)
         let calls = try await Self.calls(side, template)
         #expect(!calls.isEmpty)
-        var occurrences: [String: Int] = [:]
-        for call in calls { occurrences[call.function + " " + call.site, default: 0] += 1 }
-        var seen = Set<String>()
-        var targets: [(function: String, site: String, n: Int)] = []
-        for call in calls where seen.insert(call.function + " " + call.site).inserted {
-            let count = occurrences[call.function + " " + call.site]!
-            targets += Array(Set([1, count])).sorted().map { (call.function, call.site, $0) }
-        }
-        let cases = targets.flatMap { target in FaultInjectionTests.modes.map { (target, $0) } }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var pending = cases[...]
-            func next() {
-                guard let (target, mode) = pending.popFirst() else { return }
-                group.addTask {
-                    let scratch = try TemporaryDirectory()
-                    try FaultInjectionTests.copyContents(of: template.directory.path, to: scratch.path)
-                    let description =
-                        "\(side.rawValue): \(mode) at \(target.function) #\(target.n) of site \(target.site)"
-                    let shim = try FaultInjectionTests.shim(
-                        scratch.path,
-                        ["FAULTSHIM_AT": "\(target.function):\(target.site):\(target.n)", "FAULTSHIM_MODE": mode])
-                    try await Self.expectTruthfulAndUnstuck(
-                        side, mode: mode, shim: shim, in: scratch.path, case: description)
-                }
-            }
-            for _ in 0..<2 { next() }
-            while try await group.next() != nil { next() }
+        let (cases, sites) = FaultInjectionTests.cases(calls)
+        try await FaultInjectionTests.inject(cases, copying: template.directory.path) { fault, scratch in
+            try await Self.expectTruthfulAndUnstuck(
+                side, mode: fault.mode, shim: try FaultInjectionTests.shim(scratch, fault.shim), in: scratch,
+                case: "\(side.rawValue): \(fault)")
         }
         print(
-            "request fault test (\(side.rawValue)): \(calls.count) calls at \(seen.count) sites; \(cases.count) faults injected (first and last call of each site × \(FaultInjectionTests.modes.joined(separator: ", ")))"
+            "request fault test (\(side.rawValue)): \(calls.count) calls at \(sites) sites; \(cases.count) faults injected (first and last call of each site × \(FaultInjectionTests.modes.joined(separator: ", ")))"
         )
     }
 

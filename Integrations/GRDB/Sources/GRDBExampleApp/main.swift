@@ -1,12 +1,12 @@
 // A GRDB app on a DBKey-managed database, as the GRDB integration article describes it: a
 // KeyedDatabasePool with reader tasks and a writer task busy the whole time, while the key is
-// rotated by the app itself (--rotations) or by an operator's `dbkey rotate --request`
-// (--answer-requests). The integration's tests kill it at random moments.
+// rotated by the app itself or by an operator's `dbkey rotate --request`. The integration's
+// tests kill it at random moments.
 //
-// Use: dbkey-grdb-example-app DB [--readers N] [--rotations N] [--answer-requests] [--seconds S]
-// The local master key comes from the environment, as for dbkey. It prints "ready", then
-// "committed N" after each commit and "rotated V" after each rotation, and exits 3 when a
-// reader sees an inconsistent snapshot, 2 on any error.
+// Use: dbkey-grdb-example-app DATABASE READERS ROTATIONS
+// The local master key comes from the environment, as for dbkey. It answers rotation requests.
+// It prints "ready", then "committed N" after each commit and "rotated V" after each rotation,
+// and exits 3 when a reader sees an inconsistent snapshot, 1 on any error.
 import DBKeyGRDB
 import Foundation
 import GRDB
@@ -14,44 +14,22 @@ import Logging
 import SQLCipherKeyManager
 import Synchronization
 
-struct Options {
-    var database = ""
-    var readers = 2
-    var rotations = 0
-    var answerRequests = false
-    var seconds: Double?
-
-    init(_ arguments: [String]) {
-        var remaining = arguments[...]
-        while let argument = remaining.popFirst() {
-            switch argument {
-            case "--readers": readers = Int(remaining.popFirst() ?? "") ?? readers
-            case "--rotations": rotations = Int(remaining.popFirst() ?? "") ?? rotations
-            case "--answer-requests": answerRequests = true
-            case "--seconds": seconds = Double(remaining.popFirst() ?? "")
-            default: database = argument
-            }
-        }
-    }
-}
-
 /// Prints a line at once: the parent reads the output of a process it may kill at any moment.
 func say(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
-func fail(_ error: any Error, status: Int32 = 2) -> Never {
-    FileHandle.standardError.write(Data("dbkey-grdb-example-app: \(error)\n".utf8))
-    exit(status)
+let arguments = CommandLine.arguments
+guard arguments.count == 4, let readerCount = Int(arguments[2]), let rotations = Int(arguments[3]) else {
+    FileHandle.standardError.write(Data("usage: dbkey-grdb-example-app DATABASE READERS ROTATIONS\n".utf8))
+    exit(64)
 }
-
-let options = Options(Array(CommandLine.arguments.dropFirst()))
 let logger = Logger(label: "dbkey-grdb-example-app")
 do {
     let manager = LocalDbKeyManager(
-        databasePath: options.database, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
+        databasePath: arguments[1], kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
     let pool = try await KeyedDatabasePool(
-        manager: manager, answeringRotationRequests: options.answerRequests ? .milliseconds(50) : nil)
+        manager: manager, answeringRotationRequests: .milliseconds(50))
     // entry holds 1...n; total holds their sum, updated in the same transaction.
     var migrator = DatabaseMigrator()
     migrator.registerMigration("ledger") { db in
@@ -77,7 +55,7 @@ do {
         }
         return n
     }
-    let readers = (0..<options.readers).map { _ in
+    let readers = (0..<readerCount).map { _ in
         Task {
             while !stop.load(ordering: .relaxed) {
                 let (sum, total) = try await pool.read { db in
@@ -87,18 +65,16 @@ do {
                     )
                 }
                 guard sum == total else {
-                    fail(DBKeyError(.sqlite, "inconsistent snapshot: sum \(sum), total \(total)"), status: 3)
+                    FileHandle.standardError.write(Data("inconsistent snapshot: sum \(sum), total \(total)\n".utf8))
+                    exit(3)
                 }
                 try await Task.sleep(for: .milliseconds(1))
             }
         }
     }
-    for _ in 0..<options.rotations {
+    for _ in 0..<rotations {
         try await Task.sleep(for: .milliseconds(50))
         say("rotated \(try await manager.rotateKey().version)")
-    }
-    if let seconds = options.seconds {
-        try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
     }
     stop.store(true, ordering: .relaxed)
     let last = try await writer.value
@@ -108,5 +84,6 @@ do {
     try await pool.close()
     say("done \(last)")
 } catch {
-    fail(error)
+    FileHandle.standardError.write(Data("dbkey-grdb-example-app: \(error)\n".utf8))
+    exit(1)
 }

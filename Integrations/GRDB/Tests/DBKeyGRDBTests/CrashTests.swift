@@ -67,7 +67,7 @@ struct CrashTests {
         }
         try await setup.close()
         let output = workspace.path + "/app.out"
-        let arguments = [database, "--readers", "2", "--rotations", "2"]
+        let arguments = [database, "2", "2"]
         // One run to its end: how long the kills are spread over.
         let clock = ContinuousClock()
         let began = clock.now

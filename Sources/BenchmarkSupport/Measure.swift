@@ -1,9 +1,9 @@
 import Foundation
 
 /// Timing helpers: alternating A/B runs, medians, and the table the benchmark prints.
-enum Measure {
+public enum Measure {
     /// Runs `a` and `b` alternately `repetitions` times and returns their median durations.
-    static func alternating(
+    public static func alternating(
         _ repetitions: Int,
         _ a: () async throws -> Void,
         _ b: () async throws -> Void
@@ -17,41 +17,50 @@ enum Measure {
         return (median(first), median(second))
     }
 
-    static func time(_ body: () async throws -> Void) async rethrows -> Duration {
+    public static func time(_ body: () async throws -> Void) async rethrows -> Duration {
         let clock = ContinuousClock()
         let start = clock.now
         try await body()
         return clock.now - start
     }
 
-    static func median(_ values: [Duration]) -> Duration {
+    public static func median(_ values: [Duration]) -> Duration {
         let sorted = values.sorted()
         return sorted[sorted.count / 2]
     }
 
-    static func seconds(_ duration: Duration) -> Double {
+    public static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
-    static func microseconds(_ duration: Duration) -> String {
+    public static func microseconds(_ duration: Duration) -> String {
         String(format: "%.1f µs", seconds(duration) * 1e6)
     }
 
-    static func milliseconds(_ duration: Duration) -> String {
+    public static func milliseconds(_ duration: Duration) -> String {
         String(format: "%.2f ms", seconds(duration) * 1e3)
     }
 }
 
 /// One line of the result table.
-struct ResultRow {
-    let measurement: String
-    let ours: String
-    let baseline: String
-    let ratio: String
-    let target: String
-    let met: Bool?
+public struct BenchmarkRow {
+    public let measurement: String
+    public let ours: String
+    public let baseline: String
+    public let ratio: String
+    public let target: String
+    public let met: Bool?
 
-    static func print(_ rows: [ResultRow]) {
+    public init(measurement: String, ours: String, baseline: String, ratio: String, target: String, met: Bool?) {
+        self.measurement = measurement
+        self.ours = ours
+        self.baseline = baseline
+        self.ratio = ratio
+        self.target = target
+        self.met = met
+    }
+
+    public static func print(_ rows: [BenchmarkRow]) {
         let header = ["measurement", "DBKey", "baseline", "ratio", "target", "met"]
         let cells = rows.map {
             [$0.measurement, $0.ours, $0.baseline, $0.ratio, $0.target, $0.met.map { $0 ? "yes" : "MISSED" } ?? "—"]

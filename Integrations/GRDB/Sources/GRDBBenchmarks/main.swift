@@ -1,0 +1,107 @@
+// dbkey-grdb-bench WORKDIR [SIZES_MB]   (run it through Scripts/bench grdb)
+//
+// GRDB under DBKey, against its baselines in the same run: 100-row page reads through a
+// KeyedDatabasePool with 1 and 2 readers vs bare C handles on the same library and vs DBKey's
+// own ConnectionPool, each pair alternating, medians of 5; and the longest pause GRDB's readers
+// see during an online rotation of each size vs the same rotation with nothing open. One table.
+import BenchmarkSupport
+import DBKeyGRDB
+import Foundation
+import GRDB
+import Logging
+import SQLCipherKeyManager
+
+let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let workdir = arguments.first else {
+    print("usage: dbkey-grdb-bench WORKDIR [SIZES_MB, default 100,1024]")
+    exit(64)
+}
+let sizesMB = (arguments.dropFirst().first ?? "100,1024").split(separator: ",").compactMap { Int($0) }
+try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirectories: true)
+var rows: [BenchmarkRow] = []
+
+// MARK: - Reads
+
+let path = workdir + "/grdb.db"
+OnlineRotation.removeDatabase(path)
+let manager = LocalDbKeyManager(databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
+let grdb = try await KeyedDatabasePool(manager: manager)
+try await grdb.write { db in
+    try db.execute(sql: NotePages.schema)
+    try db.execute(sql: NotePages.fill, arguments: [NotePages.notes])
+}
+let text = try NotePages.keyText(try await manager.getOrCreateKey())
+
+func grdbReads(_ readers: Int) async throws {
+    try await NotePages.concurrentReads(readers: readers) { after in
+        try await grdb.read { db in try Row.fetchAll(db, sql: NotePages.page, arguments: [after]).count }
+    }
+}
+
+func row(_ readers: Int, against baseline: String, _ times: (a: Duration, b: Duration)) -> BenchmarkRow {
+    let total = Double(readers * NotePages.readsPerReader)
+    let ratio = Measure.seconds(times.a) / Measure.seconds(times.b)
+    return .init(
+        measurement: "100-row page reads, \(readers) reader\(readers == 1 ? "" : "s") (GRDB through KeyedDatabasePool)",
+        ours: String(format: "%.0f reads/s", total / Measure.seconds(times.a)),
+        baseline: String(format: "%.0f reads/s %@", total / Measure.seconds(times.b), baseline),
+        ratio: String(format: "%.2f×", ratio), target: "—", met: nil)
+}
+
+for readers in [1, 2] {
+    let bare = try await Measure.alternating(
+        5, { try await grdbReads(readers) }, { NotePages.bareReads(path, key: text, readers: readers) })
+    rows.append(row(readers, against: "bare C, \(readers) thread\(readers == 1 ? "" : "s")", bare))
+}
+try await grdb.close()
+let dbkeyPool = try await manager.openPool(maximumReaders: 2)
+let reopened = try await KeyedDatabasePool(manager: manager)
+for readers in [1, 2] {
+    let times = try await Measure.alternating(
+        5,
+        {
+            try await NotePages.concurrentReads(readers: readers) { after in
+                try await reopened.read { db in try Row.fetchAll(db, sql: NotePages.page, arguments: [after]).count }
+            }
+        },
+        {
+            try await NotePages.concurrentReads(readers: readers) { after in
+                try await dbkeyPool.read { db in try db.fetchAll(NotePages.page, arguments: [.integer(after)]).count }
+            }
+        })
+    rows.append(row(readers, against: "DBKey's ConnectionPool", times))
+}
+try await reopened.close()
+await dbkeyPool.close()
+
+// MARK: - Pause during an online rotation
+
+for megabytes in sizesMB {
+    let online = workdir + "/grdb-online.db"
+    let rotated = try await OnlineRotation.managedDatabase(online, megabytes: megabytes, pageSize: 4096, logger: logger)
+    // Both rotations in WAL mode, the mode a GRDB pool puts the database in.
+    try await (try await KeyedDatabasePool(manager: rotated)).close()
+    rows.append(
+        try await OnlineRotation.pauseRow(
+            "GRDB, 2 readers + writer", manager: rotated, megabytes: megabytes, readers: 2
+        ) {
+            let pool = try await KeyedDatabasePool(manager: rotated)
+            return OnlineRotation.Stack(
+                read: { after in
+                    _ = try await pool.read { db in
+                        try Row.fetchAll(
+                            db, sql: "SELECT id FROM t WHERE id > ? ORDER BY id LIMIT 100", arguments: [after]
+                        ).count
+                    }
+                },
+                write: { n in
+                    try await pool.write { db in
+                        try db.execute(sql: "UPDATE t SET body = randomblob(100) WHERE id = ?", arguments: [n])
+                    }
+                },
+                close: { try await pool.close() })
+        })
+    OnlineRotation.removeDatabase(online)
+}
+BenchmarkRow.print(rows)
