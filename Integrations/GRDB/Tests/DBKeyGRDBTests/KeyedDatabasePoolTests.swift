@@ -177,6 +177,33 @@ struct KeyedDatabasePoolTests {
         }
     }
 
+    @Test(
+        "slot changes while GRDB work runs: an escrow slot added, then removed with a rotation that replaces the pool")
+    func slotChangesUnderLoad() async throws {
+        let workspace = try Workspace()
+        let manager = try workspace.manager()
+        let pool = try await KeyedDatabasePool(manager: manager)
+        try await pool.write { db in try db.execute(sql: "CREATE TABLE t(n INTEGER)") }
+        let stop = StopFlag()
+        let writer = Task {
+            var n = 0
+            while !stop.isSet {
+                n += 1
+                try await pool.write { [n] db in try db.execute(sql: "INSERT INTO t VALUES (?)", arguments: [n]) }
+                await Task.yield()
+            }
+            return n
+        }
+        let escrow = try EscrowPrivateKey.generate()
+        #expect(try await manager.addEscrowSlot(escrow.publicKey).slots.count == 1)
+        let rotated = try await manager.removeSlot(1, rotate: true)
+        #expect(rotated.slots.isEmpty && rotated.version == 2)
+        stop.set()
+        let written = try await writer.value
+        #expect(try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM t") } == written)
+        try await pool.close()
+    }
+
     @Test("a database a GRDB app keyed with usePassphrase is adopted once, with every row")
     func adoptPassphraseDatabase() async throws {
         let workspace = try Workspace()
