@@ -120,17 +120,28 @@ struct ConnectionPoolTests {
             configuration: .init(quiesceTimeout: .milliseconds(300)), logger: silentLogger)
         let pool = try await manager.openPool()
         let keyBefore = try contents(database.path + ".key")
+        // The read runs until the test lets it end (or a minute passes: a rotation that waited for
+        // it would then find it ended).
+        let readStarted = DispatchSemaphore(value: 0)
+        let endRead = DispatchSemaphore(value: 0)
         let readDone = Shared(false)
         let longRead = Task {
             try await pool.read { db in
-                Thread.sleep(forTimeInterval: 3)
+                readStarted.signal()
+                _ = endRead.wait(timeout: .now() + 60)
                 readDone.value.store(true, ordering: .relaxed)
                 return try db.fetchAll("SELECT count(*) FROM item")[0][0]
             }
         }
-        try await Task.sleep(for: .milliseconds(200))
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                readStarted.wait()
+                continuation.resume()
+            }
+        }
         await expectError(.databaseInUse, containing: ["quiesceTimeout"]) { try await manager.rotateKey() }
         let readEnded = readDone.value.load(ordering: .relaxed)
+        endRead.signal()
         #expect(!readEnded, "the rotation gave up at its timeout, before the read ended")
         #expect(try contents(database.path + ".key") == keyBefore)
         #expect(try await longRead.value == .integer(50))
