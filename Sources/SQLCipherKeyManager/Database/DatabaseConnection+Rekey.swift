@@ -89,3 +89,23 @@ extension DatabaseConnection {
         return counts
     }
 }
+
+extension DatabaseConnection {
+    /// Copies what it can of the WAL into the database file without waiting for readers or
+    /// writers (`sqlite3_wal_checkpoint_v2`, `PASSIVE`).
+    ///
+    /// - Returns: The frames in the WAL and how many of them are now in the database file;
+    ///   both -1 when the database is not in WAL mode.
+    func checkpointWithoutWaiting() throws -> (frames: Int32, copied: Int32) {
+        var frames: Int32 = -1
+        var copied: Int32 = -1
+        let code = sqlite3_wal_checkpoint_v2(try liveHandle(), nil, SQLITE_CHECKPOINT_PASSIVE, &frames, &copied)
+        // BUSY: another connection is checkpointing; the caller asks again.
+        guard code == SQLITE_OK || code == SQLITE_BUSY else {
+            throw DBKeyError(
+                .sqlite, "Copying the WAL of \(path) into the database failed (SQLite result \(code)).",
+                path: path)
+        }
+        return code == SQLITE_BUSY ? (1, 0) : (frames, copied)
+    }
+}

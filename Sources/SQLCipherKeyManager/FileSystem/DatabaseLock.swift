@@ -48,14 +48,20 @@ final class DatabaseLock {
     }
 
     /// Takes the lock, trying again every 10 ms for up to `wait` (at least ``minimumWait``),
-    /// creating the lock file when it is missing.
+    /// creating the lock file when it is missing. The exclusive lock first reserves the key
+    /// change (``reserveKeyChange(databasePath:wait:)``).
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when the lock is still held by
     ///   someone else after `wait`; ``DBKeyError/Code-swift.struct/io`` when the lock file
     ///   cannot be opened.
     static func acquire(_ mode: Mode, databasePath: String, wait: Duration) async throws -> DatabaseLock {
+        if mode == .exclusive {
+            let lock = try await reserveKeyChange(databasePath: databasePath, wait: wait)
+            try await lock.takeExclusive(databasePath: databasePath, wait: wait)
+            return lock
+        }
         // Created when missing: never nil.
-        try await acquire(mode, databasePath: databasePath, wait: wait, creating: true)!
+        return try await acquire(mode, databasePath: databasePath, wait: wait, creating: true)!
     }
 
     /// ``acquire(_:databasePath:wait:)``, or `nil` when the lock file is missing and `creating`
@@ -64,23 +70,35 @@ final class DatabaseLock {
     static func acquire(_ mode: Mode, databasePath: String, wait: Duration, creating: Bool) async throws
         -> DatabaseLock?
     {
+        guard let lock = try open(databasePath: databasePath, creating: creating) else { return nil }
+        try await lock.take(mode, databasePath: databasePath, wait: wait)
+        return lock
+    }
+
+    /// Opens the lock file, or returns `nil` when it is missing and `creating` is `false`.
+    private static func open(databasePath: String, creating: Bool) throws -> DatabaseLock? {
         let path = path(forDatabase: databasePath)
-        let descriptor: FileDescriptor
         do {
             // Read-write when it may be created; a reader opens it read-only, so that a lock file
             // on a read-only file system still locks (flock needs no write access).
-            descriptor = try FileDescriptor.open(
-                FilePath(path),
-                creating ? .readWrite : .readOnly,
-                options: creating ? [.create, .noFollow, .closeOnExec] : [.noFollow, .closeOnExec],
-                permissions: [.ownerReadWrite]
-            )
+            return DatabaseLock(
+                descriptor: try FileDescriptor.open(
+                    FilePath(path),
+                    creating ? .readWrite : .readOnly,
+                    options: creating ? [.create, .noFollow, .closeOnExec] : [.noFollow, .closeOnExec],
+                    permissions: [.ownerReadWrite]
+                ))
         } catch Errno.noSuchFileOrDirectory where !creating {
             return nil
         } catch {
             throw DBKeyError.io(error, "open the lock file", path)
         }
-        let lock = DatabaseLock(descriptor: descriptor)
+    }
+
+    /// Takes the `flock` in `mode` on this lock's descriptor, polling as
+    /// ``acquire(_:databasePath:wait:)`` describes.
+    private func take(_ mode: Mode, databasePath: String, wait: Duration) async throws {
+        guard let descriptor else { return }
         let operation = (mode == .shared ? LOCK_SH : LOCK_EX) | LOCK_NB
         // Even with no wait asked for, poll for a moment: a child process that another thread
         // forked holds a copy of a released lock's descriptor until it execs, and that must
@@ -89,12 +107,12 @@ final class DatabaseLock {
         while true {
             do {
                 try valueOrErrno { flock(descriptor.rawValue, operation) }
-                return lock
+                return
             } catch Errno.wouldBlock {
                 guard ContinuousClock.now < deadline else { break }
                 try await Task.sleep(for: .milliseconds(10))
             } catch {
-                throw DBKeyError.io(error, "lock", path)
+                throw DBKeyError.io(error, "lock", Self.path(forDatabase: databasePath))
             }
         }
         let message =
@@ -103,6 +121,60 @@ final class DatabaseLock {
             // A pool holds the shared lock for as long as the app runs: waiting does not end that.
             : "\(databasePath) is in use: another connection or process has it open, or is rotating it. A running app's ConnectionPool holds it for as long as the app runs: ask the app to rotate (dbkey rotate --request, with answeringRotationRequests). Otherwise try again once the other process is closed\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
         throw DBKeyError(.databaseInUse, message)
+    }
+
+    /// The byte of the lock file that ``reserveKeyChange(databasePath:wait:)`` locks.
+    private static let keyChangeByte: Int64 = 2
+
+    /// Reserves the database's next key change, before its exclusive lock: a record lock on
+    /// one byte of the lock file, which every holder of the exclusive lock takes first and keeps.
+    ///
+    /// A rotation by copy in this process lets the readers of its own pools and coordinators go
+    /// on while the copy is made: they let go of the shared lock without closing, and the
+    /// rotation then takes the exclusive lock. The reservation, taken before they let go and
+    /// kept until they hold the shared lock again, keeps any other key change (in any process)
+    /// from taking the exclusive lock in between and changing the file under those readers.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another key change keeps
+    ///   it after `wait`.
+    static func reserveKeyChange(databasePath: String, wait: Duration) async throws -> DatabaseLock {
+        let lock = try open(databasePath: databasePath, creating: true)!
+        try await lock.lockByte(
+            keyChangeByte, databasePath: databasePath, wait: wait,
+            busy:
+                "\(databasePath) is in use: another key change (a rotation, an upgrade, a slot change) is running on it. Nothing was changed: try again when it is done\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
+        )
+        return lock
+    }
+
+    /// Takes the exclusive `flock` on a lock that holds the key-change reservation.
+    func takeExclusive(databasePath: String, wait: Duration) async throws {
+        try await take(.exclusive, databasePath: databasePath, wait: wait)
+    }
+
+    /// Lets go of the exclusive `flock`, keeping the reservation, so that the pools and
+    /// coordinators paused for the change take their shared locks again before another key
+    /// change can start.
+    func releaseExclusive() {
+        guard let descriptor else { return }
+        _ = flock(descriptor.rawValue, LOCK_UN)
+    }
+
+    /// Locks `byte` of the lock file (an open-file-description record lock), polling every
+    /// 10 ms for up to `wait` (at least ``minimumWait``).
+    private func lockByte(_ byte: Int64, databasePath: String, wait: Duration, busy: String) async throws {
+        guard let descriptor else { return }
+        let deadline = ContinuousClock.now + max(wait, DatabaseLock.minimumWait)
+        while true {
+            do {
+                if try Platform.tryLockByte(descriptor, at: byte) { return }
+            } catch {
+                throw DBKeyError.io(error, "lock", Self.path(forDatabase: databasePath))
+            }
+            guard ContinuousClock.now < deadline else { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw DBKeyError(.databaseInUse, busy, path: databasePath)
     }
 
     /// The byte of the lock file that ``acquireKeyWriter(databasePath:wait:)`` locks.
@@ -116,30 +188,13 @@ final class DatabaseLock {
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another key change still
     ///   holds it after `wait`.
     static func acquireKeyWriter(databasePath: String, wait: Duration) async throws -> DatabaseLock {
-        let path = path(forDatabase: databasePath)
-        let descriptor: FileDescriptor
-        do {
-            descriptor = try FileDescriptor.open(
-                FilePath(path), .readWrite, options: [.create, .noFollow, .closeOnExec],
-                permissions: [.ownerReadWrite])
-        } catch {
-            throw DBKeyError.io(error, "open the lock file", path)
-        }
-        let lock = DatabaseLock(descriptor: descriptor)
-        let deadline = ContinuousClock.now + max(wait, DatabaseLock.minimumWait)
-        while true {
-            do {
-                if try Platform.tryLockByte(descriptor, at: keyWriterByte) { return lock }
-            } catch {
-                throw DBKeyError.io(error, "lock", path)
-            }
-            guard ContinuousClock.now < deadline else { break }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        throw DBKeyError(
-            .databaseInUse,
-            "Another change of \(databasePath)'s .key (a rewrap) is running; nothing was changed. Try again when it is done, or wait for it (--wait SECONDS).",
-            path: databasePath)
+        let lock = try open(databasePath: databasePath, creating: true)!
+        try await lock.lockByte(
+            keyWriterByte, databasePath: databasePath, wait: wait,
+            busy:
+                "Another change of \(databasePath)'s .key (a rewrap) is running; nothing was changed. Try again when it is done, or wait for it (--wait SECONDS)."
+        )
+        return lock
     }
 
     /// Whether another process holds one of SQLite's own locks on the database file (the POSIX

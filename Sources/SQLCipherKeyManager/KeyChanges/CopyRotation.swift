@@ -2,19 +2,21 @@ import Foundation
 import SystemPackage
 
 /// The database side of the default rotation: every page re-encrypted into
-/// `<db>.dbkey-rotating` (``PageReencryption``) while SQLite's own exclusive lock is held on the
+/// `<db>.dbkey-rotating` (``PageReencryption``) while SQLite's write lock is held on the
 /// database, and that copy renamed over the database once the `.key` records it.
 ///
-/// The lock is held by a connection from before the first page is read until after the rename,
-/// so that no SQLite handle, not even one outside the manager, can write to the file being
-/// replaced: such a write would go to the old file and be lost.
+/// The write lock is held by a connection from before the first page is read until after the
+/// rename, so that no SQLite handle, not even one outside the manager, can write to the file
+/// being replaced: such a write would go to the old file and be lost. Readers go on beside it
+/// (in WAL mode and, with a `RESERVED` lock, in rollback mode) until the swap; the file is read
+/// through the lock holder's own SQLite file handle (``DatabaseFileReader``), so that the copy
+/// never closes a descriptor of the database under them.
 final class CopyRotation: @unchecked Sendable {
     private let database: ManagedDatabase
-    /// The connection holding SQLite's lock; closed before `source`.
+    /// The connection holding SQLite's write lock.
     private let holder: DatabaseConnection
-    /// The database file, read directly. Closed only after `holder`: closing any descriptor of a
-    /// file drops every POSIX lock the process holds on it, SQLite's among them.
-    private let source: FileDescriptor
+    /// The database file, read through `holder`'s handle.
+    private let source: DatabaseFileReader
     private var released = false
     /// The database's size.
     let size: Int64
@@ -22,47 +24,59 @@ final class CopyRotation: @unchecked Sendable {
     static func copyPath(of databasePath: String) -> String { databasePath + ".dbkey-rotating" }
     var copyPath: String { CopyRotation.copyPath(of: database.databasePath) }
 
-    /// Opens the database with `key`, rolls back a hot journal, empties the WAL, and takes
-    /// SQLite's exclusive lock.
+    /// Opens the database with `key` (rolling back a hot journal), takes SQLite's write lock, and
+    /// waits until every page the WAL holds is in the database file.
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another handle keeps the
-    ///   lock or writes to the WAL; what opening throws.
-    private init(database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile) throws {
+    ///   write lock, or a read keeps the WAL from being copied back by `deadline`; what opening
+    ///   throws.
+    private init(
+        database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile, deadline: ContinuousClock.Instant
+    ) throws {
         self.database = database
-        let path = database.databasePath
+        // The open's first read rolls back a hot journal, under the current key.
+        holder = try database.openConnection(key: key, keyFile: keyFile)
         do {
-            source = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .noFollow])
-        } catch {
-            throw DBKeyError.io(error, "open", path)
-        }
-        do {
-            // The first read rolls back a hot journal, under the current key.
-            holder = try database.openConnection(key: key, keyFile: keyFile)
-        } catch {
-            try? source.close()
-            throw error
-        }
-        do {
-            try Migration(database: database).checkpointForSwap(holder)
-            try holder.execute("BEGIN EXCLUSIVE")
-            // In WAL mode the transaction holds the write lock: the WAL must still be empty,
-            // or a page committed there would stay behind with the old file.
-            if let wal = try? FilePath(path + "-wal").stat(), wal.size > 0 {
-                throw DBKeyError(
-                    .databaseInUse,
-                    "Another process wrote to \(path) while it was being locked: stop it and rotate again.",
-                    path: path)
-            }
-            size = try source.seek(offset: 0, from: .end)
+            source = try DatabaseFileReader(holder)
+            // In rollback mode a RESERVED lock: readers go on, no writer starts. In WAL mode the
+            // WAL's write lock.
+            try holder.execute("BEGIN IMMEDIATE")
+            try Self.copyWALBack(of: database, key: key, keyFile: keyFile, until: deadline)
+            size = try source.size()
+            try database.reach(.copyingPages)
         } catch {
             holder.close()
-            try? source.close()
             throw error
         }
     }
 
+    /// Copies every frame of the WAL into the database file, with the write lock held so that
+    /// none is added: a checkpoint that does not wait for the readers (`PASSIVE`), from a
+    /// connection of its own (the holder's transaction keeps it from checkpointing), repeated
+    /// until the readers that hold older snapshots have ended theirs. The WAL is not emptied:
+    /// readers may be using it. It goes at the swap, when they have closed; what it holds is
+    /// then in the database file, and on disk under the old key only in the file replaced.
+    private static func copyWALBack(
+        of database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile, until deadline: ContinuousClock.Instant
+    ) throws {
+        let checkpointer = try database.openConnection(key: key, keyFile: keyFile)
+        defer { checkpointer.close() }
+        while true {
+            let (frames, copied) = try checkpointer.checkpointWithoutWaiting()
+            // -1: not in WAL mode.
+            if frames <= 0 || copied == frames { return }
+            guard ContinuousClock.now < deadline else {
+                throw DBKeyError(
+                    .databaseInUse,
+                    "\(database.databasePath) is in use: a read kept an older snapshot for longer than the key change waits (quiesceTimeout), so its WAL could not be copied into the database. Nothing was changed; try again when it is quieter.",
+                    path: database.databasePath)
+            }
+            usleep(1_000)
+        }
+    }
+
     /// Locks the database and writes its re-encrypted copy, flushed to the disk, on the
-    /// long-work lane.
+    /// long-work lane. Readers of the database go on meanwhile.
     ///
     /// - Returns: The copy in progress (the lock still held) and the record the journal keeps.
     /// - Throws: Before anything is journaled; the copy is removed.
@@ -73,28 +87,34 @@ final class CopyRotation: @unchecked Sendable {
         let path = database.databasePath
         let copyPath = copyPath(of: path)
         let cipher = keyFile.cipher
-        // Read now: reading the file later, while SQLite holds its lock, would drop that lock.
         // A copy left by an earlier run was removed when the change began (changingKey).
-        let salt = try cipher.salt ?? database.readSalt()
         try database.requireRoomForCopy()
         let total = (try? FilePath(path).stat().size) ?? 0
         let reporter = reportProgress(of: [copyPath], total: total, phase: .rekeying, to: progress)
         defer { reporter?.cancel() }
+        let deadline = ContinuousClock.now + database.configuration.quiesceTimeout
         return try await BlockingExecutor.shared.run(.long) {
-            let rotation = try CopyRotation(database: database, key: currentKey, keyFile: keyFile)
+            let rotation = try CopyRotation(database: database, key: currentKey, keyFile: keyFile, deadline: deadline)
             do {
                 let checksum = try rotation.writeCopy(
-                    PageReencryption(cipher: cipher), from: currentKey, to: newKey, salt: salt)
+                    PageReencryption(cipher: cipher), from: currentKey, to: newKey,
+                    salt: try cipher.salt ?? rotation.readSalt())
                 let record = RotationCopy(
                     name: FilePath(copyPath).lastComponent?.string ?? copyPath, size: rotation.size,
                     checksum: checksum)
                 return (rotation, record)
             } catch {
-                rotation.release()
-                database.removeDatabaseFiles(at: copyPath)
+                rotation.abandon()
                 throw error
             }
         }
+    }
+
+    /// The salt at the start of the file (older `.key` files do not record it).
+    private func readSalt() throws -> [UInt8] {
+        var salt = [UInt8](repeating: 0, count: CipherSettings.saltByteCount)
+        try salt.withUnsafeMutableBytes { try source.read(into: $0, at: 0) }
+        return salt
     }
 
     private func writeCopy(
@@ -110,7 +130,7 @@ final class CopyRotation: @unchecked Sendable {
         }
         return try copy.closeAfter {
             // The copy becomes the database: it keeps the database's permissions.
-            if let mode = try? source.stat().permissions.rawValue {
+            if let mode = try? FilePath(database.databasePath).stat().permissions.rawValue {
                 _ = fchmod(copy.rawValue, mode_t(mode & 0o777))
             }
             let checksum = try reencryption.reencrypt(
@@ -126,7 +146,8 @@ final class CopyRotation: @unchecked Sendable {
     }
 
     /// Renames the copy over the database and flushes the directory, then lets the lock go, on
-    /// the short-work lane. Releases the lock whatever happens.
+    /// the short-work lane. Releases the lock whatever happens. Every other connection of this
+    /// process on the database must be closed (``ManagedDatabase/closeReadersForSwap()``).
     func swapIn() async throws {
         try await BlockingExecutor.shared.run(.short) { [self] in
             defer { release() }
@@ -135,13 +156,18 @@ final class CopyRotation: @unchecked Sendable {
         }
     }
 
-    /// Ends SQLite's transaction and closes the connection, then the descriptor.
+    /// Lets the lock go and removes the copy: the rotation stops before anything is journaled.
+    func abandon() {
+        release()
+        database.removeDatabaseFiles(at: copyPath)
+    }
+
+    /// Ends SQLite's transaction and closes the connection.
     func release() {
         guard !released else { return }
         released = true
         try? holder.execute("ROLLBACK")
         holder.close()
-        try? source.close()
     }
 
     deinit { release() }

@@ -10,6 +10,9 @@ enum KeyChangeStep: Sendable, Hashable, CaseIterable {
     case pendingKeyFileWritten
     /// Before `sqlite3_rekey` (rotation) or `sqlcipher_export` (migration).
     case changingDatabase
+    /// In a rotation by copy, with SQLite's write lock held and the WAL copied back, before
+    /// the first page is read: the app's readers go on from here until the swap.
+    case copyingPages
     /// Before the new key is proven by a new connection.
     case verifyingNewKey
     /// Before the renamed database replaces the old one (migration).

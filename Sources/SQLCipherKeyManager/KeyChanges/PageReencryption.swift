@@ -39,14 +39,16 @@ struct PageReencryption: Sendable {
     }
 
     /// Re-encrypts all `size` bytes of `source` into `destination` (an empty file) on up to
-    /// `workers` threads, deriving the HMAC keys with the database's `salt`, and returns the copy's checksum (``checksum(ofChunk:firstPage:)``
-    /// over every chunk).
+    /// `workers` threads, deriving the HMAC keys with the database's `salt`, and returns the
+    /// copy's checksum (``checksum(ofChunk:firstPage:)`` over every chunk). The source is read
+    /// through SQLite's own handle (``DatabaseFileReader``), so that no descriptor of DBKey's is
+    /// closed on the database.
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseDamaged`` naming the first page that
     ///   fails its HMAC (or a size that is not whole pages); ``DBKeyError/Code-swift.struct/io``
     ///   when reading or writing fails. The destination is then incomplete.
     func reencrypt(
-        _ source: FileDescriptor, sourcePath: String, size: Int64,
+        _ source: DatabaseFileReader, sourcePath: String, size: Int64,
         into destination: FileDescriptor, destinationPath: String,
         from oldKey: SecureBuffer, to newKey: SecureBuffer, salt: [UInt8], workers: Int
     ) throws -> [UInt8] {
@@ -62,7 +64,7 @@ struct PageReencryption: Sendable {
                         let count = min(pagesPerChunk, pageCount - index * pagesPerChunk)
                         let bytes = UnsafeMutableRawBufferPointer(rebasing: chunk[0..<(count * pageSize)])
                         let offset = Int64(index * pagesPerChunk * pageSize)
-                        try readFully(source, into: bytes, at: offset, path: sourcePath)
+                        try source.read(into: bytes, at: offset)
                         for page in 0..<count where !isLockBytePage(firstPage + page) {
                             try crypto.reencrypt(
                                 UnsafeMutableRawBufferPointer(

@@ -21,7 +21,10 @@ struct Rotation {
 
     func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
-        return try await database.changingKey(wait: wait) { keyFile in try await rotate(keyFile, progress: progress) }
+        // Readers go on while a copy is made; in place, every page changes under them.
+        return try await database.changingKey(wait: wait, readsGoOn: !inPlace) { keyFile in
+            try await rotate(keyFile, progress: progress)
+        }
     }
 
     private func rotate(_ keyFile: KeyFile, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile
@@ -65,6 +68,13 @@ struct Rotation {
             try database.reach(.changingDatabase)
             let (copy, record) = try await CopyRotation.makeCopy(
                 of: database, keyFile: keyFile, from: currentKey, to: newKey.plaintext, progress: progress)
+            do {
+                // Nothing is journaled yet: a read that does not finish in time leaves the key as it was.
+                try await database.closeReadersForSwap()
+            } catch {
+                copy.abandon()
+                throw error
+            }
             do {
                 journaled = try await journal.begin(
                     .rotateByCopy, keyFile, newKey: newKey, provider: kms.providerName, version: version,

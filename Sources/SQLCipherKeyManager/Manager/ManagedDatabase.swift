@@ -282,22 +282,31 @@ final class ManagedDatabase: Sendable {
         return (settledLock, try load())
     }
 
-    /// Runs a key change: takes the exclusive lock (waiting up to `wait`), removes stale
-    /// temporary `.key` files, settles an interrupted change, and hands `body` the settled
-    /// `.key`; afterwards, whatever the outcome, forgets every cached key.
+    /// Runs a key change: reserves it and takes the exclusive lock (waiting up to `wait`),
+    /// removes stale temporary `.key` files, settles an interrupted change, and hands `body` the
+    /// settled `.key`; afterwards, whatever the outcome, forgets every cached key.
     ///
     /// Connection pools and coordinators of this process on the database are paused first
     /// (closed, their locks let go) and reopened afterwards; `body` hands them the new data key
-    /// with ``handOver(_:)``.
-    func changingKey<Result>(wait: Duration, _ body: (KeyFile) async throws -> Result) async throws -> Result {
-        try await KeyChangeParticipants.shared.pausing(
-            databasePath: databasePath, timeout: configuration.quiesceTimeout
+    /// with ``handOver(_:)``. With `readsGoOn` (a rotation by copy) they only hold their
+    /// writes, and their readers go on until `body` calls ``closeReadersForSwap()``. The
+    /// reservation is kept until they have reopened, so that no other key change slips in
+    /// between.
+    func changingKey<Result>(
+        wait: Duration, readsGoOn: Bool = false, _ body: (KeyFile) async throws -> Result
+    ) async throws -> Result {
+        let lock = try await DatabaseLock.reserveKeyChange(databasePath: databasePath, wait: wait)
+        defer { lock.release() }
+        // A change left journaled is settled with every handle closed: settling may replace the file.
+        let readsGoOn = readsGoOn && (try? load())?.pending == nil
+        return try await KeyChangeParticipants.shared.pausing(
+            databasePath: databasePath, timeout: configuration.quiesceTimeout, readsGoOn: readsGoOn
         ) { pause in
-            let lock = try await DatabaseLock.acquire(.exclusive, databasePath: databasePath, wait: wait)
+            try await lock.takeExclusive(databasePath: databasePath, wait: wait)
             defer {
                 // No key unwrapped before the change is kept.
                 keyCache.removeAll()
-                lock.release()
+                lock.releaseExclusive()
             }
             removeStaleTemporaryKeyFiles()
             removeUnusableRollbackJournal()
@@ -308,6 +317,15 @@ final class ManagedDatabase: Sendable {
                 return try await body(settled)
             }
         }
+    }
+
+    /// Closes the readers of this process's pools and coordinators that a rotation by copy let
+    /// go on, before the copy is swapped in.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when a read does not finish by
+    ///   the configuration's `quiesceTimeout`.
+    func closeReadersForSwap() async throws {
+        try await TaskPause.current?.closeReaders()
     }
 
     /// Gives the pools and coordinators paused for the running key change its new data key, so

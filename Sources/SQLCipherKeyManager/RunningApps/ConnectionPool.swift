@@ -45,6 +45,8 @@ public actor ConnectionPool {
 
     private enum State {
         case open
+        /// A rotation by copy is copying the database: reads go on, writes wait.
+        case writesHeld
         /// Closed for a key change; work waits.
         case paused
         case closed
@@ -60,6 +62,9 @@ public actor ConnectionPool {
     private var writer: PooledConnection?
     private var writerInUse = false
     private var idleReaders: [PooledConnection] = []
+    /// Bumped when the pool's key changes; a reader opened under an earlier one is closed when
+    /// it comes back.
+    private var generation = 0
     private var openReaders = 0
     /// Connections handed out and not yet back, and readers being opened.
     private var inUse = 0
@@ -159,14 +164,17 @@ public actor ConnectionPool {
             case .paused:
                 try await waitForTurn()
                 continue
-            case .open:
+            case .writesHeld where role == .writer:
+                try await waitForTurn()
+                continue
+            case .open, .writesHeld:
                 break
             }
             if reopening {
                 try await waitForTurn()
                 continue
             }
-            guard let key, let keyFile, writer != nil else {
+            guard let key, let keyFile, writer != nil || state == .writesHeld else {
                 // A reopen after a key change failed (a KMS outage, the lock held elsewhere):
                 // try again, and tell this caller why it cannot.
                 try await reopen(newKey: nil)
@@ -188,7 +196,8 @@ public actor ConnectionPool {
                     openReaders += 1
                     inUse += 1
                     do {
-                        return try await openConnection(key: key, keyFile: keyFile, role: .reader)
+                        return try await openConnection(
+                            key: key, keyFile: keyFile, role: .reader, generation: generation)
                     } catch {
                         openReaders -= 1
                         inUse -= 1
@@ -207,7 +216,7 @@ public actor ConnectionPool {
         case .writer:
             writerInUse = false
         case .reader:
-            if state == .open && !pooled.connection.isClosed {
+            if state == .open || state == .writesHeld, pooled.generation == generation, !pooled.connection.isClosed {
                 idleReaders.append(pooled)
             } else {
                 openReaders -= 1
@@ -276,7 +285,12 @@ public actor ConnectionPool {
             } else {
                 key = try await database.unwrapKey(of: keyFile)
             }
-            let writer = try await openConnection(key: key, keyFile: keyFile, role: .writer)
+            let writer = try await openConnection(key: key, keyFile: keyFile, role: .writer, generation: generation)
+            if let previous = self.key, previous != key {
+                // Readers kept through a change that did not end in a swap are on the old key
+                // only if the key changed anyway: close them.
+                retireReaders()
+            }
             self.lock = lock
             self.key = key
             self.keyFile = keyFile
@@ -288,9 +302,9 @@ public actor ConnectionPool {
         }
     }
 
-    private nonisolated func openConnection(key: SecureBuffer, keyFile: KeyFile, role: Role) async throws
-        -> PooledConnection
-    {
+    private nonisolated func openConnection(
+        key: SecureBuffer, keyFile: KeyFile, role: Role, generation: Int
+    ) async throws -> PooledConnection {
         try await BlockingExecutor.shared.run(.short) { [database] in
             let connection = try database.openConnection(key: key, keyFile: keyFile)
             try connection.guardAgainstKeyChanges()
@@ -306,49 +320,81 @@ public actor ConnectionPool {
             case .reader:
                 try connection.execute("PRAGMA query_only = ON")
             }
-            return PooledConnection(connection)
+            return PooledConnection(connection, generation: generation)
         }
     }
 
     /// Closes every connection and lets go of the lock; connections in use are closed as they
     /// come back.
     private func closeConnections() {
+        retireReaders()
+        closeWriter()
+    }
+
+    /// Closes the idle readers; those in use are closed as they come back.
+    private func retireReaders() {
         for reader in idleReaders {
             reader.connection.close()
         }
         openReaders -= idleReaders.count
         idleReaders = []
+        generation += 1
+    }
+
+    /// Closes the writer and lets go of the shared lock.
+    private func closeWriter() {
         writer?.connection.close()
         writer = nil
         lock?.release()
         lock = nil
     }
 
-    /// Waits, polling, until no connection is in use or `deadline` passes; whether none is.
-    private func drain(until deadline: ContinuousClock.Instant) async -> Bool {
-        while inUse > 0 && ContinuousClock.now < deadline {
+    /// Waits, polling, until `isDone` or `deadline` passes; whether `isDone`.
+    private func drain(until deadline: ContinuousClock.Instant, _ isDone: () -> Bool) async -> Bool {
+        while !isDone() && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(1))
         }
-        return inUse == 0
+        return isDone()
     }
 
-    func pause(until deadline: ContinuousClock.Instant) async throws {
+    private func inUseError() -> DBKeyError {
+        DBKeyError(
+            .databaseInUse,
+            "\(databasePath) is in use: work on its connection pool did not finish in time for the key change. Nothing was changed; try again when it is quieter, or allow longer (quiesceTimeout).",
+            path: databasePath)
+    }
+
+    /// Stops writes for a rotation by copy: new writes wait, the running one finishes, the
+    /// writer closes and the shared lock is let go. Reads go on.
+    func holdWrites(until deadline: ContinuousClock.Instant) async throws {
         guard state == .open else { return }
-        state = .paused
-        guard await drain(until: deadline) else {
+        state = .writesHeld
+        guard await drain(until: deadline, { !writerInUse && !reopening }) else {
             state = .open
             wakeWaiters()
-            throw DBKeyError(
-                .databaseInUse,
-                "\(databasePath) is in use: work on its connection pool did not finish in time for the key change. Nothing was changed; try again when it is quieter, or allow longer (quiesceTimeout).",
-                path: databasePath)
+            throw inUseError()
+        }
+        closeWriter()
+        database.logger.debug("Holding the connection pool's writes for a rotation")
+    }
+
+    /// Closes the pool for a key change (or for the swap of a rotation by copy): new work
+    /// waits, running work finishes, every connection closes and the shared lock is let go.
+    func pause(until deadline: ContinuousClock.Instant) async throws {
+        let previous = state
+        guard previous == .open || previous == .writesHeld else { return }
+        state = .paused
+        guard await drain(until: deadline, { inUse == 0 }) else {
+            state = previous
+            wakeWaiters()
+            throw inUseError()
         }
         closeConnections()
         database.logger.debug("Paused the connection pool for a key change")
     }
 
     func resume(newKey: SecureBuffer?) async {
-        guard state == .paused else { return }
+        guard state == .paused || state == .writesHeld else { return }
         state = .open
         do {
             try await reopen(newKey: newKey)
@@ -369,7 +415,7 @@ public actor ConnectionPool {
         registration?.cancel()
         registration = nil
         wakeWaiters()
-        _ = await drain(until: .now + .seconds(365 * 86_400))
+        _ = await drain(until: .now + .seconds(365 * 86_400)) { inUse == 0 }
         closeConnections()
         key = nil
         keyFile = nil
@@ -389,9 +435,12 @@ public actor ConnectionPool {
 /// Only one piece of work holds it at a time.
 final class PooledConnection: @unchecked Sendable {
     let connection: DatabaseConnection
+    /// The pool's generation when it was opened.
+    let generation: Int
 
-    init(_ connection: DatabaseConnection) {
+    init(_ connection: DatabaseConnection, generation: Int) {
         self.connection = connection
+        self.generation = generation
     }
 }
 
@@ -399,6 +448,10 @@ extension ConnectionPool {
     /// The pool as a key-change participant, without keeping it alive.
     fileprivate struct Participant: KeyChangeParticipant {
         weak var pool: ConnectionPool?
+
+        func holdWrites(until deadline: ContinuousClock.Instant) async throws {
+            try await pool?.holdWrites(until: deadline)
+        }
 
         func suspend(until deadline: ContinuousClock.Instant) async throws {
             try await pool?.pause(until: deadline)

@@ -47,6 +47,33 @@ public protocol KeyChangeCoordinator: AnyObject, Sendable {
     /// once after every key change the coordinator was closed for, whether it succeeded, failed
     /// or was refused.
     func reopenAfterKeyChange() async
+
+    /// Whether the coordinator's read-only handles go on reading while a rotation by copy
+    /// re-encrypts the database: `true` to have ``closeWritersForKeyChange(before:)`` called
+    /// when the rotation starts, and ``closeForKeyChange(before:)`` only just before the copy
+    /// is swapped in. `false` (the default) closes everything when the rotation starts.
+    var readsGoOnDuringRotation: Bool { get }
+
+    /// Called when a rotation by copy starts, for a coordinator whose reads go on
+    /// (``readsGoOnDuringRotation``): stops new writes, waits for the running one, closes the
+    /// handles that write, and releases its ``DatabaseKey`` (and with it the shared lock),
+    /// keeping the read-only handles open — they read the database as it was when the
+    /// writes stopped. ``closeForKeyChange(before:)`` follows before the copy is swapped in,
+    /// and must close those handles too.
+    ///
+    /// - Parameter deadline: When the key change gives up waiting.
+    /// - Throws: To refuse, as ``closeForKeyChange(before:)`` does.
+    func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws
+}
+
+extension KeyChangeCoordinator {
+    /// `false`: every handle closes when a key change starts.
+    public var readsGoOnDuringRotation: Bool { false }
+
+    /// Closes every handle (``KeyChangeCoordinator/closeForKeyChange(before:)``).
+    public func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        try await closeForKeyChange(before: deadline)
+    }
 }
 
 /// A coordinator's registration; the coordinator takes part in key changes until it is
@@ -71,27 +98,42 @@ public final class KeyChangeRegistration: Sendable {
 /// What holds handles on a database in this process and pauses for a key change: a
 /// ``ConnectionPool``, or an app's ``KeyChangeCoordinator``.
 protocol KeyChangeParticipant: Sendable {
+    /// At the start of a rotation by copy: stops new writes, lets the running one finish (until
+    /// `deadline`), closes the handles that write and lets go of the shared lock, keeping the
+    /// readers open; a participant that cannot keep its readers closes everything.
+    func holdWrites(until deadline: ContinuousClock.Instant) async throws
     /// Lets running work finish (until `deadline`), closes every handle and lets go of the
-    /// shared lock; throws, having resumed, when it cannot.
+    /// shared lock; does nothing when already closed. A participant that cannot throws, left
+    /// as it was, and is resumed with the others.
     func suspend(until deadline: ContinuousClock.Instant) async throws
     /// Reopens, with `newKey` when the change handed one over (a rotation's new data key).
     func resume(newKey: SecureBuffer?) async
 }
 
 /// An app's coordinator as a participant.
-struct CoordinatorParticipant: KeyChangeParticipant {
+final class CoordinatorParticipant: KeyChangeParticipant {
     let coordinator: any KeyChangeCoordinator
+    /// Whether ``KeyChangeCoordinator/closeForKeyChange(before:)`` has been called for the
+    /// running change.
+    private let closed = Mutex(false)
+
+    init(coordinator: any KeyChangeCoordinator) {
+        self.coordinator = coordinator
+    }
+
+    func holdWrites(until deadline: ContinuousClock.Instant) async throws {
+        guard coordinator.readsGoOnDuringRotation else { return try await suspend(until: deadline) }
+        try await coordinator.closeWritersForKeyChange(before: deadline)
+    }
 
     func suspend(until deadline: ContinuousClock.Instant) async throws {
-        do {
-            try await coordinator.closeForKeyChange(before: deadline)
-        } catch {
-            await coordinator.reopenAfterKeyChange()
-            throw error
-        }
+        guard !closed.withLock({ $0 }) else { return }
+        try await coordinator.closeForKeyChange(before: deadline)
+        closed.withLock { $0 = true }
     }
 
     func resume(newKey: SecureBuffer?) async {
+        closed.withLock { $0 = false }
         await coordinator.reopenAfterKeyChange()
     }
 }
@@ -135,10 +177,15 @@ final class KeyChangeParticipants: Sendable {
     /// A key change's hold on a database's participants.
     final class Pause: Sendable {
         let participants: [any KeyChangeParticipant]
+        let databasePath: String
+        /// How long a participant may take to stop.
+        let timeout: Duration
         private let handedOver = Mutex<SecureBuffer?>(nil)
 
-        init(participants: [any KeyChangeParticipant]) {
+        init(participants: [any KeyChangeParticipant], databasePath: String, timeout: Duration) {
             self.participants = participants
+            self.databasePath = databasePath
+            self.timeout = timeout
         }
 
         /// Gives the participants the new data key, so that they reopen without a KMS call.
@@ -146,32 +193,71 @@ final class KeyChangeParticipants: Sendable {
             handedOver.withLock { $0 = key }
         }
 
-        /// Resumes every participant but those at the indices `skipped`.
-        func resume(skipping skipped: Set<Int> = []) async {
+        /// Asks every participant at once to hold its writes (`readsGoOn`) or to close.
+        ///
+        /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when one cannot by the
+        ///   timeout; every participant is then as it was or stopped, and is resumed by
+        ///   ``resume()``.
+        func stop(readsGoOn: Bool) async throws {
+            let deadline = ContinuousClock.now + timeout
+            let failures = await withTaskGroup(of: (any Error)?.self) { group in
+                for participant in participants {
+                    group.addTask {
+                        do {
+                            if readsGoOn {
+                                try await participant.holdWrites(until: deadline)
+                            } else {
+                                try await participant.suspend(until: deadline)
+                            }
+                            return nil
+                        } catch {
+                            return error
+                        }
+                    }
+                }
+                return await group.compactMap { $0 }.reduce(into: [any Error]()) { $0.append($1) }
+            }
+            guard let error = failures.first else { return }
+            if let error = error as? DBKeyError, error.code == .databaseInUse { throw error }
+            throw DBKeyError(
+                .databaseInUse,
+                "\(databasePath) is in use: a connection pool or coordinator in this process could not close for the key change within \(timeout).",
+                path: databasePath, underlying: error)
+        }
+
+        /// Closes the readers that a rotation by copy let go on, before the copy is swapped in.
+        func closeReaders() async throws {
+            try await stop(readsGoOn: false)
+        }
+
+        /// Resumes every participant.
+        func resume() async {
             let key = handedOver.withLock { $0 }
             await withTaskGroup(of: Void.self) { group in
-                for (index, participant) in participants.enumerated() where !skipped.contains(index) {
+                for participant in participants {
                     group.addTask { await participant.resume(newKey: key) }
                 }
             }
         }
     }
 
-    /// Runs `body` with every participant of the database paused: closed, their locks let go.
-    /// A change inside another change (a rotation run by a slot removal) runs in the outer one's
-    /// pause.
+    /// Runs `body` with every participant of the database stopped: closed, their locks let go —
+    /// or, with `readsGoOn`, with their writes held and their readers open until `body` calls
+    /// ``Pause/closeReaders()``. A change inside another change (a rotation run by a slot
+    /// removal) runs in the outer one's pause.
     ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when a participant cannot pause
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when a participant cannot stop
     ///   by `timeout` (every participant is resumed, nothing is changed); what `body` throws.
     func pausing<Result>(
-        databasePath: String, timeout: Duration, _ body: (Pause?) async throws -> Result
+        databasePath: String, timeout: Duration, readsGoOn: Bool = false, _ body: (Pause?) async throws -> Result
     ) async throws -> Result {
         let name = Self.name(databasePath)
         let (pause, isOuter) = databases.withLock { state -> (Pause?, Bool) in
             guard var database = state.byPath[name] else { return (nil, false) }
             if let running = database.pause { return (running, false) }
             guard !database.participants.isEmpty else { return (nil, false) }
-            let pause = Pause(participants: Array(database.participants.values))
+            let pause = Pause(
+                participants: Array(database.participants.values), databasePath: databasePath, timeout: timeout)
             database.pause = pause
             state.byPath[name] = database
             return (pause, true)
@@ -183,33 +269,8 @@ final class KeyChangeParticipants: Sendable {
                 if state.byPath[name]?.participants.isEmpty == true { state.byPath[name] = nil }
             }
         }
-        let deadline = ContinuousClock.now + timeout
-        // Every participant pauses at once. One that cannot has resumed itself; the others are
-        // resumed, and nothing is changed.
-        let outcomes = await withTaskGroup(of: (Int, (any Error)?).self) { group in
-            for (index, participant) in pause.participants.enumerated() {
-                group.addTask {
-                    do {
-                        try await participant.suspend(until: deadline)
-                        return (index, nil)
-                    } catch {
-                        return (index, error)
-                    }
-                }
-            }
-            return await group.reduce(into: [Int: any Error]()) { failures, outcome in
-                if let error = outcome.1 { failures[outcome.0] = error }
-            }
-        }
-        if let error = outcomes.values.first {
-            await pause.resume(skipping: Set(outcomes.keys))
-            if let error = error as? DBKeyError, error.code == .databaseInUse { throw error }
-            throw DBKeyError(
-                .databaseInUse,
-                "\(databasePath) is in use: a connection pool or coordinator in this process could not close for the key change within \(timeout).",
-                path: databasePath, underlying: error)
-        }
         do {
+            try await pause.stop(readsGoOn: readsGoOn)
             let result = try await body(pause)
             await pause.resume()
             return result

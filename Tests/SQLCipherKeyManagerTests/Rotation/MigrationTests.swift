@@ -186,7 +186,7 @@ struct MigrationTests {
 
     @Test(
         "a failure at any step leaves the plaintext original or the migrated database, each complete",
-        arguments: KeyChangeStep.allCases)
+        arguments: KeyChangeStep.migrationSteps)
     func faultAtStep(step: KeyChangeStep) async throws {
         let directory = try TemporaryDirectory()
         let path = try plaintextDatabase(directory)
@@ -201,6 +201,8 @@ struct MigrationTests {
             #expect(!FileManager.default.fileExists(atPath: path + ".key"))
             #expect(!FileManager.default.fileExists(atPath: path + ".dbkey-migrating"))
             try await manager(path).migrate(from: .plaintext)
+        case .copyingPages:
+            Issue.record("a migration makes no rotation copy: it is not among its steps")
         case .pendingKeyFileWritten, .swappingDatabase, .writingFinalKeyFile:
             // The .key records the pending swap — also when its write failed after the rename,
             // and then the copy it points at was kept: the next open finishes it.

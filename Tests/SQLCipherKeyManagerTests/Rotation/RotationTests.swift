@@ -73,7 +73,11 @@ struct RotationTests {
         let result = await Result { try await database.manager(faultAt: step).rotateKey(inPlace: inPlace) }
         let expectedVersion: Int
         switch step {
-        case .writingPendingKeyFile, .changingDatabase:
+        case .swappingDatabase where inPlace, .copyingPages where inPlace:
+            // A rotation in place passes no copy and no swap: it runs to the end.
+            #expect(try result.get().version == before.version + 1)
+            expectedVersion = before.version + 1
+        case .writingPendingKeyFile, .changingDatabase, .copyingPages:
             // Failed before the database changed, with no pending record: the current key stays.
             #expect((result.error as? DBKeyError)?.code == .io)
             expectedVersion = before.version
@@ -82,10 +86,6 @@ struct RotationTests {
             // next open drops the record. By copy, the complete copy it names is renamed in.
             #expect((result.error as? DBKeyError)?.code == .io)
             expectedVersion = before.version + (inPlace ? 0 : 1)
-        case .swappingDatabase where inPlace:
-            // A rotation in place passes no swap: it runs to the end.
-            #expect(try result.get().version == before.version + 1)
-            expectedVersion = before.version + 1
         case .verifyingNewKey, .swappingDatabase:
             // A crash there: the rekey had committed, or the complete copy is journaled; the
             // next open settles it by completing the rotation. (A real error there is settled
@@ -177,9 +177,12 @@ struct RotationTests {
 extension KeyChangeStep {
     /// The steps a rotation passes through.
     static let rotationSteps: [KeyChangeStep] = [
-        .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase, .swappingDatabase, .verifyingNewKey,
-        .writingFinalKeyFile,
+        .writingPendingKeyFile, .pendingKeyFileWritten, .changingDatabase, .copyingPages, .swappingDatabase,
+        .verifyingNewKey, .writingFinalKeyFile,
     ]
+
+    /// The steps a migration or an upgrade passes through: every one but the rotation's copy.
+    static let migrationSteps = allCases.filter { $0 != .copyingPages }
 }
 
 extension Result where Failure == any Error {
