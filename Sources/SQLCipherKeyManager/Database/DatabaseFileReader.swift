@@ -59,7 +59,7 @@ final class DatabaseFileReader: @unchecked Sendable {
     /// The error for a failed call, with the system error SQLite's call left (read at once,
     /// under the turn).
     private func failure(_ action: String) -> DBKeyError {
-        let errorNumber = errno
+        let errorNumber = Platform.errno
         return DBKeyError.io(errorNumber == 0 ? Errno.ioError : Errno(rawValue: errorNumber), action, connection.path)
     }
 }

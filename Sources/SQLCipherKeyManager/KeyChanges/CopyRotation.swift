@@ -175,11 +175,21 @@ final class CopyRotation: @unchecked Sendable {
 
 extension ManagedDatabase {
     /// Removes the database's journal, WAL and WAL index, which describe the file being replaced
-    /// (the caller emptied or rolled them back), then renames `copy` over the database and
-    /// flushes the directory, so that the rename survives a power loss.
+    /// (the caller copied them into it or rolled them back), then renames `copy` over the
+    /// database and flushes the directory, so that the rename survives a power loss.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/io`` before the rename when one of them cannot
+    ///   be removed: a WAL left beside the new file would be replayed into it on the next open,
+    ///   its pages under the old key.
     func replaceDatabase(with copy: String, action: String) throws {
         for suffix in ["-wal", "-shm", "-journal"] {
-            _ = unlink(databasePath + suffix)
+            do {
+                try valueOrErrno { unlink(databasePath + suffix) }
+            } catch Errno.noSuchFileOrDirectory {
+                continue
+            } catch {
+                throw DBKeyError.io(error, "remove", databasePath + suffix)
+            }
         }
         do {
             try valueOrErrno { rename(copy, databasePath) }

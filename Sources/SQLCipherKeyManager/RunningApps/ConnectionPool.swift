@@ -13,7 +13,7 @@ import Logging
 ///     try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
 /// }
 /// let count = try await pool.read { db in try db.fetchAll("SELECT count(*) FROM note")[0][0] }
-/// try await manager.rotateKey()  // the pool pauses, is reopened with the new key, and goes on
+/// try await manager.rotateKey()  // reads go on, writes wait; the pool reopens on the new key
 /// await pool.close()
 /// ```
 ///
@@ -23,12 +23,16 @@ import Logging
 ///   ``writeWithoutTransaction(_:)`` runs outside one (pragmas, `VACUUM`).
 /// - SQLite work runs on the package's own threads, never on Swift's cooperative pool.
 /// - A task waiting for a connection can be cancelled: it throws `CancellationError`.
-/// - A key change made in this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``,
-///   an upgrade, a slot change) pauses the pool: new work waits, running work finishes (for up
-///   to the configuration's `quiesceTimeout`, or the change fails with `database-in-use`), every
-///   connection is closed and the shared lock let go; the change runs; the pool reopens with the
-///   key the `.key` now records, and the waiting work goes on. The app sees latency, never an
-///   error and never a connection on the old key.
+/// - A rotation by copy made in this process
+///   (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``) holds the
+///   pool's writes while the copy is made: new writes wait, the running one finishes, the writer
+///   closes and the shared lock is let go; reads go on. Just before the copy is swapped in, reads
+///   pause too (running ones finish), every connection closes, and the pool reopens on the new
+///   key, handed over by the rotation. Any other key change (in place, an upgrade, a slot
+///   change) pauses reads and writes for its whole length. Work that does not finish within the
+///   configuration's `quiesceTimeout` fails the change with `database-in-use`, nothing changed.
+///   The app sees latency, never an error and never a connection on the old key (see
+///   <doc:RotatingWhileTheAppRuns>).
 ///
 /// The pool holds the database's shared lock while it is open (as a connection does), so
 /// another process cannot rotate the key; an operator's `dbkey rotate --request` asks the pool
@@ -38,6 +42,30 @@ public actor ConnectionPool {
     public nonisolated let databasePath: String
     /// The most readers open at once.
     public nonisolated let maximumReaders: Int
+    /// When the writer's commits reach the disk.
+    public nonisolated let synchronous: Synchronous
+
+    /// When a write's commit reaches the disk (SQLite's `synchronous` setting for the writer).
+    ///
+    /// The trade-off is a power loss's, not a crash's: after a crash of the app (SIGKILL
+    /// included) every committed write is there in either mode, as the operating system still
+    /// holds it. A power loss or a kernel crash can lose the last commits under `normal`, never
+    /// the database's integrity, and never a key change (DBKey flushes those itself).
+    public enum Synchronous: Sendable {
+        /// Every commit is flushed to the disk before the write returns (`FULL`, the default):
+        /// a write that returned survives a power loss.
+        case full
+        /// Commits are flushed at the WAL's checkpoints (`NORMAL`, as GRDB's pools set it):
+        /// faster writes; a power loss may lose the commits since the last checkpoint.
+        case normal
+
+        var pragma: String {
+            switch self {
+            case .full: "PRAGMA synchronous = FULL"
+            case .normal: "PRAGMA synchronous = NORMAL"
+            }
+        }
+    }
 
     private let database: ManagedDatabase
     /// Whether the pool answers rotation requests (``RotationRequest``), checking this often.
@@ -73,10 +101,13 @@ public actor ConnectionPool {
     private var registration: KeyChangeRegistration?
     private var requestWatcher: Task<Void, Never>?
 
-    init(database: ManagedDatabase, maximumReaders: Int, rotationRequestInterval: Duration?) {
+    init(
+        database: ManagedDatabase, maximumReaders: Int, rotationRequestInterval: Duration?, synchronous: Synchronous
+    ) {
         self.database = database
         self.databasePath = database.databasePath
         self.maximumReaders = maximumReaders
+        self.synchronous = synchronous
         self.rotationRequestInterval = rotationRequestInterval
     }
 
@@ -305,7 +336,7 @@ public actor ConnectionPool {
     private nonisolated func openConnection(
         key: SecureBuffer, keyFile: KeyFile, role: Role, generation: Int
     ) async throws -> PooledConnection {
-        try await BlockingExecutor.shared.run(.short) { [database] in
+        try await BlockingExecutor.shared.run(.short) { [database, synchronous] in
             let connection = try database.openConnection(key: key, keyFile: keyFile)
             try connection.guardAgainstKeyChanges()
             switch role {
@@ -317,6 +348,7 @@ public actor ConnectionPool {
                         "\(database.databasePath) could not be switched to WAL mode (it answered \(mode ?? "nothing")).",
                         path: database.databasePath)
                 }
+                try connection.execute(synchronous.pragma)
             case .reader:
                 try connection.execute("PRAGMA query_only = ON")
             }

@@ -4,11 +4,12 @@ import Synchronization
 /// An app's own SQLite stack (GRDB, SQLite.swift, C code keyed through ``DatabaseKey``) taking
 /// part in key changes made while it runs.
 ///
-/// A rotation needs the database alone: every handle keyed with the old key must be closed
-/// before a page is re-encrypted. A coordinator registered with
-/// ``LocalDbKeyManager/register(_:)`` is asked to close its handles when a key change made in
-/// this process starts, and to reopen them when it ends — through the seam, which hands out the
-/// new key:
+/// A key change needs the database alone: every handle keyed with the old key must be closed
+/// before the pages change. A coordinator registered with ``LocalDbKeyManager/register(_:)``
+/// is asked to close its handles when a key change made in this process starts, and to reopen
+/// them when it ends — through the seam, which hands out the new key. (A coordinator whose reads
+/// can go on while a rotation's copy is made says so with ``readsGoOnDuringRotation``: see
+/// <doc:RotatingWhileTheAppRuns>.)
 ///
 /// ```swift
 /// final class NotesStore: KeyChangeCoordinator {

@@ -12,12 +12,15 @@ extension LocalDbKeyManager {
     ///   - maximumReaders: The most readers open at once (at least 1).
     ///   - answeringRotationRequests: How often the pool checks for an operator's rotation
     ///     request (``RotationRequest``, `dbkey rotate --request`); `nil`, the default, never.
+    ///   - synchronous: When the writer's commits reach the disk (``ConnectionPool/Synchronous``):
+    ///     ``ConnectionPool/Synchronous/full``, the default, at each commit.
     /// - Returns: The open pool; close it with ``ConnectionPool/close()``.
     /// - Throws: What ``openOrCreate()`` throws; ``DBKeyError/Code-swift.struct/sqlite`` when the
     ///   database cannot be switched to WAL mode.
     public func openPool(
         maximumReaders: Int = 4,
-        answeringRotationRequests: Duration? = nil
+        answeringRotationRequests: Duration? = nil,
+        synchronous: ConnectionPool.Synchronous = .full
     ) async throws -> ConnectionPool {
         guard maximumReaders >= 1 else {
             throw DBKeyError(
@@ -25,7 +28,8 @@ extension LocalDbKeyManager {
         }
         try await createOnFirstUse()
         let pool = ConnectionPool(
-            database: database, maximumReaders: maximumReaders, rotationRequestInterval: answeringRotationRequests)
+            database: database, maximumReaders: maximumReaders, rotationRequestInterval: answeringRotationRequests,
+            synchronous: synchronous)
         do {
             try await pool.start()
         } catch let error as DBKeyError {

@@ -58,6 +58,34 @@ final class NotesStore: KeyChangeCoordinator {
     }
 }
 
+/// The coordinator of the article "Rotating While the App Runs": a read-only handle that goes
+/// on reading through a rotation's copy.
+final class NotesReader: KeyChangeCoordinator {
+    let manager: LocalDbKeyManager
+    let key = Mutex<DatabaseKey?>(nil)
+    init(manager: LocalDbKeyManager) { self.manager = manager }
+
+    var readsGoOnDuringRotation: Bool { true }
+
+    func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        // Stop writes and close the handles that write; the read-only handles stay open. Then:
+        key.withLock { $0?.release() }
+    }
+
+    func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        // Just before the swap: let running reads finish, close every handle; then:
+        key.withLock {
+            $0?.release()
+            $0 = nil
+        }
+    }
+
+    func reopenAfterKeyChange() async {
+        let newKey = try? await manager.getOrCreateKey()  // key the app's handles with it
+        key.withLock { $0 = newKey }
+    }
+}
+
 /// The examples of the doc comments, each over the names its comment assumes.
 enum DocCommentExamples {
     static func main() async {
@@ -396,7 +424,7 @@ enum DocumentationExamples {
             try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
         }
         let count = try await pool.read { db in try db.fetchAll("SELECT count(*) FROM note")[0][0] }
-        try await manager.rotateKey()  // the pool pauses, is reopened with the new key, and goes on
+        try await manager.rotateKey()  // reads go on, writes wait; the pool reopens on the new key
         await pool.close()
         _ = count
     }
@@ -412,6 +440,12 @@ enum DocumentationExamples {
         let registration = manager.register(store)  // until the store goes away
         try await manager.rotateKey()  // closes the store's handles, rotates, reopens them
         registration.cancel()
+    }
+
+    static func synchronousPool(manager: LocalDbKeyManager) async throws {
+        let pool = try await manager.openPool(maximumReaders: 4, synchronous: .normal)
+        try await pool.write { db in try db.execute("CREATE TABLE IF NOT EXISTS note(body TEXT)") }
+        await pool.close()
     }
 
     static func dbkeyWithExample() async {

@@ -151,6 +151,24 @@ struct ConnectionPoolTests {
         await pool.close()
     }
 
+    @Test("the writer commits with synchronous FULL by default and NORMAL when asked, before and after a rotation")
+    func synchronousSetting() async throws {
+        let database = try await TestDatabase(rows: 10)
+        let manager = database.manager()
+        @Sendable func setting(_ pool: ConnectionPool) async throws -> SQLValue {
+            try await pool.writeWithoutTransaction { db in try db.fetchAll("PRAGMA synchronous")[0][0] }
+        }
+        let full = try await manager.openPool()
+        #expect(full.synchronous == .full)
+        #expect(try await setting(full) == .integer(2))
+        await full.close()
+        let normal = try await manager.openPool(synchronous: .normal)
+        #expect(try await setting(normal) == .integer(1))
+        try await manager.rotateKey()
+        #expect(try await setting(normal) == .integer(1), "the writer reopened after the rotation keeps it")
+        await normal.close()
+    }
+
     @Test("a pool of 2 readers runs 2 reads at once; a third waits; a waiting task is cancelled; all go on")
     func exhaustionAndCancellation() async throws {
         let database = try await TestDatabase(rows: 10)

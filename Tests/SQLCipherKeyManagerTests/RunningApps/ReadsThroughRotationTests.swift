@@ -100,15 +100,13 @@ struct ReadsThroughRotationTests {
         for round in 1...5 {
             // Some writes before each rotation, so that the WAL holds frames to copy back.
             let before = committed.value.load(ordering: .sequentiallyConsistent)
-            while committed.value.load(ordering: .sequentiallyConsistent) < before + 5 {
-                try await Task.sleep(for: .milliseconds(5))
-            }
+            try await Self.waitUntil { committed.value.load(ordering: .sequentiallyConsistent) >= before + 5 }
             let oldKey = try await database.currentKey()
             #expect(try await manager.rotateKey().version == round + 1)
             try await Self.expectOnlyNewKeyOnDisk(database, round: round, oldKey: oldKey, pool: pool)
-            // The writer goes on after the swap.
+            // The writer goes on after the swap (waited for, up to a minute on a loaded machine).
             let last = committed.value.load(ordering: .sequentiallyConsistent)
-            try await Task.sleep(for: .milliseconds(20))
+            try await Self.waitUntil { committed.value.load(ordering: .sequentiallyConsistent) > last }
             #expect(
                 committed.value.load(ordering: .sequentiallyConsistent) > last, "writes went on after rotation \(round)"
             )
@@ -129,6 +127,14 @@ struct ReadsThroughRotationTests {
         #expect(final.count == last && final.sum == last * (last + 1) / 2)
         await pool.close()
         try await database.expectIntact()
+    }
+
+    /// Waits until `condition` holds, checking every 5 ms, for up to a minute (a loaded machine).
+    static func waitUntil(_ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !condition() && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
     }
 
     /// The database file and its WAL as they are on disk (copied while the pool's writer is

@@ -83,7 +83,7 @@ for megabytes in sizesMB {
     // Both rotations in WAL mode, the mode a GRDB pool puts the database in.
     try await (try await KeyedDatabasePool(manager: rotated)).close()
     rows.append(
-        try await OnlineRotation.pauseRow(
+        contentsOf: try await OnlineRotation.pauseRows(
             "GRDB, 2 readers + writer", manager: rotated, megabytes: megabytes, readers: 2
         ) {
             let pool = try await KeyedDatabasePool(manager: rotated)
