@@ -39,6 +39,23 @@ public enum NotePages {
         }
     }
 
+    /// `readers` threads, each making ``readsPerReader`` reads through `read` synchronously,
+    /// which returns how many rows it read.
+    public static func threadReads(readers: Int, _ read: @escaping @Sendable (Int64) throws -> Int) {
+        let done = DispatchGroup()
+        for reader in 0..<readers {
+            done.enter()
+            Thread.detachNewThread {
+                for index in 0..<readsPerReader {
+                    let rows = try? read(after(read: index, reader: reader))
+                    precondition(rows == 100)
+                }
+                done.leave()
+            }
+        }
+        done.wait()
+    }
+
     /// `readers` threads, each with its own handle keyed in C and one prepared statement,
     /// reading the same pages into Swift values.
     public static func bareReads(_ path: String, key: SecureBuffer, readers: Int) {
@@ -204,7 +221,8 @@ public enum OnlineRotation {
         let latencies = reads.map { $0.end - $0.start }.sorted()
         return Overlap(
             longestGap: longestGap,
-            readP99: latencies.isEmpty ? rotation.end - rotation.start : latencies[min(latencies.count - 1, latencies.count * 99 / 100)],
+            readP99: latencies.isEmpty
+                ? rotation.end - rotation.start : latencies[min(latencies.count - 1, latencies.count * 99 / 100)],
             longestWrite: writes.map { $0.end - $0.start }.max() ?? .zero, reads: reads.count)
     }
 

@@ -9,7 +9,8 @@ import Foundation
 /// `flock` locks belong to the open file, so two connections in one process exclude a
 /// rotation just as two processes do. The kernel drops the lock when the process dies, so a
 /// crash never leaves the database locked.
-final class DatabaseLock {
+/// Sendable as the pools hand it between their lock and their tasks; it is released once.
+final class DatabaseLock: @unchecked Sendable {
     enum Mode {
         case shared, exclusive
     }

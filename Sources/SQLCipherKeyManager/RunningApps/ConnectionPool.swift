@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// Connections for a running app: one writer and up to ``maximumReaders`` readers on a WAL
 /// database, each keyed through the manager, which stay usable while the key is rotated.
@@ -18,7 +19,9 @@ import Logging
 /// ```
 ///
 /// - A ``read(_:)`` runs in a read transaction: every statement in it sees one snapshot, and
-///   it runs beside other reads and the write. Readers refuse writes (`query_only`).
+///   it runs beside other reads and the write. Readers refuse writes (`query_only`). A caller on
+///   a thread of its own (not Swift's cooperative pool) can read synchronously
+///   (``readSynchronously(_:)``), with no thread hand-off.
 /// - A ``write(_:)`` runs in an `IMMEDIATE` transaction, one at a time;
 ///   ``writeWithoutTransaction(_:)`` runs outside one (pragmas, `VACUUM`).
 /// - SQLite work runs on the package's own threads, never on Swift's cooperative pool.
@@ -37,13 +40,13 @@ import Logging
 /// The pool holds the database's shared lock while it is open (as a connection does), so
 /// another process cannot rotate the key; an operator's `dbkey rotate --request` asks the pool
 /// to rotate instead (see ``RotationRequest``).
-public actor ConnectionPool {
+public final class ConnectionPool: Sendable {
     /// The database file's path.
-    public nonisolated let databasePath: String
+    public let databasePath: String
     /// The most readers open at once.
-    public nonisolated let maximumReaders: Int
+    public let maximumReaders: Int
     /// When the writer's commits reach the disk.
-    public nonisolated let synchronous: Synchronous
+    public let synchronous: Synchronous
 
     /// When a write's commit reaches the disk (SQLite's `synchronous` setting for the writer).
     ///
@@ -70,36 +73,9 @@ public actor ConnectionPool {
     private let database: ManagedDatabase
     /// Whether the pool answers rotation requests (``RotationRequest``), checking this often.
     private let rotationRequestInterval: Duration?
-
-    private enum State {
-        case open
-        /// A rotation by copy is copying the database: reads go on, writes wait.
-        case writesHeld
-        /// Closed for a key change; work waits.
-        case paused
-        case closed
-    }
-
-    private var state = State.open
-    private var key: SecureBuffer?
-    /// The `.key` the connections were opened under.
-    private var keyFile: KeyFile?
-    /// Whether a reopen is running; work waits for it.
-    private var reopening = false
-    private var lock: DatabaseLock?
-    private var writer: PooledConnection?
-    private var writerInUse = false
-    private var idleReaders: [PooledConnection] = []
-    /// Bumped when the pool's key changes; a reader opened under an earlier one is closed when
-    /// it comes back.
-    private var generation = 0
-    private var openReaders = 0
-    /// Connections handed out and not yet back, and readers being opened.
-    private var inUse = 0
-    private var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
-    private var nextWaiter: UInt64 = 0
-    private var registration: KeyChangeRegistration?
-    private var requestWatcher: Task<Void, Never>?
+    /// Everything that changes, behind one lock: a read checks a connection out and in without a
+    /// thread hand-off.
+    private let state = Mutex(PoolState())
 
     init(
         database: ManagedDatabase, maximumReaders: Int, rotationRequestInterval: Duration?, synchronous: Synchronous
@@ -114,10 +90,11 @@ public actor ConnectionPool {
     /// Opens the writer (switching the database to WAL), takes the shared lock, and joins the
     /// database's key changes.
     func start() async throws {
+        state.withLock { $0.reopening = true }
         try await reopen(newKey: nil)
-        registration = KeyChangeParticipants.shared.register(Participant(pool: self), databasePath: databasePath)
-        if let interval = rotationRequestInterval {
-            requestWatcher = Task { [weak self] in
+        let registration = KeyChangeParticipants.shared.register(Participant(pool: self), databasePath: databasePath)
+        let watcher = rotationRequestInterval.map { interval in
+            Task { [weak self] in
                 while !Task.isCancelled {
                     try? await Task.sleep(for: interval)
                     // A pool released without close() stops answering.
@@ -126,10 +103,14 @@ public actor ConnectionPool {
                 }
             }
         }
+        state.withLock {
+            $0.registration = registration
+            $0.requestWatcher = watcher
+        }
     }
 
     deinit {
-        requestWatcher?.cancel()
+        state.withLock { $0.requestWatcher?.cancel() }
     }
 
     // MARK: - Work
@@ -140,10 +121,23 @@ public actor ConnectionPool {
     /// - Throws: What `body` throws; `CancellationError` when the task is cancelled while it
     ///   waits for a reader; ``DBKeyError/Code-swift.struct/databaseClosed`` after ``close()``;
     ///   the errors of reopening after a key change (a KMS outage, the lock held elsewhere).
-    public nonisolated func read<Result: Sendable>(
+    public func read<Result: Sendable>(
         _ body: @escaping @Sendable (DatabaseConnection) throws -> Result
     ) async throws -> Result {
         try await run(.reader) { db in try db.inTransaction(.deferred) { try body(db) } }
+    }
+
+    /// Runs `body` with a reader on the calling thread, in a read transaction, as ``read(_:)``
+    /// does: for a caller on a thread of its own, which it blocks while it waits for a reader.
+    /// Never call it from Swift's cooperative pool (a task): the wait would block one of its
+    /// few threads.
+    ///
+    /// - Returns: What `body` returns.
+    /// - Throws: As ``read(_:)`` does, but for cancellation.
+    public func readSynchronously<Result>(_ body: (DatabaseConnection) throws -> Result) throws -> Result {
+        let pooled = try checkOutBlocking()
+        defer { checkIn(pooled, .reader) }
+        return try pooled.connection.inTransaction(.deferred) { try body(pooled.connection) }
     }
 
     /// Runs `body` with the writer, in an `IMMEDIATE` transaction: committed when it returns,
@@ -151,7 +145,7 @@ public actor ConnectionPool {
     ///
     /// - Returns: What `body` returns.
     /// - Throws: As ``read(_:)`` does.
-    public nonisolated func write<Result: Sendable>(
+    public func write<Result: Sendable>(
         _ body: @escaping @Sendable (DatabaseConnection) throws -> Result
     ) async throws -> Result {
         try await run(.writer) { db in try db.inTransaction(.immediate) { try body(db) } }
@@ -162,127 +156,127 @@ public actor ConnectionPool {
     ///
     /// - Returns: What `body` returns.
     /// - Throws: As ``read(_:)`` does.
-    public nonisolated func writeWithoutTransaction<Result: Sendable>(
+    public func writeWithoutTransaction<Result: Sendable>(
         _ body: @escaping @Sendable (DatabaseConnection) throws -> Result
     ) async throws -> Result {
         try await run(.writer, body)
     }
 
-    private enum Role {
+    fileprivate enum Role {
         case reader, writer
     }
 
-    private nonisolated func run<Result: Sendable>(
+    /// Checks a connection out, runs `body` on the short-work lane and checks the connection
+    /// in there: one hand-off to the lane and one back.
+    private func run<Result: Sendable>(
         _ role: Role, _ body: @escaping @Sendable (DatabaseConnection) throws -> Result
     ) async throws -> Result {
         let pooled = try await checkOut(role)
-        let outcome: Swift.Result<Result, any Error>
-        do {
-            outcome = .success(try await BlockingExecutor.shared.run(.short) { try body(pooled.connection) })
-        } catch {
-            outcome = .failure(error)
+        return try await BlockingExecutor.shared.run(.short) { [self] in
+            defer { checkIn(pooled, role) }
+            return try body(pooled.connection)
         }
-        await checkIn(pooled, role)
-        return try outcome.get()
     }
 
     private func checkOut(_ role: Role) async throws -> PooledConnection {
         while true {
             try Task.checkCancellation()
-            switch state {
-            case .closed:
-                throw closedError()
-            case .paused:
-                try await waitForTurn()
-                continue
-            case .writesHeld where role == .writer:
-                try await waitForTurn()
-                continue
-            case .open, .writesHeld:
-                break
+            var next = state.withLock { $0.next(role, maximumReaders: maximumReaders) }
+            if case .wait = next {
+                next = try await waitForTurn(role)
             }
-            if reopening {
-                try await waitForTurn()
-                continue
-            }
-            guard let key, let keyFile, writer != nil || state == .writesHeld else {
+            switch next {
+            case .connection(let pooled):
+                return pooled
+            case .openReader(let key, let keyFile, let generation):
+                do {
+                    return try await BlockingExecutor.shared.run(.short) { [self] in
+                        try makeConnection(key: key, keyFile: keyFile, role: .reader, generation: generation)
+                    }
+                } catch {
+                    state.withLock { $0.readerNotOpened() }.forEach { $0.resume() }
+                    throw error
+                }
+            case .reopen:
                 // A reopen after a key change failed (a KMS outage, the lock held elsewhere):
                 // try again, and tell this caller why it cannot.
                 try await reopen(newKey: nil)
+            case .closed:
+                throw closedError()
+            case .wait:
                 continue
             }
-            switch role {
-            case .writer:
-                if !writerInUse, let writer {
-                    writerInUse = true
-                    inUse += 1
-                    return writer
-                }
-            case .reader:
-                if let reader = idleReaders.popLast() {
-                    inUse += 1
-                    return reader
-                }
-                if openReaders < maximumReaders {
-                    openReaders += 1
-                    inUse += 1
-                    do {
-                        return try await openConnection(
-                            key: key, keyFile: keyFile, role: .reader, generation: generation)
-                    } catch {
-                        openReaders -= 1
-                        inUse -= 1
-                        wakeWaiters()
-                        throw error
-                    }
-                }
-            }
-            try await waitForTurn()
         }
+    }
+
+    /// ``checkOut(_:)`` for a caller on its own thread: waits by blocking it.
+    private func checkOutBlocking() throws -> PooledConnection {
+        while true {
+            let turn = DispatchSemaphore(value: 0)
+            let next = state.withLock { state in
+                let next = state.next(.reader, maximumReaders: maximumReaders)
+                if case .wait = next { state.addWaiter(.thread(turn)) }
+                return next
+            }
+            switch next {
+            case .connection(let pooled):
+                return pooled
+            case .openReader(let key, let keyFile, let generation):
+                do {
+                    return try makeConnection(key: key, keyFile: keyFile, role: .reader, generation: generation)
+                } catch {
+                    state.withLock { $0.readerNotOpened() }.forEach { $0.resume() }
+                    throw error
+                }
+            case .reopen:
+                try waitBlocking { [self] in try await reopen(newKey: nil) }
+            case .closed:
+                throw closedError()
+            case .wait:
+                turn.wait()
+            }
+        }
+    }
+
+    /// Runs `work` in a task and blocks the calling thread (not one of the cooperative pool's)
+    /// until it ends.
+    private func waitBlocking(_ work: @escaping @Sendable () async throws -> Void) throws {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<Swift.Result<Void, any Error>>(.success(()))
+        Task {
+            do { try await work() } catch { outcome.withLock { $0 = .failure(error) } }
+            done.signal()
+        }
+        done.wait()
+        try outcome.withLock { $0 }.get()
     }
 
     private func checkIn(_ pooled: PooledConnection, _ role: Role) {
-        inUse -= 1
-        switch role {
-        case .writer:
-            writerInUse = false
-        case .reader:
-            if state == .open || state == .writesHeld, pooled.generation == generation, !pooled.connection.isClosed {
-                idleReaders.append(pooled)
-            } else {
-                openReaders -= 1
-                pooled.connection.close()
-            }
-        }
-        wakeWaiters()
+        let toClose = state.withLock { $0.checkIn(pooled, isWriter: role == .writer) }
+        toClose?.connection.close()
     }
 
-    /// Waits until a connection comes back or the pool's state changes.
-    private func waitForTurn() async throws {
-        nextWaiter += 1
-        let id = nextWaiter
-        try await withTaskCancellationHandler {
+    /// Waits until a connection comes back or the pool's state changes, deciding again under the
+    /// lock so that no wake-up is missed.
+    private func waitForTurn(_ role: Role) async throws -> PoolState.Next {
+        let id = state.withLock { $0.reserveWaiter() }
+        return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                if Task.isCancelled {
-                    continuation.resume(throwing: CancellationError())
-                } else {
-                    waiters[id] = continuation
+                let waiting = state.withLock { state -> Bool in
+                    guard !Task.isCancelled,
+                        case .wait = state.next(role, maximumReaders: maximumReaders, peek: true)
+                    else { return false }
+                    state.waiters[id] = .task(continuation)
+                    return true
+                }
+                if !waiting {
+                    // Cancelled before it waited, or its turn came: the loop decides again.
+                    continuation.resume()
                 }
             }
+            return .wait
         } onCancel: {
-            Task { await self.cancelWaiter(id) }
-        }
-    }
-
-    private func cancelWaiter(_ id: UInt64) {
-        waiters.removeValue(forKey: id)?.resume(throwing: CancellationError())
-    }
-
-    private func wakeWaiters() {
-        let woken = waiters
-        waiters = [:]
-        for continuation in woken.values {
-            continuation.resume()
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.cancel()
         }
     }
 
@@ -294,19 +288,14 @@ public actor ConnectionPool {
 
     /// Takes the shared lock (settling an interrupted key change), finds the key the `.key`
     /// records — `newKey` or the current one when either matches its key check, else through
-    /// the KMS — and opens the writer.
+    /// the KMS — and opens the writer. The caller set `reopening`.
     private func reopen(newKey: SecureBuffer?) async throws {
-        reopening = true
-        inUse += 1
-        defer {
-            reopening = false
-            inUse -= 1
-            wakeWaiters()
-        }
+        defer { state.withLock { $0.endReopening() }.forEach { $0.resume() } }
         try database.refuseSymbolicLink()
         let (lock, keyFile) = try await database.acquireSettled(wait: database.configuration.openWait)
         do {
-            let known = [newKey, key].compactMap { $0 }.first { candidate in
+            let current = state.withLock { $0.key }
+            let known = [newKey, current].compactMap { $0 }.first { candidate in
                 keyFile.keyCheck?.matches(candidate) == true
             }
             let key: SecureBuffer
@@ -316,16 +305,12 @@ public actor ConnectionPool {
             } else {
                 key = try await database.unwrapKey(of: keyFile)
             }
-            let writer = try await openConnection(key: key, keyFile: keyFile, role: .writer, generation: generation)
-            if let previous = self.key, previous != key {
-                // Readers kept through a change that did not end in a swap are on the old key
-                // only if the key changed anyway: close them.
-                retireReaders()
+            let generation = state.withLock { $0.generation }
+            let writer = try await BlockingExecutor.shared.run(.short) { [self] in
+                try makeConnection(key: key, keyFile: keyFile, role: .writer, generation: generation)
             }
-            self.lock = lock
-            self.key = key
-            self.keyFile = keyFile
-            self.writer = writer
+            let retired = state.withLock { $0.opened(writer: writer, lock: lock, key: key, keyFile: keyFile) }
+            retired.forEach { $0.connection.close() }
             database.logger.debug("Opened the connection pool", metadata: ["version": "\(keyFile.version)"])
         } catch {
             lock.release()
@@ -333,11 +318,13 @@ public actor ConnectionPool {
         }
     }
 
-    private nonisolated func openConnection(
-        key: SecureBuffer, keyFile: KeyFile, role: Role, generation: Int
-    ) async throws -> PooledConnection {
-        try await BlockingExecutor.shared.run(.short) { [database, synchronous] in
-            let connection = try database.openConnection(key: key, keyFile: keyFile)
+    /// Opens a connection keyed with `key` and the `.key`'s cipher settings: the writer in WAL
+    /// mode with the pool's `synchronous`, a reader `query_only`.
+    private func makeConnection(key: SecureBuffer, keyFile: KeyFile, role: Role, generation: Int) throws
+        -> PooledConnection
+    {
+        let connection = try database.openConnection(key: key, keyFile: keyFile)
+        do {
             try connection.guardAgainstKeyChanges()
             switch role {
             case .writer:
@@ -352,41 +339,19 @@ public actor ConnectionPool {
             case .reader:
                 try connection.execute("PRAGMA query_only = ON")
             }
-            return PooledConnection(connection, generation: generation)
+        } catch {
+            connection.close()
+            throw error
         }
+        return PooledConnection(connection, generation: generation)
     }
 
-    /// Closes every connection and lets go of the lock; connections in use are closed as they
-    /// come back.
-    private func closeConnections() {
-        retireReaders()
-        closeWriter()
-    }
-
-    /// Closes the idle readers; those in use are closed as they come back.
-    private func retireReaders() {
-        for reader in idleReaders {
-            reader.connection.close()
-        }
-        openReaders -= idleReaders.count
-        idleReaders = []
-        generation += 1
-    }
-
-    /// Closes the writer and lets go of the shared lock.
-    private func closeWriter() {
-        writer?.connection.close()
-        writer = nil
-        lock?.release()
-        lock = nil
-    }
-
-    /// Waits, polling, until `isDone` or `deadline` passes; whether `isDone`.
-    private func drain(until deadline: ContinuousClock.Instant, _ isDone: () -> Bool) async -> Bool {
-        while !isDone() && ContinuousClock.now < deadline {
+    /// Waits, polling, until `isDone` holds of the state or `deadline` passes; whether it does.
+    private func drain(until deadline: ContinuousClock.Instant, _ isDone: @escaping (PoolState) -> Bool) async -> Bool {
+        while !state.withLock({ isDone($0) }) && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(1))
         }
-        return isDone()
+        return state.withLock { isDone($0) }
     }
 
     private func inUseError() -> DBKeyError {
@@ -399,58 +364,69 @@ public actor ConnectionPool {
     /// Stops writes for a rotation by copy: new writes wait, the running one finishes, the
     /// writer closes and the shared lock is let go. Reads go on.
     func holdWrites(until deadline: ContinuousClock.Instant) async throws {
-        guard state == .open else { return }
-        state = .writesHeld
-        guard await drain(until: deadline, { !writerInUse && !reopening }) else {
-            state = .open
-            wakeWaiters()
+        guard state.withLock({ $0.enter(.writesHeld, from: [.open]) }) else { return }
+        guard await drain(until: deadline, { !$0.writerInUse && !$0.reopening }) else {
+            state.withLock { $0.leave(.writesHeld, to: .open) }.forEach { $0.resume() }
             throw inUseError()
         }
-        closeWriter()
+        state.withLock { $0.closeWriter() }.close()
         database.logger.debug("Holding the connection pool's writes for a rotation")
     }
 
     /// Closes the pool for a key change (or for the swap of a rotation by copy): new work
     /// waits, running work finishes, every connection closes and the shared lock is let go.
     func pause(until deadline: ContinuousClock.Instant) async throws {
-        let previous = state
-        guard previous == .open || previous == .writesHeld else { return }
-        state = .paused
-        guard await drain(until: deadline, { inUse == 0 }) else {
-            state = previous
-            wakeWaiters()
+        let previous = state.withLock { state -> PoolState.Phase? in
+            let previous = state.phase
+            return state.enter(.paused, from: [.open, .writesHeld]) ? previous : nil
+        }
+        guard let previous else { return }
+        guard await drain(until: deadline, { $0.inUse == 0 && !$0.reopening }) else {
+            state.withLock { $0.leave(.paused, to: previous) }.forEach { $0.resume() }
             throw inUseError()
         }
-        closeConnections()
+        state.withLock { $0.closeConnections() }.close()
         database.logger.debug("Paused the connection pool for a key change")
     }
 
     func resume(newKey: SecureBuffer?) async {
-        guard state == .paused || state == .writesHeld else { return }
-        state = .open
+        let resuming = state.withLock { state -> Bool in
+            guard state.phase == .paused || state.phase == .writesHeld else { return false }
+            state.phase = .open
+            state.reopening = true
+            return true
+        }
+        guard resuming else { return }
         do {
             try await reopen(newKey: newKey)
         } catch {
             // The next piece of work tries again and reports why it cannot.
             database.logger.debug("Reopening the connection pool failed", metadata: ["error": "\(error)"])
         }
-        wakeWaiters()
     }
 
     /// Closes the pool: new work fails with ``DBKeyError/Code-swift.struct/databaseClosed``,
     /// running work finishes, then every connection is closed and the shared lock released.
     /// Later calls do nothing.
     public func close() async {
-        guard state != .closed else { return }
-        state = .closed
-        requestWatcher?.cancel()
-        registration?.cancel()
-        registration = nil
-        wakeWaiters()
-        _ = await drain(until: .now + .seconds(365 * 86_400)) { inUse == 0 }
-        closeConnections()
-        key = nil
-        keyFile = nil
+        let closing = state.withLock { state -> (registration: KeyChangeRegistration?, waiters: [PoolState.Waiter])? in
+            guard state.phase != .closed else { return nil }
+            state.phase = .closed
+            state.requestWatcher?.cancel()
+            defer { state.registration = nil }
+            return (state.registration, state.takeWaiters())
+        }
+        guard let closing else { return }
+        closing.registration?.cancel()
+        closing.waiters.forEach { $0.resume() }
+        _ = await drain(until: .now + .seconds(365 * 86_400)) { $0.inUse == 0 && !$0.reopening }
+        state.withLock { state in
+            defer {
+                state.key = nil
+                state.keyFile = nil
+            }
+            return state.closeConnections()
+        }.close()
         database.logger.debug("Closed the connection pool")
     }
 
@@ -458,8 +434,209 @@ public actor ConnectionPool {
 
     /// Carries out an operator's rotation request, if there is one (``RotationRequest``).
     private func answerRotationRequest() async {
-        guard state == .open else { return }
+        guard state.withLock({ $0.phase == .open }) else { return }
         await RotationRequest.answer(database: database)
+    }
+}
+
+/// A pool's connections, waiters and phase, changed only under its lock.
+private struct PoolState {
+    enum Phase {
+        case open
+        /// A rotation by copy is copying the database: reads go on, writes wait.
+        case writesHeld
+        /// Closed for a key change; work waits.
+        case paused
+        case closed
+    }
+
+    /// A caller waiting for its turn: a task, or a thread of its own.
+    enum Waiter {
+        case task(CheckedContinuation<Void, any Error>)
+        case thread(DispatchSemaphore)
+
+        func resume() {
+            switch self {
+            case .task(let continuation): continuation.resume()
+            case .thread(let semaphore): semaphore.signal()
+            }
+        }
+
+        func cancel() {
+            switch self {
+            case .task(let continuation): continuation.resume(throwing: CancellationError())
+            case .thread(let semaphore): semaphore.signal()
+            }
+        }
+    }
+
+    /// What a caller asking for a connection does next.
+    enum Next {
+        case connection(PooledConnection)
+        /// Opens a reader (counted already) with this key, under this generation.
+        case openReader(SecureBuffer, KeyFile, Int)
+        /// Reopens the pool (the caller now owns `reopening`).
+        case reopen
+        case wait
+        case closed
+    }
+
+    var phase = Phase.open
+    var key: SecureBuffer?
+    /// The `.key` the connections were opened under.
+    var keyFile: KeyFile?
+    /// Whether a reopen is running; work waits for it.
+    var reopening = false
+    var lock: DatabaseLock?
+    var writer: PooledConnection?
+    var writerInUse = false
+    var idleReaders: [PooledConnection] = []
+    var openReaders = 0
+    /// Connections handed out and not yet back, and readers being opened.
+    var inUse = 0
+    /// Bumped when the pool's key changes or its readers close; a reader opened under an
+    /// earlier one is closed when it comes back.
+    var generation = 0
+    var waiters: [UInt64: Waiter] = [:]
+    var nextWaiter: UInt64 = 0
+    var registration: KeyChangeRegistration?
+    var requestWatcher: Task<Void, Never>?
+
+    /// Decides what a caller asking for `role` does, taking the connection when there is one
+    /// (unless only peeking).
+    mutating func next(_ role: ConnectionPool.Role, maximumReaders: Int, peek: Bool = false) -> Next {
+        switch phase {
+        case .closed: return .closed
+        case .paused: return .wait
+        case .writesHeld where role == .writer: return .wait
+        case .open, .writesHeld: break
+        }
+        if reopening { return .wait }
+        guard let key, let keyFile, writer != nil || phase == .writesHeld else {
+            if !peek { reopening = true }
+            return .reopen
+        }
+        switch role {
+        case .writer:
+            guard !writerInUse, let writer else { return .wait }
+            if !peek {
+                writerInUse = true
+                inUse += 1
+            }
+            return .connection(writer)
+        case .reader:
+            if !idleReaders.isEmpty {
+                guard !peek else { return .connection(idleReaders[idleReaders.count - 1]) }
+                inUse += 1
+                return .connection(idleReaders.removeLast())
+            }
+            guard openReaders < maximumReaders else { return .wait }
+            if !peek {
+                openReaders += 1
+                inUse += 1
+            }
+            return .openReader(key, keyFile, generation)
+        }
+    }
+
+    mutating func reserveWaiter() -> UInt64 {
+        nextWaiter += 1
+        return nextWaiter
+    }
+
+    mutating func addWaiter(_ waiter: Waiter) {
+        waiters[reserveWaiter()] = waiter
+    }
+
+    mutating func takeWaiters() -> [Waiter] {
+        defer { waiters = [:] }
+        return Array(waiters.values)
+    }
+
+    /// A reader counted by ``next(_:maximumReaders:peek:)`` could not be opened.
+    mutating func readerNotOpened() -> [Waiter] {
+        openReaders -= 1
+        inUse -= 1
+        return takeWaiters()
+    }
+
+    /// Takes a connection back; returns one to close (a reader of an earlier generation, or
+    /// any while the pool is not serving reads). Wakes every waiter.
+    mutating func checkIn(_ pooled: PooledConnection, isWriter: Bool) -> PooledConnection? {
+        inUse -= 1
+        defer { takeWaiters().forEach { $0.resume() } }
+        if isWriter {
+            writerInUse = false
+            return nil
+        }
+        if phase == .open || phase == .writesHeld, pooled.generation == generation, !pooled.connection.isClosed {
+            idleReaders.append(pooled)
+            return nil
+        }
+        openReaders -= 1
+        return pooled
+    }
+
+    /// Moves to `phase` from one of `allowed`; whether it did.
+    mutating func enter(_ phase: Phase, from allowed: Set<Phase>) -> Bool {
+        guard allowed.contains(self.phase) else { return false }
+        self.phase = phase
+        return true
+    }
+
+    /// Moves back from `phase` (a key change the pool could not stop for) to `previous`.
+    mutating func leave(_ phase: Phase, to previous: Phase) -> [Waiter] {
+        if self.phase == phase { self.phase = previous }
+        return takeWaiters()
+    }
+
+    mutating func endReopening() -> [Waiter] {
+        reopening = false
+        return takeWaiters()
+    }
+
+    /// Records a reopen's writer, lock and key; returns the idle readers to close when the key
+    /// changed (readers kept through a change that did not end in a swap).
+    mutating func opened(
+        writer: PooledConnection, lock: DatabaseLock, key: SecureBuffer, keyFile: KeyFile
+    ) -> [PooledConnection] {
+        let retired = self.key.map { $0 != key } ?? false ? retireReaders() : []
+        self.writer = writer
+        self.lock = lock
+        self.key = key
+        self.keyFile = keyFile
+        return retired
+    }
+
+    /// Takes the idle readers to close; those in use are closed as they come back.
+    mutating func retireReaders() -> [PooledConnection] {
+        defer {
+            openReaders -= idleReaders.count
+            idleReaders = []
+            generation += 1
+        }
+        return idleReaders
+    }
+
+    /// Takes the writer to close and lets go of the shared lock.
+    mutating func closeWriter() -> [PooledConnection] {
+        defer {
+            writer = nil
+            lock?.release()
+            lock = nil
+        }
+        return writer.map { [$0] } ?? []
+    }
+
+    /// Takes every idle connection to close and lets go of the lock.
+    mutating func closeConnections() -> [PooledConnection] {
+        retireReaders() + closeWriter()
+    }
+}
+
+extension [PooledConnection] {
+    func close() {
+        for pooled in self { pooled.connection.close() }
     }
 }
 

@@ -129,6 +129,62 @@ struct ReadsThroughRotationTests {
         try await database.expectIntact()
     }
 
+    @Test(
+        "synchronous reads on threads of their own go on through rotations by copy, see every write that returned before them, and fail as closed after close()"
+    )
+    func synchronousReadsThroughRotations() async throws {
+        let database = try await TestDatabase(rows: 100)
+        let window = CopyWindow(readsWanted: 4)
+        let manager = LocalDbKeyManager(
+            databasePath: database.path, providers: KmsRegistry(database.kms), configuration: .init(),
+            logger: silentLogger, faultInjector: window.injector)
+        let pool = try await manager.openPool(maximumReaders: 2)
+        let stop = Shared(false)
+        let committed = Shared(Int64(0))
+        let stale = Shared(0)
+        let failures = Mutex<[String]>([])
+        let finished = DispatchGroup()
+        for _ in 0..<3 {
+            // Three threads on two readers: one of them waits for a reader, blocking.
+            finished.enter()
+            Thread {
+                defer { finished.leave() }
+                while !stop.value.load(ordering: .sequentiallyConsistent) {
+                    let floor = committed.value.load(ordering: .sequentiallyConsistent)
+                    do {
+                        let count = try pool.readSynchronously { db in
+                            try db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue ?? -1
+                        }
+                        if count < 100 + floor { stale.value.add(1, ordering: .sequentiallyConsistent) }
+                        window.reads.add(1, ordering: .sequentiallyConsistent)
+                    } catch {
+                        failures.withLock { $0.append("\(error)") }
+                        return
+                    }
+                }
+            }.start()
+        }
+        for round in 1...3 {
+            let n = Int64(round)
+            try await pool.write { db in
+                try db.execute("INSERT INTO item(id, body) VALUES (?, 'x')", arguments: [.integer(1000 + n)])
+            }
+            committed.value.store(n, ordering: .sequentiallyConsistent)
+            #expect(try await manager.rotateKey().version == round + 1)
+        }
+        stop.value.store(true, ordering: .sequentiallyConsistent)
+        await withCheckedContinuation { continuation in
+            finished.notify(queue: .global()) { continuation.resume() }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(stale.value.load(ordering: .sequentiallyConsistent) == 0)
+        #expect(window.log.filter { $0.hasPrefix("copy: reads went on") }.count == 3, "\(window.log)")
+        #expect(
+            try pool.readSynchronously { db in try db.fetchAll("SELECT count(*) FROM item")[0][0] } == .integer(103))
+        await pool.close()
+        #expect(throws: DBKeyError.self) { try pool.readSynchronously { _ in 1 } }
+    }
+
     /// Waits until `condition` holds, checking every 5 ms, for up to a minute (a loaded machine).
     static func waitUntil(_ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + .seconds(60)
