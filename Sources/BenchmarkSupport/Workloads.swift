@@ -16,6 +16,11 @@ public enum NotePages {
     public static let fill =
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) INSERT INTO note(title, updated) SELECT printf('note %d: %s', x, hex(randomblob(40))), x * 1.5 FROM c"
 
+    /// A row of ``page`` as the Swift values a UI shows, as the bare C reader decodes it.
+    @Sendable public static func decode(_ row: RowView) -> (Int64, String, Double) {
+        (row.integer(0), row.text(1) ?? "", row.real(2))
+    }
+
     /// The id after which reader `reader`'s read number `read` starts.
     public static func after(read: Int, reader: Int) -> Int64 {
         Int64((read * 97 + reader * 31) % (notes - 100))

@@ -62,7 +62,7 @@ enum PoolBenchmark {
                     try await Measure.time {
                         try await NotePages.concurrentReads(readers: readers) { after in
                             try await pool.read { db in
-                                try db.fetchAll(NotePages.page, arguments: [.integer(after)]).count
+                                try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
                             }
                         }
                     })
@@ -71,7 +71,7 @@ enum PoolBenchmark {
                         try await offPool {
                             NotePages.threadReads(readers: readers) { after in
                                 try pool.readSynchronously { db in
-                                    try db.fetchAll(NotePages.page, arguments: [.integer(after)]).count
+                                    try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
                                 }
                             }
                         }

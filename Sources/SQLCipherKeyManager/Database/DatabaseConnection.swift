@@ -291,6 +291,27 @@ public final class DatabaseConnection {
         }
     }
 
+    /// Runs `sql`, one statement, and returns what `decode` makes of each row, read straight
+    /// from SQLite with no ``ResultRow`` built; the statement is kept prepared for the next call.
+    ///
+    /// ```swift
+    /// let notes = try db.fetch("SELECT id, body FROM note WHERE id > ?", arguments: [0]) { row in
+    ///     (id: row.integer(0), body: row.text(1) ?? "")
+    /// }
+    /// ```
+    ///
+    /// - Throws: ``DBKeyError`` for invalid SQL, SQL of more than one statement (refused before
+    ///   it runs), an argument count mismatch, or a failed step; what `decode` throws.
+    public func fetch<Row>(_ sql: String, arguments: [SQLValue] = [], _ decode: (RowView) throws -> Row) throws
+        -> [Row]
+    {
+        var rows: [Row]?
+        try forEachStatement(in: sql, cached: true, single: true) { statement in
+            rows = try statement.fetch(arguments: arguments, decode)
+        }
+        return rows ?? []
+    }
+
     /// Runs `sql` and returns every row it produces.
     ///
     /// - Throws: ``DBKeyError`` for invalid SQL, an argument count mismatch, or a failed step.
@@ -382,7 +403,11 @@ public final class DatabaseConnection {
     /// - Parameter cached: Whether SQL of exactly one statement is kept prepared for the next
     ///   call with the same SQL. A cached statement is taken out of the cache while it runs, so
     ///   the same SQL run from inside `body` gets a statement of its own.
-    func forEachStatement(in sql: String, cached: Bool = false, _ body: (PreparedStatement) throws -> Void) throws {
+    ///
+    /// - Parameter single: Whether SQL of more than one statement is refused, before any runs.
+    func forEachStatement(
+        in sql: String, cached: Bool = false, single: Bool = false, _ body: (PreparedStatement) throws -> Void
+    ) throws {
         let handle = try liveHandle()
         let cached = cached && StatementHandle.countsReprepares
         if cached, let entry = statementCache.removeValue(forKey: sql) {
@@ -404,6 +429,10 @@ public final class DatabaseConnection {
                     throw DBKeyError(.sqlite, refusal, resultCode: .SQLITE_AUTH)
                 }
                 try check(code, "preparing a statement")
+                if single, let tail, tail < end, !Self.isBlank(tail, end: end, on: handle) {
+                    sqlite3_finalize(statementHandle)
+                    throw DBKeyError(.sqlite, "fetch runs one statement; the SQL holds more. Nothing was run.")
+                }
                 // A null statement with OK is whitespace or a comment: nothing to run.
                 if let statementHandle {
                     if cached && current == start && tail == end {
@@ -421,6 +450,29 @@ public final class DatabaseConnection {
                 cursor = tail
             }
         }
+    }
+
+    /// Whether the SQL from `start` to `end` holds no statement (only spaces, `;` and comments):
+    /// SQLite prepares it to nothing. Preparing runs nothing.
+    private static func isBlank(_ start: UnsafePointer<CChar>, end: UnsafePointer<CChar>, on handle: OpaquePointer)
+        -> Bool
+    {
+        var remaining = start
+        while remaining < end {
+            var probe: OpaquePointer?
+            var tail: UnsafePointer<CChar>?
+            // Not valid on its own (it may need what the first statement makes): it is SQL.
+            guard sqlite3_prepare_v2(handle, remaining, Int32(end - remaining), &probe, &tail) == SQLITE_OK else {
+                return false
+            }
+            if probe != nil {
+                sqlite3_finalize(probe)
+                return false
+            }
+            guard let next = tail, next > remaining else { return true }
+            remaining = next
+        }
+        return true
     }
 
     /// Puts a statement back in the cache, or finalises it when the connection has closed, the

@@ -56,7 +56,23 @@ public final class PreparedStatement {
         return rows
     }
 
+    /// Runs the statement with `arguments` and returns what `decode` makes of each row, read
+    /// straight from SQLite (no ``ResultRow`` is built).
+    ///
+    /// - Throws: ``DBKeyError`` when the arguments do not match or a step fails; what `decode`
+    ///   throws.
+    public func fetch<Row>(arguments: [SQLValue] = [], _ decode: (RowView) throws -> Row) throws -> [Row] {
+        var rows: [Row] = []
+        try step(arguments: arguments) { rows.append(try decode(RowView(handle: handle))) }
+        return rows
+    }
+
     func run(arguments: [SQLValue], onRow: (ResultRow) throws -> Void) throws {
+        try step(arguments: arguments) { try onRow(currentRow()) }
+    }
+
+    /// Binds `arguments` and steps the statement to its end, calling `onRow` at each row.
+    private func step(arguments: [SQLValue], onRow: () throws -> Void) throws {
         try bind(arguments)
         defer { sqlite3_reset(handle) }
         connection.forgetKeyChangeRefusal()
@@ -74,7 +90,7 @@ public final class PreparedStatement {
             firstStep = false
             switch code {
             case SQLITE_ROW:
-                try onRow(currentRow())
+                try onRow()
             case SQLITE_DONE:
                 return
             default:
@@ -152,6 +168,40 @@ public final class PreparedStatement {
             }
         }
         return ResultRow(columnNames: columnNames, values: values)
+    }
+}
+
+/// The row a statement is on, read column by column straight from SQLite: what
+/// ``PreparedStatement/fetch(arguments:_:)`` and ``DatabaseConnection/fetch(_:arguments:_:)``
+/// hand their `decode` closure. Valid only inside that call.
+public struct RowView {
+    fileprivate let handle: OpaquePointer
+
+    /// The number of columns.
+    public var columnCount: Int { Int(sqlite3_column_count(handle)) }
+
+    /// Whether the column is `NULL`.
+    public func isNull(_ column: Int) -> Bool { sqlite3_column_type(handle, Int32(column)) == SQLITE_NULL }
+
+    /// The column as an integer, with SQLite's conversions (`NULL` is 0).
+    public func integer(_ column: Int) -> Int64 { sqlite3_column_int64(handle, Int32(column)) }
+
+    /// The column as a floating-point number, with SQLite's conversions (`NULL` is 0).
+    public func real(_ column: Int) -> Double { sqlite3_column_double(handle, Int32(column)) }
+
+    /// The column as text, with SQLite's conversions; `nil` for `NULL`.
+    public func text(_ column: Int) -> String? {
+        guard let text = sqlite3_column_text(handle, Int32(column)) else { return nil }
+        let count = Int(sqlite3_column_bytes(handle, Int32(column)))
+        return String(decoding: UnsafeBufferPointer(start: text, count: count), as: UTF8.self)
+    }
+
+    /// The column as bytes; `nil` for `NULL`.
+    public func blob(_ column: Int) -> [UInt8]? {
+        guard !isNull(column) else { return nil }
+        let count = Int(sqlite3_column_bytes(handle, Int32(column)))
+        guard let blob = sqlite3_column_blob(handle, Int32(column)) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: blob, count: count))
     }
 }
 

@@ -89,6 +89,41 @@ struct DatabaseConnectionTests {
         #expect(throws: DBKeyError.self) { try db.fetchAll(select) }
     }
 
+    @Test(
+        "fetch decodes each row straight from SQLite as fetchAll reads it, keeps NULLs apart, and refuses SQL of two statements before running either"
+    )
+    func fetchDecodesRows() async throws {
+        let directory = try TemporaryDirectory()
+        let (db, _) = try openNew(directory)
+        defer { db.close() }
+        try db.execute("CREATE TABLE t(i INTEGER, r REAL, s TEXT, b BLOB)")
+        let insert = try db.prepare("INSERT INTO t VALUES (?, ?, ?, ?)")
+        for n in 0..<50 {
+            try insert.execute(arguments: [
+                n % 7 == 0 ? .null : .integer(Int64(n) * 1_000_000_007), .real(Double(n) / 3), .text("ü\(n)\u{0}x"),
+                n % 5 == 0 ? .null : .blob([UInt8(n), 0, 255]),
+            ])
+        }
+        let query = "SELECT i, r, s, b FROM t WHERE i IS NULL OR i > ? ORDER BY rowid"
+        let decoded = try db.fetch(query, arguments: [.integer(3_000_000_000)]) { row in
+            [
+                row.isNull(0) ? SQLValue.null : .integer(row.integer(0)), .real(row.real(1)),
+                row.text(2).map { .text($0) } ?? .null, row.blob(3).map { .blob($0) } ?? .null,
+            ]
+        }
+        #expect(decoded == (try db.fetchAll(query, arguments: [.integer(3_000_000_000)]).map(\.values)))
+        // All but rows 1 and 2 (1000000007 and 2000000014); the NULLs pass the IS NULL.
+        #expect(decoded.count == 48)
+        // Twice: the second call runs the statement kept prepared. A trailing comment is no statement.
+        #expect(try db.fetch("SELECT count(*) FROM t") { $0.integer(0) } == [50])
+        #expect(try db.fetch("SELECT count(*) FROM t") { $0.integer(0) } == [50])
+        #expect(try db.fetch("SELECT count(*) FROM t;  -- all") { $0.integer(0) } == [50])
+        #expect(throws: DBKeyError.self) {
+            try db.fetch("SELECT count(*) FROM t; DELETE FROM t") { $0.integer(0) }
+        }
+        #expect(try db.fetchAll("SELECT count(*) FROM t")[0][0] == .integer(50), "the DELETE never ran")
+    }
+
     @Test("every storage class binds and reads back unchanged")
     func bindingRoundTrip() async throws {
         let directory = try TemporaryDirectory()

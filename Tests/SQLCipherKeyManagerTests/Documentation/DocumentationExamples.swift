@@ -95,6 +95,13 @@ enum DocCommentExamples {
         ])
     }
 
+    static func fetch(db: DatabaseConnection) throws {
+        let notes = try db.fetch("SELECT id, body FROM note WHERE id > ?", arguments: [0]) { row in
+            (id: row.integer(0), body: row.text(1) ?? "")
+        }
+        _ = notes
+    }
+
     static func connection(manager: LocalDbKeyManager) async throws {
         let db = try await manager.open()
         try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")

@@ -33,9 +33,17 @@ try await grdb.write { db in
 }
 let text = try NotePages.keyText(try await manager.getOrCreateKey())
 
+/// A page decoded into the same Swift values, through GRDB's row cursor.
+@Sendable func grdbPage(_ db: Database, after: Int64) throws -> [(Int64, String, Double)] {
+    try Array(
+        Row.fetchCursor(db, sql: NotePages.page, arguments: [after]).map { row -> (Int64, String, Double) in
+            (row[0], row[1], row[2])
+        })
+}
+
 func grdbReads(_ readers: Int) async throws {
     try await NotePages.concurrentReads(readers: readers) { after in
-        try await grdb.read { db in try Row.fetchAll(db, sql: NotePages.page, arguments: [after]).count }
+        try await grdb.read { db in try grdbPage(db, after: after).count }
     }
 }
 
@@ -62,12 +70,14 @@ for readers in [1, 2] {
         5,
         {
             try await NotePages.concurrentReads(readers: readers) { after in
-                try await reopened.read { db in try Row.fetchAll(db, sql: NotePages.page, arguments: [after]).count }
+                try await reopened.read { db in try grdbPage(db, after: after).count }
             }
         },
         {
             try await NotePages.concurrentReads(readers: readers) { after in
-                try await dbkeyPool.read { db in try db.fetchAll(NotePages.page, arguments: [.integer(after)]).count }
+                try await dbkeyPool.read { db in
+                    try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
+                }
             }
         })
     rows.append(row(readers, against: "DBKey's ConnectionPool", times))
