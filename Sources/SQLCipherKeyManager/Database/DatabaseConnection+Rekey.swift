@@ -109,3 +109,14 @@ extension DatabaseConnection {
         return code == SQLITE_BUSY ? (1, 0) : (frames, copied)
     }
 }
+
+extension DatabaseConnection {
+    /// Makes the connection leave the files named like its WAL and WAL index in place when it
+    /// closes as the database's last connection (`SQLITE_FCNTL_PERSIST_WAL`), instead of
+    /// removing them.
+    func keepWALWhenClosing() throws {
+        var keep: Int32 = 1
+        try check(
+            sqlite3_file_control(try liveHandle(), "main", SQLITE_FCNTL_PERSIST_WAL, &keep), "keeping the WAL on close")
+    }
+}

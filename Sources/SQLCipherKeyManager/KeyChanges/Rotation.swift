@@ -22,13 +22,24 @@ struct Rotation {
     func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()
         // Readers go on while a copy is made; in place, every page changes under them.
-        return try await database.changingKey(wait: wait, readsGoOn: !inPlace) { keyFile in
-            try await rotate(keyFile, progress: progress)
+        var madeCopy: CopyRotation?
+        do {
+            let rotated = try await database.changingKey(wait: wait, readsGoOn: !inPlace) { keyFile in
+                try await rotate(keyFile, progress: progress) { madeCopy = $0 }
+            }
+            // The old file's last handle closes while the app's readers reopen; the rotation
+            // returns once it is gone, the old key with it.
+            await madeCopy?.finishClosing()
+            return rotated
+        } catch {
+            await madeCopy?.finishClosing()
+            throw error
         }
     }
 
-    private func rotate(_ keyFile: KeyFile, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile
-    {
+    private func rotate(
+        _ keyFile: KeyFile, progress: (@Sendable (KeyChangeProgress) -> Void)?, copyMade: (CopyRotation) -> Void
+    ) async throws -> KeyFile {
         let journal = database.journal
         let currentKey = try await database.unwrapKey(of: keyFile)
         // Nothing is journaled for a database the current key does not open (damaged, emptied,
@@ -68,6 +79,7 @@ struct Rotation {
             try database.reach(.changingDatabase)
             let (copy, record) = try await CopyRotation.makeCopy(
                 of: database, keyFile: keyFile, from: currentKey, to: newKey.plaintext, progress: progress)
+            copyMade(copy)
             do {
                 // Nothing is journaled yet: a read that does not finish in time leaves the key as it was.
                 try await database.closeReadersForSwap()

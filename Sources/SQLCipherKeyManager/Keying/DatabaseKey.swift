@@ -30,14 +30,15 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
     /// The data key's version: 1 at creation, one more at each rotation.
     public let version: Int
     let key: SecureBuffer
-    private let lock: Mutex<DatabaseLock?>
+    /// The shared lock while it is held, and whether the key was released.
+    private let lock: Mutex<(held: DatabaseLock?, released: Bool)>
 
     init(key: SecureBuffer, keyFile: KeyFile, databasePath: String, lock: consuming sending DatabaseLock) {
         self.key = key
         self.cipherSettings = keyFile.cipher
         self.version = keyFile.version
         self.databasePath = databasePath
-        self.lock = Mutex(lock)
+        self.lock = Mutex((lock, false))
     }
 
     deinit {
@@ -122,15 +123,27 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
     /// Releases the shared lock, so that a rotation may start once every other holder has let
     /// go. Later calls do nothing; the key can no longer key handles.
     public func release() {
-        lock.withLock { held in
-            held?.release()
-            held = nil
+        lock.withLock { state in
+            state.held?.release()
+            state.held = nil
+            state.released = true
+        }
+    }
+
+    /// Lets go of the shared lock for a rotation by copy, keeping the key: the handles keyed with
+    /// it go on reading while the copy is made, and it still keys new ones (read-only ones: the
+    /// copy holds SQLite's write lock) until ``release()``, which must follow before the copy is
+    /// swapped in. Call it from ``KeyChangeCoordinator/closeWritersForKeyChange(before:)``.
+    public func releaseLockForRotation() {
+        lock.withLock { state in
+            state.held?.release()
+            state.held = nil
         }
     }
 
     /// Whether ``release()`` was called.
     public var isReleased: Bool {
-        lock.withLock { $0 == nil }
+        lock.withLock { $0.released }
     }
 
     public var description: String { "DatabaseKey(\(databasePath), version \(version), redacted)" }

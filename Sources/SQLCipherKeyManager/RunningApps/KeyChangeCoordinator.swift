@@ -57,10 +57,11 @@ public protocol KeyChangeCoordinator: AnyObject, Sendable {
 
     /// Called when a rotation by copy starts, for a coordinator whose reads go on
     /// (``readsGoOnDuringRotation``): stops new writes, waits for the running one, closes the
-    /// handles that write, and releases its ``DatabaseKey`` (and with it the shared lock),
-    /// keeping the read-only handles open — they read the database as it was when the
-    /// writes stopped. ``closeForKeyChange(before:)`` follows before the copy is swapped in,
-    /// and must close those handles too.
+    /// handles that write, and lets go of the shared lock with
+    /// ``DatabaseKey/releaseLockForRotation()``, keeping the read-only handles open — they read
+    /// the database as it was when the writes stopped, and the key still keys new ones.
+    /// ``closeForKeyChange(before:)`` follows before the copy is swapped in, and must close
+    /// those handles too and release the key.
     ///
     /// - Parameter deadline: When the key change gives up waiting.
     /// - Throws: To refuse, as ``closeForKeyChange(before:)`` does.

@@ -69,7 +69,7 @@ final class NotesReader: KeyChangeCoordinator {
 
     func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
         // Stop writes and close the handles that write; the read-only handles stay open. Then:
-        key.withLock { $0?.release() }
+        key.withLock { $0?.releaseLockForRotation() }
     }
 
     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {

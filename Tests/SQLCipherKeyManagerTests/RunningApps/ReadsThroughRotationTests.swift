@@ -225,11 +225,14 @@ struct ReadsThroughRotationTests {
     func coordinatorReadsThroughRotation() async throws {
         let database = try await TestDatabase(rows: 40, wal: true)
         let store = Shared<Int>(0)
+        let keyedNew = Shared<Int>(0)
         let reading = Mutex<ReadingStore?>(nil)
         let window = CopyWindow(readsWanted: 0) {
             // On the rotation's thread, inside the copy's window: the app's handle reads.
             let count = (try? reading.withLock { try $0?.count() }) ?? nil
+            let opened = reading.withLock { $0?.countOnNewHandle() }
             store.value.store(Int(count ?? -1), ordering: .sequentiallyConsistent)
+            keyedNew.value.store(Int(opened ?? -1), ordering: .sequentiallyConsistent)
         }
         let manager = LocalDbKeyManager(
             databasePath: database.path, providers: KmsRegistry(database.kms), configuration: .init(),
@@ -240,6 +243,7 @@ struct ReadsThroughRotationTests {
         let registration = manager.register(app)
         #expect(try await manager.rotateKey().version == 2)
         #expect(store.value.load(ordering: .sequentiallyConsistent) == 40, "the app's read handle read during the copy")
+        #expect(keyedNew.value.load(ordering: .sequentiallyConsistent) == 40, "the lent key keyed a new handle")
         #expect(app.events == ["writers closed v1", "closed v1", "reopened v2"])
         #expect(try app.count() == 40)
         registration.cancel()
@@ -381,6 +385,21 @@ final class ReadingStore: KeyChangeCoordinator, @unchecked Sendable {
         }
     }
 
+    /// The rows, read through a new read-only handle keyed with the store's key; `nil` when
+    /// the key cannot key it.
+    func countOnNewHandle() -> Int64? {
+        guard let key = state.withLock({ $0.key }) else { return nil }
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READONLY, nil) == SQLITE_OK, let handle else {
+            return nil
+        }
+        defer { sqlite3_close_v2(handle) }
+        guard (try? key.apply(to: handle)) != nil else { return nil }
+        let db = DatabaseConnection.borrowing(handle)
+        defer { db.close() }
+        return try? db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue
+    }
+
     /// The rows, read through the handle; `nil` when it is closed.
     func count() throws -> Int64? {
         try state.withLock { state in
@@ -392,10 +411,10 @@ final class ReadingStore: KeyChangeCoordinator, @unchecked Sendable {
     }
 
     func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
-        // No writer to close: the key (and with it the shared lock) goes, the handle stays.
+        // No writer to close: the shared lock goes, the handle and the key stay.
         state.withLock {
             $0.events.append("writers closed v\($0.key?.version ?? 0)")
-            $0.key?.release()
+            $0.key?.releaseLockForRotation()
         }
     }
 
