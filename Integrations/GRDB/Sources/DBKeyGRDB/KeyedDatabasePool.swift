@@ -10,11 +10,13 @@ import Synchronization
 /// GRDB keys each connection it opens with its `Configuration`'s `prepareDatabase` functions. A
 /// rotation replaces the database file and its key, and GRDB cannot reopen a connection: no
 /// connection of the old pool may stay. `KeyedDatabasePool` holds the current pool and is
-/// registered with the manager as a ``KeyChangeCoordinator``. Before every key change made in
-/// this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``, a rewrap,
-/// a slot change, an operator's `dbkey rotate --request` it answers), it lets running work
-/// finish and closes the pool. After the change, it opens a new pool keyed with the new key.
-/// Work started meanwhile waits, and never fails for the change. Observations started with
+/// registered with the manager as a ``KeyChangeCoordinator``. During a rotation by copy made in
+/// this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``,
+/// or an operator's `dbkey rotate --request` it answers), reads go on while the copy is made
+/// and writes wait; just before the swap it lets running work finish and closes the pool. Before
+/// any other key change (in place, an upgrade, a slot change) it closes the pool at once. After
+/// the change, it opens a new pool keyed with the new key. Work started meanwhile waits, and
+/// never fails for the change. Observations started with
 /// ``observe(_:scheduling:onError:onChange:)`` start again on the new pool.
 ///
 /// Don't keep the `DatabasePool` that ``read(_:)`` and ``write(_:)`` use: go through this type.
@@ -30,9 +32,12 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
         var key: DatabaseKey?
         /// A key change holds the pool closed.
         var paused = false
+        /// A rotation by copy holds the writes; reads go on.
+        var writesHeld = false
         var closed = false
-        /// Work running on the current pool.
+        /// Work running on the current pool, and how much of it writes.
         var running = 0
+        var runningWrites = 0
         var waiting: [CheckedContinuation<Void, Never>] = []
         var observations: [Int: KeyedObservation] = [:]
         var nextObservation = 0
@@ -82,15 +87,15 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
 
     /// Reads in a snapshot of the database, on one of the pool's reader connections.
     public func read<T: Sendable>(_ value: @Sendable (Database) throws -> T) async throws -> T {
-        let pool = try await enter()
-        defer { leave() }
+        let pool = try await enter(writing: false)
+        defer { leave(writing: false) }
         return try await pool.read(value)
     }
 
     /// Writes in a transaction, on the pool's writer connection.
     public func write<T: Sendable>(_ updates: @Sendable (Database) throws -> T) async throws -> T {
-        let pool = try await enter()
-        defer { leave() }
+        let pool = try await enter(writing: true)
+        defer { leave(writing: true) }
         return try await pool.write(updates)
     }
 
@@ -99,15 +104,15 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
     public func barrierWriteWithoutTransaction<T: Sendable>(_ updates: @Sendable (Database) throws -> T)
         async throws -> T
     {
-        let pool = try await enter()
-        defer { leave() }
+        let pool = try await enter(writing: true)
+        defer { leave(writing: true) }
         return try await pool.barrierWriteWithoutTransaction(updates)
     }
 
     /// Runs a migrator's migrations that have not run yet.
     public func migrate(_ migrator: DatabaseMigrator) async throws {
-        let pool = try await enter()
-        defer { leave() }
+        let pool = try await enter(writing: true)
+        defer { leave(writing: true) }
         try migrator.migrate(pool)
     }
 
@@ -147,16 +152,33 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
         }
         requestAnswering?.cancel()
         registration?.cancel()
-        await drain(until: .now + .seconds(365 * 86_400))
+        await drain(until: .now + .seconds(365 * 86_400)) { $0.running == 0 }
         defer { resumeWaiting() }
         try closePool()
     }
 
     // MARK: - KeyChangeCoordinator
 
+    /// `true`: reads go on while a rotation's copy is made.
+    public var readsGoOnDuringRotation: Bool { true }
+
+    /// Holds new writes, lets the running ones finish, and lets go of the shared lock; GRDB's
+    /// readers go on, and the key keys the ones GRDB opens meanwhile. (GRDB's writer connection
+    /// stays open, idle: it holds no lock outside a transaction, and no transaction starts.)
+    public func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        state.withLock { $0.writesHeld = true }
+        guard await drain(until: deadline, { $0.runningWrites == 0 }) else {
+            throw DBKeyError(
+                .databaseInUse,
+                "A GRDB write on \(manager.databasePath) was still running when the key change gave up waiting.",
+                path: manager.databasePath)
+        }
+        state.withLock { $0.key }?.releaseLockForRotation()
+    }
+
     public func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
         state.withLock { $0.paused = true }
-        guard await drain(until: deadline) else {
+        guard await drain(until: deadline, { $0.running == 0 }) else {
             throw DBKeyError(
                 .databaseInUse,
                 "GRDB work on \(manager.databasePath) was still running when the key change gave up waiting.",
@@ -168,7 +190,10 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
     public func reopenAfterKeyChange() async {
         // A failure (the KMS unreachable) leaves no pool: the next work opens it, or throws.
         try? await openPool(replacingClosed: true)
-        state.withLock { $0.paused = false }
+        state.withLock {
+            $0.paused = false
+            $0.writesHeld = false
+        }
         resumeWaiting()
     }
 
@@ -231,10 +256,10 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
         try key?.checkAndRelease()
     }
 
-    /// Waits until no work runs on the pool, or until `deadline`; whether none runs.
+    /// Waits until `isDone` holds of the state, or until `deadline`; whether it does.
     @discardableResult
-    private func drain(until deadline: ContinuousClock.Instant) async -> Bool {
-        while state.withLock({ $0.running > 0 }) {
+    private func drain(until deadline: ContinuousClock.Instant, _ isDone: (State) -> Bool) async -> Bool {
+        while !state.withLock({ isDone($0) }) {
             guard ContinuousClock.now < deadline else { return false }
             try? await Task.sleep(for: .milliseconds(2))
         }
@@ -243,7 +268,7 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
 
     /// The pool to run work on, once no key change holds it; opened again when the last
     /// reopen failed.
-    private func enter() async throws -> DatabasePool {
+    private func enter(writing: Bool) async throws -> DatabasePool {
         while true {
             enum Next {
                 case run(DatabasePool)
@@ -253,9 +278,10 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
             }
             let next = state.withLock { state -> Next in
                 if state.closed { return .closed }
-                if state.paused { return .wait }
+                if state.paused || (writing && state.writesHeld) { return .wait }
                 guard let pool = state.pool else { return .open }
                 state.running += 1
+                if writing { state.runningWrites += 1 }
                 return .run(pool)
             }
             switch next {
@@ -268,7 +294,7 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
             case .wait:
                 await withCheckedContinuation { continuation in
                     let now = state.withLock { state -> Bool in
-                        guard state.paused, !state.closed else { return true }
+                        guard state.paused || (writing && state.writesHeld), !state.closed else { return true }
                         state.waiting.append(continuation)
                         return false
                     }
@@ -278,8 +304,11 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
         }
     }
 
-    private func leave() {
-        state.withLock { $0.running -= 1 }
+    private func leave(writing: Bool) {
+        state.withLock {
+            $0.running -= 1
+            if writing { $0.runningWrites -= 1 }
+        }
     }
 
     private func resumeWaiting() {

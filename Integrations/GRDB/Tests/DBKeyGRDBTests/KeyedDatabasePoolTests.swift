@@ -156,6 +156,56 @@ struct KeyedDatabasePoolTests {
     }
 
     @Test(
+        "a GRDB read started while a rotation's copy is made finishes before the copy is journaled, on the old file; a write then waits for the new pool"
+    )
+    func readsGoOnDuringTheCopy() async throws {
+        let workspace = try Workspace()
+        let manager = try workspace.manager()
+        let pool = try await KeyedDatabasePool(manager: manager)
+        try await pool.migrate(Self.migrator())
+        try await pool.write { db in
+            for index in 0..<2_000 {
+                try db.execute(sql: "INSERT INTO note(body) VALUES (?)", arguments: ["note \(index)"])
+            }
+        }
+        /// The read and the write started at the copy's first progress report, each with the
+        /// `.key`'s version (and whether a change was journaled) when it finished.
+        let started = Mutex<(read: Task<(Int?, Int, Bool), any Error>?, write: Task<(Int, Bool), any Error>?)>((nil, nil))
+        let keyFile = workspace.database + ".key"
+        @Sendable func keyState() -> (Int, Bool) {
+            let text = (try? String(contentsOfFile: keyFile, encoding: .utf8)) ?? ""
+            let version = text.range(of: #""version"\s*:\s*(\d+)"#, options: .regularExpression).flatMap {
+                Int(text[$0].split(separator: ":").last!.trimmingCharacters(in: .whitespaces))
+            }
+            return (version ?? -1, text.range(of: #""pending"\s*:\s*\{"#, options: .regularExpression) != nil)
+        }
+        let rotated = try await manager.rotateKey(progress: { report in
+            guard report.phase == .rekeying else { return }
+            started.withLock { started in
+                guard started.read == nil else { return }
+                started.read = Task {
+                    let count = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM note") }
+                    let (version, pending) = keyState()
+                    return (count, version, pending)
+                }
+                started.write = Task {
+                    try await pool.write { db in try db.execute(sql: "INSERT INTO note(body) VALUES ('during')") }
+                    return keyState()
+                }
+            }
+        })
+        #expect(rotated.version == 2)
+        let (read, write) = started.withLock { ($0.read, $0.write) }
+        let (count, versionAtRead, journaledAtRead) = try #require(try await read?.value)
+        #expect(count == 2_000)
+        #expect(versionAtRead == 1 && !journaledAtRead, "the read waited for the rotation")
+        let (versionAtWrite, _) = try #require(try await write?.value)
+        #expect(versionAtWrite == 2, "the write ran before the rotation ended")
+        #expect(try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM note") } == 2_001)
+        try await pool.close()
+    }
+
+    @Test(
         "a key changed through GRDB's changePassphrase behind the journal is reported when the pool closes and at the next open"
     )
     func changePassphraseIsReported() async throws {
