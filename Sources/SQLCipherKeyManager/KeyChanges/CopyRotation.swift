@@ -150,11 +150,12 @@ final class CopyRotation: @unchecked Sendable {
     /// Every other connection of this process on the database must be closed
     /// (``ManagedDatabase/closeReadersForSwap()``).
     ///
-    /// Once the copy is in, the lock holder, the last handle on the file replaced, is closed
-    /// beside what follows (``finishClosing()`` waits for it): that close frees the old file
-    /// (hundreds of milliseconds for a GB), which the paused readers need not wait for. It
-    /// touches only the old file: it leaves the files named like its WAL and WAL index, by now
-    /// the new file's, in place (``DatabaseConnection/keepWALWhenClosing()``).
+    /// The lock holder, the last handle on the file replaced, stays open until ``close()``:
+    /// closing it frees the old file, and the file system's journal then makes every `fsync`
+    /// wait for that (a quarter of a second for a GB) — the `.key`'s among them, while the app's
+    /// readers wait. Left open, it touches only the old file: it leaves the files named like its
+    /// WAL and WAL index, by now the new file's, in place when it closes
+    /// (``DatabaseConnection/keepWALWhenClosing()``).
     func swapIn() async throws {
         try await BlockingExecutor.shared.run(.short) { [self] in
             do {
@@ -165,22 +166,12 @@ final class CopyRotation: @unchecked Sendable {
                 throw error
             }
         }
-        closing = Task { [self] in
-            try? await BlockingExecutor.shared.run(.short) { [self] in release() }
-        }
     }
 
-    /// The close of the lock holder that ``swapIn()`` started.
-    private var closing: Task<Void, Never>?
-
-    /// Waits until the lock holder is closed (and with it the old file and its key are gone
-    /// from the process), closing it now if the swap did not start that.
-    func finishClosing() async {
-        if let closing {
-            await closing.value
-        } else {
-            release()
-        }
+    /// Closes the lock holder on the short-work lane, and with it the old file and the old key's
+    /// last copy in SQLCipher: after the key change, once the app's readers have reopened.
+    func close() async {
+        try? await BlockingExecutor.shared.run(.short) { [self] in release() }
     }
 
     /// Lets the lock go and removes the copy: the rotation stops before anything is journaled.

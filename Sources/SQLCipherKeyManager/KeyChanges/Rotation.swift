@@ -27,12 +27,12 @@ struct Rotation {
             let rotated = try await database.changingKey(wait: wait, readsGoOn: !inPlace) { keyFile in
                 try await rotate(keyFile, progress: progress) { madeCopy = $0 }
             }
-            // The old file's last handle closes while the app's readers reopen; the rotation
-            // returns once it is gone, the old key with it.
-            await madeCopy?.finishClosing()
+            // The old file's last handle closes once the app's readers have reopened; the
+            // rotation returns when it is gone, and the old key with it.
+            await madeCopy?.close()
             return rotated
         } catch {
-            await madeCopy?.finishClosing()
+            await madeCopy?.close()
             throw error
         }
     }

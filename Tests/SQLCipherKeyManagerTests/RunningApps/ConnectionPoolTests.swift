@@ -404,14 +404,19 @@ final class Shared<Value: AtomicRepresentable & Sendable>: Sendable {
     init(_ initial: Value) { value = Atomic(initial) }
 }
 
-/// An app's own SQLite handle, keyed through the seam, taking part in key changes.
+/// An app's own SQLite handle, keyed through the seam, taking part in key changes; read-only
+/// and going on through a rotation's copy when asked.
 final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
     private let manager: LocalDbKeyManager
+    private let openFlags: Int32
+    let readsGoOnDuringRotation: Bool
     private let state = Mutex<(key: DatabaseKey?, handle: OpaquePointer?, events: [String], refuses: Bool)>(
         (nil, nil, [], false))
 
-    init(manager: LocalDbKeyManager) {
+    init(manager: LocalDbKeyManager, readOnly: Bool = false, readsGoOn: Bool = false) {
         self.manager = manager
+        self.openFlags = readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE
+        self.readsGoOnDuringRotation = readsGoOn
     }
 
     var events: [String] { state.withLock { $0.events } }
@@ -423,15 +428,39 @@ final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
 
     func reopen() async throws {
         let key = try await manager.getOrCreateKey()
-        var handle: OpaquePointer?
-        guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
-            throw DBKeyError(.io, "cannot open the database")
-        }
-        try key.apply(to: handle)
+        let handle = try openHandle(keyedWith: key)
         state.withLock {
             $0.key = key
             $0.handle = handle
         }
+    }
+
+    private func openHandle(keyedWith key: DatabaseKey) throws -> OpaquePointer {
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(manager.databasePath, &handle, openFlags, nil) == SQLITE_OK, let handle else {
+            throw DBKeyError(.io, "cannot open the database")
+        }
+        do {
+            try key.apply(to: handle)
+        } catch {
+            sqlite3_close_v2(handle)
+            throw error
+        }
+        return handle
+    }
+
+    /// The rows, read through a new handle keyed with the store's key; `nil` when the key
+    /// cannot key it.
+    func countOnNewHandle() -> Int64? {
+        guard let key = state.withLock({ $0.key }), let handle = try? openHandle(keyedWith: key) else { return nil }
+        defer { sqlite3_close_v2(handle) }
+        return try? Self.count(handle)
+    }
+
+    private static func count(_ handle: OpaquePointer) throws -> Int64 {
+        let db = DatabaseConnection.borrowing(handle)
+        defer { db.close() }
+        return try db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue ?? -1
     }
 
     func close() {
@@ -443,11 +472,19 @@ final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
         }
     }
 
+    /// The rows, read through the store's handle; throws when it is closed.
     func count() throws -> Int64 {
         try state.withLock { state in
-            let db = DatabaseConnection.borrowing(try #require(state.handle))
-            defer { db.close() }
-            return try db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue ?? -1
+            guard let handle = state.handle else { throw DBKeyError(.databaseClosed, "the store's handle is closed") }
+            return try Self.count(handle)
+        }
+    }
+
+    func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
+        // No writer to close: the shared lock goes, the handle and the key stay.
+        state.withLock {
+            $0.events.append("writers closed v\($0.key?.version ?? 0)")
+            $0.key?.releaseLockForRotation()
         }
     }
 

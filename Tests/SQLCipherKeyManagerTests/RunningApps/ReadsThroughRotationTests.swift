@@ -55,15 +55,22 @@ struct ReadsThroughRotationTests {
         }
     }
 
+    /// A manager of `database` whose rotations report their steps to `window`.
+    static func manager(
+        _ database: TestDatabase, window: CopyWindow, configuration: LocalDbKeyManager.Configuration = .init()
+    ) -> LocalDbKeyManager {
+        LocalDbKeyManager(
+            databasePath: database.path, providers: KmsRegistry(database.kms), configuration: configuration,
+            logger: silentLogger, faultInjector: window.injector)
+    }
+
     @Test(
         "2 readers and a writer through 5 rotations by copy: reads finish while the copy is made, writes wait for it, and no read after a swap misses a committed row"
     )
     func poolReadsThroughRotations() async throws {
         let database = try await TestDatabase(rows: 200)
         let window = CopyWindow(readsWanted: 6)
-        let manager = LocalDbKeyManager(
-            databasePath: database.path, providers: KmsRegistry(database.kms), configuration: .init(),
-            logger: silentLogger, faultInjector: window.injector)
+        let manager = Self.manager(database, window: window)
         let pool = try await manager.openPool(maximumReaders: 2)
         try await ConnectionPoolTests.createLedger(pool)
         let stop = Shared(false)
@@ -135,9 +142,7 @@ struct ReadsThroughRotationTests {
     func synchronousReadsThroughRotations() async throws {
         let database = try await TestDatabase(rows: 100)
         let window = CopyWindow(readsWanted: 4)
-        let manager = LocalDbKeyManager(
-            databasePath: database.path, providers: KmsRegistry(database.kms), configuration: .init(),
-            logger: silentLogger, faultInjector: window.injector)
+        let manager = Self.manager(database, window: window)
         let pool = try await manager.openPool(maximumReaders: 2)
         let stop = Shared(false)
         let committed = Shared(Int64(0))
@@ -226,18 +231,16 @@ struct ReadsThroughRotationTests {
         let database = try await TestDatabase(rows: 40, wal: true)
         let store = Shared<Int>(0)
         let keyedNew = Shared<Int>(0)
-        let reading = Mutex<ReadingStore?>(nil)
+        let reading = Mutex<HandleStore?>(nil)
         let window = CopyWindow(readsWanted: 0) {
             // On the rotation's thread, inside the copy's window: the app's handle reads.
-            let count = (try? reading.withLock { try $0?.count() }) ?? nil
+            let count = try? reading.withLock { try $0?.count() }
             let opened = reading.withLock { $0?.countOnNewHandle() }
             store.value.store(Int(count ?? -1), ordering: .sequentiallyConsistent)
             keyedNew.value.store(Int(opened ?? -1), ordering: .sequentiallyConsistent)
         }
-        let manager = LocalDbKeyManager(
-            databasePath: database.path, providers: KmsRegistry(database.kms), configuration: .init(),
-            logger: silentLogger, faultInjector: window.injector)
-        let app = ReadingStore(manager: manager, readsGoOn: true)
+        let manager = Self.manager(database, window: window)
+        let app = HandleStore(manager: manager, readOnly: true, readsGoOn: true)
         try await app.reopen()
         reading.withLock { $0 = app }
         let registration = manager.register(app)
@@ -250,7 +253,7 @@ struct ReadsThroughRotationTests {
         app.close()
 
         // A coordinator that keeps the default closes everything when the rotation starts.
-        let closing = ReadingStore(manager: manager, readsGoOn: false)
+        let closing = HandleStore(manager: manager, readOnly: true)
         try await closing.reopen()
         reading.withLock { $0 = closing }
         let second = manager.register(closing)
@@ -268,9 +271,8 @@ struct ReadsThroughRotationTests {
     )
     func oldSnapshotDuringCopy() async throws {
         let database = try await TestDatabase(rows: 30)
-        let manager = LocalDbKeyManager(
-            databasePath: database.path, providers: KmsRegistry(database.kms),
-            configuration: .init(quiesceTimeout: .milliseconds(300)), logger: silentLogger)
+        let manager = Self.manager(
+            database, window: CopyWindow(readsWanted: 0), configuration: .init(quiesceTimeout: .milliseconds(300)))
         let pool = try await manager.openPool()
         let readStarted = DispatchSemaphore(value: 0)
         let endRead = DispatchSemaphore(value: 0)
@@ -328,10 +330,7 @@ struct ReadsThroughRotationTests {
             // Bounded: a pool that held its reads would never start it.
             _ = readStarted.wait(timeout: .now() + 60)
         }
-        let manager = LocalDbKeyManager(
-            databasePath: database.path, providers: KmsRegistry(database.kms),
-            configuration: .init(quiesceTimeout: .milliseconds(300)), logger: silentLogger,
-            faultInjector: window.injector)
+        let manager = Self.manager(database, window: window, configuration: .init(quiesceTimeout: .milliseconds(300)))
         let opened = try await manager.openPool()
         pool.withLock { $0 = opened }
         let keyBefore = try contents(database.path + ".key")
@@ -346,94 +345,5 @@ struct ReadsThroughRotationTests {
         pool.withLock { $0 = nil }
         await opened.close()
         #expect(try manager.load().version == 1)
-    }
-}
-
-/// An app's read-only SQLite handle, keyed through the seam, that goes on reading through a
-/// rotation's copy when `readsGoOn`.
-final class ReadingStore: KeyChangeCoordinator, @unchecked Sendable {
-    private let manager: LocalDbKeyManager
-    let readsGoOnDuringRotation: Bool
-    private let state = Mutex<(key: DatabaseKey?, handle: OpaquePointer?, events: [String])>((nil, nil, []))
-
-    init(manager: LocalDbKeyManager, readsGoOn: Bool) {
-        self.manager = manager
-        self.readsGoOnDuringRotation = readsGoOn
-    }
-
-    var events: [String] { state.withLock { $0.events } }
-
-    func reopen() async throws {
-        let key = try await manager.getOrCreateKey()
-        var handle: OpaquePointer?
-        guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READONLY, nil) == SQLITE_OK, let handle else {
-            throw DBKeyError(.io, "cannot open the database")
-        }
-        try key.apply(to: handle)
-        state.withLock {
-            $0.key = key
-            $0.handle = handle
-        }
-    }
-
-    func close() {
-        state.withLock {
-            sqlite3_close_v2($0.handle)
-            $0.handle = nil
-            $0.key?.release()
-            $0.key = nil
-        }
-    }
-
-    /// The rows, read through a new read-only handle keyed with the store's key; `nil` when
-    /// the key cannot key it.
-    func countOnNewHandle() -> Int64? {
-        guard let key = state.withLock({ $0.key }) else { return nil }
-        var handle: OpaquePointer?
-        guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READONLY, nil) == SQLITE_OK, let handle else {
-            return nil
-        }
-        defer { sqlite3_close_v2(handle) }
-        guard (try? key.apply(to: handle)) != nil else { return nil }
-        let db = DatabaseConnection.borrowing(handle)
-        defer { db.close() }
-        return try? db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue
-    }
-
-    /// The rows, read through the handle; `nil` when it is closed.
-    func count() throws -> Int64? {
-        try state.withLock { state in
-            guard let handle = state.handle else { return nil }
-            let db = DatabaseConnection.borrowing(handle)
-            defer { db.close() }
-            return try db.fetchAll("SELECT count(*) FROM item")[0][0].integerValue
-        }
-    }
-
-    func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
-        // No writer to close: the shared lock goes, the handle and the key stay.
-        state.withLock {
-            $0.events.append("writers closed v\($0.key?.version ?? 0)")
-            $0.key?.releaseLockForRotation()
-        }
-    }
-
-    func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
-        state.withLock {
-            $0.events.append("closed v\($0.key?.version ?? 0)")
-            sqlite3_close_v2($0.handle)
-            $0.handle = nil
-            $0.key?.release()
-            $0.key = nil
-        }
-    }
-
-    func reopenAfterKeyChange() async {
-        do {
-            try await reopen()
-            state.withLock { $0.events.append("reopened v\($0.key?.version ?? 0)") }
-        } catch {
-            state.withLock { $0.events.append("reopen failed: \(error)") }
-        }
     }
 }

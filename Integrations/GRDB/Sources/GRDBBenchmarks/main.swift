@@ -1,9 +1,12 @@
 // dbkey-grdb-bench WORKDIR [SIZES_MB]   (run it through Scripts/bench grdb)
 //
 // GRDB under DBKey, against its baselines in the same run: 100-row page reads through a
-// KeyedDatabasePool with 1 and 2 readers vs bare C handles on the same library and vs DBKey's
-// own ConnectionPool, each pair alternating, medians of 5; and the longest pause GRDB's readers
-// see during an online rotation of each size vs the same rotation with nothing open. One table.
+// KeyedDatabasePool with 1 and 2 readers vs bare C handles on the same library, alternating,
+// medians of 5; GRDB's own DatabasePool (keyed through the seam) against DBKey's
+// ConnectionPool, async reads from tasks and synchronous reads from threads, with 1, 2 and 4
+// readers, beside bare C, alternating, medians of 5; and what GRDB's readers see during an
+// online rotation of each size through KeyedDatabasePool vs the same rotation with nothing
+// open. One table.
 import BenchmarkSupport
 import DBKeyGRDB
 import Foundation
@@ -63,26 +66,92 @@ for readers in [1, 2] {
     rows.append(row(readers, against: "bare C, \(readers) thread\(readers == 1 ? "" : "s")", bare))
 }
 try await grdb.close()
-let dbkeyPool = try await manager.openPool(maximumReaders: 2)
-let reopened = try await KeyedDatabasePool(manager: manager)
-for readers in [1, 2] {
-    let times = try await Measure.alternating(
-        5,
-        {
-            try await NotePages.concurrentReads(readers: readers) { after in
-                try await reopened.read { db in try grdbPage(db, after: after).count }
-            }
-        },
-        {
-            try await NotePages.concurrentReads(readers: readers) { after in
-                try await dbkeyPool.read { db in
-                    try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
-                }
-            }
-        })
-    rows.append(row(readers, against: "DBKey's ConnectionPool", times))
+
+// GRDB's own DatabasePool on the same database, keyed through the seam, against DBKey's pool:
+// async reads from tasks and synchronous reads from threads, beside bare C, alternating.
+let seamKey = try await manager.getOrCreateKey()
+var seamConfiguration = Configuration()
+seamConfiguration.prepareDatabase { db in
+    guard let handle = db.sqliteConnection else { throw DBKeyError(.invalidConfiguration, "no SQLite handle") }
+    try seamKey.apply(to: handle)
 }
-try await reopened.close()
+let grdbPool = try DatabasePool(path: path, configuration: seamConfiguration)
+let dbkeyPool = try await manager.openPool(maximumReaders: 4)
+
+/// Runs blocking work on a thread of its own, off Swift's cooperative pool.
+func offPool(_ work: @escaping @Sendable () -> Void) async {
+    await withCheckedContinuation { continuation in
+        Thread {
+            work()
+            continuation.resume()
+        }.start()
+    }
+}
+
+for readers in [1, 2, 4] {
+    var times: [String: [Duration]] = [:]
+    for _ in 0..<5 {
+        times["GRDB async", default: []].append(
+            try await Measure.time {
+                try await NotePages.concurrentReads(readers: readers) { after in
+                    try await grdbPool.read { db in try grdbPage(db, after: after).count }
+                }
+            })
+        times["DBKey async", default: []].append(
+            try await Measure.time {
+                try await NotePages.concurrentReads(readers: readers) { after in
+                    try await dbkeyPool.read { db in
+                        try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
+                    }
+                }
+            })
+        times["GRDB sync", default: []].append(
+            await Measure.time {
+                await offPool {
+                    NotePages.threadReads(readers: readers) { after in
+                        try grdbPool.read { db in try grdbPage(db, after: after).count }
+                    }
+                }
+            })
+        times["DBKey sync", default: []].append(
+            await Measure.time {
+                await offPool {
+                    NotePages.threadReads(readers: readers) { after in
+                        try dbkeyPool.readSynchronously { db in
+                            try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
+                        }
+                    }
+                }
+            })
+        times["bare", default: []].append(
+            await Measure.time { await offPool { NotePages.bareReads(path, key: text, readers: readers) } })
+    }
+    let median = { (name: String) in Measure.median(times[name] ?? []) }
+    let total = Double(readers * NotePages.readsPerReader)
+    let readersText = "\(readers) reader\(readers == 1 ? "" : "s")"
+    for (form, dbkeyLabel, target) in [
+        ("async", "pool.read, tasks", 1.6), ("sync", "pool.readSynchronously, threads", 1.3),
+    ] {
+        let ours = median("DBKey \(form)")
+        let grdbTime = median("GRDB \(form)")
+        let bareTime = median("bare")
+        let ratio = Measure.seconds(ours) / Measure.seconds(bareTime)
+        let grdbRatio = Measure.seconds(grdbTime) / Measure.seconds(bareTime)
+        rows.append(
+            .init(
+                measurement:
+                    "100-row page reads, \(readersText) (DBKey \(dbkeyLabel)) vs GRDB's DatabasePool \(form) read",
+                ours: String(format: "%.0f reads/s (%.2f× bare C)", total / Measure.seconds(ours), ratio),
+                baseline: String(
+                    format: "GRDB %.0f reads/s (%.2f× bare C); bare C %.0f reads/s", total / Measure.seconds(grdbTime),
+                    grdbRatio, total / Measure.seconds(bareTime)),
+                ratio: String(format: "%.2f× GRDB's time", Measure.seconds(ours) / Measure.seconds(grdbTime)),
+                target: String(format: "≤ %.1f× bare C and ahead of GRDB", target),
+                met: ratio <= target && ours < grdbTime))
+    }
+}
+try grdbPool.close()
+seamKey.release()
 await dbkeyPool.close()
 
 // MARK: - Pause during an online rotation

@@ -22,7 +22,7 @@ enum GRDBArticleExamples {
         try await pool.write { db in try db.execute(sql: "INSERT INTO note VALUES (?)", arguments: ["hello"]) }
         let notes = try await pool.read { db in try String.fetchAll(db, sql: "SELECT body FROM note") }
         print(notes)
-        try await manager.rotateKey()  // the pool is replaced; work meanwhile waits
+        try await manager.rotateKey()  // reads go on, writes wait; the pool is replaced
         try await pool.close()  // reports a key changed behind DBKey's journal
     }
 
