@@ -101,21 +101,15 @@ final class DatabaseLock: @unchecked Sendable {
     private func take(_ mode: Mode, databasePath: String, wait: Duration) async throws {
         guard let descriptor else { return }
         let operation = (mode == .shared ? LOCK_SH : LOCK_EX) | LOCK_NB
-        // Even with no wait asked for, poll for a moment: a child process that another thread
-        // forked holds a copy of a released lock's descriptor until it execs, and that must
-        // not read as "in use".
-        let deadline = ContinuousClock.now + max(wait, DatabaseLock.minimumWait)
-        while true {
+        let taken = try await poll(databasePath: databasePath, wait: wait) {
             do {
                 try valueOrErrno { flock(descriptor.rawValue, operation) }
-                return
+                return true
             } catch Errno.wouldBlock {
-                guard ContinuousClock.now < deadline else { break }
-                try await Task.sleep(for: .milliseconds(10))
-            } catch {
-                throw DBKeyError.io(error, "lock", Self.path(forDatabase: databasePath))
+                return false
             }
         }
+        guard !taken else { return }
         let message =
             mode == .shared
             ? "\(databasePath) is in use: a key rotation or migration is running on it. Try again when it is done\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
@@ -165,17 +159,25 @@ final class DatabaseLock: @unchecked Sendable {
     /// 10 ms for up to `wait` (at least ``minimumWait``).
     private func lockByte(_ byte: Int64, databasePath: String, wait: Duration, busy: String) async throws {
         guard let descriptor else { return }
+        guard try await poll(databasePath: databasePath, wait: wait, { try Platform.tryLockByte(descriptor, at: byte) })
+        else { throw DBKeyError(.databaseInUse, busy, path: databasePath) }
+    }
+
+    /// Calls `attempt` until it succeeds, every 10 ms for up to `wait`, and for at least
+    /// ``minimumWait`` even with no wait asked for: a child process that another thread forked
+    /// holds a copy of a released lock's descriptor until it execs, and that must not read as
+    /// "in use". Whether it succeeded.
+    private func poll(databasePath: String, wait: Duration, _ attempt: () throws -> Bool) async throws -> Bool {
         let deadline = ContinuousClock.now + max(wait, DatabaseLock.minimumWait)
         while true {
             do {
-                if try Platform.tryLockByte(descriptor, at: byte) { return }
+                if try attempt() { return true }
             } catch {
                 throw DBKeyError.io(error, "lock", Self.path(forDatabase: databasePath))
             }
-            guard ContinuousClock.now < deadline else { break }
+            guard ContinuousClock.now < deadline else { return false }
             try await Task.sleep(for: .milliseconds(10))
         }
-        throw DBKeyError(.databaseInUse, busy, path: databasePath)
     }
 
     /// The byte of the lock file that ``acquireKeyWriter(databasePath:wait:)`` locks.

@@ -170,7 +170,8 @@ struct KeyedDatabasePoolTests {
         }
         /// The read and the write started at the copy's first progress report, each with the
         /// `.key`'s version (and whether a change was journaled) when it finished.
-        let started = Mutex<(read: Task<(Int?, Int, Bool), any Error>?, write: Task<(Int, Bool), any Error>?)>((nil, nil))
+        typealias ReadTask = Task<(Int?, Int, Bool), any Error>
+        let started = Mutex<(read: ReadTask?, write: Task<(Int, Bool), any Error>?)>((nil, nil))
         let keyFile = workspace.database + ".key"
         @Sendable func keyState() -> (Int, Bool) {
             let text = (try? String(contentsOfFile: keyFile, encoding: .utf8)) ?? ""
