@@ -39,6 +39,13 @@ final class DatabaseFileReader: @unchecked Sendable {
         }
     }
 
+    /// Cuts the file to `size` bytes (`xTruncate`).
+    func truncate(to size: Int64) throws {
+        try turns.withLock { _ in
+            guard file.pointee.pMethods.pointee.xTruncate(file, size) == SQLITE_OK else { throw failure("truncate") }
+        }
+    }
+
     /// Fills `buffer` with the file's bytes from `offset`.
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseDamaged`` when the file ends first;

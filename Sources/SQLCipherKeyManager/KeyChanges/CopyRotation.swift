@@ -20,6 +20,9 @@ final class CopyRotation: @unchecked Sendable {
     private var released = false
     /// The database's size.
     let size: Int64
+    /// The database file's inode when the copy began, and whether the copy has replaced it.
+    private let replacedInode: Inode?
+    private var swapped = false
 
     static func copyPath(of databasePath: String) -> String { databasePath + ".dbkey-rotating" }
     var copyPath: String { CopyRotation.copyPath(of: database.databasePath) }
@@ -34,6 +37,7 @@ final class CopyRotation: @unchecked Sendable {
         database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile, deadline: ContinuousClock.Instant
     ) throws {
         self.database = database
+        replacedInode = try? FilePath(database.databasePath).stat().inode
         // The open's first read rolls back a hot journal, under the current key.
         holder = try database.openConnection(key: key, keyFile: keyFile)
         do {
@@ -161,6 +165,7 @@ final class CopyRotation: @unchecked Sendable {
             do {
                 try database.reach(.swappingDatabase)
                 try database.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
+                swapped = true
             } catch {
                 release()
                 throw error
@@ -170,8 +175,29 @@ final class CopyRotation: @unchecked Sendable {
 
     /// Closes the lock holder on the short-work lane, and with it the old file and the old key's
     /// last copy in SQLCipher: after the key change, once the app's readers have reopened.
+    ///
+    /// The file replaced is cut down 32 MB at a time first: freed at once at the last close, a
+    /// GB held the file system's journal for a quarter of a second, and the app's readers (whose
+    /// WAL index pages are file pages too) with it.
     func close() async {
-        try? await BlockingExecutor.shared.run(.short) { [self] in release() }
+        try? await BlockingExecutor.shared.run(.short) { [self] in
+            shrinkReplacedFile()
+            release()
+        }
+    }
+
+    /// Cuts the file the copy replaced to nothing in steps, through the holder's handle — only
+    /// once the database's path names another file.
+    private func shrinkReplacedFile() {
+        guard swapped, !released, let replacedInode,
+            let current = try? FilePath(database.databasePath).stat().inode, current != replacedInode,
+            var remaining = try? source.size()
+        else { return }
+        let step: Int64 = 32 << 20
+        while remaining > 0 {
+            remaining = max(0, remaining - step)
+            guard (try? source.truncate(to: remaining)) != nil else { return }
+        }
     }
 
     /// Lets the lock go and removes the copy: the rotation stops before anything is journaled.
