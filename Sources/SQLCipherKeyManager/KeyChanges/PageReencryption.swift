@@ -76,9 +76,6 @@ struct PageReencryption: Sendable {
                         } catch {
                             throw DBKeyError.io(error, "write the re-encrypted copy", destinationPath)
                         }
-                        // Written back as it goes, not all at the final fsync: a GB flushed at
-                        // once queues the app's own small writes (its WAL index's pages) behind it.
-                        Platform.startWriteBack(destination, offset: offset, count: bytes.count)
                         let digest = checksum(ofChunk: UnsafeRawBufferPointer(bytes), firstPage: firstPage)
                         state.withLock { $0.digests[index] = digest }
                     }

@@ -38,25 +38,6 @@ package enum Platform {
         #endif
     }
 
-    /// Starts writing `count` bytes of the file open at `descriptor` from `offset` back to the
-    /// disk without waiting for them (`sync_file_range` with `SYNC_FILE_RANGE_WRITE` on Linux;
-    /// nothing elsewhere). Advisory: a failure shows at the file's `fsync`, which still follows.
-    package static func startWriteBack(_ descriptor: FileDescriptor, offset: Int64, count: Int) {
-        #if os(Linux)
-            // SYNC_FILE_RANGE_WRITE (fcntl.h): start writing back the dirty pages in the range.
-            _ = syncFileRange?(descriptor.rawValue, offset, Int64(count), 2)
-        #endif
-    }
-
-    #if os(Linux)
-        /// glibc's `sync_file_range`, which the Glibc module declares only for `_GNU_SOURCE`.
-        private static let syncFileRange: (@convention(c) (Int32, Int64, Int64, UInt32) -> Int32)? = {
-            // RTLD_DEFAULT: the process's global symbols, libc's among them.
-            guard let symbol = dlsym(nil, "sync_file_range") else { return nil }
-            return unsafeBitCast(symbol, to: (@convention(c) (Int32, Int64, Int64, UInt32) -> Int32).self)
-        }()
-    #endif
-
     /// Tries to take a write lock on one byte of the file open at `descriptor`, without waiting:
     /// an open-file-description lock on Linux (`F_OFD_SETLK`: held by the descriptor, like
     /// `flock`, so two tasks of one process exclude each other), a process lock elsewhere
