@@ -133,13 +133,11 @@ final class DatabaseLock: @unchecked Sendable {
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another key change keeps
     ///   it after `wait`.
     static func reserveKeyChange(databasePath: String, wait: Duration) async throws -> DatabaseLock {
-        let lock = try open(databasePath: databasePath, creating: true)!
-        try await lock.lockByte(
+        try await lockingByte(
             keyChangeByte, databasePath: databasePath, wait: wait,
             busy:
                 "\(databasePath) is in use: another key change (a rotation, an upgrade, a slot change) is running on it. Nothing was changed: try again when it is done\(wait > .zero ? "" : ", or wait for it (--wait SECONDS)")."
         )
-        return lock
     }
 
     /// Takes the exclusive `flock` on a lock that holds the key-change reservation.
@@ -155,12 +153,20 @@ final class DatabaseLock: @unchecked Sendable {
         _ = flock(descriptor.rawValue, LOCK_UN)
     }
 
-    /// Locks `byte` of the lock file (an open-file-description record lock), polling every
-    /// 10 ms for up to `wait` (at least ``minimumWait``).
-    private func lockByte(_ byte: Int64, databasePath: String, wait: Duration, busy: String) async throws {
-        guard let descriptor else { return }
-        guard try await poll(databasePath: databasePath, wait: wait, { try Platform.tryLockByte(descriptor, at: byte) })
+    /// Opens the lock file (creating it) and locks `byte` of it (an open-file-description
+    /// record lock), polling every 10 ms for up to `wait` (at least ``minimumWait``).
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` with `busy` when another holder
+    ///   keeps it.
+    private static func lockingByte(_ byte: Int64, databasePath: String, wait: Duration, busy: String) async throws
+        -> DatabaseLock
+    {
+        let lock = try open(databasePath: databasePath, creating: true)!
+        guard let descriptor = lock.descriptor,
+            try await lock.poll(
+                databasePath: databasePath, wait: wait, { try Platform.tryLockByte(descriptor, at: byte) })
         else { throw DBKeyError(.databaseInUse, busy, path: databasePath) }
+        return lock
     }
 
     /// Calls `attempt` until it succeeds, every 10 ms for up to `wait`, and for at least
@@ -191,13 +197,11 @@ final class DatabaseLock: @unchecked Sendable {
     /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another key change still
     ///   holds it after `wait`.
     static func acquireKeyWriter(databasePath: String, wait: Duration) async throws -> DatabaseLock {
-        let lock = try open(databasePath: databasePath, creating: true)!
-        try await lock.lockByte(
+        try await lockingByte(
             keyWriterByte, databasePath: databasePath, wait: wait,
             busy:
                 "Another change of \(databasePath)'s .key (a rewrap) is running; nothing was changed. Try again when it is done, or wait for it (--wait SECONDS)."
         )
-        return lock
     }
 
     /// Whether another process holds one of SQLite's own locks on the database file (the POSIX

@@ -167,24 +167,22 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
     /// stays open, idle: it holds no lock outside a transaction, and no transaction starts.)
     public func closeWritersForKeyChange(before deadline: ContinuousClock.Instant) async throws {
         state.withLock { $0.writesHeld = true }
-        guard await drain(until: deadline, { $0.runningWrites == 0 }) else {
-            throw DBKeyError(
-                .databaseInUse,
-                "A GRDB write on \(manager.databasePath) was still running when the key change gave up waiting.",
-                path: manager.databasePath)
-        }
+        guard await drain(until: deadline, { $0.runningWrites == 0 }) else { throw stillRunning("A GRDB write") }
         state.withLock { $0.key }?.releaseLockForRotation()
     }
 
     public func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
         state.withLock { $0.paused = true }
-        guard await drain(until: deadline, { $0.running == 0 }) else {
-            throw DBKeyError(
-                .databaseInUse,
-                "GRDB work on \(manager.databasePath) was still running when the key change gave up waiting.",
-                path: manager.databasePath)
-        }
+        guard await drain(until: deadline, { $0.running == 0 }) else { throw stillRunning("GRDB work") }
         try closePool()
+    }
+
+    /// The error of a key change that gave up waiting for `work` on the pool.
+    private func stillRunning(_ work: String) -> DBKeyError {
+        DBKeyError(
+            .databaseInUse,
+            "\(work) on \(manager.databasePath) was still running when the key change gave up waiting.",
+            path: manager.databasePath)
     }
 
     public func reopenAfterKeyChange() async {
