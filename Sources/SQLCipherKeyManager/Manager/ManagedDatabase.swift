@@ -297,8 +297,11 @@ final class ManagedDatabase: Sendable {
     ) async throws -> Result {
         let lock = try await DatabaseLock.reserveKeyChange(databasePath: databasePath, wait: wait)
         defer { lock.release() }
-        // A change left journaled is settled with every handle closed: settling may replace the file.
-        let readsGoOn = readsGoOn && (try? load())?.pending == nil
+        // A change left journaled is settled with every handle closed: settling may replace the
+        // file. An unsealed `.key` (an old format) is proven against the file's first page with a
+        // descriptor of DBKey's, whose close would drop the readers' locks.
+        let loaded = try? load()
+        let readsGoOn = readsGoOn && loaded?.pending == nil && loaded?.mac != nil
         return try await KeyChangeParticipants.shared.pausing(
             databasePath: databasePath, timeout: configuration.quiesceTimeout, readsGoOn: readsGoOn
         ) { pause in

@@ -190,6 +190,29 @@ struct ReadsThroughRotationTests {
         #expect(throws: DBKeyError.self) { try pool.readSynchronously { _ in 1 } }
     }
 
+    @Test(
+        "a rotation that cannot take the exclusive lock (another handle holds the database) fails as in use, changes nothing, and the pool whose writes it held writes again"
+    )
+    func exclusiveLockRefusedAfterWritesHeld() async throws {
+        let database = try await TestDatabase(rows: 20)
+        let window = CopyWindow(readsWanted: 0)
+        let manager = Self.manager(database, window: window)
+        let pool = try await manager.openPool()
+        // A connection of its own holds the shared lock: the pool lets go of its lock, and the
+        // rotation still cannot take the exclusive one.
+        let other = try await database.manager().open()
+        let keyBefore = try contents(database.path + ".key")
+        await expectError(.databaseInUse) { try await manager.rotateKey(wait: .milliseconds(100)) }
+        #expect(window.log.isEmpty, "the copy never started")
+        #expect(try contents(database.path + ".key") == keyBefore)
+        try await pool.write { db in try db.execute("DELETE FROM item WHERE id = 1") }
+        #expect(try await pool.read { db in try db.fetchAll("SELECT count(*) FROM item")[0][0] } == .integer(19))
+        #expect(try pool.readSynchronously { db in try db.fetchAll("SELECT count(*) FROM item")[0][0] } == .integer(19))
+        other.close()
+        #expect(try await manager.rotateKey().version == 2, "with the other handle closed, the rotation runs")
+        await pool.close()
+    }
+
     /// Waits until `condition` holds, checking every 5 ms, for up to a minute (a loaded machine).
     static func waitUntil(_ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + .seconds(60)
