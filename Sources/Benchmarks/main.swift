@@ -67,7 +67,7 @@ func hexString(_ key: DatabaseKey) throws -> String {
 }
 
 /// A bare C open: sqlite3_open_v2, sqlite3_key, the page size, the first query, close.
-func bareOpen(_ path: String, key: UnsafeRawBufferPointer, pageSize: Int?, query: String) {
+@Sendable func bareOpen(_ path: String, key: UnsafeRawBufferPointer, pageSize: Int?, query: String) {
     var db: OpaquePointer?
     precondition(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK)
     precondition(sqlite3_key(db, key.baseAddress, Int32(key.count)) == SQLITE_OK)
@@ -122,7 +122,7 @@ if only != "rotate" {
     let path = workdir + "/open.db"
     let manager = try await OnlineRotation.managedDatabase(path, megabytes: 1, pageSize: 4096, logger: logger)
     let text = try NotePages.keyText(try await manager.getOrCreateKey())
-    let coldManager = {
+    let coldManager: @Sendable () -> LocalDbKeyManager = {
         LocalDbKeyManager(
             databasePath: path, providers: manager.providers, configuration: .init(keyCacheTTL: .zero), logger: logger)
     }
@@ -133,17 +133,28 @@ if only != "rotate" {
         _ = try db.fetchAll(query)
         db.close()
     }
-    let bare: () -> Void = { text.withUnsafeBytes { bareOpen(path, key: $0, pageSize: 4096, query: query) } }
-    let cold = try await Measure.alternating(300, ours, bare)
+    let bare: @Sendable () -> Void = { text.withUnsafeBytes { bareOpen(path, key: $0, pageSize: 4096, query: query) } }
     let warmManager = LocalDbKeyManager(databasePath: path, providers: manager.providers, logger: logger)
     try await warmManager.open().close()
-    let warm = try await Measure.alternating(
-        300,
-        {
-            let db = try await warmManager.open()
-            _ = try db.fetchAll(query)
-            db.close()
-        }, bare)
+    let warmOpen: @Sendable () async throws -> Void = {
+        let db = try await warmManager.open()
+        _ = try db.fetchAll(query)
+        db.close()
+    }
+    // From a task, as an app opens off its main actor: `open()` runs on the caller's executor,
+    // like the bare C open beside it. Then from the main actor, which `open()` leaves for the
+    // global executor and comes back to: two hops the bare C open does not make.
+    let (cold, warm) = try await Task.detached {
+        let cold = try await Measure.alternating(
+            300,
+            {
+                let db = try await coldManager().open()
+                _ = try db.fetchAll(query)
+                db.close()
+            }, bare)
+        return (cold, try await Measure.alternating(300, warmOpen, bare))
+    }.value
+    let warmFromMainActor = try await Measure.alternating(300, warmOpen, bare)
     // A passphrase database with the engine's defaults: PBKDF2 over 64,000 HMAC-SHA1 rounds and
     // 1024-byte pages on 3.x, 256,000 HMAC-SHA512 rounds and 4096-byte pages on 4.x.
     let passphrasePath = workdir + "/passphrase.db"
@@ -159,6 +170,7 @@ if only != "rotate" {
     }
     let coldRatio = Measure.seconds(cold.a) / Measure.seconds(cold.b)
     let warmRatio = Measure.seconds(warm.a) / Measure.seconds(warm.b)
+    let mainActorRatio = Measure.seconds(warmFromMainActor.a) / Measure.seconds(warmFromMainActor.b)
     let speedup = Measure.seconds(passphraseOpen.b) / Measure.seconds(passphraseOpen.a)
     rows.append(
         .init(
@@ -169,7 +181,13 @@ if only != "rotate" {
         .init(
             measurement: "open + first query, warm cache", ours: Measure.microseconds(warm.a),
             baseline: "\(Measure.microseconds(warm.b)) bare C", ratio: String(format: "%.2f×", warmRatio),
-            target: "≤ 1.5×", met: warmRatio <= 1.5))
+            target: "≤ 1.2×", met: warmRatio <= 1.2))
+    rows.append(
+        .init(
+            measurement: "open + first query, warm cache, from the main actor (two executor hops)",
+            ours: Measure.microseconds(warmFromMainActor.a),
+            baseline: "\(Measure.microseconds(warmFromMainActor.b)) bare C",
+            ratio: String(format: "%.2f×", mainActorRatio), target: "—", met: nil))
     rows.append(
         .init(
             measurement: "passphrase open vs ours (cold)", ours: Measure.microseconds(passphraseOpen.a),

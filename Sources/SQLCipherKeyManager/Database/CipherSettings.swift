@@ -71,6 +71,12 @@ public struct CipherSettings: Sendable, Hashable {
 
     /// SQLCipher 3's page size, assumed for `.key` files that record none.
     public static let sqlcipherDefaultPageSize = 1024
+
+    /// The page size SQLCipher 4's `PRAGMA cipher_compatibility = format` sets, whatever the
+    /// process's defaults: 4096 for format 4, 1024 for the older ones.
+    static func compatibilityPageSize(format: Int) -> Int {
+        format >= 4 ? newDatabasePageSize : sqlcipherDefaultPageSize
+    }
     /// The page size of new databases: SQLCipher 4's default, and about twice as fast to rekey.
     public static let newDatabasePageSize = 4096
     /// The size of the salt at the start of every SQLCipher file.

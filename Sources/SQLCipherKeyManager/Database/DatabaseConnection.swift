@@ -160,7 +160,7 @@ public final class DatabaseConnection {
         guard !alwaysOnDisk else {
             throw DBKeyError(
                 .unsupportedFormat,
-                "The linked SQLCipher was built with SQLITE_TEMP_STORE=0: it writes temporary tables and sorts of \(path) to unencrypted files whatever a connection asks. Link a build with SQLITE_TEMP_STORE=2 or 3 (see the README's \"SQLCipher versions\").",
+                "The linked SQLCipher was built with SQLITE_TEMP_STORE=0: it writes temporary tables and sorts of \(path) to unencrypted files whatever a connection asks. Link a build with SQLITE_TEMP_STORE=2 or 3 (see \"SQLCipher Versions\" in DBKey's documentation).",
                 path: path)
         }
         try execute("PRAGMA temp_store = MEMORY")
@@ -526,12 +526,12 @@ public final class DatabaseConnection {
         }
     }
 
-    /// SQLCipher does not check the key in `sqlite3_key`; the first read does. A wrong key and a
-    /// damaged first page both fail here with `SQLITE_NOTADB`.
     /// An existing managed database has at least one page. An empty file reads as a new, empty
     /// database with any key — and its first write would make one with a new salt — so it is
-    /// refused as damaged instead.
+    /// refused as damaged instead. The file's size answers (an `fstat` through SQLite's own
+    /// handle); only an empty file, whose pages may all be in a WAL, is asked `page_count`.
     func requirePages() throws {
+        guard try DatabaseFileReader(self).size() == 0 else { return }
         guard try fetchAll("PRAGMA page_count").first?[0].integerValue ?? 0 > 0 else {
             throw DBKeyError(
                 .databaseDamaged,
@@ -541,12 +541,19 @@ public final class DatabaseConnection {
         }
     }
 
-    /// SQLCipher 4 answers a key that fails page 1 of a file with a plaintext header (whose
-    /// SQLite header reads fine) with `SQLITE_ERROR` rather than `SQLITE_NOTADB`; for this fixed
-    /// first statement, both mean the key does not open the file.
+    /// Proves the key on a connection that has read nothing yet. SQLCipher does not check the
+    /// key in `sqlite3_key`; the first read does, and preparing a statement on `sqlite_master`
+    /// is one: it loads the schema, reading page 1 and every page of `sqlite_master` and
+    /// checking their HMACs. Nothing is run, so the app's first statement is the connection's
+    /// first read transaction, as on a bare handle.
+    ///
+    /// A wrong key and a damaged first page both fail with `SQLITE_NOTADB`. SQLCipher 4 answers
+    /// a key that fails page 1 of a file with a plaintext header (whose SQLite header reads
+    /// fine) with `SQLITE_ERROR`; for this fixed statement, both mean the key does not open the
+    /// file.
     func proveKey() throws {
         do {
-            _ = try fetchAll("SELECT count(*) FROM sqlite_master")
+            _ = try prepare("SELECT 1 FROM sqlite_master")
         } catch let error as DBKeyError where error.resultCode == .SQLITE_NOTADB || error.resultCode == .SQLITE_ERROR {
             throw DBKeyError(
                 .wrongKey,

@@ -24,22 +24,25 @@ package enum ProtectedFile {
         kind: String,
         missingCode: DBKeyError.Code
     ) throws -> SecureBuffer {
-        try read(at: path, maxSize: maxSize, kind: kind, missingCode: missingCode, unlessKnown: { _ in nil }) {
-            contents, _ in contents
-        }
+        try read(at: path, maxSize: maxSize, kind: kind, missingCode: missingCode) { contents, _ in contents }
     }
 
     /// ``read(at:maxSize:kind:missingCode:)``, parsing the contents with `parse` (given the open
-    /// file's status too); when `known` returns a value for that status (checked as trustworthy
-    /// first), that value, without reading the contents.
+    /// file's status too); when `known` returns a value for the file's status (an `lstat`,
+    /// checked as trustworthy first), that value, without opening the file.
     static func read<Result>(
         at path: String,
         maxSize: Int,
         kind: String,
         missingCode: DBKeyError.Code,
-        unlessKnown known: (Stat) -> Result?,
+        unlessKnown known: ((Stat) -> Result?)? = nil,
         parse: (SecureBuffer, Stat) throws -> Result
     ) throws -> Result {
+        // Anything but a regular file is left to the open below, which says what it is.
+        if let known, let status = try? FilePath(path).stat(followTargetSymlink: false), status.type == .regular {
+            try checkTrustworthy(status, path: path, kind: kind, maxSize: maxSize)
+            if let result = known(status) { return result }
+        }
         let descriptor: FileDescriptor
         do {
             // O_NONBLOCK so that a FIFO planted at the path cannot make the open hang.
@@ -68,14 +71,7 @@ package enum ProtectedFile {
             } catch {
                 throw DBKeyError.io(error, "inspect the \(kind)", path)
             }
-            try checkTrustworthy(status, path: path, kind: kind)
-            guard status.size <= Int64(maxSize) else {
-                throw DBKeyError(
-                    .keyFileCorrupt,
-                    "The \(kind) \(path) is \(status.size) bytes, more than the \(maxSize / 1024) KiB allowed: it is not a DBKey \(kind)."
-                )
-            }
-            if let result = known(status) { return result }
+            try checkTrustworthy(status, path: path, kind: kind, maxSize: maxSize)
             return try parse(try readAll(descriptor, expectedSize: Int(status.size), path: path, kind: kind), status)
         }
     }
@@ -147,7 +143,9 @@ package enum ProtectedFile {
         try descriptor.closeAfter { try descriptor.synchronize() }
     }
 
-    private static func checkTrustworthy(_ status: Stat, path: String, kind: String) throws {
+    /// Refuses a file that is not regular, not owned by this user, open to group or others,
+    /// hard-linked elsewhere, or larger than `maxSize`.
+    private static func checkTrustworthy(_ status: Stat, path: String, kind: String, maxSize: Int) throws {
         guard status.type == .regular else {
             throw DBKeyError(.keyFileInsecure, "The \(kind) \(path) is not a regular file.")
         }
@@ -159,6 +157,12 @@ package enum ProtectedFile {
                 me == 0
                     ? "The \(kind) \(path) belongs to uid \(owner), the user that runs the app, not to root: run dbkey as that user (sudo -u '#\(owner)' dbkey …). Do not chown it to root: the app would lose it."
                     : "The \(kind) \(path) is owned by uid \(owner), not by this user (uid \(me)). Run as its owner (the user that runs the app); if the owner itself is wrong, give it back to the app's user with chown."
+            )
+        }
+        guard status.size <= Int64(maxSize) else {
+            throw DBKeyError(
+                .keyFileCorrupt,
+                "The \(kind) \(path) is \(status.size) bytes, more than the \(maxSize / 1024) KiB allowed: it is not a DBKey \(kind)."
             )
         }
         let mode = status.permissions.rawValue & 0o777

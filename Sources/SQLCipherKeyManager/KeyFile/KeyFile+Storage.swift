@@ -116,6 +116,8 @@ final class KeyFileCache: Sendable {
     }
 
     private let entries = Mutex<[String: Entry]>([:])
+    /// The last record at each path whose MAC was checked with its data key.
+    private let provenSeals = Mutex<[String: KeyFile]>([:])
 
     func keyFile(at path: String, identity: Identity) -> KeyFile? {
         entries.withLock { $0[path] }.flatMap { $0.identity == identity ? $0.keyFile : nil }
@@ -125,6 +127,19 @@ final class KeyFileCache: Sendable {
         entries.withLock { entries in
             if entries.count >= KeyFileCache.capacity { entries.removeAll() }
             entries[path] = Entry(identity: identity, keyFile: keyFile)
+        }
+    }
+
+    /// Whether `keyFile`, field for field, is the record last proven at `path`.
+    func isSealProven(_ keyFile: KeyFile, at path: String) -> Bool {
+        provenSeals.withLock { $0[path] == keyFile }
+    }
+
+    /// Remembers that `keyFile`'s MAC was checked with the data key it records as current.
+    func rememberSealProven(_ keyFile: KeyFile, at path: String) {
+        provenSeals.withLock { proven in
+            if proven.count >= KeyFileCache.capacity { proven.removeAll() }
+            proven[path] = keyFile
         }
     }
 }

@@ -135,14 +135,23 @@ final class ManagedDatabase: Sendable {
             _ = try provider(named: keyFile.kms)
         }
         if let cached = keyCache.key(for: keyFile) {
-            try keyFile.verifySeal(with: cached, source: keyFilePath)
+            try verifySeal(of: keyFile, with: cached)
             return cached
         }
         let key = try await unwrap(keyFile.currentKey, of: keyFile)
-        try keyFile.verifySeal(with: key, source: keyFilePath)
+        try verifySeal(of: keyFile, with: key)
         record(.keyLoaded, keyFile)
         keyCache.store(key, for: keyFile)
         return key
+    }
+
+    /// Checks `keyFile`'s MAC with `key`, the data key it records as current — once for each
+    /// record: a MAC proven for a record proves every record equal to it, field for field,
+    /// while a `.key` changed in any field is checked again.
+    func verifySeal(of keyFile: KeyFile, with key: SecureBuffer) throws {
+        guard !KeyFileCache.shared.isSealProven(keyFile, at: keyFilePath) else { return }
+        try keyFile.verifySeal(with: key, source: keyFilePath)
+        KeyFileCache.shared.rememberSealProven(keyFile, at: keyFilePath)
     }
 
     /// The `.key` record of a new data key under the configuration, for a database with
@@ -180,7 +189,7 @@ final class ManagedDatabase: Sendable {
         guard engine.newDatabaseFormat >= 4 || configuration.allowsSQLCipher3Databases else {
             throw DBKeyError(
                 .unsupportedFormat,
-                "This process linked SQLCipher \(engine.version), which makes databases in the old 3 format; DBKey creates new databases in the SQLCipher 4 format unless told otherwise. Link SQLCipher 4 (see the README's \"SQLCipher versions\": Debian 13's libsqlcipher-dev, or a 4.x build found through PKG_CONFIG_PATH), or allow the 3 format: LocalDbKeyManager.Configuration.allowsSQLCipher3Databases, dbkey --allow-sqlcipher3, or \(LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable)=1. Nothing was created.",
+                "This process linked SQLCipher \(engine.version), which makes databases in the old 3 format; DBKey creates new databases in the SQLCipher 4 format unless told otherwise. Link SQLCipher 4 (see \"SQLCipher Versions\" in DBKey's documentation: Debian 13's libsqlcipher-dev, or a 4.x build found through PKG_CONFIG_PATH), or allow the 3 format: LocalDbKeyManager.Configuration.allowsSQLCipher3Databases, dbkey --allow-sqlcipher3, or \(LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable)=1. Nothing was created.",
                 path: databasePath)
         }
         return engine
@@ -196,7 +205,7 @@ final class ManagedDatabase: Sendable {
             guard engine.newDatabaseFormat >= 4 else {
                 throw DBKeyError(
                     .unsupportedFormat,
-                    "A plaintext header needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see the README's \"SQLCipher versions\")."
+                    "A plaintext header needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see \"SQLCipher Versions\" in DBKey's documentation)."
                 )
             }
             cipher = cipher.withPlaintextHeader()

@@ -15,6 +15,12 @@ struct DatabaseConnectionTests {
         return (connection, key)
     }
 
+    /// Formats the linked SQLCipher reads (3 on 3.x; 3 and 4 on 4.x), each with its default
+    /// page size and others.
+    static let formatsAndPageSizes = [(4, 4096), (4, 1024), (4, 8192), (3, 1024), (3, 4096), (3, 2048)].filter {
+        (try? SQLCipherEngine.linked().supports(format: $0.0)) == true
+    }
+
     /// The SQLite each measured SQLCipher is built on (DESIGN.md).
     static let measuredSQLite = ["3.4.1": "3.15.2", "4.6.1 community": "3.46.1"]
 
@@ -238,6 +244,51 @@ struct DatabaseConnectionTests {
         let reopened = try DatabaseConnection.open(
             path: directory.file("test.db"), key: key, cipher: try newCipher(pageSize: 4096), create: false)
         #expect(try reopened.fetchAll("SELECT count(*) FROM t").first?[0] == .integer(0))
+    }
+
+    @Test(
+        "each format and page size opens with the recorded page size, whether it is set or left to the format's cipher_compatibility",
+        arguments: DatabaseConnectionTests.formatsAndPageSizes
+    )
+    func pageSizePerFormat(format: Int, pageSize: Int) async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("test.db")
+        let key = try SecureBuffer.random(count: 32)
+        let cipher = CipherSettings.new(format: format, pageSize: pageSize)
+        let created = try DatabaseConnection.open(path: path, key: key, cipher: cipher, create: true)
+        try created.execute("CREATE TABLE t(a); INSERT INTO t VALUES (1)")
+        created.close()
+        // Opened twice: the second time, every setting's answer is already known to the process.
+        for _ in 0..<2 {
+            let reopened = try DatabaseConnection.open(path: path, key: key, cipher: cipher, create: false)
+            // SQLCipher answers cipher pragmas as text.
+            #expect(try reopened.fetchAll("PRAGMA cipher_page_size").first?[0] == .text(String(pageSize)))
+            #expect(try reopened.fetchAll("SELECT a FROM t").first?[0] == .integer(1))
+            reopened.close()
+        }
+        #expect(try contents(path).count % pageSize == 0)
+        for other in [1024, 4096] where other != pageSize {
+            await expectError(.wrongKey) {
+                _ = try DatabaseConnection.open(
+                    path: path, key: key, cipher: CipherSettings.new(format: format, pageSize: other), create: false)
+            }
+        }
+    }
+
+    @Test("a cipher setting's answer is checked until it passes once, then taken as known for the process")
+    func cipherAnswersOnce() async throws {
+        let assignment = "test_pragma = \(UUID().uuidString)"
+        var checks = 0
+        struct Refused: Error {}
+        #expect(throws: Refused.self) {
+            try CipherPragmaAnswers.requireOnce(assignment) {
+                checks += 1
+                throw Refused()
+            }
+        }
+        try CipherPragmaAnswers.requireOnce(assignment) { checks += 1 }
+        try CipherPragmaAnswers.requireOnce(assignment) { checks += 1 }
+        #expect(checks == 2, "a refused answer is asked again; one that passed is not")
     }
 
     @Test("integrity_check reports nothing on a sound database")

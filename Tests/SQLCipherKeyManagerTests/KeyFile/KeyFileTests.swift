@@ -147,6 +147,16 @@ struct KeyFileTests {
         await expectError(code, containing: fragments, sourceLocation: sourceLocation) {
             _ = try KeyFile.read(from: path)
         }
+        // A refusal of the file itself (not of its contents, which the parse cache stands
+        // for) is the same when the cache knows this very file, as on a warm open: every check
+        // of the file runs before the cache is asked.
+        if code == .keyFileInsecure || fragments.contains("64 KiB") {
+            let cache = KeyFileCache()
+            cache.store(sampleKeyFile(), at: path, identity: KeyFileCache.Identity(try FilePath(path).stat()))
+            await expectError(code, containing: fragments, sourceLocation: sourceLocation) {
+                _ = try KeyFile.read(from: path, cache: cache)
+            }
+        }
         #expect(try contents(path) == before, "the file changed", sourceLocation: sourceLocation)
         let attributesAfter = try FileManager.default.attributesOfItem(atPath: path)
         #expect(
@@ -183,6 +193,12 @@ struct KeyFileTests {
         #expect(symlink(target, link) == 0)
         await expectError(.keyFileInsecure, containing: ["symbolic link"]) {
             _ = try KeyFile.read(from: link)
+        }
+        // Also when the parse cache knows the file the link points at, under the link's name.
+        let cache = KeyFileCache()
+        cache.store(sampleKeyFile(), at: link, identity: KeyFileCache.Identity(try FilePath(target).stat()))
+        await expectError(.keyFileInsecure, containing: ["symbolic link"]) {
+            _ = try KeyFile.read(from: link, cache: cache)
         }
         #expect(try contents(target) == before)
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == target)

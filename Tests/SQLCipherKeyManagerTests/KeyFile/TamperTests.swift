@@ -22,6 +22,13 @@ struct TamperTests {
             }
         }
 
+        /// The error for a manager that opened the database before the change, its data key
+        /// still cached (the cache is keyed by the wrapped key and the version): the MAC check,
+        /// for every field but the wrapped key.
+        var expectedWhenWarm: DBKeyError.Code {
+            self == .encryptedDek ? .ciphertextInvalid : .keyFileCorrupt
+        }
+
         var involvesPending: Bool { rawValue.hasPrefix("pending") }
 
         /// Changes one character (or one bit of the decoded bytes) of the field.
@@ -57,11 +64,15 @@ struct TamperTests {
     }
 
     @Test(
-        "each tampered field is refused with its own error, and the files stay as they were", arguments: Tamper.allCases
+        "each tampered field is refused with its own error, by a new manager and by one that opened the database before (its key, parse and MAC check cached), and the files stay as they were",
+        arguments: Tamper.allCases
     )
     func refused(tamper: Tamper) async throws {
         let database = try await TestDatabase(rows: 5, context: ["purpose": "tamper"])
         let manager = database.manager()
+        // Opened twice: the second open is the warm one, served from every cache.
+        try await manager.open().close()
+        try await manager.open().close()
         if tamper.involvesPending {
             // A journaled rotation, as a crash would leave it.
             let keyFile = try manager.load()
@@ -81,8 +92,11 @@ struct TamperTests {
         }
         let keyBytes = try contents(manager.keyFilePath)
         let databaseBytes = try contents(database.path)
-        // A fresh manager: nothing cached.
+        // A fresh manager: no key cached.
         await expectError(tamper.expected) { _ = try await database.manager().open() }
+        await expectError(tamper.involvesPending ? tamper.expected : tamper.expectedWhenWarm) {
+            _ = try await manager.open()
+        }
         #expect(try contents(manager.keyFilePath) == keyBytes)
         #expect(try contents(database.path) == databaseBytes)
     }
