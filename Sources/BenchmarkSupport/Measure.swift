@@ -72,3 +72,10 @@ public struct BenchmarkRow {
         }
     }
 }
+
+/// Runs blocking work on a thread of its own, off Swift's cooperative pool.
+public func offPool<Result: Sendable>(_ work: @escaping @Sendable () throws -> Result) async throws -> Result {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Swift.Result { try work() }) }.start()
+    }
+}

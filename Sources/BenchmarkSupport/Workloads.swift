@@ -61,43 +61,56 @@ public enum NotePages {
         done.wait()
     }
 
-    /// `readers` threads, each with its own handle keyed in C and one prepared statement,
-    /// reading the same pages into Swift values.
-    public static func bareReads(_ path: String, key: SecureBuffer, readers: Int) {
+    /// Reads through bare C handles, one per thread, each keyed in C with one prepared statement,
+    /// decoding what ``decode(_:)`` decodes, and returns how long the reads took: the handles
+    /// are opened, keyed and their statements prepared before the clock starts and closed after
+    /// it stops, as a pool's connections are open before its reads are timed.
+    public static func bareReads(_ path: String, key: SecureBuffer, readers: Int) -> Duration {
+        let ready = DispatchGroup()
+        let start = DispatchSemaphore(value: 0)
         let done = DispatchGroup()
+        let closed = DispatchGroup()
         for reader in 0..<readers {
+            ready.enter()
             done.enter()
+            closed.enter()
             Thread.detachNewThread {
-                bareReader(path, key: key, reader: reader)
+                var db: OpaquePointer?
+                precondition(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK)
+                key.withUnsafeBytes { precondition(sqlite3_key(db, $0.baseAddress, Int32($0.count)) == SQLITE_OK) }
+                precondition(sqlite3_exec(db, "PRAGMA cipher_page_size = 4096", nil, nil, nil) == SQLITE_OK)
+                var statement: OpaquePointer?
+                precondition(sqlite3_prepare_v2(db, page, -1, &statement, nil) == SQLITE_OK)
+                ready.leave()
+                start.wait()
+                for read in 0..<readsPerReader {
+                    sqlite3_bind_int64(statement, 1, after(read: read, reader: reader))
+                    var values: [(Int64, String, Double)] = []
+                    values.reserveCapacity(100)
+                    while sqlite3_step(statement) == SQLITE_ROW {
+                        values.append(
+                            (
+                                sqlite3_column_int64(statement, 0), String(cString: sqlite3_column_text(statement, 1)),
+                                sqlite3_column_double(statement, 2)
+                            ))
+                    }
+                    precondition(values.count == 100)
+                    sqlite3_reset(statement)
+                }
                 done.leave()
+                sqlite3_finalize(statement)
+                sqlite3_close(db)
+                closed.leave()
             }
         }
+        ready.wait()
+        let clock = ContinuousClock()
+        let began = clock.now
+        for _ in 0..<readers { start.signal() }
         done.wait()
-    }
-
-    private static func bareReader(_ path: String, key: SecureBuffer, reader: Int) {
-        var db: OpaquePointer?
-        precondition(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK)
-        key.withUnsafeBytes { precondition(sqlite3_key(db, $0.baseAddress, Int32($0.count)) == SQLITE_OK) }
-        precondition(sqlite3_exec(db, "PRAGMA cipher_page_size = 4096", nil, nil, nil) == SQLITE_OK)
-        var statement: OpaquePointer?
-        precondition(sqlite3_prepare_v2(db, page, -1, &statement, nil) == SQLITE_OK)
-        for read in 0..<readsPerReader {
-            sqlite3_bind_int64(statement, 1, after(read: read, reader: reader))
-            var values: [(Int64, String, Double)] = []
-            values.reserveCapacity(100)
-            while sqlite3_step(statement) == SQLITE_ROW {
-                values.append(
-                    (
-                        sqlite3_column_int64(statement, 0), String(cString: sqlite3_column_text(statement, 1)),
-                        sqlite3_column_double(statement, 2)
-                    ))
-            }
-            precondition(values.count == 100)
-            sqlite3_reset(statement)
-        }
-        sqlite3_finalize(statement)
-        sqlite3_close(db)
+        let took = clock.now - began
+        closed.wait()
+        return took
     }
 
     /// The raw-key text of a managed database's key, for the bare C baseline; the key's lock is

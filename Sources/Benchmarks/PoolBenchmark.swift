@@ -53,21 +53,22 @@ enum PoolBenchmark {
         let text = try NotePages.keyText(try await manager.getOrCreateKey())
         var result: [BenchmarkRow] = []
         for readers in [1, 2, 4] {
-            // Async reads from tasks, synchronous reads from threads, bare C: alternating, 5 rounds.
-            var asynchronous: [Duration] = []
-            var synchronous: [Duration] = []
-            var bare: [Duration] = []
-            for _ in 0..<5 {
-                asynchronous.append(
-                    try await Measure.time {
+            // Async reads from tasks, synchronous reads from threads, each in a transaction
+            // (read) and as one statement (fetch), and bare C: alternating, 5 rounds.
+            let forms: [(label: String, target: Double, run: @Sendable () async throws -> Void)] = [
+                (
+                    "pool.read, tasks", 1.6,
+                    {
                         try await NotePages.concurrentReads(readers: readers) { after in
                             try await pool.read { db in
                                 try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
                             }
                         }
-                    })
-                synchronous.append(
-                    try await Measure.time {
+                    }
+                ),
+                (
+                    "pool.readSynchronously, threads", 1.3,
+                    {
                         try await offPool {
                             NotePages.threadReads(readers: readers) { after in
                                 try pool.readSynchronously { db in
@@ -75,11 +76,36 @@ enum PoolBenchmark {
                                 }
                             }
                         }
-                    })
-                bare.append(
-                    try await Measure.time {
-                        try await offPool { NotePages.bareReads(path, key: text, readers: readers) }
-                    })
+                    }
+                ),
+                (
+                    "pool.fetch, tasks, no BEGIN/COMMIT", 1.6,
+                    {
+                        try await NotePages.concurrentReads(readers: readers) { after in
+                            try await pool.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
+                        }
+                    }
+                ),
+                (
+                    "pool.fetchSynchronously, threads, no BEGIN/COMMIT", 1.3,
+                    {
+                        try await offPool {
+                            NotePages.threadReads(readers: readers) { after in
+                                try pool.fetchSynchronously(
+                                    NotePages.page, arguments: [.integer(after)], NotePages.decode
+                                ).count
+                            }
+                        }
+                    }
+                ),
+            ]
+            var times = Array(repeating: [Duration](), count: forms.count)
+            var bare: [Duration] = []
+            for _ in 0..<5 {
+                for (index, form) in forms.enumerated() {
+                    times[index].append(try await Measure.time { try await form.run() })
+                }
+                bare.append(try await offPool { NotePages.bareReads(path, key: text, readers: readers) })
             }
             let total = Double(readers * NotePages.readsPerReader)
             let baseline = Measure.median(bare)
@@ -87,9 +113,8 @@ enum PoolBenchmark {
             let baselineText = String(
                 format: "%.0f reads/s bare C, %d thread%@", total / Measure.seconds(baseline), readers,
                 readers == 1 ? "" : "s")
-            for (label, times, target) in [
-                ("pool.read, tasks", asynchronous, 1.6), ("pool.readSynchronously, threads", synchronous, 1.3),
-            ] {
+            for (form, times) in zip(forms, times) {
+                let (label, target) = (form.label, form.target)
                 let median = Measure.median(times)
                 let ratio = Measure.seconds(median) / Measure.seconds(baseline)
                 result.append(
@@ -127,12 +152,5 @@ enum PoolBenchmark {
             baseline: String(format: "%.3f ms FULL", perWrite(times.b)),
             ratio: String(format: "%.2f×", Measure.seconds(times.a) / Measure.seconds(times.b)),
             target: "— (measured, both modes)", met: nil)
-    }
-}
-
-/// Runs blocking work on a thread of its own, off Swift's cooperative pool.
-func offPool<Result: Sendable>(_ work: @escaping @Sendable () throws -> Result) async throws -> Result {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Swift.Result { try work() }) }.start()
     }
 }

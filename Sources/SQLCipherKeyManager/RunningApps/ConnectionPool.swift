@@ -140,6 +140,39 @@ public final class ConnectionPool: Sendable {
         return try pooled.connection.inTransaction(.deferred) { try body(pooled.connection) }
     }
 
+    /// Runs one statement with a reader and returns what `decode` makes of each row (see
+    /// ``DatabaseConnection/fetch(_:arguments:_:)``), with no `BEGIN` or `COMMIT`: SQLite runs a
+    /// lone statement in a read transaction of its own, so all its rows come from one snapshot,
+    /// as in ``read(_:)``.
+    ///
+    /// ```swift
+    /// let titles = try await pool.fetch("SELECT body FROM note ORDER BY id LIMIT ?", arguments: [100]) { row in
+    ///     row.text(0) ?? ""
+    /// }
+    /// ```
+    ///
+    /// - Returns: The decoded rows, in order.
+    /// - Throws: As ``read(_:)`` does; ``DBKeyError`` for SQL of more than one statement
+    ///   (refused before it runs).
+    public func fetch<Row: Sendable>(
+        _ sql: String, arguments: [SQLValue] = [], _ decode: @escaping @Sendable (RowView) throws -> Row
+    ) async throws -> [Row] {
+        try await run(.reader) { db in try db.fetch(sql, arguments: arguments, decode) }
+    }
+
+    /// ``fetch(_:arguments:_:)`` on the calling thread, as ``readSynchronously(_:)`` runs: for a
+    /// caller on a thread of its own, never from Swift's cooperative pool.
+    ///
+    /// - Returns: The decoded rows, in order.
+    /// - Throws: As ``fetch(_:arguments:_:)`` does, but for cancellation.
+    public func fetchSynchronously<Row>(
+        _ sql: String, arguments: [SQLValue] = [], _ decode: (RowView) throws -> Row
+    ) throws -> [Row] {
+        let pooled = try checkOutBlocking()
+        defer { checkIn(pooled, .reader) }
+        return try pooled.connection.fetch(sql, arguments: arguments, decode)
+    }
+
     /// Runs `body` with the writer, in an `IMMEDIATE` transaction: committed when it returns,
     /// rolled back when it throws.
     ///
@@ -300,7 +333,7 @@ public final class ConnectionPool: Sendable {
             }
             let key: SecureBuffer
             if let known {
-                try keyFile.verifySeal(with: known, source: database.keyFilePath)
+                try database.verifySeal(of: keyFile, with: known)
                 key = known
             } else {
                 key = try await database.unwrapKey(of: keyFile)

@@ -449,6 +449,13 @@ enum DocumentationExamples {
         registration.cancel()
     }
 
+    static func poolFetch(pool: ConnectionPool) async throws {
+        let titles = try await pool.fetch("SELECT body FROM note ORDER BY id LIMIT ?", arguments: [100]) { row in
+            row.text(0) ?? ""
+        }
+        _ = titles
+    }
+
     static func synchronousPool(manager: LocalDbKeyManager) async throws {
         let pool = try await manager.openPool(maximumReaders: 4, synchronous: .normal)
         try await pool.write { db in try db.execute("CREATE TABLE IF NOT EXISTS note(body TEXT)") }

@@ -169,6 +169,49 @@ struct ConnectionPoolTests {
         await normal.close()
     }
 
+    @Test(
+        "fetch runs one statement with no BEGIN: a write that commits while its rows are read is not among them; fetchSynchronously too; two statements are refused before either runs"
+    )
+    func fetchWithoutTransaction() async throws {
+        let database = try await TestDatabase(rows: 50, wal: true)
+        let pool = try await database.manager().openPool(maximumReaders: 1)
+        /// The one reader's handle, to ask SQLite whether a transaction is open.
+        struct Handle: @unchecked Sendable { let pointer: OpaquePointer }
+        let reader = try await pool.read { db in Handle(pointer: try db.liveHandle()) }
+        #expect(try await pool.read { _ in sqlite3_get_autocommit(reader.pointer) } == 0, "read opens a transaction")
+        let autocommit = Mutex<[Int32]>([])
+        let written = DispatchSemaphore(value: 0)
+        let ids = try await pool.fetch("SELECT id FROM item ORDER BY id") { row in
+            if row.integer(0) == 1 {
+                autocommit.withLock { $0.append(sqlite3_get_autocommit(reader.pointer)) }
+                // A write commits while the statement is between its first and second rows.
+                Task {
+                    try await pool.write { db in try db.execute("INSERT INTO item(id, body) VALUES (1000, 'late')") }
+                    written.signal()
+                }
+                #expect(written.wait(timeout: .now() + 30) == .success, "the write committed beside the statement")
+            }
+            return row.integer(0)
+        }
+        #expect(autocommit.withLock { $0 } == [1], "no transaction was open while the rows were read")
+        #expect(ids == Array(1...50), "one snapshot: the rows as they were when the statement began")
+        let count = try await pool.fetch("SELECT count(*) FROM item") { $0.integer(0) }
+        #expect(count == [51])
+        let synchronousIDs = try await Task.detached {
+            try pool.fetchSynchronously("SELECT id FROM item WHERE id > ? ORDER BY id", arguments: [.integer(49)]) {
+                row in
+                autocommit.withLock { $0.append(sqlite3_get_autocommit(reader.pointer)) }
+                return row.integer(0)
+            }
+        }.value
+        #expect(synchronousIDs == [50, 1000])
+        #expect(autocommit.withLock { $0 } == [1, 1, 1])
+        await expectError(.sqlite, containing: ["one statement", "Nothing was run"]) {
+            _ = try await pool.fetch("SELECT 1; SELECT 2") { $0.integer(0) }
+        }
+        await pool.close()
+    }
+
     @Test("a pool of 2 readers runs 2 reads at once; a third waits; a waiting task is cancelled; all go on")
     func exhaustionAndCancellation() async throws {
         let database = try await TestDatabase(rows: 10)

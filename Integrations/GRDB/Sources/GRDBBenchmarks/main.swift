@@ -61,8 +61,13 @@ func row(_ readers: Int, against baseline: String, _ times: (a: Duration, b: Dur
 }
 
 for readers in [1, 2] {
-    let bare = try await Measure.alternating(
-        5, { try await grdbReads(readers) }, { NotePages.bareReads(path, key: text, readers: readers) })
+    var grdbTimes: [Duration] = []
+    var bareTimes: [Duration] = []
+    for _ in 0..<5 {
+        grdbTimes.append(try await Measure.time { try await grdbReads(readers) })
+        bareTimes.append(try await offPool { NotePages.bareReads(path, key: text, readers: readers) })
+    }
+    let bare = (a: Measure.median(grdbTimes), b: Measure.median(bareTimes))
     rows.append(row(readers, against: "bare C, \(readers) thread\(readers == 1 ? "" : "s")", bare))
 }
 try await grdb.close()
@@ -77,16 +82,6 @@ seamConfiguration.prepareDatabase { db in
 }
 let grdbPool = try DatabasePool(path: path, configuration: seamConfiguration)
 let dbkeyPool = try await manager.openPool(maximumReaders: 4)
-
-/// Runs blocking work on a thread of its own, off Swift's cooperative pool.
-func offPool(_ work: @escaping @Sendable () -> Void) async {
-    await withCheckedContinuation { continuation in
-        Thread {
-            work()
-            continuation.resume()
-        }.start()
-    }
-}
 
 for readers in [1, 2, 4] {
     var times: [String: [Duration]] = [:]
@@ -106,16 +101,16 @@ for readers in [1, 2, 4] {
                 }
             })
         times["GRDB sync", default: []].append(
-            await Measure.time {
-                await offPool {
+            try await Measure.time {
+                try await offPool {
                     NotePages.threadReads(readers: readers) { after in
                         try grdbPool.read { db in try grdbPage(db, after: after).count }
                     }
                 }
             })
         times["DBKey sync", default: []].append(
-            await Measure.time {
-                await offPool {
+            try await Measure.time {
+                try await offPool {
                     NotePages.threadReads(readers: readers) { after in
                         try dbkeyPool.readSynchronously { db in
                             try db.fetch(NotePages.page, arguments: [.integer(after)], NotePages.decode).count
@@ -124,7 +119,7 @@ for readers in [1, 2, 4] {
                 }
             })
         times["bare", default: []].append(
-            await Measure.time { await offPool { NotePages.bareReads(path, key: text, readers: readers) } })
+            try await offPool { NotePages.bareReads(path, key: text, readers: readers) })
     }
     let median = { (name: String) in Measure.median(times[name] ?? []) }
     let total = Double(readers * NotePages.readsPerReader)
