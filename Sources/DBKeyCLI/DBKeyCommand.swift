@@ -46,7 +46,7 @@ public struct DBKeyCommand: AsyncParsableCommand {
     )
 
     /// Hardens the process, then parses and runs the command line with `providers`, and
-    /// exits at once, without running library destructors (see the README's PKCS#11 section).
+    /// exits at once, without running library destructors (see the PKCS#11 section of <doc:KeyManagementProviders>).
     public static func main(providers: [KmsProviderFactory]) async {
         ProcessHardening.quietCrashes()
         if !ProcessHardening.disableCoreDumps() {

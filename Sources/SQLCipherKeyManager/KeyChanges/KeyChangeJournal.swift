@@ -140,7 +140,7 @@ struct KeyChangeJournal {
         throw neitherKeyOpens(keyFile, pending)
     }
 
-    /// A rotation by copy, by the recovery table in the README: while the database still opens
+    /// A rotation by copy, by the recovery table in <doc:ChangingKeys>: while the database still opens
     /// under the current key, a complete copy (its size and checksum as recorded) is renamed
     /// over it, rolling the rotation forward, and a partial or missing one is removed with the
     /// record; once only the pending key opens the database, the rename happened and the

@@ -178,7 +178,7 @@ struct Migration: Sendable {
             {
                 throw DBKeyError(
                     .unsupportedFormat,
-                    "\(database.databasePath) is an SQLCipher 4 database; the linked SQLCipher \(engine.version) cannot read it (link SQLCipher 4: see the README's \"SQLCipher versions\"). It was left untouched."
+                    "\(database.databasePath) is an SQLCipher 4 database; the linked SQLCipher \(engine.version) cannot read it (link SQLCipher 4: see \"SQLCipher Versions\" in DBKey's documentation). It was left untouched."
                 )
             }
             let tried = settings.formatsToTry(on: engine).map { "SQLCipher \($0)" }.joined(separator: " and ")

@@ -24,7 +24,7 @@ struct Upgrade {
         guard engine.newDatabaseFormat >= 4 else {
             throw DBKeyError(
                 .unsupportedFormat,
-                "Upgrading to the SQLCipher 4 format needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see the README's \"SQLCipher versions\"). Nothing was changed.",
+                "Upgrading to the SQLCipher 4 format needs SQLCipher 4; the linked SQLCipher is \(engine.version) (see \"SQLCipher Versions\" in DBKey's documentation). Nothing was changed.",
                 path: database.databasePath)
         }
         guard keyFile.cipher.format < 4 else { return keyFile }

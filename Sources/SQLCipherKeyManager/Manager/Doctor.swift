@@ -169,7 +169,7 @@ struct Doctor {
             add(
                 "engine-unsupported",
                 "\(database.databasePath) is in the SQLCipher \(format) format, which the linked SQLCipher \(engine.version) cannot read: every command but this one refuses it.",
-                "Use a build linked against SQLCipher 4 (see the README's \"SQLCipher versions\").")
+                "Use a build linked against SQLCipher 4 (see \"SQLCipher Versions\" in DBKey's documentation).")
         }
     }
 

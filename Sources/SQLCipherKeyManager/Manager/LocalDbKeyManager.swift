@@ -285,8 +285,8 @@ public final class LocalDbKeyManager: Sendable {
     /// 6. a new connection proves the new key;
     /// 7. the `.key` file is rewritten with the new key current and `pending` cleared.
     ///
-    /// A later open finishes or undoes a rotation that stopped between 4 and 7 (the README's
-    /// recovery table); a copy left by a stop before 4 is removed. The journal mode (rollback or
+    /// A later open finishes or undoes a rotation that stopped between 4 and 7 (the recovery table in
+    /// <doc:ChangingKeys>); a copy left by a stop before 4 is removed. The journal mode (rollback or
     /// WAL), `user_version`, `application_id` and every page's content are kept. The copy needs
     /// the database's size free on its disk; with `inPlace`, `sqlite3_rekey` re-encrypts the
     /// pages in one write transaction instead (its journal needs about as much, and it is
@@ -442,8 +442,8 @@ public final class LocalDbKeyManager: Sendable {
         try await SlotChanges(database: database).add(target, kekId: kekId, wait: wait)
     }
 
-    /// Adds an escrow slot: the data key sealed to an escrow public key (HPKE, see the README's
-    /// "Key slots and recovery"), opened only by its private key, which need never be on this
+    /// Adds an escrow slot: the data key sealed to an escrow public key (HPKE, see
+    /// <doc:KeySlotsAndRecovery>), opened only by its private key, which need never be on this
     /// device. Every rotation re-seals it with the public key alone.
     ///
     /// ```swift

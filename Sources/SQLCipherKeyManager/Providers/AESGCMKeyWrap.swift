@@ -4,8 +4,8 @@ import Foundation
 /// base64( `0x01` ‖ nonce(12) ‖ ciphertext(32) ‖ tag(16) ), with additional data
 /// `label` ‖ `0x00` ‖ the context's canonical encoding.
 ///
-/// Anyone holding the KEK can unwrap with any AES-GCM library; the format is documented in the
-/// README. ``LocalKms`` and ``MockKms`` share it, each with its own label.
+/// Anyone holding the KEK can unwrap with any AES-GCM library; the format is documented in
+/// <doc:KeyManagementProviders>. ``LocalKms`` and ``MockKms`` share it, each with its own label.
 package struct AESGCMKeyWrap: Sendable {
     static let formatVersion: UInt8 = 0x01
     static let nonceByteCount = 12

@@ -4,7 +4,7 @@
 /// The primary KEK (the `.key`'s `kms`, `kek_id` and `encrypted_dek`) is slot 0; additional
 /// slots are numbered from 1 and keep their number for as long as they exist. The file's MAC
 /// covers every slot, and a rotation re-wraps the new data key under each of them in the same
-/// journaled change (see the README's "Key slots and recovery").
+/// journaled change (see <doc:KeySlotsAndRecovery>).
 public struct KeySlot: Sendable, Hashable {
     /// The `kms` of an escrow slot: no provider, an HPKE seal to ``escrowPublicKey``.
     public static let escrowProvider = "escrow"
