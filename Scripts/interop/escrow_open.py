@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Opens a DBKey escrow slot with an independent HPKE implementation (pyhpke) and OpenSSL's
-reading of the private key (via cryptography), following only the README's description:
+reading of the private key (via cryptography), following only the description in the DocC article "Key Slots and Recovery":
 
   suite  DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM (RFC 9180, base mode)
   info   "dbkey-escrow-v1" || 0x00 || canonical encoding of the encryption context

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An independent implementation of DBKey's local-provider wrap format, written from the
-README/DESIGN text with Python's `cryptography`, so the tests can prove the format is what we
-publish.
+documentation (the DocC article "Key Management Providers") and DESIGN text with Python's
+`cryptography`, so the tests can prove the format is what we publish.
 
     wrapped = base64( 0x01 || nonce(12) || AES-256-GCM ciphertext(32) || tag(16) )
     AAD     = "dbkey-local-v1" || 0x00 || for each context pair, keys sorted by UTF-8 bytes:
