@@ -63,8 +63,9 @@ public enum NotePages {
 
     /// Reads through bare C handles, one per thread, each keyed in C with one prepared statement,
     /// decoding what ``decode(_:)`` decodes, and returns how long the reads took: the handles
-    /// are opened, keyed and their statements prepared before the clock starts and closed after
-    /// it stops, as a pool's connections are open before its reads are timed.
+    /// are opened, keyed, their statements prepared and the table read once (their page caches
+    /// warm) before the clock starts, and closed after it stops, as a pool's connections are
+    /// open and warm before its reads are timed.
     public static func bareReads(_ path: String, key: SecureBuffer, readers: Int) -> Duration {
         let ready = DispatchGroup()
         let start = DispatchSemaphore(value: 0)
@@ -81,6 +82,9 @@ public enum NotePages {
                 precondition(sqlite3_exec(db, "PRAGMA cipher_page_size = 4096", nil, nil, nil) == SQLITE_OK)
                 var statement: OpaquePointer?
                 precondition(sqlite3_prepare_v2(db, page, -1, &statement, nil) == SQLITE_OK)
+                // Every page of the table read once, as a pool's long-lived readers have.
+                precondition(
+                    sqlite3_exec(db, "SELECT sum(length(title)) + sum(updated) FROM note", nil, nil, nil) == SQLITE_OK)
                 ready.leave()
                 start.wait()
                 for read in 0..<readsPerReader {
