@@ -280,8 +280,8 @@ public enum OnlineRotation {
 
     /// Removes a database and the files beside it.
     public static func removeDatabase(_ path: String) {
-        for suffix in ["", ".key", ".key.lock", "-journal", "-wal", "-shm"] {
-            try? FileManager.default.removeItem(atPath: path + suffix)
+        for file in DatabaseFiles(path).all {
+            try? FileManager.default.removeItem(atPath: file)
         }
     }
 }

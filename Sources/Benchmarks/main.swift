@@ -344,7 +344,8 @@ for pageSize in [4096, 1024] {
             // Kept for the rewrap measurement.
             OnlineRotation.removeDatabase(workdir + "/rewrap-large.db")
             try FileManager.default.moveItem(atPath: ours, toPath: workdir + "/rewrap-large.db")
-            try FileManager.default.moveItem(atPath: ours + ".key", toPath: workdir + "/rewrap-large.db.key")
+            try FileManager.default.moveItem(
+                atPath: DatabaseFiles(ours).keyFile, toPath: DatabaseFiles(workdir + "/rewrap-large.db").keyFile)
         }
         OnlineRotation.removeDatabase(ours)
     }

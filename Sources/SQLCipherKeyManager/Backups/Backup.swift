@@ -60,7 +60,7 @@ struct Backup {
         if cipher.plaintextHeaderSize > 0 {
             cipher = cipher.withPlaintextHeader()
         }
-        let copyPath = Backup.copyPath(at: destination)
+        let copyPath = DatabaseFiles(destination).backupCopy
         database.removeDatabaseFiles(at: copyPath)
         cipher = try await Migration(database: database).makeVerifiedCopy(
             at: copyPath, key: dataKey, cipher: cipher, expectedRowCounts: nil, progress: progress
@@ -112,11 +112,6 @@ struct Backup {
             throw error
         }
     }
-
-    /// The flushed copy a backup places at `destination`.
-    static func copyPath(at destination: String) -> String { destination + ".dbkey-backup" }
-    /// The flushed copy a restore places at `destination`.
-    static func restoringPath(at destination: String) -> String { destination + ".dbkey-restoring" }
 
     /// Writes the backup's `.key` (never over one), then links the flushed copy in at
     /// `destination` (never over a file): a database at `destination` always has its `.key`.
@@ -190,7 +185,8 @@ extension ManagedDatabase {
     /// - Throws: ``DBKeyError/Code-swift.struct/io`` when the copy cannot be linked in.
     func completeInterruptedPlacement(at destination: String) throws -> Bool {
         guard !fileExists(destination), fileExists(KeyFile.path(forDatabase: destination)) else { return false }
-        for copy in [Backup.restoringPath(at: destination), Backup.copyPath(at: destination)] where fileExists(copy) {
+        for copy in [DatabaseFiles(destination).restoringCopy, DatabaseFiles(destination).backupCopy]
+        where fileExists(copy) {
             do {
                 // Another opener may have linked it a moment ago: then it is in place.
                 if link(copy, destination) != 0 && errno != EEXIST {
@@ -272,7 +268,7 @@ struct Restore {
         }
         keyFile.format = keyFile.requiredFormat
         let sealed = keyFile.sealed(with: key)
-        let temporary = Backup.restoringPath(at: path)
+        let temporary = DatabaseFiles(path).restoringCopy
         database.removeDatabaseFiles(at: temporary)
         do {
             try await BlockingExecutor.shared.run(.long) { try Restore.copyFile(backupPath, to: temporary) }

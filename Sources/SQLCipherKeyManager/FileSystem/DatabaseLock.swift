@@ -34,7 +34,7 @@ final class DatabaseLock: @unchecked Sendable {
 
     /// The lock file's path for a database.
     static func path(forDatabase databasePath: String) -> String {
-        databasePath + ".key.lock"
+        DatabaseFiles(databasePath).lock
     }
 
     /// Whether a process holds the database's lock now (shared or exclusive). The lock file is

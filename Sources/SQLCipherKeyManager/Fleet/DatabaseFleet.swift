@@ -76,8 +76,10 @@ public enum DatabaseFleet {
                     refused.append((path, "a symbolic link, not followed"))
                 case .directory:
                     pending.append(path)
-                case .regular where name.hasSuffix(".key") && name.count > 4 && !isOtherKeyFile(path):
-                    databases.append(String(path.dropLast(4)))
+                case .regular:
+                    if let database = DatabaseFiles.database(ofKeyFile: path), !isOtherKeyFile(path) {
+                        databases.append(database)
+                    }
                 default:
                     continue
                 }

@@ -24,8 +24,7 @@ final class CopyRotation: @unchecked Sendable {
     private let replacedInode: Inode?
     private var swapped = false
 
-    static func copyPath(of databasePath: String) -> String { databasePath + ".dbkey-rotating" }
-    var copyPath: String { CopyRotation.copyPath(of: database.databasePath) }
+    var copyPath: String { database.files.rotationCopy }
 
     /// Opens the database with `key` (rolling back a hot journal), takes SQLite's write lock, and
     /// waits until every page the WAL holds is in the database file.
@@ -90,7 +89,7 @@ final class CopyRotation: @unchecked Sendable {
         progress: (@Sendable (KeyChangeProgress) -> Void)?
     ) async throws -> (CopyRotation, RotationCopy) {
         let path = database.databasePath
-        let copyPath = copyPath(of: path)
+        let copyPath = DatabaseFiles(path).rotationCopy
         let cipher = keyFile.cipher
         // A copy left by an earlier run was removed when the change began (changingKey).
         try database.requireRoomForCopy()
@@ -226,13 +225,13 @@ extension ManagedDatabase {
     ///   be removed: a WAL left beside the new file would be replayed into it on the next open,
     ///   its pages under the old key.
     func replaceDatabase(with copy: String, action: String) throws {
-        for suffix in ["-wal", "-shm", "-journal"] {
+        for file in files.sqliteFiles {
             do {
-                try valueOrErrno { unlink(databasePath + suffix) }
+                try valueOrErrno { unlink(file) }
             } catch Errno.noSuchFileOrDirectory {
                 continue
             } catch {
-                throw DBKeyError.io(error, "remove", databasePath + suffix)
+                throw DBKeyError.io(error, "remove", file)
             }
         }
         do {

@@ -150,7 +150,7 @@ struct KeyChangeJournal {
     /// (the database and its `.key` were copied or renamed since) names no copy of this one.
     private func settleCopyRotation(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
         let path = database.databasePath
-        let copyPath = CopyRotation.copyPath(of: path)
+        let copyPath = database.files.rotationCopy
         let recorded = pending.copy.flatMap { $0.name == FilePath(copyPath).lastComponent?.string ? $0 : nil }
         let currentKey = try await database.unwrapKey(of: keyFile)
         var pendingKey: SecureBuffer?

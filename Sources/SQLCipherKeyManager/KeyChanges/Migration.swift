@@ -17,7 +17,7 @@ struct Migration: Sendable {
     let database: ManagedDatabase
 
     /// The encrypted copy a migration builds beside the database before swapping it in.
-    var copyPath: String { database.databasePath + ".dbkey-migrating" }
+    var copyPath: String { database.files.migrationCopy }
 
     func run(from source: MigrationSource, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
         try database.refuseSymbolicLink()

@@ -186,7 +186,7 @@ struct Rotation {
         // The rekey rewrites every page: the rollback journal (or the WAL) grows to about the
         // database's size.
         let reporter = reportProgress(
-            of: [path + "-journal", path + "-wal"], total: total, phase: .rekeying, to: progress)
+            of: [database.files.rollbackJournal, database.files.wal], total: total, phase: .rekeying, to: progress)
         defer { reporter?.cancel() }
         let cipher = keyFile.cipher
         try await BlockingExecutor.shared.run(.long) {

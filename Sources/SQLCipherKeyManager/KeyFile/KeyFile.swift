@@ -97,7 +97,7 @@ public struct KeyFile: Sendable, Hashable {
 
     /// The `.key` path of a database: its full path plus `.key`.
     public static func path(forDatabase databasePath: String) -> String {
-        databasePath + ".key"
+        DatabaseFiles(databasePath).keyFile
     }
 
     /// The date the next rotation is due, or `nil` when no rotation period is set.

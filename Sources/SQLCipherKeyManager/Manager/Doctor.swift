@@ -89,11 +89,11 @@ struct Doctor {
         findings.append(DoctorReport.Finding(check: check, message: message, fix: fix))
     }
 
-    /// Modes and owners: the database, its journals, the `.key`, its lock, a local master key.
+    /// Modes and owners: every file beside the database (``DatabaseFiles``), and a local master
+    /// key.
     private mutating func checkFiles() {
         let path = database.databasePath
-        var files = [path, database.keyFilePath, DatabaseLock.path(forDatabase: path)]
-        files += ["-wal", "-shm", "-journal"].map { path + $0 }
+        var files = database.files.all
         if let masterKey = LocalKms.masterKeyFilePath(environment: ProcessInfo.processInfo.environment) {
             files.append(masterKey)
         }
@@ -135,17 +135,13 @@ struct Doctor {
                 "Rotate or open the database once: the next key change removes it (or delete it).")
         }
         let path = database.databasePath
-        let copies = [
-            (Migration(database: database).copyPath, "the copy of a migration or upgrade that did not finish"),
-            (CopyRotation.copyPath(of: path), "the copy of a rotation that did not finish"),
-        ]
-        for (copy, what) in copies where database.fileExists(copy) {
+        for (copy, what) in database.files.keyChangeCopies where database.fileExists(copy) {
             add(
                 "stale-temporary", "\(copy) is \(what).",
                 "Open the database once (dbkey verify \(path)): an open settles the change and removes a copy no record names."
             )
         }
-        for copy in [Backup.restoringPath(at: path), Backup.copyPath(at: path)] where database.fileExists(copy) {
+        for copy in [database.files.restoringCopy, database.files.backupCopy] where database.fileExists(copy) {
             add(
                 "stale-temporary", "\(copy) is the copy of a restore or backup to \(path) that was interrupted.",
                 database.fileExists(database.keyFilePath)
@@ -262,12 +258,12 @@ struct Doctor {
     /// A rollback journal or WAL that no process holding the database explains.
     private mutating func checkLeftoverJournals() {
         let path = database.databasePath
-        let leftovers = ["-journal", "-wal"].map { path + $0 }.filter { file in
+        let leftovers = [database.files.rollbackJournal, database.files.wal].filter { file in
             ((try? FilePath(file).stat(followTargetSymlink: false))?.size ?? 0) > 0
         }
         guard !leftovers.isEmpty, !DatabaseLock.isHeld(databasePath: path) else { return }
         for file in leftovers {
-            if file.hasSuffix("-journal"), database.rollbackJournalIsUnusable() == true {
+            if file == database.files.rollbackJournal, database.rollbackJournalIsUnusable() == true {
                 add(
                     "stale-temporary",
                     "\(file) is a rollback journal SQLite will never roll back (its header was never completed): a write stopped before it began. An open leaves it; it may hold page images under the key of that time.",

@@ -8,7 +8,10 @@ import SystemPackage
 /// rotation, rewrap, migration, status and the journal are small types over it.
 final class ManagedDatabase: Sendable {
     let databasePath: String
-    let keyFilePath: String
+    /// Every file beside the database, by name.
+    let files: DatabaseFiles
+    /// The `.key` file (``files``' `keyFile`).
+    var keyFilePath: String { files.keyFile }
     let providers: KmsRegistry
     let configuration: LocalDbKeyManager.Configuration
     let logger: Logger
@@ -35,7 +38,7 @@ final class ManagedDatabase: Sendable {
         slotAccess: KeySlotAccess = .automatic
     ) {
         self.databasePath = databasePath
-        self.keyFilePath = KeyFile.path(forDatabase: databasePath)
+        self.files = DatabaseFiles(databasePath)
         self.providers = providers
         self.configuration = configuration
         var logger = logger
@@ -533,7 +536,7 @@ final class ManagedDatabase: Sendable {
     func rollbackJournalIsUnusable() -> Bool? {
         guard
             let descriptor = try? FileDescriptor.open(
-                FilePath(databasePath + "-journal"), .readOnly, options: [.noFollow, .closeOnExec])
+                FilePath(files.rollbackJournal), .readOnly, options: [.noFollow, .closeOnExec])
         else { return nil }
         defer { try? descriptor.close() }
         var first: UInt8 = 0
@@ -547,7 +550,7 @@ final class ManagedDatabase: Sendable {
     func removeUnusableRollbackJournal() {
         guard rollbackJournalIsUnusable() == true, !DatabaseLock.sqliteLockHeldElsewhere(databasePath: databasePath)
         else { return }
-        if unlink(databasePath + "-journal") == 0 {
+        if unlink(files.rollbackJournal) == 0 {
             logger.debug("Removed a rollback journal SQLite would not roll back")
         }
     }
@@ -587,8 +590,7 @@ final class ManagedDatabase: Sendable {
     /// pending: the exclusive lock every copy's maker holds cannot be held by anyone now, and
     /// no record names the copy. One `stat` each when there is none.
     func removeStaleCopy() {
-        for copyPath in [Migration(database: self).copyPath, CopyRotation.copyPath(of: databasePath)]
-        where fileExists(copyPath) {
+        for copyPath in files.keyChangeCopies.map(\.path) where fileExists(copyPath) {
             removeDatabaseFiles(at: copyPath)
             logger.debug("Removed the copy of an interrupted key change", metadata: ["path": "\(copyPath)"])
         }
@@ -596,8 +598,8 @@ final class ManagedDatabase: Sendable {
 
     /// Removes a database file and its journals.
     func removeDatabaseFiles(at path: String) {
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            _ = unlink(path + suffix)
+        for file in [path] + DatabaseFiles(path).sqliteFiles {
+            _ = unlink(file)
         }
     }
 

@@ -17,9 +17,9 @@ import SystemPackage
 /// code and message). They are written atomically with mode 0600, and read only as regular
 /// files of the requester's owner (no symbolic links), of at most 4 KiB.
 public enum RotationRequest {
-    static func requestPath(_ databasePath: String) -> String { databasePath + ".key.rotate-request" }
-    static func claimedPath(_ databasePath: String) -> String { databasePath + ".key.rotate-claimed" }
-    static func resultPath(_ databasePath: String) -> String { databasePath + ".key.rotate-result" }
+    static func requestPath(_ databasePath: String) -> String { DatabaseFiles(databasePath).rotationRequest }
+    static func claimedPath(_ databasePath: String) -> String { DatabaseFiles(databasePath).claimedRotationRequest }
+    static func resultPath(_ databasePath: String) -> String { DatabaseFiles(databasePath).rotationResult }
 
     private static let maxSize = 4096
 

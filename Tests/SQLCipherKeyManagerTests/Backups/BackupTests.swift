@@ -243,7 +243,7 @@ extension BackupTests {
         let restored = workspace.directory.file("restored.db")
         #expect(try await workspace.dbkey("restore", backup, restored).status == 0)
         // The state a kill between the .key and the link leaves: the .key, the flushed copy.
-        #expect(rename(restored, Backup.restoringPath(at: restored)) == 0)
+        #expect(rename(restored, DatabaseFiles(restored).restoringCopy) == 0)
         if next == "restore again" {
             let again = try await workspace.dbkey("restore", backup, restored)
             #expect(again.status == 0, "\(again.stderr)")
@@ -253,12 +253,12 @@ extension BackupTests {
         }
         let read = try await workspace.dbkey("sql", restored, "SELECT count(*) FROM t")
         #expect(read.status == 0 && read.stdout == "2\n", "\(read.stderr)")
-        #expect(!FileManager.default.fileExists(atPath: Backup.restoringPath(at: restored)))
+        #expect(!FileManager.default.fileExists(atPath: DatabaseFiles(restored).restoringCopy))
         #expect(try await workspace.dbkey("verify", restored).status == 0)
         // A restore of another backup to the completed target is refused, saying so.
         let other = workspace.directory.file("other.db")
         #expect(try await workspace.dbkey("backup", workspace.database, other, "--new-dek").status == 0)
-        #expect(rename(restored, Backup.restoringPath(at: restored)) == 0)
+        #expect(rename(restored, DatabaseFiles(restored).restoringCopy) == 0)
         let refused = try await workspace.dbkey("restore", other, restored)
         #expect(refused.status == 13 && refused.stderr.contains("interrupted restore to it was just completed"))
         #expect(try await workspace.dbkey("sql", restored, "SELECT count(*) FROM t").stdout == "2\n")
@@ -267,7 +267,7 @@ extension BackupTests {
     @Test("a backup killed after its .key was written is completed by the first open of the backup")
     func interruptedBackupCompletes() async throws {
         let (workspace, backup) = try await backedUp()
-        #expect(rename(backup, Backup.copyPath(at: backup)) == 0)
+        #expect(rename(backup, DatabaseFiles(backup).backupCopy) == 0)
         let restored = workspace.directory.file("restored.db")
         let placed = try await workspace.dbkey("restore", backup, restored)
         #expect(placed.status == 0, "\(placed.stderr)")
