@@ -1,4 +1,4 @@
-// A running app, as <doc:UsingDBKeyInARunningApp> describes it: a connection
+// A running app, as the article "Using DBKey in a Running App" describes it: a connection
 // pool with reader tasks and a writer task busy the whole time, while the key is rotated —
 // by the app itself (--rotations) or by an operator's `dbkey rotate --request`
 // (--answer-requests). The crash tests kill it at random moments.

@@ -100,6 +100,8 @@ public struct AwsKms: ServerSideRewrapping {
         providerName: "aws",
         uriScheme: "aws-kms",
         uriForms: ["aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", "aws-kms://alias/NAME"],
+        help:
+            "credentials, region and endpoint as the AWS SDKs find them; $AWS_MAX_ATTEMPTS and $DBKEY_KMS_TIMEOUT_SECONDS for retries",
         claimsLegacyKekId: isAwsKekId,
         makeProvider: { environment, logger in try fromEnvironment(environment, logger: logger) }
     )

@@ -66,7 +66,9 @@ public struct AzureKeyVault: KeyManagementService {
         uriForms: [
             "azure-kv://VAULT.vault.azure.net/keys/NAME[/VERSION]",
             "azure-kv://POOL.managedhsm.azure.net/keys/NAME[/VERSION]",
-        ]
+        ],
+        help:
+            "Azure Key Vault or Managed HSM: $AZURE_TENANT_ID, $AZURE_CLIENT_ID and $AZURE_CLIENT_SECRET, or a managed identity"
     ) { environment, logger in
         try fromEnvironment(environment, logger: logger)
     }

@@ -77,7 +77,9 @@ public struct CloudKms: KeyManagementService {
     /// Makes the Cloud KMS provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
         providerName: "gcp", uriScheme: "gcp-kms",
-        uriForms: ["gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K"]
+        uriForms: ["gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K"],
+        help:
+            "Google Cloud KMS: credentials from $GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials or the metadata server; $DBKEY_GCP_KMS_ENDPOINT"
     ) { environment, logger in
         try fromEnvironment(environment, logger: logger)
     }

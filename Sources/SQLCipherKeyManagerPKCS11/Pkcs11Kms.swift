@@ -57,7 +57,8 @@ public struct Pkcs11Kms: KeyManagementService {
 
     /// Makes the PKCS#11 provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        providerName: "pkcs11", uriScheme: "pkcs11", uriForms: ["pkcs11:token=LABEL;object=LABEL"]
+        providerName: "pkcs11", uriScheme: "pkcs11", uriForms: ["pkcs11:token=LABEL;object=LABEL"],
+        help: "the module from $DBKEY_PKCS11_MODULE; the PIN from $DBKEY_PKCS11_PIN_FILE or $DBKEY_PKCS11_PIN"
     ) { environment, logger in
         try fromEnvironment(environment, logger: logger)
     }

@@ -40,7 +40,8 @@ public struct Tpm2Kms: KeyManagementService {
 
     /// Makes the TPM provider from the environment.
     public static let factory = KmsProviderFactory(
-        providerName: "tpm2", uriScheme: "tpm2", uriForms: ["tpm2://", "tpm2://?pcrs=sha256:0,7"]
+        providerName: "tpm2", uriScheme: "tpm2", uriForms: ["tpm2://", "tpm2://?pcrs=sha256:0,7"],
+        help: "a TPM 2.0 sealed key, through the TCTI in $DBKEY_TPM_TCTI, $TPM2TOOLS_TCTI or $TCTI"
     ) { environment, logger in
         fromEnvironment(environment, logger: logger)
     }

@@ -83,7 +83,9 @@ public struct VaultTransit: ServerSideRewrapping {
 
     /// Makes the Vault Transit provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        providerName: "vault", uriScheme: "vault", uriForms: ["vault://MOUNT/keys/NAME"]
+        providerName: "vault", uriScheme: "vault", uriForms: ["vault://MOUNT/keys/NAME"],
+        help:
+            "Vault or OpenBao Transit: $VAULT_ADDR, and $VAULT_TOKEN, $DBKEY_VAULT_TOKEN_FILE or ~/.vault-token; $VAULT_NAMESPACE"
     ) { environment, logger in
         try fromEnvironment(environment, logger: logger)
     }

@@ -4,9 +4,10 @@
 /// The KEK never leaves the service: DBKey asks it for a new data key, for the plaintext of a
 /// wrapped one, or to wrap a plaintext it already holds. The protocol is open: any type can be
 /// a provider, registered with a manager through a ``KmsRegistry``. Every implementation in the
-/// package — the local master key, AWS KMS, Vault Transit, PKCS#11, `MockKms` — passes the
-/// public conformance suite in the `SQLCipherKeyManagerConformance` product; so should yours
-/// (see <doc:WritingAProvider>).
+/// package — the local master key, AWS KMS, Vault and OpenBao Transit, PKCS#11, Google Cloud
+/// KMS, Azure Key Vault and Managed HSM, a TPM 2.0 sealed key, `MockKms` — passes the public
+/// conformance suite in the `SQLCipherKeyManagerConformance` product; so should yours (see
+/// <doc:WritingAProvider> and <doc:KeyManagementProviders>).
 ///
 /// ```swift
 /// let kms = try LocalKms.fromEnvironment(logger: logger)

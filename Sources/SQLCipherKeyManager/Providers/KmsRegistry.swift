@@ -21,6 +21,9 @@ public struct KmsProviderFactory: Sendable {
     public let uriScheme: String
     /// The URI forms it takes, for help and error messages (`aws-kms://alias/NAME`).
     public let uriForms: [String]
+    /// Where its providers find their configuration and credentials, in a sentence, for
+    /// `dbkey --help` (which lists the registered factories); empty when there is nothing to say.
+    public let help: String
     private let claims: @Sendable (String) -> Bool
     private let make: @Sendable ([String: String], Logger) throws -> any KeyManagementService
     private let target: (@Sendable (String, [String: String], Logger) throws -> KekTarget?)?
@@ -31,6 +34,7 @@ public struct KmsProviderFactory: Sendable {
     ///   - providerName: The id of the providers it makes.
     ///   - uriScheme: The URI scheme of its KEKs.
     ///   - uriForms: The URI forms it takes, for messages; `SCHEME://KEY` by default.
+    ///   - help: Where its providers find their configuration and credentials, for help.
     ///   - claimsLegacyKekId: Whether a seven-field `.key` file with this `kek_id` is this
     ///     provider's; by default none is.
     ///   - target: Resolves the key part of a URI to a provider and KEK id, for URIs that name a
@@ -41,6 +45,7 @@ public struct KmsProviderFactory: Sendable {
         providerName: String,
         uriScheme: String,
         uriForms: [String]? = nil,
+        help: String = "",
         claimsLegacyKekId: @escaping @Sendable (String) -> Bool = { _ in false },
         target: (
             @Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget?
@@ -52,6 +57,7 @@ public struct KmsProviderFactory: Sendable {
         self.providerName = providerName
         self.uriScheme = uriScheme
         self.uriForms = uriForms ?? ["\(uriScheme)://KEY"]
+        self.help = help
         self.claims = claimsLegacyKekId
         self.make = makeProvider
         self.target = target

@@ -70,6 +70,8 @@ public struct LocalKms: KeyManagementService {
         providerName: "local",
         uriScheme: "local",
         uriForms: ["local://default", "local:///PATH"],
+        help:
+            "the master key from $DBKEY_MASTER_KEY, the file named by $DBKEY_MASTER_KEY_FILE, or ~/.config/dbkey/master.key; local:///PATH names a master key file",
         claimsLegacyKekId: { $0.hasPrefix("local:") },
         target: { keyPart, environment, logger in
             // Named as a KEK to wrap under: the configured master key, created if there is none.

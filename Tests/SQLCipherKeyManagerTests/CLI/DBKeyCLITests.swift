@@ -2,7 +2,12 @@ import Foundation
 import Testing
 
 @testable import SQLCipherKeyManager
+import SQLCipherKeyManagerAWS
+import SQLCipherKeyManagerAzure
+import SQLCipherKeyManagerGCP
 import SQLCipherKeyManagerPKCS11
+import SQLCipherKeyManagerTPM
+import SQLCipherKeyManagerVault
 
 /// `dbkey` end to end: the built binary, run as an operator would, with the master key in a
 /// file named by the environment.
@@ -105,6 +110,30 @@ struct DBKeyCLITests {
         #expect(Set(statuses.map(\.status)).count == statuses.count, "exit statuses must be distinct")
         for (code, status) in statuses {
             #expect(help.stdout.contains("\(status)") && help.stdout.contains(code), "help misses \(code)")
+        }
+    }
+
+    @Test("help names every registered provider: each of its KEK URI forms and each variable it reads")
+    func providersInHelp() async throws {
+        let help = try await run(Self.executable, ["--help"])
+        #expect(help.status == 0)
+        // The providers the dbkey executable registers (Sources/dbkey/main.swift).
+        let factories = [
+            LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+            AzureKeyVault.factory, Tpm2Kms.factory,
+        ]
+        for factory in factories {
+            #expect(!factory.help.isEmpty, "\(factory.providerName) says nothing of its configuration")
+            for form in factory.uriForms {
+                #expect(help.stdout.contains(form), "help misses \(form)")
+            }
+            let variables = factory.help.split(whereSeparator: {
+                !$0.isLetter && !$0.isNumber && $0 != "_" && $0 != "$"
+            })
+            .filter { $0.hasPrefix("$") }
+            for variable in variables {
+                #expect(help.stdout.contains(variable), "help misses \(variable) of \(factory.providerName)")
+            }
         }
     }
 
