@@ -3,33 +3,33 @@
 /// Stored in the `.key` file, it tells whether a key the KMS returned is the one the file
 /// describes, without touching the database and without revealing anything usable about the
 /// key.
-public struct KeyCheck: Sendable, Hashable, CustomStringConvertible {
+package struct KeyCheck: Sendable, Hashable, CustomStringConvertible {
     /// The 16 check bytes.
-    public let bytes: [UInt8]
+    package let bytes: [UInt8]
 
     static let byteCount = 16
     private static let message = Array("dbkey key check v1".utf8)
 
     /// Wraps stored check bytes; `nil` unless there are exactly 16.
-    public init?(bytes: [UInt8]) {
+    package init?(bytes: [UInt8]) {
         guard bytes.count == KeyCheck.byteCount else { return nil }
         self.bytes = bytes
     }
 
     /// Computes the check value of a data key.
-    public init(for key: SecureBuffer) {
+    package init(for key: SecureBuffer) {
         let mac = KeyedCrypto.authenticationCode(.sha256, key: key, message: KeyCheck.message)
         self.bytes = Array(mac.prefix(KeyCheck.byteCount))
     }
 
     /// Whether `key` has this check value, compared in constant time.
-    public func matches(_ key: SecureBuffer) -> Bool {
+    package func matches(_ key: SecureBuffer) -> Bool {
         let other = KeyCheck(for: key).bytes
         return zip(bytes, other).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
     /// The value as stored in the `.key` file: base64.
-    public var base64: String { Base64.encode(bytes) }
+    package var base64: String { Base64.encode(bytes) }
 
-    public var description: String { base64 }
+    package var description: String { base64 }
 }

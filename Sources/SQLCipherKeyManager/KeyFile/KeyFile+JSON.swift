@@ -7,7 +7,7 @@ extension KeyFile {
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/keyFileCorrupt`` for invalid JSON or fields,
     ///   ``DBKeyError/Code-swift.struct/unsupportedFormat`` for a file from a newer version.
-    public init(jsonBytes: UnsafeRawBufferPointer, source: String) throws {
+    package init(jsonBytes: UnsafeRawBufferPointer, source: String) throws {
         let root: JSONValue
         do {
             root = try StrictJSONParser.parse(jsonBytes, maximumDepth: KeyFile.maximumNesting)
@@ -68,7 +68,7 @@ extension KeyFile {
     }
 
     /// The file's JSON: keys sorted, one field a line, unknown fields as they were read.
-    public func jsonData() throws -> Data {
+    package func jsonData() throws -> Data {
         var object = unknownFields
         object["format"] = format.map { .integer(Int64($0)) }
         object["kms"] = kms.map { .string($0) }

@@ -40,7 +40,7 @@ extension KeyFile {
     ///   - replacing: When `false`, fails instead of replacing a file already there.
     /// - Throws: ``DBKeyError/Code-swift.struct/io`` (disk full, a file already there, …); the
     ///   old file is then intact.
-    public func write(to path: String, replacing: Bool = true) throws {
+    package func write(to path: String, replacing: Bool = true) throws {
         let data = try jsonData()
         try data.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path, replacing: replacing) }
     }

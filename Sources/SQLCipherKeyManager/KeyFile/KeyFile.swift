@@ -10,7 +10,7 @@ public struct KeyFile: Sendable, Hashable {
     /// The newest `format` this version reads and writes: a file is written in the lowest
     /// format that holds it (3, or 4 when it has key slots), so that older versions still read
     /// every file they could use.
-    public static let currentFormat = 4
+    package static let currentFormat = 4
     /// The first format whose `cipher` may record the SQLCipher format, algorithms and
     /// plaintext header (and its MAC covers them); DBKey versions before it refuse the file
     /// instead of opening the database with the wrong settings.
@@ -18,44 +18,47 @@ public struct KeyFile: Sendable, Hashable {
     /// The first format with key slots (`slots`, and `pending.slots`), which its MAC covers.
     static let slotsFormat = 4
     /// The largest `.key` file DBKey reads.
-    public static let maximumSize = 64 * 1024
+    package static let maximumSize = 64 * 1024
     /// The deepest nesting of objects and arrays a `.key` file may have: the file is an object
     /// holding small objects, and fields a newer version adds get room for two more levels.
-    public static let maximumNesting = 4
+    package static let maximumNesting = 4
     /// The only data key kind: 256-bit AES.
-    public static let dekSpecAES256 = "AES_256"
+    package static let dekSpecAES256 = "AES_256"
 
     /// The schema of the file; `nil` for the older seven-field form.
-    public var format: Int?
+    public package(set) var format: Int?
     /// The id of the provider holding the KEK (`local`, `aws`, `vault`, `pkcs11`, `mock`, or a
     /// third party's); `nil` only in the older seven-field form, whose provider is the one in
     /// the ``KmsRegistry`` that claims its `kek_id`.
-    public var kms: String?
+    public package(set) var kms: String?
     /// The KEK the data key is wrapped under, as the provider resolved it.
-    public var kekId: String
+    public package(set) var kekId: String
     /// The wrapped data key.
-    public var encryptedDek: WrappedKey
+    public package(set) var encryptedDek: WrappedKey
     /// The data key's generation: 1 at creation, one more at each rotation.
-    public var version: Int
+    public package(set) var version: Int
     /// When the database was put under management.
-    public var createdAt: Date
+    public package(set) var createdAt: Date
     /// When the data key was last rotated, or `nil` if never.
-    public var rotatedAt: Date?
+    public package(set) var rotatedAt: Date?
     /// The context bound to the wrapped key.
-    public var encryptionContext: EncryptionContext
+    public package(set) var encryptionContext: EncryptionContext
     /// The data key kind: always `AES_256`.
-    public var dekSpec: String
+    package var dekSpec: String
     /// A check value telling whether an unwrapped key is this file's key; `nil` in older files.
-    public var keyCheck: KeyCheck?
+    package var keyCheck: KeyCheck?
     /// Days between rotations, for ``LocalDbKeyManager/needsRotation(now:)``; `nil` for never.
-    public var rotationPeriodDays: Int?
+    public package(set) var rotationPeriodDays: Int?
     /// The SQLCipher settings applied on every open.
-    public var cipher: CipherSettings
+    public package(set) var cipher: CipherSettings
     /// A half-done key change, recorded before it touches the database; `nil` normally.
-    public var pending: PendingOperation?
+    package var pending: PendingOperation?
+    /// The kind of key change the file records as under way (the next open finishes or undoes
+    /// it); `nil` normally.
+    public var pendingChange: KeyChangeKind? { pending?.operation }
     /// The data key under further KEKs or sealed to escrow keys, beside the primary one (see
     /// ``KeySlot``); empty in most files.
-    public var slots: [KeySlot]
+    public package(set) var slots: [KeySlot]
 
     /// HMAC-SHA256 under the data key over every known field (see `KeyFile+Seal.swift`);
     /// `nil` in files written before it existed.
@@ -66,7 +69,7 @@ public struct KeyFile: Sendable, Hashable {
     var unknownCipherFields: [String: JSONValue]
 
     /// Creates the record for a new data key in the current format.
-    public init(
+    package init(
         kms: String,
         kekId: String,
         encryptedDek: WrappedKey,
@@ -108,36 +111,36 @@ public struct KeyFile: Sendable, Hashable {
 
 /// A half-done key change, written to the `.key` file before the database is touched so that
 /// an interrupted change can be finished or undone on the next open.
-public struct PendingOperation: Sendable, Hashable {
+package struct PendingOperation: Sendable, Hashable {
     /// What is in progress.
-    public var operation: KeyChangeKind
+    package var operation: KeyChangeKind
     /// The new data key, wrapped.
-    public var encryptedDek: WrappedKey
+    package var encryptedDek: WrappedKey
     /// The KEK the new data key is wrapped under.
-    public var kekId: String
+    package var kekId: String
     /// The provider of that KEK.
-    public var kms: String
+    package var kms: String
     /// The version the new key will have.
-    public var version: Int
+    package var version: Int
     /// The new key's check value.
-    public var keyCheck: KeyCheck
+    package var keyCheck: KeyCheck
     /// When the change began.
-    public var startedAt: Date
+    package var startedAt: Date
     /// The database's cipher settings once the change is done, when it changes them (an
     /// upgrade to the SQLCipher 4 format); `nil` when they stay.
-    public var cipher: CipherSettings?
+    package var cipher: CipherSettings?
     /// The new data key under every additional slot of the record once the change is done.
-    public var slots: [KeySlot] = []
+    package var slots: [KeySlot] = []
     /// The re-encrypted copy a rotation by copy swaps in for the database; `nil` for other
     /// changes.
-    public var copy: RotationCopy?
+    package var copy: RotationCopy?
     /// Fields this version does not know, kept as they were.
     var unknownFields: [String: JSONValue] = [:]
     /// Fields inside `cipher` this version does not know, kept as they were.
     var unknownCipherFields: [String: JSONValue] = [:]
 
     /// Creates a pending record.
-    public init(
+    package init(
         operation: KeyChangeKind,
         encryptedDek: WrappedKey,
         kekId: String,
@@ -160,16 +163,16 @@ public struct PendingOperation: Sendable, Hashable {
 
 /// The re-encrypted copy of a database that a rotation swaps in (the pending record's `copy`),
 /// recorded so that an interrupted rotation can tell a complete copy from a partial one.
-public struct RotationCopy: Sendable, Hashable {
+package struct RotationCopy: Sendable, Hashable {
     /// The copy's file name, in the database's directory.
-    public var name: String
+    package var name: String
     /// Its size in bytes: the database's.
-    public var size: Int64
+    package var size: Int64
     /// SHA-256 over the SHA-256 of each chunk's page HMACs (see `PageReencryption`).
-    public var checksum: [UInt8]
+    package var checksum: [UInt8]
 
     /// Creates a record.
-    public init(name: String, size: Int64, checksum: [UInt8]) {
+    package init(name: String, size: Int64, checksum: [UInt8]) {
         self.name = name
         self.size = size
         self.checksum = checksum
@@ -181,7 +184,7 @@ public enum KeyChangeKind: String, Sendable, Hashable, CaseIterable {
     /// A new data key, every page re-encrypted in place (`PRAGMA rekey`): `rotate --in-place`.
     case rotate
     /// A new data key, every page re-encrypted into a copy that is renamed over the database:
-    /// the default rotation. Its record carries ``PendingOperation/copy``.
+    /// the default rotation. Its record carries the copy's name, size and checksum.
     case rotateByCopy = "rotate-copy"
     /// An existing database brought under management: an encrypted copy swapped in.
     case migrate

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+internal import SwiftASN1
 
 /// The public half of an escrow key: X25519, given to `init` or `slot add` so that the data key
 /// can be sealed to it (and re-sealed at every rotation) with no private key on the device.
@@ -56,7 +57,9 @@ public struct EscrowPublicKey: Sendable, Hashable {
             throw DBKeyError(
                 .invalidConfiguration, "\(path) is not a readable escrow public key file (at most 4 KiB).", path: path)
         }
-        guard let der = PEM.decode(Array(contents), label: "PUBLIC KEY"),
+        guard let document = try? PEMDocument(pemString: String(decoding: contents, as: UTF8.self)),
+            document.discriminator == "PUBLIC KEY",
+            case let der = document.derBytes,
             der.count == EscrowSeal.publicKeyPrefix.count + EscrowSeal.keyByteCount,
             der.starts(with: EscrowSeal.publicKeyPrefix)
         else {
@@ -70,7 +73,7 @@ public struct EscrowPublicKey: Sendable, Hashable {
 
     /// The key in PEM, as OpenSSL writes it.
     public var pemRepresentation: String {
-        PEM.encode(EscrowSeal.publicKeyPrefix + rawRepresentation, label: "PUBLIC KEY")
+        PEMDocument(type: "PUBLIC KEY", derBytes: EscrowSeal.publicKeyPrefix + rawRepresentation).pemString + "\n"
     }
 
     /// `x25519:` and the first 8 bytes of SHA-256 of the key in hex: the `kek_id` of its slots.
@@ -272,25 +275,10 @@ enum X25519Validation {
     }
 }
 
-/// PEM armour (RFC 7468) for the escrow key files.
+/// PEM armour (RFC 7468) for the escrow private key file, kept in locked memory from end to end
+/// (public keys go through SwiftASN1's `PEMDocument`, whose strings and arrays a secret must
+/// not pass through).
 enum PEM {
-    static func encode(_ der: [UInt8], label: String) -> String {
-        let body = Base64.encode(der)
-        let lines = stride(from: 0, to: body.count, by: 64).map { offset in
-            let start = body.index(body.startIndex, offsetBy: offset)
-            return String(body[start..<(body.index(start, offsetBy: 64, limitedBy: body.endIndex) ?? body.endIndex)])
-        }
-        return "-----BEGIN \(label)-----\n" + lines.joined(separator: "\n") + "\n-----END \(label)-----\n"
-    }
-
-    static func decode(_ contents: [UInt8], label: String) -> [UInt8]? {
-        contents.withUnsafeBytes { bytes in
-            body(of: bytes, label: label).flatMap {
-                Base64.decode(String(decoding: $0.filter { !$0.isWhitespace }, as: UTF8.self))
-            }
-        }
-    }
-
     /// The DER inside a secret PEM file, decoded without leaving locked memory.
     static func decodeSecret(_ contents: SecureBuffer, label: String) -> SecureBuffer? {
         contents.withUnsafeBytes { bytes -> SecureBuffer? in

@@ -10,26 +10,26 @@ public struct KeySlot: Sendable, Hashable {
     public static let escrowProvider = "escrow"
     /// The most additional slots a `.key` file may hold (eight with the primary): with a
     /// key change pending, which carries every slot twice, such a file stays far under
-    /// ``KeyFile/maximumSize`` with the longest ids the package's providers write.
+    /// the 64 KiB a `.key` may have with the longest ids the package's providers write.
     public static let maximumAdditionalSlots = 7
 
     /// The slot's number: 1 and up (0 is the primary).
-    public var number: Int
+    public package(set) var number: Int
     /// The provider holding the KEK, or ``escrowProvider``.
-    public var kms: String
+    public package(set) var kms: String
     /// The KEK the data key is wrapped under; for an escrow slot, the public key's id
     /// (``EscrowPublicKey/id``).
-    public var kekId: String
+    public package(set) var kekId: String
     /// The wrapped data key; for an escrow slot, base64 of the HPKE encapsulated key (32
     /// bytes) followed by the sealed data key (48 bytes).
-    public var encryptedDek: WrappedKey
+    public package(set) var encryptedDek: WrappedKey
     /// The escrow public key (an X25519 key), for an escrow slot; `nil` otherwise.
-    public var escrowPublicKey: EscrowPublicKey?
+    public package(set) var escrowPublicKey: EscrowPublicKey?
     /// Fields this version does not know, kept as they were.
     var unknownFields: [String: JSONValue] = [:]
 
     /// Creates a slot.
-    public init(
+    package init(
         number: Int, kms: String, kekId: String, encryptedDek: WrappedKey, escrowPublicKey: EscrowPublicKey? = nil
     ) {
         self.number = number

@@ -103,7 +103,7 @@ struct CrashTests {
                 #expect(process.terminationStatus == 0, "the app failed")
                 duration = clock.now - start
             }
-            if try KeyFile.read(from: KeyFile.path(forDatabase: database)).pending != nil
+            if try KeyFile.read(from: KeyFile.path(forDatabase: database)).pendingChange != nil
                 || FileManager.default.fileExists(atPath: database + ".dbkey-rotating")
             {
                 pendingFound += 1
