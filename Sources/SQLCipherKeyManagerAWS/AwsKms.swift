@@ -23,7 +23,7 @@ import SQLCipherKeyManager
 /// Throttling, 5xx answers, timeouts and refused connections are retried with exponential
 /// backoff and jitter (``RetryPolicy``). Every KMS operation used here is free of side effects
 /// on the KMS, so a retry can never apply anything twice.
-public struct AwsKms: ServerSideRewrapping {
+public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
     /// `aws`.
     public let providerName = "aws"
 
@@ -97,13 +97,13 @@ public struct AwsKms: ServerSideRewrapping {
     /// Makes the AWS KMS provider from the environment (see ``fromEnvironment(_:logger:)``); claims
     /// seven-field `.key` files whose `kek_id` is a key ARN or alias.
     public static let factory = KmsProviderFactory(
+        AwsKms.self,
         providerName: "aws",
         uriScheme: "aws-kms",
         uriForms: ["aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", "aws-kms://alias/NAME"],
         help:
             "credentials, region and endpoint as the AWS SDKs find them; $AWS_MAX_ATTEMPTS and $DBKEY_KMS_TIMEOUT_SECONDS for retries",
-        claimsLegacyKekId: isAwsKekId,
-        makeProvider: { environment, logger in try fromEnvironment(environment, logger: logger) }
+        claimsLegacyKekId: isAwsKekId
     )
 
     /// Claims seven-field `.key` files whose `kek_id` is a KMS key ARN or alias.

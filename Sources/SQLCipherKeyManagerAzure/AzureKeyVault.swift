@@ -34,7 +34,7 @@ import SQLCipherKeyManager
 /// Key Vault Crypto Service Encryption User, or an access policy with those three).
 ///
 /// 429 and 5xx answers, timeouts and refused connections are retried as ``RetryPolicy`` says.
-public struct AzureKeyVault: KeyManagementService {
+public struct AzureKeyVault: EnvironmentConfigurable {
     /// `azure`.
     public let providerName = "azure"
 
@@ -62,16 +62,14 @@ public struct AzureKeyVault: KeyManagementService {
 
     /// Makes the Key Vault provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        providerName: "azure", uriScheme: "azure-kv",
+        AzureKeyVault.self, providerName: "azure", uriScheme: "azure-kv",
         uriForms: [
             "azure-kv://VAULT.vault.azure.net/keys/NAME[/VERSION]",
             "azure-kv://POOL.managedhsm.azure.net/keys/NAME[/VERSION]",
         ],
         help:
             "Azure Key Vault or Managed HSM: $AZURE_TENANT_ID, $AZURE_CLIENT_ID and $AZURE_CLIENT_SECRET, or a managed identity"
-    ) { environment, logger in
-        try fromEnvironment(environment, logger: logger)
-    }
+    )
 
     /// Configures the provider: credentials as ``AzureCredentials/fromEnvironment(_:)`` finds
     /// them, `DBKEY_KMS_MAX_ATTEMPTS` (default 3) and `DBKEY_KMS_TIMEOUT_SECONDS`.

@@ -30,7 +30,7 @@ import SQLCipherKeyManager
 /// `cloudkms.cryptoKeys.get` for `dbkey status` (`roles/cloudkms.viewer`).
 ///
 /// 429 and 5xx answers, timeouts and refused connections are retried as ``RetryPolicy`` says.
-public struct CloudKms: KeyManagementService {
+public struct CloudKms: EnvironmentConfigurable {
     /// `gcp`.
     public let providerName = "gcp"
 
@@ -76,13 +76,11 @@ public struct CloudKms: KeyManagementService {
 
     /// Makes the Cloud KMS provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        providerName: "gcp", uriScheme: "gcp-kms",
+        CloudKms.self, providerName: "gcp", uriScheme: "gcp-kms",
         uriForms: ["gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K"],
         help:
             "Google Cloud KMS: credentials from $GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials or the metadata server; $DBKEY_GCP_KMS_ENDPOINT"
-    ) { environment, logger in
-        try fromEnvironment(environment, logger: logger)
-    }
+    )
 
     /// Configures the provider: credentials as ``GoogleCredentials/fromEnvironment(_:)`` finds
     /// them, the endpoint from ``endpointVariable`` (`https://`, or `http://` to a loopback

@@ -29,7 +29,7 @@ import SQLCipherKeyManager
 /// run on a thread of their own, never on Swift's cooperative pool. The module is initialised
 /// once per process and kept loaded until the process ends (finalising it while another thread
 /// or the process's exit handlers use it crashes it).
-public struct Pkcs11Kms: KeyManagementService {
+public struct Pkcs11Kms: EnvironmentConfigurable {
     /// `pkcs11`.
     public let providerName = "pkcs11"
 
@@ -57,11 +57,8 @@ public struct Pkcs11Kms: KeyManagementService {
 
     /// Makes the PKCS#11 provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        providerName: "pkcs11", uriScheme: "pkcs11", uriForms: ["pkcs11:token=LABEL;object=LABEL"],
-        help: "the module from $DBKEY_PKCS11_MODULE; the PIN from $DBKEY_PKCS11_PIN_FILE or $DBKEY_PKCS11_PIN"
-    ) { environment, logger in
-        try fromEnvironment(environment, logger: logger)
-    }
+        Pkcs11Kms.self, providerName: "pkcs11", uriScheme: "pkcs11", uriForms: ["pkcs11:token=LABEL;object=LABEL"],
+        help: "the module from $DBKEY_PKCS11_MODULE; the PIN from $DBKEY_PKCS11_PIN_FILE or $DBKEY_PKCS11_PIN")
 
     /// Configures the provider from ``moduleVariable`` and ``pinFileVariable`` or
     /// ``pinVariable``.

@@ -21,7 +21,7 @@ import Synchronization
 ///
 /// Firmware and boot-loader updates change PCRs: a PCR-bound key then no longer unseals. Use it
 /// as a key slot beside a KEK that does not depend on the device's state.
-public struct Tpm2Kms: KeyManagementService {
+public struct Tpm2Kms: EnvironmentConfigurable {
     /// `tpm2`.
     public let providerName = "tpm2"
 
@@ -40,11 +40,9 @@ public struct Tpm2Kms: KeyManagementService {
 
     /// Makes the TPM provider from the environment.
     public static let factory = KmsProviderFactory(
-        providerName: "tpm2", uriScheme: "tpm2", uriForms: ["tpm2://", "tpm2://?pcrs=sha256:0,7"],
+        Tpm2Kms.self, providerName: "tpm2", uriScheme: "tpm2", uriForms: ["tpm2://", "tpm2://?pcrs=sha256:0,7"],
         help: "a TPM 2.0 sealed key, through the TCTI in $DBKEY_TPM_TCTI, $TPM2TOOLS_TCTI or $TCTI"
-    ) { environment, logger in
-        fromEnvironment(environment, logger: logger)
-    }
+    )
 
     /// The provider with the TCTI from `DBKEY_TPM_TCTI`, `TPM2TOOLS_TCTI` or `TCTI`.
     public static func fromEnvironment(

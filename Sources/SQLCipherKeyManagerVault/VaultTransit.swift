@@ -31,7 +31,7 @@ import SQLCipherKeyManager
 /// `MOUNT/encrypt/NAME` and `MOUNT/rewrap/NAME`, and `read` on `MOUNT/keys/NAME`.
 ///
 /// 5xx answers, 429 and connection failures are retried as ``RetryPolicy`` says.
-public struct VaultTransit: ServerSideRewrapping {
+public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
     /// `vault`.
     public let providerName = "vault"
 
@@ -83,12 +83,10 @@ public struct VaultTransit: ServerSideRewrapping {
 
     /// Makes the Vault Transit provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        providerName: "vault", uriScheme: "vault", uriForms: ["vault://MOUNT/keys/NAME"],
+        VaultTransit.self, providerName: "vault", uriScheme: "vault", uriForms: ["vault://MOUNT/keys/NAME"],
         help:
             "Vault or OpenBao Transit: $VAULT_ADDR, and $VAULT_TOKEN, $DBKEY_VAULT_TOKEN_FILE or ~/.vault-token; $VAULT_NAMESPACE"
-    ) { environment, logger in
-        try fromEnvironment(environment, logger: logger)
-    }
+    )
 
     /// Configures the provider as Vault's CLI would be: `VAULT_ADDR` (default
     /// `https://127.0.0.1:8200`), `VAULT_TOKEN` or the token file (``tokenFileVariable``, else

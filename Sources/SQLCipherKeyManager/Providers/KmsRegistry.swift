@@ -74,6 +74,45 @@ public struct KmsProviderFactory: Sendable {
     }
 }
 
+/// A provider that configures itself from environment variables, as every provider of the
+/// package does: ``KmsProviderFactory/init(_:providerName:uriScheme:uriForms:help:claimsLegacyKekId:)``
+/// makes its factory.
+public protocol EnvironmentConfigurable: KeyManagementService {
+    /// The provider as the variables in `environment` configure it.
+    ///
+    /// - Throws: ``DBKeyError`` naming the variable that is missing or invalid.
+    static func fromEnvironment(_ environment: [String: String], logger: Logger) throws -> Self
+}
+
+extension KmsProviderFactory {
+    /// A factory that makes `provider` from the environment
+    /// (``EnvironmentConfigurable/fromEnvironment(_:logger:)``).
+    ///
+    /// - Parameters:
+    ///   - provider: The provider type.
+    ///   - providerName: The id of the providers it makes.
+    ///   - uriScheme: The URI scheme of its KEKs.
+    ///   - uriForms: The URI forms it takes, for messages; `SCHEME://KEY` by default.
+    ///   - help: Where its providers find their configuration and credentials, for help.
+    ///   - claimsLegacyKekId: Whether a seven-field `.key` file with this `kek_id` is this
+    ///     provider's; by default none is.
+    public init<Provider: EnvironmentConfigurable>(
+        _ provider: Provider.Type,
+        providerName: String,
+        uriScheme: String,
+        uriForms: [String]? = nil,
+        help: String = "",
+        claimsLegacyKekId: @escaping @Sendable (String) -> Bool = { _ in false }
+    ) {
+        self.init(
+            providerName: providerName, uriScheme: uriScheme, uriForms: uriForms, help: help,
+            claimsLegacyKekId: claimsLegacyKekId
+        ) { environment, logger in
+            try Provider.fromEnvironment(environment, logger: logger)
+        }
+    }
+}
+
 /// A KEK and the provider that holds it: what a KEK URI resolves to.
 public struct KekTarget: Sendable {
     /// The provider.

@@ -1,5 +1,6 @@
 import DBKeyCLI
 import Foundation
+import Logging
 @testable import SQLCipherKeyManager
 import SQLCipherKeyManagerConformance
 import SQLCipherKeyManagerTesting
@@ -19,6 +20,48 @@ struct KmsRegistryTests {
             configuration: .init(
                 kekId: provider == "local" ? "default" : "k", kekProvider: provider, encryptionContext: context),
             logger: silentLogger)
+    }
+
+    /// A provider configured from one variable, to test the factory every package provider uses.
+    struct ConfiguredKms: EnvironmentConfigurable {
+        let inner: MockKms
+        let configured: String
+        var providerName: String { "configured" }
+        static func fromEnvironment(_ environment: [String: String], logger: Logger) throws -> ConfiguredKms {
+            guard let seed = environment["CONFIGURED_KMS_SEED"] else {
+                throw DBKeyError(.invalidConfiguration, "CONFIGURED_KMS_SEED is unset")
+            }
+            return ConfiguredKms(inner: MockKms(seed: UInt64(seed), providerName: "configured"), configured: seed)
+        }
+        func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
+            try await inner.generateDataKey(kekId: kekId, context: context)
+        }
+        func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+            try await inner.decrypt(wrapped, kekId: kekId, context: context)
+        }
+        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+            try await inner.encrypt(key, kekId: kekId, context: context)
+        }
+        func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
+    }
+
+    @Test(
+        "a factory of an EnvironmentConfigurable provider makes it from the registry's environment, and says why it cannot"
+    )
+    func environmentConfigurableFactory() async throws {
+        let factory = KmsProviderFactory(
+            ConfiguredKms.self, providerName: "configured", uriScheme: "configured",
+            help: "the seed from $CONFIGURED_KMS_SEED")
+        #expect(factory.uriForms == ["configured://KEY"])
+        #expect(factory.help == "the seed from $CONFIGURED_KMS_SEED")
+        let registry = KmsRegistry(
+            factories: [factory], environment: ["CONFIGURED_KMS_SEED": "7"], logger: silentLogger)
+        let made = try #require(try registry.provider(named: "configured") as? ConfiguredKms)
+        #expect(made.configured == "7")
+        let unconfigured = KmsRegistry(factories: [factory], environment: [:], logger: silentLogger)
+        await expectError(.invalidConfiguration, containing: ["CONFIGURED_KMS_SEED"]) {
+            _ = try unconfigured.provider(named: "configured")
+        }
     }
 
     @Test("one manager opens keys of every registered provider, and still opens after a rewrap across providers")
