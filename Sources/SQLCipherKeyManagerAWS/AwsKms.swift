@@ -318,13 +318,9 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
             "LimitExceededException":
             return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
         default:
-            if status >= 500 || status == 0 {
-                return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
-            }
-            if status == 403 {
-                return DBKeyError(.kmsAccessDenied, "\(what). Check the AWS credentials and the key policy.")
-            }
-            return DBKeyError(.invalidConfiguration, "\(what).")
+            return KmsHTTPStatus.error(
+                status: status, what: what, accessDenied: "Check the AWS credentials and the key policy.",
+                notFound: "Check the key's ARN or alias and the region.")
         }
     }
 

@@ -270,24 +270,17 @@ public struct AzureKeyVault: EnvironmentConfigurable {
         let what =
             "Key Vault \(operation) with \(key) failed with HTTP \(status)\(code.isEmpty ? "" : " \(code)")\(message.isEmpty ? "" : ": \(message)")"
         switch status {
-        case 401:
-            return DBKeyError(.kmsAccessDenied, "\(what). The token of \(credentials) was refused.")
         case 403 where inner == "KeyDisabled" || message.contains("disabled"):
             return DBKeyError(.kmsKeyDisabled, "\(what). Enable the key version, or rewrap under an enabled one.")
-        case 403:
-            return DBKeyError(
-                .kmsAccessDenied,
-                "\(what). Give \(credentials) the key operations get, wrapKey and unwrapKey (the role Key Vault Crypto Service Encryption User, or an access policy)."
-            )
-        case 404:
-            return DBKeyError(.kmsKeyNotFound, "\(what). Check the vault's host, the key's name and its version.")
-        case 429, 500...:
-            return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
         case 400 where operation == "unwrapKey":
             return DBKeyError(
                 .ciphertextInvalid, "\(what). The wrapped key was altered or belongs to another key or version.")
         default:
-            return DBKeyError(.invalidConfiguration, "\(what).")
+            return KmsHTTPStatus.error(
+                status: status, what: what, tokenRefused: "The token of \(credentials) was refused.",
+                accessDenied:
+                    "Give \(credentials) the key operations get, wrapKey and unwrapKey (the role Key Vault Crypto Service Encryption User, or an access policy).",
+                notFound: "Check the vault's host, the key's name and its version.")
         }
     }
 }

@@ -264,17 +264,6 @@ public struct CloudKms: EnvironmentConfigurable {
         let what =
             "Cloud KMS \(operation) with \(key) failed with HTTP \(status)\(grpcStatus.isEmpty ? "" : " \(grpcStatus)")\(message.isEmpty ? "" : ": \(message)")"
         switch status {
-        case 401:
-            return DBKeyError(.kmsAccessDenied, "\(what). The token from \(credentials) was refused.")
-        case 403:
-            return DBKeyError(
-                .kmsAccessDenied,
-                "\(what). Grant \(credentials) roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (and roles/cloudkms.viewer for status)."
-            )
-        case 404:
-            return DBKeyError(.kmsKeyNotFound, "\(what). Check the project, location, key ring and key names.")
-        case 429, 500...:
-            return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
         case 400 where grpcStatus == "FAILED_PRECONDITION":
             return DBKeyError(
                 .kmsKeyDisabled,
@@ -287,7 +276,11 @@ public struct CloudKms: EnvironmentConfigurable {
                 .ciphertextInvalid,
                 "\(what). The wrapped key was altered, belongs to another key, or the encryption context differs.")
         default:
-            return DBKeyError(.invalidConfiguration, "\(what).")
+            return KmsHTTPStatus.error(
+                status: status, what: what, tokenRefused: "The token from \(credentials) was refused.",
+                accessDenied:
+                    "Grant \(credentials) roles/cloudkms.cryptoKeyEncrypterDecrypter on the key (and roles/cloudkms.viewer for status).",
+                notFound: "Check the project, location, key ring and key names.")
         }
     }
 }

@@ -297,27 +297,19 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
                 "\(what). The data key is wrapped under \(version) of \(key), below the key's min_decryption_version. Rewrap it: lower min_decryption_version to \(wrappedVersion.map(String.init) ?? "that version") for a moment, run `dbkey rewrap DATABASE` (it rewraps under the newest version), then raise it again."
             )
         }
-        if status == 403 {
-            return DBKeyError(
-                .kmsAccessDenied,
-                "\(what). Check the token (VAULT_TOKEN) and that its policy allows \(policyPath)."
-            )
+        let notFound = "Check the key name, the mount (\(key.mount)), VAULT_ADDR and VAULT_NAMESPACE."
+        if detail.contains("encryption key not found") && status != 403 {
+            return DBKeyError(.kmsKeyNotFound, "\(what). \(notFound)")
         }
-        if detail.contains("encryption key not found") || status == 404 {
-            return DBKeyError(
-                .kmsKeyNotFound,
-                "\(what). Check the key name, the mount (\(key.mount)), VAULT_ADDR and VAULT_NAMESPACE.")
-        }
-        if detail.contains("authentication failed") || detail.contains("invalid ciphertext") {
+        if status != 403 && (detail.contains("authentication failed") || detail.contains("invalid ciphertext")) {
             return DBKeyError(
                 .ciphertextInvalid,
                 "\(what). The wrapped key was altered, belongs to another Transit key, or the encryption context differs."
             )
         }
-        if status >= 500 || status == 429 || status == 0 {
-            return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
-        }
-        return DBKeyError(.invalidConfiguration, "\(what).")
+        return KmsHTTPStatus.error(
+            status: status, what: what,
+            accessDenied: "Check the token (VAULT_TOKEN) and that its policy allows \(policyPath).", notFound: notFound)
     }
 
     /// The `plaintext` field, straight into secure memory; it must be a 32-byte key.

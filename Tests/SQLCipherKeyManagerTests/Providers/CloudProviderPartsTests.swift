@@ -11,6 +11,31 @@ import Testing
 /// token answers, endpoint rules.
 @Suite("Cloud provider parts")
 struct CloudProviderPartsTests {
+    @Test(
+        "the HTTP status every provider falls back to: no answer, 429 and 5xx unavailable, 401 and 403 denied, 404 not found, the rest invalid configuration"
+    )
+    func httpStatusFallback() {
+        let expected: [(Int, DBKeyError.Code, String?)] = [
+            (0, .kmsUnavailable, "Try again later"), (429, .kmsUnavailable, "Try again later"),
+            (500, .kmsUnavailable, nil), (503, .kmsUnavailable, nil), (599, .kmsUnavailable, nil),
+            (401, .kmsAccessDenied, "token advice"), (403, .kmsAccessDenied, "access advice"),
+            (404, .kmsKeyNotFound, "not-found advice"), (400, .invalidConfiguration, nil),
+            (409, .invalidConfiguration, nil), (418, .invalidConfiguration, nil),
+        ]
+        for (status, code, fragment) in expected {
+            let error = KmsHTTPStatus.error(
+                status: status, what: "X failed with HTTP \(status)", tokenRefused: "token advice",
+                accessDenied: "access advice", notFound: "not-found advice")
+            #expect(error.code == code, "HTTP \(status)")
+            #expect(error.message.hasPrefix("X failed with HTTP \(status)."), "HTTP \(status): \(error.message)")
+            if let fragment { #expect(error.message.contains(fragment), "HTTP \(status): \(error.message)") }
+        }
+        // A 401 without its own advice takes the access advice.
+        #expect(
+            KmsHTTPStatus.error(status: 401, what: "X", accessDenied: "access advice", notFound: "n").message
+                == "X. access advice")
+    }
+
     @Test("Cloud KMS key names: the four labelled ids, domain-scoped projects, nothing else")
     func cloudKmsNames() throws {
         for valid in [
