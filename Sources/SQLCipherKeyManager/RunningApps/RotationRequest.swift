@@ -35,28 +35,26 @@ public enum RotationRequest {
             _ = unlink(claimedPath(path))
             try? claim.close()
         }
-        var outcome: [String: Any] = [:]
+        var outcome = Outcome(status: .failed)
         do {
-            let request = try read(claimedPath(path), kind: "rotation request")
-            guard let id = request["id"] as? String, !id.isEmpty, id.count <= 64 else {
+            let request = try read(Request.self, from: claimedPath(path), kind: "rotation request")
+            guard let id = request.id, !id.isEmpty, id.count <= 64 else {
                 throw DBKeyError(
                     .invalidConfiguration, "The rotation request \(requestPath(path)) has no valid id.", path: path)
             }
-            outcome["id"] = id
+            outcome.id = id
             database.logger.debug("Carrying out a rotation request", metadata: ["request": "\(id)"])
             let rotated = try await Rotation(
-                database: database, dropUnreachableSlots: request["drop_unreachable_slots"] as? Bool ?? false
+                database: database, dropUnreachableSlots: request.dropUnreachableSlots ?? false
             ).run(wait: .zero, progress: nil)
-            outcome["status"] = "rotated"
-            outcome["dek_version"] = rotated.version
+            outcome.status = .rotated
+            outcome.dekVersion = rotated.version
         } catch let error as DBKeyError {
-            outcome["status"] = "failed"
-            outcome["code"] = error.code.rawValue
-            outcome["message"] = error.message
+            outcome.code = error.code.rawValue
+            outcome.message = error.message
         } catch {
-            outcome["status"] = "failed"
-            outcome["code"] = DBKeyError.Code.io.rawValue
-            outcome["message"] = "The rotation failed: \(type(of: error))."
+            outcome.code = DBKeyError.Code.io.rawValue
+            outcome.message = "The rotation failed: \(type(of: error))."
         }
         do {
             try write(outcome, to: resultPath(path))
@@ -136,7 +134,7 @@ public enum RotationRequest {
         _ = unlink(resultPath(path))
         do {
             try write(
-                ["id": id, "drop_unreachable_slots": dropUnreachableSlots], to: requestPath(path), replacing: false)
+                Request(id: id, dropUnreachableSlots: dropUnreachableSlots), to: requestPath(path), replacing: false)
         } catch let error as DBKeyError where error.errno == .fileExists {
             throw DBKeyError(
                 .databaseInUse, "Another rotation request for \(path) is waiting for an answer: try again later.",
@@ -199,9 +197,9 @@ public enum RotationRequest {
                 "The app holding \(path) answered the rotation request, but \(what) failed (\((error as? DBKeyError)?.message ?? "\(type(of: error))")). The rotation is done or undone by the app, journaled: run dbkey status \(path) to see the key version.",
                 path: path)
         }
-        let result: [String: Any]
+        let result: Outcome
         do {
-            result = try read(resultPath(path), kind: "rotation result")
+            result = try read(Outcome.self, from: resultPath(path), kind: "rotation result")
         } catch let error as DBKeyError
             where [.keyFileMissing, .keyFileInsecure, .keyFileCorrupt, .invalidConfiguration].contains(error.code)
         {
@@ -213,35 +211,62 @@ public enum RotationRequest {
             if unlink(requestPath(path)) == 0 { throw error }
             throw unread("reading its answer", error)
         }
-        guard result["id"] as? String == id else { return nil }
+        guard result.id == id else { return nil }
         _ = unlink(resultPath(path))
         return { database in
-            if result["status"] as? String == "rotated" {
+            if result.status == .rotated {
                 do {
                     return try database.load()
                 } catch {
                     throw unread("reading the rotated .key", error)
                 }
             }
-            let code = DBKeyError.Code(rawValue: result["code"] as? String ?? DBKeyError.Code.io.rawValue)
+            let code = DBKeyError.Code(rawValue: result.code ?? DBKeyError.Code.io.rawValue)
             throw DBKeyError(
-                code,
-                "The app holding \(path) could not rotate it: \(result["message"] as? String ?? "no reason given")",
-                path: path)
+                code, "The app holding \(path) could not rotate it: \(result.message ?? "no reason given")", path: path)
         }
     }
 
-    private static func read(_ path: String, kind: String) throws -> [String: Any] {
+    /// What a requester leaves for the app: `{"id": …, "drop_unreachable_slots": …}`.
+    struct Request: Codable {
+        var id: String?
+        var dropUnreachableSlots: Bool?
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case dropUnreachableSlots = "drop_unreachable_slots"
+        }
+    }
+
+    /// What the app writes back: the request's id, and the new key version or the error.
+    struct Outcome: Codable {
+        enum Status: String, Codable {
+            case rotated, failed
+        }
+        var id: String?
+        var status: Status
+        var dekVersion: Int?
+        var code: String?
+        var message: String?
+
+        enum CodingKeys: String, CodingKey {
+            case id, status, code, message
+            case dekVersion = "dek_version"
+        }
+    }
+
+    private static func read<Value: Decodable>(_ type: Value.Type, from path: String, kind: String) throws -> Value {
         let bytes = try ProtectedFile.read(at: path, maxSize: maxSize, kind: kind, missingCode: .keyFileMissing)
-        let object = bytes.withUnsafeBytes { try? JSONSerialization.jsonObject(with: Data($0)) }
-        guard let fields = object as? [String: Any] else {
-            throw DBKeyError(.invalidConfiguration, "The \(kind) \(path) is not a JSON object.", path: path)
+        guard let value = bytes.withUnsafeBytes({ try? JSONDecoder().decode(type, from: Data($0)) }) else {
+            throw DBKeyError(.invalidConfiguration, "The \(kind) \(path) is not a JSON object of its form.", path: path)
         }
-        return fields
+        return value
     }
 
-    private static func write(_ fields: [String: Any], to path: String, replacing: Bool = true) throws {
-        let data = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
+    private static func write(_ value: some Encodable, to path: String, replacing: Bool = true) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let data = try encoder.encode(value)
         try data.withUnsafeBytes { try ProtectedFile.writeAtomically($0, to: path, replacing: replacing) }
     }
 }
