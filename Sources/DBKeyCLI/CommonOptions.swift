@@ -42,6 +42,26 @@ struct CommonOptions: ParsableArguments {
     }
 }
 
+/// What a command on one existing database takes: the common options, the database, and
+/// `--json`.
+struct DatabaseOptions: ParsableArguments {
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: "The database file.")
+    var database: String
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    /// Runs `body` with a manager for the database (every provider of this build), turning a
+    /// ``DBKeyError`` into a message on stderr and its exit status.
+    func run(_ body: (LocalDbKeyManager) async throws -> Void) async throws {
+        try await common.reportingErrors(json: json) {
+            try await body(common.existingDatabaseManager(database, logger: common.makeLogger()))
+        }
+    }
+}
+
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 enum Output {

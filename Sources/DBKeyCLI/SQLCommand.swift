@@ -15,10 +15,7 @@ struct SQLCommand: AsyncParsableCommand {
             """
     )
 
-    @OptionGroup var common: CommonOptions
-
-    @Argument(help: "The database file.")
-    var database: String
+    @OptionGroup var options: DatabaseOptions
 
     @Argument(help: "One or more SQL statements separated by semicolons.")
     var sql: String
@@ -26,17 +23,13 @@ struct SQLCommand: AsyncParsableCommand {
     @Flag(help: "Print a header line with the column names before each statement's rows.")
     var header = false
 
-    @Flag(help: "Print the rows as JSON.")
-    var json = false
-
     func run() async throws {
-        try await common.reportingErrors(json: json) {
-            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+        try await options.run { manager in
             let connection = try await manager.open()
             defer { connection.close() }
             var results: [[String: Any]] = []
             try connection.forEachResult(sql) { columns, rows in
-                if json {
+                if options.json {
                     results.append(["columns": columns, "rows": rows.map { $0.values.map(Self.jsonValue) }])
                     return
                 }
@@ -47,7 +40,7 @@ struct SQLCommand: AsyncParsableCommand {
                     print(row.values.map(Self.text).joined(separator: "\t"))
                 }
             }
-            if json {
+            if options.json {
                 Output.printJSON(results)
             }
         }

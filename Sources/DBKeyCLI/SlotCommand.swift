@@ -15,20 +15,14 @@ struct SlotCommand: AsyncParsableCommand {
     )
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List a database's key slots.")
+        static let configuration = CommandConfiguration(abstract: "List a options.database's key slots.")
 
-        @OptionGroup var common: CommonOptions
-
-        @Argument(help: "The database file.")
-        var database: String
-
-        @Flag(help: "Print the result as JSON.")
-        var json = false
+        @OptionGroup var options: DatabaseOptions
 
         func run() async throws {
-            try await common.reportingErrors(json: json) {
-                let keyFile = try common.existingDatabaseManager(database, logger: common.makeLogger()).load()
-                SlotCommand.print(keyFile, database: database, json: json)
+            try await options.run { manager in
+                let keyFile = try manager.load()
+                SlotCommand.print(keyFile, database: options.database, json: options.json)
             }
         }
     }
@@ -37,10 +31,7 @@ struct SlotCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Add a slot: the data key under another KEK, or sealed to an escrow public key.")
 
-        @OptionGroup var common: CommonOptions
-
-        @Argument(help: "The database file.")
-        var database: String
+        @OptionGroup var options: DatabaseOptions
 
         @Option(help: "The KEK of the new slot, as a URI (local:///PATH, aws-kms://…, vault://…, pkcs11:…).")
         var kek: String?
@@ -50,9 +41,6 @@ struct SlotCommand: AsyncParsableCommand {
 
         @OptionGroup var wait: WaitOption
 
-        @Flag(help: "Print the result as JSON.")
-        var json = false
-
         func validate() throws {
             guard (kek == nil) != (escrowPublicKey == nil) else {
                 throw ValidationError("Name exactly one of --kek URI and --escrow-public-key FILE.")
@@ -60,18 +48,16 @@ struct SlotCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            try await common.reportingErrors(json: json) {
-                let logger = common.makeLogger()
-                let manager = common.existingDatabaseManager(database, logger: logger)
+            try await options.run { manager in
                 let keyFile: KeyFile
                 if let kek {
-                    let target = try common.registry(logger: logger).target(forURI: kek)
+                    let target = try options.common.registry(logger: options.common.makeLogger()).target(forURI: kek)
                     keyFile = try await manager.addSlot(target.provider, kekId: target.kekId, wait: wait.duration)
                 } else {
                     keyFile = try await manager.addEscrowSlot(
                         try EscrowPublicKey(pemFile: escrowPublicKey ?? ""), wait: wait.duration)
                 }
-                SlotCommand.print(keyFile, database: database, json: json)
+                SlotCommand.print(keyFile, database: options.database, json: options.json)
             }
         }
     }
@@ -86,10 +72,7 @@ struct SlotCommand: AsyncParsableCommand {
                 """
         )
 
-        @OptionGroup var common: CommonOptions
-
-        @Argument(help: "The database file.")
-        var database: String
+        @OptionGroup var options: DatabaseOptions
 
         @Argument(help: "The slot's number (dbkey slot list).")
         var slot: Int
@@ -99,22 +82,18 @@ struct SlotCommand: AsyncParsableCommand {
 
         @OptionGroup var wait: WaitOption
 
-        @Flag(help: "Print the result as JSON.")
-        var json = false
-
         func run() async throws {
-            try await common.reportingErrors(json: json) {
-                let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+            try await options.run { manager in
                 let before = try? manager.load()
                 let keyFile = try await manager.removeSlot(slot, rotate: rotate, wait: wait.duration)
                 Output.warnUnsafeEscrowSlotsLeftOut(
-                    before: before, after: keyFile, database: database, removing: slot)
+                    before: before, after: keyFile, database: options.database, removing: slot)
                 if !rotate {
                     Output.printWarning(
-                        "slot \(slot) is gone from \(manager.keyFilePath), but any older copy of that file (a backup) still opens the database through it. To make such copies useless, rotate the data key (dbkey rotate \(database))."
+                        "slot \(slot) is gone from \(manager.keyFilePath), but any older copy of that file (a backup) still opens the options.database through it. To make such copies useless, rotate the data key (dbkey rotate \(options.database))."
                     )
                 }
-                SlotCommand.print(keyFile, database: database, json: json)
+                SlotCommand.print(keyFile, database: options.database, json: options.json)
             }
         }
     }

@@ -9,29 +9,22 @@ struct StatusCommand: AsyncParsableCommand {
         discussion: "Exits with the error's status when the KMS does not answer or the database does not open."
     )
 
-    @OptionGroup var common: CommonOptions
-
-    @Argument(help: "The database file.")
-    var database: String
-
-    @Flag(help: "Print the status as JSON.")
-    var json = false
+    @OptionGroup var options: DatabaseOptions
 
     func run() async throws {
-        try await common.reportingErrors(json: json) {
-            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+        try await options.run { manager in
             let status = try await manager.status()
-            json
+            options.json
                 ? printJSON(status, keyFilePath: manager.keyFilePath)
                 : printText(status, keyFilePath: manager.keyFilePath)
             if status.upgradeAvailable {
                 Output.printWarning(
-                    "\(database) is in the SQLCipher \(status.keyFile.cipher.format) format; the linked SQLCipher \(status.engine.version) writes the 4 format. Run `dbkey upgrade \(database)` to move it (a new data key, crash-safe; afterwards only SQLCipher 4 opens it)."
+                    "\(options.database) is in the SQLCipher \(status.keyFile.cipher.format) format; the linked SQLCipher \(status.engine.version) writes the 4 format. Run `dbkey upgrade \(options.database)` to move it (a new data key, crash-safe; afterwards only SQLCipher 4 opens it)."
                 )
             }
             if status.wrappedUnderOlderKeyVersion, case .success(let health) = status.kmsHealth {
                 Output.printWarning(
-                    "the data key is wrapped under version \(status.wrappedKeyVersion ?? 0) of \(health.kekId), but version \(health.latestKeyVersion ?? 0) is the newest. Run `dbkey rewrap \(database)` before the old version is retired."
+                    "the data key is wrapped under version \(status.wrappedKeyVersion ?? 0) of \(health.kekId), but version \(health.latestKeyVersion ?? 0) is the newest. Run `dbkey rewrap \(options.database)` before the old version is retired."
                 )
             }
             // A monitoring script should see a failure without parsing the report.
@@ -91,7 +84,7 @@ struct StatusCommand: AsyncParsableCommand {
     private func formatDescription(_ status: DatabaseKeyStatus) -> String {
         let cipher = status.keyFile.cipher
         let header = cipher.plaintextHeaderSize > 0 ? ", \(cipher.plaintextHeaderSize)-byte plaintext header" : ""
-        let upgrade = status.upgradeAvailable ? " (upgrade: dbkey upgrade \(database))" : ""
+        let upgrade = status.upgradeAvailable ? " (upgrade: dbkey upgrade \(options.database))" : ""
         return "SQLCipher \(cipher.format)\(header)\(upgrade)"
     }
 

@@ -8,21 +8,14 @@ struct VerifyCommand: AsyncParsableCommand {
         discussion: "Exits 0 only when every check passes; otherwise prints the reason and exits with its status."
     )
 
-    @OptionGroup var common: CommonOptions
-
-    @Argument(help: "The database file.")
-    var database: String
-
-    @Flag(help: "Print the result as JSON.")
-    var json = false
+    @OptionGroup var options: DatabaseOptions
 
     func run() async throws {
-        try await common.reportingErrors(json: json) {
-            let manager = common.existingDatabaseManager(database, logger: common.makeLogger())
+        try await options.run { manager in
             let report = try await manager.verify()
-            if json {
+            if options.json {
                 Output.printJSON([
-                    "database": database,
+                    "database": options.database,
                     "ok": true,
                     "key_check": report.keyCheckVerified ? "verified" : "absent",
                     "dek_version": report.keyFile.version,
