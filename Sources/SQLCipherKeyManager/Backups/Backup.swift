@@ -160,7 +160,7 @@ struct DestinationLock {
     let madeLockFile: Bool
 
     static func acquire(_ destination: String) async throws -> DestinationLock {
-        let lockPath = DatabaseLock.path(forDatabase: destination)
+        let lockPath = DatabaseFiles(destination).lock
         let existed = (try? FilePath(lockPath).stat(followTargetSymlink: false)) != nil
         let lock = try await DatabaseLock.acquire(.exclusive, databasePath: destination, wait: .zero)
         return DestinationLock(lock: lock, destination: destination, madeLockFile: !existed)
@@ -170,7 +170,7 @@ struct DestinationLock {
     func release(placed: Bool) {
         let keyPath = KeyFile.path(forDatabase: destination)
         if !placed && madeLockFile && (try? FilePath(keyPath).stat(followTargetSymlink: false)) == nil {
-            _ = unlink(DatabaseLock.path(forDatabase: destination))
+            _ = unlink(DatabaseFiles(destination).lock)
         }
         lock.release()
     }

@@ -32,17 +32,12 @@ final class DatabaseLock: @unchecked Sendable {
     /// How long every acquisition polls at least.
     static let minimumWait: Duration = .milliseconds(200)
 
-    /// The lock file's path for a database.
-    static func path(forDatabase databasePath: String) -> String {
-        DatabaseFiles(databasePath).lock
-    }
-
     /// Whether a process holds the database's lock now (shared or exclusive). The lock file is
     /// not created when it is missing.
     static func isHeld(databasePath: String) -> Bool {
         guard
             let descriptor = try? FileDescriptor.open(
-                FilePath(path(forDatabase: databasePath)), .readOnly, options: [.noFollow, .closeOnExec])
+                FilePath(DatabaseFiles(databasePath).lock), .readOnly, options: [.noFollow, .closeOnExec])
         else { return false }
         defer { try? descriptor.close() }
         return flock(descriptor.rawValue, LOCK_EX | LOCK_NB) != 0
@@ -78,7 +73,7 @@ final class DatabaseLock: @unchecked Sendable {
 
     /// Opens the lock file, or returns `nil` when it is missing and `creating` is `false`.
     private static func open(databasePath: String, creating: Bool) throws -> DatabaseLock? {
-        let path = path(forDatabase: databasePath)
+        let path = DatabaseFiles(databasePath).lock
         do {
             // Read-write when it may be created; a reader opens it read-only, so that a lock file
             // on a read-only file system still locks (flock needs no write access).
@@ -179,7 +174,7 @@ final class DatabaseLock: @unchecked Sendable {
             do {
                 if try attempt() { return true }
             } catch {
-                throw DBKeyError.io(error, "lock", Self.path(forDatabase: databasePath))
+                throw DBKeyError.io(error, "lock", DatabaseFiles(databasePath).lock)
             }
             guard ContinuousClock.now < deadline else { return false }
             try await Task.sleep(for: .milliseconds(10))

@@ -22,7 +22,10 @@ extension KeyFile {
     static func read(from path: String, cache: KeyFileCache?) throws -> KeyFile {
         try ProtectedFile.read(
             at: path, maxSize: maximumSize, kind: "key file", missingCode: .keyFileMissing,
-            unlessKnown: { status in cache?.keyFile(at: path, identity: KeyFileCache.Identity(status)) },
+            // Without a cache, no lstat first: the open's fstat is the only look at the file.
+            unlessKnown: cache.map { cache in
+                { status in cache.keyFile(at: path, identity: KeyFileCache.Identity(status)) }
+            },
             parse: { contents, status in
                 let keyFile = try contents.withUnsafeBytes { try KeyFile(jsonBytes: $0, source: path) }
                 cache?.store(keyFile, at: path, identity: KeyFileCache.Identity(status))

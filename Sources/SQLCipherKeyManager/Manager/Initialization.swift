@@ -25,7 +25,7 @@ struct Initialization {
         }
         // Exclusive while the database exists without its .key, so that an open in another
         // process waits for the .key instead of finding it missing.
-        let lockPath = DatabaseLock.path(forDatabase: database.databasePath)
+        let lockPath = database.files.lock
         let lockExisted = database.fileExists(lockPath)
         let lock = try await DatabaseLock.acquire(
             .exclusive, databasePath: database.databasePath, wait: configuration.openWait)
