@@ -119,7 +119,7 @@ public enum NotePages {
 
     /// The raw-key text of a managed database's key, for the bare C baseline; the key's lock is
     /// released at once so that rotations can run.
-    public static func keyText(_ key: DatabaseKey) throws -> SecureBuffer {
+    public static func keyText(_ key: KeyLease) throws -> SecureBuffer {
         defer { key.release() }
         return try key.withRawKeyText { SecureBuffer(copying: $0) }
     }
@@ -152,7 +152,7 @@ public enum OnlineRotation {
     /// stretch in which no read completed, the reads' p99, and the writer's longest wait against
     /// the median rotation with nothing open.
     public static func pauseRows(
-        _ label: String, manager: LocalDbKeyManager, megabytes: Int, readers: Int,
+        _ label: String, manager: DatabaseKeyManager, megabytes: Int, readers: Int,
         open: @Sendable () async throws -> Stack
     ) async throws -> [BenchmarkRow] {
         let repetitions = megabytes <= 512 ? 3 : 1
@@ -201,7 +201,7 @@ public enum OnlineRotation {
     }
 
     /// One online rotation with the readers and a writer running.
-    private static func overlap(_ manager: LocalDbKeyManager, readers: Int, stack: Stack) async throws -> Overlap {
+    private static func overlap(_ manager: DatabaseKeyManager, readers: Int, stack: Stack) async throws -> Overlap {
         let clock = ContinuousClock()
         let stop = StopFlag()
         typealias Span = (start: ContinuousClock.Instant, end: ContinuousClock.Instant)
@@ -261,10 +261,10 @@ public enum OnlineRotation {
 
     /// A managed database filled to about `megabytes` MB with 3000-byte rows in `t(id, body)`.
     public static func managedDatabase(_ path: String, megabytes: Int, pageSize: Int, logger: Logger) async throws
-        -> LocalDbKeyManager
+        -> DatabaseKeyManager
     {
         removeDatabase(path)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger),
             configuration: .init(pageSize: pageSize), logger: logger)
         try await manager.initialize()

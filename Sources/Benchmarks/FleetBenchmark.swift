@@ -21,7 +21,7 @@ enum FleetBenchmark {
                     for index in stride(from: worker, to: count, by: 4) {
                         let folder = root + "/tenant-\(index / 100)"
                         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-                        let manager = LocalDbKeyManager(
+                        let manager = DatabaseKeyManager(
                             databasePath: folder + "/user-\(index).db", kms: kms, logger: logger)
                         try await manager.initialize()
                     }

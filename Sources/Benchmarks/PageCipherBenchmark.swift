@@ -14,7 +14,7 @@ enum PageCipherBenchmark {
         let manager = try await OnlineRotation.managedDatabase(path, megabytes: 64, pageSize: 4096, logger: logger)
         let keyFile = try manager.load()
         let cipher = keyFile.cipher
-        let oldKey = try rawKey(try await manager.getOrCreateKey())
+        let oldKey = try rawKey(try await manager.leaseKey())
         let newKey = try SecureBuffer.random(count: 32)
         let image = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
         let salt = keyFile.cipher.salt ?? Array(image.prefix(16))
@@ -56,7 +56,7 @@ enum PageCipherBenchmark {
     }
 
     /// The 32 key bytes of a managed database's key.
-    static func rawKey(_ key: DatabaseKey) throws -> SecureBuffer {
+    static func rawKey(_ key: KeyLease) throws -> SecureBuffer {
         defer { key.release() }
         return try key.withRawKeyText { text in
             let digits = Array(text.dropFirst(2).dropLast())

@@ -43,14 +43,14 @@ enum PoolBenchmark {
     private static func reads(workdir: String) async throws -> [BenchmarkRow] {
         let path = workdir + "/pool.db"
         OnlineRotation.removeDatabase(path)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
         let pool = try await manager.openPool(maximumReaders: 4)
         try await pool.write { db in
             try db.execute(NotePages.schema)
             try db.execute(NotePages.fill, arguments: [.integer(Int64(NotePages.notes))])
         }
-        let text = try NotePages.keyText(try await manager.getOrCreateKey())
+        let text = try NotePages.keyText(try await manager.leaseKey())
         var result: [BenchmarkRow] = []
         for readers in [1, 2, 4] {
             // Async reads from tasks, synchronous reads from threads, each in a transaction
@@ -132,7 +132,7 @@ enum PoolBenchmark {
 
     /// One-row writes through a pool whose writer commits with `synchronous = NORMAL` against
     /// one with `FULL` (the default), alternating.
-    private static func writes(_ manager: LocalDbKeyManager, fullPool: ConnectionPool) async throws -> BenchmarkRow {
+    private static func writes(_ manager: DatabaseKeyManager, fullPool: ConnectionPool) async throws -> BenchmarkRow {
         let normalPool = try await manager.openPool(maximumReaders: 1, synchronous: .normal)
         let count = 300
         @Sendable func write(_ pool: ConnectionPool) async throws {

@@ -25,7 +25,7 @@ func peakResidentKiB() -> Int {
 }
 
 if arguments.first == "rotate-child", (2...3).contains(arguments.count) {
-    let manager = LocalDbKeyManager(
+    let manager = DatabaseKeyManager(
         databasePath: arguments[1], kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
     try await manager.rotateKey(inPlace: arguments.last == "--in-place")
     print(peakResidentKiB())
@@ -61,7 +61,7 @@ let sqlcipherShell =
 var rows: [BenchmarkRow] = []
 
 /// The 64 hex digits of a managed database's key, for the `sqlcipher` shell's `PRAGMA rekey`.
-func hexString(_ key: DatabaseKey) throws -> String {
+func hexString(_ key: KeyLease) throws -> String {
     defer { key.release() }
     return try key.withRawKeyText { String(decoding: $0.dropFirst(2).dropLast(), as: UTF8.self) }
 }
@@ -121,9 +121,9 @@ try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirecto
 if only != "rotate" {
     let path = workdir + "/open.db"
     let manager = try await OnlineRotation.managedDatabase(path, megabytes: 1, pageSize: 4096, logger: logger)
-    let text = try NotePages.keyText(try await manager.getOrCreateKey())
-    let coldManager: @Sendable () -> LocalDbKeyManager = {
-        LocalDbKeyManager(
+    let text = try NotePages.keyText(try await manager.leaseKey())
+    let coldManager: @Sendable () -> DatabaseKeyManager = {
+        DatabaseKeyManager(
             databasePath: path, providers: manager.providers, configuration: .init(keyCacheTTL: .zero), logger: logger)
     }
     // A point query: the open's cost, not a scan of the table.
@@ -134,7 +134,7 @@ if only != "rotate" {
         db.close()
     }
     let bare: @Sendable () -> Void = { text.withUnsafeBytes { bareOpen(path, key: $0, pageSize: 4096, query: query) } }
-    let warmManager = LocalDbKeyManager(databasePath: path, providers: manager.providers, logger: logger)
+    let warmManager = DatabaseKeyManager(databasePath: path, providers: manager.providers, logger: logger)
     try await warmManager.open().close()
     let warmOpen: @Sendable () async throws -> Void = {
         let db = try await warmManager.open()
@@ -196,7 +196,7 @@ if only != "rotate" {
     if only == "open" {
         // A whole process: `dbkey sql` (each build named) against the sqlcipher shell doing the
         // same open and query.
-        let keyHex = try hexString(try await manager.getOrCreateKey())
+        let keyHex = try hexString(try await manager.leaseKey())
         for dbkey in arguments.dropFirst(2) {
             let processes = try await Measure.alternating(
                 30,
@@ -233,7 +233,7 @@ for pageSize in [4096, 1024] {
         let shellCopy = workdir + "/rotate-shell.db"
         OnlineRotation.removeDatabase(shellCopy)
         try FileManager.default.copyItem(atPath: ours, toPath: shellCopy)
-        var shellKey = try hexString(try await manager.getOrCreateKey())
+        var shellKey = try hexString(try await manager.leaseKey())
         var oursTimes: [Duration] = []
         var inPlaceTimes: [Duration] = []
         var shellTimes: [Duration] = []
@@ -308,7 +308,7 @@ for pageSize in [4096, 1024] {
                 })
         }
         // Six rotations later (three by copy, three in place), every page must still check out.
-        _ = try await LocalDbKeyManager(
+        _ = try await DatabaseKeyManager(
             databasePath: ours, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger
         ).verify()
         let oursRate = megabytesPerSecond(bytes, Measure.median(oursTimes))
@@ -370,7 +370,7 @@ do {
         for path in [small, large] {
             let from = current[path]!
             let to: any KeyManagementService = (from as? LocalKms)?.kekId == first.kekId ? second : first
-            let manager = LocalDbKeyManager(databasePath: path, kms: from, logger: logger)
+            let manager = DatabaseKeyManager(databasePath: path, kms: from, logger: logger)
             times[path]!.append(try await Measure.time { try await manager.rewrap(to: to, kekId: "default") })
             current[path] = to
         }
@@ -403,11 +403,11 @@ final class CountingKms: KeyManagementService, @unchecked Sendable {
     func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
         try await inner.generateDataKey(kekId: kekId, context: context)
     }
-    func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
         lock.withLock { decrypts += 1 }
         return try await inner.decrypt(wrapped, kekId: kekId, context: context)
     }
-    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         try await inner.encrypt(key, kekId: kekId, context: context)
     }
     func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
@@ -421,12 +421,12 @@ if let endpoint = environment["DBKEY_TEST_AWS_ENDPOINT"], let keyArn = environme
     let credentials = AWSCredentials(
         accessKeyId: accessKey, secretAccessKey: secret.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) })
     let kms = CountingKms(
-        AwsKms(credentials: credentials, region: "us-east-1", endpoint: URL(string: endpoint), logger: logger))
+        AWSKms(credentials: credentials, region: "us-east-1", endpoint: URL(string: endpoint), logger: logger))
     let path = workdir + "/aws.db"
     OnlineRotation.removeDatabase(path)
-    try await LocalDbKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: keyArn), logger: logger)
+    try await DatabaseKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: keyArn), logger: logger)
         .initialize()
-    let manager = LocalDbKeyManager(databasePath: path, kms: kms, logger: logger)
+    let manager = DatabaseKeyManager(databasePath: path, kms: kms, logger: logger)
     let before = kms.decryptCount
     let coldTime = try await Measure.time { try await manager.open().close() }
     let cold = kms.decryptCount - before
@@ -451,7 +451,7 @@ if let endpoint = environment["DBKEY_TEST_AWS_ENDPOINT"], let keyArn = environme
 do {
     let path = workdir + "/statements.db"
     let manager = try await OnlineRotation.managedDatabase(path, megabytes: 1, pageSize: 4096, logger: logger)
-    let key = try NotePages.keyText(try await manager.getOrCreateKey())
+    let key = try NotePages.keyText(try await manager.leaseKey())
     let count = 100_000
     var library: [Duration] = []
     var bare: [Duration] = []

@@ -55,11 +55,14 @@ struct BackupCommand: AsyncParsableCommand {
                 to: destination, protection: protection, newDataKey: newDek, progress: ProgressLine.reporter())
             ProgressLine.finish()
             if json {
-                Output.printJSON([
-                    "database": database, "backup": destination, "key_file": KeyFile.path(forDatabase: destination),
-                    "kms": keyFile.kms ?? "", "kek_id": keyFile.kekId, "dek_version": keyFile.version,
-                    "new_dek": newDek,
-                ])
+                struct Made: Encodable {
+                    let backup, keyFile: String
+                    let newDek: Bool
+                }
+                Output.printJSON(
+                    KeyOutput(
+                        database: database, keyFile,
+                        Made(backup: destination, keyFile: KeyFile.path(forDatabase: destination), newDek: newDek)))
             } else {
                 print(
                     "Backed up \(database) to \(destination) (key under \(keyFile.kms ?? "?") \(keyFile.kekId)\(newDek ? ", a new data key" : ""))."
@@ -105,10 +108,8 @@ struct RestoreCommand: AsyncParsableCommand {
             let keyFile = try await common.existingDatabaseManager(database, logger: logger).restore(
                 from: backup, through: access, rewrapTo: target?.provider, kekId: target?.kekId)
             if json {
-                Output.printJSON([
-                    "backup": backup, "database": database, "kms": keyFile.kms ?? "", "kek_id": keyFile.kekId,
-                    "dek_version": keyFile.version,
-                ])
+                struct Restored: Encodable { let backup: String }
+                Output.printJSON(KeyOutput(database: database, keyFile, Restored(backup: backup)))
             } else {
                 print("Restored \(backup) to \(database) (key under \(keyFile.kms ?? "?") \(keyFile.kekId)).")
             }

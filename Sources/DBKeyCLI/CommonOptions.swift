@@ -21,7 +21,8 @@ struct CommonOptions: ParsableArguments {
             try await body()
         } catch let error as DBKeyError {
             if json {
-                Output.printJSON(["error": ["code": error.code.rawValue, "message": error.message]])
+                struct ErrorOutput: Encodable { let error: ProblemOutput }
+                Output.printJSON(ErrorOutput(error: ProblemOutput(error)))
             }
             Output.printError(error.message)
             throw ExitCode(ExitStatus.status(for: error.code))
@@ -34,9 +35,10 @@ struct CommonOptions: ParsableArguments {
     }
 
     /// A manager for an existing database, with every provider of this build.
-    func existingDatabaseManager(_ database: String, plaintextHeader: Bool = false, logger: Logger) -> LocalDbKeyManager
+    func existingDatabaseManager(_ database: String, plaintextHeader: Bool = false, logger: Logger)
+        -> DatabaseKeyManager
     {
-        LocalDbKeyManager(
+        DatabaseKeyManager(
             databasePath: database, providers: registry(logger: logger),
             configuration: .init(plaintextHeader: plaintextHeader), logger: logger)
     }
@@ -55,7 +57,7 @@ struct DatabaseOptions: ParsableArguments {
 
     /// Runs `body` with a manager for the database (every provider of this build), turning a
     /// ``DBKeyError`` into a message on stderr and its exit status.
-    func run(_ body: (LocalDbKeyManager) async throws -> Void) async throws {
+    func run(_ body: (DatabaseKeyManager) async throws -> Void) async throws {
         try await common.reportingErrors(json: json) {
             try await body(common.existingDatabaseManager(database, logger: common.makeLogger()))
         }
@@ -96,15 +98,98 @@ enum Output {
         }
     }
 
-    static func printJSON(_ value: Any) {
-        let data =
-            (try? JSONSerialization.data(
-                withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]))
-            ?? Data("{}".utf8)
+    /// Prints `value` as JSON: indented, keys sorted and in snake case (`kekId` prints as
+    /// `kek_id`). Nothing the tool prints as JSON holds a secret.
+    static func printJSON(_ value: some Encodable) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
         print(String(decoding: data, as: UTF8.self))
     }
 
-    static func timestamp(_ date: Date?) -> Any {
-        date.map { $0.formatted(.iso8601) } ?? NSNull()
+    /// A date as ISO 8601, or `null`.
+    static func timestamp(_ date: Date?) -> OrNull<String> {
+        OrNull(date.map { $0.formatted(.iso8601) })
     }
 }
+
+/// A value printed as `null` when absent, for keys that are always part of an output's shape.
+struct OrNull<Value: Encodable>: Encodable {
+    let value: Value?
+
+    init(_ value: Value?) {
+        self.value = value
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        if let value {
+            try container.encode(value)
+        } else {
+            try container.encodeNil()
+        }
+    }
+}
+
+/// An error as `--json` prints it.
+struct ProblemOutput: Encodable {
+    let code: String
+    let message: String
+
+    init(_ error: DBKeyError) {
+        code = error.code.rawValue
+        message = error.message
+    }
+}
+
+/// A key slot as `--json` prints it.
+struct SlotOutput: Encodable {
+    let slot: Int
+    /// `kms` or `escrow`, where a listing includes escrow slots.
+    var kind: String?
+    let kms: String
+    let kekId: String
+
+    init(_ slot: KeySlot, withKind: Bool = false) {
+        self.slot = slot.number
+        kind = withKind ? (slot.isEscrow ? "escrow" : "kms") : nil
+        kms = slot.kms
+        kekId = slot.kekId
+    }
+}
+
+/// What a command that changed a key reports under `--json`: the database, its `.key`'s
+/// provider, KEK and data key version, and what else the command adds (`Extra`'s keys, printed
+/// beside them).
+struct KeyOutput<Extra: Encodable>: Encodable {
+    let database: String
+    let kms: OrNull<String>
+    let kekId: String
+    let dekVersion: Int
+    let extra: Extra
+
+    init(database: String, _ keyFile: KeyFile, _ extra: Extra) {
+        self.database = database
+        kms = OrNull(keyFile.kms)
+        kekId = keyFile.kekId
+        dekVersion = keyFile.version
+        self.extra = extra
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case database, kms, kekId, dekVersion
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(database, forKey: .database)
+        try container.encode(kms, forKey: .kms)
+        try container.encode(kekId, forKey: .kekId)
+        try container.encode(dekVersion, forKey: .dekVersion)
+        try extra.encode(to: encoder)
+    }
+}
+
+/// Nothing beside a ``KeyOutput``'s own keys.
+struct NoExtra: Encodable {}

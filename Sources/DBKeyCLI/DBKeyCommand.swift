@@ -8,7 +8,7 @@ import SQLCipherKeyManager
 ///
 /// ```swift
 /// await DBKeyCommand.main(providers: [
-///     LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+///     LocalKms.factory, AWSKms.factory, VaultTransit.factory, Pkcs11Kms.factory, GoogleCloudKms.factory,
 ///     AzureKeyVault.factory, Tpm2Kms.factory,
 /// ])
 /// ```

@@ -34,7 +34,7 @@ struct DoctorCommand: AsyncParsableCommand {
             let limiter = fleet.makeLimiter()
             let registry = fleet.registry(common, limiter: limiter, logger: logger)
             return try await fleet.run(json: json, limiter: limiter) { path in
-                let report = await LocalDbKeyManager(databasePath: path, providers: registry, logger: logger).doctor()
+                let report = await DatabaseKeyManager(databasePath: path, providers: registry, logger: logger).doctor()
                 guard report.isHealthy else {
                     let checks = report.findings.map(\.check).joined(separator: ", ")
                     return .init(databasePath: path, status: .failed, detail: checks)
@@ -44,10 +44,16 @@ struct DoctorCommand: AsyncParsableCommand {
         }
         let report = await common.existingDatabaseManager(database, logger: common.makeLogger()).doctor()
         if json {
-            Output.printJSON([
-                "database": database, "healthy": report.isHealthy,
-                "findings": report.findings.map { ["check": $0.check, "message": $0.message, "fix": $0.fix] },
-            ])
+            struct Finding: Encodable { let check, message, fix: String }
+            struct Report: Encodable {
+                let database: String
+                let healthy: Bool
+                let findings: [Finding]
+            }
+            Output.printJSON(
+                Report(
+                    database: database, healthy: report.isHealthy,
+                    findings: report.findings.map { Finding(check: $0.check, message: $0.message, fix: $0.fix) }))
         } else if report.isHealthy {
             print("\(database): all is well.")
         } else {

@@ -47,9 +47,8 @@ struct EscrowCommand: AsyncParsableCommand {
                 let publicPath = out + ".pub"
                 try key.write(to: out)
                 if json {
-                    Output.printJSON([
-                        "private_key": out, "public_key": publicPath, "escrow_key_id": key.publicKey.id,
-                    ])
+                    struct Made: Encodable { let privateKey, publicKey, escrowKeyId: String }
+                    Output.printJSON(Made(privateKey: out, publicKey: publicPath, escrowKeyId: key.publicKey.id))
                 } else if recoveryCode {
                     // Standard output carries the code alone, so that it can go straight to
                     // recover --recovery-code-stdin; the label goes to standard error.

@@ -74,18 +74,27 @@ struct FleetOptions: ParsableArguments {
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let counts = Dictionary(grouping: outcomes, by: \.status).mapValues(\.count)
         if json {
-            Output.printJSON([
-                "summary": Dictionary(
-                    uniqueKeysWithValues: DatabaseFleet.Outcome.Status.allCases.map {
-                        ($0.rawValue, counts[$0] ?? 0)
-                    }
-                ).merging(["refused": found.refused.count, "kms_requests": limiter.requests]) { $1 },
-                "seconds": (seconds * 1000).rounded() / 1000,
-                "databases": outcomes.map {
-                    ["database": $0.databasePath, "status": $0.status.rawValue, "detail": $0.detail]
-                },
-                "refused": found.refused.map { ["path": $0.path, "reason": $0.reason] },
-            ])
+            struct Database: Encodable { let database, status, detail: String }
+            struct Refused: Encodable { let path, reason: String }
+            struct Run: Encodable {
+                /// Databases by status (`refused` too), and `kms_requests`.
+                let summary: [String: Int]
+                let seconds: Double
+                let databases: [Database]
+                let refused: [Refused]
+            }
+            Output.printJSON(
+                Run(
+                    summary: Dictionary(
+                        uniqueKeysWithValues: DatabaseFleet.Outcome.Status.allCases.map {
+                            ($0.rawValue, counts[$0] ?? 0)
+                        }
+                    ).merging(["refused": found.refused.count, "kms_requests": limiter.requests]) { $1 },
+                    seconds: (seconds * 1000).rounded() / 1000,
+                    databases: outcomes.map {
+                        Database(database: $0.databasePath, status: $0.status.rawValue, detail: $0.detail)
+                    },
+                    refused: found.refused.map { Refused(path: $0.path, reason: $0.reason) }))
         } else {
             for outcome in outcomes where outcome.status == .failed || outcome.status == .skipped {
                 print("\(outcome.status.rawValue): \(outcome.databasePath): \(outcome.detail)")

@@ -49,14 +49,14 @@ struct InitCommand: AsyncParsableCommand {
                 keyFile = try await manager.addEscrowSlot(escrowKey)
             }
             if json {
-                Output.printJSON([
-                    "database": database,
-                    "key_file": manager.keyFilePath,
-                    "kms": keyFile.kms ?? NSNull(),
-                    "kek_id": keyFile.kekId,
-                    "dek_version": keyFile.version,
-                    "slots": keyFile.slots.map { ["slot": $0.number, "kms": $0.kms, "kek_id": $0.kekId] },
-                ])
+                struct Created: Encodable {
+                    let keyFile: String
+                    let slots: [SlotOutput]
+                }
+                Output.printJSON(
+                    KeyOutput(
+                        database: database, keyFile,
+                        Created(keyFile: manager.keyFilePath, slots: keyFile.slots.map { SlotOutput($0) })))
             } else {
                 print("Created \(database), encrypted with a new data key (version \(keyFile.version)).")
                 print("Key file: \(manager.keyFilePath) (wrapped under \(keyFile.kms ?? "?") KEK \(keyFile.kekId)).")

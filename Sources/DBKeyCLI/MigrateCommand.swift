@@ -80,10 +80,7 @@ struct MigrateCommand: AsyncParsableCommand {
             let keyFile = try await manager.migrate(from: try source(), progress: ProgressLine.reporter())
             ProgressLine.finish()
             if json {
-                Output.printJSON([
-                    "database": database, "kms": (keyFile.kms as Any?) ?? NSNull(), "kek_id": keyFile.kekId,
-                    "dek_version": keyFile.version,
-                ])
+                Output.printJSON(KeyOutput(database: database, keyFile, NoExtra()))
             } else {
                 print(
                     "Migrated \(database): encrypted under a new data key, wrapped under \(keyFile.kms ?? "?") KEK \(keyFile.kekId)."

@@ -41,9 +41,9 @@ struct NewKeyOptions: ParsableArguments {
         common: CommonOptions,
         pageSize: Int = CipherSettings.newDatabasePageSize,
         logger: Logger
-    ) throws -> LocalDbKeyManager {
+    ) throws -> DatabaseKeyManager {
         let target = try common.registry(logger: logger).target(forURI: kek)
-        return LocalDbKeyManager(
+        return DatabaseKeyManager(
             databasePath: database,
             providers: common.registry(logger: logger).adding(target.provider),
             configuration: .init(
@@ -55,7 +55,7 @@ struct NewKeyOptions: ParsableArguments {
                 plaintextHeader: plaintextHeader,
                 allowsSQLCipher3Databases: allowSQLCipher3
                     || ProcessInfo.processInfo.environment[
-                        LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable] == "1"
+                        DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable] == "1"
             ),
             logger: logger
         )

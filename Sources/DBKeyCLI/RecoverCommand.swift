@@ -45,10 +45,8 @@ struct RecoverCommand: AsyncParsableCommand {
             let keyFile = try await manager.recover(
                 through: access, to: target.provider, kekId: target.kekId, wait: wait.duration)
             if json {
-                Output.printJSON([
-                    "database": database, "recovered": true, "kms": keyFile.kms ?? "",
-                    "kek_id": keyFile.kekId, "dek_version": keyFile.version,
-                ])
+                struct Recovered: Encodable { let recovered = true }
+                Output.printJSON(KeyOutput(database: database, keyFile, Recovered()))
             } else {
                 print(
                     "Recovered \(database): its data key (version \(keyFile.version)) is now wrapped under \(keyFile.kms ?? "?") KEK \(keyFile.kekId) as the primary."

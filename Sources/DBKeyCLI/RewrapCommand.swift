@@ -62,11 +62,11 @@ struct RewrapCommand: AsyncParsableCommand {
             }
             let keyFile = try await manager.rewrap(to: target, kekId: kekId, slot: slot, wait: wait.duration)
             if json {
-                Output.printJSON([
-                    "database": database, "kms": (keyFile.kms as Any?) ?? NSNull(), "kek_id": keyFile.kekId,
-                    "dek_version": keyFile.version,
-                    "kek_version": (target.keyVersion(of: keyFile.encryptedDek) as Any?) ?? NSNull(),
-                ])
+                struct Rewrapped: Encodable { let kekVersion: OrNull<Int> }
+                Output.printJSON(
+                    KeyOutput(
+                        database: database, keyFile,
+                        Rewrapped(kekVersion: OrNull(target.keyVersion(of: keyFile.encryptedDek)))))
             } else {
                 let version = target.keyVersion(of: keyFile.encryptedDek).map { " version \($0)" } ?? ""
                 print(
@@ -90,7 +90,7 @@ struct RewrapCommand: AsyncParsableCommand {
         let (slot, dryRun, resolved) = (slot, fleet.dryRun, resolvedKekId)
         try await fleet.run(json: json, limiter: limiter) { path in
             do {
-                let manager = LocalDbKeyManager(databasePath: path, providers: registry, logger: logger)
+                let manager = DatabaseKeyManager(databasePath: path, providers: registry, logger: logger)
                 let keyFile = try manager.load()
                 guard let current = keyFile.allSlots.first(where: { $0.number == slot }), !current.isEscrow else {
                     return .init(databasePath: path, status: .failed, detail: "no provider's slot \(slot)")

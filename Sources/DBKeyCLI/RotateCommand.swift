@@ -66,7 +66,12 @@ struct RotateCommand: AsyncParsableCommand {
             if ifDue, try !manager.needsRotation() {
                 let keyFile = try manager.load()
                 if json {
-                    Output.printJSON(["database": database, "rotated": false, "dek_version": keyFile.version])
+                    struct NotDue: Encodable {
+                        let database: String
+                        let rotated = false
+                        let dekVersion: Int
+                    }
+                    Output.printJSON(NotDue(database: database, dekVersion: keyFile.version))
                 } else {
                     print("Not due: key version \(keyFile.version) stays.")
                 }
@@ -86,10 +91,12 @@ struct RotateCommand: AsyncParsableCommand {
             }
             Output.warnUnsafeEscrowSlotsLeftOut(before: before, after: keyFile, database: database)
             if json {
-                Output.printJSON([
-                    "database": database, "rotated": true, "dek_version": keyFile.version,
-                    "rotated_at": Output.timestamp(keyFile.rotatedAt), "kek_id": keyFile.kekId,
-                ])
+                struct Rotated: Encodable {
+                    let rotated = true
+                    let rotatedAt: OrNull<String>
+                }
+                Output.printJSON(
+                    KeyOutput(database: database, keyFile, Rotated(rotatedAt: Output.timestamp(keyFile.rotatedAt))))
             } else {
                 print("Rotated \(database) to key version \(keyFile.version).")
             }
@@ -106,7 +113,7 @@ struct RotateCommand: AsyncParsableCommand {
         )
         try await fleet.run(json: json, limiter: limiter) { path in
             do {
-                let manager = LocalDbKeyManager(databasePath: path, providers: registry, logger: logger)
+                let manager = DatabaseKeyManager(databasePath: path, providers: registry, logger: logger)
                 if ifDue, try !manager.needsRotation() {
                     return .init(databasePath: path, status: .unchanged, detail: "not due")
                 }

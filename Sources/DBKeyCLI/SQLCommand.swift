@@ -27,10 +27,10 @@ struct SQLCommand: AsyncParsableCommand {
         try await options.run { manager in
             let connection = try await manager.open()
             defer { connection.close() }
-            var results: [[String: Any]] = []
+            var results: [StatementResult] = []
             try connection.forEachResult(sql) { columns, rows in
                 if options.json {
-                    results.append(["columns": columns, "rows": rows.map { $0.values.map(Self.jsonValue) }])
+                    results.append(StatementResult(columns: columns, rows: rows.map { $0.values.map(JSONCell.init) }))
                     return
                 }
                 if header {
@@ -62,13 +62,31 @@ struct SQLCommand: AsyncParsableCommand {
             .replacingOccurrences(of: "\n", with: "\\n")
     }
 
-    private static func jsonValue(_ value: SQLValue) -> Any {
-        switch value {
-        case .null: NSNull()
-        case .integer(let integer): integer
-        case .real(let real): real
-        case .text(let text): text
-        case .blob(let bytes): ["base64": Data(bytes).base64EncodedString()]
+    /// What one statement returned, as `--json` prints it.
+    private struct StatementResult: Encodable {
+        let columns: [String]
+        let rows: [[JSONCell]]
+    }
+
+    /// One value of a row: `null`, a number, a string, or a blob as `{"base64": …}`.
+    private struct JSONCell: Encodable {
+        let value: SQLValue
+
+        init(_ value: SQLValue) {
+            self.value = value
+        }
+
+        private struct Blob: Encodable { let base64: String }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            switch value {
+            case .null: try container.encodeNil()
+            case .integer(let integer): try container.encode(integer)
+            case .real(let real): try container.encode(real)
+            case .text(let text): try container.encode(text)
+            case .blob(let bytes): try container.encode(Blob(base64: Data(bytes).base64EncodedString()))
+            }
         }
     }
 }

@@ -100,15 +100,15 @@ struct SlotCommand: AsyncParsableCommand {
 
     static func print(_ keyFile: KeyFile, database: String, json: Bool) {
         if json {
-            Output.printJSON([
-                "database": database, "dek_version": keyFile.version,
-                "slots": keyFile.allSlots.map { slot in
-                    [
-                        "slot": slot.number, "kind": slot.isEscrow ? "escrow" : "kms", "kms": slot.kms,
-                        "kek_id": slot.kekId,
-                    ] as [String: Any]
-                },
-            ])
+            struct Slots: Encodable {
+                let database: String
+                let dekVersion: Int
+                let slots: [SlotOutput]
+            }
+            Output.printJSON(
+                Slots(
+                    database: database, dekVersion: keyFile.version,
+                    slots: keyFile.allSlots.map { SlotOutput($0, withKind: true) }))
             return
         }
         Swift.print("Key slots of \(database) (data key version \(keyFile.version)):")

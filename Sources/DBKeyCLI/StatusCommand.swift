@@ -96,43 +96,55 @@ struct StatusCommand: AsyncParsableCommand {
         return "\(version) of \(latest)\(status.wrappedUnderOlderKeyVersion ? " (OLDER than the newest: rewrap)" : "")"
     }
 
+    /// `dbkey status --json`: the `.key`, the linked engine, whether the database opens and
+    /// what the KMS says (`kms_key_state`, `kms_latency_ms` and `kek_latest_version` only when
+    /// it answered).
+    private struct StatusOutput: Encodable {
+        let database, keyFile: String
+        let kms: OrNull<String>
+        let kekId: String
+        let dekVersion: Int
+        let createdAt, rotatedAt: OrNull<String>
+        let rotationPeriodDays: OrNull<Int>
+        let nextRotationDue: OrNull<String>
+        let rotationDue: Bool
+        let pageSize, sqlcipherFormat, plaintextHeaderSize: Int
+        let upgradeAvailable: Bool
+        let sqlcipherVersion, sqliteVersion: String
+        let databaseOpens: Bool
+        let databaseError: OrNull<ProblemOutput>
+        let kekVersion: OrNull<Int>
+        let kekVersionOutdated: Bool
+        let slots: [SlotOutput]
+        let kmsReachable: Bool
+        var kmsKeyState: String?
+        var kmsLatencyMs: Double?
+        var kekLatestVersion: OrNull<Int>?
+        let kmsError: OrNull<ProblemOutput>
+    }
+
     private func printJSON(_ status: DatabaseKeyStatus, keyFilePath: String) {
         let keyFile = status.keyFile
-        var object: [String: Any] = [
-            "database": status.databasePath,
-            "key_file": keyFilePath,
-            "kms": keyFile.kms ?? NSNull(),
-            "kek_id": keyFile.kekId,
-            "dek_version": keyFile.version,
-            "created_at": Output.timestamp(keyFile.createdAt),
-            "rotated_at": Output.timestamp(keyFile.rotatedAt),
-            "rotation_period_days": keyFile.rotationPeriodDays ?? NSNull(),
-            "next_rotation_due": Output.timestamp(keyFile.nextRotationDue),
-            "rotation_due": status.rotationDue,
-            "page_size": keyFile.cipher.pageSize,
-            "sqlcipher_format": keyFile.cipher.format,
-            "plaintext_header_size": keyFile.cipher.plaintextHeaderSize,
-            "upgrade_available": status.upgradeAvailable,
-            "sqlcipher_version": status.engine.version,
-            "sqlite_version": status.engine.sqliteVersion,
-            "database_opens": status.databaseOpens,
-            "database_error": status.openError.map { ["code": $0.code.rawValue, "message": $0.message] } ?? NSNull(),
-            "kek_version": status.wrappedKeyVersion ?? NSNull(),
-            "kek_version_outdated": status.wrappedUnderOlderKeyVersion,
-            "slots": keyFile.slots.map { ["slot": $0.number, "kms": $0.kms, "kek_id": $0.kekId] },
-        ]
-        switch status.kmsHealth {
-        case .success(let health):
-            object["kms_reachable"] = true
-            object["kms_key_state"] = health.keyState
-            object["kms_latency_ms"] = Self.milliseconds(health.latency)
-            object["kek_latest_version"] = health.latestKeyVersion ?? NSNull()
-            object["kms_error"] = NSNull()
-        case .failure(let error):
-            object["kms_reachable"] = false
-            object["kms_error"] = ["code": error.code.rawValue, "message": error.message]
+        let health = try? status.kmsHealth.get()
+        var kmsError: DBKeyError?
+        if case .failure(let error) = status.kmsHealth {
+            kmsError = error
         }
-        Output.printJSON(object)
+        Output.printJSON(
+            StatusOutput(
+                database: status.databasePath, keyFile: keyFilePath, kms: OrNull(keyFile.kms), kekId: keyFile.kekId,
+                dekVersion: keyFile.version, createdAt: Output.timestamp(keyFile.createdAt),
+                rotatedAt: Output.timestamp(keyFile.rotatedAt), rotationPeriodDays: OrNull(keyFile.rotationPeriodDays),
+                nextRotationDue: Output.timestamp(keyFile.nextRotationDue), rotationDue: status.rotationDue,
+                pageSize: keyFile.cipher.pageSize, sqlcipherFormat: keyFile.cipher.format,
+                plaintextHeaderSize: keyFile.cipher.plaintextHeaderSize, upgradeAvailable: status.upgradeAvailable,
+                sqlcipherVersion: status.engine.version, sqliteVersion: status.engine.sqliteVersion,
+                databaseOpens: status.databaseOpens, databaseError: OrNull(status.openError.map(ProblemOutput.init)),
+                kekVersion: OrNull(status.wrappedKeyVersion), kekVersionOutdated: status.wrappedUnderOlderKeyVersion,
+                slots: keyFile.slots.map { SlotOutput($0) }, kmsReachable: health != nil,
+                kmsKeyState: health?.keyState, kmsLatencyMs: health.map { Self.milliseconds($0.latency) },
+                kekLatestVersion: health.map { OrNull($0.latestKeyVersion) },
+                kmsError: OrNull(kmsError.map(ProblemOutput.init))))
     }
 
     private static func milliseconds(_ duration: Duration) -> Double {

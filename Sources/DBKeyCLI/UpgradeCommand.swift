@@ -46,10 +46,15 @@ struct UpgradeCommand: AsyncParsableCommand {
             let upgraded = keyFile.version != before.version
             Output.warnUnsafeEscrowSlotsLeftOut(before: before, after: keyFile, database: database)
             if json {
-                Output.printJSON([
-                    "database": database, "upgraded": upgraded, "sqlcipher_format": keyFile.cipher.format,
-                    "dek_version": keyFile.version, "plaintext_header_size": keyFile.cipher.plaintextHeaderSize,
-                ])
+                struct Upgraded: Encodable {
+                    let database: String
+                    let upgraded: Bool
+                    let sqlcipherFormat, dekVersion, plaintextHeaderSize: Int
+                }
+                Output.printJSON(
+                    Upgraded(
+                        database: database, upgraded: upgraded, sqlcipherFormat: keyFile.cipher.format,
+                        dekVersion: keyFile.version, plaintextHeaderSize: keyFile.cipher.plaintextHeaderSize))
             } else if upgraded {
                 print("Upgraded \(database) to the SQLCipher 4 format, under key version \(keyFile.version).")
             } else {

@@ -14,13 +14,17 @@ struct VerifyCommand: AsyncParsableCommand {
         try await options.run { manager in
             let report = try await manager.verify()
             if options.json {
-                Output.printJSON([
-                    "database": options.database,
-                    "ok": true,
-                    "key_check": report.keyCheckVerified ? "verified" : "absent",
-                    "dek_version": report.keyFile.version,
-                    "page_count": report.pageCount,
-                ])
+                struct Verified: Encodable {
+                    let database: String
+                    let ok = true
+                    let keyCheck: String
+                    let dekVersion: Int
+                    let pageCount: Int64
+                }
+                Output.printJSON(
+                    Verified(
+                        database: options.database, keyCheck: report.keyCheckVerified ? "verified" : "absent",
+                        dekVersion: report.keyFile.version, pageCount: report.pageCount))
             } else {
                 print("key file:     valid")
                 print("key unwrap:   ok (\(report.keyFile.kms ?? "?") KEK \(report.keyFile.kekId))")

@@ -46,7 +46,7 @@ func fail(_ error: any Error, status: Int32 = 2) -> Never {
 let options = Options(Array(CommandLine.arguments.dropFirst()))
 let logger = Logger(label: "dbkey-example-app")
 do {
-    let manager = LocalDbKeyManager(
+    let manager = DatabaseKeyManager(
         databasePath: options.database, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
     let pool = try await manager.openPool(
         maximumReaders: options.readers, answeringRotationRequests: options.answerRequests ? .milliseconds(50) : nil)

@@ -28,7 +28,7 @@ enum SelfAudit {
     ) async throws -> MemoryScanner.Counts {
         let kms = MockKms(seed: seed)
         let logger = Logger(label: "audit") { _ in SwiftLogNoOpLogHandler() }
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory + "/audit.db", kms: kms, configuration: .init(kekId: "audit"), logger: logger)
         try await manager.initialize()
         do {

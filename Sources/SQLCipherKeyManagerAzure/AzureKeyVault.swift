@@ -15,7 +15,7 @@ import SQLCipherKeyManager
 ///
 /// ```swift
 /// let kms = try AzureKeyVault.fromEnvironment(logger: logger)
-/// let manager = LocalDbKeyManager(
+/// let manager = DatabaseKeyManager(
 ///     databasePath: path, kms: kms,
 ///     configuration: .init(
 ///         kekId: "myvault.vault.azure.net/keys/app-db", encryptionContext: ["purpose": "notes"]),
@@ -90,7 +90,7 @@ public struct AzureKeyVault: EnvironmentConfigurable {
         return DataKey(plaintext: key, wrapped: try await encrypt(key, kekId: kekId, context: context), kekId: kekId)
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         let name = try KeyVaultKeyName(kekId)
         let algorithm = try await wrapAlgorithm(name)
         let payload = try ContextBoundKey.bind(key, to: context, saltByteCount: AzureKeyVault.saltByteCount)
@@ -105,10 +105,12 @@ public struct AzureKeyVault: EnvironmentConfigurable {
         }
         // The wrapped key is not secret; it is stored in base64, as the other providers store theirs.
         let stored = value.base64Encoded().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-        return WrappedKey(encoded: "azurekv:\(version):\(stored)")
+        return WrappedDataKey(encoded: "azurekv:\(version):\(stored)")
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         let name = try KeyVaultKeyName(kekId)
         guard let (version, value) = AzureKeyVault.parts(of: wrapped) else {
             throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a Key Vault wrap (azurekv:VERSION:…).")
@@ -152,7 +154,7 @@ public struct AzureKeyVault: EnvironmentConfigurable {
     static let payloadByteCount = RawKeyText.keyByteCount + 32 + saltByteCount
 
     /// The version and the wrapped bytes of `azurekv:VERSION:BASE64`.
-    static func parts(of wrapped: WrappedKey) -> (version: String, value: [UInt8])? {
+    static func parts(of wrapped: WrappedDataKey) -> (version: String, value: [UInt8])? {
         let parts = wrapped.encoded.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "azurekv", KeyVaultKeyName.isVersion(parts[1]),
             let value = Base64.decode(String(parts[2])), !value.isEmpty

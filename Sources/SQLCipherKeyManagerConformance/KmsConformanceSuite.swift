@@ -19,7 +19,7 @@ import Testing
 /// and any altered byte of the wrapped key are refused as
 /// ``DBKeyError/Code-swift.struct/ciphertextInvalid``; health answers with the resolved KEK id;
 /// the provider id is a valid `.key` value; and a database goes through its whole life — create,
-/// write, rotate, rewrap, reopen — with the provider registered in a ``LocalDbKeyManager``.
+/// write, rotate, rewrap, reopen — with the provider registered in a ``DatabaseKeyManager``.
 public struct KmsConformanceSuite: Sendable {
     /// The KEK to ask the provider for.
     public let kekId: String
@@ -115,19 +115,19 @@ public struct KmsConformanceSuite: Sendable {
         // The base64 part: all of it, or what follows a prefix such as Transit's `vault:vN:`.
         let encoded = dataKey.wrapped.encoded
         let prefix = encoded.lastIndex(of: ":").map { String(encoded[...$0]) } ?? ""
-        let bytes = try #require(WrappedKey(encoded: String(encoded.dropFirst(prefix.count))).base64DecodedBytes)
+        let bytes = try #require(WrappedDataKey(encoded: String(encoded.dropFirst(prefix.count))).base64DecodedBytes)
         // The middle and the end: ciphertext and tag in every format (a format may start with
         // a key id in clear, where a change names another key).
         for index in [bytes.count / 2, bytes.count - 1] {
             var altered = bytes
             altered[index] ^= 0x01
-            let tampered = WrappedKey(encoded: prefix + Data(altered).base64EncodedString())
+            let tampered = WrappedDataKey(encoded: prefix + Data(altered).base64EncodedString())
             await expectCode(.ciphertextInvalid, "decrypting a wrapped key altered at byte \(index)") {
                 _ = try await kms.decrypt(tampered, kekId: dataKey.kekId, context: context)
             }
         }
         await expectCode(.ciphertextInvalid, "decrypting text that is not base64") {
-            _ = try await kms.decrypt(WrappedKey(encoded: "not base64!"), kekId: dataKey.kekId, context: context)
+            _ = try await kms.decrypt(WrappedDataKey(encoded: "not base64!"), kekId: dataKey.kekId, context: context)
         }
     }
 
@@ -163,7 +163,7 @@ public struct KmsConformanceSuite: Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let logger = Logger(label: "dbkey.conformance") { _ in SwiftLogNoOpLogHandler() }
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory + "/conformance.db",
             providers: KmsRegistry(kms),
             configuration: .init(kekId: kekId, kekProvider: kms.providerName, encryptionContext: context),

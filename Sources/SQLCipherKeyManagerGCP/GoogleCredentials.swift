@@ -4,7 +4,7 @@ import Foundation
 import KmsHTTP
 import SQLCipherKeyManager
 
-/// Where ``CloudKms`` gets its OAuth 2.0 access tokens, found as Google's client libraries find
+/// Where ``GoogleCloudKms`` gets its OAuth 2.0 access tokens, found as Google's client libraries find
 /// Application Default Credentials.
 ///
 /// In order: an access token in `GOOGLE_OAUTH_ACCESS_TOKEN` (as Terraform's Google provider

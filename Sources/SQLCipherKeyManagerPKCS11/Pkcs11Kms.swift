@@ -14,7 +14,7 @@ import SQLCipherKeyManager
 ///
 /// ```swift
 /// let kms = try Pkcs11Kms.fromEnvironment(logger: logger)
-/// let manager = LocalDbKeyManager(
+/// let manager = DatabaseKeyManager(
 ///     databasePath: path, kms: kms,
 ///     configuration: .init(kekId: "token=app;object=db-kek", encryptionContext: ["purpose": "notes"]),
 ///     logger: logger)
@@ -109,7 +109,9 @@ public struct Pkcs11Kms: EnvironmentConfigurable {
         }
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         let name = try Pkcs11KeyName(kekId)
         guard let blob = wrapped.base64DecodedBytes, blob.count == Pkcs11Kms.blobCount, blob[0] == 1, blob[1] == 1
         else {
@@ -127,7 +129,7 @@ public struct Pkcs11Kms: EnvironmentConfigurable {
         }
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         let name = try Pkcs11KeyName(kekId)
         let session = sessions.session(for: name)
         return try await BlockingExecutor.shared.run(.long) {
@@ -266,7 +268,7 @@ public struct Pkcs11Kms: EnvironmentConfigurable {
         _ session: Pkcs11Session,
         _ functions: CK_FUNCTION_LIST,
         _ handle: CK_SESSION_HANDLE
-    ) throws -> WrappedKey {
+    ) throws -> WrappedDataKey {
         var iv = [UInt8](repeating: 0, count: ivCount)
         try session.check(functions.C_GenerateRandom(handle, &iv, CK_ULONG(ivCount)), "C_GenerateRandom")
         var sealed = [UInt8](repeating: 0, count: RawKeyText.keyByteCount + tagCount)
@@ -284,7 +286,7 @@ public struct Pkcs11Kms: EnvironmentConfigurable {
         guard sealedCount == CK_ULONG(sealed.count) else {
             throw DBKeyError(.kmsUnavailable, "The PKCS#11 token returned \(sealedCount) bytes for an AES-GCM wrap.")
         }
-        return WrappedKey(encoded: Base64.encode([1, 1] + iv + sealed))
+        return WrappedDataKey(encoded: Base64.encode([1, 1] + iv + sealed))
     }
 
     static func unwrap(

@@ -65,7 +65,7 @@ public struct Tpm2Kms: EnvironmentConfigurable {
     /// The storage root key's persistent handle, as KEK ids record it.
     static let srkHandle = "0x81000001"
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         let pcrs = try Tpm2Kms.pcrMask(kekId)
         let payload = try ContextBoundKey.bind(key, to: context)
         let (name, blob) = try withTPM { esys, srk in
@@ -79,10 +79,12 @@ public struct Tpm2Kms: EnvironmentConfigurable {
             try Tpm2Kms.check(rc, "seal")
             return (try Tpm2Kms.srkTag(esys, srk), Array(buffer.prefix(written)))
         }
-        return WrappedKey(encoded: "tpm2:\(name):" + Base64.encode(blob))
+        return WrappedDataKey(encoded: "tpm2:\(name):" + Base64.encode(blob))
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         let pcrs = try Tpm2Kms.pcrMask(kekId)
         let parts = wrapped.encoded.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.first == "tpm2", (2...3).contains(parts.count), let blob = Base64.decode(String(parts.last!)),

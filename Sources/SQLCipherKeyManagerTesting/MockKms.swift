@@ -9,7 +9,7 @@ import Synchronization
 ///
 /// ```swift
 /// let kms = MockKms(seed: 42)
-/// let manager = LocalDbKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: "test"), logger: logger)
+/// let manager = DatabaseKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: "test"), logger: logger)
 /// try await manager.initialize()
 ///
 /// kms.failNext(1, [.decrypt], with: DBKeyError(.kmsUnavailable, "injected outage"))
@@ -123,12 +123,14 @@ public final class MockKms: KeyManagementService {
         return DataKey(plaintext: key, wrapped: wrapped, kekId: resolved)
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         _ = try await begin(.decrypt, kekId: kekId, context: context) { _ in () }
         return try MockKms.wrapping.unwrap(wrapped, under: kek(resolve(kekId)), context: context)
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         _ = try await begin(.encrypt, kekId: kekId, context: context) { _ in () }
         return try MockKms.wrapping.wrap(key, under: kek(resolve(kekId)), context: context)
     }

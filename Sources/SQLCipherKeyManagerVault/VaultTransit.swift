@@ -17,7 +17,7 @@ import SQLCipherKeyManager
 ///
 /// ```swift
 /// let kms = try VaultTransit.fromEnvironment(logger: logger)
-/// let manager = LocalDbKeyManager(
+/// let manager = DatabaseKeyManager(
 ///     databasePath: path, kms: kms,
 ///     configuration: .init(kekId: "transit/keys/app-db", encryptionContext: ["purpose": "notes"]),
 ///     logger: logger)
@@ -140,7 +140,9 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         return DataKey(plaintext: plaintext, wrapped: try VaultTransit.ciphertext(in: response), kekId: key.description)
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         let key = try TransitKeyPath(kekId)
         guard let version = keyVersion(of: wrapped) else {
             throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a Transit ciphertext (vault:vN:…).")
@@ -152,7 +154,7 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         return try VaultTransit.takePlaintext(from: &response, key: key)
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         let transitKey = try TransitKeyPath(kekId)
         let body = try await contextFields(transitKey, context)
         // The plaintext must travel in base64 in the body; it is wiped once the call is over.
@@ -180,7 +182,7 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
     }
 
     /// The `N` of a `vault:vN:…` ciphertext.
-    public func keyVersion(of wrapped: WrappedKey) -> Int? {
+    public func keyVersion(of wrapped: WrappedDataKey) -> Int? {
         let parts = wrapped.encoded.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "vault", parts[1].hasPrefix("v"), !parts[2].isEmpty else { return nil }
         return Int(parts[1].dropFirst()).flatMap { $0 > 0 ? $0 : nil }
@@ -193,11 +195,11 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
     /// `associated_data` (OpenBao 2.7 answers "message authentication failed"), so the caller
     /// unwraps and wraps again.
     public func serverSideRewrap(
-        _ wrapped: WrappedKey,
+        _ wrapped: WrappedDataKey,
         from sourceKekId: String,
         to destinationKekId: String,
         context: EncryptionContext
-    ) async throws -> WrappedKey? {
+    ) async throws -> WrappedDataKey? {
         let key = try TransitKeyPath(destinationKekId)
         guard try TransitKeyPath(sourceKekId) == key, try await isDerived(key), let version = keyVersion(of: wrapped)
         else { return nil }
@@ -333,11 +335,11 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         return data
     }
 
-    static func ciphertext(in response: Data) throws -> WrappedKey {
+    static func ciphertext(in response: Data) throws -> WrappedDataKey {
         guard let text = try data(of: response)["ciphertext"] as? String, text.hasPrefix("vault:v") else {
             throw DBKeyError(.kmsUnavailable, "Vault answered without a vault:vN: ciphertext.")
         }
-        return WrappedKey(encoded: text)
+        return WrappedDataKey(encoded: text)
     }
 }
 

@@ -8,6 +8,6 @@ import SQLCipherKeyManagerTPM
 import SQLCipherKeyManagerVault
 
 await DBKeyCommand.main(providers: [
-    LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+    LocalKms.factory, AWSKms.factory, VaultTransit.factory, Pkcs11Kms.factory, GoogleCloudKms.factory,
     AzureKeyVault.factory, Tpm2Kms.factory,
 ])

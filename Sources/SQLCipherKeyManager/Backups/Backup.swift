@@ -14,7 +14,7 @@ public enum BackupKeyProtection: Sendable {
 }
 
 /// A consistent copy of a managed database with a `.key` of its own (see
-/// ``LocalDbKeyManager/backup(to:protection:newDataKey:progress:)``).
+/// ``DatabaseKeyManager/backup(to:protection:newDataKey:progress:)``).
 struct Backup {
     let database: ManagedDatabase
 
@@ -22,12 +22,12 @@ struct Backup {
         to destination: String, protection: BackupKeyProtection, newDataKey: Bool,
         progress: (@Sendable (KeyChangeProgress) -> Void)?
     ) async throws -> KeyFile {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         if case .escrow(let publicKey) = protection {
             try publicKey.requireSafeToSealTo()
         }
         let destinationKey = KeyFile.path(forDatabase: destination)
-        for path in [destination, destinationKey] where database.fileExists(path) {
+        for path in [destination, destinationKey] where DatabaseFiles.exists(path) {
             throw DBKeyError(
                 .alreadyInitialized,
                 "\(path) already exists; a backup never replaces a file. Choose another destination.",
@@ -39,14 +39,14 @@ struct Backup {
         // Shared: the app keeps running; only a key change waits.
         let (lock, keyFile) = try await database.acquireSettled(wait: database.configuration.openWait)
         defer { lock.release() }
-        let liveKey = try await database.unwrapKey(of: keyFile)
+        let liveKey = try await database.unlocker.unwrapKey(of: keyFile)
         // The backup's data key: the live one, or a new one from the KEK that will be primary.
         let primary: (kms: any KeyManagementService, kekId: String)
         switch protection {
         case .kek(let target, let kekId):
             primary = (target, try await target.health(kekId: kekId).kekId)
         case .sameAsDatabase, .escrow:
-            primary = (try database.provider(named: keyFile.kms), keyFile.kekId)
+            primary = (try database.unlocker.provider(named: keyFile.kms), keyFile.kekId)
         }
         let fresh =
             newDataKey
@@ -61,10 +61,10 @@ struct Backup {
             cipher = cipher.withPlaintextHeader()
         }
         let copyPath = DatabaseFiles(destination).backupCopy
-        database.removeDatabaseFiles(at: copyPath)
-        cipher = try await Migration(database: database).makeVerifiedCopy(
-            at: copyPath, key: dataKey, cipher: cipher, expectedRowCounts: nil, progress: progress
-        ) { [database] in try database.openConnection(key: liveKey, keyFile: keyFile) }
+        DatabaseFiles.removeDatabase(at: copyPath)
+        cipher = try await EncryptedCopy(database: database, at: copyPath).make(
+            key: dataKey, cipher: cipher, expectedRowCounts: nil, progress: progress
+        ) { [database] in try database.opener.openConnection(key: liveKey, keyFile: keyFile) }
         do {
             var backup = keyFile
             backup.pending = nil
@@ -80,12 +80,12 @@ struct Backup {
             if let fresh {
                 backup.encryptedDek = fresh.wrapped
             } else if case .kek = protection {
-                backup.encryptedDek = try await database.wrapChecked(
+                backup.encryptedDek = try await database.unlocker.wrapChecked(
                     dataKey, by: primary.kms, kekId: primary.kekId, context: keyFile.encryptionContext)
             }
             switch protection {
             case .sameAsDatabase:
-                backup.slots = try await database.wrap(
+                backup.slots = try await database.unlocker.wrap(
                     dataKey, under: keyFile.slots, context: keyFile.encryptionContext, salt: cipher.salt,
                     version: version, dropUnreachable: false
                 ).slots
@@ -94,8 +94,8 @@ struct Backup {
             case .escrow(let publicKey):
                 let escrowSlot = KeySlot(
                     number: 1, kms: KeySlot.escrowProvider, kekId: publicKey.id,
-                    encryptedDek: WrappedKey(encoded: ""), escrowPublicKey: publicKey)
-                backup.slots = try await database.wrap(
+                    encryptedDek: WrappedDataKey(encoded: ""), escrowPublicKey: publicKey)
+                backup.slots = try await database.unlocker.wrap(
                     dataKey, under: [escrowSlot], context: keyFile.encryptionContext, salt: cipher.salt,
                     version: version, dropUnreachable: false
                 ).slots
@@ -108,7 +108,7 @@ struct Backup {
                 .databaseBackedUp, keyFile, detail: "to \(destination)\(newDataKey ? " under a new data key" : "")")
             return backup.sealed(with: dataKey)
         } catch {
-            database.removeDatabaseFiles(at: copyPath)
+            DatabaseFiles.removeDatabase(at: copyPath)
             throw error
         }
     }
@@ -119,7 +119,7 @@ struct Backup {
     ///
     /// The `.key`, written only once the copy is flushed, is the placement's journal: a process
     /// killed after it leaves the `.key` and the whole copy, which
-    /// ``ManagedDatabase/completeInterruptedPlacement(at:)`` links in — the next open of `destination` or the
+    /// ``DatabaseFiles/completeInterruptedPlacement()`` links in — the next open of `destination` or the
     /// next restore to it does. The caller holds `destination`'s exclusive lock.
     static func place(_ copyPath: String, at destination: String, keyFile: KeyFile) async throws {
         let keyPath = KeyFile.path(forDatabase: destination)
@@ -176,35 +176,8 @@ struct DestinationLock {
     }
 }
 
-extension ManagedDatabase {
-    /// Finishes the placement a killed backup or restore left at `destination`: its `.key`
-    /// written, its flushed copy beside it, no database yet. Called under `destination`'s lock
-    /// (shared by an open, exclusive by a restore), so no placement is running.
-    ///
-    /// - Returns: Whether a placement was completed.
-    /// - Throws: ``DBKeyError/Code-swift.struct/io`` when the copy cannot be linked in.
-    func completeInterruptedPlacement(at destination: String) throws -> Bool {
-        guard !fileExists(destination), fileExists(KeyFile.path(forDatabase: destination)) else { return false }
-        for copy in [DatabaseFiles(destination).restoringCopy, DatabaseFiles(destination).backupCopy]
-        where fileExists(copy) {
-            do {
-                // Another opener may have linked it a moment ago: then it is in place.
-                if link(copy, destination) != 0 && errno != EEXIST {
-                    throw Errno(rawValue: errno)
-                }
-                _ = unlink(copy)
-                try ProtectedFile.synchronizeDirectory(FilePath(destination).removingLastComponent())
-            } catch {
-                throw DBKeyError.io(error, "finish placing the backup copy at", destination)
-            }
-            return true
-        }
-        return false
-    }
-}
-
 /// A backup put in place under a database path (see
-/// ``LocalDbKeyManager/restore(from:through:rewrapTo:kekId:)``).
+/// ``DatabaseKeyManager/restore(from:through:rewrapTo:kekId:)``).
 struct Restore {
     let database: ManagedDatabase
 
@@ -212,29 +185,30 @@ struct Restore {
         from backupPath: String, through access: KeySlotAccess, rewrapTo target: (any KeyManagementService)?,
         kekId: String?
     ) async throws -> KeyFile {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         // The backup, checked where it lies: its .key, its key, its salt, every page.
         let source = ManagedDatabase(
             databasePath: backupPath, providers: database.providers, configuration: database.configuration,
             logger: database.logger, faultInjector: nil, slotAccess: access)
-        try source.refuseSymbolicLink()
-        var keyFile = try source.load()
+        try source.opener.refuseSymbolicLink()
+        var keyFile = try source.keyStore.read()
         // Exclusive on the target for the whole restore: no open, and no other restore, sees a
         // half-placed database.
         let (path, keyPath) = (database.databasePath, database.keyFilePath)
         let lock = try await DestinationLock.acquire(path)
         var placed = false
         defer { lock.release(placed: placed) }
-        if try database.completeInterruptedPlacement(at: path) {
+        if try database.files.completeInterruptedPlacement() {
             placed = true
-            database.record(.databaseRestored, try? database.load(), detail: "an interrupted placement completed")
-            let completed = try database.load()
+            database.record(
+                .databaseRestored, try? database.keyStore.read(), detail: "an interrupted placement completed")
+            let completed = try database.keyStore.read()
             // The same backup again: its restore is what was just completed.
             if completed.keyCheck == keyFile.keyCheck, completed.version == keyFile.version {
                 return completed
             }
         }
-        for existing in [path, keyPath] where database.fileExists(existing) {
+        for existing in [path, keyPath] where DatabaseFiles.exists(existing) {
             throw DBKeyError(
                 .alreadyInitialized,
                 "\(existing) already exists\(placed ? " (an interrupted restore to it was just completed)" : ""); a restore never replaces a database or its .key. Restore to another path, or move it away first.",
@@ -246,9 +220,9 @@ struct Restore {
                 "\(source.keyFilePath) records a key change in progress: it is a live database's .key, not a backup's. Use dbkey backup to make a backup.",
                 path: source.keyFilePath)
         }
-        let key = try await source.unwrapKey(of: keyFile)
+        let key = try await source.unlocker.unwrapKey(of: keyFile)
         let problems = try await BlockingExecutor.shared.run(.long) { [keyFile] in
-            let connection = try source.openConnection(key: key, keyFile: keyFile)
+            let connection = try source.opener.openConnection(key: key, keyFile: keyFile)
             defer { connection.close() }
             return try connection.integrityCheck()
         }
@@ -260,7 +234,7 @@ struct Restore {
         }
         if let target, let kekId {
             let resolved = try await target.health(kekId: kekId).kekId
-            keyFile.encryptedDek = try await database.wrapChecked(
+            keyFile.encryptedDek = try await database.unlocker.wrapChecked(
                 key, by: target, kekId: resolved, context: keyFile.encryptionContext)
             keyFile.kms = target.providerName
             keyFile.kekId = resolved
@@ -269,17 +243,17 @@ struct Restore {
         keyFile.format = keyFile.requiredFormat
         let sealed = keyFile.sealed(with: key)
         let temporary = DatabaseFiles(path).restoringCopy
-        database.removeDatabaseFiles(at: temporary)
+        DatabaseFiles.removeDatabase(at: temporary)
         do {
             try await BlockingExecutor.shared.run(.long) { try Restore.copyFile(backupPath, to: temporary) }
             try await Backup.place(temporary, at: path, keyFile: sealed)
         } catch {
-            database.removeDatabaseFiles(at: temporary)
+            DatabaseFiles.removeDatabase(at: temporary)
             throw error
         }
         // What was placed opens together.
         do {
-            try await database.proveOpens(with: key, keyFile: sealed)
+            try await database.opener.proveOpens(with: key, keyFile: sealed)
         } catch {
             _ = unlink(keyPath)
             _ = unlink(path)

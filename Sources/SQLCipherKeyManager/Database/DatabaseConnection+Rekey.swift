@@ -1,3 +1,4 @@
+import Foundation
 internal import CSQLCipher
 
 extension DatabaseConnection {
@@ -67,7 +68,7 @@ extension DatabaseConnection {
             // another connection writes.
             try execute("BEGIN")
             do {
-                counts = try Migration.tableRowCounts(self)
+                counts = try tableRowCounts()
                 let userVersion = try fetchAll("PRAGMA main.user_version").first?[0].integerValue ?? 0
                 let applicationID = try fetchAll("PRAGMA main.application_id").first?[0].integerValue ?? 0
                 try execute("SELECT sqlcipher_export('dbkey_export')")
@@ -91,6 +92,14 @@ extension DatabaseConnection {
 }
 
 extension DatabaseConnection {
+    /// `PRAGMA data_version`: it changes when another connection commits.
+    func dataVersion() throws -> Int64 {
+        guard let version = try fetchAll("PRAGMA data_version").first?[0].integerValue else {
+            throw DBKeyError(.sqlite, "PRAGMA data_version gave no answer for \(path).", path: path)
+        }
+        return version
+    }
+
     /// Copies what it can of the WAL into the database file without waiting for readers or
     /// writers (`sqlite3_wal_checkpoint_v2`, `PASSIVE`).
     ///
@@ -118,5 +127,21 @@ extension DatabaseConnection {
         var keep: Int32 = 1
         try check(
             sqlite3_file_control(try liveHandle(), "main", SQLITE_FCNTL_PERSIST_WAL, &keep), "keeping the WAL on close")
+    }
+}
+
+extension DatabaseConnection {
+    /// The number of rows of every table but SQLite's own, by name.
+    func tableRowCounts() throws -> [String: Int64] {
+        let tables = try fetchAll(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        .compactMap { $0[0].textValue }
+        var counts: [String: Int64] = [:]
+        for table in tables {
+            let quoted = "\"" + table.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+            counts[table] = try fetchAll("SELECT count(*) FROM \(quoted)").first?[0].integerValue
+        }
+        return counts
     }
 }

@@ -2,7 +2,7 @@ internal import CSQLCipher
 
 /// An open, keyed connection to an SQLCipher database.
 ///
-/// You get one from ``LocalDbKeyManager/open()``: by then the key has been applied, the cipher
+/// You get one from ``DatabaseKeyManager/open()``: by then the key has been applied, the cipher
 /// settings recorded in the `.key` file set, and the key proven by a first read. A connection
 /// is not thread-safe: use it from one task or thread at a time, as you would an `sqlite3*`.
 ///

@@ -4,7 +4,7 @@ internal import CSQLCipher
 /// format behind DBKey's journal, so that user SQL can never leave a database that its `.key`
 /// no longer opens.
 ///
-/// Refused on every connection the manager hands out (``LocalDbKeyManager/open()``, and so
+/// Refused on every connection the manager hands out (``DatabaseKeyManager/open()``, and so
 /// `dbkey sql`):
 /// - the keying pragmas, with or without a value: `key`, `rekey`, `hexkey`, `hexrekey`,
 ///   `textkey`, `textrekey`, `activate`, and `cipher_migrate`, which rewrites the format;
@@ -84,7 +84,7 @@ final class KeyChangeGuard {
             let name = (first ?? "").lowercased()
             if keyingPragmas.contains(name) {
                 return
-                    "PRAGMA \(name) would change the database's key behind its .key file, leaving a database nothing opens. Change keys with dbkey rotate (LocalDbKeyManager.rotateKey) or dbkey migrate."
+                    "PRAGMA \(name) would change the database's key behind its .key file, leaving a database nothing opens. Change keys with dbkey rotate (DatabaseKeyManager.rotateKey) or dbkey migrate."
             }
             if name == "temp_store_directory" || (name == "temp_store" && second != nil) {
                 return

@@ -18,57 +18,60 @@ final class CopyRotation: @unchecked Sendable {
     /// The database file, read through `holder`'s handle.
     private let source: DatabaseFileReader
     private var released = false
-    /// The database's size.
-    let size: Int64
+    /// The database's size, once SQLite's write lock is held.
+    private(set) var size: Int64 = 0
     /// The database file's inode when the copy began, and whether the copy has replaced it.
     private let replacedInode: Inode?
     private var swapped = false
 
     var copyPath: String { database.files.rotationCopy }
 
-    /// Opens the database with `key` (rolling back a hot journal), takes SQLite's write lock, and
-    /// waits until every page the WAL holds is in the database file.
-    ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another handle keeps the
-    ///   write lock, or a read keeps the WAL from being copied back by `deadline`; what opening
-    ///   throws.
-    private init(
-        database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile, deadline: ContinuousClock.Instant
-    ) throws {
+    /// Opens the database with `key`, which proves the key before anything else is done (a
+    /// failure says why it does not open), and rolls back a hot journal under it.
+    private init(database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile) throws {
         self.database = database
         replacedInode = try? FilePath(database.databasePath).stat().inode
-        // The open's first read rolls back a hot journal, under the current key.
-        holder = try database.openConnection(key: key, keyFile: keyFile)
+        holder = try database.opener.openConnection(key: key, keyFile: keyFile)
         do {
             source = try DatabaseFileReader(holder)
             try holder.keepWALWhenClosing()
-            // In rollback mode a RESERVED lock: readers go on, no writer starts. In WAL mode the
-            // WAL's write lock.
-            try holder.execute("BEGIN IMMEDIATE")
-            try Self.copyWALBack(of: database, key: key, keyFile: keyFile, until: deadline)
-            size = try source.size()
-            try database.reach(.copyingPages)
         } catch {
             holder.close()
             throw error
         }
     }
 
-    /// Copies every frame of the WAL into the database file, with the write lock held so that
-    /// none is added: a checkpoint that does not wait for the readers (`PASSIVE`), from a
-    /// connection of its own (the holder's transaction keeps it from checkpointing), repeated
-    /// until the readers that hold older snapshots have ended theirs. The WAL is not emptied:
-    /// readers may be using it. It goes at the swap, when they have closed; what it holds is
-    /// then in the database file, and on disk under the old key only in the file replaced.
-    private static func copyWALBack(
-        of database: ManagedDatabase, key: SecureBuffer, keyFile: KeyFile, until deadline: ContinuousClock.Instant
-    ) throws {
-        let checkpointer = try database.openConnection(key: key, keyFile: keyFile)
-        defer { checkpointer.close() }
+    /// Opens the connection that will hold SQLite's write lock through the copy, with the
+    /// current key: the rotation's proof that the key opens the database, before the KMS is
+    /// asked for a new one. Refused first when there is no room for a copy.
+    static func open(_ database: ManagedDatabase, keyFile: KeyFile, key: SecureBuffer) async throws -> CopyRotation {
+        // A copy left by an earlier run was removed when the change began (changingKey).
+        try database.requireRoomForCopy()
+        return try await BlockingExecutor.shared.run(.short) {
+            try CopyRotation(database: database, key: key, keyFile: keyFile)
+        }
+    }
+
+    /// Takes SQLite's write lock with every page of the WAL in the database file: `PASSIVE`
+    /// checkpoints (which do not wait for readers) until the readers holding older snapshots
+    /// have ended theirs, then `BEGIN IMMEDIATE` — in rollback mode a `RESERVED` lock, so that
+    /// readers go on and no writer starts. A commit between the checkpoint and the lock
+    /// (`PRAGMA data_version` moved) starts it over. The WAL is not emptied: readers may be
+    /// using it. It goes at the swap, when they have closed; what it holds is then in the
+    /// database file, and on disk under the old key only in the file replaced.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/databaseInUse`` when another handle keeps the
+    ///   write lock, or a read keeps the WAL from being copied back by `deadline`.
+    private func lockWithWALCopiedBack(until deadline: ContinuousClock.Instant) throws {
         while true {
-            let (frames, copied) = try checkpointer.checkpointWithoutWaiting()
+            let before = try holder.dataVersion()
+            let (frames, copied) = try holder.checkpointWithoutWaiting()
             // -1: not in WAL mode.
-            if frames <= 0 || copied == frames { return }
+            if frames <= 0 || copied == frames {
+                try holder.execute("BEGIN IMMEDIATE")
+                if try holder.dataVersion() == before { return }
+                try holder.execute("ROLLBACK")
+            }
             guard ContinuousClock.now < deadline else {
                 throw DBKeyError(
                     .databaseInUse,
@@ -82,33 +85,29 @@ final class CopyRotation: @unchecked Sendable {
     /// Locks the database and writes its re-encrypted copy, flushed to the disk, on the
     /// long-work lane. Readers of the database go on meanwhile.
     ///
-    /// - Returns: The copy in progress (the lock still held) and the record the journal keeps.
-    /// - Throws: Before anything is journaled; the copy is removed.
-    static func makeCopy(
-        of database: ManagedDatabase, keyFile: KeyFile, from currentKey: SecureBuffer, to newKey: SecureBuffer,
+    /// - Returns: The record the journal keeps; the lock stays held.
+    /// - Throws: Before anything is journaled; the copy is removed and the lock let go.
+    func makeCopy(
+        keyFile: KeyFile, from currentKey: SecureBuffer, to newKey: SecureBuffer,
         progress: (@Sendable (KeyChangeProgress) -> Void)?
-    ) async throws -> (CopyRotation, RotationCopy) {
-        let path = database.databasePath
-        let copyPath = DatabaseFiles(path).rotationCopy
+    ) async throws -> RotationCopy {
         let cipher = keyFile.cipher
-        // A copy left by an earlier run was removed when the change began (changingKey).
-        try database.requireRoomForCopy()
-        let total = (try? FilePath(path).stat().size) ?? 0
+        let total = (try? FilePath(database.databasePath).stat().size) ?? 0
         let reporter = reportProgress(of: [copyPath], total: total, phase: .rekeying, to: progress)
         defer { reporter?.cancel() }
         let deadline = ContinuousClock.now + database.configuration.quiesceTimeout
-        return try await BlockingExecutor.shared.run(.long) {
-            let rotation = try CopyRotation(database: database, key: currentKey, keyFile: keyFile, deadline: deadline)
+        return try await BlockingExecutor.shared.run(.long) { [self] in
             do {
-                let checksum = try rotation.writeCopy(
+                try lockWithWALCopiedBack(until: deadline)
+                size = try source.size()
+                try database.reach(.copyingPages)
+                let checksum = try writeCopy(
                     PageReencryption(cipher: cipher), from: currentKey, to: newKey,
-                    salt: try cipher.salt ?? rotation.readSalt())
-                let record = RotationCopy(
-                    name: FilePath(copyPath).lastComponent?.string ?? copyPath, size: rotation.size,
-                    checksum: checksum)
-                return (rotation, record)
+                    salt: try cipher.salt ?? readSalt())
+                return RotationCopy(
+                    name: FilePath(copyPath).lastComponent?.string ?? copyPath, size: size, checksum: checksum)
             } catch {
-                rotation.abandon()
+                abandon()
                 throw error
             }
         }
@@ -163,7 +162,7 @@ final class CopyRotation: @unchecked Sendable {
         try await BlockingExecutor.shared.run(.short) { [self] in
             do {
                 try database.reach(.swappingDatabase)
-                try database.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
+                try database.files.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
                 swapped = true
             } catch {
                 release()
@@ -202,7 +201,7 @@ final class CopyRotation: @unchecked Sendable {
     /// Lets the lock go and removes the copy: the rotation stops before anything is journaled.
     func abandon() {
         release()
-        database.removeDatabaseFiles(at: copyPath)
+        DatabaseFiles.removeDatabase(at: copyPath)
     }
 
     /// Ends SQLite's transaction and closes the connection.
@@ -217,36 +216,10 @@ final class CopyRotation: @unchecked Sendable {
 }
 
 extension ManagedDatabase {
-    /// Removes the database's journal, WAL and WAL index, which describe the file being replaced
-    /// (the caller copied them into it or rolled them back), then renames `copy` over the
-    /// database and flushes the directory, so that the rename survives a power loss.
-    ///
-    /// - Throws: ``DBKeyError/Code-swift.struct/io`` before the rename when one of them cannot
-    ///   be removed: a WAL left beside the new file would be replayed into it on the next open,
-    ///   its pages under the old key.
-    func replaceDatabase(with copy: String, action: String) throws {
-        for file in files.sqliteFiles {
-            do {
-                try valueOrErrno { unlink(file) }
-            } catch Errno.noSuchFileOrDirectory {
-                continue
-            } catch {
-                throw DBKeyError.io(error, "remove", file)
-            }
-        }
-        do {
-            try valueOrErrno { rename(copy, databasePath) }
-            let directory = FilePath(databasePath).removingLastComponent()
-            try ProtectedFile.synchronizeDirectory(directory.isEmpty ? "." : directory)
-        } catch {
-            throw DBKeyError.io(error, action, databasePath)
-        }
-    }
-
     /// Refuses a rotation by copy when the disk or the process's file-size limit has no room for
     /// a copy of the database, before anything is written.
     func requireRoomForCopy() throws {
-        let room = roomForRotation()
+        let room = files.roomForRotation()
         let limited = [room.free, room.fileSizeLimit].compactMap { $0 }.min()
         guard let limited, limited < room.databaseSize + UInt64(KeyFile.maximumSize) else { return }
         throw DBKeyError(

@@ -58,7 +58,7 @@ struct KeyChangeJournal {
         journaled.pending?.slots = slots
         journaled.pending?.copy = copy
         try database.reach(.writingPendingKeyFile)
-        let written = try await database.store(journaled, sealedWith: currentKey)
+        let written = try await database.keyStore.write(journaled, sealedWith: currentKey)
         try database.reach(.pendingKeyFileWritten)
         return written
     }
@@ -79,7 +79,7 @@ struct KeyChangeJournal {
     /// ``outcome(after:of:)`` for a change that makes the `.key` (a new or migrated database):
     /// complete when the settled `.key` exists with no record pending.
     func outcomeOfNewKeyFile(after error: any Error) async throws -> KeyFile? {
-        guard database.fileExists(database.keyFilePath) else { return nil }
+        guard DatabaseFiles.exists(database.keyFilePath) else { return nil }
         return try await outcome(after: error) { $0.pending == nil }
     }
 
@@ -88,10 +88,10 @@ struct KeyChangeJournal {
         guard !database.isCrashSimulated else { throw error }
         let settled: KeyFile
         do {
-            settled = try await settle(try database.load())
+            settled = try await settle(try database.keyStore.read())
         } catch let settling {
             // Settling removed an abandoned migration's .key: the change did not happen.
-            if !database.fileExists(database.keyFilePath) { return nil }
+            if !DatabaseFiles.exists(database.keyFilePath) { return nil }
             let reason = { (error: any Error) in (error as? DBKeyError)?.message ?? "\(type(of: error))" }
             throw DBKeyError(
                 .keyChangePending,
@@ -125,15 +125,16 @@ struct KeyChangeJournal {
 
     private func settleRotation(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
         let path = database.databasePath
-        let currentKey = try await database.unwrapKey(of: keyFile)
-        if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
-            let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
+        let currentKey = try await database.unlocker.unwrapKey(of: keyFile)
+        if try await database.opener.opens(path, with: currentKey, cipher: keyFile.cipher) {
+            let settled = try await database.keyStore.write(keyFile.abandoningPending(), sealedWith: currentKey)
             database.record(.keyChangeRecovered, settled, detail: "rotation rolled back: the current key was kept")
             return settled
         }
         let pendingKey = try await unwrapPendingKey(of: keyFile, pending)
-        if try await database.opens(path, with: pendingKey, cipher: keyFile.cipher) {
-            let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: pendingKey)
+        if try await database.opener.opens(path, with: pendingKey, cipher: keyFile.cipher) {
+            let settled = try await database.keyStore.write(
+                keyFile.completingPending(at: KeyFile.now()), sealedWith: pendingKey)
             database.record(.keyChangeRecovered, settled, detail: "rotation completed")
             return settled
         }
@@ -152,19 +153,19 @@ struct KeyChangeJournal {
         let path = database.databasePath
         let copyPath = database.files.rotationCopy
         let recorded = pending.copy.flatMap { $0.name == FilePath(copyPath).lastComponent?.string ? $0 : nil }
-        let currentKey = try await database.unwrapKey(of: keyFile)
+        let currentKey = try await database.unlocker.unwrapKey(of: keyFile)
         var pendingKey: SecureBuffer?
-        if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
+        if try await database.opener.opens(path, with: currentKey, cipher: keyFile.cipher) {
             guard let copy = recorded, try await isComplete(copy, at: copyPath, cipher: keyFile.cipher) else {
-                database.removeDatabaseFiles(at: copyPath)
-                let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
+                DatabaseFiles.removeDatabase(at: copyPath)
+                let settled = try await database.keyStore.write(keyFile.abandoningPending(), sealedWith: currentKey)
                 database.record(.keyChangeRecovered, settled, detail: "rotation rolled back: the current key was kept")
                 return settled
             }
             // Unwrapped before the rename: a KMS outage then changes nothing.
             pendingKey = try await unwrapPendingKey(of: keyFile, pending)
             try await BlockingExecutor.shared.run(.short) { [database] in
-                try database.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
+                try database.files.replaceDatabase(with: copyPath, action: "rename the re-encrypted copy over")
             }
         }
         let newKey: SecureBuffer
@@ -173,11 +174,12 @@ struct KeyChangeJournal {
         } else {
             newKey = try await unwrapPendingKey(of: keyFile, pending)
         }
-        guard try await database.opens(path, with: newKey, cipher: keyFile.cipher) else {
+        guard try await database.opener.opens(path, with: newKey, cipher: keyFile.cipher) else {
             throw neitherKeyOpens(keyFile, pending)
         }
-        database.removeDatabaseFiles(at: copyPath)
-        let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: newKey)
+        DatabaseFiles.removeDatabase(at: copyPath)
+        let settled = try await database.keyStore.write(
+            keyFile.completingPending(at: KeyFile.now()), sealedWith: newKey)
         database.record(.keyChangeRecovered, settled, detail: "rotation completed")
         return settled
     }
@@ -198,27 +200,29 @@ struct KeyChangeJournal {
         let key = try await unwrapPendingKey(of: keyFile, pending)
         // A migration's pending key is also its current key, which sealed the file.
         try keyFile.verifySeal(with: key, source: database.keyFilePath)
-        let migration = Migration(database: database)
+        let copy = EncryptedCopy(database: database)
         // The database is missing when a new database's copy was never swapped in (init).
-        let databaseExists = database.fileExists(database.databasePath)
+        let databaseExists = DatabaseFiles.exists(database.databasePath)
         let databaseOpens =
-            try await databaseExists ? database.opens(database.databasePath, with: key, cipher: keyFile.cipher) : false
+            try await databaseExists
+            ? database.opener.opens(database.databasePath, with: key, cipher: keyFile.cipher) : false
         if !databaseOpens {
-            guard database.fileExists(migration.copyPath) else {
+            guard DatabaseFiles.exists(copy.path) else {
                 // The swap never happened and the copy is gone (removed after a failure): the
                 // original is the database, unmanaged. Drop the journal — the whole .key, whose
                 // key never encrypted anything that exists — so the migration can run again.
-                if databaseExists, try database.readSalt() == Array("SQLite format 3\0".utf8) {
+                if databaseExists, try database.files.readSalt() == Array("SQLite format 3\0".utf8) {
                     try abandonMigration(keyFile)
                 }
                 throw neitherKeyOpens(keyFile, pending)
             }
-            guard try await database.opens(migration.copyPath, with: key, cipher: keyFile.cipher) else {
+            guard try await database.opener.opens(copy.path, with: key, cipher: keyFile.cipher) else {
                 throw neitherKeyOpens(keyFile, pending)
             }
-            try await migration.swapInCopyOffThePool()
+            try await copy.swapIn()
         }
-        let settled = try await database.store(keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
+        let settled = try await database.keyStore.write(
+            keyFile.completingPending(at: keyFile.createdAt), sealedWith: key)
         database.record(.keyChangeRecovered, settled, detail: "migration completed")
         return settled
     }
@@ -230,30 +234,31 @@ struct KeyChangeJournal {
     private func settleUpgrade(_ keyFile: KeyFile, _ pending: PendingOperation) async throws -> KeyFile {
         let path = database.databasePath
         let newCipher = pending.cipher ?? keyFile.cipher
-        let migration = Migration(database: database)
-        let currentKey = try await database.unwrapKey(of: keyFile)
-        if try await database.opens(path, with: currentKey, cipher: keyFile.cipher) {
+        let copy = EncryptedCopy(database: database)
+        let currentKey = try await database.unlocker.unwrapKey(of: keyFile)
+        if try await database.opener.opens(path, with: currentKey, cipher: keyFile.cipher) {
             let newKey = try await unwrapPendingKey(of: keyFile, pending)
-            guard database.fileExists(migration.copyPath),
-                try await database.opens(migration.copyPath, with: newKey, cipher: newCipher)
+            guard DatabaseFiles.exists(copy.path),
+                try await database.opener.opens(copy.path, with: newKey, cipher: newCipher)
             else {
-                database.removeDatabaseFiles(at: migration.copyPath)
-                let settled = try await database.store(keyFile.abandoningPending(), sealedWith: currentKey)
+                DatabaseFiles.removeDatabase(at: copy.path)
+                let settled = try await database.keyStore.write(keyFile.abandoningPending(), sealedWith: currentKey)
                 database.record(.keyChangeRecovered, settled, detail: "upgrade rolled back: the original was kept")
                 return settled
             }
-            try await migration.swapInCopyOffThePool()
+            try await copy.swapIn()
             return try await completeUpgrade(keyFile, newKey: newKey)
         }
         let newKey = try await unwrapPendingKey(of: keyFile, pending)
-        guard try await database.opens(path, with: newKey, cipher: newCipher) else {
+        guard try await database.opener.opens(path, with: newKey, cipher: newCipher) else {
             throw neitherKeyOpens(keyFile, pending)
         }
         return try await completeUpgrade(keyFile, newKey: newKey)
     }
 
     private func completeUpgrade(_ keyFile: KeyFile, newKey: SecureBuffer) async throws -> KeyFile {
-        let settled = try await database.store(keyFile.completingPending(at: KeyFile.now()), sealedWith: newKey)
+        let settled = try await database.keyStore.write(
+            keyFile.completingPending(at: KeyFile.now()), sealedWith: newKey)
         database.record(.keyChangeRecovered, settled, detail: "upgrade completed")
         return settled
     }
@@ -279,7 +284,7 @@ struct KeyChangeJournal {
     /// against the pending key check.
     func unwrapPendingKey(of keyFile: KeyFile, _ pending: PendingOperation) async throws -> SecureBuffer {
         do {
-            return try await database.unwrap(keyFile.pendingKey(pending), of: keyFile)
+            return try await database.unlocker.unwrap(keyFile.pendingKey(pending), of: keyFile)
         } catch let error as DBKeyError where error.code == .unsupportedFormat {
             throw DBKeyError(
                 .unsupportedFormat,

@@ -4,7 +4,7 @@ import SystemPackage
 
 /// DEK rotation: a new data key from the KMS, every page re-encrypted under it, journaled so
 /// that a crash at any moment loses nothing (see
-/// ``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``). Every key slot
+/// ``DatabaseKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``). Every key slot
 /// gets the new key in the same journaled change.
 ///
 /// By default the pages are re-encrypted into a copy on every core (``CopyRotation``), which
@@ -14,13 +14,13 @@ struct Rotation {
     let database: ManagedDatabase
     /// Leave out the slots whose provider cannot wrap the new key, instead of failing.
     var dropUnreachableSlots = false
-    /// A slot the rotated record no longer has (``LocalDbKeyManager/removeSlot(_:rotate:wait:)``).
+    /// A slot the rotated record no longer has (``DatabaseKeyManager/removeSlot(_:rotate:wait:)``).
     var removingSlot: Int?
     /// Re-encrypt with `PRAGMA rekey` in place instead of into a copy.
     var inPlace = false
 
     func run(wait: Duration, progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         // Readers go on while a copy is made; in place, every page changes under them.
         var madeCopy: CopyRotation?
         do {
@@ -41,16 +41,24 @@ struct Rotation {
         _ keyFile: KeyFile, progress: (@Sendable (KeyChangeProgress) -> Void)?, copyMade: (CopyRotation) -> Void
     ) async throws -> KeyFile {
         let journal = database.journal
-        let currentKey = try await database.unwrapKey(of: keyFile)
+        let currentKey = try await database.unlocker.unwrapKey(of: keyFile)
         // Nothing is journaled for a database the current key does not open (damaged, emptied,
-        // replaced): the rotation could neither finish nor be undone.
-        try await database.proveOpens(with: currentKey, keyFile: keyFile)
+        // replaced): the rotation could neither finish nor be undone. A rotation by copy proves
+        // it with the connection that holds the database through the copy; in place, with one
+        // of its own (the rekeying connection runs nothing before the rekey).
+        var copy: CopyRotation?
+        if inPlace {
+            try await database.opener.proveOpens(with: currentKey, keyFile: keyFile)
+        } else {
+            copy = try await CopyRotation.open(database, keyFile: keyFile, key: currentKey)
+            copy.map(copyMade)
+        }
         // The slots the rotated record will have: the primary's provider makes the new key.
         let target = try removingSlot.map { try keyFile.removingSlot($0, source: database.keyFilePath) } ?? keyFile
-        let kms = try database.provider(named: target.kms)
-        let newKey = try await database.newDataKey(from: kms, for: target)
+        let kms = try database.unlocker.provider(named: target.kms)
+        let newKey = try await database.unlocker.newDataKey(from: kms, for: target)
         let version = keyFile.version + 1
-        let (slots, dropped) = try await database.wrap(
+        let (slots, dropped) = try await database.unlocker.wrap(
             newKey.plaintext, under: target.slots, context: keyFile.encryptionContext, salt: keyFile.cipher.salt,
             version: version, dropUnreachable: dropUnreachableSlots)
         database.logger.debug(
@@ -61,25 +69,10 @@ struct Rotation {
             ])
         let journaled: KeyFile
         let changeDatabase: () async throws -> Void
-        if inPlace {
-            do {
-                journaled = try await journal.begin(
-                    .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: version, slots: slots,
-                    sealedWith: currentKey)
-            } catch {
-                // A record may be on disk: settle it now (nothing was rekeyed: it is dropped).
-                guard let settled = try await journal.outcome(after: error, of: keyFile) else { throw error }
-                return settled
-            }
-            changeDatabase = {
-                try database.reach(.changingDatabase)
-                try await rekey(from: currentKey, to: newKey.plaintext, keyFile: keyFile, progress: progress)
-            }
-        } else {
+        if let copy {
             try database.reach(.changingDatabase)
-            let (copy, record) = try await CopyRotation.makeCopy(
-                of: database, keyFile: keyFile, from: currentKey, to: newKey.plaintext, progress: progress)
-            copyMade(copy)
+            let record = try await copy.makeCopy(
+                keyFile: keyFile, from: currentKey, to: newKey.plaintext, progress: progress)
             do {
                 // Nothing is journaled yet: a read that does not finish in time leaves the key as it was.
                 try await database.closeReadersForSwap()
@@ -100,12 +93,27 @@ struct Rotation {
                 return settled
             }
             changeDatabase = { try await copy.swapIn() }
+        } else {
+            do {
+                journaled = try await journal.begin(
+                    .rotate, keyFile, newKey: newKey, provider: kms.providerName, version: version, slots: slots,
+                    sealedWith: currentKey)
+            } catch {
+                // A record may be on disk: settle it now (nothing was rekeyed: it is dropped).
+                guard let settled = try await journal.outcome(after: error, of: keyFile) else { throw error }
+                return settled
+            }
+            changeDatabase = {
+                try database.reach(.changingDatabase)
+                try await rekey(from: currentKey, to: newKey.plaintext, keyFile: keyFile, progress: progress)
+            }
         }
 
         do {
             try await changeDatabase()
             try database.reach(.verifyingNewKey)
-            guard try await database.opens(database.databasePath, with: newKey.plaintext, cipher: keyFile.cipher) else {
+            guard try await database.opener.opens(database.databasePath, with: newKey.plaintext, cipher: keyFile.cipher)
+            else {
                 throw DBKeyError(
                     .rotationInterrupted,
                     "The re-encryption reported success but the new key does not open \(database.databasePath).",
@@ -113,7 +121,7 @@ struct Rotation {
                 )
             }
             try database.reach(.writingFinalKeyFile)
-            let rotated = try await database.store(
+            let rotated = try await database.keyStore.write(
                 journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
             database.handOver(newKey.plaintext)
             recordRotation(rotated, from: keyFile, dropped: dropped)
@@ -145,7 +153,7 @@ struct Rotation {
     /// journal (a full disk, a file-size limit), or another process reading the database.
     private func rolledBack(_ keyFile: KeyFile) -> DBKeyError {
         let path = database.databasePath
-        let room = database.roomForRotation()
+        let room = database.files.roomForRotation()
         let size = room.databaseSize
         let noRoom =
             (room.free.map { $0 < room.needed } ?? false) || (room.fileSizeLimit.map { $0 < room.needed } ?? false)

@@ -2,7 +2,7 @@ import Foundation
 
 /// Moving a managed database from the SQLCipher 3 format to the SQLCipher 4 format, under a new
 /// data key: a copy made with `sqlcipher_export`, verified, flushed, journaled and swapped in,
-/// as a migration's is (see ``LocalDbKeyManager/upgrade(pageSize:progress:)``).
+/// as a migration's is (see ``DatabaseKeyManager/upgrade(pageSize:progress:)``).
 ///
 /// `PRAGMA cipher_migrate` is not used: it refuses raw-key databases with custom settings, such
 /// as DBKey's 4096-byte pages.
@@ -12,7 +12,7 @@ struct Upgrade {
     var pageSize = CipherSettings.newDatabasePageSize
 
     func run(progress: (@Sendable (KeyChangeProgress) -> Void)?) async throws -> KeyFile {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         return try await database.changingKey(wait: .zero) { keyFile in try await upgrade(keyFile, progress: progress) }
     }
 
@@ -28,35 +28,35 @@ struct Upgrade {
                 path: database.databasePath)
         }
         guard keyFile.cipher.format < 4 else { return keyFile }
-        let currentKey = try await database.unwrapKey(of: keyFile)
-        let migration = Migration(database: database)
+        let currentKey = try await database.unlocker.unwrapKey(of: keyFile)
+        let copy = EncryptedCopy(database: database)
         // A copy no pending record names is what a crash before the journal leaves: start again.
-        migration.removeMigrationCopy()
+        copy.remove()
         let rowCounts = try await BlockingExecutor.shared.run(.long) { [database] in
-            let original = try database.openConnection(key: currentKey, keyFile: keyFile)
+            let original = try database.opener.openConnection(key: currentKey, keyFile: keyFile)
             defer { original.close() }
-            try migration.checkpointForSwap(original)
-            return try Migration.tableRowCounts(original)
+            try copy.checkpointForSwap(original)
+            return try original.tableRowCounts()
         }
-        let kms = try database.provider(named: keyFile.kms)
-        let newKey = try await database.newDataKey(from: kms, for: keyFile)
+        let kms = try database.unlocker.provider(named: keyFile.kms)
+        let newKey = try await database.unlocker.newDataKey(from: kms, for: keyFile)
         var cipher = CipherSettings.new(format: 4, pageSize: pageSize)
         if database.configuration.plaintextHeader {
             cipher = cipher.withPlaintextHeader()
         }
-        cipher = try await migration.makeVerifiedCopy(
+        cipher = try await copy.make(
             key: newKey.plaintext, cipher: cipher, expectedRowCounts: rowCounts, progress: progress
-        ) { [database] in try database.openConnection(key: currentKey, keyFile: keyFile) }
+        ) { [database] in try database.opener.openConnection(key: currentKey, keyFile: keyFile) }
 
         // Every slot gets the new key, escrow seals bound to the copy's salt.
         let slots: [KeySlot]
         let dropped: [KeySlot]
         do {
-            (slots, dropped) = try await database.wrap(
+            (slots, dropped) = try await database.unlocker.wrap(
                 newKey.plaintext, under: keyFile.slots, context: keyFile.encryptionContext, salt: cipher.salt,
                 version: keyFile.version + 1, dropUnreachable: false)
         } catch {
-            migration.removeMigrationCopy()
+            copy.remove()
             throw error
         }
         let journaled: KeyFile
@@ -68,17 +68,17 @@ struct Upgrade {
             // A record may be on disk naming the copy: settle it now, as an open would. Never
             // remove what a journal points at: only a copy no pending record names.
             let settled = try await journal.outcome(after: error, of: keyFile)
-            if settled == nil, (try? database.load().pending) == nil {
-                migration.removeMigrationCopy()
+            if settled == nil, (try? database.keyStore.read().pending) == nil {
+                copy.remove()
             }
             guard let settled else { throw error }
             return recordUpgrade(settled, from: keyFile, dropped: dropped)
         }
         do {
             try database.reach(.swappingDatabase)
-            try await migration.swapInCopyOffThePool()
+            try await copy.swapIn()
             try database.reach(.writingFinalKeyFile)
-            let upgraded = try await database.store(
+            let upgraded = try await database.keyStore.write(
                 journaled.completingPending(at: KeyFile.now()), sealedWith: newKey.plaintext)
             return recordUpgrade(upgraded, from: keyFile, dropped: dropped)
         } catch {

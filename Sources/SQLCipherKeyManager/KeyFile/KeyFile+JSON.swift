@@ -39,7 +39,7 @@ extension KeyFile {
         self.kekId = try fields.nonEmptyString("kek_id")
         // Only the older seven-field form may leave the provider to be inferred from kek_id.
         self.kms = format == nil ? try fields.optionalString("kms") : try fields.nonEmptyString("kms")
-        self.encryptedDek = WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek"))
+        self.encryptedDek = WrappedDataKey(encoded: try fields.nonEmptyString("encrypted_dek"))
         self.version = try fields.positiveInteger("version")
         self.createdAt = try fields.date("created_at")
         self.rotatedAt = try fields.optionalDate("rotated_at")
@@ -331,7 +331,7 @@ private struct FieldReader {
         }
         var pending = PendingOperation(
             operation: operation,
-            encryptedDek: WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek")),
+            encryptedDek: WrappedDataKey(encoded: try fields.nonEmptyString("encrypted_dek")),
             kekId: try fields.nonEmptyString("kek_id"),
             kms: try fields.nonEmptyString("kms"),
             version: try fields.positiveInteger("version"),
@@ -401,7 +401,7 @@ private struct FieldReader {
                 number: number,
                 kms: try fields.nonEmptyString("kms"),
                 kekId: try fields.nonEmptyString("kek_id"),
-                encryptedDek: WrappedKey(encoded: try fields.nonEmptyString("encrypted_dek"))
+                encryptedDek: WrappedDataKey(encoded: try fields.nonEmptyString("encrypted_dek"))
             )
             if slot.isEscrow {
                 guard let publicKey = try fields.base64("public_key", byteCount: EscrowSeal.keyByteCount) else {

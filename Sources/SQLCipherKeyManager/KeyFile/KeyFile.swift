@@ -34,7 +34,7 @@ public struct KeyFile: Sendable, Hashable {
     /// The KEK the data key is wrapped under, as the provider resolved it.
     public package(set) var kekId: String
     /// The wrapped data key.
-    public package(set) var encryptedDek: WrappedKey
+    public package(set) var encryptedDek: WrappedDataKey
     /// The data key's generation: 1 at creation, one more at each rotation.
     public package(set) var version: Int
     /// When the database was put under management.
@@ -47,7 +47,7 @@ public struct KeyFile: Sendable, Hashable {
     package var dekSpec: String
     /// A check value telling whether an unwrapped key is this file's key; `nil` in older files.
     package var keyCheck: KeyCheck?
-    /// Days between rotations, for ``LocalDbKeyManager/needsRotation(now:)``; `nil` for never.
+    /// Days between rotations, for ``DatabaseKeyManager/needsRotation(now:)``; `nil` for never.
     public package(set) var rotationPeriodDays: Int?
     /// The SQLCipher settings applied on every open.
     public package(set) var cipher: CipherSettings
@@ -72,7 +72,7 @@ public struct KeyFile: Sendable, Hashable {
     package init(
         kms: String,
         kekId: String,
-        encryptedDek: WrappedKey,
+        encryptedDek: WrappedDataKey,
         createdAt: Date,
         encryptionContext: EncryptionContext,
         keyCheck: KeyCheck,
@@ -115,7 +115,7 @@ package struct PendingOperation: Sendable, Hashable {
     /// What is in progress.
     package var operation: KeyChangeKind
     /// The new data key, wrapped.
-    package var encryptedDek: WrappedKey
+    package var encryptedDek: WrappedDataKey
     /// The KEK the new data key is wrapped under.
     package var kekId: String
     /// The provider of that KEK.
@@ -142,7 +142,7 @@ package struct PendingOperation: Sendable, Hashable {
     /// Creates a pending record.
     package init(
         operation: KeyChangeKind,
-        encryptedDek: WrappedKey,
+        encryptedDek: WrappedDataKey,
         kekId: String,
         kms: String,
         version: Int,

@@ -13,7 +13,7 @@ import Logging
 ///         print(event.kind.rawValue, event.databasePath, event.provider ?? "-", event.dekVersion ?? 0)
 ///     }
 /// }
-/// let configuration = LocalDbKeyManager.Configuration(auditSink: AuditTrail())
+/// let configuration = DatabaseKeyManager.Configuration(auditSink: AuditTrail())
 /// ```
 public protocol AuditSink: Sendable {
     /// Records one event. Called on the task that caused it: return quickly.

@@ -1,7 +1,7 @@
 import Foundation
 import SystemPackage
 
-/// What ``LocalDbKeyManager/doctor(now:)`` found: every problem, each with its fix.
+/// What ``DatabaseKeyManager/doctor(now:)`` found: every problem, each with its fix.
 public struct DoctorReport: Sendable {
     /// One problem.
     public struct Finding: Sendable, Hashable {
@@ -26,7 +26,7 @@ public struct DoctorReport: Sendable {
     public var isHealthy: Bool { findings.isEmpty }
 }
 
-/// The read-only health report (see ``LocalDbKeyManager/doctor(now:)``).
+/// The read-only health report (see ``DatabaseKeyManager/doctor(now:)``).
 struct Doctor {
     let database: ManagedDatabase
     let now: Date
@@ -42,7 +42,7 @@ struct Doctor {
         let path = database.databasePath
         checkFiles()
         checkTemporaries()
-        guard database.fileExists(path) else {
+        guard DatabaseFiles.exists(path) else {
             add(
                 "database-missing", "\(path) does not exist.",
                 "Restore it from a backup, with the .key written with it.")
@@ -50,7 +50,7 @@ struct Doctor {
         }
         let keyFile: KeyFile
         do {
-            keyFile = try database.load()
+            keyFile = try database.keyStore.read()
         } catch let error as DBKeyError {
             add("key-file", error.message, "Restore \(database.keyFilePath) from a backup.")
             return report()
@@ -135,16 +135,16 @@ struct Doctor {
                 "Rotate or open the database once: the next key change removes it (or delete it).")
         }
         let path = database.databasePath
-        for (copy, what) in database.files.keyChangeCopies where database.fileExists(copy) {
+        for (copy, what) in database.files.keyChangeCopies where DatabaseFiles.exists(copy) {
             add(
                 "stale-temporary", "\(copy) is \(what).",
                 "Open the database once (dbkey verify \(path)): an open settles the change and removes a copy no record names."
             )
         }
-        for copy in [database.files.restoringCopy, database.files.backupCopy] where database.fileExists(copy) {
+        for copy in [database.files.restoringCopy, database.files.backupCopy] where DatabaseFiles.exists(copy) {
             add(
                 "stale-temporary", "\(copy) is the copy of a restore or backup to \(path) that was interrupted.",
-                database.fileExists(database.keyFilePath)
+                DatabaseFiles.exists(database.keyFilePath)
                     ? "Open the database once (dbkey verify \(path)): its .key was written, so the open puts the copy in place."
                     : "Delete it (rm \(copy)) and restore again: its .key was never written.")
         }
@@ -188,9 +188,9 @@ struct Doctor {
         for slot in keyFile.allSlots where !slot.isEscrow {
             let name = slot.number == 0 ? "The primary KEK (slot 0)" : "Key slot \(slot.number)"
             do {
-                let kms = try database.provider(named: slot.kms)
+                let kms = try database.unlocker.provider(named: slot.kms)
                 let health = try await kms.health(kekId: slot.kekId)
-                let key = try await database.unwrapKms(slot, context: keyFile.encryptionContext)
+                let key = try await database.unlocker.unwrapKms(slot, context: keyFile.encryptionContext)
                 if let check = keyFile.keyCheck, !check.matches(key) {
                     add(
                         "slot-broken",
@@ -219,13 +219,15 @@ struct Doctor {
     /// The `.key`'s salt and key against the database's first page, read without SQLite.
     private mutating func checkKeyFitsDatabase(_ keyFile: KeyFile) async {
         let cipher = keyFile.cipher
-        guard let key = try? await database.unwrapKey(of: keyFile) else { return }
+        guard let key = try? await database.unlocker.unwrapKey(of: keyFile) else { return }
         let salt: [UInt8]
         if cipher.plaintextHeaderSize > 0 {
             guard let recorded = cipher.salt else { return }
             salt = recorded
         } else {
-            guard let header = try? database.readSalt(), header.count == CipherSettings.saltByteCount else { return }
+            guard let header = try? database.files.readSalt(), header.count == CipherSettings.saltByteCount else {
+                return
+            }
             if header == Array("SQLite format 3\0".utf8) {
                 add(
                     "key-mismatch", "\(database.databasePath) is a plaintext SQLite database.",
@@ -263,7 +265,7 @@ struct Doctor {
         }
         guard !leftovers.isEmpty, !DatabaseLock.isHeld(databasePath: path) else { return }
         for file in leftovers {
-            if file == database.files.rollbackJournal, database.rollbackJournalIsUnusable() == true {
+            if file == database.files.rollbackJournal, database.files.rollbackJournalIsUnusable() == true {
                 add(
                     "stale-temporary",
                     "\(file) is a rollback journal SQLite will never roll back (its header was never completed): a write stopped before it began. An open leaves it; it may hold page images under the key of that time.",
@@ -281,7 +283,7 @@ struct Doctor {
     /// Room for a rotation: its journal is about the database's size.
     private mutating func checkDiskSpace() {
         let path = database.databasePath
-        let room = database.roomForRotation()
+        let room = database.files.roomForRotation()
         let needed = room.needed
         if let free = room.free, free < needed {
             add(

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Creating a managed database: a new data key, a new encrypted database, its `.key` file (see
-/// ``LocalDbKeyManager/initialize()``).
+/// ``DatabaseKeyManager/initialize()``).
 struct Initialization {
     let database: ManagedDatabase
 
@@ -17,27 +17,27 @@ struct Initialization {
             throw DBKeyError(.invalidConfiguration, "The rotation period must be 1 to 36500 days; got \(days).")
         }
         try configuration.encryptionContext.validate()
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         try database.requireNewDatabasesAllowed()
-        let kms = try database.newKeyProvider()
+        let kms = try database.unlocker.newKeyProvider(configured: database.configuration.kekProvider)
         if let reason = kms.primaryRefusal(kekId: configuration.kekId) {
             throw DBKeyError(.invalidConfiguration, "\(configuration.kekId) cannot be the primary KEK: \(reason)")
         }
         // Exclusive while the database exists without its .key, so that an open in another
         // process waits for the .key instead of finding it missing.
         let lockPath = database.files.lock
-        let lockExisted = database.fileExists(lockPath)
+        let lockExisted = DatabaseFiles.exists(lockPath)
         let lock = try await DatabaseLock.acquire(
             .exclusive, databasePath: database.databasePath, wait: configuration.openWait)
         defer { lock.release() }
-        if database.fileExists(database.keyFilePath) {
+        if DatabaseFiles.exists(database.keyFilePath) {
             throw DBKeyError(
                 .alreadyInitialized,
                 "\(database.keyFilePath) already exists: this database is already managed. Remove the .key file only if you mean to lose the database.",
                 path: database.keyFilePath
             )
         }
-        if database.fileExists(database.databasePath) {
+        if DatabaseFiles.exists(database.databasePath) {
             throw DBKeyError(
                 .alreadyInitialized,
                 "\(database.databasePath) already exists. To bring an existing database under management, migrate it (dbkey migrate).",
@@ -47,10 +47,10 @@ struct Initialization {
         // The new database is built beside its path and swapped in under the journal, as a
         // migration's copy is: a crash before the .key exists leaves only that copy (removed
         // here on the next try), and one after leaves a journal the next open completes.
-        let migration = Migration(database: database)
-        let copyPath = migration.copyPath
-        database.removeDatabaseFiles(at: copyPath)
-        try database.createEmptyDatabaseFile(at: copyPath)
+        let copy = EncryptedCopy(database: database)
+        let copyPath = copy.path
+        DatabaseFiles.removeDatabase(at: copyPath)
+        try DatabaseFiles.createEmptyFile(at: copyPath)
         var keyFile: KeyFile
         let dataKey: DataKey
         do {
@@ -68,18 +68,18 @@ struct Initialization {
             }
             cipher.sqlcipherVersion = engineVersion
             if cipher.salt == nil {
-                cipher.salt = try database.readSalt(of: copyPath)
+                cipher.salt = try DatabaseFiles.readSalt(of: copyPath)
             }
             // Success means the next open works: prove it as that open will, before anything
             // points at the new file.
             let draft = database.newKeyFile(for: dataKey, provider: kms.providerName, cipher: cipher)
-            guard try await database.opens(copyPath, with: dataKey.plaintext, cipher: cipher) else {
+            guard try await database.opener.opens(copyPath, with: dataKey.plaintext, cipher: cipher) else {
                 throw DBKeyError(
                     .invalidConfiguration,
                     "The new database does not open again with its settings (page size \(cipher.pageSize)); nothing was kept.",
                     path: database.databasePath)
             }
-            try await BlockingExecutor.shared.run(.short) { try Migration.synchronizeFile(copyPath) }
+            try await BlockingExecutor.shared.run(.short) { try DatabaseFiles.synchronize(copyPath) }
             keyFile = try await database.journal.begin(
                 .migrate, draft, newKey: dataKey, provider: kms.providerName, version: 1, sealedWith: dataKey.plaintext)
         } catch {
@@ -89,8 +89,8 @@ struct Initialization {
                 return created
             }
             // Never remove what a journal points at: only a copy no .key names.
-            if !database.fileExists(database.keyFilePath) {
-                database.removeDatabaseFiles(at: copyPath)
+            if !DatabaseFiles.exists(database.keyFilePath) {
+                DatabaseFiles.removeDatabase(at: copyPath)
                 // Nothing is left behind: not even the lock file, when this call made it (no
                 // database exists for anyone else to hold it for).
                 if !lockExisted {
@@ -101,9 +101,9 @@ struct Initialization {
         }
         do {
             try database.reach(.swappingDatabase)
-            try await migration.swapInCopyOffThePool()
+            try await copy.swapIn()
             try database.reach(.writingFinalKeyFile)
-            keyFile = try await database.store(
+            keyFile = try await database.keyStore.write(
                 keyFile.completingPending(at: keyFile.createdAt), sealedWith: dataKey.plaintext)
         } catch {
             // Journaled: what the record settles to is what happened.

@@ -1,6 +1,6 @@
 import Foundation
 
-/// What ``LocalDbKeyManager/status(now:)`` found about a managed database.
+/// What ``DatabaseKeyManager/status(now:)`` found about a managed database.
 public struct DatabaseKeyStatus: Sendable {
     /// The database file's path.
     public let databasePath: String
@@ -23,13 +23,13 @@ public struct DatabaseKeyStatus: Sendable {
     public var databaseOpens: Bool { openError == nil }
 
     /// Whether the database is in the SQLCipher 3 format while the linked SQLCipher writes the
-    /// 4 format: ``LocalDbKeyManager/upgrade(pageSize:progress:)`` (`dbkey upgrade`) would move it.
+    /// 4 format: ``DatabaseKeyManager/upgrade(pageSize:progress:)`` (`dbkey upgrade`) would move it.
     public var upgradeAvailable: Bool {
         keyFile.cipher.format < engine.newDatabaseFormat
     }
 
     /// Whether the data key is wrapped under an older version of its KEK than the newest one.
-    /// Rewrap it (``LocalDbKeyManager/rewrap(to:kekId:slot:wait:)`` with the same provider and KEK,
+    /// Rewrap it (``DatabaseKeyManager/rewrap(to:kekId:slot:wait:)`` with the same provider and KEK,
     /// `dbkey rewrap DATABASE`) before the old version is retired.
     public var wrappedUnderOlderKeyVersion: Bool {
         guard let wrappedKeyVersion, case .success(let health) = kmsHealth, let latest = health.latestKeyVersion
@@ -38,7 +38,7 @@ public struct DatabaseKeyStatus: Sendable {
     }
 }
 
-/// The status report (see ``LocalDbKeyManager/status(now:)``).
+/// The status report (see ``DatabaseKeyManager/status(now:)``).
 struct StatusCheck {
     let database: ManagedDatabase
 
@@ -50,8 +50,8 @@ struct StatusCheck {
         } catch let error as DBKeyError {
             openError = error
         }
-        let keyFile = try database.load()
-        let kms = try database.provider(named: keyFile.kms)
+        let keyFile = try database.keyStore.read()
+        let kms = try database.unlocker.provider(named: keyFile.kms)
         let health: Result<KmsHealth, DBKeyError>
         do {
             health = .success(try await kms.health(kekId: keyFile.kekId))

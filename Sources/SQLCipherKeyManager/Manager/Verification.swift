@@ -1,4 +1,4 @@
-/// What ``LocalDbKeyManager/verify()`` checked.
+/// What ``DatabaseKeyManager/verify()`` checked.
 public struct VerificationReport: Sendable {
     /// The `.key` file's contents.
     public let keyFile: KeyFile
@@ -8,7 +8,7 @@ public struct VerificationReport: Sendable {
     public let pageCount: Int64
 }
 
-/// The full check (see ``LocalDbKeyManager/verify()``).
+/// The full check (see ``DatabaseKeyManager/verify()``).
 struct Verification {
     let database: ManagedDatabase
 

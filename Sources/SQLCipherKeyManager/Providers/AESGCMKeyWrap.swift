@@ -23,7 +23,8 @@ package struct AESGCMKeyWrap: Sendable {
         Array(label.utf8) + [0x00] + context.canonicalEncoding
     }
 
-    package func wrap(_ key: SecureBuffer, under kek: SecureBuffer, context: EncryptionContext) throws -> WrappedKey {
+    package func wrap(_ key: SecureBuffer, under kek: SecureBuffer, context: EncryptionContext) throws -> WrappedDataKey
+    {
         guard key.count == RawKeyText.keyByteCount else {
             throw DBKeyError(
                 .invalidConfiguration, "Only 32-byte data keys can be wrapped; this one has \(key.count) bytes.")
@@ -33,10 +34,10 @@ package struct AESGCMKeyWrap: Sendable {
         let sealed = try KeyedCrypto.AESGCM.seal(
             key, key: kek, nonce: nonce, additionalData: additionalData(for: context))
         let blob = [AESGCMKeyWrap.formatVersion] + nonce + sealed.ciphertext + sealed.tag
-        return WrappedKey(encoded: Base64.encode(blob))
+        return WrappedDataKey(encoded: Base64.encode(blob))
     }
 
-    package func unwrap(_ wrapped: WrappedKey, under kek: SecureBuffer, context: EncryptionContext) throws
+    package func unwrap(_ wrapped: WrappedDataKey, under kek: SecureBuffer, context: EncryptionContext) throws
         -> SecureBuffer
     {
         guard let blob = wrapped.base64DecodedBytes,

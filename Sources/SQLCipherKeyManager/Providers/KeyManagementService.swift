@@ -40,12 +40,12 @@ public protocol KeyManagementService: Sendable {
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/ciphertextInvalid`` when the wrapped key was
     ///   altered or the context differs; other KMS codes otherwise.
-    func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer
+    func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer
 
     /// Wraps a plaintext data key under a KEK (used to move a key to another KEK).
     ///
     /// - Throws: ``DBKeyError`` with a KMS code.
-    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey
+    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey
 
     /// Checks that the KEK is usable and measures how long the service takes to answer.
     ///
@@ -54,7 +54,7 @@ public protocol KeyManagementService: Sendable {
 
     /// The version of the KEK a wrapped key was made with, for services that version their
     /// keys (Vault Transit's `vault:vN:`); `nil` otherwise.
-    func keyVersion(of wrapped: WrappedKey) -> Int?
+    func keyVersion(of wrapped: WrappedDataKey) -> Int?
 
     /// Whether a `.key` file in the older seven-field form — which has no `kms` field — belongs
     /// to this provider, judged by its `kek_id` (AWS claims `arn:aws:kms:…` and `alias/…`).
@@ -71,7 +71,7 @@ public protocol KeyManagementService: Sendable {
 
 extension KeyManagementService {
     /// `nil`: the service does not tell key versions apart in its ciphertexts.
-    public func keyVersion(of wrapped: WrappedKey) -> Int? { nil }
+    public func keyVersion(of wrapped: WrappedDataKey) -> Int? { nil }
 
     /// `false`: the provider claims no `.key` files of the older form.
     public func claimsLegacyKekId(_ kekId: String) -> Bool { false }
@@ -81,7 +81,7 @@ extension KeyManagementService {
 
 /// A service that can move a wrapped key to another of its KEKs (or to the newest version of the
 /// same one) without the plaintext leaving the service: AWS KMS's `ReEncrypt`, Vault Transit's
-/// `rewrap`. ``LocalDbKeyManager/rewrap(to:kekId:slot:wait:)`` uses it when source and target are the
+/// `rewrap`. ``DatabaseKeyManager/rewrap(to:kekId:slot:wait:)`` uses it when source and target are the
 /// same service.
 public protocol ServerSideRewrapping: KeyManagementService {
     /// Wraps the key inside `wrapped` under `destinationKekId`, inside the service.
@@ -90,11 +90,11 @@ public protocol ServerSideRewrapping: KeyManagementService {
     ///   caller then unwraps and wraps again).
     /// - Throws: ``DBKeyError`` with a KMS code.
     func serverSideRewrap(
-        _ wrapped: WrappedKey,
+        _ wrapped: WrappedDataKey,
         from sourceKekId: String,
         to destinationKekId: String,
         context: EncryptionContext
-    ) async throws -> WrappedKey?
+    ) async throws -> WrappedDataKey?
 }
 
 /// A data key in plaintext and wrapped, as returned by
@@ -103,13 +103,13 @@ public struct DataKey: Sendable {
     /// The 32 key bytes.
     public let plaintext: SecureBuffer
     /// The key wrapped under the KEK, as stored in the `.key` file.
-    public let wrapped: WrappedKey
+    public let wrapped: WrappedDataKey
     /// The KEK's id as the service resolved it (an alias becomes a key ARN, `default` becomes
     /// the local master key's fingerprint).
     public let kekId: String
 
     /// Creates a data key.
-    public init(plaintext: SecureBuffer, wrapped: WrappedKey, kekId: String) {
+    public init(plaintext: SecureBuffer, wrapped: WrappedDataKey, kekId: String) {
         self.plaintext = plaintext
         self.wrapped = wrapped
         self.kekId = kekId
@@ -120,7 +120,7 @@ public struct DataKey: Sendable {
 ///
 /// The text is the provider's own: base64 for the local provider and AWS KMS, `vault:v1:…` for
 /// Vault Transit. It is not secret.
-public struct WrappedKey: Sendable, Hashable, CustomStringConvertible {
+public struct WrappedDataKey: Sendable, Hashable, CustomStringConvertible {
     /// The wrapped key as stored in the `.key` file.
     public let encoded: String
 
@@ -134,7 +134,7 @@ public struct WrappedKey: Sendable, Hashable, CustomStringConvertible {
         Base64.decode(encoded)
     }
 
-    public var description: String { "WrappedKey(\(encoded.utf8.count) characters)" }
+    public var description: String { "WrappedDataKey(\(encoded.utf8.count) characters)" }
 }
 
 /// What ``KeyManagementService/health(kekId:)`` found.

@@ -135,7 +135,7 @@ public struct KekTarget: Sendable {
 ///
 /// ```swift
 /// let registry = KmsRegistry(providers: [try LocalKms.fromEnvironment(logger: logger), MyKms()])
-/// let manager = LocalDbKeyManager(
+/// let manager = DatabaseKeyManager(
 ///     databasePath: "app.db",
 ///     providers: registry,
 ///     configuration: .init(kekProvider: "local"),

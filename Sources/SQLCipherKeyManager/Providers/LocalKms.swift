@@ -22,7 +22,7 @@ import SystemPackage
 ///
 /// ```swift
 /// let kms = try LocalKms.fromEnvironment(logger: logger)
-/// let manager = LocalDbKeyManager(databasePath: "app.db", kms: kms, logger: logger)
+/// let manager = DatabaseKeyManager(databasePath: "app.db", kms: kms, logger: logger)
 /// ```
 ///
 /// Losing the master key loses every database wrapped under it: back it up.
@@ -154,11 +154,13 @@ public struct LocalKms: KeyManagementService {
         return DataKey(plaintext: key, wrapped: wrapped, kekId: LocalKms.kekId(for: masterKey))
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         try LocalKms.wrapping.unwrap(wrapped, under: try masterKey(for: kekId), context: context)
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         try LocalKms.wrapping.wrap(key, under: try masterKey(for: kekId), context: context)
     }
 

@@ -47,12 +47,12 @@ struct RateLimitedKms: KeyManagementService {
         return try await base.generateDataKey(kekId: kekId, context: context)
     }
 
-    func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
         try await limiter.acquire()
         return try await base.decrypt(wrapped, kekId: kekId, context: context)
     }
 
-    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         try await limiter.acquire()
         return try await base.encrypt(key, kekId: kekId, context: context)
     }
@@ -62,7 +62,7 @@ struct RateLimitedKms: KeyManagementService {
         return try await base.health(kekId: kekId)
     }
 
-    func keyVersion(of wrapped: WrappedKey) -> Int? { base.keyVersion(of: wrapped) }
+    func keyVersion(of wrapped: WrappedDataKey) -> Int? { base.keyVersion(of: wrapped) }
 
     func claimsLegacyKekId(_ kekId: String) -> Bool { base.claimsLegacyKekId(kekId) }
 }

@@ -27,7 +27,7 @@ import Synchronization
 /// - SQLite work runs on the package's own threads, never on Swift's cooperative pool.
 /// - A task waiting for a connection can be cancelled: it throws `CancellationError`.
 /// - A rotation by copy made in this process
-///   (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``) holds the
+///   (``DatabaseKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``) holds the
 ///   pool's writes while the copy is made: new writes wait, the running one finishes, the writer
 ///   closes and the shared lock is let go; reads go on. Just before the copy is swapped in, reads
 ///   pause too (running ones finish), every connection closes, and the pool reopens on the new
@@ -324,7 +324,7 @@ public final class ConnectionPool: Sendable {
     /// the KMS — and opens the writer. The caller set `reopening`.
     private func reopen(newKey: SecureBuffer?) async throws {
         defer { state.withLock { $0.endReopening() }.forEach { $0.resume() } }
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         let (lock, keyFile) = try await database.acquireSettled(wait: database.configuration.openWait)
         do {
             let current = state.withLock { $0.key }
@@ -333,10 +333,10 @@ public final class ConnectionPool: Sendable {
             }
             let key: SecureBuffer
             if let known {
-                try database.verifySeal(of: keyFile, with: known)
+                try database.keyStore.verifySeal(of: keyFile, with: known)
                 key = known
             } else {
-                key = try await database.unwrapKey(of: keyFile)
+                key = try await database.unlocker.unwrapKey(of: keyFile)
             }
             let generation = state.withLock { $0.generation }
             let writer = try await BlockingExecutor.shared.run(.short) { [self] in
@@ -356,7 +356,7 @@ public final class ConnectionPool: Sendable {
     private func makeConnection(key: SecureBuffer, keyFile: KeyFile, role: Role, generation: Int) throws
         -> PooledConnection
     {
-        let connection = try database.openConnection(key: key, keyFile: keyFile)
+        let connection = try database.opener.openConnection(key: key, keyFile: keyFile)
         do {
             try connection.guardAgainstKeyChanges()
             switch role {

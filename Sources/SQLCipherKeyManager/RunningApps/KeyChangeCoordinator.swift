@@ -1,11 +1,11 @@
 import Foundation
 import Synchronization
 
-/// An app's own SQLite stack (GRDB, SQLite.swift, C code keyed through ``DatabaseKey``) taking
+/// An app's own SQLite stack (GRDB, SQLite.swift, C code keyed through ``KeyLease``) taking
 /// part in key changes made while it runs.
 ///
 /// A key change needs the database alone: every handle keyed with the old key must be closed
-/// before the pages change. A coordinator registered with ``LocalDbKeyManager/register(_:)``
+/// before the pages change. A coordinator registered with ``DatabaseKeyManager/register(_:)``
 /// is asked to close its handles when a key change made in this process starts, and to reopen
 /// them when it ends — through the seam, which hands out the new key. (A coordinator whose reads
 /// can go on while a rotation's copy is made says so with ``readsGoOnDuringRotation``: see
@@ -13,9 +13,9 @@ import Synchronization
 ///
 /// ```swift
 /// final class NotesStore: KeyChangeCoordinator {
-///     let manager: LocalDbKeyManager
-///     let key = Mutex<DatabaseKey?>(nil)
-///     init(manager: LocalDbKeyManager) { self.manager = manager }
+///     let manager: DatabaseKeyManager
+///     let key = Mutex<KeyLease?>(nil)
+///     init(manager: DatabaseKeyManager) { self.manager = manager }
 ///
 ///     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
 ///         // Stop new work, let running work finish, close every handle; then:
@@ -26,7 +26,7 @@ import Synchronization
 ///     }
 ///
 ///     func reopenAfterKeyChange() async {
-///         let newKey = try? await manager.getOrCreateKey()  // key the app's handles with it
+///         let newKey = try? await manager.leaseKey()  // key the app's handles with it
 ///         key.withLock { $0 = newKey }
 ///     }
 /// }
@@ -36,7 +36,7 @@ import Synchronization
 /// that rekey is outside DBKey's journal, and the keying seam refuses it.
 public protocol KeyChangeCoordinator: AnyObject, Sendable {
     /// Stops new work on the database, waits for running work, closes every handle keyed with
-    /// the current key, and releases its ``DatabaseKey`` (and with it the shared lock).
+    /// the current key, and releases its ``KeyLease`` (and with it the shared lock).
     ///
     /// - Parameter deadline: When the key change gives up waiting.
     /// - Throws: To refuse: the key change then fails with
@@ -44,7 +44,7 @@ public protocol KeyChangeCoordinator: AnyObject, Sendable {
     ///   ``reopenAfterKeyChange()`` is called.
     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws
 
-    /// Reopens the handles through the seam (``LocalDbKeyManager/getOrCreateKey()``). Called
+    /// Reopens the handles through the seam (``DatabaseKeyManager/leaseKey()``). Called
     /// once after every key change the coordinator was closed for, whether it succeeded, failed
     /// or was refused.
     func reopenAfterKeyChange() async
@@ -58,7 +58,7 @@ public protocol KeyChangeCoordinator: AnyObject, Sendable {
     /// Called when a rotation by copy starts, for a coordinator whose reads go on
     /// (``readsGoOnDuringRotation``): stops new writes, waits for the running one, closes the
     /// handles that write, and lets go of the shared lock with
-    /// ``DatabaseKey/releaseLockForRotation()``, keeping the read-only handles open — they read
+    /// ``KeyLease/releaseLockForRotation()``, keeping the read-only handles open — they read
     /// the database as it was when the writes stopped, and the key still keys new ones.
     /// ``closeForKeyChange(before:)`` follows before the copy is swapped in, and must close
     /// those handles too and release the key.

@@ -11,7 +11,7 @@ import SystemPackage
 /// `<db>.key.rotate-claimed`, so that exactly one app answers and a withdrawn request is never
 /// carried out), rotates online, and writes the outcome to `<db>.key.rotate-result`, which the
 /// requester reads and removes. `dbkey rotate --request` is the requester; so is
-/// ``LocalDbKeyManager/requestRotation(timeout:dropUnreachableSlots:)``.
+/// ``DatabaseKeyManager/requestRotation(timeout:dropUnreachableSlots:)``.
 ///
 /// The files hold no key material: an id, a flag, and the outcome (a key version, or an error
 /// code and message). They are written atomically with mode 0600, and read only as regular
@@ -124,7 +124,7 @@ public enum RotationRequest {
     // MARK: - The requester's side
 
     /// Leaves a request, waits up to `timeout` for an app to claim and answer it, and returns
-    /// the rotated `.key` — see ``LocalDbKeyManager/requestRotation(timeout:dropUnreachableSlots:)``.
+    /// the rotated `.key` — see ``DatabaseKeyManager/requestRotation(timeout:dropUnreachableSlots:)``.
     static func request(
         database: ManagedDatabase, timeout: Duration, dropUnreachableSlots: Bool
     ) async throws -> KeyFile {
@@ -216,7 +216,7 @@ public enum RotationRequest {
         return { database in
             if result.status == .rotated {
                 do {
-                    return try database.load()
+                    return try database.keyStore.read()
                 } catch {
                     throw unread("reading the rotated .key", error)
                 }

@@ -202,7 +202,7 @@ enum EscrowSeal {
     /// Seals `key` to `publicKey` for the database with `salt` at data key `version`.
     static func seal(
         _ key: SecureBuffer, to publicKey: EscrowPublicKey, context: EncryptionContext, salt: [UInt8], version: Int
-    ) throws -> WrappedKey {
+    ) throws -> WrappedDataKey {
         try publicKey.requireSafeToSealTo()
         do {
             let recipient = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: publicKey.rawRepresentation)
@@ -210,7 +210,7 @@ enum EscrowSeal {
             let sealed = try key.withUnsafeBytes {
                 try sender.seal($0, authenticating: aad(salt: salt, version: version))
             }
-            return WrappedKey(encoded: Base64.encode(Array(sender.encapsulatedKey) + Array(sealed)))
+            return WrappedDataKey(encoded: Base64.encode(Array(sender.encapsulatedKey) + Array(sealed)))
         } catch {
             throw DBKeyError(.invalidConfiguration, "Sealing the data key to the escrow key \(publicKey.id) failed.")
         }
@@ -221,7 +221,7 @@ enum EscrowSeal {
     /// - Throws: ``DBKeyError/Code-swift.struct/ciphertextInvalid`` when the seal was altered,
     ///   belongs to another database, salt or key version, or to another escrow key.
     static func open(
-        _ wrapped: WrappedKey, with privateKey: EscrowPrivateKey, context: EncryptionContext, salt: [UInt8],
+        _ wrapped: WrappedDataKey, with privateKey: EscrowPrivateKey, context: EncryptionContext, salt: [UInt8],
         version: Int
     ) throws -> SecureBuffer {
         guard let blob = wrapped.base64DecodedBytes, blob.count == sealedByteCount else {

@@ -22,7 +22,7 @@ public struct KeySlot: Sendable, Hashable {
     public package(set) var kekId: String
     /// The wrapped data key; for an escrow slot, base64 of the HPKE encapsulated key (32
     /// bytes) followed by the sealed data key (48 bytes).
-    public package(set) var encryptedDek: WrappedKey
+    public package(set) var encryptedDek: WrappedDataKey
     /// The escrow public key (an X25519 key), for an escrow slot; `nil` otherwise.
     public package(set) var escrowPublicKey: EscrowPublicKey?
     /// Fields this version does not know, kept as they were.
@@ -30,7 +30,7 @@ public struct KeySlot: Sendable, Hashable {
 
     /// Creates a slot.
     package init(
-        number: Int, kms: String, kekId: String, encryptedDek: WrappedKey, escrowPublicKey: EscrowPublicKey? = nil
+        number: Int, kms: String, kekId: String, encryptedDek: WrappedDataKey, escrowPublicKey: EscrowPublicKey? = nil
     ) {
         self.number = number
         self.kms = kms
@@ -49,7 +49,7 @@ public struct KeySlot: Sendable, Hashable {
     public var isUnsafeEscrow: Bool { escrowPublicKey?.hasSmallOrder ?? false }
 
     /// The slot with another wrapped key: the same slot for a new data key.
-    func holding(_ wrapped: WrappedKey) -> KeySlot {
+    func holding(_ wrapped: WrappedDataKey) -> KeySlot {
         var slot = self
         slot.encryptedDek = wrapped
         return slot

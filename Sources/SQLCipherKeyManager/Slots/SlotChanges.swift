@@ -13,7 +13,7 @@ struct SlotChanges {
                     "Slot \(existing.number) of \(database.keyFilePath) is already under \(target.providerName) \(resolved).",
                     path: database.keyFilePath, kekId: resolved)
             }
-            let wrapped = try await database.wrapChecked(
+            let wrapped = try await database.unlocker.wrapChecked(
                 key, by: target, kekId: resolved, context: keyFile.encryptionContext)
             return KeySlot(
                 number: keyFile.nextSlotNumber, kms: target.providerName, kekId: resolved, encryptedDek: wrapped)
@@ -42,13 +42,13 @@ struct SlotChanges {
     /// Removes slot `number` with the data key unchanged, after checking that another
     /// provider's slot still gives the key.
     func remove(_ number: Int, wait: Duration) async throws -> KeyFile {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         return try await database.changingKey(wait: wait) { keyFile in
-            let key = try await database.unwrapKey(of: keyFile)
+            let key = try await database.unlocker.unwrapKey(of: keyFile)
             let result = try keyFile.removingSlot(number, source: database.keyFilePath)
             var working: KeySlot?
             for slot in result.allSlots where !slot.isEscrow {
-                if let unwrapped = try? await database.unwrapKms(slot, context: keyFile.encryptionContext),
+                if let unwrapped = try? await database.unlocker.unwrapKms(slot, context: keyFile.encryptionContext),
                     unwrapped == key
                 {
                     working = slot
@@ -62,7 +62,7 @@ struct SlotChanges {
                     path: database.keyFilePath)
             }
             let removed = keyFile.allSlots.first { $0.number == number }
-            let stored = try await database.store(result, sealedWith: key)
+            let stored = try await database.keyStore.write(result, sealedWith: key)
             database.audit.record(
                 AuditEvent(
                     kind: .slotRemoved, databasePath: database.databasePath, provider: removed?.kms,
@@ -76,20 +76,20 @@ struct SlotChanges {
     func recover(
         through access: KeySlotAccess, to target: any KeyManagementService, kekId: String, wait: Duration
     ) async throws -> KeyFile {
-        let recovering = database.through(access)
-        try recovering.refuseSymbolicLink()
+        let recovering = database.restricted(to: access)
+        try recovering.opener.refuseSymbolicLink()
         return try await recovering.changingKey(wait: wait) { keyFile in
-            let key = try await recovering.unwrapKey(of: keyFile)
-            try await recovering.proveOpens(with: key, keyFile: keyFile)
+            let key = try await recovering.unlocker.unwrapKey(of: keyFile)
+            try await recovering.opener.proveOpens(with: key, keyFile: keyFile)
             let resolved = try await target.health(kekId: kekId).kekId
             var recovered = keyFile
             recovered.kms = target.providerName
             recovered.kekId = resolved
-            recovered.encryptedDek = try await recovering.wrapChecked(
+            recovered.encryptedDek = try await recovering.unlocker.wrapChecked(
                 key, by: target, kekId: resolved, context: keyFile.encryptionContext)
             // A slot under the new primary's KEK would only repeat it.
             recovered.slots.removeAll { $0.kms == target.providerName && $0.kekId == resolved }
-            let stored = try await recovering.store(recovered, sealedWith: key)
+            let stored = try await recovering.keyStore.write(recovered, sealedWith: key)
             let through: String
             switch access {
             case .automatic: through = "the slots an open may use"
@@ -108,7 +108,7 @@ struct SlotChanges {
     private func changing(
         wait: Duration, _ makeSlot: (KeyFile, SecureBuffer) async throws -> KeySlot
     ) async throws -> KeyFile {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         return try await database.changingKey(wait: wait) { keyFile in
             guard keyFile.slots.count < KeySlot.maximumAdditionalSlots else {
                 throw DBKeyError(
@@ -116,16 +116,16 @@ struct SlotChanges {
                     "\(database.keyFilePath) already has \(KeySlot.maximumAdditionalSlots) slots besides its primary KEK, the most a .key file holds. Remove one first (dbkey slot remove).",
                     path: database.keyFilePath)
             }
-            let key = try await database.unwrapKey(of: keyFile)
-            try await database.proveOpens(with: key, keyFile: keyFile)
+            let key = try await database.unlocker.unwrapKey(of: keyFile)
+            try await database.opener.proveOpens(with: key, keyFile: keyFile)
             var updated = keyFile
             if updated.cipher.salt == nil {
                 // Older files record no salt; the database's own is what escrow seals bind to.
-                updated.cipher.salt = try database.readSalt()
+                updated.cipher.salt = try database.files.readSalt()
             }
             let slot = try await makeSlot(updated, key)
             updated.slots.append(slot)
-            let stored = try await database.store(updated, sealedWith: key)
+            let stored = try await database.keyStore.write(updated, sealedWith: key)
             database.audit.record(
                 AuditEvent(
                     kind: .slotAdded, databasePath: database.databasePath, provider: slot.kms, kekId: slot.kekId,

@@ -55,8 +55,8 @@ extension DBKeyError.Code {
     var isKmsRefusal: Bool { self == .kmsAccessDenied || self == .kmsKeyDisabled || self == .kmsKeyNotFound }
 }
 
-extension ManagedDatabase {
-    /// Unwraps `key` through the slots ``slotAccess`` allows, checking the result against the
+extension KeyUnlocker {
+    /// Unwraps `key` through the slots ``access`` allows, checking the result against the
     /// key check; a slot other than the primary is an audit event.
     ///
     /// An altered wrapped key (`ciphertext-invalid`) or a key that fails the key check is never
@@ -86,13 +86,13 @@ extension ManagedDatabase {
 
     private func unwrapThroughSlots(_ key: SlottedKey, of keyFile: KeyFile) async throws -> (SecureBuffer, KeySlot) {
         let context = keyFile.encryptionContext
-        switch slotAccess {
+        switch access {
         case .escrow(let privateKey):
             let publicKey = privateKey.publicKey
             guard let slot = key.slots.first(where: { $0.escrowPublicKey == publicKey }) else {
                 throw DBKeyError(
                     .kmsKeyNotFound,
-                    "No escrow slot of \(keyFilePath) is sealed to the escrow key \(publicKey.id) (its slots: \(Self.describe(key.allSlots))).",
+                    "No escrow slot of \(keyFilePath) is sealed to the escrow key \(publicKey.id) (its slots: \(KeySlot.describe(key.allSlots))).",
                     path: keyFilePath, kekId: publicKey.id)
             }
             guard let salt = key.salt else {
@@ -105,7 +105,7 @@ extension ManagedDatabase {
             guard let slot = key.allSlots.first(where: { $0.number == number }) else {
                 throw DBKeyError(
                     .invalidConfiguration,
-                    "\(keyFilePath) has no slot \(number) for its \(key.role) key (its slots: \(Self.describe(key.allSlots))).",
+                    "\(keyFilePath) has no slot \(number) for its \(key.role) key (its slots: \(KeySlot.describe(key.allSlots))).",
                     path: keyFilePath)
             }
             guard !slot.isEscrow else {
@@ -123,7 +123,7 @@ extension ManagedDatabase {
                 guard !key.slots.isEmpty else { throw primaryError }
                 let allowed =
                     primaryError.code == .kmsUnavailable
-                    || (primaryError.code.isKmsRefusal && configuration.slotFallback == .whenUnavailableOrRefused)
+                    || (primaryError.code.isKmsRefusal && slotFallback == .whenUnavailableOrRefused)
                 guard allowed, !others.isEmpty else {
                     guard primaryError.code == .kmsUnavailable || primaryError.code.isKmsRefusal else {
                         throw primaryError
@@ -133,7 +133,7 @@ extension ManagedDatabase {
                         ? "no other provider's slot can stand in"
                         : "a refusal is a revocation or a loss, so no other slot is tried (Configuration.slotFallback opts in)"
                     throw primaryError.adding(
-                        "The primary KEK failed and \(why); other slots: \(Self.describe(key.slots)). An operator can recover through one: dbkey recover \(databasePath) --slot N | --escrow-private-key FILE --to KEK_URI."
+                        "The primary KEK failed and \(why); other slots: \(KeySlot.describe(key.slots)). An operator can recover through one: dbkey recover \(databasePath) --slot N | --escrow-private-key FILE --to KEK_URI."
                     )
                 }
                 var failures: [String] = []
@@ -159,13 +159,15 @@ extension ManagedDatabase {
             throw error.about(path: keyFilePath, kekId: slot.kekId)
         }
     }
-
-    /// "0 (local local:…), 1 (escrow x25519:…)", for messages.
-    static func describe(_ slots: [KeySlot]) -> String {
-        slots.map { "\($0.number) (\($0.kms) \($0.kekId))" }.joined(separator: ", ")
-    }
 }
 
 extension SlottedKey {
     var allSlots: [KeySlot] { [primary] + slots }
+}
+
+extension KeySlot {
+    /// "0 (local local:…), 1 (escrow x25519:…)", for messages.
+    static func describe(_ slots: [KeySlot]) -> String {
+        slots.map { "\($0.number) (\($0.kms) \($0.kekId))" }.joined(separator: ", ")
+    }
 }

@@ -1,11 +1,11 @@
 import Logging
 
-extension ManagedDatabase {
+extension KeyUnlocker {
     /// Wraps `key` under `kekId` of `target` and unwraps it again, so that a misconfigured
     /// target never gets into a `.key` file.
     func wrapChecked(
         _ key: SecureBuffer, by target: any KeyManagementService, kekId: String, context: EncryptionContext
-    ) async throws -> WrappedKey {
+    ) async throws -> WrappedDataKey {
         let wrapped = try await target.encrypt(key, kekId: kekId, context: context)
         try await requireUnwraps(wrapped, to: key, by: target, kekId: kekId, context: context)
         return wrapped
@@ -13,7 +13,7 @@ extension ManagedDatabase {
 
     /// Checks that `target` gives `key` back from `wrapped`.
     func requireUnwraps(
-        _ wrapped: WrappedKey, to key: SecureBuffer, by target: any KeyManagementService, kekId: String,
+        _ wrapped: WrappedDataKey, to key: SecureBuffer, by target: any KeyManagementService, kekId: String,
         context: EncryptionContext
     ) async throws {
         guard try await target.decrypt(wrapped, kekId: kekId, context: context) == key else {
@@ -73,7 +73,9 @@ extension ManagedDatabase {
         }
         return (wrapped, dropped)
     }
+}
 
+extension ManagedDatabase {
     /// One `slot-removed` audit event for each slot of `keyFile` that `changed` no longer has,
     /// saying why: left out by ``wrap(_:under:context:salt:version:dropUnreachable:)`` or
     /// removed by the `change`.
@@ -118,7 +120,7 @@ extension KeyFile {
         guard slots.contains(where: { $0.number == number }) else {
             throw DBKeyError(
                 .invalidConfiguration,
-                "\(source) has no slot \(number) (its slots: \(ManagedDatabase.describe(allSlots))).", path: source)
+                "\(source) has no slot \(number) (its slots: \(KeySlot.describe(allSlots))).", path: source)
         }
         result.slots.removeAll { $0.number == number }
         return result

@@ -30,7 +30,7 @@ struct BackupTests {
         ]
         writer.environment = workspace.environment
         try writer.run()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: database, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
         var before: Int64 = 0
         let deadline = ContinuousClock.now + .seconds(60)
@@ -69,7 +69,7 @@ struct BackupTests {
         #expect(keyFile.version == 1 && keyFile.keyCheck != liveCheck)
         #expect(try await !sqlcipherShellOpensDatabase(backup, key: liveKey, cipher: keyFile.cipher))
         let restored = database.directory.file("restored.db")
-        let manager = LocalDbKeyManager(databasePath: restored, kms: try localKms(), logger: silentLogger)
+        let manager = DatabaseKeyManager(databasePath: restored, kms: try localKms(), logger: silentLogger)
         try await manager.restore(from: backup)
         try await TestDatabase.expectItems(manager, rows: 40)
     }
@@ -84,7 +84,7 @@ struct BackupTests {
         // A new device: a master key that never wrapped this database.
         let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
         let restored = database.directory.file("restored.db")
-        let manager = LocalDbKeyManager(databasePath: restored, kms: newMaster, logger: silentLogger)
+        let manager = DatabaseKeyManager(databasePath: restored, kms: newMaster, logger: silentLogger)
         await expectError(.kmsKeyNotFound) { try await manager.restore(from: backup) }
         #expect(!FileManager.default.fileExists(atPath: restored))
         try await manager.restore(from: backup, through: .escrow(escrow), rewrapTo: newMaster, kekId: "default")
@@ -100,7 +100,7 @@ struct BackupTests {
         let other = try await TestDatabase(rows: 5)
         for victim in [other.path, other.path + ".key"] {
             let before = try contents(victim)
-            let manager = LocalDbKeyManager(databasePath: other.path, kms: try localKms(), logger: silentLogger)
+            let manager = DatabaseKeyManager(databasePath: other.path, kms: try localKms(), logger: silentLogger)
             await expectError(.alreadyInitialized) { try await manager.restore(from: backup) }
             #expect(try contents(victim) == before)
         }
@@ -120,7 +120,7 @@ struct BackupTests {
         let original = try contents(backup)
         #expect(original.count >= 4096 * 6)
         let restored = database.directory.file("restored.db")
-        let manager = LocalDbKeyManager(databasePath: restored, kms: try localKms(), logger: silentLogger)
+        let manager = DatabaseKeyManager(databasePath: restored, kms: try localKms(), logger: silentLogger)
         func expectNothingRestored(sourceLocation: SourceLocation = #_sourceLocation) throws {
             let names = try FileManager.default.contentsOfDirectory(atPath: database.directory.path)
             #expect(
@@ -191,7 +191,7 @@ struct BackupTests {
         // The copy cannot grow past 64 KiB: the write fails (SIGXFSZ ignored, as a full disk would).
         let workspaceEnvironment = [
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-            LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
+            DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
             LocalKms.masterKeyVariable: testMasterKeyBase64,
         ]
         let shell = try requireTool("sh", installedBy: "dash")
@@ -210,7 +210,7 @@ struct BackupTests {
 
 extension TestDatabase {
     /// Checks that `manager` opens a database with `rows` rows of ``TestDatabase``'s `item` table.
-    static func expectItems(_ manager: LocalDbKeyManager, rows: Int, sourceLocation: SourceLocation = #_sourceLocation)
+    static func expectItems(_ manager: DatabaseKeyManager, rows: Int, sourceLocation: SourceLocation = #_sourceLocation)
         async throws
     {
         let db = try await manager.open()

@@ -17,7 +17,7 @@ struct FleetTests {
             let folder = root + "/tenant-\(index / 20)"
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let path = folder + "/user-\(index).db"
-            let manager = LocalDbKeyManager(databasePath: path, kms: kms, logger: silentLogger)
+            let manager = DatabaseKeyManager(databasePath: path, kms: kms, logger: silentLogger)
             try await manager.initialize()
             let db = try await manager.open()
             try db.execute("CREATE TABLE note(n INTEGER); INSERT INTO note VALUES (\(index))")
@@ -37,7 +37,7 @@ struct FleetTests {
     /// Whether every database opens with `kms` and holds its own row.
     static func expectOpening(_ paths: [String], kms: any KeyManagementService) async throws {
         for (index, path) in paths.enumerated() {
-            let db = try await LocalDbKeyManager(
+            let db = try await DatabaseKeyManager(
                 databasePath: path, kms: kms, configuration: .init(keyCacheTTL: .zero), logger: silentLogger
             ).open()
             #expect(try db.fetchAll("SELECT n FROM note").first?[0] == .integer(Int64(index)), "\(path)")
@@ -66,7 +66,7 @@ struct FleetTests {
         var held: [DatabaseConnection] = []
         for path in paths.prefix(5) {
             held.append(
-                try await LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
+                try await DatabaseKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
         }
         defer { held.forEach { $0.close() } }
 
@@ -136,7 +136,7 @@ struct FleetTests {
         var held: [DatabaseConnection] = []
         for path in paths.prefix(3) {
             held.append(
-                try await LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
+                try await DatabaseKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger).open())
         }
         // A master key kept beside the databases is no database's .key; an empty .key is.
         _ = try DBKeyCLITests.masterKeyFile(workspace, "tenants/tenant-0/master.key")

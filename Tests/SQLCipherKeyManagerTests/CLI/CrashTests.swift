@@ -14,7 +14,7 @@ struct CrashTests {
     var environment: [String: String] {
         [
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-            LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
+            DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
             LocalKms.masterKeyVariable: testMasterKeyBase64,
         ]
     }
@@ -143,7 +143,7 @@ struct CrashTests {
                 attributes: [.posixPermissions: 0o600]))
         let escrow = try EscrowPrivateKey.generate()
         let target = directory.file("app.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: target, kms: try LocalKms(masterKey: first, otherMasterKeys: [second]), logger: silentLogger)
         try await manager.initialize()
         try await fillItems(UncheckedConnection(try await manager.open()))
@@ -151,23 +151,23 @@ struct CrashTests {
         try await manager.addEscrowSlot(escrow.publicKey)
         let both = [LocalKms.otherMasterKeyFilesVariable: secondPath]
         // Each slot alone: the primary's master key, the second one through slot 1, the escrow key.
-        let openers: [(String, @Sendable (String) throws -> LocalDbKeyManager)] = [
+        let openers: [(String, @Sendable (String) throws -> DatabaseKeyManager)] = [
             (
                 "primary",
-                { LocalDbKeyManager(databasePath: $0, kms: try LocalKms(masterKey: first), logger: silentLogger) }
+                { DatabaseKeyManager(databasePath: $0, kms: try LocalKms(masterKey: first), logger: silentLogger) }
             ),
             (
                 "slot 1",
                 {
-                    LocalDbKeyManager(databasePath: $0, kms: try LocalKms(masterKey: second), logger: silentLogger)
-                        .through(.slot(1))
+                    DatabaseKeyManager(databasePath: $0, kms: try LocalKms(masterKey: second), logger: silentLogger)
+                        .restricted(to: .slot(1))
                 }
             ),
             (
                 "escrow",
                 {
-                    LocalDbKeyManager(databasePath: $0, kms: try LocalKms(masterKey: second), logger: silentLogger)
-                        .through(.escrow(escrow))
+                    DatabaseKeyManager(databasePath: $0, kms: try LocalKms(masterKey: second), logger: silentLogger)
+                        .restricted(to: .escrow(escrow))
                 }
             ),
         ]
@@ -236,7 +236,8 @@ struct CrashTests {
                 let pending = try KeyFile.read(from: target + ".key").pending != nil
                 outcomes[pending ? "encrypted, swap pending" : "encrypted", default: 0] += 1
                 connection = UncheckedConnection(
-                    try await LocalDbKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger).open())
+                    try await DatabaseKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger).open()
+                )
             } else {
                 outcomes["plaintext", default: 0] += 1
                 connection = UncheckedConnection(try DatabaseConnection.open(path: target, keying: .plaintext))
@@ -255,7 +256,7 @@ struct CrashTests {
         let directory = try TemporaryDirectory()
         let pristine = directory.file("pristine.db")
         try await makeFormat3Database(path: pristine, kms: try localKms(), kekId: LocalKms.defaultKekName)
-        let filler = try await LocalDbKeyManager(databasePath: pristine, kms: try localKms(), logger: silentLogger)
+        let filler = try await DatabaseKeyManager(databasePath: pristine, kms: try localKms(), logger: silentLogger)
             .open()
         try await fillItems(UncheckedConnection(filler))
         let target = directory.file("app.db")
@@ -276,7 +277,7 @@ struct CrashTests {
                 duration = outcome.ran
             }
             let journaled = try KeyFile.read(from: target + ".key").pending != nil
-            let manager = LocalDbKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger)
+            let manager = DatabaseKeyManager(databasePath: target, kms: try localKms(), logger: silentLogger)
             let connection = UncheckedConnection(try await manager.open())
             let format = try manager.load().cipher.format
             outcomes["format \(format)\(journaled ? ", journaled" : "")", default: 0] += 1

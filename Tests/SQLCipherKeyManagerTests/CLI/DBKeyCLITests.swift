@@ -34,7 +34,7 @@ struct DBKeyCLITests {
                 atPath: keyPath, contents: Data((masterKeyBase64 + "\n").utf8), attributes: [.posixPermissions: 0o600])
             environment = [
                 "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-                LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
+                DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
                 "HOME": directory.path,
                 LocalKms.masterKeyFileVariable: keyPath,
             ]
@@ -119,7 +119,7 @@ struct DBKeyCLITests {
         #expect(help.status == 0)
         // The providers the dbkey executable registers (Sources/dbkey/main.swift).
         let factories = [
-            LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+            LocalKms.factory, AWSKms.factory, VaultTransit.factory, Pkcs11Kms.factory, GoogleCloudKms.factory,
             AzureKeyVault.factory, Tpm2Kms.factory,
         ]
         for factory in factories {
@@ -541,7 +541,7 @@ struct DBKeyHardeningTests {
         init(_ workspace: DBKeyCLITests.Workspace) async throws {
             self.workspace = workspace
             #expect(try await workspace.dbkey("init", workspace.database).status == 0)
-            let holder = LocalDbKeyManager(
+            let holder = DatabaseKeyManager(
                 databasePath: workspace.database, kms: try localKms(masterKeyBase64: workspace.masterKeyBase64),
                 logger: silentLogger)
             connection = try await holder.open()

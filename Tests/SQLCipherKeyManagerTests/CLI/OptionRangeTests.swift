@@ -91,7 +91,7 @@ struct OptionRangeTests {
     func libraryPageSize() async throws {
         let directory = try TemporaryDirectory()
         for pageSize in [512, 1000, 131_072] {
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: directory.file("p.db"), kms: try localKms(), configuration: .init(pageSize: pageSize),
                 logger: silentLogger)
             await expectError(.invalidConfiguration, containing: ["1024 to 65536"]) { try await manager.initialize() }

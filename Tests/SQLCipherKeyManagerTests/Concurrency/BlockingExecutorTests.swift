@@ -12,7 +12,7 @@ struct BlockingExecutorTests {
     )
     func verifyDoesNotStarve() async throws {
         let directory = try TemporaryDirectory()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("big.db"), kms: MockKms(seed: 31), configuration: .init(kekId: "k"),
             logger: silentLogger)
         try await manager.initialize()

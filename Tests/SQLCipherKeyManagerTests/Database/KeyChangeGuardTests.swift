@@ -46,8 +46,8 @@ struct KeyChangeGuardTests {
         "VACUUM",
     ]
 
-    func database(_ directory: TemporaryDirectory) async throws -> LocalDbKeyManager {
-        let manager = LocalDbKeyManager(
+    func database(_ directory: TemporaryDirectory) async throws -> DatabaseKeyManager {
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("g.db"), kms: MockKms(seed: 51), configuration: .init(kekId: "k"),
             logger: silentLogger)
         try await manager.initialize()

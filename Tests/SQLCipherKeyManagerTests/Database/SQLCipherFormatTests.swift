@@ -12,14 +12,14 @@ struct SQLCipherFormatTests {
     static var onSQLCipher4: Bool { engine.majorVersion >= 4 }
 
     func manager(_ path: String, plaintextHeader: Bool = false, kms: (any KeyManagementService)? = nil) throws
-        -> LocalDbKeyManager
+        -> DatabaseKeyManager
     {
-        LocalDbKeyManager(
+        DatabaseKeyManager(
             databasePath: path, kms: try kms ?? localKms(),
             configuration: .init(plaintextHeader: plaintextHeader), logger: silentLogger)
     }
 
-    func count(_ manager: LocalDbKeyManager, table: String = "t") async throws -> Int64? {
+    func count(_ manager: DatabaseKeyManager, table: String = "t") async throws -> Int64? {
         let db = try await manager.open()
         defer { db.close() }
         return try db.fetchAll("SELECT count(*) FROM \(table)").first?[0].integerValue
@@ -295,7 +295,7 @@ struct SQLCipherFormatTests {
         let directory = try TemporaryDirectory()
         let path = directory.file("f.db")
         try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName, rows: 200)
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(try localKms()), configuration: .init(), logger: silentLogger,
             faultInjector: { if $0 == step { throw DBKeyError(.io, "injected at \($0)") } })
         await expectError(.io) { try await failing.upgrade() }
@@ -317,7 +317,7 @@ struct SQLCipherFormatTests {
         let directory = try TemporaryDirectory()
         let path = directory.file("lost.db")
         try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName, rows: 12)
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(try localKms()), configuration: .init(), logger: silentLogger,
             faultInjector: { if $0 == .pendingKeyFileWritten { throw DBKeyError(.io, "injected") } })
         await expectError(.io) { try await failing.upgrade() }
@@ -490,8 +490,8 @@ struct SQLCipherFormatTests {
     func newDatabasesNeedSQLCipher4OrAnOptIn() async throws {
         let engine = try SQLCipherEngine.linked()
         let directory = try TemporaryDirectory()
-        func manager(_ name: String, allowing: Bool) throws -> LocalDbKeyManager {
-            LocalDbKeyManager(
+        func manager(_ name: String, allowing: Bool) throws -> DatabaseKeyManager {
+            DatabaseKeyManager(
                 databasePath: directory.file(name), kms: try localKms(),
                 configuration: .init(allowsSQLCipher3Databases: allowing), logger: silentLogger)
         }
@@ -518,12 +518,12 @@ struct SQLCipherFormatTests {
         let workspace = try DBKeyCLITests.Workspace()
         let refused = try await workspace.dbkey(
             ["init", workspace.database],
-            environment: [LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: "0"])
+            environment: [DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable: "0"])
         #expect(refused.status == 32 && refused.stderr.contains("Link SQLCipher 4"), "\(refused.stderr)")
         #expect(!FileManager.default.fileExists(atPath: workspace.database))
         let allowed = try await workspace.dbkey(
             ["init", workspace.database, "--allow-sqlcipher3"],
-            environment: [LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: "0"])
+            environment: [DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable: "0"])
         #expect(allowed.status == 0, "\(allowed.stderr)")
     }
 }

@@ -77,7 +77,7 @@ struct TemporaryStorageTests {
     @Test("temp_store and temp_store_directory are refused in every spelling, through the library and dbkey sql")
     func spellingsRefused() async throws {
         let directory = try TemporaryDirectory()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("t.db"), kms: MockKms(seed: 61), configuration: .init(kekId: "k"),
             logger: silentLogger)
         try await manager.initialize()
@@ -137,15 +137,15 @@ struct TemporaryStorageTests {
     }
 
     @Test(
-        "a handle keyed through DatabaseKey.apply(to:) keeps temporary storage in memory, even one told to use files before"
+        "a handle keyed through KeyLease.apply(to:) keeps temporary storage in memory, even one told to use files before"
     )
     func keyingSeamSetsMemory() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("seam.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: MockKms(seed: 62), configuration: .init(kekId: "k"), logger: silentLogger)
         try await manager.initialize()
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         defer { key.release() }
         var handle: OpaquePointer?
         #expect(sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK)

@@ -40,9 +40,9 @@ extension ExampleKms {
 
 /// The coordinator of ``KeyChangeCoordinator``'s doc comment.
 final class NotesStore: KeyChangeCoordinator {
-    let manager: LocalDbKeyManager
-    let key = Mutex<DatabaseKey?>(nil)
-    init(manager: LocalDbKeyManager) { self.manager = manager }
+    let manager: DatabaseKeyManager
+    let key = Mutex<KeyLease?>(nil)
+    init(manager: DatabaseKeyManager) { self.manager = manager }
 
     func closeForKeyChange(before deadline: ContinuousClock.Instant) async throws {
         // Stop new work, let running work finish, close every handle; then:
@@ -53,7 +53,7 @@ final class NotesStore: KeyChangeCoordinator {
     }
 
     func reopenAfterKeyChange() async {
-        let newKey = try? await manager.getOrCreateKey()  // key the app's handles with it
+        let newKey = try? await manager.leaseKey()  // key the app's handles with it
         key.withLock { $0 = newKey }
     }
 }
@@ -61,9 +61,9 @@ final class NotesStore: KeyChangeCoordinator {
 /// The coordinator of the article "Rotating While the App Runs": a read-only handle that goes
 /// on reading through a rotation's copy.
 final class NotesReader: KeyChangeCoordinator {
-    let manager: LocalDbKeyManager
-    let key = Mutex<DatabaseKey?>(nil)
-    init(manager: LocalDbKeyManager) { self.manager = manager }
+    let manager: DatabaseKeyManager
+    let key = Mutex<KeyLease?>(nil)
+    init(manager: DatabaseKeyManager) { self.manager = manager }
 
     var readsGoOnDuringRotation: Bool { true }
 
@@ -81,7 +81,7 @@ final class NotesReader: KeyChangeCoordinator {
     }
 
     func reopenAfterKeyChange() async {
-        let newKey = try? await manager.getOrCreateKey()  // key the app's handles with it
+        let newKey = try? await manager.leaseKey()  // key the app's handles with it
         key.withLock { $0 = newKey }
     }
 }
@@ -90,7 +90,7 @@ final class NotesReader: KeyChangeCoordinator {
 enum DocCommentExamples {
     static func main() async {
         await DBKeyCommand.main(providers: [
-            LocalKms.factory, AwsKms.factory, VaultTransit.factory, Pkcs11Kms.factory, CloudKms.factory,
+            LocalKms.factory, AWSKms.factory, VaultTransit.factory, Pkcs11Kms.factory, GoogleCloudKms.factory,
             AzureKeyVault.factory, Tpm2Kms.factory,
         ])
     }
@@ -102,7 +102,7 @@ enum DocCommentExamples {
         _ = notes
     }
 
-    static func connection(manager: LocalDbKeyManager) async throws {
+    static func connection(manager: DatabaseKeyManager) async throws {
         let db = try await manager.open()
         try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
         try db.execute("INSERT INTO note(body) VALUES (?)", arguments: ["hello"])
@@ -119,28 +119,28 @@ enum DocCommentExamples {
         print(engine.version, engine.newDatabaseFormat)  // "4.6.1 community" 4
     }
 
-    static func slots(manager: LocalDbKeyManager) async throws {
+    static func slots(manager: DatabaseKeyManager) async throws {
         let secondRegion = MockKms(seed: 7, providerName: "second-region")
         try await manager.addSlot(secondRegion, kekId: "key-2")
     }
 
-    static func escrowSlot(manager: LocalDbKeyManager) async throws {
+    static func escrowSlot(manager: DatabaseKeyManager) async throws {
         let escrow = try EscrowPrivateKey.generate()  // kept offline; only its public key is here
         try await manager.addEscrowSlot(escrow.publicKey)
     }
 
-    static func recover(manager: LocalDbKeyManager) async throws {
+    static func recover(manager: DatabaseKeyManager) async throws {
         let escrow = try EscrowPrivateKey(pemFile: "/secure/escrow.pem")
         let newMaster = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
         try await manager.recover(through: .escrow(escrow), to: newMaster, kekId: "default")
     }
 
-    static func doctor(manager: LocalDbKeyManager) async {
+    static func doctor(manager: DatabaseKeyManager) async {
         let report = await manager.doctor()
         for finding in report.findings { print(finding.check, finding.message, finding.fix) }
     }
 
-    static func backup(manager: LocalDbKeyManager) async throws {
+    static func backup(manager: DatabaseKeyManager) async throws {
         let backupKek = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
         try await manager.backup(to: "/backups/app.db", protection: .kek(backupKek, kekId: "default"), newDataKey: true)
     }
@@ -153,12 +153,12 @@ enum DocCommentExamples {
         print(outcomes.count, found.refused.count)
     }
 
-    static func upgrade(manager: LocalDbKeyManager) async throws {
+    static func upgrade(manager: DatabaseKeyManager) async throws {
         let upgraded = try await manager.upgrade()
         print(upgraded.cipher.format, upgraded.version)  // 4, one more than before
     }
 
-    static func answeringRequests(manager: LocalDbKeyManager) {
+    static func answeringRequests(manager: DatabaseKeyManager) {
         let answering = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(2))
@@ -169,7 +169,7 @@ enum DocCommentExamples {
     }
 
     /// The threat model article's examples.
-    static func threatModel(manager: LocalDbKeyManager) async throws {
+    static func threatModel(manager: DatabaseKeyManager) async throws {
         let unsafe = try manager.load().slots.filter(\.isUnsafeEscrow)
         for slot in unsafe {
             try await manager.removeSlot(slot.number, rotate: true)
@@ -192,7 +192,7 @@ enum DocCommentExamples {
         }
     }
 
-    static func errors(manager: LocalDbKeyManager, error: DBKeyError) async throws {
+    static func errors(manager: DatabaseKeyManager, error: DBKeyError) async throws {
         do {
             let db = try await manager.open()
             try db.execute("PRAGMA user_version")
@@ -207,8 +207,8 @@ enum DocCommentExamples {
         }
     }
 
-    static func databaseKey(manager: LocalDbKeyManager) async throws {
-        let key = try await manager.getOrCreateKey()
+    static func databaseKey(manager: DatabaseKeyManager) async throws {
+        let key = try await manager.leaseKey()
         var handle: OpaquePointer?
         guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
             throw DBKeyError(.io, "cannot open the database")
@@ -219,19 +219,19 @@ enum DocCommentExamples {
         key.release()
     }
 
-    static func auditTrail() -> LocalDbKeyManager.Configuration {
+    static func auditTrail() -> DatabaseKeyManager.Configuration {
         struct AuditTrail: AuditSink {
             func record(_ event: AuditEvent) {
                 print(event.kind.rawValue, event.databasePath, event.provider ?? "-", event.dekVersion ?? 0)
             }
         }
-        let configuration = LocalDbKeyManager.Configuration(auditSink: AuditTrail())
+        let configuration = DatabaseKeyManager.Configuration(auditSink: AuditTrail())
         return configuration
     }
 
     static func manager() async throws {
         let logger = Logger(label: "app.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: NSTemporaryDirectory() + "/app.db",
             kms: try LocalKms.fromEnvironment(logger: logger),
             configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
@@ -241,9 +241,9 @@ enum DocCommentExamples {
         try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
     }
 
-    static func keyChanges(manager: LocalDbKeyManager) async throws {
+    static func keyChanges(manager: DatabaseKeyManager) async throws {
         do {
-            let key = try await manager.getOrCreateKey()
+            let key = try await manager.leaseKey()
             defer { key.release() }
             print("data key version \(key.version), page size \(key.cipherSettings.pageSize)")
         }
@@ -278,7 +278,7 @@ enum DocCommentExamples {
         }
         do {
             let registry = KmsRegistry(providers: [try LocalKms.fromEnvironment(logger: logger), MyKms()])
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: "app.db",
                 providers: registry,
                 configuration: .init(kekProvider: "local"),
@@ -288,7 +288,7 @@ enum DocCommentExamples {
         }
         do {
             let kms = try LocalKms.fromEnvironment(logger: logger)
-            let manager = LocalDbKeyManager(databasePath: "app.db", kms: kms, logger: logger)
+            let manager = DatabaseKeyManager(databasePath: "app.db", kms: kms, logger: logger)
             _ = manager
         }
         do {
@@ -297,8 +297,8 @@ enum DocCommentExamples {
             _ = fingerprint
         }
         do {
-            let kms = try AwsKms.fromEnvironment(logger: logger)
-            let manager = LocalDbKeyManager(
+            let kms = try AWSKms.fromEnvironment(logger: logger)
+            let manager = DatabaseKeyManager(
                 databasePath: path, kms: kms,
                 configuration: .init(kekId: "alias/app-db", encryptionContext: ["purpose": "notes"]),
                 logger: logger)
@@ -306,15 +306,15 @@ enum DocCommentExamples {
         }
         do {
             let kms = try Pkcs11Kms.fromEnvironment(logger: logger)
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: path, kms: kms,
                 configuration: .init(kekId: "token=app;object=db-kek", encryptionContext: ["purpose": "notes"]),
                 logger: logger)
             _ = manager
         }
         do {
-            let kms = try CloudKms.fromEnvironment(logger: logger)
-            let manager = LocalDbKeyManager(
+            let kms = try GoogleCloudKms.fromEnvironment(logger: logger)
+            let manager = DatabaseKeyManager(
                 databasePath: path, kms: kms,
                 configuration: .init(
                     kekId: "projects/acme/locations/global/keyRings/apps/cryptoKeys/notes-db",
@@ -324,7 +324,7 @@ enum DocCommentExamples {
         }
         do {
             let kms = try AzureKeyVault.fromEnvironment(logger: logger)
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: path, kms: kms,
                 configuration: .init(
                     kekId: "myvault.vault.azure.net/keys/app-db", encryptionContext: ["purpose": "notes"]),
@@ -333,7 +333,7 @@ enum DocCommentExamples {
         }
         do {
             let kms = try VaultTransit.fromEnvironment(logger: logger)
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: path, kms: kms,
                 configuration: .init(kekId: "transit/keys/app-db", encryptionContext: ["purpose": "notes"]),
                 logger: logger)
@@ -348,7 +348,7 @@ enum DocCommentExamples {
     let path = directory.file("mock.db")
     let logger = silentLogger
     let kms = MockKms(seed: 42)
-    let manager = LocalDbKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: "test"), logger: logger)
+    let manager = DatabaseKeyManager(databasePath: path, kms: kms, configuration: .init(kekId: "test"), logger: logger)
     try await manager.initialize()
 
     kms.failNext(1, [.decrypt], with: DBKeyError(.kmsUnavailable, "injected outage"))
@@ -360,7 +360,7 @@ enum DocumentationExamples {
     static func library(databasePath: String) async throws {
         let logger = Logger(label: "app.db")
         let kms = try LocalKms.fromEnvironment(logger: logger)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: databasePath,
             kms: kms,
             configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
@@ -374,7 +374,7 @@ enum DocumentationExamples {
         _ = rows
     }
 
-    static func errors(manager: LocalDbKeyManager) async throws {
+    static func errors(manager: DatabaseKeyManager) async throws {
         do {
             _ = try await manager.open()
         } catch DBKeyError.Code.kmsUnavailable {
@@ -384,7 +384,7 @@ enum DocumentationExamples {
         }
     }
 
-    static func keyChanges(manager: LocalDbKeyManager, newMaster: SecureBuffer) async throws {
+    static func keyChanges(manager: DatabaseKeyManager, newMaster: SecureBuffer) async throws {
         try await manager.rotateKey(wait: .seconds(30))  // new DEK, every page re-encrypted
         try await manager.rewrap(to: try LocalKms(masterKey: newMaster), kekId: "default")  // same DEK, new KEK
         try await manager.migrate(from: .plaintext)  // bring an existing database in
@@ -392,18 +392,18 @@ enum DocumentationExamples {
         try await manager.upgrade()  // SQLCipher 3 format → 4, new DEK
     }
 
-    static func rotateWhenDue(manager: LocalDbKeyManager) async throws {
+    static func rotateWhenDue(manager: DatabaseKeyManager) async throws {
         if try manager.needsRotation() {
             try await manager.rotateKey(wait: .seconds(30))
         }
         try await manager.rewrap(to: try LocalKms(masterKey: try SecureBuffer.random(count: 32)), kekId: "default")
     }
 
-    static func registry(databasePath: String, logger: Logger) throws -> LocalDbKeyManager {
+    static func registry(databasePath: String, logger: Logger) throws -> DatabaseKeyManager {
         let registry = KmsRegistry(providers: [
             try LocalKms.fromEnvironment(logger: logger), ExampleKms(kekNames: ["k1"]),
         ])
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: databasePath,
             providers: registry,
             configuration: .init(kekId: "k1", kekProvider: "example"),
@@ -412,8 +412,8 @@ enum DocumentationExamples {
         return manager
     }
 
-    static func keyingSeam(manager: LocalDbKeyManager) async throws {
-        let key = try await manager.getOrCreateKey()
+    static func keyingSeam(manager: DatabaseKeyManager) async throws {
+        let key = try await manager.leaseKey()
         var handle: OpaquePointer?
         guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
             throw DBKeyError(.io, "cannot open the database")
@@ -424,7 +424,7 @@ enum DocumentationExamples {
         key.release()
     }
 
-    static func pool(manager: LocalDbKeyManager) async throws {
+    static func pool(manager: DatabaseKeyManager) async throws {
         let pool = try await manager.openPool()
         try await pool.write { db in
             try db.execute("CREATE TABLE IF NOT EXISTS note(id INTEGER PRIMARY KEY, body TEXT)")
@@ -436,13 +436,13 @@ enum DocumentationExamples {
         _ = count
     }
 
-    static func openPool(manager: LocalDbKeyManager) async throws {
+    static func openPool(manager: DatabaseKeyManager) async throws {
         let pool = try await manager.openPool(maximumReaders: 4, answeringRotationRequests: .seconds(2))
         let notes = try await pool.read { db in try db.fetchAll("SELECT count(*) FROM sqlite_master") }
         _ = notes
     }
 
-    static func coordinator(manager: LocalDbKeyManager) async throws {
+    static func coordinator(manager: DatabaseKeyManager) async throws {
         let store = NotesStore(manager: manager)
         let registration = manager.register(store)  // until the store goes away
         try await manager.rotateKey()  // closes the store's handles, rotates, reopens them
@@ -456,7 +456,7 @@ enum DocumentationExamples {
         _ = titles
     }
 
-    static func synchronousPool(manager: LocalDbKeyManager) async throws {
+    static func synchronousPool(manager: DatabaseKeyManager) async throws {
         let pool = try await manager.openPool(maximumReaders: 4, synchronous: .normal)
         try await pool.write { db in try db.execute("CREATE TABLE IF NOT EXISTS note(body TEXT)") }
         await pool.close()

@@ -52,7 +52,7 @@ struct FaultInjectionTests {
     static func environment(_ directory: String, master: String) -> [String: String] {
         [
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory,
-            LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
+            DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable: allowSQLCipher3Databases,
             LocalKms.masterKeyFileVariable: master,
             LocalKms.otherMasterKeyFilesVariable: directory + "/second.key",
         ]

@@ -98,7 +98,7 @@ struct KeyFileFuzzTests {
                 continue
             }
             #expect(Array(try contents(keyPath)) == bytes, "reading changed the file (seed \(seed), input \(inputs))")
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: database.path, kms: database.kms, configuration: .init(keyCacheTTL: .zero),
                 logger: silentLogger)
             do {

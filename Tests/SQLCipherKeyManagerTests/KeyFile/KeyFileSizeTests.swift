@@ -45,7 +45,7 @@ struct KeyFileSizeTests {
             let path = directory.file("s.db")
             let kms = MockKms(seed: UInt64(round))
             let context = Self.randomContext(&random)
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: path, kms: kms, configuration: .init(kekId: "k", encryptionContext: context),
                 logger: silentLogger)
             do {
@@ -58,7 +58,7 @@ struct KeyFileSizeTests {
             }
             accepted += 1
             // The largest state: a rotation journaled and interrupted before its last write.
-            let failing = LocalDbKeyManager(
+            let failing = DatabaseKeyManager(
                 databasePath: path, providers: KmsRegistry(kms), configuration: .init(kekId: "k"),
                 logger: silentLogger,
                 faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } })
@@ -79,7 +79,7 @@ struct KeyFileSizeTests {
     @Test("the issue's examples: a 66,000-byte value, and a context that fits until a pending record is added")
     func examples() async throws {
         let directory = try TemporaryDirectory()
-        let huge = LocalDbKeyManager(
+        let huge = DatabaseKeyManager(
             databasePath: directory.file("h.db"), kms: MockKms(seed: 1),
             configuration: .init(kekId: "k", encryptionContext: ["k": String(repeating: "x", count: 66_000)]),
             logger: silentLogger)
@@ -109,7 +109,7 @@ struct KeyFileSizeTests {
                 try record(length).jsonData().count <= KeyFile.maximumSize
                     && record(length).sizeWithKeyChangePending() > KeyFile.maximumSize
             })
-        let nearly = LocalDbKeyManager(
+        let nearly = DatabaseKeyManager(
             databasePath: directory.file("n.db"), kms: kms,
             configuration: .init(kekId: "k", encryptionContext: context(length)), logger: silentLogger)
         await expectError(.invalidConfiguration, containing: ["while a key change is pending"]) {

@@ -13,7 +13,7 @@ struct KeyFileTests {
         var keyFile = KeyFile(
             kms: "local",
             kekId: "local:0011223344556677",
-            encryptedDek: WrappedKey(encoded: "AQID"),
+            encryptedDek: WrappedDataKey(encoded: "AQID"),
             createdAt: Date(timeIntervalSince1970: 1_700_000_000),
             encryptionContext: ["purpose": "notes", "env": "test"],
             keyCheck: KeyCheck(bytes: Array(0..<16))!,
@@ -78,7 +78,7 @@ struct KeyFileTests {
         let path = directory.file("app.db.key")
         var keyFile = sampleKeyFile()
         keyFile.pending = PendingOperation(
-            operation: .rotate, encryptedDek: WrappedKey(encoded: "BAUG"), kekId: keyFile.kekId, kms: "local",
+            operation: .rotate, encryptedDek: WrappedDataKey(encoded: "BAUG"), kekId: keyFile.kekId, kms: "local",
             version: 2, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!,
             startedAt: Date(timeIntervalSince1970: 1_700_000_100)
         )
@@ -92,7 +92,7 @@ struct KeyFileTests {
         let keyFile = try Array(text.utf8).withUnsafeBytes { try KeyFile(jsonBytes: $0, source: "fixture") }
         #expect(keyFile.format == nil)
         #expect(keyFile.kms == nil, "the file names no provider")
-        let registry = KmsRegistry(factories: [LocalKms.factory, AwsKms.factory])
+        let registry = KmsRegistry(factories: [LocalKms.factory, AWSKms.factory])
         #expect(registry.providerName(claimingLegacyKekId: keyFile.kekId) == "aws")
         #expect(KmsRegistry(factories: [LocalKms.factory]).providerName(claimingLegacyKekId: keyFile.kekId) == nil)
         #expect(keyFile.kekId == "arn:aws:kms:us-east-1:123456789012:key/abc123")

@@ -82,7 +82,7 @@ struct TamperTests {
             journal.pending = PendingOperation(
                 operation: .rotate, encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: "local", version: 2,
                 keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
-            try await manager.database.store(journal, sealedWith: try await database.currentKey())
+            try await manager.database.keyStore.write(journal, sealedWith: try await database.currentKey())
         }
         var object = try #require(
             try JSONSerialization.jsonObject(with: try contents(manager.keyFilePath)) as? [String: Any])
@@ -109,7 +109,7 @@ extension TamperTests {
     func downgradedToLegacyForm() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
         try await manager.initialize()
         let db = try await manager.open()

@@ -5,13 +5,13 @@ import SQLCipherKeyManagerTesting
 import Testing
 
 /// The keying seam: an SQLite handle the test opens through the C API, keyed only by
-/// ``DatabaseKey/apply(to:)``.
+/// ``KeyLease/apply(to:)``.
 @Suite("Keying an app's own SQLite handle")
 struct KeyingSeamTests {
     func populatedManager(_ directory: TemporaryDirectory, name: String = "app.db", seed: UInt64 = 21) async throws
-        -> LocalDbKeyManager
+        -> DatabaseKeyManager
     {
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file(name), kms: MockKms(seed: seed),
             configuration: .init(kekId: "k", openWait: .milliseconds(300)), logger: silentLogger)
         try await manager.initialize()
@@ -22,7 +22,7 @@ struct KeyingSeamTests {
     }
 
     /// Opens a raw handle, keys it through the seam, and returns the notes it reads.
-    func readThroughSeam(_ path: String, key: DatabaseKey) throws -> [String] {
+    func readThroughSeam(_ path: String, key: KeyLease) throws -> [String] {
         var handle: OpaquePointer?
         guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
             throw DBKeyError(.io, "cannot open")
@@ -46,8 +46,8 @@ struct KeyingSeamTests {
         let directory = try TemporaryDirectory()
         let path = directory.file("old.db")
         try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName, rows: 7)
-        let manager = LocalDbKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger)
-        let key = try await manager.getOrCreateKey()
+        let manager = DatabaseKeyManager(databasePath: path, kms: try localKms(), logger: silentLogger)
+        let key = try await manager.leaseKey()
         defer { key.release() }
         #expect(key.cipherSettings.format == 3)
         var handle: OpaquePointer?
@@ -64,7 +64,7 @@ struct KeyingSeamTests {
     func rawHandleReads() async throws {
         let directory = try TemporaryDirectory()
         let manager = try await populatedManager(directory)
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         defer { key.release() }
         #expect(try readThroughSeam(manager.databasePath, key: key) == ["one", "two", "three"])
         #expect(!key.description.contains(hex(key.key)))
@@ -74,7 +74,7 @@ struct KeyingSeamTests {
     func rotationWaitsForTheKey() async throws {
         let directory = try TemporaryDirectory()
         let manager = try await populatedManager(directory)
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         await expectError(.databaseInUse) { try await manager.rotateKey(wait: .milliseconds(300)) }
         #expect(try manager.load().version == 1, "nothing changed")
         key.release()
@@ -83,7 +83,7 @@ struct KeyingSeamTests {
         await expectError(.invalidConfiguration, containing: ["released"]) {
             _ = try readThroughSeam(manager.databasePath, key: key)
         }
-        let fresh = try await manager.getOrCreateKey()
+        let fresh = try await manager.leaseKey()
         defer { fresh.release() }
         #expect(fresh.version == 2)
         #expect(try readThroughSeam(manager.databasePath, key: fresh) == ["one", "two", "three"])
@@ -94,7 +94,7 @@ struct KeyingSeamTests {
         let directory = try TemporaryDirectory()
         let first = try await populatedManager(directory, name: "a.db")
         let second = try await populatedManager(directory, name: "b.db", seed: 23)
-        let key = try await first.getOrCreateKey()
+        let key = try await first.leaseKey()
         defer { key.release() }
         await expectError(.wrongKey) { _ = try readThroughSeam(second.databasePath, key: key) }
     }
@@ -103,7 +103,7 @@ struct KeyingSeamTests {
     func emptiedDatabase() async throws {
         let directory = try TemporaryDirectory()
         let manager = try await populatedManager(directory)
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         defer { key.release() }
         try Data().write(to: URL(fileURLWithPath: manager.databasePath))
         await expectError(.databaseDamaged, containing: ["empty"]) {
@@ -116,7 +116,7 @@ struct KeyingSeamTests {
     func keyChangedOutside() async throws {
         let directory = try TemporaryDirectory()
         let manager = try await populatedManager(directory)
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         var handle: OpaquePointer?
         #expect(sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK)
         try key.apply(to: try #require(handle))
@@ -134,7 +134,7 @@ struct KeyingSeamTests {
     func checkAndReleaseQuietly() async throws {
         let directory = try TemporaryDirectory()
         let manager = try await populatedManager(directory)
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         #expect(try readThroughSeam(manager.databasePath, key: key) == ["one", "two", "three"])
         try key.checkAndRelease()
         #expect(try await manager.rotateKey().version == 2)
@@ -146,28 +146,28 @@ struct KeyingSeamTests {
         // the decision the seam makes on the pragma's answer is tested directly.
         for answer in [nil, ""] as [String?] {
             await expectError(.unsupportedFormat, containing: ["not SQLCipher", "plaintext"]) {
-                try DatabaseKey.requireSQLCipher(cipherVersion: answer)
+                try KeyLease.requireSQLCipher(cipherVersion: answer)
             }
         }
-        try DatabaseKey.requireSQLCipher(cipherVersion: "3.4.1")
+        try KeyLease.requireSQLCipher(cipherVersion: "3.4.1")
     }
 
-    @Test("getOrCreateKey settles an interrupted rotation before handing out the key")
+    @Test("leaseKey settles an interrupted rotation before handing out the key")
     func settlesPending() async throws {
         let directory = try TemporaryDirectory()
         let kms = MockKms(seed: 22)
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: directory.file("p.db"), providers: KmsRegistry(kms), configuration: .init(kekId: "k"),
             logger: silentLogger, faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } }
         )
-        try await LocalDbKeyManager(
+        try await DatabaseKeyManager(
             databasePath: directory.file("p.db"), kms: kms, configuration: .init(kekId: "k"), logger: silentLogger
         ).initialize()
         await expectError(.io) { try await failing.rotateKey() }
         #expect(try failing.load().pending != nil)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("p.db"), kms: kms, configuration: .init(kekId: "k"), logger: silentLogger)
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         defer { key.release() }
         #expect(key.version == 2)
         #expect(try manager.load().pending == nil)

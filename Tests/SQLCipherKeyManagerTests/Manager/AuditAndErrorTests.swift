@@ -19,9 +19,9 @@ struct AuditAndErrorTests {
         let directory = try TemporaryDirectory()
         let sink = RecordingAuditSink()
         let kms = MockKms(seed: 41)
-        let configuration = LocalDbKeyManager.Configuration(kekId: "k", keyCacheTTL: .zero, auditSink: sink)
+        let configuration = DatabaseKeyManager.Configuration(kekId: "k", keyCacheTTL: .zero, auditSink: sink)
         let path = directory.file("audit.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: kms, configuration: configuration, logger: silentLogger)
         try await manager.initialize()
         try await manager.open().close()
@@ -30,7 +30,7 @@ struct AuditAndErrorTests {
         kms.failNext(1, [.decrypt])
         await expectError(.kmsUnavailable) { _ = try await manager.open() }
         // An interrupted rotation, recovered by the next open.
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(kms), configuration: configuration, logger: silentLogger,
             faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } })
         await expectError(.io) { try await failing.rotateKey() }
@@ -40,7 +40,7 @@ struct AuditAndErrorTests {
         let db = try DatabaseConnection.open(path: plain, keying: .plaintext, create: true)
         try db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
         db.close()
-        try await LocalDbKeyManager(databasePath: plain, kms: kms, configuration: configuration, logger: silentLogger)
+        try await DatabaseKeyManager(databasePath: plain, kms: kms, configuration: configuration, logger: silentLogger)
             .migrate(from: .plaintext)
 
         // An upgrade to the SQLCipher 4 format, where the linked SQLCipher writes it.
@@ -48,13 +48,15 @@ struct AuditAndErrorTests {
         if engine.newDatabaseFormat >= 4 {
             let old = directory.file("old.db")
             try await makeFormat3Database(path: old, kms: kms, kekId: "k", rows: 2)
-            try await LocalDbKeyManager(databasePath: old, kms: kms, configuration: configuration, logger: silentLogger)
-                .upgrade()
+            try await DatabaseKeyManager(
+                databasePath: old, kms: kms, configuration: configuration, logger: silentLogger
+            )
+            .upgrade()
         }
 
         // Key slots: one added, used while the primary is down, removed; a recovery.
         let backup = MockKms(seed: 42, providerName: "backup")
-        let slotted = LocalDbKeyManager(
+        let slotted = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(providers: [kms, backup]), configuration: configuration,
             logger: silentLogger)
         try await slotted.addSlot(backup, kekId: "b")
@@ -64,7 +66,7 @@ struct AuditAndErrorTests {
         try await slotted.removeSlot(1)
         // A backup and its restore.
         try await slotted.backup(to: directory.file("backup.db"))
-        try await LocalDbKeyManager(
+        try await DatabaseKeyManager(
             databasePath: directory.file("restored.db"), kms: kms, configuration: configuration, logger: silentLogger
         ).restore(from: directory.file("backup.db"))
 
@@ -93,7 +95,7 @@ struct AuditAndErrorTests {
     @Test("errors carry the file, the KEK, swift-system's Errno and the underlying error")
     func errorDetails() async throws {
         let directory = try TemporaryDirectory()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("e.db"), kms: MockKms(seed: 42), configuration: .init(kekId: "k"),
             logger: silentLogger)
         try await manager.initialize()
@@ -111,7 +113,7 @@ struct AuditAndErrorTests {
         let failing = MockKms(seed: 42)
         failing.failNext(1, [.decrypt])
         let outage = await expectError(.kmsUnavailable) {
-            _ = try await LocalDbKeyManager(
+            _ = try await DatabaseKeyManager(
                 databasePath: manager.databasePath, kms: failing, configuration: .init(kekId: "k"), logger: silentLogger
             ).open()
         }

@@ -6,8 +6,8 @@ import Testing
 /// Each failure says what happened and the next step that is true.
 @Suite("Errors that say what happened")
 struct DiagnosisTests {
-    func populated(_ directory: TemporaryDirectory, kms: MockKms) async throws -> LocalDbKeyManager {
-        let manager = LocalDbKeyManager(
+    func populated(_ directory: TemporaryDirectory, kms: MockKms) async throws -> DatabaseKeyManager {
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("d.db"), kms: kms, configuration: .init(kekId: "k"), logger: silentLogger)
         try await manager.initialize()
         let db = try await manager.open()

@@ -8,7 +8,7 @@ import Testing
 struct KeyCacheExpiryTests {
     /// The record a cached key belongs to; the cache looks only at its version and wrapped key.
     let keyFile = KeyFile(
-        kms: "mock", kekId: "k", encryptedDek: WrappedKey(encoded: "AQID"), createdAt: KeyFile.now(),
+        kms: "mock", kekId: "k", encryptedDek: WrappedDataKey(encoded: "AQID"), createdAt: KeyFile.now(),
         encryptionContext: .empty, keyCheck: KeyCheck(bytes: Array(repeating: 1, count: 16))!,
         rotationPeriodDays: nil, cipher: CipherSettings(pageSize: 4096))
 

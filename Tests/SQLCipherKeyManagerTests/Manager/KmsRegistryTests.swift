@@ -13,9 +13,9 @@ struct KmsRegistryTests {
     let context: EncryptionContext = ["purpose": "registry"]
 
     func manager(_ path: String, _ providers: [any KeyManagementService], newKeysBy provider: String = "local")
-        -> LocalDbKeyManager
+        -> DatabaseKeyManager
     {
-        LocalDbKeyManager(
+        DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(providers: providers),
             configuration: .init(
                 kekId: provider == "local" ? "default" : "k", kekProvider: provider, encryptionContext: context),
@@ -36,10 +36,11 @@ struct KmsRegistryTests {
         func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
             try await inner.generateDataKey(kekId: kekId, context: context)
         }
-        func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+        func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer
+        {
             try await inner.decrypt(wrapped, kekId: kekId, context: context)
         }
-        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
             try await inner.encrypt(key, kekId: kekId, context: context)
         }
         func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
@@ -92,13 +93,13 @@ struct KmsRegistryTests {
         "several providers and no kekProvider, or an unregistered one: a new key is refused, the registered ids named")
     func ambiguousNewKeyProvider() async throws {
         let directory = try TemporaryDirectory()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("a.db"), providers: KmsRegistry(providers: [try localKms(), MockKms()]),
             logger: silentLogger)
         await expectError(.invalidConfiguration, containing: ["local, mock", "kekProvider"]) {
             try await manager.initialize()
         }
-        let misnamed = LocalDbKeyManager(
+        let misnamed = DatabaseKeyManager(
             databasePath: directory.file("a.db"), providers: KmsRegistry(providers: [try localKms()]),
             configuration: .init(kekProvider: "aws"), logger: silentLogger)
         await expectError(.invalidConfiguration, containing: ["\"aws\"", "registered: local"]) {
@@ -125,7 +126,7 @@ struct KmsRegistryTests {
             operation: .rotate, encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: "mock", version: 2,
             keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
         let current = try await localOnly.dataKey()
-        try await localOnly.database.store(journal, sealedWith: current)
+        try await localOnly.database.keyStore.write(journal, sealedWith: current)
         let connection = try DatabaseConnection.open(
             path: path, key: current, cipher: try newCipher(pageSize: 4096), create: false)
         try connection.rekey(to: newKey.plaintext)
@@ -227,7 +228,7 @@ struct KmsRegistryTests {
         let keyFile = try KeyFile.read(from: path + ".key")
         #expect(keyFile.kms == "example" && keyFile.kekId == "k2" && keyFile.version == 2)
 
-        let manager = LocalDbKeyManager(databasePath: path, kms: kms, logger: silentLogger)
+        let manager = DatabaseKeyManager(databasePath: path, kms: kms, logger: silentLogger)
         #expect(try await manager.open().fetchAll("SELECT x FROM t").first?[0] == .integer(7))
     }
 }

@@ -6,9 +6,9 @@ import Testing
 /// The call an app makes on every launch.
 @Suite("openOrCreate")
 struct OpenOrCreateTests {
-    func manager(_ path: String, _ kms: MockKms) -> LocalDbKeyManager {
+    func manager(_ path: String, _ kms: MockKms) -> DatabaseKeyManager {
         // A long wait: under the full suite the first launch's fsyncs can take seconds.
-        LocalDbKeyManager(
+        DatabaseKeyManager(
             databasePath: path, kms: kms, configuration: .init(kekId: "k", openWait: .seconds(60)), logger: silentLogger
         )
     }

@@ -8,7 +8,7 @@ import Testing
 @Suite("Symbolically linked database paths")
 struct SymlinkedDatabaseTests {
     enum EntryPoint: String, CaseIterable, Sendable {
-        case initialize, openOrCreate, open, getOrCreateKey, rotate, rewrap, migrate, verify, status
+        case initialize, openOrCreate, open, leaseKey, rotate, rewrap, migrate, verify, status
     }
 
     @Test(
@@ -26,21 +26,21 @@ struct SymlinkedDatabaseTests {
             db.close()
         } else {
             // A managed database whose .key sits beside the link.
-            try await LocalDbKeyManager(
+            try await DatabaseKeyManager(
                 databasePath: target, kms: kms, configuration: .init(kekId: "k"), logger: silentLogger
             ).initialize()
             try FileManager.default.copyItem(atPath: target + ".key", toPath: link + ".key")
         }
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
         let before = try contents(target)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: link, kms: kms, configuration: .init(kekId: "k"), logger: silentLogger)
         let attempt: () async throws -> Void =
             switch entry {
             case .initialize: { try await manager.initialize() }
             case .openOrCreate: { _ = try await manager.openOrCreate() }
             case .open: { _ = try await manager.open() }
-            case .getOrCreateKey: { _ = try await manager.getOrCreateKey() }
+            case .leaseKey: { _ = try await manager.leaseKey() }
             case .rotate: { try await manager.rotateKey() }
             case .rewrap: { try await manager.rewrap(to: kms, kekId: "k2") }
             case .migrate: { try await manager.migrate(from: .plaintext) }

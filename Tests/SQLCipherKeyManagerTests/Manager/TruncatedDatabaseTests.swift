@@ -18,7 +18,7 @@ struct TruncatedDatabaseTests {
         let directory = try TemporaryDirectory()
         let kms = MockKms(seed: 61)
         let path = directory.file("t.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: kms, configuration: .init(kekId: "k"), logger: silentLogger)
         try await manager.initialize()
         try await manager.open().execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
@@ -28,7 +28,7 @@ struct TruncatedDatabaseTests {
         case .shorterThanOnePage: try original.prefix(100).write(to: URL(fileURLWithPath: path))
         case .halfOfPageOne: try original.prefix(2048).write(to: URL(fileURLWithPath: path))
         case .anotherDatabase:
-            let other = LocalDbKeyManager(
+            let other = DatabaseKeyManager(
                 databasePath: directory.file("other.db"), kms: kms, configuration: .init(kekId: "k"),
                 logger: silentLogger)
             try await other.initialize()

@@ -57,12 +57,12 @@ struct CloudProviderPartsTests {
         #expect(name.versionNumber(of: "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/12") == 12)
         #expect(name.versionNumber(of: "projects/p/locations/l/keyRings/r/cryptoKeys/other/cryptoKeyVersions/1") == nil)
         #expect(name.versionNumber(of: "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/0") == nil)
-        let kms = try CloudKms(
+        let kms = try GoogleCloudKms(
             credentials: .accessToken(Passphrase.fromText("t")), endpoint: nil, retry: RetryPolicy(),
             transport: URLSessionKmsTransport(), logger: silentLogger)
-        #expect(kms.keyVersion(of: WrappedKey(encoded: "gcpkms:v7:AAAA")) == 7)
+        #expect(kms.keyVersion(of: WrappedDataKey(encoded: "gcpkms:v7:AAAA")) == 7)
         for malformed in ["gcpkms:v0:AAAA", "gcpkms:7:AAAA", "gcpkms:v7:", "vault:v7:AAAA", "gcpkms:v7:not base64"] {
-            #expect(kms.keyVersion(of: WrappedKey(encoded: malformed)) == nil, "\(malformed)")
+            #expect(kms.keyVersion(of: WrappedDataKey(encoded: malformed)) == nil, "\(malformed)")
         }
     }
 

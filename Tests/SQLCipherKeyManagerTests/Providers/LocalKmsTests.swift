@@ -26,7 +26,7 @@ struct LocalKmsTests {
             "op": "wrap", "master_key": testMasterKeyBase64, "dek_hex": hex(dek), "context": context.dictionary,
         ])
         let unwrapped = try await kms.decrypt(
-            WrappedKey(encoded: try #require(wrapped["wrapped"])), kekId: kms.kekId, context: context)
+            WrappedDataKey(encoded: try #require(wrapped["wrapped"])), kekId: kms.kekId, context: context)
         #expect(unwrapped == dek)
         let kekId = try await pythonLocalKms(["op": "kek_id", "master_key": testMasterKeyBase64])
         #expect(kekId["kek_id"] == kms.kekId)
@@ -110,7 +110,7 @@ struct LocalKmsTests {
             altered[index] ^= 0x80
             await expectError(.ciphertextInvalid) {
                 _ = try await kms.decrypt(
-                    WrappedKey(encoded: Data(altered).base64EncodedString()), kekId: kms.kekId, context: context)
+                    WrappedDataKey(encoded: Data(altered).base64EncodedString()), kekId: kms.kekId, context: context)
             }
         }
     }

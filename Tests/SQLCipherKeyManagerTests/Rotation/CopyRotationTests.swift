@@ -23,9 +23,9 @@ struct CopyRotationTests {
 
     /// Makes a database of `shape` with rows in two tables, user_version, application_id and a
     /// freelist; returns its manager.
-    func makeDatabase(_ shape: Shape, in directory: TemporaryDirectory) async throws -> LocalDbKeyManager {
+    func makeDatabase(_ shape: Shape, in directory: TemporaryDirectory) async throws -> DatabaseKeyManager {
         let path = directory.file("app.db")
-        var configuration = LocalDbKeyManager.Configuration()
+        var configuration = DatabaseKeyManager.Configuration()
         switch shape {
         case .format3:
             try await makeFormat3Database(path: path, kms: try localKms(), kekId: LocalKms.defaultKekName)
@@ -34,7 +34,7 @@ struct CopyRotationTests {
         case .pages65536: configuration.pageSize = 65536
         case .plaintextHeader: configuration.plaintextHeader = true
         }
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try localKms(), configuration: configuration, logger: silentLogger)
         if shape != .format3 { try await manager.initialize() }
         let db = UncheckedConnection(try await manager.open())
@@ -65,7 +65,7 @@ struct CopyRotationTests {
     }
 
     /// What must survive a rotation: rows (hashed per table), schema and header fields.
-    func snapshot(_ manager: LocalDbKeyManager) async throws -> [String] {
+    func snapshot(_ manager: DatabaseKeyManager) async throws -> [String] {
         let db = UncheckedConnection(try await manager.open())
         return try await offPool {
             let db = db.connection
@@ -300,7 +300,7 @@ struct CopyRotationTests {
         let renamed = database.directory.file("renamed.db")
         #expect(rename(database.path, renamed) == 0 && rename(database.path + ".key", renamed + ".key") == 0)
         let copy = try contents(database.path + ".dbkey-rotating")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: renamed, kms: database.kms, configuration: .init(), logger: silentLogger)
         try await manager.open().close()
         #expect(try manager.load().version == before.version && manager.load().pending == nil)

@@ -34,9 +34,9 @@ struct MigrationTests {
     }
 
     func manager(_ path: String, kms: (any KeyManagementService)? = nil, faultAt step: KeyChangeStep? = nil) throws
-        -> LocalDbKeyManager
+        -> DatabaseKeyManager
     {
-        LocalDbKeyManager(
+        DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(try kms ?? localKms()),
             configuration: .init(encryptionContext: ["purpose": "migrated"]),
             logger: silentLogger, faultInjector: step.map { InjectedFault(step: $0).injector })
@@ -56,7 +56,7 @@ struct MigrationTests {
         #expect(try db.fetchAll("SELECT count(*) FROM t1").first?[0] == .integer(compat.rows))
         #expect(try db.integrityCheck() == [])
         db.close()
-        #expect(!FileManager.default.fileExists(atPath: Migration(database: manager.database).copyPath))
+        #expect(!FileManager.default.fileExists(atPath: manager.database.files.migrationCopy))
         #expect(try await sqlcipherShellOpens(path, key: try await manager.dataKey()))
     }
 

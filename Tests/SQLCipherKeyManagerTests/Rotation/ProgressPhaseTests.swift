@@ -18,7 +18,7 @@ struct ProgressPhaseTests {
         )
         db.close()
         let seen = Mutex<[KeyChangeProgress.Phase]>([])
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: MockKms(seed: 111), configuration: .init(kekId: "k"), logger: silentLogger)
         try await manager.migrate(from: .plaintext) { progress in seen.withLock { $0.append(progress.phase) } }
         let migration = seen.withLock { phases in phases }

@@ -17,7 +17,7 @@ struct RecoveryTests {
             operation: .rotate, encryptedDek: newKey.wrapped, kekId: newKey.kekId, kms: database.kms.providerName,
             version: keyFile.version + 1, keyCheck: KeyCheck(for: newKey.plaintext), startedAt: KeyFile.now())
         // Sealed with the current key, as rotateKey() seals its journal.
-        let sealed = try await manager.database.store(journaled, sealedWith: try await database.currentKey())
+        let sealed = try await manager.database.keyStore.write(journaled, sealedWith: try await database.currentKey())
         return (sealed, newKey.plaintext)
     }
 

@@ -67,8 +67,8 @@ struct TestDatabase {
         faultAt step: KeyChangeStep? = nil,
         kms: (any KeyManagementService)? = nil,
         logger: Logger = silentLogger
-    ) -> LocalDbKeyManager {
-        LocalDbKeyManager(
+    ) -> DatabaseKeyManager {
+        DatabaseKeyManager(
             databasePath: path,
             providers: KmsRegistry(kms ?? self.kms),
             configuration: .init(kekId: kekId, encryptionContext: context, openWait: .seconds(10)),
@@ -78,7 +78,7 @@ struct TestDatabase {
     }
 
     /// Opens through the manager and checks every committed row and the integrity check.
-    func expectIntact(_ manager: LocalDbKeyManager? = nil, sourceLocation: SourceLocation = #_sourceLocation)
+    func expectIntact(_ manager: DatabaseKeyManager? = nil, sourceLocation: SourceLocation = #_sourceLocation)
         async throws
     {
         let db = UncheckedConnection(try await (manager ?? self.manager()).open())

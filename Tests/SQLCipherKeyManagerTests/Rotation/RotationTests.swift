@@ -37,13 +37,13 @@ struct RotationTests {
     @Test("a rotation period makes the key due, and rotating clears it")
     func dueAfterPeriod() async throws {
         let directory = try TemporaryDirectory()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: directory.file("due.db"), kms: try localKms(), configuration: .init(rotationPeriodDays: 1),
             logger: silentLogger)
         var keyFile = try await manager.initialize()
         keyFile.createdAt = keyFile.createdAt.addingTimeInterval(-2 * 86_400)
         // Backdated as if two days had passed, sealed as the manager would have.
-        try await manager.database.store(keyFile, sealedWith: try await manager.dataKey())
+        try await manager.database.keyStore.write(keyFile, sealedWith: try await manager.dataKey())
         #expect(try manager.needsRotation())
         try await manager.rotateKey()
         #expect(try !manager.needsRotation())
@@ -164,7 +164,7 @@ struct RotationTests {
         try await Task.sleep(for: .milliseconds(100))
         // What is tested is that the open waits, not for how long: a CI machine busy with the
         // other tests has taken more than 10 s over this rotation.
-        let patient = LocalDbKeyManager(
+        let patient = DatabaseKeyManager(
             databasePath: database.path, kms: kms, configuration: .init(kekId: database.kekId, openWait: .seconds(120)),
             logger: silentLogger)
         let (connection, keyFile) = try await patient.database.openReportingKeyFile()

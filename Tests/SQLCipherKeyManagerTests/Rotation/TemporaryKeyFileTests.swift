@@ -12,7 +12,7 @@ struct TemporaryKeyFileTests {
         let directory = try TemporaryDirectory()
         let kms = MockKms(seed: 81)
         let path = directory.file("app.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: kms, configuration: .init(kekId: "k"), logger: silentLogger)
         try await manager.initialize()
         let target = directory.file("precious")
@@ -46,7 +46,7 @@ struct TemporaryKeyFileTests {
 
         // A pending change, settled by the next open under the exclusive lock.
         try plant()
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(kms), configuration: .init(kekId: "k"), logger: silentLogger,
             faultInjector: { if $0 == .writingFinalKeyFile { throw DBKeyError(.io, "injected") } })
         await expectError(.io) { try await failing.rotateKey() }
@@ -64,7 +64,7 @@ struct TemporaryKeyFileTests {
         try db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
         db.close()
         try Data("{".utf8).write(to: URL(fileURLWithPath: path + ".key.tmp.42"))
-        try await LocalDbKeyManager(
+        try await DatabaseKeyManager(
             databasePath: path, kms: MockKms(seed: 82), configuration: .init(kekId: "k"), logger: silentLogger
         ).migrate(from: .plaintext)
         #expect(!FileManager.default.fileExists(atPath: path + ".key.tmp.42"))

@@ -115,7 +115,7 @@ struct ConnectionPoolTests {
         "a rotation that cannot quiesce (a long read) fails as in use and changes nothing; the read and the pool go on")
     func quiesceTimeout() async throws {
         let database = try await TestDatabase(rows: 50)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: database.path, kms: database.kms,
             configuration: .init(quiesceTimeout: .milliseconds(300)), logger: silentLogger)
         let pool = try await manager.openPool()
@@ -455,13 +455,13 @@ final class Shared<Value: AtomicRepresentable & Sendable>: Sendable {
 /// An app's own SQLite handle, keyed through the seam, taking part in key changes; read-only
 /// and going on through a rotation's copy when asked.
 final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
-    private let manager: LocalDbKeyManager
+    private let manager: DatabaseKeyManager
     private let openFlags: Int32
     let readsGoOnDuringRotation: Bool
-    private let state = Mutex<(key: DatabaseKey?, handle: OpaquePointer?, events: [String], refuses: Bool)>(
+    private let state = Mutex<(key: KeyLease?, handle: OpaquePointer?, events: [String], refuses: Bool)>(
         (nil, nil, [], false))
 
-    init(manager: LocalDbKeyManager, readOnly: Bool = false, readsGoOn: Bool = false) {
+    init(manager: DatabaseKeyManager, readOnly: Bool = false, readsGoOn: Bool = false) {
         self.manager = manager
         self.openFlags = readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE
         self.readsGoOnDuringRotation = readsGoOn
@@ -475,7 +475,7 @@ final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
     }
 
     func reopen() async throws {
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         let handle = try openHandle(keyedWith: key)
         state.withLock {
             $0.key = key
@@ -483,7 +483,7 @@ final class HandleStore: KeyChangeCoordinator, @unchecked Sendable {
         }
     }
 
-    private func openHandle(keyedWith key: DatabaseKey) throws -> OpaquePointer {
+    private func openHandle(keyedWith key: KeyLease) throws -> OpaquePointer {
         var handle: OpaquePointer?
         guard sqlite3_open_v2(manager.databasePath, &handle, openFlags, nil) == SQLITE_OK, let handle else {
             throw DBKeyError(.io, "cannot open the database")

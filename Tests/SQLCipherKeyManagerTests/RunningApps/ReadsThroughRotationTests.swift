@@ -57,9 +57,9 @@ struct ReadsThroughRotationTests {
 
     /// A manager of `database` whose rotations report their steps to `window`.
     static func manager(
-        _ database: TestDatabase, window: CopyWindow, configuration: LocalDbKeyManager.Configuration = .init()
-    ) -> LocalDbKeyManager {
-        LocalDbKeyManager(
+        _ database: TestDatabase, window: CopyWindow, configuration: DatabaseKeyManager.Configuration = .init()
+    ) -> DatabaseKeyManager {
+        DatabaseKeyManager(
             databasePath: database.path, providers: KmsRegistry(database.kms), configuration: configuration,
             logger: silentLogger, faultInjector: window.injector)
     }

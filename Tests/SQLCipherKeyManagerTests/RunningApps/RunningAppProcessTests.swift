@@ -46,7 +46,7 @@ enum ExampleApp {
 
     /// Checks the app's tables through a new manager (which settles what a kill left): entries
     /// exactly 1...n with n at least `committed`, and their sum in `total`.
-    static func expectLedger(_ manager: LocalDbKeyManager, committed: Int64) async throws -> Int64 {
+    static func expectLedger(_ manager: DatabaseKeyManager, committed: Int64) async throws -> Int64 {
         let db = UncheckedConnection(try await manager.open())
         let (count, sum, total) = try await offPool {
             defer { db.connection.close() }

@@ -97,7 +97,7 @@ struct EscrowKeyValidationTests {
             #expect(throws: DBKeyError.self) {
                 _ = try EscrowSeal.seal(key, to: unsafe, context: .empty, salt: salt, version: 1)
             }
-            let forged = WrappedKey(encoded: Data(raw + blob.dropFirst(32)).base64EncodedString())
+            let forged = WrappedDataKey(encoded: Data(raw + blob.dropFirst(32)).base64EncodedString())
             do {
                 _ = try EscrowSeal.open(forged, with: escrow, context: .empty, salt: salt, version: 1)
                 Issue.record("a small-order encapsulated key was opened")
@@ -139,7 +139,7 @@ struct EscrowKeyValidationTests {
     /// Puts an escrow slot sealed to a small-order key into the workspace database's `.key`, as
     /// an older DBKey would have written it, and returns the slot's number.
     func plantUnsafeSlot(in database: String, raw: [UInt8]) async throws -> Int {
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: database, kms: try localKms(), configuration: .init(keyCacheTTL: .zero),
             logger: silentLogger)
         let dataKey = try await manager.dataKey()
@@ -149,7 +149,7 @@ struct EscrowKeyValidationTests {
         var sender = try HPKE.Sender(
             recipientKey: try Curve25519.KeyAgreement.PublicKey(rawRepresentation: raw),
             ciphersuite: EscrowSeal.suite, info: EscrowSeal.info(keyFile.encryptionContext))
-        let salt = try keyFile.cipher.salt ?? manager.database.readSalt()
+        let salt = try keyFile.cipher.salt ?? manager.database.files.readSalt()
         let sealed = try dataKey.withUnsafeBytes {
             try sender.seal($0, authenticating: EscrowSeal.aad(salt: salt, version: keyFile.version))
         }
@@ -157,7 +157,7 @@ struct EscrowKeyValidationTests {
         keyFile.slots.append(
             KeySlot(
                 number: number, kms: KeySlot.escrowProvider, kekId: publicKey.id,
-                encryptedDek: WrappedKey(
+                encryptedDek: WrappedDataKey(
                     encoded: Data(Array(sender.encapsulatedKey) + Array(sealed)).base64EncodedString()),
                 escrowPublicKey: publicKey))
         keyFile.format = keyFile.requiredFormat
@@ -198,7 +198,7 @@ struct EscrowKeyValidationTests {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db")
         let sink = RecordingAuditSink()
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try localKms(), configuration: .init(keyCacheTTL: .zero, auditSink: sink),
             logger: silentLogger)
         try await manager.initialize()
@@ -217,7 +217,7 @@ struct EscrowKeyValidationTests {
     func recoverRefusesForgedSlot() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
         try await manager.initialize()
         let escrow = try EscrowPrivateKey.generate()
@@ -225,7 +225,7 @@ struct EscrowKeyValidationTests {
         var keyFile = try manager.load()
         let dataKey = try await manager.dataKey()
         let blob = try #require(keyFile.slots[0].encryptedDek.base64DecodedBytes)
-        keyFile.slots[0].encryptedDek = WrappedKey(
+        keyFile.slots[0].encryptedDek = WrappedDataKey(
             encoded: Data(Self.smallOrderEncodings[3] + blob.dropFirst(32)).base64EncodedString())
         try keyFile.sealed(with: dataKey).write(to: path + ".key")
         let before = try contents(path + ".key")

@@ -27,8 +27,8 @@ struct KeySlotTests {
             try await manager.addSlot(backup, kekId: "backup-kek")
         }
 
-        func manager(fallback: SlotFallback = .whenUnavailable) -> LocalDbKeyManager {
-            LocalDbKeyManager(
+        func manager(fallback: SlotFallback = .whenUnavailable) -> DatabaseKeyManager {
+            DatabaseKeyManager(
                 databasePath: path, providers: KmsRegistry(providers: [primary, backup]),
                 configuration: .init(
                     kekId: "primary-kek", kekProvider: "mock", keyCacheTTL: .zero, auditSink: sink,
@@ -36,7 +36,7 @@ struct KeySlotTests {
                 logger: silentLogger)
         }
 
-        func rowCount(_ manager: LocalDbKeyManager? = nil) async throws -> Int64? {
+        func rowCount(_ manager: DatabaseKeyManager? = nil) async throws -> Int64? {
             let db = try await (manager ?? self.manager()).open()
             defer { db.close() }
             guard case .integer(let count) = try db.fetchAll("SELECT count(*) FROM t").first?[0] else { return nil }
@@ -78,7 +78,7 @@ struct KeySlotTests {
     func tamperedSlotNotSkipped() async throws {
         let database = try await SlottedDatabase()
         let third = MockKms(seed: 3, providerName: "third")
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: database.path, providers: KmsRegistry(providers: [database.primary, database.backup, third]),
             configuration: .init(kekId: "primary-kek", kekProvider: "mock", keyCacheTTL: .zero), logger: silentLogger)
         try await manager.addSlot(third, kekId: "third-kek")
@@ -141,7 +141,7 @@ struct KeySlotTests {
         let newKey = try await database.manager().dataKey()
         database.primary.failNext(1, [.decrypt])
         #expect(try await database.rowCount() == 50)
-        #expect(try await database.manager().through(.escrow(escrow)).rowCount(of: "t") == 50)
+        #expect(try await database.manager().restricted(to: .escrow(escrow)).rowCount(of: "t") == 50)
         // The escrow slot was re-sealed: the old seal does not open for the new version, and
         // for its own version gives the old key, which no longer opens the database.
         #expect(rotated.slots[1].encryptedDek != oldSeal)
@@ -169,7 +169,7 @@ struct KeySlotTests {
     @Test("an interrupted rotation settles through a slot: the pending record carries the new key under it")
     func settlesThroughSlot() async throws {
         let database = try await SlottedDatabase()
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: database.path, providers: KmsRegistry(providers: [database.primary, database.backup]),
             configuration: .init(kekId: "primary-kek", kekProvider: "mock", keyCacheTTL: .zero),
             logger: silentLogger, faultInjector: InjectedFault(step: .writingFinalKeyFile).injector)
@@ -190,7 +190,7 @@ struct KeySlotTests {
         let directory = try TemporaryDirectory()
         let path = directory.file("app.db")
         let both = try LocalKms(masterKey: first, otherMasterKeys: [second])
-        let manager = LocalDbKeyManager(databasePath: path, kms: both, logger: silentLogger)
+        let manager = DatabaseKeyManager(databasePath: path, kms: both, logger: silentLogger)
         try await manager.initialize()
         let db = try await manager.open()
         try db.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)")
@@ -201,23 +201,23 @@ struct KeySlotTests {
         try await manager.rotateKey()
 
         // The first master key is gone: its slot answers "not found", and nothing opens.
-        let onlySecond = LocalDbKeyManager(
+        let onlySecond = DatabaseKeyManager(
             databasePath: path, kms: try LocalKms(masterKey: second), logger: silentLogger)
         await expectError(.kmsKeyNotFound, containing: ["other slots"]) { _ = try await onlySecond.open() }
         let third = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
         let sink = RecordingAuditSink()
-        let recovering = LocalDbKeyManager(
+        let recovering = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(providers: [try LocalKms(masterKey: second)]),
             configuration: .init(auditSink: sink), logger: silentLogger)
         let recovered = try await recovering.recover(through: .slot(1), to: third, kekId: "default")
         #expect(recovered.kekId == third.kekId && recovered.version == 2)
         #expect(sink.events.contains { $0.kind == .keyRecovered && $0.detail?.contains("through slot 1") == true })
-        let underThird = LocalDbKeyManager(databasePath: path, kms: third, logger: silentLogger)
+        let underThird = DatabaseKeyManager(databasePath: path, kms: third, logger: silentLogger)
         #expect(try await underThird.rowCount(of: "t") == 3)
 
         // And from the escrow key alone, with no provider that knows any old KEK.
         let fourth = try LocalKms(masterKey: try SecureBuffer.random(count: 32))
-        let escrowOnly = LocalDbKeyManager(databasePath: path, kms: fourth, logger: silentLogger)
+        let escrowOnly = DatabaseKeyManager(databasePath: path, kms: fourth, logger: silentLogger)
         try await escrowOnly.recover(through: .escrow(escrow), to: fourth, kekId: "default")
         #expect(try await escrowOnly.rowCount(of: "t") == 3)
         // Another escrow key opens nothing.
@@ -252,7 +252,7 @@ struct KeySlotTests {
         try FileManager.default.copyItem(atPath: database.path, toPath: copyPath)
         try oldCopy.write(to: URL(fileURLWithPath: copyPath + ".key"))
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: copyPath + ".key")
-        let copyManager = LocalDbKeyManager(
+        let copyManager = DatabaseKeyManager(
             databasePath: copyPath, providers: KmsRegistry(providers: [database.primary, database.backup]),
             configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
         database.primary.failNext(1, [.decrypt])
@@ -288,7 +288,7 @@ struct KeySlotTests {
             var slot = slot
             slot.kekId =
                 "pkcs11:token=" + String(repeating: "t", count: 200) + ";object=" + String(repeating: "o", count: 200)
-            slot.encryptedDek = WrappedKey(encoded: String(repeating: "A", count: 400))
+            slot.encryptedDek = WrappedDataKey(encoded: String(repeating: "A", count: 400))
             return slot
         }
         let size = try keyFile.sizeWithKeyChangePending()
@@ -355,7 +355,7 @@ struct KeySlotTests {
     func buffer(_ bytes: [UInt8]) -> SecureBuffer { bytes.withUnsafeBytes { SecureBuffer(copying: $0) } }
 }
 
-extension LocalDbKeyManager {
+extension DatabaseKeyManager {
     /// `count(*)` of `table`, through a connection this manager opens (tests only).
     func rowCount(of table: String) async throws -> Int64? {
         let db = try await open()

@@ -57,7 +57,7 @@ struct SlotCommandTests {
         let keyFile = try KeyFile.read(from: database + ".key")
         #expect(keyFile.version == 2 && keyFile.slots.map(\.number) == [1, 2])
 
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: database, kms: try localKms(), configuration: .init(keyCacheTTL: .zero), logger: silentLogger)
         let dataKey = try await manager.dataKey()
         for (slot, privateKey) in [(1, ours), (2, theirs)] {
@@ -148,17 +148,17 @@ struct SlotCommandTests {
         let aws = try Moto.provider()
         let local = try localKms()
         let sink = RecordingAuditSink()
-        let creating = LocalDbKeyManager(
+        let creating = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(providers: [aws, local]),
             configuration: .init(kekId: try Moto.keyArn(), kekProvider: "aws"), logger: silentLogger)
         try await creating.initialize()
         try await creating.addSlot(local, kekId: LocalKms.defaultKekName)
         // The same AWS client, pointed where no server answers: what an outage looks like to it.
-        let down = AwsKms(
+        let down = AWSKms(
             credentials: try Moto.credentials(), region: try Moto.value("REGION"),
             endpoint: URL(string: "http://127.0.0.1:9"), retry: .init(attempts: 1, timeout: .seconds(2)),
             logger: silentLogger)
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, providers: KmsRegistry(providers: [down, local]),
             configuration: .init(keyCacheTTL: .zero, auditSink: sink), logger: silentLogger)
         try await manager.open().close()
@@ -236,7 +236,7 @@ struct SlotCommandTests {
         #expect(await manager.doctor().findings.first?.message.contains("Key slot 1") == true)
         database.backup.failNext(1, [.decrypt], with: DBKeyError(.ciphertextInvalid, "altered"))
         #expect(await manager.doctor().findings.map(\.check) == ["slot-broken"])
-        let failing = LocalDbKeyManager(
+        let failing = DatabaseKeyManager(
             databasePath: database.path, providers: KmsRegistry(providers: [database.primary, database.backup]),
             configuration: .init(kekId: "primary-kek", kekProvider: "mock", rotationPeriodDays: 1),
             logger: silentLogger, faultInjector: InjectedFault(step: .writingFinalKeyFile).injector)
@@ -249,7 +249,7 @@ struct SlotCommandTests {
         #expect(await manager.doctor().isHealthy)
 
         let directory = try TemporaryDirectory()
-        let periodic = LocalDbKeyManager(
+        let periodic = DatabaseKeyManager(
             databasePath: directory.file("periodic.db"), kms: MockKms(seed: 5),
             configuration: .init(kekId: "k", rotationPeriodDays: 30), logger: silentLogger)
         try await periodic.initialize()

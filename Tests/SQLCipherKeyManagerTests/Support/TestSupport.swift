@@ -63,7 +63,7 @@ final class LogCapture: Sendable {
 /// `DBKEY_ALLOW_SQLCIPHER3_DATABASES` as the test process has it (Scripts/test sets it on the
 /// SQLCipher 3 run), for the programs the tests start with an environment of their own.
 let allowSQLCipher3Databases =
-    ProcessInfo.processInfo.environment[LocalDbKeyManager.Configuration.allowSQLCipher3DatabasesVariable] ?? "0"
+    ProcessInfo.processInfo.environment[DatabaseKeyManager.Configuration.allowSQLCipher3DatabasesVariable] ?? "0"
 
 /// A logger that discards everything.
 let silentLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
@@ -220,11 +220,11 @@ func scriptVariable(_ name: String, describing what: String) throws -> String {
     return value
 }
 
-extension LocalDbKeyManager {
+extension DatabaseKeyManager {
     /// The data key's bytes, for tests that compare keys or hand them to the `sqlcipher` shell;
     /// the key's lock is released at once.
     func dataKey() async throws -> SecureBuffer {
-        let key = try await getOrCreateKey()
+        let key = try await leaseKey()
         defer { key.release() }
         return key.key
     }

@@ -11,7 +11,7 @@ import Synchronization
 /// rotation replaces the database file and its key, and GRDB cannot reopen a connection: no
 /// connection of the old pool may stay. `KeyedDatabasePool` holds the current pool and is
 /// registered with the manager as a ``KeyChangeCoordinator``. During a rotation by copy made in
-/// this process (``LocalDbKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``,
+/// this process (``DatabaseKeyManager/rotateKey(wait:dropUnreachableSlots:inPlace:progress:)``,
 /// or an operator's `dbkey rotate --request` it answers), reads go on while the copy is made
 /// and writes wait; just before the swap it lets running work finish and closes the pool. Before
 /// any other key change (in place, an upgrade, a slot change) it closes the pool at once. After
@@ -22,14 +22,14 @@ import Synchronization
 /// Don't keep the `DatabasePool` that ``read(_:)`` and ``write(_:)`` use: go through this type.
 public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
     /// The manager of the database.
-    public let manager: LocalDbKeyManager
+    public let manager: DatabaseKeyManager
     private let configuration: Configuration
     private let prepareDatabase: (@Sendable (Database) throws -> Void)?
     private let state = Mutex(State())
 
     private struct State {
         var pool: DatabasePool?
-        var key: DatabaseKey?
+        var key: KeyLease?
         /// A key change holds the pool closed.
         var paused = false
         /// A rotation by copy holds the writes; reads go on.
@@ -57,7 +57,7 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
     ///   - answeringRotationRequests: How often to look for an operator's
     ///     `dbkey rotate --request` and carry it out; `nil` to answer none.
     public init(
-        manager: LocalDbKeyManager,
+        manager: DatabaseKeyManager,
         configuration: Configuration = Configuration(),
         prepareDatabase: (@Sendable (Database) throws -> Void)? = nil,
         answeringRotationRequests: Duration? = nil
@@ -198,7 +198,7 @@ public final class KeyedDatabasePool: KeyChangeCoordinator, Sendable {
     // MARK: - The pool's life
 
     private func openPool(replacingClosed: Bool) async throws {
-        let key = try await manager.getOrCreateKey()
+        let key = try await manager.leaseKey()
         var configuration = configuration
         configuration.prepareDatabase { db in
             guard let handle = db.sqliteConnection else {

@@ -28,13 +28,13 @@ var rows: [BenchmarkRow] = []
 
 let path = workdir + "/grdb.db"
 OnlineRotation.removeDatabase(path)
-let manager = LocalDbKeyManager(databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
+let manager = DatabaseKeyManager(databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
 let grdb = try await KeyedDatabasePool(manager: manager)
 try await grdb.write { db in
     try db.execute(sql: NotePages.schema)
     try db.execute(sql: NotePages.fill, arguments: [NotePages.notes])
 }
-let text = try NotePages.keyText(try await manager.getOrCreateKey())
+let text = try NotePages.keyText(try await manager.leaseKey())
 
 /// A page decoded into the same Swift values, through GRDB's row cursor.
 @Sendable func grdbPage(_ db: Database, after: Int64) throws -> [(Int64, String, Double)] {
@@ -74,7 +74,7 @@ try await grdb.close()
 
 // GRDB's own DatabasePool on the same database, keyed through the seam, against DBKey's pool:
 // async reads from tasks and synchronous reads from threads, beside bare C, alternating.
-let seamKey = try await manager.getOrCreateKey()
+let seamKey = try await manager.leaseKey()
 var seamConfiguration = Configuration()
 seamConfiguration.prepareDatabase { db in
     guard let handle = db.sqliteConnection else { throw DBKeyError(.invalidConfiguration, "no SQLite handle") }

@@ -26,7 +26,7 @@ guard arguments.count == 4, let readerCount = Int(arguments[2]), let rotations =
 }
 let logger = Logger(label: "dbkey-grdb-example-app")
 do {
-    let manager = LocalDbKeyManager(
+    let manager = DatabaseKeyManager(
         databasePath: arguments[1], kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
     let pool = try await KeyedDatabasePool(
         manager: manager, answeringRotationRequests: .milliseconds(50))

@@ -11,7 +11,7 @@ import Testing
 
 enum GRDBArticleExamples {
     static func quickStart(path: String, logger: Logger) async throws {
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: path, kms: try LocalKms.fromEnvironment(logger: logger), logger: logger)
         let pool = try await KeyedDatabasePool(manager: manager, answeringRotationRequests: .seconds(2))
         var migrator = DatabaseMigrator()
@@ -35,7 +35,7 @@ enum GRDBArticleExamples {
         observation.cancel()
     }
 
-    static func configuration(manager: LocalDbKeyManager) async throws -> KeyedDatabasePool {
+    static func configuration(manager: DatabaseKeyManager) async throws -> KeyedDatabasePool {
         var configuration = Configuration()
         configuration.maximumReaderCount = 4
         return try await KeyedDatabasePool(
@@ -43,7 +43,7 @@ enum GRDBArticleExamples {
             prepareDatabase: { db in try db.execute(sql: "PRAGMA foreign_keys = ON") })
     }
 
-    static func adopt(manager: LocalDbKeyManager, passphrase: SecureBuffer) async throws {
+    static func adopt(manager: DatabaseKeyManager, passphrase: SecureBuffer) async throws {
         // Once, at launch: a database GRDB keyed with usePassphrase, and no .key beside it yet.
         if !FileManager.default.fileExists(atPath: manager.keyFilePath) {
             try await manager.migrate(from: .passphrase(passphrase, PassphraseCipherSettings()))

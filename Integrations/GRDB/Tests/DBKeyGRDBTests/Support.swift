@@ -39,8 +39,8 @@ final class Workspace: Sendable {
         try LocalKms.fromEnvironment([LocalKms.masterKeyFileVariable: masterKeyFile], logger: silentLogger)
     }
 
-    func manager() throws -> LocalDbKeyManager {
-        LocalDbKeyManager(databasePath: database, kms: try kms(), logger: silentLogger)
+    func manager() throws -> DatabaseKeyManager {
+        DatabaseKeyManager(databasePath: database, kms: try kms(), logger: silentLogger)
     }
 
     /// The data key the `.key` file names now, as the hex `sqlcipher` takes, for a test that

@@ -34,8 +34,8 @@ enum Moto {
         secret: String? = nil,
         retry: RetryPolicy = .init(attempts: 2, timeout: .seconds(5)),
         transport: (any KmsTransport)? = nil
-    ) throws -> AwsKms {
-        AwsKms(
+    ) throws -> AWSKms {
+        AWSKms(
             credentials: try credentials(secret: secret),
             region: try value("REGION"),
             endpoint: try endpoint(),

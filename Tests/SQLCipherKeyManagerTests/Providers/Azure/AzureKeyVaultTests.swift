@@ -81,7 +81,7 @@ struct AzureKeyVaultTests {
         let text = try #require(answer["value"])
         let value = try #require(Base64URL.decode(text))
         let stored = value.base64Encoded().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-        let wrapped = WrappedKey(encoded: "azurekv:\(version):\(stored)")
+        let wrapped = WrappedDataKey(encoded: "azurekv:\(version):\(stored)")
         let kms = try FakeKeyVault.provider()
         let kekId = try FakeKeyVault.kekId(name)
         #expect(try await kms.decrypt(wrapped, kekId: kekId, context: context) == key)
@@ -242,7 +242,7 @@ struct AzureKeyVaultTests {
         bytes[bytes.count / 2] ^= 1
         await expectError(.ciphertextInvalid, containing: ["BadParameter"]) {
             _ = try await kms.decrypt(
-                WrappedKey(encoded: "azurekv:\(version):\(Data(bytes).base64EncodedString())"), kekId: kekId,
+                WrappedDataKey(encoded: "azurekv:\(version):\(Data(bytes).base64EncodedString())"), kekId: kekId,
                 context: context)
         }
         #expect(transport.count(unwrapPath) == 1)

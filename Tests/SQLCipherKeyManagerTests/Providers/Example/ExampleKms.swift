@@ -22,14 +22,14 @@ struct ExampleKms: KeyManagementService {
             plaintext: plaintext, wrapped: try await encrypt(plaintext, kekId: kekId, context: context), kekId: kekId)
     }
 
-    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         let sealed = try key.withUnsafeBytes {
             try ChaChaPoly.seal($0, using: try kek(kekId), authenticating: context.canonicalEncoding)
         }
-        return WrappedKey(encoded: sealed.combined.base64EncodedString())
+        return WrappedDataKey(encoded: sealed.combined.base64EncodedString())
     }
 
-    func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
         let kek = try kek(kekId)
         guard let bytes = wrapped.base64DecodedBytes, let box = try? ChaChaPoly.SealedBox(combined: bytes),
             var plaintext = try? ChaChaPoly.open(box, using: kek, authenticating: context.canonicalEncoding)

@@ -24,8 +24,8 @@ enum FakeCloudKms {
         endpoint: URL? = nil,
         retry: RetryPolicy = .init(attempts: 2, timeout: .seconds(5), initialBackoff: .milliseconds(10)),
         transport: (any KmsTransport)? = nil
-    ) throws -> CloudKms {
-        CloudKms(
+    ) throws -> GoogleCloudKms {
+        GoogleCloudKms(
             credentials: try credentials ?? .serviceAccount(keyFile: serviceAccountFile()),
             endpoint: try endpoint ?? self.endpoint(), retry: retry,
             transport: transport ?? URLSessionKmsTransport(), logger: silentLogger)
@@ -35,7 +35,7 @@ enum FakeCloudKms {
     static func processEnvironment() throws -> [String: String] {
         [
             "GOOGLE_APPLICATION_CREDENTIALS": try serviceAccountFile(),
-            CloudKms.endpointVariable: try value("ENDPOINT"),
+            GoogleCloudKms.endpointVariable: try value("ENDPOINT"),
         ]
     }
 
@@ -114,7 +114,7 @@ enum Drongo {
         URL(string: try scriptVariable("DBKEY_TEST_DRONGO_ENDPOINT", describing: "drongo server"))!
     }
 
-    static func provider() throws -> CloudKms {
+    static func provider() throws -> GoogleCloudKms {
         try FakeCloudKms.provider(
             credentials: .accessToken(try Passphrase.fromText("drongo-checks-no-token")), endpoint: endpoint())
     }

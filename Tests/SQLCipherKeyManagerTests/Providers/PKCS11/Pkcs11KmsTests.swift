@@ -144,7 +144,7 @@ struct Pkcs11KmsTests {
                 "op": "wrap", "plaintext_hex": hex(key),
                 "context_hex": context.canonicalEncoding.map { String(format: "%02x", $0) }.joined(),
             ])
-            let wrapped = WrappedKey(encoded: try #require(answer["blob"]))
+            let wrapped = WrappedDataKey(encoded: try #require(answer["blob"]))
             let kms = try SoftHSM.provider()
             #expect(try await kms.decrypt(wrapped, kekId: try SoftHSM.kekId(), context: context) == key)
             await expectError(.ciphertextInvalid) {

@@ -99,7 +99,7 @@ struct Tpm2KmsTests {
                 ])
             #expect(created.status == 0, "\(created.stderr)")
             let theirs = try contents(directory.file("theirs.pub")) + contents(directory.file("theirs.priv"))
-            let wrapped = WrappedKey(encoded: "tpm2:" + theirs.base64EncodedString())
+            let wrapped = WrappedDataKey(encoded: "tpm2:" + theirs.base64EncodedString())
             #expect(try await kms.decrypt(wrapped, kekId: "", context: context) == key)
         }
     }
@@ -139,7 +139,7 @@ struct Tpm2KmsTests {
             let directory = try TemporaryDirectory()
             let path = directory.file("offline.db")
             let tpm = try SoftwareTPM.provider()
-            let refused = LocalDbKeyManager(
+            let refused = DatabaseKeyManager(
                 databasePath: path, kms: tpm, configuration: .init(kekId: "?pcrs=sha256:0,7"), logger: silentLogger)
             await expectError(.invalidConfiguration, containing: ["cannot be the primary KEK", "key slot"]) {
                 try await refused.initialize()
@@ -149,7 +149,7 @@ struct Tpm2KmsTests {
             // The primary in a cloud KMS (a mock here), the TPM slot for opening without it.
             let cloud = MockKms()
             let registry = KmsRegistry(providers: [cloud, tpm])
-            let manager = LocalDbKeyManager(
+            let manager = DatabaseKeyManager(
                 databasePath: path, providers: registry,
                 configuration: .init(kekId: "cloud-kek", kekProvider: "mock"), logger: silentLogger)
             try await manager.initialize()
@@ -161,10 +161,10 @@ struct Tpm2KmsTests {
             // Offline: the cloud KMS is unreachable, and the TPM slot opens the database.
             let before = cloud.calls(of: .decrypt).count
             cloud.failNext(1, [.decrypt], with: DBKeyError(.kmsUnavailable, "no network"))
-            let offline = LocalDbKeyManager(
+            let offline = DatabaseKeyManager(
                 databasePath: path, providers: registry,
                 configuration: .init(kekId: "cloud-kek", kekProvider: "mock"), logger: silentLogger)
-            let key = try await offline.getOrCreateKey()
+            let key = try await offline.leaseKey()
             #expect(key.version == 1)
             #expect(cloud.calls(of: .decrypt).count == before + 1, "the primary was tried first")
             key.release()

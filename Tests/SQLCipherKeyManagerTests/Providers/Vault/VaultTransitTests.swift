@@ -184,7 +184,7 @@ struct VaultTransitTests {
         tampered.removeLast(4)
         tampered += "AAAA"
         await expectError(.ciphertextInvalid) {
-            _ = try await counted.decrypt(WrappedKey(encoded: tampered), kekId: kekId, context: context)
+            _ = try await counted.decrypt(WrappedDataKey(encoded: tampered), kekId: kekId, context: context)
         }
         #expect(counting.count("/v1/" + kekId.replacingOccurrences(of: "/keys/", with: "/decrypt/")) == 1)
 
@@ -237,9 +237,9 @@ struct VaultTransitTests {
             #expect(throws: DBKeyError.self, "\(invalid)") { try TransitKeyPath(invalid) }
         }
         let kms = try OpenBao.provider()
-        #expect(kms.keyVersion(of: WrappedKey(encoded: "vault:v12:abc")) == 12)
+        #expect(kms.keyVersion(of: WrappedDataKey(encoded: "vault:v12:abc")) == 12)
         for invalid in ["vault:v0:abc", "vault:vx:abc", "vault:v1:", "YWJj", "vault:1:abc"] {
-            #expect(kms.keyVersion(of: WrappedKey(encoded: invalid)) == nil, "\(invalid)")
+            #expect(kms.keyVersion(of: WrappedDataKey(encoded: invalid)) == nil, "\(invalid)")
         }
     }
 }

@@ -13,8 +13,8 @@ import SQLCipherKeyManager
 /// answer's `name`; `decrypt` does not say it), which `dbkey status` shows.
 ///
 /// ```swift
-/// let kms = try CloudKms.fromEnvironment(logger: logger)
-/// let manager = LocalDbKeyManager(
+/// let kms = try GoogleCloudKms.fromEnvironment(logger: logger)
+/// let manager = DatabaseKeyManager(
 ///     databasePath: path, kms: kms,
 ///     configuration: .init(
 ///         kekId: "projects/acme/locations/global/keyRings/apps/cryptoKeys/notes-db",
@@ -30,7 +30,7 @@ import SQLCipherKeyManager
 /// `cloudkms.cryptoKeys.get` for `dbkey status` (`roles/cloudkms.viewer`).
 ///
 /// 429 and 5xx answers, timeouts and refused connections are retried as ``RetryPolicy`` says.
-public struct CloudKms: EnvironmentConfigurable {
+public struct GoogleCloudKms: EnvironmentConfigurable {
     /// `gcp`.
     public let providerName = "gcp"
 
@@ -76,7 +76,7 @@ public struct CloudKms: EnvironmentConfigurable {
 
     /// Makes the Cloud KMS provider from the environment (see ``fromEnvironment(_:logger:)``).
     public static let factory = KmsProviderFactory(
-        CloudKms.self, providerName: "gcp", uriScheme: "gcp-kms",
+        GoogleCloudKms.self, providerName: "gcp", uriScheme: "gcp-kms",
         uriForms: ["gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K"],
         help:
             "Google Cloud KMS: credentials from $GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials or the metadata server; $DBKEY_GCP_KMS_ENDPOINT"
@@ -91,13 +91,13 @@ public struct CloudKms: EnvironmentConfigurable {
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment,
         logger: Logger
-    ) throws -> CloudKms {
+    ) throws -> GoogleCloudKms {
         let endpoint = try environment[endpointVariable].flatMap { $0.isEmpty ? nil : $0 }.map {
             try EndpointURL.requiringTLS($0, what: endpointVariable)
         }
         let retry = try RetryPolicy.fromEnvironment(
             environment, attemptsVariable: "DBKEY_KMS_MAX_ATTEMPTS", countsFirstAttempt: true)
-        return CloudKms(
+        return GoogleCloudKms(
             credentials: try GoogleCredentials.fromEnvironment(environment), endpoint: endpoint, retry: retry,
             logger: logger)
     }
@@ -109,9 +109,9 @@ public struct CloudKms: EnvironmentConfigurable {
         return DataKey(plaintext: key, wrapped: try await encrypt(key, kekId: kekId, context: context), kekId: kekId)
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         let name = try CloudKmsKeyName(kekId)
-        let aad = CloudKms.additionalData(context)
+        let aad = GoogleCloudKms.additionalData(context)
         let fields: [String: Any] = [
             "additionalAuthenticatedData": Base64.encode(aad),
             "additionalAuthenticatedDataCrc32c": String(CRC32C.checksum(aad)),
@@ -121,7 +121,7 @@ public struct CloudKms: EnvironmentConfigurable {
         let response = try await call(
             "encrypt", name, path: ":encrypt",
             body: .jsonWithSecret(fields, name: "plaintext", value: key.base64Encoded()))
-        let answer = try CloudKms.object(response)
+        let answer = try GoogleCloudKms.object(response)
         guard answer["verifiedPlaintextCrc32c"] as? Bool == true,
             answer["verifiedAdditionalAuthenticatedDataCrc32c"] as? Bool == true
         else {
@@ -131,7 +131,7 @@ public struct CloudKms: EnvironmentConfigurable {
             )
         }
         guard let ciphertext = (answer["ciphertext"] as? String).flatMap(Base64.decode),
-            CloudKms.checksum(answer["ciphertextCrc32c"]) == CRC32C.checksum(ciphertext)
+            GoogleCloudKms.checksum(answer["ciphertextCrc32c"]) == CRC32C.checksum(ciphertext)
         else {
             throw DBKeyError(
                 .kmsUnavailable,
@@ -141,15 +141,17 @@ public struct CloudKms: EnvironmentConfigurable {
         guard let version = (answer["name"] as? String).flatMap(name.versionNumber(of:)) else {
             throw DBKeyError(.kmsUnavailable, "Cloud KMS's answer to encrypt with \(name) names no version of it.")
         }
-        return WrappedKey(encoded: "gcpkms:v\(version):\(Base64.encode(ciphertext))")
+        return WrappedDataKey(encoded: "gcpkms:v\(version):\(Base64.encode(ciphertext))")
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         let name = try CloudKmsKeyName(kekId)
-        guard let ciphertext = CloudKms.ciphertext(of: wrapped) else {
+        guard let ciphertext = GoogleCloudKms.ciphertext(of: wrapped) else {
             throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a Cloud KMS ciphertext (gcpkms:vN:…).")
         }
-        let aad = CloudKms.additionalData(context)
+        let aad = GoogleCloudKms.additionalData(context)
         var response = try await call(
             "decrypt", name, path: ":decrypt",
             body: .json([
@@ -161,8 +163,9 @@ public struct CloudKms: EnvironmentConfigurable {
         guard let plaintext = JSONSecretField.take("plaintext", from: &response) else {
             throw DBKeyError(.kmsUnavailable, "Cloud KMS answered without a plaintext for \(name).")
         }
-        let answer = try CloudKms.object(response)
-        guard CloudKms.checksum(answer["plaintextCrc32c"]) == plaintext.withUnsafeBytes({ CRC32C.checksum($0) }) else {
+        let answer = try GoogleCloudKms.object(response)
+        guard GoogleCloudKms.checksum(answer["plaintextCrc32c"]) == plaintext.withUnsafeBytes({ CRC32C.checksum($0) })
+        else {
             throw DBKeyError(
                 .kmsUnavailable,
                 "Cloud KMS's plaintext from \(name) does not match its checksum: it was altered in transit. Try again.")
@@ -178,7 +181,7 @@ public struct CloudKms: EnvironmentConfigurable {
         let name = try CloudKmsKeyName(kekId)
         let clock = ContinuousClock()
         let start = clock.now
-        let key = try CloudKms.object(try await call("get", name, path: "", body: nil))
+        let key = try GoogleCloudKms.object(try await call("get", name, path: "", body: nil))
         let latency = clock.now - start
         let purpose = key["purpose"].map { "\($0)" } ?? "?"
         guard ["ENCRYPT_DECRYPT", "1"].contains(purpose) else {
@@ -200,8 +203,8 @@ public struct CloudKms: EnvironmentConfigurable {
     }
 
     /// The `N` of a `gcpkms:vN:…` wrapped key: the key version that wrapped it.
-    public func keyVersion(of wrapped: WrappedKey) -> Int? {
-        CloudKms.parts(of: wrapped)?.version
+    public func keyVersion(of wrapped: WrappedDataKey) -> Int? {
+        GoogleCloudKms.parts(of: wrapped)?.version
     }
 
     // MARK: - The protocol
@@ -212,7 +215,7 @@ public struct CloudKms: EnvironmentConfigurable {
         Array("dbkey".utf8) + [0] + context.canonicalEncoding
     }
 
-    static func parts(of wrapped: WrappedKey) -> (version: Int, ciphertext: [UInt8])? {
+    static func parts(of wrapped: WrappedDataKey) -> (version: Int, ciphertext: [UInt8])? {
         let parts = wrapped.encoded.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "gcpkms", parts[1].hasPrefix("v"),
             let version = Int(parts[1].dropFirst()), version > 0,
@@ -221,7 +224,7 @@ public struct CloudKms: EnvironmentConfigurable {
         return (version, ciphertext)
     }
 
-    static func ciphertext(of wrapped: WrappedKey) -> [UInt8]? { parts(of: wrapped)?.ciphertext }
+    static func ciphertext(of wrapped: WrappedDataKey) -> [UInt8]? { parts(of: wrapped)?.ciphertext }
 
     /// An int64 checksum field: JSON carries it as a string.
     static func checksum(_ value: Any?) -> UInt32? {
@@ -248,7 +251,7 @@ public struct CloudKms: EnvironmentConfigurable {
             operation, url: url, body: body, tokens: tokens, scope: GoogleCredentials.scope,
             fetch: { [credentials] in try await credentials.fetchToken(client) },
             mapError: { status, responseBody in
-                CloudKms.error(
+                GoogleCloudKms.error(
                     status: status, body: responseBody, operation: operation, key: key,
                     credentials: credentials.summary)
             })

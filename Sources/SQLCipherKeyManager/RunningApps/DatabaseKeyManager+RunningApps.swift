@@ -1,4 +1,4 @@
-extension LocalDbKeyManager {
+extension DatabaseKeyManager {
     /// Opens a connection pool on the database — one writer and up to `maximumReaders` readers
     /// in WAL mode — creating the database and its key on first use, as
     /// ``openOrCreate()`` does.
@@ -33,7 +33,7 @@ extension LocalDbKeyManager {
         do {
             try await pool.start()
         } catch let error as DBKeyError {
-            database.record(.openFailed, try? database.load(), detail: error.code.rawValue)
+            database.record(.openFailed, try? database.keyStore.read(), detail: error.code.rawValue)
             throw error
         }
         return pool
@@ -87,7 +87,7 @@ extension LocalDbKeyManager {
     public func requestRotation(timeout: Duration = .seconds(60), dropUnreachableSlots: Bool = false) async throws
         -> KeyFile
     {
-        try database.refuseSymbolicLink()
+        try database.opener.refuseSymbolicLink()
         return try await RotationRequest.request(
             database: database, timeout: timeout, dropUnreachableSlots: dropUnreachableSlots)
     }

@@ -12,7 +12,7 @@ import Synchronization
 /// must link the same `libsqlcipher` as DBKey (two SQLite libraries in one process crash it):
 ///
 /// ```swift
-/// let key = try await manager.getOrCreateKey()
+/// let key = try await manager.leaseKey()
 /// var handle: OpaquePointer?
 /// guard sqlite3_open_v2(manager.databasePath, &handle, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK, let handle else {
 ///     throw DBKeyError(.io, "cannot open the database")
@@ -22,7 +22,7 @@ import Synchronization
 /// sqlite3_close_v2(handle)
 /// key.release()
 /// ```
-public final class DatabaseKey: Sendable, CustomStringConvertible {
+public final class KeyLease: Sendable, CustomStringConvertible {
     /// The database's path.
     public let databasePath: String
     /// The SQLCipher settings the key needs on every handle (applied by ``apply(to:)``).
@@ -62,12 +62,12 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         guard !isReleased else {
             throw DBKeyError(
                 .invalidConfiguration,
-                "This DatabaseKey was released: ask the manager for the key again (getOrCreateKey()).",
+                "This KeyLease was released: ask the manager for the key again (leaseKey()).",
                 path: databasePath)
         }
         let connection = DatabaseConnection.borrowing(handle)
         defer { connection.close() }
-        try DatabaseKey.requireSQLCipher(
+        try KeyLease.requireSQLCipher(
             cipherVersion: try connection.fetchAll("PRAGMA cipher_version").first?[0].textValue)
         let keyText = try RawKeyText.make(for: key)
         try connection.applyKey(keyText)
@@ -114,7 +114,7 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         } catch DBKeyError.Code.wrongKey {
             throw DBKeyError(
                 .wrongKey,
-                "The key of \(databasePath) was changed outside DBKey: the data key its .key records (version \(version)) no longer opens it. A handle keyed through the seam ran PRAGMA rekey or GRDB's changePassphrase; change keys only with LocalDbKeyManager.rotateKey. Re-key the database back with the handle that changed it, or restore it from a backup.",
+                "The key of \(databasePath) was changed outside DBKey: the data key its .key records (version \(version)) no longer opens it. A handle keyed through the seam ran PRAGMA rekey or GRDB's changePassphrase; change keys only with DatabaseKeyManager.rotateKey. Re-key the database back with the handle that changed it, or restore it from a backup.",
                 path: databasePath
             )
         }
@@ -146,5 +146,5 @@ public final class DatabaseKey: Sendable, CustomStringConvertible {
         lock.withLock { $0.released }
     }
 
-    public var description: String { "DatabaseKey(\(databasePath), version \(version), redacted)" }
+    public var description: String { "KeyLease(\(databasePath), version \(version), redacted)" }
 }

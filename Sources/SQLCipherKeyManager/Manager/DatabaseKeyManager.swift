@@ -10,7 +10,7 @@ import Logging
 ///
 /// ```swift
 /// let logger = Logger(label: "app.db")
-/// let manager = LocalDbKeyManager(
+/// let manager = DatabaseKeyManager(
 ///     databasePath: NSTemporaryDirectory() + "/app.db",
 ///     kms: try LocalKms.fromEnvironment(logger: logger),
 ///     configuration: .init(encryptionContext: ["purpose": "field-notes"], rotationPeriodDays: 90),
@@ -21,7 +21,7 @@ import Logging
 ///
 /// Routine work is logged at `debug` and `trace`; key events go to the configuration's
 /// ``AuditSink``. No key material is ever logged.
-public final class LocalDbKeyManager: Sendable {
+public final class DatabaseKeyManager: Sendable {
     /// Settings for new keys, and how the manager waits and caches. Opening an existing
     /// database uses what its `.key` file records.
     public struct Configuration: Sendable {
@@ -37,12 +37,12 @@ public final class LocalDbKeyManager: Sendable {
         public var rotationPeriodDays: Int?
         /// The `cipher_page_size` of new databases.
         public var pageSize: Int
-        /// Whether new databases (and ``LocalDbKeyManager/upgrade(pageSize:progress:)``'s copy) keep
+        /// Whether new databases (and ``DatabaseKeyManager/upgrade(pageSize:progress:)``'s copy) keep
         /// their first 32 bytes in plaintext (`cipher_plaintext_header_size`), with the salt
         /// recorded in the `.key` and supplied on every open: what iOS needs to recognise a WAL
         /// database held open in a shared app-group container. Needs SQLCipher 4.
         public var plaintextHeader: Bool
-        /// How long ``LocalDbKeyManager/open()`` waits for a running rotation or migration to
+        /// How long ``DatabaseKeyManager/open()`` waits for a running rotation or migration to
         /// finish before failing with ``DBKeyError/Code-swift.struct/databaseInUse``.
         public var openWait: Duration
         /// How long an unwrapped data key is kept in memory, so that reopening within this time
@@ -64,7 +64,7 @@ public final class LocalDbKeyManager: Sendable {
         public var quiesceTimeout: Duration
         /// Whether a process that linked SQLCipher 3.x may create databases, in the 3 format.
         /// Off by default: DBKey creates new databases in the SQLCipher 4 format only, and with a
-        /// 3.x library ``LocalDbKeyManager/initialize()`` and every call that creates a database
+        /// 3.x library ``DatabaseKeyManager/initialize()`` and every call that creates a database
         /// fail with ``DBKeyError/Code-swift.struct/unsupportedFormat``, saying which library
         /// was linked and how to link 4.x. The default is on when the environment sets
         /// `DBKEY_ALLOW_SQLCIPHER3_DATABASES=1` (``allowSQLCipher3DatabasesVariable``).
@@ -182,7 +182,7 @@ public final class LocalDbKeyManager: Sendable {
     /// - Throws: ``DBKeyError`` with a key-file code; ``DBKeyError/Code-swift.struct/keyFileCorrupt``
     ///   for a file of the older form whose `kek_id` no registered provider claims.
     public func load() throws -> KeyFile {
-        try database.load()
+        try database.keyStore.read()
     }
 
     /// The database's key, for keying an SQLite handle the app opened itself; the key and the
@@ -192,7 +192,7 @@ public final class LocalDbKeyManager: Sendable {
     /// first; the returned key holds the lock until it is released.
     ///
     /// ```swift
-    /// let key = try await manager.getOrCreateKey()
+    /// let key = try await manager.leaseKey()
     /// defer { key.release() }
     /// print("data key version \(key.version), page size \(key.cipherSettings.pageSize)")
     /// ```
@@ -200,13 +200,13 @@ public final class LocalDbKeyManager: Sendable {
     /// - Throws: ``DBKeyError``: key-file codes, KMS codes, or
     ///   ``DBKeyError/Code-swift.struct/wrongKey`` when the KMS returns a key that fails the
     ///   key check.
-    public func getOrCreateKey() async throws -> DatabaseKey {
-        try database.refuseSymbolicLink()
+    public func leaseKey() async throws -> KeyLease {
+        try database.opener.refuseSymbolicLink()
         try await createOnFirstUse()
         let (lock, keyFile) = try await database.acquireSettled(wait: configuration.openWait)
         do {
-            let key = try await database.unwrapKey(of: keyFile)
-            return DatabaseKey(key: key, keyFile: keyFile, databasePath: databasePath, lock: lock)
+            let key = try await database.unlocker.unwrapKey(of: keyFile)
+            return KeyLease(key: key, keyFile: keyFile, databasePath: databasePath, lock: lock)
         } catch {
             lock.release()
             throw error
@@ -236,7 +236,7 @@ public final class LocalDbKeyManager: Sendable {
     /// Creates the key and the database when neither exists; another process creating them
     /// meanwhile is not an error.
     func createOnFirstUse() async throws {
-        guard !database.fileExists(keyFilePath) && !database.fileExists(databasePath) else { return }
+        guard !DatabaseFiles.exists(keyFilePath) && !DatabaseFiles.exists(databasePath) else { return }
         do {
             try await initialize()
         } catch DBKeyError.Code.alreadyInitialized {
@@ -273,7 +273,7 @@ public final class LocalDbKeyManager: Sendable {
     /// copy that replaces the database, or with `PRAGMA rekey` in place), the `.key` file updated.
     ///
     /// The change is journaled in the `.key` file so that a crash at any moment loses nothing:
-    /// 1. the `.key.lock` lock is taken exclusively — no connection or ``DatabaseKey`` may be
+    /// 1. the `.key.lock` lock is taken exclusively — no connection or ``KeyLease`` may be
     ///    held;
     /// 2. the KMS creates the new key (a KMS failure changes nothing);
     /// 3. SQLite's exclusive lock is taken on the database (the WAL emptied first) and every
@@ -491,8 +491,8 @@ public final class LocalDbKeyManager: Sendable {
 
     /// This manager, unwrapping the data key only through `access`: a break-glass open
     /// through one slot or an escrow key, without changing the `.key` file's primary.
-    public func through(_ access: KeySlotAccess) -> LocalDbKeyManager {
-        LocalDbKeyManager(database: database.through(access))
+    public func restricted(to access: KeySlotAccess) -> DatabaseKeyManager {
+        DatabaseKeyManager(database: database.restricted(to: access))
     }
 
     /// Brings an existing database under management: a new data key from the KMS, an encrypted

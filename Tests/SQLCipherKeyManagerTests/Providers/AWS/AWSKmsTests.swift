@@ -96,7 +96,7 @@ struct AwsKmsMotoTests {
         _ = FileManager.default.createFile(
             atPath: path + ".key", contents: try JSONSerialization.data(withJSONObject: sevenField),
             attributes: [.posixPermissions: 0o600])
-        let manager = LocalDbKeyManager(databasePath: path, kms: try Moto.provider(), logger: silentLogger)
+        let manager = DatabaseKeyManager(databasePath: path, kms: try Moto.provider(), logger: silentLogger)
         #expect(try manager.load().kms == "aws", "inferred from the ARN")
         let connection = try await manager.open()
         #expect(try connection.fetchAll("SELECT note FROM visit").first?[0] == .text("from boto3"))
@@ -107,7 +107,7 @@ struct AwsKmsMotoTests {
         let transport = CountingTransport()
         let kms = try Moto.provider(transport: transport)
         let database = try await TestDatabase(rows: 10, kms: kms, kekId: try Moto.keyArn())
-        let manager = LocalDbKeyManager(
+        let manager = DatabaseKeyManager(
             databasePath: database.path, kms: kms, configuration: .init(keyCacheTTL: .seconds(2)), logger: silentLogger)
         transport.reset()
         try await manager.open().close()
@@ -171,7 +171,7 @@ struct AwsKmsFaultTests {
     func neverAnswers() async throws {
         let server = try SilentServer()
         let timing = TimingTransport()
-        let kms = AwsKms(
+        let kms = AWSKms(
             credentials: try Moto.credentials(), region: "us-east-1", endpoint: server.url,
             retry: .init(attempts: 2, timeout: .milliseconds(500), initialBackoff: .milliseconds(50)),
             transport: timing, logger: silentLogger)
@@ -226,10 +226,10 @@ struct AwsKmsFaultTests {
 
     @Test("the region comes from a key ARN, else from the configuration")
     func regions() throws {
-        let kms = AwsKms(credentials: try Moto.credentials(), region: "eu-west-1", endpoint: nil, logger: silentLogger)
+        let kms = AWSKms(credentials: try Moto.credentials(), region: "eu-west-1", endpoint: nil, logger: silentLogger)
         #expect(try kms.region(for: "arn:aws:kms:ap-south-1:123456789012:key/abc") == "ap-south-1")
         #expect(try kms.region(for: "alias/app") == "eu-west-1")
-        let noRegion = AwsKms(credentials: try Moto.credentials(), region: nil, endpoint: nil, logger: silentLogger)
+        let noRegion = AWSKms(credentials: try Moto.credentials(), region: nil, endpoint: nil, logger: silentLogger)
         #expect(throws: DBKeyError.self) { try noRegion.region(for: "alias/app") }
     }
 }

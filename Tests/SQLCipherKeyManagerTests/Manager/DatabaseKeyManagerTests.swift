@@ -5,22 +5,22 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("LocalDbKeyManager")
+@Suite("DatabaseKeyManager")
 struct LocalDbKeyManagerTests {
     func manager(
         _ directory: TemporaryDirectory,
         name: String = "app.db",
         kms: (any KeyManagementService)? = nil,
-        configuration: LocalDbKeyManager.Configuration = .init(encryptionContext: ["purpose": "test"]),
+        configuration: DatabaseKeyManager.Configuration = .init(encryptionContext: ["purpose": "test"]),
         logger: Logger = silentLogger
-    ) throws -> LocalDbKeyManager {
-        LocalDbKeyManager(
+    ) throws -> DatabaseKeyManager {
+        DatabaseKeyManager(
             databasePath: directory.file(name), kms: try kms ?? localKms(), configuration: configuration, logger: logger
         )
     }
 
     /// Creates a database with a table of `rows` rows of 200 bytes each.
-    func populated(_ manager: LocalDbKeyManager, rows: Int = 10) async throws {
+    func populated(_ manager: DatabaseKeyManager, rows: Int = 10) async throws {
         try await manager.initialize()
         let db = try await manager.open()
         try db.execute("CREATE TABLE item(id INTEGER PRIMARY KEY, body TEXT)")
@@ -50,7 +50,8 @@ struct LocalDbKeyManagerTests {
             #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
         }
         try await populated(
-            LocalDbKeyManager(databasePath: directory.file("b.db"), kms: try localKms(), logger: silentLogger), rows: 3)
+            DatabaseKeyManager(databasePath: directory.file("b.db"), kms: try localKms(), logger: silentLogger), rows: 3
+        )
         let db = try await manager.open()
         try db.execute("CREATE TABLE t(a); INSERT INTO t VALUES ('kept')")
         db.close()
@@ -109,16 +110,16 @@ struct LocalDbKeyManagerTests {
         #expect(try await manager.open().fetchAll("SELECT 1").count == 1)
     }
 
-    @Test("getOrCreateKey creates on first use and returns the same key afterwards")
-    func getOrCreateKey() async throws {
+    @Test("leaseKey creates on first use and returns the same key afterwards")
+    func leaseKey() async throws {
         let directory = try TemporaryDirectory()
         let kms = MockKms(seed: 5)
         let manager = try manager(directory, kms: kms, configuration: .init(kekId: "k"))
-        let first = try await manager.getOrCreateKey()
+        let first = try await manager.leaseKey()
         #expect(first.key == MockKms.dataKey(seed: 5, index: 0))
         #expect(first.version == 1 && first.cipherSettings.pageSize == 4096)
         first.release()
-        let again = try await manager.getOrCreateKey()
+        let again = try await manager.leaseKey()
         #expect(again.key == first.key)
         again.release()
         #expect(kms.calls(of: .generateDataKey).count == 1)
@@ -354,14 +355,14 @@ struct LocalDbKeyManagerTests {
         // Expired keys are dropped (and wiped) without waiting for an access; under load the
         // purge may run late, so wait for it rather than for a fixed time.
         let deadline = ContinuousClock.now + .seconds(10)
-        while manager.database.keyCache.count > 0 && ContinuousClock.now < deadline {
+        while manager.database.unlocker.cache.count > 0 && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
         }
-        #expect(manager.database.keyCache.count == 0, "expired keys are dropped without an access")
+        #expect(manager.database.unlocker.cache.count == 0, "expired keys are dropped without an access")
         try await manager.open().close()
         #expect(kms.calls(of: .decrypt).count == 2, "after the TTL")
         try await manager.rotateKey()
-        #expect(manager.database.keyCache.count == 0, "a rotation drops every cached key")
+        #expect(manager.database.unlocker.cache.count == 0, "a rotation drops every cached key")
         kms.resetCalls()
         try await manager.open().close()
         #expect(kms.calls(of: .decrypt).count == 1, "after a rotation")

@@ -12,7 +12,7 @@ struct CloudKmsTests {
     let context: EncryptionContext = ["purpose": "gcp-test", "tenant": "t-9"]
 
     /// The additionalAuthenticatedData DBKey binds, as base64 for Google's client.
-    var aad: String { Data(CloudKms.additionalData(context)).base64EncodedString() }
+    var aad: String { Data(GoogleCloudKms.additionalData(context)).base64EncodedString() }
 
     @Test("init → rotate → the Cloud KMS key gets a new primary → status shows 1 of 2 → rewrap → version 2 → opens")
     func lifecycle() async throws {
@@ -53,12 +53,12 @@ struct CloudKmsTests {
     func googleDecryptsOurs() async throws {
         let kekId = try await FakeCloudKms.createKey()
         let dataKey = try await FakeCloudKms.provider().generateDataKey(kekId: kekId, context: context)
-        let ciphertext = try #require(CloudKms.ciphertext(of: dataKey.wrapped))
+        let ciphertext = try #require(GoogleCloudKms.ciphertext(of: dataKey.wrapped))
         let answer = try await FakeCloudKms.googleClient([
             "op": "decrypt", "key": kekId, "ciphertext": Data(ciphertext).base64EncodedString(), "aad_b64": aad,
         ])
         #expect(secureBuffer(hex: try #require(answer["plaintext_hex"])) == dataKey.plaintext)
-        let otherContext = Data(CloudKms.additionalData(["purpose": "other"])).base64EncodedString()
+        let otherContext = Data(GoogleCloudKms.additionalData(["purpose": "other"])).base64EncodedString()
         await #expect(throws: DBKeyError.self) {
             _ = try await FakeCloudKms.googleClient([
                 "op": "decrypt", "key": kekId, "ciphertext": Data(ciphertext).base64EncodedString(),
@@ -77,7 +77,7 @@ struct CloudKmsTests {
             "op": "encrypt", "key": kekId, "plaintext_hex": hex, "aad_b64": aad,
         ])
         #expect(answer["name"] == kekId + "/cryptoKeyVersions/2")
-        let wrapped = WrappedKey(encoded: "gcpkms:v2:" + (try #require(answer["ciphertext"])))
+        let wrapped = WrappedDataKey(encoded: "gcpkms:v2:" + (try #require(answer["ciphertext"])))
         let kms = try FakeCloudKms.provider()
         #expect(try await kms.decrypt(wrapped, kekId: kekId, context: context) == key)
         #expect(kms.keyVersion(of: wrapped) == 2)
@@ -98,7 +98,7 @@ struct CloudKmsTests {
         #expect(try await kms.health(kekId: Drongo.kekId).latestKeyVersion == 1)
         let dataKey = try await kms.generateDataKey(kekId: Drongo.kekId, context: context)
         let endpoint = try Drongo.endpoint().absoluteString
-        let ciphertext = Data(try #require(CloudKms.ciphertext(of: dataKey.wrapped))).base64EncodedString()
+        let ciphertext = Data(try #require(GoogleCloudKms.ciphertext(of: dataKey.wrapped))).base64EncodedString()
         let opened = try await FakeCloudKms.googleClient(
             ["op": "decrypt", "key": Drongo.kekId, "ciphertext": ciphertext, "aad_b64": aad], endpoint: endpoint,
             token: "drongo")
@@ -109,7 +109,7 @@ struct CloudKmsTests {
                 "aad_b64": aad,
             ],
             endpoint: endpoint, token: "drongo")
-        let wrapped = WrappedKey(encoded: "gcpkms:v1:" + (try #require(sealed["ciphertext"])))
+        let wrapped = WrappedDataKey(encoded: "gcpkms:v1:" + (try #require(sealed["ciphertext"])))
         #expect(
             try await kms.decrypt(wrapped, kekId: Drongo.kekId, context: context)
                 == secureBuffer(hex: String(repeating: "ab", count: 32)))
@@ -301,8 +301,8 @@ struct CloudKmsTests {
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: readable)
         await expectError(.keyFileInsecure) { _ = try source(["GOOGLE_APPLICATION_CREDENTIALS": readable]) }
         await expectError(.invalidConfiguration, containing: ["https://"]) {
-            _ = try CloudKms.fromEnvironment(
-                [CloudKms.endpointVariable: "http://kms.example.com", "GOOGLE_OAUTH_ACCESS_TOKEN": "t"],
+            _ = try GoogleCloudKms.fromEnvironment(
+                [GoogleCloudKms.endpointVariable: "http://kms.example.com", "GOOGLE_OAUTH_ACCESS_TOKEN": "t"],
                 logger: silentLogger)
         }
     }

@@ -13,8 +13,8 @@ import SQLCipherKeyManager
 /// `DBKEY_KMS_TIMEOUT_SECONDS` for the retry policy.
 ///
 /// ```swift
-/// let kms = try AwsKms.fromEnvironment(logger: logger)
-/// let manager = LocalDbKeyManager(
+/// let kms = try AWSKms.fromEnvironment(logger: logger)
+/// let manager = DatabaseKeyManager(
 ///     databasePath: path, kms: kms,
 ///     configuration: .init(kekId: "alias/app-db", encryptionContext: ["purpose": "notes"]),
 ///     logger: logger)
@@ -23,7 +23,7 @@ import SQLCipherKeyManager
 /// Throttling, 5xx answers, timeouts and refused connections are retried with exponential
 /// backoff and jitter (``RetryPolicy``). Every KMS operation used here is free of side effects
 /// on the KMS, so a retry can never apply anything twice.
-public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
+public struct AWSKms: ServerSideRewrapping, EnvironmentConfigurable {
     /// `aws`.
     public let providerName = "aws"
 
@@ -97,7 +97,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
     /// Makes the AWS KMS provider from the environment (see ``fromEnvironment(_:logger:)``); claims
     /// seven-field `.key` files whose `kek_id` is a key ARN or alias.
     public static let factory = KmsProviderFactory(
-        AwsKms.self,
+        AWSKms.self,
         providerName: "aws",
         uriScheme: "aws-kms",
         uriForms: ["aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", "aws-kms://alias/NAME"],
@@ -107,7 +107,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
     )
 
     /// Claims seven-field `.key` files whose `kek_id` is a KMS key ARN or alias.
-    public func claimsLegacyKekId(_ kekId: String) -> Bool { AwsKms.isAwsKekId(kekId) }
+    public func claimsLegacyKekId(_ kekId: String) -> Bool { AWSKms.isAwsKekId(kekId) }
 
     @Sendable static func isAwsKekId(_ kekId: String) -> Bool {
         kekId.hasPrefix("arn:aws:kms:") || kekId.hasPrefix("alias/")
@@ -120,7 +120,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment,
         logger: Logger
-    ) throws -> AwsKms {
+    ) throws -> AWSKms {
         let aws = AWSEnvironment(variables: environment)
         var endpoint: URL?
         if let text = aws.endpointOverride {
@@ -132,7 +132,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
         let retry = try RetryPolicy.fromEnvironment(
             environment, attemptsVariable: "AWS_MAX_ATTEMPTS", countsFirstAttempt: true)
         let region = try aws.region()
-        return AwsKms(
+        return AWSKms(
             credentials: try aws.credentialProvider(region: region), region: region, endpoint: endpoint, retry: retry,
             logger: logger)
     }
@@ -145,13 +145,15 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
             kekId: kekId,
             ["KeyId": kekId, "KeySpec": "AES_256", "EncryptionContext": context.dictionary]
         )
-        let plaintext = try AwsKms.takePlaintext(from: &response)
-        let fields = try AwsKms.fields(of: response)
+        let plaintext = try AWSKms.takePlaintext(from: &response)
+        let fields = try AWSKms.fields(of: response)
         return DataKey(
-            plaintext: plaintext, wrapped: try AwsKms.ciphertext(fields), kekId: fields["KeyId"] as? String ?? kekId)
+            plaintext: plaintext, wrapped: try AWSKms.ciphertext(fields), kekId: fields["KeyId"] as? String ?? kekId)
     }
 
-    public func decrypt(_ wrapped: WrappedKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+    public func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+        -> SecureBuffer
+    {
         guard wrapped.base64DecodedBytes != nil else {
             throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a base64 AWS KMS CiphertextBlob.")
         }
@@ -160,17 +162,17 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
             kekId: kekId,
             ["CiphertextBlob": wrapped.encoded, "KeyId": kekId, "EncryptionContext": context.dictionary]
         )
-        return try AwsKms.takePlaintext(from: &response)
+        return try AWSKms.takePlaintext(from: &response)
     }
 
-    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedKey {
+    public func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
         // The request body must hold the key in base64: URLSession takes only Data. It is wiped
         // as soon as the exchange is over. Prefer ``reEncrypt(_:from:to:context:)`` between AWS keys.
         let encoded = key.base64Encoded()
         let response = try await call("Encrypt", kekId: kekId, secretField: ("Plaintext", encoded)) {
             ["KeyId": kekId, "EncryptionContext": context.dictionary]
         }
-        return try AwsKms.ciphertext(try AwsKms.fields(of: response))
+        return try AWSKms.ciphertext(try AWSKms.fields(of: response))
     }
 
     public func health(kekId: String) async throws -> KmsHealth {
@@ -178,7 +180,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
         let start = clock.now
         let response = try await call("DescribeKey", kekId: kekId, ["KeyId": kekId])
         let latency = clock.now - start
-        let metadata = try AwsKms.fields(of: response)["KeyMetadata"] as? [String: Any] ?? [:]
+        let metadata = try AWSKms.fields(of: response)["KeyMetadata"] as? [String: Any] ?? [:]
         let state = metadata["KeyState"] as? String ?? ((metadata["Enabled"] as? Bool) == true ? "Enabled" : "Unknown")
         guard state == "Enabled" else {
             throw DBKeyError(
@@ -192,11 +194,11 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
     ///
     /// - Returns: The new wrapped key and the destination key's ARN.
     public func reEncrypt(
-        _ wrapped: WrappedKey,
+        _ wrapped: WrappedDataKey,
         from sourceKekId: String,
         to destinationKekId: String,
         context: EncryptionContext
-    ) async throws -> (wrapped: WrappedKey, kekId: String) {
+    ) async throws -> (wrapped: WrappedDataKey, kekId: String) {
         let response = try await call(
             "ReEncrypt",
             kekId: destinationKekId,
@@ -205,17 +207,17 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
                 "SourceEncryptionContext": context.dictionary, "DestinationEncryptionContext": context.dictionary,
             ]
         )
-        let fields = try AwsKms.fields(of: response)
-        return (try AwsKms.ciphertext(fields), fields["KeyId"] as? String ?? destinationKekId)
+        let fields = try AWSKms.fields(of: response)
+        return (try AWSKms.ciphertext(fields), fields["KeyId"] as? String ?? destinationKekId)
     }
 
     /// ``reEncrypt(_:from:to:context:)``: any AWS key to any other.
     public func serverSideRewrap(
-        _ wrapped: WrappedKey,
+        _ wrapped: WrappedDataKey,
         from sourceKekId: String,
         to destinationKekId: String,
         context: EncryptionContext
-    ) async throws -> WrappedKey? {
+    ) async throws -> WrappedDataKey? {
         try await reEncrypt(wrapped, from: sourceKekId, to: destinationKekId, context: context).wrapped
     }
 
@@ -263,7 +265,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
                         path: endpoint.path.isEmpty ? "/" : endpoint.path,
                         query: "",
                         headers: [
-                            (name: "Host", value: AwsKms.hostHeader(endpoint)),
+                            (name: "Host", value: AWSKms.hostHeader(endpoint)),
                             (name: "Content-Type", value: "application/x-amz-json-1.1"),
                             (name: "X-Amz-Target", value: "TrentService.\(operation)"),
                         ],
@@ -273,7 +275,7 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
                     date: Date()
                 ).headers
             },
-            mapError: { status, body in AwsKms.error(status: status, body: body, operation: operation, kekId: kekId) }
+            mapError: { status, body in AWSKms.error(status: status, body: body, operation: operation, kekId: kekId) }
         )
     }
 
@@ -342,10 +344,10 @@ public struct AwsKms: ServerSideRewrapping, EnvironmentConfigurable {
         return object
     }
 
-    static func ciphertext(_ fields: [String: Any]) throws -> WrappedKey {
+    static func ciphertext(_ fields: [String: Any]) throws -> WrappedDataKey {
         guard let blob = fields["CiphertextBlob"] as? String, !blob.isEmpty else {
             throw DBKeyError(.kmsUnavailable, "AWS KMS answered without a CiphertextBlob.")
         }
-        return WrappedKey(encoded: blob)
+        return WrappedDataKey(encoded: blob)
     }
 }
