@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "SQLCipherKeyManagerGCP", targets: ["SQLCipherKeyManagerGCP"]),
         .library(name: "SQLCipherKeyManagerAzure", targets: ["SQLCipherKeyManagerAzure"]),
         .library(name: "SQLCipherKeyManagerTPM", targets: ["SQLCipherKeyManagerTPM"]),
+        .library(name: "SQLCipherKeyManagerConfiguration", targets: ["SQLCipherKeyManagerConfiguration"]),
         .executable(name: "dbkey", targets: ["dbkey"]),
     ],
     dependencies: [
@@ -33,6 +34,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system.git", from: "1.7.0"),
         // PEM for escrow public keys; swift-crypto already depends on it.
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.0.0"),
+        // Provider configuration from an app's own sources (SQLCipherKeyManagerConfiguration
+        // only); no trait: the environment and in-memory providers need none.
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.0.0", traits: []),
     ],
     targets: [
         .systemLibrary(
@@ -89,6 +93,14 @@ let package = Package(
         .target(
             name: "SQLCipherKeyManagerVault",
             dependencies: ["SQLCipherKeyManager", "KmsHTTP", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
+            name: "SQLCipherKeyManagerConfiguration",
+            dependencies: [
+                "SQLCipherKeyManager",
+                .product(name: "Configuration", package: "swift-configuration"),
+            ],
             swiftSettings: upcomingFeatures
         ),
         .target(
@@ -216,6 +228,7 @@ let package = Package(
                 "SQLCipherKeyManagerGCP",
                 "SQLCipherKeyManagerAzure",
                 "SQLCipherKeyManagerTPM",
+                "SQLCipherKeyManagerConfiguration",
                 "KmsHTTP",
                 "DBKeyCLI",
                 "CSQLCipher",
@@ -224,6 +237,7 @@ let package = Package(
                 "dbkey-example-app",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: upcomingFeatures
         ),

@@ -45,11 +45,7 @@ struct DoctorCommand: AsyncParsableCommand {
         let report = await common.existingDatabaseManager(database, logger: common.makeLogger()).doctor()
         if json {
             struct Finding: Encodable { let check, message, fix: String }
-            struct Report: Encodable {
-                let database: String
-                let healthy: Bool
-                let findings: [Finding]
-            }
+            struct Report: Encodable { let database: String, healthy: Bool, findings: [Finding] }
             Output.printJSON(
                 Report(
                     database: database, healthy: report.isHealthy,

@@ -30,7 +30,7 @@ struct SQLCommand: AsyncParsableCommand {
             var results: [StatementResult] = []
             try connection.forEachResult(sql) { columns, rows in
                 if options.json {
-                    results.append(StatementResult(columns: columns, rows: rows.map { $0.values.map(JSONCell.init) }))
+                    results.append(StatementResult(columns: columns, rows: rows.map { $0.values.map(Self.json) }))
                     return
                 }
                 if header {
@@ -65,28 +65,17 @@ struct SQLCommand: AsyncParsableCommand {
     /// What one statement returned, as `--json` prints it.
     private struct StatementResult: Encodable {
         let columns: [String]
-        let rows: [[JSONCell]]
+        let rows: [[JSONValue]]
     }
 
     /// One value of a row: `null`, a number, a string, or a blob as `{"base64": …}`.
-    private struct JSONCell: Encodable {
-        let value: SQLValue
-
-        init(_ value: SQLValue) {
-            self.value = value
-        }
-
-        private struct Blob: Encodable { let base64: String }
-
-        func encode(to encoder: any Encoder) throws {
-            var container = encoder.singleValueContainer()
-            switch value {
-            case .null: try container.encodeNil()
-            case .integer(let integer): try container.encode(integer)
-            case .real(let real): try container.encode(real)
-            case .text(let text): try container.encode(text)
-            case .blob(let bytes): try container.encode(Blob(base64: Data(bytes).base64EncodedString()))
-            }
+    private static func json(_ value: SQLValue) -> JSONValue {
+        switch value {
+        case .null: .null
+        case .integer(let integer): .integer(integer)
+        case .real(let real): .number(real)
+        case .text(let text): .string(text)
+        case .blob(let bytes): .object(["base64": .string(Data(bytes).base64EncodedString())])
         }
     }
 }

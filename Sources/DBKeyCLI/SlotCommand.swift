@@ -100,11 +100,7 @@ struct SlotCommand: AsyncParsableCommand {
 
     static func print(_ keyFile: KeyFile, database: String, json: Bool) {
         if json {
-            struct Slots: Encodable {
-                let database: String
-                let dekVersion: Int
-                let slots: [SlotOutput]
-            }
+            struct Slots: Encodable { let database: String, dekVersion: Int, slots: [SlotOutput] }
             Output.printJSON(
                 Slots(
                     database: database, dekVersion: keyFile.version,

@@ -29,7 +29,7 @@ public struct AWSCredentials: Sendable, CustomStringConvertible {
 
 /// Where the AWS provider's settings come from: the variables and files the AWS SDKs read.
 struct AWSEnvironment {
-    let variables: [String: String]
+    let variables: ProviderEnvironment
 
     /// The profile: `AWS_PROFILE`, else `default`.
     var profile: String { variables["AWS_PROFILE"].flatMap { $0.isEmpty ? nil : $0 } ?? "default" }

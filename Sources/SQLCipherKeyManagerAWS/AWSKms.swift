@@ -118,7 +118,7 @@ public struct AWSKms: ServerSideRewrapping, EnvironmentConfigurable {
     /// - Throws: ``DBKeyError/Code-swift.struct/kmsAccessDenied`` when no credentials are found,
     ///   ``DBKeyError/Code-swift.struct/invalidConfiguration`` for an invalid endpoint URL.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        _ environment: ProviderEnvironment = .process,
         logger: Logger
     ) throws -> AWSKms {
         let aws = AWSEnvironment(variables: environment)

@@ -38,7 +38,7 @@ public struct AzureCredentials: Sendable {
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a service principal
     ///   named in part, or an endpoint that is not https (http only to loopback or link-local
     ///   addresses, where managed identity lives).
-    public static func fromEnvironment(_ environment: [String: String]) throws -> AzureCredentials {
+    public static func fromEnvironment(_ environment: ProviderEnvironment) throws -> AzureCredentials {
         func variable(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
         let clientId = variable("AZURE_CLIENT_ID")
         if let secret = variable("AZURE_CLIENT_SECRET") {

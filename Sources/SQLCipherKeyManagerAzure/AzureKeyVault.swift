@@ -74,7 +74,7 @@ public struct AzureKeyVault: EnvironmentConfigurable {
     /// Configures the provider: credentials as ``AzureCredentials/fromEnvironment(_:)`` finds
     /// them, `DBKEY_KMS_MAX_ATTEMPTS` (default 3) and `DBKEY_KMS_TIMEOUT_SECONDS`.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        _ environment: ProviderEnvironment = .process,
         logger: Logger
     ) throws -> AzureKeyVault {
         let retry = try RetryPolicy.fromEnvironment(

@@ -89,7 +89,7 @@ public struct GoogleCloudKms: EnvironmentConfigurable {
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for an invalid endpoint
     ///   or key file; key-file codes for a key file others can read.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        _ environment: ProviderEnvironment = .process,
         logger: Logger
     ) throws -> GoogleCloudKms {
         let endpoint = try environment[endpointVariable].flatMap { $0.isEmpty ? nil : $0 }.map {

@@ -47,7 +47,7 @@ public struct GoogleCredentials: Sendable {
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a key file of a kind
     ///   DBKey does not read, or an endpoint that is not https.
-    public static func fromEnvironment(_ environment: [String: String]) throws -> GoogleCredentials {
+    public static func fromEnvironment(_ environment: ProviderEnvironment) throws -> GoogleCredentials {
         if let token = environment["GOOGLE_OAUTH_ACCESS_TOKEN"], !token.isEmpty {
             return accessToken(try Passphrase.fromText(token, kind: "Google access token"))
         }

@@ -67,7 +67,7 @@ public struct Pkcs11Kms: EnvironmentConfigurable {
     ///   ``DBKeyError/Code-swift.struct/kmsAccessDenied`` without a PIN, key-file codes for a
     ///   PIN file others can read.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        _ environment: ProviderEnvironment = .process,
         logger: Logger
     ) throws -> Pkcs11Kms {
         guard let module = environment[moduleVariable], !module.isEmpty else {

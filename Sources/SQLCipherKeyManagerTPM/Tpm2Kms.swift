@@ -46,7 +46,7 @@ public struct Tpm2Kms: EnvironmentConfigurable {
 
     /// The provider with the TCTI from `DBKEY_TPM_TCTI`, `TPM2TOOLS_TCTI` or `TCTI`.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger
+        _ environment: ProviderEnvironment = .process, logger: Logger
     ) -> Tpm2Kms {
         let tcti = ["DBKEY_TPM_TCTI", "TPM2TOOLS_TCTI", "TCTI"].lazy.compactMap { environment[$0] }.first {
             !$0.isEmpty

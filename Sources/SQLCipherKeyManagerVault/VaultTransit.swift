@@ -98,7 +98,7 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
     ///   ``DBKeyError/Code-swift.struct/invalidConfiguration`` for an invalid address or value,
     ///   key-file codes for a token file others can read.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        _ environment: ProviderEnvironment = .process,
         logger: Logger
     ) throws -> VaultTransit {
         func variable(_ name: String) -> String? {

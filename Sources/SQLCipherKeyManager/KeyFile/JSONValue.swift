@@ -1,6 +1,6 @@
 /// Any JSON value, so that fields this version does not know survive a rewrite of the `.key`
 /// file unchanged.
-enum JSONValue: Hashable, Sendable, Encodable {
+package enum JSONValue: Hashable, Sendable, Encodable {
     case null
     case bool(Bool)
     case integer(Int64)
@@ -9,7 +9,7 @@ enum JSONValue: Hashable, Sendable, Encodable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         switch self {
         case .null: try container.encodeNil()

@@ -94,7 +94,7 @@ struct Doctor {
     private mutating func checkFiles() {
         let path = database.databasePath
         var files = database.files.all
-        if let masterKey = LocalKms.masterKeyFilePath(environment: ProcessInfo.processInfo.environment) {
+        if let masterKey = LocalKms.masterKeyFilePath(environment: .process) {
             files.append(masterKey)
         }
         for file in files {

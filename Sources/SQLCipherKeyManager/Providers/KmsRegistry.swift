@@ -25,8 +25,8 @@ public struct KmsProviderFactory: Sendable {
     /// `dbkey --help` (which lists the registered factories); empty when there is nothing to say.
     public let help: String
     private let claims: @Sendable (String) -> Bool
-    private let make: @Sendable ([String: String], Logger) throws -> any KeyManagementService
-    private let target: (@Sendable (String, [String: String], Logger) throws -> KekTarget?)?
+    private let make: @Sendable (ProviderEnvironment, Logger) throws -> any KeyManagementService
+    private let target: (@Sendable (String, ProviderEnvironment, Logger) throws -> KekTarget?)?
 
     /// Creates a factory.
     ///
@@ -48,10 +48,10 @@ public struct KmsProviderFactory: Sendable {
         help: String = "",
         claimsLegacyKekId: @escaping @Sendable (String) -> Bool = { _ in false },
         target: (
-            @Sendable (_ keyPart: String, _ environment: [String: String], _ logger: Logger) throws -> KekTarget?
+            @Sendable (_ keyPart: String, _ environment: ProviderEnvironment, _ logger: Logger) throws -> KekTarget?
         )? = nil,
         makeProvider:
-            @escaping @Sendable (_ environment: [String: String], _ logger: Logger) throws ->
+            @escaping @Sendable (_ environment: ProviderEnvironment, _ logger: Logger) throws ->
             any KeyManagementService
     ) {
         self.providerName = providerName
@@ -65,11 +65,11 @@ public struct KmsProviderFactory: Sendable {
 
     func claimsLegacyKekId(_ kekId: String) -> Bool { claims(kekId) }
 
-    func makeProvider(environment: [String: String], logger: Logger) throws -> any KeyManagementService {
+    func makeProvider(environment: ProviderEnvironment, logger: Logger) throws -> any KeyManagementService {
         try make(environment, logger)
     }
 
-    func target(forKeyPart keyPart: String, environment: [String: String], logger: Logger) throws -> KekTarget? {
+    func target(forKeyPart keyPart: String, environment: ProviderEnvironment, logger: Logger) throws -> KekTarget? {
         try target?(keyPart, environment, logger)
     }
 }
@@ -81,7 +81,16 @@ public protocol EnvironmentConfigurable: KeyManagementService {
     /// The provider as the variables in `environment` configure it.
     ///
     /// - Throws: ``DBKeyError`` naming the variable that is missing or invalid.
-    static func fromEnvironment(_ environment: [String: String], logger: Logger) throws -> Self
+    static func fromEnvironment(_ environment: ProviderEnvironment, logger: Logger) throws -> Self
+}
+
+extension EnvironmentConfigurable {
+    /// The provider as the variables of a dictionary configure it.
+    ///
+    /// - Throws: ``DBKeyError`` naming the variable that is missing or invalid.
+    public static func fromEnvironment(_ variables: [String: String], logger: Logger) throws -> Self {
+        try fromEnvironment(ProviderEnvironment(variables), logger: logger)
+    }
 }
 
 extension KmsProviderFactory {
@@ -145,7 +154,7 @@ public struct KekTarget: Sendable {
 public final class KmsRegistry: Sendable {
     private let instances: [String: any KeyManagementService]
     private let factories: [String: KmsProviderFactory]
-    private let environment: [String: String]
+    private let environment: ProviderEnvironment
     private let logger: Logger
     private let made = Mutex<[String: any KeyManagementService]>([:])
     private let limiter: KmsRateLimiter?
@@ -160,7 +169,7 @@ public final class KmsRegistry: Sendable {
     public init(
         providers: [any KeyManagementService] = [],
         factories: [KmsProviderFactory] = [],
-        environment: [String: String] = ProcessInfo.processInfo.environment,
+        environment: ProviderEnvironment = .process,
         logger: Logger = Logger(label: "dbkey.kms", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.instances = Dictionary(providers.map { ($0.providerName, $0) }, uniquingKeysWith: { first, _ in first })

@@ -111,7 +111,7 @@ public struct LocalKms: KeyManagementService {
     ///   others can read, ``DBKeyError/Code-swift.struct/keyFileMissing`` when
     ///   `DBKEY_MASTER_KEY_FILE` names no file.
     public static func fromEnvironment(
-        _ environment: [String: String] = ProcessInfo.processInfo.environment,
+        _ environment: ProviderEnvironment = .process,
         logger: Logger,
         creatingMissingFile: Bool = true
     ) throws -> LocalKms {
@@ -205,7 +205,7 @@ public struct LocalKms: KeyManagementService {
 
     /// The master key file `environment` names, or the default one; `nil` when the key is
     /// given inline or no home is set.
-    static func masterKeyFilePath(environment: [String: String]) -> String? {
+    static func masterKeyFilePath(environment: ProviderEnvironment) -> String? {
         guard environment[masterKeyVariable] == nil else { return nil }
         return environment[masterKeyFileVariable] ?? environment["HOME"].map { defaultMasterKeyPath(home: $0) }
     }

@@ -38,7 +38,7 @@ public struct RetryPolicy: Sendable {
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a value out of range.
     package static func fromEnvironment(
-        _ environment: [String: String],
+        _ environment: ProviderEnvironment,
         attemptsVariable: String,
         countsFirstAttempt: Bool
     ) throws -> RetryPolicy {

@@ -1,4 +1,5 @@
 import CSQLCipher
+import Configuration
 import DBKeyCLI
 import Foundation
 import Crypto
@@ -6,6 +7,7 @@ import Logging
 import SQLCipherKeyManager
 import SQLCipherKeyManagerAWS
 import SQLCipherKeyManagerAzure
+import SQLCipherKeyManagerConfiguration
 import SQLCipherKeyManagerConformance
 import SQLCipherKeyManagerGCP
 import SQLCipherKeyManagerPKCS11
@@ -274,6 +276,19 @@ enum DocCommentExamples {
                 try LocalKms.fromEnvironment(environment, logger: logger)
             }
             let registry = KmsRegistry(factories: [factory])
+            _ = registry
+        }
+        do {
+            let environment: ProviderEnvironment = [LocalKms.masterKeyFileVariable: "/etc/app/master.key"]
+            let kms = try LocalKms.fromEnvironment(environment, logger: logger)
+            _ = kms
+        }
+        do {
+            let config = ConfigReader(providers: [
+                InMemoryProvider(values: ["dbkey.master.key.file": "/etc/app/master.key"]),
+                EnvironmentVariablesProvider(),
+            ])
+            let registry = KmsRegistry(factories: [LocalKms.factory], environment: ProviderEnvironment(config))
             _ = registry
         }
         do {

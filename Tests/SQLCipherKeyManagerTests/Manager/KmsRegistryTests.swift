@@ -27,7 +27,7 @@ struct KmsRegistryTests {
         let inner: MockKms
         let configured: String
         var providerName: String { "configured" }
-        static func fromEnvironment(_ environment: [String: String], logger: Logger) throws -> ConfiguredKms {
+        static func fromEnvironment(_ environment: ProviderEnvironment, logger: Logger) throws -> ConfiguredKms {
             guard let seed = environment["CONFIGURED_KMS_SEED"] else {
                 throw DBKeyError(.invalidConfiguration, "CONFIGURED_KMS_SEED is unset")
             }

@@ -141,7 +141,8 @@ struct AWSCredentialChainTests {
         let boto3 = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         #expect(boto3["method"] as? String == source.method)
 
-        let provider = try AWSEnvironment(variables: environment).credentialProvider(region: "us-east-1")
+        let provider = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(
+            region: "us-east-1")
         let ours = Self.method(provider.source, environment: environment)
         #expect(
             ours == source.method
@@ -225,7 +226,8 @@ struct AWSCredentialChainTests {
         // An endpoint that is not STS: it answers 404, as STS answers a call it refuses with 4xx.
         environment["AWS_ENDPOINT_URL_STS"] = try Self.value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
         environment["HOME"] = directory.path
-        let provider = try AWSEnvironment(variables: environment).credentialProvider(region: "us-east-1")
+        let provider = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(
+            region: "us-east-1")
         let client = KmsHTTPClient(transport: URLSessionKmsTransport(), retry: RetryPolicy(), logger: silentLogger)
         let error = await expectError(
             .kmsAccessDenied, containing: ["AssumeRoleWithWebIdentity", "dbkey-web", "HTTP 404"]

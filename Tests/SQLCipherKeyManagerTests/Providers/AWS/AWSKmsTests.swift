@@ -267,13 +267,14 @@ struct AWSEnvironmentTests {
             contents: Data("[default]\nregion = us-west-2\n[profile ops]\nregion = eu-north-1\n".utf8),
             attributes: [.posixPermissions: 0o600])
         let base = ["AWS_SHARED_CREDENTIALS_FILE": credentialsFile, "AWS_CONFIG_FILE": configFile]
-        let defaults = AWSEnvironment(variables: base)
+        let defaults = AWSEnvironment(variables: ProviderEnvironment(base))
         #expect(try defaults.credentials().accessKeyId == "AKIADEFAULT")
         #expect(try defaults.region() == "us-west-2")
         let ops = AWSEnvironment(
-            variables: base.merging([
-                "AWS_PROFILE": "ops", "AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_KMS": "http://b",
-            ]) { $1 })
+            variables: ProviderEnvironment(
+                base.merging([
+                    "AWS_PROFILE": "ops", "AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_KMS": "http://b",
+                ]) { $1 }))
         #expect(try ops.credentials().accessKeyId == "AKIAOPS")
         #expect(try ops.credentials().secretAccessKey.withUnsafeBytes { Array($0) } == Array("ops-secret".utf8))
         #expect(try ops.region() == "eu-north-1")

@@ -160,9 +160,10 @@ struct AzureKeyVaultTests {
         // Sources in the SDK's order, and what is refused.
         #expect(
             try AzureCredentials.fromEnvironment(
-                try FakeKeyVault.processEnvironment().merging(["IDENTITY_ENDPOINT": http, "IDENTITY_HEADER": "h"]) {
-                    a, _ in a
-                }
+                ProviderEnvironment(
+                    try FakeKeyVault.processEnvironment().merging(["IDENTITY_ENDPOINT": http, "IDENTITY_HEADER": "h"]) {
+                        a, _ in a
+                    })
             ).summary.contains("service principal"))
         #expect(try AzureCredentials.fromEnvironment([:]).summary.contains("IMDS at 169.254.169.254"))
         await expectError(.invalidConfiguration, containing: ["AZURE_TENANT_ID"]) {

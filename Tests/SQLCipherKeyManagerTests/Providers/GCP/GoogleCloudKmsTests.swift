@@ -272,7 +272,9 @@ struct CloudKmsTests {
         let directory = try TemporaryDirectory()
         let keyFile = try FakeCloudKms.serviceAccountFile()
         func source(_ environment: [String: String]) throws -> String {
-            try GoogleCredentials.fromEnvironment(environment.merging(["HOME": directory.path]) { a, _ in a }).summary
+            try GoogleCredentials.fromEnvironment(
+                ProviderEnvironment(environment.merging(["HOME": directory.path]) { a, _ in a })
+            ).summary
         }
         #expect(
             try source(["GOOGLE_OAUTH_ACCESS_TOKEN": "t", "GOOGLE_APPLICATION_CREDENTIALS": keyFile]).contains(
