@@ -5,7 +5,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// `backup` and `restore`, in the library and as processes.
-@Suite("Backups")
+@Suite("Backups", .tags(.engine))
 struct BackupTests {
     typealias Workspace = DBKeyCLITests.Workspace
 

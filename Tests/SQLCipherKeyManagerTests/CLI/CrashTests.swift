@@ -5,7 +5,7 @@ import Testing
 
 /// Real processes, really killed: `dbkey rotate` and `dbkey migrate` sent SIGKILL at random
 /// moments, and other processes holding or rotating the same database.
-@Suite("Crashes and concurrent processes", .serialized)
+@Suite("Crashes and concurrent processes", .serialized, .tags(.engine))
 struct CrashTests {
     static let kills = 20
     /// 50,000 rows of 1000 characters: a database of about 52 MB.

@@ -352,7 +352,7 @@ enum ExitStatusTable {
 }
 
 /// `dbkey rotate`, `rewrap` and `migrate` end to end.
-@Suite("dbkey key changes")
+@Suite("dbkey key changes", .tags(.engine))
 struct DBKeyKeyChangeCLITests {
     typealias Workspace = DBKeyCLITests.Workspace
 

@@ -4,7 +4,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("SQLCipher connection")
+@Suite("SQLCipher connection", .tags(.engine))
 struct DatabaseConnectionTests {
     func openNew(_ directory: TemporaryDirectory, key: SecureBuffer? = nil, pageSize: Int = 4096) throws -> (
         DatabaseConnection, SecureBuffer

@@ -9,7 +9,7 @@ import Testing
 ///
 /// CI runs each site's first and last call; `Scripts/fault-sweep` runs every call
 /// (`DBKEY_FAULT_SWEEP=every-call`).
-@Suite("Faults at every file system call of a key change")
+@Suite("Faults at every file system call of a key change", .tags(.engine))
 struct FaultInjectionTests {
     enum Operation: String, CaseIterable, Sendable {
         case rotateRollback = "rotate (rollback journal)"

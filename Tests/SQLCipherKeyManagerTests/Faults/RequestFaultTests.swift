@@ -9,7 +9,7 @@ import Testing
 /// after the call, through the fault shim. After each: what the requester reported is what
 /// happened, no request is left stuck (the next request is answered), and once the app is gone
 /// the database opens with every row.
-@Suite("Faults in a rotation request, in the requester and in the answering app")
+@Suite("Faults in a rotation request, in the requester and in the answering app", .tags(.engine))
 struct RequestFaultTests {
     typealias Template = FaultInjectionTests.Template
 

@@ -5,7 +5,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("DatabaseKeyManager")
+@Suite("DatabaseKeyManager", .tags(.engine))
 struct LocalDbKeyManagerTests {
     func manager(
         _ directory: TemporaryDirectory,

@@ -4,7 +4,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("Key rotation")
+@Suite("Key rotation", .tags(.engine))
 struct RotationTests {
     @Test(
         "after rotation: a new key opens, the old one no longer does (sqlcipher shell), version +1, rotated_at set, not due",
