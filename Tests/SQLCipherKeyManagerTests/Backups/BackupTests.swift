@@ -19,14 +19,16 @@ struct BackupTests {
         #expect(
             try await workspace.dbkey("sql", database, "PRAGMA journal_mode = WAL; CREATE TABLE t(x INTEGER NOT NULL)")
                 .status == 0)
-        // The writer: one dbkey process per insert, each committing the next number.
+        // The writer: one dbkey process per insert, each committing the next number, until the
+        // stop file appears (made once the backup is done; in a soak, all 400).
+        let stop = workspace.directory.file("stop-writing")
         let shell = try requireTool("sh", installedBy: "dash")
         let writer = Process()
         writer.executableURL = URL(fileURLWithPath: shell)
         writer.arguments = [
             "-c",
-            "i=1; while [ $i -le 400 ]; do \"$0\" sql \"$1\" \"INSERT INTO t VALUES ($i)\" || exit 1; i=$((i+1)); done",
-            DBKeyCLITests.executable, database,
+            "i=1; while [ $i -le 400 ] && [ ! -e \"$2\" ]; do \"$0\" sql \"$1\" \"INSERT INTO t VALUES ($i)\" || exit 1; i=$((i+1)); done",
+            DBKeyCLITests.executable, database, stop,
         ]
         writer.environment = workspace.environment
         try writer.run()
@@ -43,6 +45,9 @@ struct BackupTests {
         let made = try await workspace.dbkey("backup", database, backup)
         #expect(made.status == 0, "\(made.stderr)")
         #expect(writer.isRunning, "the writer finished before the backup did: nothing was tested")
+        if !TestScale.soak {
+            #expect(FileManager.default.createFile(atPath: stop, contents: Data()))
+        }
         try await offPool { writer.waitUntilExit() }
         #expect(writer.terminationStatus == 0, "a write failed while the backup ran")
 
