@@ -220,23 +220,75 @@ struct FaultInjectionTests {
         }
     }
 
+    /// The checks after a fault, made in this process through the library, as `dbkey` makes
+    /// them: the fault needs a process of its own (the shim, a kill), the checks do not, and a
+    /// `dbkey` process for each (six to nine per fault) was most of the suite's CPU time.
+    struct Checks {
+        /// The scratch directory: the database, its master key files and what the operation made.
+        let directory: String
+        /// The case, for messages.
+        let description: String
+
+        /// A manager of `name` with the local provider under the master key file `master` and
+        /// the second master key as another, configured as ``FaultInjectionTests/environment(_:master:)``
+        /// configures `dbkey`.
+        func manager(_ name: String = "app.db", master: String = "old.key") throws -> DatabaseKeyManager {
+            let variables = FaultInjectionTests.environment(directory, master: directory + "/" + master)
+            return DatabaseKeyManager(
+                databasePath: directory + "/" + name,
+                providers: KmsRegistry(
+                    try LocalKms.fromEnvironment(
+                        ProviderEnvironment(variables), logger: silentLogger, creatingMissingFile: false)),
+                logger: silentLogger)
+        }
+
+        /// The rows of `t` in `name`, through an open that settles any record a key change
+        /// left (-1 for an answer that is not a count).
+        func rows(_ name: String = "app.db", master: String = "old.key") async throws -> Int64 {
+            let connection = try await manager(name, master: master).open()
+            defer { connection.close() }
+            guard case .integer(let count) = try connection.fetchAll("SELECT count(*) FROM t").first?[0] else {
+                return -1
+            }
+            return count
+        }
+
+        /// Whether `name` opens under `master` (an open settles any record a key change left).
+        func opens(_ name: String = "app.db", master: String = "old.key") async -> Bool {
+            guard let connection = try? await manager(name, master: master).open() else { return false }
+            connection.close()
+            return true
+        }
+
+        /// What doctor reports for `name`: each finding's check and message, one a line.
+        func doctor(_ name: String = "app.db", master: String = "old.key") async throws -> String {
+            try await manager(name, master: master).doctor().findings.map { "\($0.check): \($0.message)" }
+                .joined(separator: "\n")
+        }
+
+        /// Runs `body`, recording an issue that names the case and `step` when it throws.
+        func expectSuccess<Value>(_ step: String, _ body: () async throws -> Value) async -> Value? {
+            do {
+                return try await body()
+            } catch {
+                Issue.record("\(description): \(step): \(error)")
+                return nil
+            }
+        }
+    }
+
     /// What `operation` changes, read after an open settled any record a key change left: the
     /// `.key`'s version, primary KEK, format, slot count and pending record, or whether a copy
     /// was placed.
     static func changeSignature(_ operation: Operation, in directory: String) async throws -> String {
-        let database = directory + "/app.db"
         switch operation {
         case .backup: return FileManager.default.fileExists(atPath: directory + "/backup.db") ? "placed" : "none"
         case .restore: return FileManager.default.fileExists(atPath: directory + "/restored.db") ? "placed" : "none"
         default: break
         }
-        for master in ["old.key", "new.key"] {
-            let read = try await dbkey(
-                ["sql", database, "SELECT count(*) FROM sqlite_master"], in: directory, master: directory + "/" + master
-            )
-            if read.status == 0 { break }
-        }
-        guard let keyFile = try? KeyFile.read(from: database + ".key") else { return "no .key" }
+        let checks = Checks(directory: directory, description: operation.rawValue)
+        if await !checks.opens() { _ = await checks.opens(master: "new.key") }
+        guard let keyFile = try? KeyFile.read(from: directory + "/app.db.key") else { return "no .key" }
         return
             "version \(keyFile.version), \(keyFile.kekId), format \(keyFile.cipher.format), \(keyFile.slots.count) slots\(keyFile.pending == nil ? "" : ", pending")"
     }
@@ -253,25 +305,21 @@ struct FaultInjectionTests {
     static func expectRecovered(
         _ operation: Operation, in directory: String, case description: String
     ) async throws {
+        let checks = Checks(directory: directory, description: description)
         let database = directory + "/app.db"
-        let old = directory + "/old.key"
-        let new = directory + "/new.key"
         let hasKeyFile = FileManager.default.fileExists(atPath: database + ".key")
         switch operation {
         case .initialize:
             if !hasKeyFile {
                 // Nothing made: init runs again.
-                let again = try await dbkey(["init", database], in: directory, master: old)
-                #expect(again.status == 0, "\(description): init again: \(again.stderr)")
+                _ = await checks.expectSuccess("init again") { try await checks.manager().initialize() }
             }
-            let opened = try await dbkey(
-                ["sql", database, "SELECT count(*) FROM sqlite_master"], in: directory, master: old)
-            #expect(opened.status == 0, "\(description): \(opened.stderr)")
+            #expect(await checks.opens(), "\(description): does not open")
             return
         case .backup:
-            try await expectBackupOutcome(in: directory, case: description)
+            try await expectBackupOutcome(checks)
         case .restore:
-            try await expectRestoreOutcome(in: directory, case: description)
+            try await expectRestoreOutcome(checks)
             return
         case .migrate where !hasKeyFile:
             // Not migrated: the plaintext original has every row, and migrate runs again.
@@ -279,62 +327,56 @@ struct FaultInjectionTests {
             #expect(
                 try original.fetchAll("SELECT count(*) FROM t").first?[0] == .integer(Int64(rows)), "\(description)")
             original.close()
-            let again = try await dbkey(["migrate", database, "--from-plaintext"], in: directory, master: old)
-            #expect(again.status == 0, "\(description): migrate again: \(again.stderr)")
+            _ = await checks.expectSuccess("migrate again") { try await checks.manager().migrate(from: .plaintext) }
         default:
             break
         }
-        var master = old
-        var read = try await dbkey(["sql", database, "SELECT count(*) FROM t"], in: directory, master: master)
-        if operation == .rewrap || operation == .recover, read.status == 22 {
-            master = new  // the rewrap or recovery completed: the new master key opens it
-            read = try await dbkey(["sql", database, "SELECT count(*) FROM t"], in: directory, master: master)
+        var master = "old.key"
+        if operation == .rewrap || operation == .recover, await !checks.opens() {
+            master = "new.key"  // the rewrap or recovery completed: the new master key opens it
         }
-        #expect(read.status == 0 && read.stdout == "\(rows)\n", "\(description): \(read.status) \(read.stderr)")
-        let rotated = try await dbkey(["rotate", database], in: directory, master: master)
-        #expect(rotated.status == 0, "\(description): not stuck: \(rotated.stderr)")
-        let verified = try await dbkey(["verify", database], in: directory, master: master)
-        #expect(verified.status == 0, "\(description): \(verified.stderr)")
+        let count = await checks.expectSuccess("read") { try await checks.rows(master: master) }
+        #expect(count == Int64(rows), "\(description): \(String(describing: count)) rows")
+        _ = await checks.expectSuccess("rotate (not stuck)") { try await checks.manager(master: master).rotateKey() }
+        _ = await checks.expectSuccess("verify") { try await checks.manager(master: master).verify() }
         // After a key change and a verify, nothing the fault left is there for doctor to report.
-        let doctor = try await dbkey(["doctor", database, "--json"], in: directory, master: master)
+        let doctor = await checks.expectSuccess("doctor") { try await checks.doctor(master: master) } ?? ""
         #expect(
-            !doctor.stdout.contains("leftover-journal") && !doctor.stdout.contains("stale-temporary"),
-            "\(description): doctor after rotate and verify: \(doctor.stdout)")
+            !doctor.contains("leftover-journal") && !doctor.contains("stale-temporary"),
+            "\(description): doctor after rotate and verify: \(doctor)")
     }
 
     /// What doctor advises for what a fault left (`verify`, which opens the database) leaves
     /// nothing for doctor to report again.
     static func expectDoctorAdviceWorks(in directory: String, case description: String) async throws {
-        let database = directory + "/app.db"
-        let master = directory + "/old.key"
-        let first = try await dbkey(["doctor", database, "--json"], in: directory, master: master)
+        let checks = Checks(directory: directory, description: description)
+        let first = try await checks.doctor()
         let settledByAnOpen = ["leftover-journal", "is the copy of"]
-        guard settledByAnOpen.contains(where: first.stdout.contains) else { return }
-        _ = try await dbkey(["verify", database], in: directory, master: master)
-        let again = try await dbkey(["doctor", database, "--json"], in: directory, master: master)
+        guard settledByAnOpen.contains(where: first.contains) else { return }
+        _ = try? await checks.manager().verify()
+        let again = try await checks.doctor()
         #expect(
-            !settledByAnOpen.contains(where: again.stdout.contains),
-            "\(description): doctor after the verify it advised: \(again.stdout)")
+            !settledByAnOpen.contains(where: again.contains), "\(description): doctor after the verify it advised: \(again)")
     }
 
     /// After a fault in a backup: a backup at the destination is whole (its `.key` beside it,
     /// restoring with every row); a failure the process saw left nothing beside it, and a kill
     /// at most the temporary copy or a `.key` (no database at the destination); a backup to a
     /// new destination runs.
-    static func expectBackupOutcome(in directory: String, case description: String) async throws {
+    static func expectBackupOutcome(_ checks: Checks) async throws {
+        let (directory, description) = (checks.directory, checks.description)
         let backup = directory + "/backup.db"
-        let old = directory + "/old.key"
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
             $0.hasPrefix("backup.db")
         }
         if FileManager.default.fileExists(atPath: backup) {
             #expect(
                 FileManager.default.fileExists(atPath: backup + ".key"), "\(description): a backup without its .key")
-            let restored = try await dbkey(["restore", backup, directory + "/restored.db"], in: directory, master: old)
-            #expect(restored.status == 0, "\(description): \(restored.stderr)")
-            let read = try await dbkey(
-                ["sql", directory + "/restored.db", "SELECT count(*) FROM t"], in: directory, master: old)
-            #expect(read.stdout == "\(rows)\n", "\(description): \(read.stderr)")
+            _ = await checks.expectSuccess("restore the backup") {
+                try await checks.manager("restored.db").restore(from: backup)
+            }
+            let count = await checks.expectSuccess("read the restored backup") { try await checks.rows("restored.db") }
+            #expect(count == Int64(rows), "\(description): \(String(describing: count)) rows restored")
         } else if description.contains("EIO") || description.contains("ENOSPC") {
             #expect(leftovers == [], "\(description): left \(leftovers)")
         } else {
@@ -346,17 +388,15 @@ struct FaultInjectionTests {
             }
             #expect(unexpected == [], "\(description): left \(leftovers)")
         }
-        let again = try await dbkey(
-            ["backup", directory + "/app.db", directory + "/again.db"], in: directory, master: old)
-        #expect(again.status == 0, "\(description): backup again: \(again.stderr)")
+        _ = await checks.expectSuccess("backup again") { try await checks.manager().backup(to: directory + "/again.db") }
     }
 
     /// After a fault in a restore: the target opens with every row (an open completes a
     /// placement the kill interrupted), or holds no database and a restore again puts it there;
     /// a failure the process saw left nothing at the target.
-    static func expectRestoreOutcome(in directory: String, case description: String) async throws {
+    static func expectRestoreOutcome(_ checks: Checks) async throws {
+        let (directory, description) = (checks.directory, checks.description)
         let restored = directory + "/restored.db"
-        let old = directory + "/old.key"
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
             $0.hasPrefix("restored.db")
         }
@@ -365,18 +405,18 @@ struct FaultInjectionTests {
         {
             #expect(leftovers == [], "\(description): left \(leftovers)")
         }
-        var read = try await dbkey(["sql", restored, "SELECT count(*) FROM t"], in: directory, master: old)
-        if read.status != 0 {
+        var count = try? await checks.rows("restored.db")
+        if count == nil {
             #expect(
                 !FileManager.default.fileExists(atPath: restored + ".key"),
-                "\(description): a .key the open could not complete: \(read.stderr)")
-            let again = try await dbkey(["restore", directory + "/backup.db", restored], in: directory, master: old)
-            #expect(again.status == 0, "\(description): restore again: \(again.stderr)")
-            read = try await dbkey(["sql", restored, "SELECT count(*) FROM t"], in: directory, master: old)
+                "\(description): a .key the open could not complete")
+            _ = await checks.expectSuccess("restore again") {
+                try await checks.manager("restored.db").restore(from: directory + "/backup.db")
+            }
+            count = await checks.expectSuccess("read the restored database") { try await checks.rows("restored.db") }
         }
-        #expect(read.status == 0 && read.stdout == "\(rows)\n", "\(description): \(read.status) \(read.stderr)")
-        let verified = try await dbkey(["verify", restored], in: directory, master: old)
-        #expect(verified.status == 0, "\(description): \(verified.stderr)")
+        #expect(count == Int64(rows), "\(description): \(String(describing: count)) rows")
+        _ = await checks.expectSuccess("verify") { try await checks.manager("restored.db").verify() }
     }
 
     @Test(

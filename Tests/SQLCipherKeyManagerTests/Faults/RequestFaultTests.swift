@@ -144,16 +144,13 @@ struct RequestFaultTests {
         } else {
             #expect(appKilled, "\(description): the app stopped: \(app.terminationStatus)")
         }
-        let database = directory + "/app.db"
-        let old = directory + "/old.key"
-        let read = try await FaultInjectionTests.dbkey(
-            ["sql", database, "SELECT count(*) FROM t"], in: directory, master: old)
-        #expect(read.status == 0 && read.stdout == "\(FaultInjectionTests.rows)\n", "\(description): \(read.stderr)")
-        let rotated = try await FaultInjectionTests.dbkey(["rotate", database], in: directory, master: old)
-        #expect(rotated.status == 0, "\(description): not stuck: \(rotated.stderr)")
-        let doctor = try await FaultInjectionTests.dbkey(["doctor", database, "--json"], in: directory, master: old)
+        // Once the app is gone: every row, a rotation runs, and doctor finds nothing left.
+        let checks = FaultInjectionTests.Checks(directory: directory, description: description)
+        let count = await checks.expectSuccess("read") { try await checks.rows() }
+        #expect(count == Int64(FaultInjectionTests.rows), "\(description): \(String(describing: count)) rows")
+        _ = await checks.expectSuccess("rotate (not stuck)") { try await checks.manager().rotateKey() }
+        let doctor = await checks.expectSuccess("doctor") { try await checks.doctor() } ?? ""
         #expect(
-            !doctor.stdout.contains("rotate-claimed") && !doctor.stdout.contains("stale-temporary"),
-            "\(description): doctor: \(doctor.stdout)")
+            !doctor.contains("rotate-claimed") && !doctor.contains("stale-temporary"), "\(description): doctor: \(doctor)")
     }
 }
