@@ -9,7 +9,7 @@ import Testing
 ///
 /// CI runs each site's first and last call; `Scripts/fault-sweep` runs every call
 /// (`DBKEY_FAULT_SWEEP=every-call`).
-@Suite("Faults at every file system call of a key change", .tags(.engine))
+@Suite("Faults at every file system call of a key change", .tags(.engine, .core))
 struct FaultInjectionTests {
     enum Operation: String, CaseIterable, Sendable {
         case rotateRollback = "rotate (rollback journal)"
@@ -356,7 +356,8 @@ struct FaultInjectionTests {
         _ = try? await checks.manager().verify()
         let again = try await checks.doctor()
         #expect(
-            !settledByAnOpen.contains(where: again.contains), "\(description): doctor after the verify it advised: \(again)")
+            !settledByAnOpen.contains(where: again.contains),
+            "\(description): doctor after the verify it advised: \(again)")
     }
 
     /// After a fault in a backup: a backup at the destination is whole (its `.key` beside it,
@@ -388,7 +389,9 @@ struct FaultInjectionTests {
             }
             #expect(unexpected == [], "\(description): left \(leftovers)")
         }
-        _ = await checks.expectSuccess("backup again") { try await checks.manager().backup(to: directory + "/again.db") }
+        _ = await checks.expectSuccess("backup again") {
+            try await checks.manager().backup(to: directory + "/again.db")
+        }
     }
 
     /// After a fault in a restore: the target opens with every row (an open completes a

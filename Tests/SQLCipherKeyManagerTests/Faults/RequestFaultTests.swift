@@ -9,7 +9,7 @@ import Testing
 /// after the call, through the fault shim. After each: what the requester reported is what
 /// happened, no request is left stuck (the next request is answered), and once the app is gone
 /// the database opens with every row.
-@Suite("Faults in a rotation request, in the requester and in the answering app", .tags(.engine))
+@Suite("Faults in a rotation request, in the requester and in the answering app", .tags(.engine, .core))
 struct RequestFaultTests {
     typealias Template = FaultInjectionTests.Template
 
@@ -151,6 +151,7 @@ struct RequestFaultTests {
         _ = await checks.expectSuccess("rotate (not stuck)") { try await checks.manager().rotateKey() }
         let doctor = await checks.expectSuccess("doctor") { try await checks.doctor() } ?? ""
         #expect(
-            !doctor.contains("rotate-claimed") && !doctor.contains("stale-temporary"), "\(description): doctor: \(doctor)")
+            !doctor.contains("rotate-claimed") && !doctor.contains("stale-temporary"),
+            "\(description): doctor: \(doctor)")
     }
 }
