@@ -5,7 +5,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// `backup` and `restore`, in the library and as processes.
-@Suite("Backups", .tags(.engine))
+@Suite("Backups", .tags(.engine, .core))
 struct BackupTests {
     typealias Workspace = DBKeyCLITests.Workspace
 

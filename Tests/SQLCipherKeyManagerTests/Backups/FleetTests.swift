@@ -5,7 +5,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// `rewrap --all`, `rotate --all` and `doctor --all` over a tree of databases.
-@Suite("Many databases", .serialized)
+@Suite("Many databases", .serialized, .tags(.core))
 struct FleetTests {
     typealias Workspace = DBKeyCLITests.Workspace
 

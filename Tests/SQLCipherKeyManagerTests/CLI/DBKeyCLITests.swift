@@ -11,7 +11,7 @@ import SQLCipherKeyManagerVault
 
 /// `dbkey` end to end: the built binary, run as an operator would, with the master key in a
 /// file named by the environment.
-@Suite("dbkey command line")
+@Suite("dbkey command line", .tags(.cli))
 struct DBKeyCLITests {
     /// The `dbkey` binary built beside this test bundle.
     static let executable: String = {
@@ -352,7 +352,7 @@ enum ExitStatusTable {
 }
 
 /// `dbkey rotate`, `rewrap` and `migrate` end to end.
-@Suite("dbkey key changes", .tags(.engine))
+@Suite("dbkey key changes", .tags(.engine, .cli))
 struct DBKeyKeyChangeCLITests {
     typealias Workspace = DBKeyCLITests.Workspace
 
@@ -475,7 +475,7 @@ struct DBKeyKeyChangeCLITests {
 }
 
 /// `dbkey` with a KEK in AWS KMS (moto), configured as the AWS SDKs are.
-@Suite("dbkey with AWS KMS")
+@Suite("dbkey with AWS KMS", .tags(.cli, .aws))
 struct DBKeyAwsCLITests {
     @Test("init --kek aws-kms://alias/…, sql, status with KMS health and latency, rotate, verify")
     func awsLifecycle() async throws {
@@ -527,7 +527,7 @@ struct DBKeyAwsCLITests {
 }
 
 /// The process-level protections of `dbkey`.
-@Suite("dbkey process hardening")
+@Suite("dbkey process hardening", .tags(.cli))
 struct DBKeyHardeningTests {
     /// A `dbkey rotate` kept waiting by a connection this test holds open, so that it stays alive
     /// however slowly the test is scheduled, until it is terminated or signalled.
@@ -638,7 +638,7 @@ struct DBKeyHardeningTests {
 }
 
 /// `dbkey` with a KEK in Vault Transit (OpenBao), configured as Vault's CLI is.
-@Suite("dbkey with Vault Transit")
+@Suite("dbkey with Vault Transit", .tags(.cli, .vault))
 struct DBKeyVaultCLITests {
     @Test("init --kek vault://…, sql, Transit key rotated, status warns, rewrap with no target, opens; local → vault")
     func vaultLifecycle() async throws {
@@ -690,7 +690,7 @@ struct DBKeyVaultCLITests {
 }
 
 /// `dbkey` with a KEK on a PKCS#11 token (SoftHSM2).
-@Suite("dbkey with a PKCS#11 token")
+@Suite("dbkey with a PKCS#11 token", .tags(.cli, .pkcs11))
 struct DBKeyPkcs11CLITests {
     @Test(
         "a wrong PIN, 80 times, four processes at once: no run crashes as it ends (the PKCS#11 module outlives every release)"

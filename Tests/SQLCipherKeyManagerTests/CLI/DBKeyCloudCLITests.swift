@@ -5,7 +5,7 @@ import Testing
 
 /// `dbkey` with a KEK in Cloud KMS or Key Vault (the fakes), at trace level: the whole life of a
 /// database, and no credential in any output.
-@Suite("dbkey with Cloud KMS and Key Vault")
+@Suite("dbkey with Cloud KMS and Key Vault", .tags(.cli, .gcp, .azure))
 struct DBKeyCloudCLITests {
     /// One provider's KEK URI, environment and the secrets that must never be printed.
     struct Cloud: Sendable, CustomTestStringConvertible {

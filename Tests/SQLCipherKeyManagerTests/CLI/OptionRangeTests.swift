@@ -4,7 +4,7 @@ import Testing
 
 /// Every numeric option of `dbkey`, at and beyond its edges: out of range is exit 64 with the
 /// range named, never a crash; in range goes on to do the work.
-@Suite("dbkey numeric options")
+@Suite("dbkey numeric options", .tags(.cli))
 struct OptionRangeTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let arguments: [String]

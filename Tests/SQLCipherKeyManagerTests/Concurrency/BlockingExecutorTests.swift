@@ -5,7 +5,7 @@ import SQLCipherKeyManagerTesting
 import Testing
 
 /// Long C work runs on the package's own threads, never on Swift's cooperative pool.
-@Suite("Blocking work off the cooperative pool")
+@Suite("Blocking work off the cooperative pool", .tags(.core))
 struct BlockingExecutorTests {
     @Test(
         "verify() of a 200 MB database on every core at once starve neither a timer task nor a short query on another connection"

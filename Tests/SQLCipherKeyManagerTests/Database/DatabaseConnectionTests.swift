@@ -4,7 +4,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("SQLCipher connection", .tags(.engine))
+@Suite("SQLCipher connection", .tags(.engine, .core))
 struct DatabaseConnectionTests {
     func openNew(_ directory: TemporaryDirectory, key: SecureBuffer? = nil, pageSize: Int = 4096) throws -> (
         DatabaseConnection, SecureBuffer

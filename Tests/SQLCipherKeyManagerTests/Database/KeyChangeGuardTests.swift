@@ -4,7 +4,7 @@ import SQLCipherKeyManagerTesting
 import Testing
 
 /// User SQL cannot change the key or format behind the journal, through any entry point.
-@Suite("SQL that would change keys behind the journal", .tags(.engine))
+@Suite("SQL that would change keys behind the journal", .tags(.engine, .core))
 struct KeyChangeGuardTests {
     static let refusedStatements: [String] = [
         "PRAGMA rekey='hunter2'",

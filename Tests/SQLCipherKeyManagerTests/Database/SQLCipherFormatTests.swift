@@ -6,7 +6,7 @@ import Testing
 
 /// The SQLCipher formats: new databases in the linked engine's, 3-format databases on SQLCipher
 /// 4, `upgrade`, the plaintext header, and databases other SQLCipher builds made.
-@Suite("SQLCipher 3 and 4 formats", .tags(.engine))
+@Suite("SQLCipher 3 and 4 formats", .tags(.engine, .core))
 struct SQLCipherFormatTests {
     static var engine: SQLCipherEngine { try! SQLCipherEngine.linked() }
     static var onSQLCipher4: Bool { engine.majorVersion >= 4 }

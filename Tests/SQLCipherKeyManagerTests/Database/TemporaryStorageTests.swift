@@ -7,7 +7,7 @@ import Testing
 
 /// SQLite's temporary files are not encrypted: every connection DBKey opens or keys keeps them
 /// in memory, and user SQL cannot move them back to disk.
-@Suite("Temporary storage stays in memory", .tags(.engine))
+@Suite("Temporary storage stays in memory", .tags(.engine, .core))
 struct TemporaryStorageTests {
     static let refusedStatements: [String] = [
         "PRAGMA temp_store = FILE",

@@ -485,7 +485,7 @@ enum DocumentationExamples {
     }
 }
 
-@Suite("Documentation examples")
+@Suite("Documentation examples", .tags(.core))
 struct DocumentationExamplesTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

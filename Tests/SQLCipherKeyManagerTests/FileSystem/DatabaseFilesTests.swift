@@ -4,7 +4,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// One type names every file beside a database; doctor, cleanup and the fleet go through it.
-@Suite("The files beside a database")
+@Suite("The files beside a database", .tags(.core))
 struct DatabaseFilesTests {
     @Test(
         "doctor judges the mode of every file beside the database, and names each copy a key change, backup or restore left"

@@ -7,7 +7,7 @@ import Testing
 ///
 /// `Scripts/fuzz-keyfile SECONDS` runs this for a set time (`DBKEY_FUZZ_SECONDS`); the suite
 /// runs a fixed number of inputs. `DBKEY_FUZZ_SEED` replays a run.
-@Suite("Fuzzing the .key parser")
+@Suite("Fuzzing the .key parser", .tags(.core))
 struct KeyFileFuzzTests {
     /// SplitMix64: small, fast, reproducible from its seed.
     struct Generator: RandomNumberGenerator {

@@ -6,7 +6,7 @@ import Testing
 /// No write can make a `.key` file that nothing reads: a context too large for the file in its
 /// largest state is refused before anything is created, and every state a key change passes
 /// through stays under 64 KiB.
-@Suite("The .key file's size in every state")
+@Suite("The .key file's size in every state", .tags(.core))
 struct KeyFileSizeTests {
     /// Characters JSON escapes to six bytes, or encodes in several: the worst cases for size.
     static let alphabet: [Character] = ["a", "Z", "0", "\"", "\\", "\u{01}", "\u{1F}", "é", "😀", " "]

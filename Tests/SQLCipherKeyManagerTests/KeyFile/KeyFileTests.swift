@@ -5,7 +5,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("The .key file")
+@Suite("The .key file", .tags(.core))
 struct KeyFileTests {
     static let sevenFieldFixture = repositoryRoot.path + "/Fixtures/key-files/seven-field.key"
 

@@ -5,7 +5,7 @@ import Testing
 
 /// Each field of a `.key` file changed by hand, and the error that must follow. The file is
 /// left as the tamperer wrote it.
-@Suite("Tampered .key files")
+@Suite("Tampered .key files", .tags(.core))
 struct TamperTests {
     enum Tamper: String, CaseIterable, Sendable {
         case encryptedDek, kekId, encryptionContext, keyCheck, version, createdAt, rotationPeriod, pageSize

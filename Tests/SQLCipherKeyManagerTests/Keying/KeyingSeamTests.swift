@@ -6,7 +6,7 @@ import Testing
 
 /// The keying seam: an SQLite handle the test opens through the C API, keyed only by
 /// ``KeyLease/apply(to:)``.
-@Suite("Keying an app's own SQLite handle", .tags(.engine))
+@Suite("Keying an app's own SQLite handle", .tags(.engine, .core))
 struct KeyingSeamTests {
     func populatedManager(_ directory: TemporaryDirectory, name: String = "app.db", seed: UInt64 = 21) async throws
         -> DatabaseKeyManager

@@ -12,7 +12,7 @@ final class RecordingAuditSink: AuditSink {
     func record(_ event: AuditEvent) { storage.withLock { $0.append(event) } }
 }
 
-@Suite("Audit events and error details")
+@Suite("Audit events and error details", .tags(.core))
 struct AuditAndErrorTests {
     @Test("every key event reaches the app's AuditSink with path, provider, KEK id and version, and no key")
     func auditSink() async throws {

@@ -5,7 +5,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("DatabaseKeyManager", .tags(.engine))
+@Suite("DatabaseKeyManager", .tags(.engine, .core))
 struct LocalDbKeyManagerTests {
     func manager(
         _ directory: TemporaryDirectory,

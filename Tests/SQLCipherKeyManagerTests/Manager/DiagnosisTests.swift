@@ -4,7 +4,7 @@ import SQLCipherKeyManagerTesting
 import Testing
 
 /// Each failure says what happened and the next step that is true.
-@Suite("Errors that say what happened", .tags(.engine))
+@Suite("Errors that say what happened", .tags(.engine, .core))
 struct DiagnosisTests {
     func populated(_ directory: TemporaryDirectory, kms: MockKms) async throws -> DatabaseKeyManager {
         let manager = DatabaseKeyManager(

@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 
 /// The key cache's expiry holds when Swift's cooperative pool is starved.
-@Suite("Key cache expiry")
+@Suite("Key cache expiry", .tags(.core))
 struct KeyCacheExpiryTests {
     /// The record a cached key belongs to; the cache looks only at its version and wrapped key.
     let keyFile = KeyFile(

@@ -8,7 +8,7 @@ import Testing
 
 /// One manager for every provider: the registry, providers as plug-ins, the pending record of
 /// another provider, the older `.key` form, and KEK URIs.
-@Suite("Provider registry")
+@Suite("Provider registry", .tags(.core))
 struct KmsRegistryTests {
     let context: EncryptionContext = ["purpose": "registry"]
 

@@ -4,7 +4,7 @@ import SQLCipherKeyManagerTesting
 import Testing
 
 /// The call an app makes on every launch.
-@Suite("openOrCreate")
+@Suite("openOrCreate", .tags(.core))
 struct OpenOrCreateTests {
     func manager(_ path: String, _ kms: MockKms) -> DatabaseKeyManager {
         // A long wait: under the full suite the first launch's fsyncs can take seconds.

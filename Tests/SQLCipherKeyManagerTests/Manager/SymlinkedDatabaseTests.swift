@@ -5,7 +5,7 @@ import Testing
 
 /// One rule for a database path that is a symbolic link: refused, at every entry point, with
 /// nothing changed on either side of the link.
-@Suite("Symbolically linked database paths")
+@Suite("Symbolically linked database paths", .tags(.core))
 struct SymlinkedDatabaseTests {
     enum EntryPoint: String, CaseIterable, Sendable {
         case initialize, openOrCreate, open, leaseKey, rotate, rewrap, migrate, verify, status

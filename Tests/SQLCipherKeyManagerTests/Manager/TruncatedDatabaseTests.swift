@@ -5,7 +5,7 @@ import Testing
 
 /// A managed database whose file was emptied, cut short or replaced is damaged or the wrong
 /// database — never silently a new one.
-@Suite("Truncated or replaced database files", .tags(.engine))
+@Suite("Truncated or replaced database files", .tags(.engine, .core))
 struct TruncatedDatabaseTests {
     enum Damage: String, CaseIterable, Sendable {
         case emptied, shorterThanOnePage, halfOfPageOne, anotherDatabase

@@ -9,7 +9,7 @@ import Testing
 
 /// The parts of the Cloud KMS and Key Vault providers that need no server: names, encodings,
 /// token answers, endpoint rules.
-@Suite("Cloud provider parts")
+@Suite("Cloud provider parts", .tags(.core))
 struct CloudProviderPartsTests {
     @Test(
         "the HTTP status every provider falls back to: no answer, 429 and 5xx unavailable, 401 and 403 denied, 404 not found, the rest invalid configuration"

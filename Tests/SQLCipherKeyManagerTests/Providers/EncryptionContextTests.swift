@@ -2,7 +2,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("EncryptionContext")
+@Suite("EncryptionContext", .tags(.core))
 struct EncryptionContextTests {
     @Test("the canonical encoding is length-prefixed pairs in key byte order")
     func canonicalEncoding() {

@@ -64,7 +64,7 @@ struct ProviderUnderTest: Sendable, CustomTestStringConvertible {
 }
 
 /// Every provider in the package passes the public conformance suite, check by check.
-@Suite("KMS provider conformance")
+@Suite("KMS provider conformance", .tags(.core, .aws, .vault, .pkcs11, .gcp, .azure, .tpm))
 struct KmsConformanceTests {
     func suite(_ provider: ProviderUnderTest) -> KmsConformanceSuite {
         KmsConformanceSuite(kekId: provider.kekId, makeProvider: provider.make)

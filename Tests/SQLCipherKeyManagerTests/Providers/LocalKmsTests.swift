@@ -3,7 +3,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("Local provider")
+@Suite("Local provider", .tags(.core))
 struct LocalKmsTests {
     let context: EncryptionContext = ["purpose": "medical-db", "environment": "production", "é": "ü"]
 

@@ -2,7 +2,7 @@ import SQLCipherKeyManager
 import SQLCipherKeyManagerTesting
 import Testing
 
-@Suite("MockKms")
+@Suite("MockKms", .tags(.core))
 struct MockKmsTests {
     @Test("seeded mocks generate the documented keys, and unwrap each other's")
     func deterministic() async throws {

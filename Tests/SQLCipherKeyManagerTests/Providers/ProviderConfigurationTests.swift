@@ -15,7 +15,7 @@ import Testing
 
 /// Providers configured from an app's own configuration (swift-configuration's `ConfigReader`)
 /// as well as from the environment.
-@Suite("Provider configuration through ConfigReader")
+@Suite("Provider configuration through ConfigReader", .tags(.core))
 struct ProviderConfigurationTests {
     static let factories = [
         LocalKms.factory, AWSKms.factory, VaultTransit.factory, Pkcs11Kms.factory, GoogleCloudKms.factory,

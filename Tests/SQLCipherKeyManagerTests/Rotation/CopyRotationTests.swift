@@ -8,7 +8,7 @@ import Testing
 
 /// The default rotation: pages re-encrypted into a copy that replaces the database, checked
 /// page by page against the format, and its recovery table.
-@Suite("Rotation by copy", .tags(.engine))
+@Suite("Rotation by copy", .tags(.engine, .core))
 struct CopyRotationTests {
     /// The databases the copy must handle: each page format, several page sizes, WAL, and the
     /// plaintext header.

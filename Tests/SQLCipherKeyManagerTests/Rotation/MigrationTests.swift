@@ -4,7 +4,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("Migration of existing databases", .tags(.engine))
+@Suite("Migration of existing databases", .tags(.engine, .core))
 struct MigrationTests {
     static let compatFixtures = ThirdPartyFixture.root + "/sqlcipher-compat"
 

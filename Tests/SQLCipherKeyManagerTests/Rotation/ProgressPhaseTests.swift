@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 /// Long key changes say which step they are in, in order.
-@Suite("Progress phases")
+@Suite("Progress phases", .tags(.core))
 struct ProgressPhaseTests {
     @Test("a migration reports copying, then verifying, then synchronizing; a rotation reports rekeying")
     func phases() async throws {

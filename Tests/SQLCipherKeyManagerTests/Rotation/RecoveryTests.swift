@@ -5,7 +5,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// The `.key` file states a crash can leave, built by hand, and what the next open makes of them.
-@Suite("Recovery of interrupted rotations", .tags(.engine))
+@Suite("Recovery of interrupted rotations", .tags(.engine, .core))
 struct RecoveryTests {
     /// Writes a pending rotation to a new key into the `.key` file, as step 3 does.
     func journalRotation(_ database: TestDatabase) async throws -> (KeyFile, SecureBuffer) {

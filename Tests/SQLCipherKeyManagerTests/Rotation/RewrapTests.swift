@@ -4,7 +4,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("Rewrap")
+@Suite("Rewrap", .tags(.core))
 struct RewrapTests {
     let otherMasterKey = Data(repeating: 0x42, count: 32).base64EncodedString()
 

@@ -4,7 +4,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("Key rotation", .tags(.engine))
+@Suite("Key rotation", .tags(.engine, .core))
 struct RotationTests {
     @Test(
         "after rotation: a new key opens, the old one no longer does (sqlcipher shell), version +1, rotated_at set, not due",

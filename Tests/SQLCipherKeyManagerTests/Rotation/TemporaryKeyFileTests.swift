@@ -5,7 +5,7 @@ import Testing
 
 /// `<db>.key.tmp.<number>` files that a SIGKILL left in the middle of a `.key` write are removed
 /// under the exclusive lock — and nothing else is.
-@Suite("Temporary .key files left by a kill")
+@Suite("Temporary .key files left by a kill", .tags(.core))
 struct TemporaryKeyFileTests {
     @Test("rotate, migrate and the settling of a pending change remove ours; other names, links and others' stay")
     func cleanup() async throws {

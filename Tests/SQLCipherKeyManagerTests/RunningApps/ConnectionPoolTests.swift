@@ -7,7 +7,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// The connection pool, and key changes made while it runs.
-@Suite("Connection pool and online rotation", .tags(.engine))
+@Suite("Connection pool and online rotation", .tags(.engine, .core))
 struct ConnectionPoolTests {
     /// Creates `entry` (1...n) and `total` (their sum), which the writer keeps in step.
     static func createLedger(_ pool: ConnectionPool) async throws {

@@ -7,7 +7,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// Reads that go on while a rotation by copy re-encrypts the database.
-@Suite("Reads through a rotation", .tags(.engine))
+@Suite("Reads through a rotation", .tags(.engine, .core))
 struct ReadsThroughRotationTests {
     /// What the rotation's steps saw, recorded by its fault injector (which injects nothing).
     final class CopyWindow: Sendable {

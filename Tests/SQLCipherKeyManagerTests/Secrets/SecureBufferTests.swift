@@ -3,7 +3,7 @@ import Testing
 
 @testable import SQLCipherKeyManager
 
-@Suite("SecureBuffer")
+@Suite("SecureBuffer", .tags(.core))
 struct SecureBufferTests {
     @Test("description and debugDescription never show the bytes")
     func redactedDescription() {

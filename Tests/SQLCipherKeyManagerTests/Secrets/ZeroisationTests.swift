@@ -7,7 +7,7 @@ import Testing
 /// `locked` (DBKey's locked, dump-excluded pages), `engine` (memory SQLite or OpenSSL allocated,
 /// told apart by the engine arena `Scripts/test` builds) and `elsewhere` (a copy DBKey or the code
 /// above it made: the count that must be 0).
-@Suite("Zeroisation, measured in process memory", .tags(.engine))
+@Suite("Zeroisation, measured in process memory", .tags(.engine, .core))
 struct ZeroisationTests {
     static let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
     static let audit = directory.appendingPathComponent("dbkey-memory-audit").path

@@ -8,7 +8,7 @@ import Testing
 /// Escrow public keys and encapsulated keys of small order (RFC 7748 §6.1, RFC 9180 §7.1.4):
 /// refused wherever DBKey seals or opens, tolerated (and reported, then dropped) where a `.key`
 /// already holds one.
-@Suite("Escrow key validation")
+@Suite("Escrow key validation", .tags(.core))
 struct EscrowKeyValidationTests {
     typealias Workspace = DBKeyCLITests.Workspace
 

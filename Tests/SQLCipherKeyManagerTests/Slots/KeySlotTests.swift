@@ -5,7 +5,7 @@ import Testing
 @testable import SQLCipherKeyManager
 
 /// Key slots: which slot opens when, what a rotation does to them, escrow and recovery.
-@Suite("Key slots and recovery")
+@Suite("Key slots and recovery", .tags(.core))
 struct KeySlotTests {
     /// A database under a `mock` primary with a `backup` provider's slot, both registered.
     struct SlottedDatabase {

@@ -7,7 +7,7 @@ import Testing
 
 /// `dbkey escrow`, `slot`, `recover` and `doctor` as processes, and escrow slots opened by
 /// independent implementations (pyhpke, OpenSSL, the `sqlcipher` shell).
-@Suite("Key slot commands, escrow interop and doctor")
+@Suite("Key slot commands, escrow interop and doctor", .tags(.cli))
 struct SlotCommandTests {
     typealias Workspace = DBKeyCLITests.Workspace
 

@@ -6,7 +6,7 @@ import Testing
 
 /// `dbkey-grdb-example-app`, a GRDB app with readers and a writer busy, killed with SIGKILL at
 /// random moments while it rotates online.
-@Suite("A GRDB app killed during online rotations")
+@Suite("A GRDB app killed during online rotations", .tags(.grdb))
 struct CrashTests {
     static let kills = 24
     static let rows = 30_000

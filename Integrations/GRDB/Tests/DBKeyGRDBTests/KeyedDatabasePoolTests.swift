@@ -12,7 +12,7 @@ final class StopFlag: Sendable {
     func set() { value.store(true, ordering: .relaxed) }
 }
 
-@Suite("GRDB on a DBKey-managed database")
+@Suite("GRDB on a DBKey-managed database", .tags(.grdb))
 struct KeyedDatabasePoolTests {
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()

@@ -7,7 +7,7 @@ import Testing
 @testable import SQLCipherKeyManagerAWS
 
 /// The AWS credential chain, source by source, against boto3 given the same environment.
-@Suite("AWS credential chain, agreeing with boto3")
+@Suite("AWS credential chain, agreeing with boto3", .tags(.aws))
 struct AWSCredentialChainTests {
     /// One environment to resolve, and the source botocore names for it.
     struct Case: Sendable, CustomTestStringConvertible {

@@ -9,7 +9,7 @@ import Testing
     import Glibc
 #endif
 
-@Suite("AWS KMS provider against moto")
+@Suite("AWS KMS provider against moto", .tags(.aws))
 struct AwsKmsMotoTests {
     let context: EncryptionContext = ["purpose": "aws-test", "tenant": "t-9"]
 
@@ -124,7 +124,7 @@ struct AwsKmsMotoTests {
     }
 }
 
-@Suite("AWS KMS provider: retries, timeouts and error mapping")
+@Suite("AWS KMS provider: retries, timeouts and error mapping", .tags(.aws))
 struct AwsKmsFaultTests {
     let retry = RetryPolicy(attempts: 3, timeout: .seconds(5), initialBackoff: .milliseconds(10))
 
@@ -234,7 +234,7 @@ struct AwsKmsFaultTests {
     }
 }
 
-@Suite("AWS credentials and configuration, as the SDKs find them")
+@Suite("AWS credentials and configuration, as the SDKs find them", .tags(.aws))
 struct AWSEnvironmentTests {
     @Test("environment variables come first")
     func fromEnvironment() throws {

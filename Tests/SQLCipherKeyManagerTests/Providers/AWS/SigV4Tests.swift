@@ -7,7 +7,7 @@ import Testing
 @testable import SQLCipherKeyManagerAWS
 
 /// AWS's published Signature Version 4 test suite, read from ../shared/fixtures.
-@Suite("SigV4 against AWS's test suite")
+@Suite("SigV4 against AWS's test suite", .tags(.aws))
 struct SigV4Tests {
     static let suite = ThirdPartyFixture.root + "/aws-sig-v4-test-suite"
 

@@ -6,7 +6,7 @@ import Testing
 @testable import SQLCipherKeyManager
 @testable import SQLCipherKeyManagerAzure
 
-@Suite("Key Vault provider against the fake Key Vault and Microsoft's client")
+@Suite("Key Vault provider against the fake Key Vault and Microsoft's client", .tags(.azure))
 struct AzureKeyVaultTests {
     let context: EncryptionContext = ["purpose": "azure-test", "tenant": "t-4"]
 

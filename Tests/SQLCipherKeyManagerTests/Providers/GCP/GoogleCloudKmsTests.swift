@@ -7,7 +7,7 @@ import Testing
 @testable import SQLCipherKeyManager
 @testable import SQLCipherKeyManagerGCP
 
-@Suite("Cloud KMS provider against the fake Cloud KMS, Google's client and drongo")
+@Suite("Cloud KMS provider against the fake Cloud KMS, Google's client and drongo", .tags(.gcp))
 struct CloudKmsTests {
     let context: EncryptionContext = ["purpose": "gcp-test", "tenant": "t-9"]
 

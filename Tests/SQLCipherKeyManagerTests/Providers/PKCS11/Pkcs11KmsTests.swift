@@ -4,7 +4,7 @@ import Testing
 @testable import SQLCipherKeyManager
 @testable import SQLCipherKeyManagerPKCS11
 
-@Suite("PKCS#11 provider against SoftHSM2")
+@Suite("PKCS#11 provider against SoftHSM2", .tags(.pkcs11))
 struct Pkcs11KmsTests {
     let context: EncryptionContext = ["purpose": "hsm-test", "tenant": "t-5"]
 

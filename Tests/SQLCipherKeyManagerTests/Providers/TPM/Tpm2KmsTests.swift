@@ -37,7 +37,7 @@ enum SoftwareTPM {
 /// turns on it.
 private let tpmTurn = AsyncMutex()
 
-@Suite("TPM 2.0 provider against swtpm and tpm2-tools", .serialized)
+@Suite("TPM 2.0 provider against swtpm and tpm2-tools", .serialized, .tags(.tpm))
 struct Tpm2KmsTests {
     let context: EncryptionContext = ["purpose": "tpm-test"]
 
@@ -173,7 +173,7 @@ struct Tpm2KmsTests {
 }
 
 /// `dbkey` with a TPM slot beside a local primary.
-@Suite("dbkey with a TPM slot")
+@Suite("dbkey with a TPM slot", .tags(.cli, .tpm))
 struct DBKeyTpmCLITests {
     @Test(
         "init --kek local --slot-kek tpm2://?pcrs=…: the slot is made; a PCR-bound TPM KEK alone is refused, nothing created"

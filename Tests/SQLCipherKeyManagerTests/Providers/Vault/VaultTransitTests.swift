@@ -5,7 +5,7 @@ import Testing
 @testable import KmsHTTP
 @testable import SQLCipherKeyManagerVault
 
-@Suite("Vault Transit provider against OpenBao")
+@Suite("Vault Transit provider against OpenBao", .tags(.vault))
 struct VaultTransitTests {
     let context: EncryptionContext = ["purpose": "vault-test", "tenant": "t-3"]
 
