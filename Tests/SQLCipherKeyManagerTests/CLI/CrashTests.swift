@@ -105,7 +105,7 @@ struct CrashTests {
         var pendingFound = 0
         var version = try database.manager().load().version
         for _ in 0..<Self.kills {
-            let outcome = try await runAndKill(arguments, after: duration * Double.random(in: 0...1.2))
+            let outcome = try await runAndKill(arguments, after: duration * Double.random(in: 0...1.1))
             if outcome.interrupted {
                 interrupted += 1
             } else {
@@ -177,7 +177,7 @@ struct CrashTests {
         var pendingFound = 0
         for _ in 0..<Self.kills {
             let outcome = try await runAndKill(
-                ["rotate", target], after: duration * Double.random(in: 0...1.2), environment: both)
+                ["rotate", target], after: duration * Double.random(in: 0...1.1), environment: both)
             if outcome.interrupted {
                 interrupted += 1
             } else {
