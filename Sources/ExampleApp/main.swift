@@ -4,7 +4,8 @@
 // (--answer-requests). The crash tests kill it at random moments.
 //
 // Use: dbkey-example-app DB [--readers N] [--rotations N] [--answer-requests] [--seconds S]
-// The local master key comes from the environment, as for dbkey. It prints "ready", then
+//      [--until FILE]
+// It stops after S seconds, or once FILE exists (a test's event, not a clock). The local master key comes from the environment, as for dbkey. It prints "ready", then
 // "committed N" after each commit and "rotated V" after each rotation, and exits 3 when a
 // reader sees an inconsistent snapshot, 2 on any error.
 import Foundation
@@ -18,6 +19,7 @@ struct Options {
     var rotations = 0
     var answerRequests = false
     var seconds: Double?
+    var until: String?
 
     init(_ arguments: [String]) {
         var remaining = arguments[...]
@@ -27,6 +29,7 @@ struct Options {
             case "--rotations": rotations = Int(remaining.popFirst() ?? "") ?? rotations
             case "--answer-requests": answerRequests = true
             case "--seconds": seconds = Double(remaining.popFirst() ?? "")
+            case "--until": until = remaining.popFirst()
             default: database = argument
             }
         }
@@ -98,6 +101,11 @@ do {
     }
     if let seconds = options.seconds {
         try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+    }
+    if let until = options.until {
+        while access(until, F_OK) != 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
     }
     stop.store(true, ordering: .relaxed)
     let last = try await writer.value

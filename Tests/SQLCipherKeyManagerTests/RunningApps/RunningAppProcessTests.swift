@@ -120,8 +120,11 @@ extension CrashTests {
         let database = workspace.database
         #expect(try await workspace.dbkey("init", database).status == 0)
         let output = workspace.directory.file("app.out")
+        // The app runs until the test has seen what it needs (a file appears), however slow
+        // a loaded machine makes each step.
+        let stop = workspace.directory.file("stop")
         let app = try ExampleApp.start(
-            [database, "--readers", "2", "--answer-requests", "--seconds", "6"], output: output,
+            [database, "--readers", "2", "--answer-requests", "--until", stop], output: output,
             environment: workspace.environment)
         try await ExampleApp.waitFor("ready", in: output, from: app)
         let direct = try await workspace.dbkey("rotate", database)
@@ -133,6 +136,8 @@ extension CrashTests {
         let report = try #require(try JSONSerialization.jsonObject(with: Data(requested.stdout.utf8)) as? [String: Any])
         #expect(report["dek_version"] as? Int == 2 && report["rotated"] as? Bool == true)
         let atRotation = try ExampleApp.lastCommitted(output)
+        try await ExampleApp.waitFor("committed \(atRotation + 1)", in: output, from: app)
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
         try await offPool { app.waitUntilExit() }
         let tail = try ExampleApp.lines(output).suffix(3)
         #expect(app.terminationStatus == 0, "\(tail)")
