@@ -301,38 +301,29 @@ struct CrashTests {
         #expect(outcomes.values.reduce(0, +) == Self.kills)
     }
 
-    @Test("a reader process holding the database makes a rotation wait, and both finish correctly")
-    func readerProcess() async throws {
+    @Test("an app's process holding the database makes a rotation wait, and both finish correctly")
+    func holdingProcess() async throws {
         let database = try await TestDatabase(rows: 1000)
-        let reader = Process()
-        reader.executableURL = URL(fileURLWithPath: DBKeyCLITests.executable)
-        // A query that keeps the connection open for a few seconds.
-        reader.arguments = [
-            "sql", database.path,
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4000000) SELECT count(*) FROM c, (SELECT count(*) FROM item)",
-        ]
-        reader.environment = environment
-        let output = Pipe()
-        reader.standardOutput = output
-        try reader.run()
-        // Wait until the reader holds its shared lock, however long a loaded machine takes to
-        // start it. The check holds the lock for no longer than a system call, so the reader's
-        // own acquisition never meets it for long.
-        var held = false
-        while !held && reader.isRunning {
-            held = DatabaseLock.isHeld(databasePath: database.path)
-            if !held { try await Task.sleep(for: .milliseconds(10)) }
-        }
-        #expect(held, "the reader never took its lock")
-        #expect(reader.isRunning)
+        // The example app holds the database (its pool's shared lock) with a reader and a
+        // writer busy until a file appears: the test, not a clock, decides when it lets go,
+        // however slowly a loaded machine runs either side.
+        let output = database.directory.file("app.out")
+        let stop = database.directory.file("stop")
+        let app = try ExampleApp.start(
+            [database.path, "--readers", "1", "--until", stop], output: output, environment: environment)
+        try await ExampleApp.waitFor("ready", in: output, from: app)
+        #expect(DatabaseLock.isHeld(databasePath: database.path), "the app holds its lock")
         await expectError(.databaseInUse) { try await database.manager().rotateKey() }
-        let rotated = try await database.manager().rotateKey(wait: .seconds(60))
-        #expect(!reader.isRunning, "the rotation ran only after the reader closed")
-        try await offPool { reader.waitUntilExit() }
-        #expect(reader.terminationStatus == 0)
-        #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "4000000\n")
+        let rotation = Task { try await database.manager().rotateKey(wait: .seconds(120)) }
+        #expect(app.isRunning, "the app still holds the database while the rotation waits")
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
+        let rotated = try await rotation.value
+        try await offPool { app.waitUntilExit() }
+        let tail = try ExampleApp.lines(output).suffix(3)
+        #expect(app.terminationStatus == 0, "the app failed: \(tail)")
         #expect(rotated.version == 2)
         try await database.expectIntact()
+        _ = try await ExampleApp.expectLedger(database.manager(), committed: try ExampleApp.lastCommitted(output))
     }
 
     @Test("two processes rotating at once: exactly one runs, the other exits 30 (database in use)")
