@@ -20,7 +20,7 @@ Microsoft Entra endpoints a client needs to reach it.
   localhost, signs the server's certificate; the CA's certificate is written to the state
   directory. A second HTTPS listener presents a certificate from another CA that no one trusts.
 - `/_fake/*` is the admin API, guarded by the admin token: keys, versions, principals, the
-  resource a key's challenge names, failure injection.
+  resource a key's challenge names, failure injection, a rate limit (429 Throttled, Retry-After).
 
 Use: azure_kv.py STATE_DIR. Prints one JSON line (ports, admin token, tenant, CA file) and
 serves on 127.0.0.1 until killed."""
@@ -290,6 +290,11 @@ class KeyVault(FakeServer):
     def failure_body(self, status: int) -> dict:
         code = {429: "Throttled", 503: "ServiceUnavailable"}.get(status, "InternalServerError")
         return {"error": {"code": code, "message": "injected failure"}}
+
+    def throttle_body(self) -> dict:
+        # Key Vault's words when a vault's service limit is reached.
+        return {"error": {"code": "Throttled", "message": "Request was not processed because too many requests "
+                          "were received. Reason: VaultRequestTypeLimitReached"}}
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """What the two fake KMS servers share: a threaded HTTP(S) server on 127.0.0.1 whose handler
-routes to methods, an admin API guarded by a token, failure injection, and JSON answers.
+routes to methods, an admin API guarded by a token, failure injection, a rate limit that
+throttles (429), and JSON answers.
 
 Only for DBKey's tests: keys live in memory, and every listener binds 127.0.0.1."""
 from __future__ import annotations
@@ -52,6 +53,42 @@ class Failures:
         return None
 
 
+class RateLimit:
+    """A token bucket over the requests whose path contains `path`: `rate` a second, `burst` at
+    once. A request that finds it empty is throttled: answered 429, with `Retry-After:
+    retry_after` when that is set."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rule: dict | None = None
+        self.throttled = 0
+        self.admitted = 0
+
+    def set(self, rule: dict) -> None:
+        with self.lock:
+            self.rule = None if rule.get("rate") is None else (
+                {"burst": 1.0, "retry_after": None, "path": ""} | rule)
+            if self.rule:
+                self.rule["tokens"], self.rule["at"] = float(self.rule["burst"]), time.monotonic()
+            self.throttled = self.admitted = 0
+
+    def take(self, path: str) -> tuple[bool, int | None]:
+        """Whether the request may go on; if not, the Retry-After to send."""
+        with self.lock:
+            rule = self.rule
+            if not rule or rule["path"] not in path:
+                return True, None
+            now = time.monotonic()
+            rule["tokens"] = min(float(rule["burst"]), rule["tokens"] + (now - rule["at"]) * rule["rate"])
+            rule["at"] = now
+            if rule["tokens"] >= 1:
+                rule["tokens"] -= 1
+                self.admitted += 1
+                return True, None
+            self.throttled += 1
+            return False, rule["retry_after"]
+
+
 class Answer(Exception):
     """Raised by a route to answer with a status, a JSON body and headers."""
 
@@ -66,6 +103,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.failures = Failures()
+        self.rate_limit = RateLimit()
         self.admin_token = secrets.token_urlsafe(24)
 
     # Routing -------------------------------------------------------------------------------
@@ -76,11 +114,16 @@ class FakeServer:
                 if not hmac.compare_digest(request.headers.get("x-fake-admin", ""), self.admin_token):
                     raise Answer(403, {"error": "admin token required"})
                 return 200, self.admin(request.path[len("/_fake/"):], request.json()), {}
+            admitted, retry_after = self.rate_limit.take(request.path)
+            if not admitted:
+                raise Answer(429, self.throttle_body(),
+                             {} if retry_after is None else {"Retry-After": str(retry_after)})
             rule = self.failures.take(request.path)
             if rule:
                 time.sleep(rule["delay"])
                 if rule["status"]:
-                    raise Answer(rule["status"], rule["body"] or self.failure_body(rule["status"]))
+                    raise Answer(rule["status"], rule["body"] or self.failure_body(rule["status"]),
+                                 rule.get("headers"))
             return 200, self.route(request), {}
         except Answer as answer:
             return answer.status, answer.body, answer.headers
@@ -89,6 +132,11 @@ class FakeServer:
         if command == "fail":
             self.failures.add(body)
             return {}
+        if command == "ratelimit":
+            self.rate_limit.set(body)
+            return {}
+        if command == "ratelimit-stats":
+            return {"throttled": self.rate_limit.throttled, "admitted": self.rate_limit.admitted}
         raise Answer(404, {"error": f"no admin command {command}"})
 
     def route(self, request: "Request") -> dict:
@@ -96,6 +144,9 @@ class FakeServer:
 
     def failure_body(self, status: int) -> dict:
         return {"error": {"code": status, "message": "injected failure"}}
+
+    def throttle_body(self) -> dict:
+        return self.failure_body(429)
 
     # Listeners -----------------------------------------------------------------------------
 

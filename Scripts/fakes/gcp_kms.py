@@ -12,7 +12,7 @@ JWT, checked against the account's public key) and the metadata server's token p
 - A bearer token must be one this server issued (token endpoint or metadata path) or one
   registered through the admin API, and unexpired. Each principal has a set of permissions.
   Errors are Cloud KMS's JSON errors and statuses (401, 403, 404, 400 INVALID_ARGUMENT or
-  FAILED_PRECONDITION; 429 and 503 by injection).
+  FAILED_PRECONDITION; 429 and 503 by injection; 429 RESOURCE_EXHAUSTED past a configured rate).
 - `/_fake/*` is the admin API, guarded by the admin token: keys, versions, states, principals,
   tokens (revoked), failure injection.
 
@@ -91,6 +91,11 @@ class CloudKms(FakeServer):
             if command == "issued":
                 return {"tokens": list(self.tokens)}
         return super().admin(command, body)
+
+    def throttle_body(self) -> dict:
+        # Cloud KMS's answer when a project's request quota is used up; it sends no Retry-After.
+        return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded for quota "
+                          "metric 'Cryptographic requests' and limit 'Cryptographic requests per minute'."}}
 
     def add_version(self, name: str) -> str:
         key = self.keys[name]

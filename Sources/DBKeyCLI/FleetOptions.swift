@@ -77,8 +77,12 @@ struct FleetOptions: ParsableArguments {
             struct Database: Encodable { let database, status, detail: String }
             struct Refused: Encodable { let path, reason: String }
             struct Run: Encodable {
-                /// Databases by status (`refused` too), and `kms_requests`.
+                /// Databases by status (`refused` too), `kms_requests` and `kms_throttled` (the
+                /// throttling answers, each retried).
                 let summary: [String: Int]
+                /// The fewest KMS requests in flight at once after throttling; absent when the
+                /// KMS throttled none.
+                let lowestKmsConcurrency: Int?
                 let seconds: Double
                 let databases: [Database]
                 let refused: [Refused]
@@ -89,7 +93,11 @@ struct FleetOptions: ParsableArguments {
                         uniqueKeysWithValues: DatabaseFleet.Outcome.Status.allCases.map {
                             ($0.rawValue, counts[$0] ?? 0)
                         }
-                    ).merging(["refused": found.refused.count, "kms_requests": limiter.requests]) { $1 },
+                    ).merging([
+                        "refused": found.refused.count, "kms_requests": limiter.requests,
+                        "kms_throttled": limiter.throttled,
+                    ]) { $1 },
+                    lowestKmsConcurrency: limiter.lowestConcurrency,
                     seconds: (seconds * 1000).rounded() / 1000,
                     databases: outcomes.map {
                         Database(database: $0.databasePath, status: $0.status.rawValue, detail: $0.detail)
@@ -105,8 +113,11 @@ struct FleetOptions: ParsableArguments {
             let parts = DatabaseFleet.Outcome.Status.allCases.compactMap { status in
                 counts[status].map { "\($0) \(status.rawValue)" }
             }
+            let throttling = limiter.lowestConcurrency.map {
+                " (throttled \(limiter.throttled) times, each retried; down to \($0) at once)"
+            }
             print(
-                "\(total) databases: \((parts.isEmpty ? ["none"] : parts).joined(separator: ", ")); \(found.refused.count) refused; \(limiter.requests) KMS requests in \(String(format: "%.1f", seconds)) s."
+                "\(total) databases: \((parts.isEmpty ? ["none"] : parts).joined(separator: ", ")); \(found.refused.count) refused; \(limiter.requests) KMS requests\(throttling ?? "") in \(String(format: "%.1f", seconds)) s."
             )
         }
         if counts[.failed, default: 0] > 0 {

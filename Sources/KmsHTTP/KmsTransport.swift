@@ -179,7 +179,8 @@ private final class ExchangeState: @unchecked Sendable {
 
 /// The one call path of the HTTP providers: the body built with its secret field (which never
 /// becomes a `String`) and wiped after the call, each attempt bounded by the policy's timeout,
-/// retried while the failure is retryable, and an error answer mapped by the provider.
+/// retried while the failure is retryable, and an error answer mapped by the provider (a 429
+/// reported as ``KmsThrottling``, with its `Retry-After`).
 package struct KmsHTTPClient: Sendable {
     /// A request body.
     package enum Body {
@@ -239,7 +240,9 @@ package struct KmsHTTPClient: Sendable {
             var response = try await transport.send(request, timeout: retry.timeout)
             guard response.status == 200 else {
                 defer { response.body.wipe() }
-                throw mapError(response.status, response.body)
+                let error = mapError(response.status, response.body)
+                guard response.status == 429 else { throw error }
+                throw error.throttled(retryAfter: RetryAfter.parse(response.header("Retry-After")))
             }
             return response.body
         }

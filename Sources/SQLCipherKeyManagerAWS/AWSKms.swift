@@ -316,8 +316,9 @@ public struct AWSKms: ServerSideRewrapping, EnvironmentConfigurable {
                 .ciphertextInvalid,
                 "\(what). The wrapped key was altered, belongs to another KMS key, or the encryption context differs."
             )
-        case "ThrottlingException", "KMSInternalException", "DependencyTimeoutException", "KeyUnavailableException",
-            "LimitExceededException":
+        case "ThrottlingException":
+            return DBKeyError(.kmsUnavailable, "\(what). Try again later.").throttled(retryAfter: nil)
+        case "KMSInternalException", "DependencyTimeoutException", "KeyUnavailableException", "LimitExceededException":
             return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
         default:
             return KmsHTTPStatus.error(

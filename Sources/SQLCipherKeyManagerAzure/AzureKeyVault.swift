@@ -220,8 +220,10 @@ public struct AzureKeyVault: EnvironmentConfigurable {
         let response = try await retry.run("challenge", logger: logger) {
             let response = try await transport.send(request, timeout: retry.timeout)
             if response.status >= 500 || response.status == 429 {
-                throw DBKeyError(
+                let error = DBKeyError(
                     .kmsUnavailable, "The vault \(name.host) answered HTTP \(response.status). Try again later.")
+                guard response.status == 429 else { throw error }
+                throw error.throttled(retryAfter: RetryAfter.parse(response.header("Retry-After")))
             }
             return response
         }
