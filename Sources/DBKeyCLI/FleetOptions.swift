@@ -15,7 +15,9 @@ struct FleetOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "With --all: databases worked on at once (1 to 64).")
     var jobs: Int = 4
 
-    @Option(parsing: .unconditional, help: "With --all: at most this many KMS requests a second.")
+    @Option(
+        parsing: .unconditional,
+        help: "With --all: at most this many KMS requests a second (a KMS that throttles slows the run further).")
     var maxKmsRps: Double?
 
     func validate() throws {
@@ -80,9 +82,9 @@ struct FleetOptions: ParsableArguments {
                 /// Databases by status (`refused` too), `kms_requests` and `kms_throttled` (the
                 /// throttling answers, each retried).
                 let summary: [String: Int]
-                /// The fewest KMS requests in flight at once after throttling; absent when the
-                /// KMS throttled none.
-                let lowestKmsConcurrency: Int?
+                /// The lowest rate (requests a second) throttling brought the run down to;
+                /// absent when the KMS throttled none.
+                let lowestKmsRate: Double?
                 let seconds: Double
                 let databases: [Database]
                 let refused: [Refused]
@@ -97,7 +99,7 @@ struct FleetOptions: ParsableArguments {
                         "refused": found.refused.count, "kms_requests": limiter.requests,
                         "kms_throttled": limiter.throttled,
                     ]) { $1 },
-                    lowestKmsConcurrency: limiter.lowestConcurrency,
+                    lowestKmsRate: limiter.lowestRate.map { ($0 * 10).rounded() / 10 },
                     seconds: (seconds * 1000).rounded() / 1000,
                     databases: outcomes.map {
                         Database(database: $0.databasePath, status: $0.status.rawValue, detail: $0.detail)
@@ -113,8 +115,8 @@ struct FleetOptions: ParsableArguments {
             let parts = DatabaseFleet.Outcome.Status.allCases.compactMap { status in
                 counts[status].map { "\($0) \(status.rawValue)" }
             }
-            let throttling = limiter.lowestConcurrency.map {
-                " (throttled \(limiter.throttled) times, each retried; down to \($0) at once)"
+            let throttling = limiter.lowestRate.map {
+                " (throttled \(limiter.throttled) times, each retried; slowed to \(String(format: "%.1f", $0)) a second)"
             }
             print(
                 "\(total) databases: \((parts.isEmpty ? ["none"] : parts).joined(separator: ", ")); \(found.refused.count) refused; \(limiter.requests) KMS requests\(throttling ?? "") in \(String(format: "%.1f", seconds)) s."

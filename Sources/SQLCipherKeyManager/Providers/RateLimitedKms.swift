@@ -4,37 +4,47 @@ import Synchronization
 /// (``KmsRegistry/rateLimited(_:)``) sends through it.
 ///
 /// It counts the requests; with a rate, holds them to at most that many a second; and, when the
-/// KMS throttles a request (``KmsThrottling``), sends fewer at once: the number of requests in
-/// flight is halved at each throttling answer (once for all the requests that were in flight
-/// together) and grows back by one after as many successes as it allows. A KEK's
+/// KMS throttles a request (``KmsThrottling``), slows down: the rate drops to 70% of the rate
+/// the run was sending at (once for all the requests sent at that rate), then grows back by 2%
+/// (at least one request a second) with each success, up to the rate it was given. A KEK's
 /// ``KeyManagementService/health(kekId:)`` is asked once per run.
 public final class KmsRateLimiter: Sendable {
     private struct State {
         var next: ContinuousClock.Instant = .now
         var requests = 0
         var throttled = 0
-        var inFlight = 0
-        /// How many requests may be in flight; `nil` until the KMS first throttles one.
-        var limit: Int?
-        var lowestLimit: Int?
-        var successesAtLimit = 0
-        /// Bumped at each cut, so that the requests in flight together cut the limit once.
+        /// The rate the requests are held to; `nil` while no rate was given and the KMS has not
+        /// throttled.
+        var rate: Double?
+        var lowestRate: Double?
+        /// When the last requests were sent, oldest first: the rate the run sends at.
+        var recent: [ContinuousClock.Instant] = []
+        /// Bumped at each cut, so that the requests sent at one rate cut it once.
         var generation = 0
-        var waiting: [CheckedContinuation<Int, Never>] = []
         var health: [String: KmsHealth] = [:]
     }
 
-    private let interval: Duration?
-    private let state = Mutex(State())
+    private let ceiling: Double?
+    private let state: Mutex<State>
 
     /// The rates a limiter takes: from one request in 1,000 seconds to a million a second.
     public static let rates: ClosedRange<Double> = 0.001...1_000_000
 
-    /// Creates a limiter of `requestsPerSecond` (in ``rates``), or one that only counts and
-    /// adapts to throttling (`nil`).
+    /// The slowest a throttling KMS makes a limiter go, unless it was given a slower rate.
+    static let slowestAdaptiveRate = 1.0
+
+    /// What a throttling answer multiplies the rate by (CUBIC's β, RFC 9438).
+    static let cut = 0.7
+
+    /// How many of the latest requests measure the rate the run sends at.
+    private static let measured = 32
+
+    /// Creates a limiter of at most `requestsPerSecond` (in ``rates``), or one that only counts
+    /// and slows down when the KMS throttles (`nil`).
     public init(requestsPerSecond: Double?) {
         precondition(requestsPerSecond.map { KmsRateLimiter.rates.contains($0) } ?? true, "a rate limit out of range")
-        self.interval = requestsPerSecond.map { .nanoseconds(Int64(1_000_000_000 / $0)) }
+        ceiling = requestsPerSecond
+        state = Mutex(State(rate: requestsPerSecond))
     }
 
     /// The requests made so far.
@@ -43,9 +53,9 @@ public final class KmsRateLimiter: Sendable {
     /// The throttling answers so far (each retried).
     public var throttled: Int { state.withLock { $0.throttled } }
 
-    /// The fewest requests the limiter let in flight at once after a throttling answer; `nil`
-    /// when the KMS never throttled one.
-    public var lowestConcurrency: Int? { state.withLock { $0.lowestLimit } }
+    /// The lowest rate, in requests a second, that throttling brought the limiter down to; `nil`
+    /// when the KMS never throttled a request.
+    public var lowestRate: Double? { state.withLock { $0.lowestRate } }
 
     /// The request a task is sending through a limiter, for ``RetryPolicy`` to report a
     /// throttling answer to.
@@ -58,11 +68,21 @@ public final class KmsRateLimiter: Sendable {
 
     @TaskLocal static var current: Request?
 
-    /// Runs one KMS request: counts it, waits for its turn at the rate and for room in flight.
+    /// Runs one KMS request: counts it and waits for its turn at the rate.
     func send<Result>(_ request: () async throws -> Result) async throws -> Result {
-        try await waitForTurn()
-        let generation = await enter()
-        defer { leave() }
+        let (turn, generation) = state.withLock { state -> (ContinuousClock.Instant, Int) in
+            state.requests += 1
+            let turn = max(state.next, .now)
+            if let rate = state.rate {
+                state.next = turn + .nanoseconds(Int64(1_000_000_000 / rate))
+            }
+            state.recent.append(turn)
+            if state.recent.count > KmsRateLimiter.measured { state.recent.removeFirst() }
+            return (turn, state.generation)
+        }
+        if turn > .now {
+            try await Task.sleep(until: turn, clock: .continuous)
+        }
         let result = try await KmsRateLimiter.$current.withValue(Request(limiter: self, generation: generation)) {
             try await request()
         }
@@ -79,56 +99,10 @@ public final class KmsRateLimiter: Sendable {
         return health
     }
 
-    private func waitForTurn() async throws {
-        let interval = interval
-        let turn = state.withLock { state -> ContinuousClock.Instant? in
-            state.requests += 1
-            guard let interval else { return nil }
-            let turn = max(state.next, .now)
-            state.next = turn + interval
-            return turn
-        }
-        if let turn {
-            try await Task.sleep(until: turn, clock: .continuous)
-        }
-    }
-
-    /// Waits for room in flight; returns the generation the request entered under.
-    private func enter() async -> Int {
-        await withCheckedContinuation { continuation in
-            let generation = state.withLock { state -> Int? in
-                guard state.inFlight < state.limit ?? .max else {
-                    state.waiting.append(continuation)
-                    return nil
-                }
-                state.inFlight += 1
-                return state.generation
-            }
-            if let generation { continuation.resume(returning: generation) }
-        }
-    }
-
-    private func leave() {
-        let admitted = state.withLock { state -> [(CheckedContinuation<Int, Never>, Int)] in
-            state.inFlight -= 1
-            var admitted: [(CheckedContinuation<Int, Never>, Int)] = []
-            while !state.waiting.isEmpty, state.inFlight < state.limit ?? .max {
-                state.inFlight += 1
-                admitted.append((state.waiting.removeFirst(), state.generation))
-            }
-            return admitted
-        }
-        for (continuation, generation) in admitted { continuation.resume(returning: generation) }
-    }
-
     private func succeeded() {
         state.withLock { state in
-            guard let limit = state.limit else { return }
-            state.successesAtLimit += 1
-            if state.successesAtLimit >= limit {
-                state.limit = limit + 1
-                state.successesAtLimit = 0
-            }
+            guard state.lowestRate != nil, let rate = state.rate else { return }
+            state.rate = min(ceiling ?? .infinity, rate + max(1, rate / 50))
         }
     }
 
@@ -136,10 +110,20 @@ public final class KmsRateLimiter: Sendable {
         state.withLock { state in
             state.throttled += 1
             guard generation == state.generation else { return }
-            let limit = max(1, (state.limit ?? state.inFlight) / 2)
-            state.limit = limit
-            state.lowestLimit = min(state.lowestLimit ?? limit, limit)
-            state.successesAtLimit = 0
+            let sending: Double
+            if let first = state.recent.first, let last = state.recent.last, last > first {
+                let span = last - first
+                sending =
+                    Double(state.recent.count - 1)
+                    / (Double(span.components.seconds) + Double(span.components.attoseconds) / 1e18)
+            } else {
+                sending = state.rate ?? KmsRateLimiter.slowestAdaptiveRate
+            }
+            let floor = min(ceiling ?? .infinity, KmsRateLimiter.slowestAdaptiveRate)
+            let rate = max(floor, min(state.rate ?? .infinity, sending) * KmsRateLimiter.cut)
+            state.rate = rate
+            state.lowestRate = min(state.lowestRate ?? rate, rate)
+            state.recent.removeAll()
             state.generation += 1
         }
     }

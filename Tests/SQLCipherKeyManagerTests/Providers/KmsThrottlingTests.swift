@@ -90,34 +90,30 @@ struct KmsThrottlingTests {
         #expect(calls.withLock { $0 } > 2)
     }
 
-    /// A KMS that throttles every request beyond `capacity` in flight at once, retrying as the
-    /// HTTP providers do, and records how many it had in flight.
-    final class CrowdedKms: KeyManagementService {
-        let capacity: Int
+    /// A KMS with a quota of `perSecond` requests a second (a token bucket of one), retrying
+    /// as the HTTP providers do; it counts what it throttled.
+    final class QuotaKms: KeyManagementService {
+        let interval: Duration
         let inner = MockKms()
         let retry = RetryPolicy(initialBackoff: .milliseconds(2), throttleDeadline: .seconds(600))
-        /// (in flight, most in flight since the first throttle, throttling answers, health calls).
-        let state = Mutex((inFlight: 0, mostAfterThrottling: 0, throttled: 0, health: 0))
+        let state = Mutex((next: ContinuousClock.now, throttled: 0, health: 0))
 
-        init(capacity: Int) { self.capacity = capacity }
+        init(perSecond: Int) { interval = .seconds(1) / perSecond }
 
         var providerName: String { inner.providerName }
 
         func attempt<Result>(_ work: () async throws -> Result) async throws -> Result {
-            try await retry.run("crowded", logger: silentLogger) {
+            try await retry.run("quota", logger: silentLogger) {
                 let admitted = state.withLock { state -> Bool in
-                    state.inFlight += 1
-                    if state.throttled > 0 { state.mostAfterThrottling = max(state.mostAfterThrottling, state.inFlight) }
-                    guard state.inFlight <= capacity else {
-                        state.inFlight -= 1
+                    let now = ContinuousClock.now
+                    guard now >= state.next else {
                         state.throttled += 1
                         return false
                     }
+                    state.next = now + interval
                     return true
                 }
                 guard admitted else { throw KmsThrottlingTests.throttled(after: nil) }
-                defer { state.withLock { $0.inFlight -= 1 } }
-                try await Task.sleep(for: .milliseconds(2))
                 return try await work()
             }
         }
@@ -139,14 +135,10 @@ struct KmsThrottlingTests {
         }
     }
 
-    @Test("A throttling KMS: the limiter halves the requests in flight, every request succeeds, each answer is counted")
-    func adaptiveConcurrency() async throws {
-        let kms = CrowdedKms(capacity: 3)
-        let limiter = KmsRateLimiter(requestsPerSecond: nil)
-        let provider = try KmsRegistry(kms).rateLimited(limiter).provider(named: kms.providerName)
-        let dataKey = try await kms.inner.generateDataKey(kekId: "default", context: [:])
-        // 16 workers at once, as `--jobs 16` sends them, against a KMS that takes 3.
-        let unwrapped = try await withThrowingTaskGroup(of: Bool.self) { group in
+    /// 16 workers at once, as `--jobs 16` sends them, each unwrapping 25 times through
+    /// `provider`; whether every unwrap gave the key back.
+    static func unwrapFromSixteen(_ provider: any KeyManagementService, _ dataKey: DataKey) async throws -> Bool {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
             for _ in 0..<16 {
                 group.addTask {
                     var all = true
@@ -157,21 +149,38 @@ struct KmsThrottlingTests {
                     return all
                 }
             }
-            return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            return try await group.allSatisfy { $0 }
         }
-        #expect(unwrapped == 16, "every request succeeded")
-        let seen = kms.state.withLock { $0 }
+    }
+
+    @Test(
+        "A KMS with a quota: through a limiter every request succeeds, each throttling answer is counted, and far fewer come than without it"
+    )
+    func adaptiveRate() async throws {
+        let alone = QuotaKms(perSecond: 400)
+        let dataKey = try await alone.inner.generateDataKey(kekId: "default", context: [:])
+        #expect(try await Self.unwrapFromSixteen(alone, dataKey))
+        let unlimited = alone.state.withLock { $0.throttled }
+
+        let kms = QuotaKms(perSecond: 400)
+        let wrapped = try await kms.inner.encrypt(dataKey.plaintext, kekId: dataKey.kekId, context: [:])
+        let limiter = KmsRateLimiter(requestsPerSecond: nil)
+        let provider = try KmsRegistry(kms).rateLimited(limiter).provider(named: kms.providerName)
+        #expect(
+            try await Self.unwrapFromSixteen(
+                provider, DataKey(plaintext: dataKey.plaintext, wrapped: wrapped, kekId: dataKey.kekId)))
+        let throttled = kms.state.withLock { $0.throttled }
         #expect(limiter.requests == 400)
-        #expect(seen.throttled > 0 && limiter.throttled == seen.throttled, "\(limiter.throttled) of \(seen.throttled)")
-        let lowest = try #require(limiter.lowestConcurrency)
-        #expect((1...3).contains(lowest), "\(lowest)")
-        // Without the limiter, 16 would be in flight to the end; it keeps them near the KMS's 3.
-        #expect(seen.mostAfterThrottling <= 8, "\(seen.mostAfterThrottling) in flight after throttling began")
+        #expect(throttled > 0 && limiter.throttled == throttled, "\(limiter.throttled) of \(throttled)")
+        let lowest = try #require(limiter.lowestRate)
+        #expect(lowest >= KmsRateLimiter.slowestAdaptiveRate && lowest < 400, "\(lowest)")
+        #expect(throttled * 2 < unlimited, "\(throttled) throttled with the limiter, \(unlimited) without")
+        print("throttling test: 400 requests at a 400/s quota: \(unlimited) throttled alone, \(throttled) through the limiter (down to \(lowest)/s)")
     }
 
     @Test("A fleet run asks each KEK's health once, and counts it as one request")
     func healthOncePerRun() async throws {
-        let kms = CrowdedKms(capacity: 100)
+        let kms = QuotaKms(perSecond: 1_000_000)
         let limiter = KmsRateLimiter(requestsPerSecond: nil)
         let provider = try KmsRegistry(kms).rateLimited(limiter).provider(named: kms.providerName)
         for _ in 0..<20 {
@@ -179,6 +188,6 @@ struct KmsThrottlingTests {
         }
         _ = try await provider.health(kekId: "other")
         #expect(kms.state.withLock { $0.health } == 2 && limiter.requests == 2)
-        #expect(limiter.lowestConcurrency == nil && limiter.throttled == 0)
+        #expect(limiter.lowestRate == nil && limiter.throttled == 0)
     }
 }

@@ -248,4 +248,39 @@ struct AzureKeyVaultTests {
         }
         #expect(transport.count(unwrapPath) == 1)
     }
+
+    @Test(
+        "A 429 is waited out as its Retry-After asks, past the attempt count, and counted by a fleet's limiter; one whose Retry-After ends past the deadline is reported at once"
+    )
+    func throttling() async throws {
+        let (name, _) = try await FakeKeyVault.createKey()
+        let kekId = try FakeKeyVault.kekId(name)
+        let transport = CountingTransport()
+        let kms = try FakeKeyVault.provider(
+            retry: .init(attempts: 1, timeout: .seconds(5), initialBackoff: .milliseconds(10)), transport: transport)
+        let dataKey = try await kms.generateDataKey(kekId: kekId, context: context)
+        let version = try #require(AzureKeyVault.parts(of: dataKey.wrapped)).version
+        let unwrapPath = "/keys/\(name)/\(version)/unwrapkey"
+        let limiter = KmsRateLimiter(requestsPerSecond: nil)
+        let limited = try KmsRegistry(kms).rateLimited(limiter).provider(named: kms.providerName)
+        try await FakeKeyVault.fail(status: 429, count: 2, path: unwrapPath, headers: ["Retry-After": "1"])
+        let clock = ContinuousClock()
+        let started = clock.now
+        #expect(try await limited.decrypt(dataKey.wrapped, kekId: kekId, context: context) == dataKey.plaintext)
+        #expect(clock.now - started >= .seconds(2), "both Retry-Afters were waited for")
+        #expect(transport.count(unwrapPath) == 3 && limiter.throttled == 2 && limiter.requests == 1)
+
+        let impatient = try FakeKeyVault.provider(
+            retry: .init(attempts: 3, timeout: .seconds(5), throttleDeadline: .seconds(5)), transport: transport)
+        try await FakeKeyVault.fail(status: 429, count: 1, path: unwrapPath, headers: ["Retry-After": "3600"])
+        transport.reset()
+        do {
+            _ = try await impatient.decrypt(dataKey.wrapped, kekId: kekId, context: context)
+            Issue.record("a call throttled for an hour succeeded")
+        } catch let error as DBKeyError {
+            #expect(error.code == .kmsUnavailable && error.throttling?.retryAfter == .seconds(3600))
+            #expect(error.message.contains("Throttled") && error.message.contains(RetryPolicy.throttleDeadlineVariable))
+        }
+        #expect(transport.count(unwrapPath) == 1)
+    }
 }

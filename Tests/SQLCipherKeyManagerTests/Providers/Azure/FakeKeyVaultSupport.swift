@@ -7,7 +7,7 @@ import Testing
 
 /// The fake Key Vault that `Scripts/test` starts (through `Scripts/azurekv`) and describes in
 /// `DBKEY_TEST_AZURE_*` variables. A test that needs it fails when it is missing.
-enum FakeKeyVault {
+enum FakeKeyVault: FakeKmsServer {
     static func value(_ name: String) throws -> String {
         try scriptVariable("DBKEY_TEST_AZURE_\(name)", describing: "fake Key Vault")
     }
@@ -76,10 +76,6 @@ enum FakeKeyVault {
     static func client(operations: [String]) async throws -> (id: String, secret: String) {
         let answer = try await admin("client", ["operations": operations])
         return (try #require(answer["client_id"] as? String), try #require(answer["client_secret"] as? String))
-    }
-
-    static func fail(status: Int, count: Int = 1, path: String = "", delay: Double = 0) async throws {
-        try await admin("fail", ["status": status, "count": count, "path": path, "delay": delay])
     }
 
     /// Microsoft's client (azure-keyvault-keys with azure-identity) through

@@ -8,7 +8,7 @@ import Testing
 /// The fake Cloud KMS and drongo that `Scripts/test` starts (through `Scripts/gcpkms`) and
 /// describes in `DBKEY_TEST_GCP_*` and `DBKEY_TEST_DRONGO_*` variables. A test that needs them
 /// fails when they are missing.
-enum FakeCloudKms {
+enum FakeCloudKms: FakeKmsServer {
     static func value(_ name: String) throws -> String {
         try scriptVariable("DBKEY_TEST_GCP_\(name)", describing: "fake Cloud KMS")
     }
@@ -71,12 +71,6 @@ enum FakeCloudKms {
 
     static func setState(_ key: String, version: Int, _ state: String) async throws {
         try await admin("state", ["version": "\(key)/cryptoKeyVersions/\(version)", "state": state])
-    }
-
-    /// The next `count` requests whose path contains `path` are answered with `status`, or
-    /// held for `delay` seconds.
-    static func fail(status: Int, count: Int = 1, path: String = "", delay: Double = 0) async throws {
-        try await admin("fail", ["status": status, "count": count, "path": path, "delay": delay])
     }
 
     /// A new service account with only `permissions`; its key file (in `directory`).

@@ -1,0 +1,35 @@
+import Testing
+
+/// What the fake Cloud KMS and the fake Key Vault (Scripts/fakes/common.py) share: failure
+/// injection and a rate limit, through their admin APIs.
+protocol FakeKmsServer {
+    /// An admin command; its JSON answer.
+    @discardableResult
+    static func admin(_ command: String, _ body: [String: Any]) async throws -> [String: Any]
+}
+
+extension FakeKmsServer {
+    /// The next `count` requests whose path contains `path` are answered with `status` (and
+    /// `headers`), or held for `delay` seconds.
+    static func fail(
+        status: Int, count: Int = 1, path: String = "", delay: Double = 0, headers: [String: String] = [:]
+    ) async throws {
+        try await admin("fail", ["status": status, "count": count, "path": path, "delay": delay, "headers": headers])
+    }
+
+    /// Throttles (429) the requests whose path contains `path` beyond `rate` a second (`burst`
+    /// at once), with `Retry-After: retryAfter` when given; `nil` lifts the limit. Resets the
+    /// counts of ``rateLimitCounts()``.
+    static func rateLimit(_ rate: Double?, burst: Int = 1, path: String = "", retryAfter: Int? = nil) async throws {
+        var rule: [String: Any] = ["burst": burst, "path": path]
+        if let rate { rule["rate"] = rate }
+        if let retryAfter { rule["retry_after"] = retryAfter }
+        try await admin("ratelimit", rule)
+    }
+
+    /// The requests the rate limit throttled and admitted since it was set.
+    static func rateLimitCounts() async throws -> (throttled: Int, admitted: Int) {
+        let answer = try await admin("ratelimit-stats", [:])
+        return (try #require(answer["throttled"] as? Int), try #require(answer["admitted"] as? Int))
+    }
+}
