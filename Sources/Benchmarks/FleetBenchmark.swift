@@ -4,7 +4,9 @@ import Logging
 import SQLCipherKeyManager
 
 /// `dbkey rewrap --all` over many small databases: local → local and local → AWS KMS (moto),
-/// with `--jobs 1` and `--jobs 8`, reporting wall time and KMS requests per database.
+/// with `--jobs 1` and `--jobs 8`, reporting wall time and KMS requests per database; then
+/// local → AWS KMS behind a quota (moto's throttling front, Scripts/fakes/aws_throttle.py),
+/// against the quota.
 enum FleetBenchmark {
     static func run(workdir relativeWorkdir: String, count: Int, dbkey: String) async throws -> [BenchmarkRow] {
         // KEK URIs name master key files by absolute path.
@@ -40,8 +42,9 @@ enum FleetBenchmark {
             ]
         }
         base.merge(aws ?? [:]) { $1 }
-        func rewrapAll(to uri: String, jobs: Int, master: String) throws -> (seconds: Double, requests: Int, done: Int)
-        {
+        func rewrapAll(to uri: String, jobs: Int, master: String) throws -> (
+            seconds: Double, requests: Int, done: Int, throttled: Int
+        ) {
             var run = base
             run[LocalKms.masterKeyFileVariable] = master
             let output = try runProcess(
@@ -57,9 +60,14 @@ enum FleetBenchmark {
                 FileHandle.standardError.write(
                     Data("fleet: \(failed.count) failed, e.g. \(first["detail"] ?? "")\n".utf8))
             }
-            return (object?["seconds"] as? Double ?? 0, summary["kms_requests"] ?? 0, summary["done"] ?? 0)
+            return (
+                object?["seconds"] as? Double ?? 0, summary["kms_requests"] ?? 0, summary["done"] ?? 0,
+                summary["kms_throttled"] ?? 0
+            )
         }
-        func row(_ what: String, _ run: (seconds: Double, requests: Int, done: Int), against: Double?) -> BenchmarkRow {
+        func row(_ what: String, _ run: (seconds: Double, requests: Int, done: Int, throttled: Int), against: Double?)
+            -> BenchmarkRow
+        {
             let perDatabase = run.seconds / Double(max(run.done, 1))
             return BenchmarkRow(
                 measurement: "fleet rewrap \(what), \(run.done) databases",
@@ -90,6 +98,37 @@ enum FleetBenchmark {
         let awsEight = try rewrapAll(to: "aws-kms://" + keyArn, jobs: 8, master: firstPath)
         rows.append(
             row("local → AWS KMS (moto), --jobs 8", awsEight, against: awsOne.seconds / Double(max(awsOne.done, 1))))
+        guard let front = environment["DBKEY_TEST_AWS_THROTTLING_ENDPOINT"],
+            let token = environment["DBKEY_TEST_AWS_THROTTLING_ADMIN_TOKEN"]
+        else { return rows }
+        // A quota of two thirds of what --jobs 8 sent unhindered, with a burst of a tenth of a
+        // second, as AWS KMS shares one among an account's requests.
+        let awsRequests = Double(awsEight.done * 2) / max(awsEight.seconds, 0.001)
+        let quota = max(10, (awsRequests * 2 / 3).rounded())
+        func admin(_ command: String, _ body: String) throws {
+            _ = try runProcess(
+                "/usr/bin/env", ["python3", "Scripts/fakes/admin.py", front, token, command, body], environment: base)
+        }
+        try admin("ratelimit", #"{"rate": \#(quota), "burst": \#(max(1, Int(quota / 10))), "path": "TrentService."}"#)
+        _ = try rewrapAll(to: "local://" + firstPath, jobs: 8, master: firstPath)
+        var throttledBase = base
+        throttledBase["AWS_ENDPOINT_URL_KMS"] = front
+        base = throttledBase
+        let quotaRun = try rewrapAll(to: "aws-kms://" + keyArn, jobs: 8, master: firstPath)
+        try admin("ratelimit", "{}")
+        // Two requests to AWS a database (the wrap and the unwrap that proves it), the health once.
+        let sent = Double(quotaRun.done * 2 + 1) / max(quotaRun.seconds, 0.001)
+        rows.append(
+            BenchmarkRow(
+                measurement:
+                    "fleet rewrap local → AWS KMS (moto) under a quota of \(Int(quota)) requests a second, --jobs 8, \(quotaRun.done) databases",
+                ours: String(
+                    format: "%.0f AWS requests a second, %.1f KMS requests a database, %d throttled (each retried)",
+                    sent, Double(quotaRun.requests) / Double(max(quotaRun.done, 1)), quotaRun.throttled),
+                baseline: "the quota",
+                ratio: String(format: "%.2f of the quota", sent / quota),
+                target: "every database done, at least 0.70 of the quota",
+                met: quotaRun.done == count && sent / quota >= 0.7))
         return rows
     }
 

@@ -141,6 +141,55 @@ struct AwsKmsFaultTests {
     }
 
     @Test(
+        "moto behind a quota: ThrottlingException is retried past the attempts until admitted, each counted by a fleet's limiter; botocore classes the same answer as throttling"
+    )
+    func quota() async throws {
+        let kms = try Moto.provider(
+            endpoint: try MotoThrottlingFront.adminURL(),
+            retry: .init(attempts: 1, timeout: .seconds(5), initialBackoff: .milliseconds(5)))
+        let dataKey = try await kms.generateDataKey(kekId: try Moto.keyArn(), context: ["purpose": "quota"])
+        // 20 decrypts a second, no burst: eight at once are throttled however slow the machine.
+        try await MotoThrottlingFront.rateLimit(20, path: "TrentService.Decrypt")
+        let limiter = KmsRateLimiter(requestsPerSecond: nil)
+        let limited = try KmsRegistry(kms).rateLimited(limiter).provider(named: kms.providerName)
+        let unwrapped = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    try await limited.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: ["purpose": "quota"])
+                        == dataKey.plaintext
+                }
+            }
+            return try await group.allSatisfy { $0 }
+        }
+        let front = try await MotoThrottlingFront.rateLimitCounts()
+        #expect(unwrapped && front.admitted == 8, "every decrypt came through once: \(front)")
+        #expect(front.throttled > 0 && limiter.throttled == front.throttled, "\(limiter.throttled) of \(front)")
+
+        // botocore, with its retries off, gets the front's answer as a throttling error.
+        // One decrypt a 1,000 s: the first takes the token, the second is throttled.
+        try await MotoThrottlingFront.rateLimit(0.001, path: "TrentService.Decrypt")
+        let python = try requireTool("python3", installedBy: "python3")
+        let script = """
+            import base64, os, sys, boto3, botocore.config, botocore.exceptions
+            from botocore.retries.standard import RetryContext, ThrottledRetryableChecker
+            e = os.environ
+            kms = boto3.client("kms", endpoint_url=e["DBKEY_TEST_AWS_THROTTLING_ENDPOINT"], region_name=e["DBKEY_TEST_AWS_REGION"],
+                aws_access_key_id=e["DBKEY_TEST_AWS_ACCESS_KEY_ID"], aws_secret_access_key=e["DBKEY_TEST_AWS_SECRET_ACCESS_KEY"],
+                config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}))
+            kms.decrypt(CiphertextBlob=base64.b64decode(sys.argv[1]), EncryptionContext={"purpose": "quota"})  # the one token
+            try:
+                kms.decrypt(CiphertextBlob=base64.b64decode(sys.argv[1]), EncryptionContext={"purpose": "quota"})
+            except botocore.exceptions.ClientError as error:
+                context = RetryContext(attempt_number=1, parsed_response=error.response, http_response=None)
+                print(error.response["Error"]["Code"], ThrottledRetryableChecker().is_retryable(context))
+            """
+        let environment = Moto.variables.filter { $0.key.hasPrefix("DBKEY_TEST_AWS_") || $0.key == "PATH" || $0.key == "HOME" }
+        let result = try await run(python, ["-c", script, dataKey.wrapped.encoded], environment: environment)
+        try await MotoThrottlingFront.rateLimit(nil)
+        #expect(result.stdout == "ThrottlingException True\n", "\(result.stdout) \(result.stderr)")
+    }
+
+    @Test(
         "a permanent error is not retried",
         arguments: [
             (#"{"__type":"AccessDeniedException","message":"no"}"#, 400, DBKeyError.Code.kmsAccessDenied),

@@ -32,13 +32,14 @@ enum Moto {
     /// A provider talking to moto, through `transport` when given (to count or fault calls).
     static func provider(
         secret: String? = nil,
+        endpoint: URL? = nil,
         retry: RetryPolicy = .init(attempts: 2, timeout: .seconds(5)),
         transport: (any KmsTransport)? = nil
     ) throws -> AWSKms {
         AWSKms(
             credentials: try credentials(secret: secret),
             region: try value("REGION"),
-            endpoint: try endpoint(),
+            endpoint: try endpoint ?? self.endpoint(),
             retry: retry,
             transport: transport ?? URLSessionKmsTransport(),
             logger: silentLogger
@@ -67,6 +68,14 @@ enum Moto {
         #expect(result.status == 0, "aws_kms.py failed: \(result.stderr)")
         return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String])
     }
+}
+
+/// The throttling front Scripts/moto starts before moto (Scripts/fakes/aws_throttle.py): every
+/// request passes on to moto until its rate limit (matched against the operation,
+/// `TrentService.Decrypt`) answers AWS KMS's `ThrottlingException`.
+enum MotoThrottlingFront: FakeKmsServer {
+    static func adminURL() throws -> URL { URL(string: try Moto.value("THROTTLING_ENDPOINT"))! }
+    static func adminToken() throws -> String { try Moto.value("THROTTLING_ADMIN_TOKEN") }
 }
 
 /// Passes requests through and counts them by KMS operation: the AWS operation name, or for

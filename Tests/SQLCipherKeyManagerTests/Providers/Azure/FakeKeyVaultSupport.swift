@@ -44,17 +44,8 @@ enum FakeKeyVault: FakeKmsServer {
         ]
     }
 
-    @discardableResult
-    static func admin(_ command: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
-        let response = try await URLSessionKmsTransport().send(
-            KmsHTTPRequest(
-                url: try origin().appendingPathComponent("_fake/\(command)"), method: "POST",
-                headers: [("X-Fake-Admin", try value("ADMIN_TOKEN"))],
-                body: try JSONSerialization.data(withJSONObject: body)),
-            timeout: .seconds(10))
-        #expect(response.status == 200, "admin \(command): \(String(decoding: response.body, as: UTF8.self))")
-        return (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]) ?? [:]
-    }
+    static func adminURL() throws -> URL { try origin() }
+    static func adminToken() throws -> String { try value("ADMIN_TOKEN") }
 
     /// A new key of the test's own (`RSA` or `oct-HSM`): its name and first version.
     static func createKey(type: String = "RSA") async throws -> (name: String, version: String) {

@@ -39,18 +39,8 @@ enum FakeCloudKms: FakeKmsServer {
         ]
     }
 
-    /// An admin command; its JSON answer.
-    @discardableResult
-    static func admin(_ command: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
-        let response = try await URLSessionKmsTransport().send(
-            KmsHTTPRequest(
-                url: try endpoint().appendingPathComponent("_fake/\(command)"), method: "POST",
-                headers: [("X-Fake-Admin", try value("ADMIN_TOKEN"))],
-                body: try JSONSerialization.data(withJSONObject: body)),
-            timeout: .seconds(10))
-        #expect(response.status == 200, "admin \(command): \(String(decoding: response.body, as: UTF8.self))")
-        return (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]) ?? [:]
-    }
+    static func adminURL() throws -> URL { try endpoint() }
+    static func adminToken() throws -> String { try value("ADMIN_TOKEN") }
 
     /// A new key of the test's own, version 1 primary; its resource name.
     static func createKey() async throws -> String {
