@@ -190,4 +190,32 @@ struct KmsThrottlingTests {
         #expect(kms.state.withLock { $0.health } == 2 && limiter.requests == 2)
         #expect(limiter.lowestRate == nil && limiter.throttled == 0)
     }
+
+    /// A provider that answers every customisation point of the protocol its own way.
+    struct Particular: KeyManagementService {
+        let inner = MockKms()
+        var providerName: String { "particular" }
+        func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
+            try await inner.generateDataKey(kekId: kekId, context: context)
+        }
+        func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+            -> SecureBuffer
+        { try await inner.decrypt(wrapped, kekId: kekId, context: context) }
+        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
+            try await inner.encrypt(key, kekId: kekId, context: context)
+        }
+        func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
+        func keyVersion(of wrapped: WrappedDataKey) -> Int? { wrapped.encoded.count }
+        func claimsLegacyKekId(_ kekId: String) -> Bool { kekId.hasPrefix("mine/") }
+        func primaryRefusal(kekId: String) -> String? { kekId.hasPrefix("sealed/") ? "bound to PCRs" : nil }
+    }
+
+    @Test("A provider through a limiter answers as it does itself: key versions, legacy ids, a refused primary")
+    func forwardsCustomisation() throws {
+        let limited = try KmsRegistry(Particular()).rateLimited(KmsRateLimiter(requestsPerSecond: nil))
+            .provider(named: "particular")
+        #expect(limited.keyVersion(of: WrappedDataKey(encoded: "abcde")) == 5)
+        #expect(limited.claimsLegacyKekId("mine/k") && !limited.claimsLegacyKekId("theirs/k"))
+        #expect(limited.primaryRefusal(kekId: "sealed/k") == "bound to PCRs" && limited.primaryRefusal(kekId: "k") == nil)
+    }
 }
