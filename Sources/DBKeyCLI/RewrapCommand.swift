@@ -62,13 +62,13 @@ struct RewrapCommand: AsyncParsableCommand {
             }
             let keyFile = try await manager.rewrap(to: target, kekId: kekId, slot: slot, wait: wait.duration)
             if json {
-                struct Rewrapped: Encodable { let kekVersion: OrNull<Int> }
+                struct Rewrapped: Encodable { let kekVersion: OrNull<String> }
                 Output.printJSON(
                     KeyOutput(
                         database: database, keyFile,
-                        Rewrapped(kekVersion: OrNull(target.keyVersion(of: keyFile.encryptedDek)))))
+                        Rewrapped(kekVersion: OrNull(target.kekVersion(of: keyFile.encryptedDek)))))
             } else {
-                let version = target.keyVersion(of: keyFile.encryptedDek).map { " version \($0)" } ?? ""
+                let version = target.kekVersion(of: keyFile.encryptedDek).map { " version \($0)" } ?? ""
                 print(
                     "Rewrapped the key of \(database) under \(keyFile.kms ?? "?") KEK \(keyFile.kekId)\(version) (data key version \(keyFile.version) unchanged)."
                 )
@@ -105,12 +105,11 @@ struct RewrapCommand: AsyncParsableCommand {
                 } else {
                     kms = try registry.provider(named: current.kms)
                     kekId = current.kekId
-                    guard let version = kms.keyVersion(of: current.encryptedDek) else {
+                    guard let version = kms.kekVersion(of: current.encryptedDek) else {
                         return .init(
                             databasePath: path, status: .unchanged, detail: "\(current.kms) keys are not versioned")
                     }
-                    let latest = try await kms.health(kekId: kekId).latestKeyVersion ?? version
-                    guard version < latest else {
+                    guard try await kms.health(kekId: kekId).isOutdated(version) else {
                         return .init(databasePath: path, status: .unchanged, detail: "already at version \(version)")
                     }
                 }

@@ -24,7 +24,7 @@ struct StatusCommand: AsyncParsableCommand {
             }
             if status.wrappedUnderOlderKeyVersion, case .success(let health) = status.kmsHealth {
                 Output.printWarning(
-                    "the data key is wrapped under version \(status.wrappedKeyVersion ?? 0) of \(health.kekId), but version \(health.latestKeyVersion ?? 0) is the newest. Run `dbkey rewrap \(options.database)` before the old version is retired."
+                    "the data key is wrapped under version \(status.wrappedKekVersion ?? "?") of \(health.kekId), but version \(health.latestKekVersion ?? "?") is the newest. Run `dbkey rewrap \(options.database)` before the old version is retired."
                 )
             }
             // A monitoring script should see a failure without parsing the report.
@@ -89,8 +89,8 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     private func kekVersion(_ status: DatabaseKeyStatus) -> String {
-        guard let version = status.wrappedKeyVersion else { return "not versioned" }
-        guard case .success(let health) = status.kmsHealth, let latest = health.latestKeyVersion else {
+        guard let version = status.wrappedKekVersion else { return "not versioned" }
+        guard case .success(let health) = status.kmsHealth, let latest = health.latestKekVersion else {
             return "\(version)"
         }
         return "\(version) of \(latest)\(status.wrappedUnderOlderKeyVersion ? " (OLDER than the newest: rewrap)" : "")"
@@ -113,13 +113,13 @@ struct StatusCommand: AsyncParsableCommand {
         let sqlcipherVersion, sqliteVersion: String
         let databaseOpens: Bool
         let databaseError: OrNull<ProblemOutput>
-        let kekVersion: OrNull<Int>
+        let kekVersion: OrNull<String>
         let kekVersionOutdated: Bool
         let slots: [SlotOutput]
         let kmsReachable: Bool
         var kmsKeyState: String?
         var kmsLatencyMs: Double?
-        var kekLatestVersion: OrNull<Int>?
+        var kekLatestVersion: OrNull<String>?
         let kmsError: OrNull<ProblemOutput>
     }
 
@@ -140,10 +140,10 @@ struct StatusCommand: AsyncParsableCommand {
                 plaintextHeaderSize: keyFile.cipher.plaintextHeaderSize, upgradeAvailable: status.upgradeAvailable,
                 sqlcipherVersion: status.engine.version, sqliteVersion: status.engine.sqliteVersion,
                 databaseOpens: status.databaseOpens, databaseError: OrNull(status.openError.map(ProblemOutput.init)),
-                kekVersion: OrNull(status.wrappedKeyVersion), kekVersionOutdated: status.wrappedUnderOlderKeyVersion,
+                kekVersion: OrNull(status.wrappedKekVersion), kekVersionOutdated: status.wrappedUnderOlderKeyVersion,
                 slots: keyFile.slots.map { SlotOutput($0) }, kmsReachable: health != nil,
                 kmsKeyState: health?.keyState, kmsLatencyMs: health.map { Self.milliseconds($0.latency) },
-                kekLatestVersion: health.map { OrNull($0.latestKeyVersion) },
+                kekLatestVersion: health.map { OrNull($0.latestKekVersion) },
                 kmsError: OrNull(kmsError.map(ProblemOutput.init))))
     }
 

@@ -141,7 +141,15 @@ public struct AzureKeyVault: EnvironmentConfigurable {
             throw DBKeyError(
                 .kmsKeyDisabled, "The Key Vault key \(name) (version \(key.version)) is disabled; enable it.")
         }
-        return KmsHealth(kekId: name.description, keyState: "enabled", latency: latency)
+        return KmsHealth(
+            kekId: name.description, keyState: "enabled", latency: latency,
+            latestKekVersion: key.version == "?" ? nil : key.version)
+    }
+
+    /// The `VERSION` of an `azurekv:VERSION:…` wrapped key: the key version that wrapped it (32
+    /// hex digits, unordered).
+    public func kekVersion(of wrapped: WrappedDataKey) -> String? {
+        AzureKeyVault.parts(of: wrapped)?.version
     }
 
     // MARK: - The protocol

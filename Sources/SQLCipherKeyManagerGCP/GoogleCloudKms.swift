@@ -199,13 +199,16 @@ public struct GoogleCloudKms: EnvironmentConfigurable {
         }
         return KmsHealth(
             kekId: name.description, keyState: "ENABLED", latency: latency,
-            latestKeyVersion: (primary["name"] as? String).flatMap(name.versionNumber(of:)))
+            latestKekVersion: (primary["name"] as? String).flatMap(name.versionNumber(of:)).map(String.init))
     }
 
     /// The `N` of a `gcpkms:vN:…` wrapped key: the key version that wrapped it.
-    public func keyVersion(of wrapped: WrappedDataKey) -> Int? {
-        GoogleCloudKms.parts(of: wrapped)?.version
+    public func kekVersion(of wrapped: WrappedDataKey) -> String? {
+        GoogleCloudKms.parts(of: wrapped).map { String($0.version) }
     }
+
+    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    public func keyVersion(of wrapped: WrappedDataKey) -> Int? { GoogleCloudKms.parts(of: wrapped)?.version }
 
     // MARK: - The protocol
 

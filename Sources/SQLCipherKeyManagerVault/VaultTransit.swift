@@ -144,7 +144,7 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         -> SecureBuffer
     {
         let key = try TransitKeyPath(kekId)
-        guard let version = keyVersion(of: wrapped) else {
+        guard let version = VaultTransit.transitVersion(of: wrapped) else {
             throw DBKeyError(.ciphertextInvalid, "The wrapped data key is not a Transit ciphertext (vault:vN:…).")
         }
         var body = try await contextFields(key, context)
@@ -178,11 +178,19 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         }
         return KmsHealth(
             kekId: key.description, keyState: "available", latency: latency,
-            latestKeyVersion: info["latest_version"] as? Int)
+            latestKekVersion: (info["latest_version"] as? Int).map(String.init))
     }
 
     /// The `N` of a `vault:vN:…` ciphertext.
-    public func keyVersion(of wrapped: WrappedDataKey) -> Int? {
+    public func kekVersion(of wrapped: WrappedDataKey) -> String? {
+        VaultTransit.transitVersion(of: wrapped).map(String.init)
+    }
+
+    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    public func keyVersion(of wrapped: WrappedDataKey) -> Int? { VaultTransit.transitVersion(of: wrapped) }
+
+    /// The `N` of a `vault:vN:…` ciphertext, a positive number.
+    static func transitVersion(of wrapped: WrappedDataKey) -> Int? {
         let parts = wrapped.encoded.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "vault", parts[1].hasPrefix("v"), !parts[2].isEmpty else { return nil }
         return Int(parts[1].dropFirst()).flatMap { $0 > 0 ? $0 : nil }
@@ -201,7 +209,8 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         context: EncryptionContext
     ) async throws -> WrappedDataKey? {
         let key = try TransitKeyPath(destinationKekId)
-        guard try TransitKeyPath(sourceKekId) == key, try await isDerived(key), let version = keyVersion(of: wrapped)
+        guard try TransitKeyPath(sourceKekId) == key, try await isDerived(key),
+            let version = VaultTransit.transitVersion(of: wrapped)
         else { return nil }
         var body = try await contextFields(key, context)
         body["ciphertext"] = wrapped.encoded

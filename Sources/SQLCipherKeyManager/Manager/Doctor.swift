@@ -197,8 +197,8 @@ struct Doctor {
                         "\(name), \(slot.kms) \(slot.kekId), gives a key that is not this file's data key.",
                         "Remove the slot (dbkey slot remove \(database.databasePath) \(slot.number)) and add it again.")
                 }
-                if let version = kms.keyVersion(of: slot.encryptedDek), let latest = health.latestKeyVersion,
-                    version < latest
+                if let version = kms.kekVersion(of: slot.encryptedDek), let latest = health.latestKekVersion,
+                    health.isOutdated(version)
                 {
                     add(
                         "kek-version-outdated",

@@ -13,8 +13,8 @@ public struct DatabaseKeyStatus: Sendable {
     /// `nil` when the database opened with its key and answered a first read; otherwise why not.
     public let openError: DBKeyError?
     /// The KEK version the data key is wrapped under, for services that version their keys
-    /// (Vault Transit); `nil` otherwise.
-    public let wrappedKeyVersion: Int?
+    /// (``KeyManagementService/kekVersion(of:)``); `nil` otherwise.
+    public let wrappedKekVersion: String?
 
     /// The SQLCipher linked into this process.
     public let engine: SQLCipherEngine
@@ -28,13 +28,12 @@ public struct DatabaseKeyStatus: Sendable {
         keyFile.cipher.format < engine.newDatabaseFormat
     }
 
-    /// Whether the data key is wrapped under an older version of its KEK than the newest one.
-    /// Rewrap it (``DatabaseKeyManager/rewrap(to:kekId:slot:wait:)`` with the same provider and KEK,
-    /// `dbkey rewrap DATABASE`) before the old version is retired.
+    /// Whether the data key is wrapped under another version of its KEK than the newest one
+    /// (``KmsHealth/isOutdated(_:)``). Rewrap it (``DatabaseKeyManager/rewrap(to:kekId:slot:wait:)``
+    /// with the same provider and KEK, `dbkey rewrap DATABASE`) before the old version is retired.
     public var wrappedUnderOlderKeyVersion: Bool {
-        guard let wrappedKeyVersion, case .success(let health) = kmsHealth, let latest = health.latestKeyVersion
-        else { return false }
-        return wrappedKeyVersion < latest
+        guard case .success(let health) = kmsHealth else { return false }
+        return health.isOutdated(wrappedKekVersion)
     }
 }
 
@@ -64,7 +63,7 @@ struct StatusCheck {
             rotationDue: keyFile.nextRotationDue.map { $0 <= now } ?? false,
             kmsHealth: health,
             openError: openError,
-            wrappedKeyVersion: kms.keyVersion(of: keyFile.encryptedDek),
+            wrappedKekVersion: kms.kekVersion(of: keyFile.encryptedDek),
             engine: try SQLCipherEngine.linked()
         )
     }

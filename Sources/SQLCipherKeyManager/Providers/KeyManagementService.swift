@@ -53,7 +53,15 @@ public protocol KeyManagementService: Sendable {
     func health(kekId: String) async throws -> KmsHealth
 
     /// The version of the KEK a wrapped key was made with, for services that version their
-    /// keys (Vault Transit's `vault:vN:`); `nil` otherwise.
+    /// keys (Vault Transit's `vault:vN:` as `N`, Cloud KMS's version number, Key Vault's 32-hex
+    /// version id); `nil` otherwise.
+    ///
+    /// A version is opaque: compare it with ``KmsHealth/latestKekVersion`` for equality only
+    /// (Key Vault's versions have no order).
+    func kekVersion(of wrapped: WrappedDataKey) -> String?
+
+    /// The version of the KEK a wrapped key was made with, as a number.
+    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
     func keyVersion(of wrapped: WrappedDataKey) -> Int?
 
     /// Whether a `.key` file in the older seven-field form — which has no `kms` field — belongs
@@ -70,7 +78,14 @@ public protocol KeyManagementService: Sendable {
 }
 
 extension KeyManagementService {
+    /// The deprecated ``keyVersion(of:)``'s answer as text, so that a provider written before
+    /// versions became strings keeps showing them; `nil` when it does not implement it either.
+    public func kekVersion(of wrapped: WrappedDataKey) -> String? {
+        (NumberedKeyVersion(provider: self) as any NumberedKeyVersionReading).version(of: wrapped).map(String.init)
+    }
+
     /// `nil`: the service does not tell key versions apart in its ciphertexts.
+    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
     public func keyVersion(of wrapped: WrappedDataKey) -> Int? { nil }
 
     /// `false`: the provider claims no `.key` files of the older form.
@@ -137,6 +152,20 @@ public struct WrappedDataKey: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "WrappedDataKey(\(encoded.utf8.count) characters)" }
 }
 
+/// Reads the deprecated ``KeyManagementService/keyVersion(of:)`` without a deprecation warning
+/// in the code that must still honour it: the call is made by a deprecated witness of this
+/// protocol's requirement.
+private protocol NumberedKeyVersionReading {
+    func version(of wrapped: WrappedDataKey) -> Int?
+}
+
+private struct NumberedKeyVersion<Provider: KeyManagementService>: NumberedKeyVersionReading {
+    let provider: Provider
+
+    @available(*, deprecated)
+    func version(of wrapped: WrappedDataKey) -> Int? { provider.keyVersion(of: wrapped) }
+}
+
 /// What ``KeyManagementService/health(kekId:)`` found.
 public struct KmsHealth: Sendable, Hashable {
     /// The KEK's resolved id.
@@ -145,15 +174,22 @@ public struct KmsHealth: Sendable, Hashable {
     public let keyState: String
     /// How long the service took to answer.
     public let latency: Duration
-    /// The KEK's newest version, for services that version their keys (Vault Transit); new
-    /// wraps use it.
-    public let latestKeyVersion: Int?
+    /// The KEK's newest version (the one new wraps use), for services that version their keys,
+    /// in the form of ``KeyManagementService/kekVersion(of:)``; `nil` otherwise.
+    public let latestKekVersion: String?
 
     /// Creates a health report.
-    public init(kekId: String, keyState: String, latency: Duration, latestKeyVersion: Int? = nil) {
+    public init(kekId: String, keyState: String, latency: Duration, latestKekVersion: String? = nil) {
         self.kekId = kekId
         self.keyState = keyState
         self.latency = latency
-        self.latestKeyVersion = latestKeyVersion
+        self.latestKekVersion = latestKekVersion
+    }
+
+    /// Whether a data key wrapped under `version` of this KEK is wrapped under an older version
+    /// than the newest: whenever the two differ (versions are compared for equality only).
+    public func isOutdated(_ version: String?) -> Bool {
+        guard let version, let latestKekVersion else { return false }
+        return version != latestKekVersion
     }
 }

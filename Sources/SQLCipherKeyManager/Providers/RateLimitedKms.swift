@@ -152,6 +152,9 @@ struct RateLimitedKms: KeyManagementService {
         try await limiter.health(of: base, kekId: kekId)
     }
 
+    func kekVersion(of wrapped: WrappedDataKey) -> String? { base.kekVersion(of: wrapped) }
+
+    @available(*, deprecated)
     func keyVersion(of wrapped: WrappedDataKey) -> Int? { base.keyVersion(of: wrapped) }
 
     func claimsLegacyKekId(_ kekId: String) -> Bool { base.claimsLegacyKekId(kekId) }

@@ -60,9 +60,9 @@ struct CloudProviderPartsTests {
         let kms = try GoogleCloudKms(
             credentials: .accessToken(Passphrase.fromText("t")), endpoint: nil, retry: RetryPolicy(),
             transport: URLSessionKmsTransport(), logger: silentLogger)
-        #expect(kms.keyVersion(of: WrappedDataKey(encoded: "gcpkms:v7:AAAA")) == 7)
+        #expect(kms.kekVersion(of: WrappedDataKey(encoded: "gcpkms:v7:AAAA")) == "7")
         for malformed in ["gcpkms:v0:AAAA", "gcpkms:7:AAAA", "gcpkms:v7:", "vault:v7:AAAA", "gcpkms:v7:not base64"] {
-            #expect(kms.keyVersion(of: WrappedDataKey(encoded: malformed)) == nil, "\(malformed)")
+            #expect(kms.kekVersion(of: WrappedDataKey(encoded: malformed)) == nil, "\(malformed)")
         }
     }
 

@@ -205,7 +205,7 @@ struct KmsThrottlingTests {
             try await inner.encrypt(key, kekId: kekId, context: context)
         }
         func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
-        func keyVersion(of wrapped: WrappedDataKey) -> Int? { wrapped.encoded.count }
+        func kekVersion(of wrapped: WrappedDataKey) -> String? { "v\(wrapped.encoded.count)" }
         func claimsLegacyKekId(_ kekId: String) -> Bool { kekId.hasPrefix("mine/") }
         func primaryRefusal(kekId: String) -> String? { kekId.hasPrefix("sealed/") ? "bound to PCRs" : nil }
     }
@@ -214,8 +214,41 @@ struct KmsThrottlingTests {
     func forwardsCustomisation() throws {
         let limited = try KmsRegistry(Particular()).rateLimited(KmsRateLimiter(requestsPerSecond: nil))
             .provider(named: "particular")
-        #expect(limited.keyVersion(of: WrappedDataKey(encoded: "abcde")) == 5)
+        #expect(limited.kekVersion(of: WrappedDataKey(encoded: "abcde")) == "v5")
         #expect(limited.claimsLegacyKekId("mine/k") && !limited.claimsLegacyKekId("theirs/k"))
         #expect(limited.primaryRefusal(kekId: "sealed/k") == "bound to PCRs" && limited.primaryRefusal(kekId: "k") == nil)
+    }
+
+    /// A provider written before versions became strings: it implements only the deprecated
+    /// `keyVersion(of:)`.
+    struct NumberedVersions: KeyManagementService {
+        let inner = MockKms()
+        var providerName: String { "numbered" }
+        func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
+            try await inner.generateDataKey(kekId: kekId, context: context)
+        }
+        func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
+            -> SecureBuffer
+        { try await inner.decrypt(wrapped, kekId: kekId, context: context) }
+        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
+            try await inner.encrypt(key, kekId: kekId, context: context)
+        }
+        func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
+        func keyVersion(of wrapped: WrappedDataKey) -> Int? { wrapped.encoded.hasPrefix("n") ? 7 : nil }
+    }
+
+    @Test("A provider that numbers its versions the old way still shows them, directly and through a limiter")
+    func numberedVersions() throws {
+        let provider = NumberedVersions()
+        let limited = try KmsRegistry(provider).rateLimited(KmsRateLimiter(requestsPerSecond: nil))
+            .provider(named: "numbered")
+        for kms in [provider, limited] as [any KeyManagementService] {
+            #expect(kms.kekVersion(of: WrappedDataKey(encoded: "n:abc")) == "7")
+            #expect(kms.kekVersion(of: WrappedDataKey(encoded: "abc")) == nil)
+        }
+        #expect(MockKms().kekVersion(of: WrappedDataKey(encoded: "n:abc")) == nil)
+        let health = KmsHealth(kekId: "k", keyState: "Enabled", latency: .zero, latestKekVersion: "0a1b")
+        #expect(health.isOutdated("ffff") && !health.isOutdated("0a1b") && !health.isOutdated(nil))
+        #expect(!KmsHealth(kekId: "k", keyState: "Enabled", latency: .zero).isOutdated("1"))
     }
 }

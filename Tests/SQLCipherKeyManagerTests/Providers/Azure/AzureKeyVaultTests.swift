@@ -283,4 +283,31 @@ struct AzureKeyVaultTests {
         }
         #expect(transport.count(unwrapPath) == 1)
     }
+
+    @Test(
+        "A new key version in the vault: status shows the wrap's 32-hex version is not the newest, doctor names it, rewrap moves to the newest"
+    )
+    func newerVersion() async throws {
+        let (name, first) = try await FakeKeyVault.createKey()
+        let kekId = try FakeKeyVault.kekId(name)
+        let kms = try FakeKeyVault.provider()
+        let database = try await TestDatabase(rows: 40, kms: kms, kekId: kekId, context: context)
+        let manager = database.manager()
+        #expect(try await manager.status().wrappedKekVersion == first)
+        #expect(try await manager.status().wrappedUnderOlderKeyVersion == false)
+
+        let second = try await FakeKeyVault.rotate(name)
+        #expect(second != first && KeyVaultKeyName.isVersion(second))
+        let status = try await database.manager().status()
+        #expect(status.wrappedKekVersion == first)
+        #expect(try status.kmsHealth.get().latestKekVersion == second)
+        #expect(status.wrappedUnderOlderKeyVersion)
+        let report = await database.manager().doctor()
+        #expect(report.findings.contains { $0.check == "kek-version-outdated" && $0.message.contains(second) })
+
+        let rewrapped = try await manager.rewrap(to: kms, kekId: kekId)
+        #expect(kms.kekVersion(of: rewrapped.encryptedDek) == second)
+        #expect(try await database.manager().status().wrappedUnderOlderKeyVersion == false)
+        try await database.expectIntact()
+    }
 }

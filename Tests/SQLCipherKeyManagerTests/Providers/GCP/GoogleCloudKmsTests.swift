@@ -27,8 +27,8 @@ struct CloudKmsTests {
 
         #expect(try await FakeCloudKms.rotate(kekId) == 2)
         let status = try await database.manager().status()
-        #expect(status.wrappedKeyVersion == 1)
-        #expect(try status.kmsHealth.get().latestKeyVersion == 2)
+        #expect(status.wrappedKekVersion == "1")
+        #expect(try status.kmsHealth.get().latestKekVersion == "2")
         #expect(status.wrappedUnderOlderKeyVersion)
         let rewrapped = try await manager.rewrap(to: kms, kekId: kekId)
         #expect(rewrapped.encryptedDek.encoded.hasPrefix("gcpkms:v2:"))
@@ -80,7 +80,7 @@ struct CloudKmsTests {
         let wrapped = WrappedDataKey(encoded: "gcpkms:v2:" + (try #require(answer["ciphertext"])))
         let kms = try FakeCloudKms.provider()
         #expect(try await kms.decrypt(wrapped, kekId: kekId, context: context) == key)
-        #expect(kms.keyVersion(of: wrapped) == 2)
+        #expect(kms.kekVersion(of: wrapped) == "2")
         await expectError(.ciphertextInvalid) {
             _ = try await kms.decrypt(wrapped, kekId: kekId, context: ["purpose": "other"])
         }
@@ -95,7 +95,7 @@ struct CloudKmsTests {
         let database = try await TestDatabase(rows: 20, kms: kms, kekId: Drongo.kekId, context: context)
         #expect(try await database.manager().rotateKey().version == 2)
         try await database.expectIntact()
-        #expect(try await kms.health(kekId: Drongo.kekId).latestKeyVersion == 1)
+        #expect(try await kms.health(kekId: Drongo.kekId).latestKekVersion == "1")
         let dataKey = try await kms.generateDataKey(kekId: Drongo.kekId, context: context)
         let endpoint = try Drongo.endpoint().absoluteString
         let ciphertext = Data(try #require(GoogleCloudKms.ciphertext(of: dataKey.wrapped))).base64EncodedString()

@@ -60,8 +60,8 @@ struct VaultTransitTests {
 
         try await OpenBao.rotate(kekId)
         let before = try await database.manager().status()
-        #expect(before.wrappedKeyVersion == 1)
-        #expect(try before.kmsHealth.get().latestKeyVersion == 2)
+        #expect(before.wrappedKekVersion == "1")
+        #expect(try before.kmsHealth.get().latestKekVersion == "2")
         #expect(before.wrappedUnderOlderKeyVersion)
         let diagnosis = await database.manager().doctor()
         #expect(diagnosis.findings.map(\.check) == ["kek-version-outdated"], "\(diagnosis.findings)")
@@ -80,7 +80,7 @@ struct VaultTransitTests {
             #expect(transport.count(rewrapPath) == 0 && transport.count(encryptPath) == 1)
         }
         let after = try await database.manager().status()
-        #expect(after.wrappedKeyVersion == 2)
+        #expect(after.wrappedKekVersion == "2")
         #expect(!after.wrappedUnderOlderKeyVersion)
         #expect(await database.manager().doctor().isHealthy)
         try await database.expectIntact(database.manager(kms: try OpenBao.provider()))
@@ -237,9 +237,9 @@ struct VaultTransitTests {
             #expect(throws: DBKeyError.self, "\(invalid)") { try TransitKeyPath(invalid) }
         }
         let kms = try OpenBao.provider()
-        #expect(kms.keyVersion(of: WrappedDataKey(encoded: "vault:v12:abc")) == 12)
+        #expect(kms.kekVersion(of: WrappedDataKey(encoded: "vault:v12:abc")) == "12")
         for invalid in ["vault:v0:abc", "vault:vx:abc", "vault:v1:", "YWJj", "vault:1:abc"] {
-            #expect(kms.keyVersion(of: WrappedDataKey(encoded: invalid)) == nil, "\(invalid)")
+            #expect(kms.kekVersion(of: WrappedDataKey(encoded: invalid)) == nil, "\(invalid)")
         }
     }
 }
