@@ -6,7 +6,11 @@ import SQLCipherKeyManager
 /// ones refreshed before they expire.
 ///
 /// The order: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_SESSION_TOKEN`); web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, or the
+/// `AWS_SESSION_TOKEN`); a profile that assumes a role (`role_arn` with `source_profile` — whose
+/// own credentials are found the same way, another role among them — or `credential_source`:
+/// `Environment`, `Ec2InstanceMetadata`, `EcsContainer`) through STS `AssumeRole`, with its
+/// `external_id`, `duration_seconds` and `role_session_name` (a profile with `mfa_serial` is
+/// refused: DBKey cannot ask for a code); web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, or the
 /// profile's `web_identity_token_file` and `role_arn`) through STS `AssumeRoleWithWebIdentity`;
 /// the shared credentials file; the profile's `credential_process`; the config file's keys; the
 /// ECS/EKS container endpoint (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, or `_FULL_URI` to a
@@ -17,9 +21,23 @@ public final class AWSCredentialProvider: Sendable {
     enum Source: Sendable {
         case fixed(AWSCredentials)
         case webIdentity(tokenFile: String, roleArn: String, sessionName: String, endpoint: URL)
+        case assumeRole(AssumedRole)
         case process(command: String)
         case container(url: URL, authorization: Authorization?)
         case instanceMetadata(endpoint: URL)
+    }
+
+    /// A role a profile assumes with another source's credentials.
+    struct AssumedRole: Sendable {
+        let roleArn: String
+        let sessionName: String
+        let externalId: String?
+        let durationSeconds: Int?
+        /// The credentials that call `AssumeRole`.
+        let source: AWSCredentialProvider
+        let endpoint: URL
+        /// The region STS requests are signed for.
+        let region: String
     }
 
     /// The container endpoint's `Authorization` value: given, or read from a file at each
@@ -46,6 +64,7 @@ public final class AWSCredentialProvider: Sendable {
         switch source {
         case .fixed(let credentials): "the access key \(credentials.accessKeyId)"
         case .webIdentity(_, let role, _, _): "the web identity for \(role)"
+        case .assumeRole(let role): "the role \(role.roleArn), assumed with \(role.source.summary)"
         case .process: "the profile's credential_process"
         case .container(let url, _): "the container credentials endpoint \(url.host ?? "?")"
         case .instanceMetadata(let endpoint): "the EC2 instance role (IMDS at \(endpoint.host ?? "?"))"
@@ -74,8 +93,14 @@ public final class AWSCredentialProvider: Sendable {
             var body = try await client.send(
                 "AssumeRoleWithWebIdentity", method: "POST", url: endpoint, body: .secret(form),
                 headers: { _ in [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")] },
-                mapError: { status, body in AWSCredentialProvider.stsError(status: status, body: body, role: roleArn) })
-            return try TemporaryCredentials.fromSTS(&body)
+                mapError: { status, body in
+                    AWSCredentialProvider.stsError(
+                        status: status, body: body, action: "AssumeRoleWithWebIdentity", role: roleArn,
+                        advice: "Check the role's trust policy and the web identity token file.")
+                })
+            return try TemporaryCredentials.fromSTS(&body, action: "AssumeRoleWithWebIdentity")
+        case .assumeRole(let role):
+            return try await assume(role, client)
         case .process(let command):
             var output = try await CredentialProcess.run(command)
             return try TemporaryCredentials.fromJSON(&output, tokenField: "SessionToken", what: "credential_process")
@@ -102,16 +127,49 @@ public final class AWSCredentialProvider: Sendable {
         }
     }
 
-    static func stsError(status: Int, body: Data, role: String) -> DBKeyError {
+    /// STS `AssumeRole`, signed with the source's credentials.
+    private func assume(_ role: AssumedRole, _ client: KmsHTTPClient) async throws -> (AWSCredentials, Date) {
+        let credentials = try await role.source.current(client)
+        var fields: [(name: String, value: FormBody.Value)] = [
+            ("Action", .text("AssumeRole")), ("Version", .text("2011-06-15")), ("RoleArn", .text(role.roleArn)),
+            ("RoleSessionName", .text(role.sessionName)),
+        ]
+        if let externalId = role.externalId { fields.append(("ExternalId", .text(externalId))) }
+        if let duration = role.durationSeconds { fields.append(("DurationSeconds", .text(String(duration)))) }
+        let signer = SigV4Signer(service: "sts", region: role.region)
+        let endpoint = role.endpoint
+        var body = try await client.send(
+            "AssumeRole", method: "POST", url: endpoint, body: .secret(FormBody.encode(fields)),
+            headers: { payload in
+                signer.sign(
+                    SigV4Request(
+                        method: "POST", path: endpoint.path.isEmpty ? "/" : endpoint.path, query: "",
+                        headers: [
+                            (name: "Host", value: AWSKms.hostHeader(endpoint)),
+                            (name: "Content-Type", value: "application/x-www-form-urlencoded; charset=utf-8"),
+                        ],
+                        body: Array(payload)),
+                    credentials: credentials, date: Date()
+                ).headers
+            },
+            mapError: { status, body in
+                AWSCredentialProvider.stsError(
+                    status: status, body: body, action: "AssumeRole", role: role.roleArn,
+                    advice: "Check the role's trust policy (it must trust \(role.source.summary))\(role.externalId == nil ? "" : " and the external_id").")
+            })
+        return try TemporaryCredentials.fromSTS(&body, action: "AssumeRole")
+    }
+
+    static func stsError(status: Int, body: Data, action: String, role: String, advice: String) -> DBKeyError {
         let text = String(decoding: body, as: UTF8.self)
         let code = TemporaryCredentials.element("Code", in: text) ?? ""
         let message = TemporaryCredentials.element("Message", in: text) ?? ""
-        let what = "STS AssumeRoleWithWebIdentity for \(role) failed with HTTP \(status) \(code): \(message)"
+        let what = "STS \(action) for \(role) failed with HTTP \(status) \(code): \(message)"
         if status >= 500 || status == 429 || code == "IDPCommunicationError" || code == "Throttling" {
-            return DBKeyError(.kmsUnavailable, "\(what). Try again later.")
+            let error = DBKeyError(.kmsUnavailable, "\(what). Try again later.")
+            return code == "Throttling" || status == 429 ? error.throttled(retryAfter: nil) : error
         }
-        return DBKeyError(
-            .kmsAccessDenied, "\(what). Check the role's trust policy and the web identity token file.")
+        return DBKeyError(.kmsAccessDenied, "\(what). \(advice)")
     }
 }
 
@@ -156,7 +214,7 @@ enum TemporaryCredentials {
 
     /// STS's XML answer: `<Credentials>` with `AccessKeyId`, `SecretAccessKey`, `SessionToken`,
     /// `Expiration`.
-    static func fromSTS(_ body: inout Data) throws -> (AWSCredentials, Date) {
+    static func fromSTS(_ body: inout Data, action: String) throws -> (AWSCredentials, Date) {
         defer { body.wipe() }
         let secret: SecureBuffer? = body.withUnsafeMutableBytes { bytes in
             let open = Array("<SecretAccessKey>".utf8)
@@ -172,7 +230,7 @@ enum TemporaryCredentials {
         guard let secret, secret.count > 0, let id = element("AccessKeyId", in: text),
             let token = element("SessionToken", in: text)
         else {
-            throw DBKeyError(.kmsAccessDenied, "STS answered AssumeRoleWithWebIdentity without credentials.")
+            throw DBKeyError(.kmsAccessDenied, "STS answered \(action) without credentials.")
         }
         let expires = element("Expiration", in: text).flatMap(parseDate) ?? Date(timeIntervalSinceNow: 3600)
         return (AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: token), expires)

@@ -38,51 +38,190 @@ struct AWSEnvironment {
 
     var credentialsPath: String { variables["AWS_SHARED_CREDENTIALS_FILE"] ?? home + "/.aws/credentials" }
     var configPath: String { variables["AWS_CONFIG_FILE"] ?? home + "/.aws/config" }
-    var configSection: String { profile == "default" ? "default" : "profile \(profile)" }
 
     private func variable(_ name: String) -> String? { variables[name].flatMap { $0.isEmpty ? nil : $0 } }
 
     /// Where the credentials come from, in botocore's order (see ``AWSCredentialProvider``).
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a container endpoint
-    ///   to a host AWS does not serve it from, or an endpoint that is not a URL.
+    ///   to a host AWS does not serve it from, an endpoint that is not a URL, or a profile that
+    ///   assumes a role in a way DBKey cannot follow (a loop, a missing source, MFA).
     func credentialProvider(region: String?) throws -> AWSCredentialProvider {
         // 1. The environment.
-        if let id = variable("AWS_ACCESS_KEY_ID"), var secret = variables["AWS_SECRET_ACCESS_KEY"] {
-            let secretBuffer = secret.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
-            return AWSCredentialProvider(
-                AWSCredentials(
-                    accessKeyId: id, secretAccessKey: secretBuffer, sessionToken: variable("AWS_SESSION_TOKEN")))
+        if let fixed = environmentCredentials() { return AWSCredentialProvider(fixed) }
+        // 2. A profile that assumes a role with another source's credentials.
+        if let role = try assumedRole(profile, region: region, visited: [profile]) {
+            return AWSCredentialProvider(source: .assumeRole(role))
         }
-        let config = try AWSConfigFile.section(configSection, in: configPath) ?? [:]
-        // 2. Web identity: the environment's, else the profile's.
-        let tokenFile = variable("AWS_WEB_IDENTITY_TOKEN_FILE") ?? config["web_identity_token_file"]?.string
-        let roleArn = variable("AWS_ROLE_ARN") ?? config["role_arn"]?.string
+        // 3.–6. Web identity, the shared credentials file, credential_process, the config file.
+        if let found = try profileCredentials(profile, region: region, environmentWebIdentity: true) {
+            return found
+        }
+        // 7. The container endpoint.
+        if let container = try containerSource() { return AWSCredentialProvider(source: container) }
+        // 8. The instance metadata service.
+        return AWSCredentialProvider(source: try instanceMetadataSource())
+    }
+
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    func environmentCredentials() -> AWSCredentials? {
+        guard let id = variable("AWS_ACCESS_KEY_ID"), var secret = variables["AWS_SECRET_ACCESS_KEY"] else {
+            return nil
+        }
+        let secretBuffer = secret.withUTF8 { SecureBuffer(copying: UnsafeRawBufferPointer($0)) }
+        return AWSCredentials(
+            accessKeyId: id, secretAccessKey: secretBuffer, sessionToken: variable("AWS_SESSION_TOKEN"))
+    }
+
+    /// A profile's values as botocore merges them: the config file's section, with the
+    /// credentials file's section over it; `nil` when neither file has the profile.
+    func profileValues(_ name: String) throws -> [String: AWSConfigFile.Value]? {
+        let config = try AWSConfigFile.section(AWSEnvironment.configSection(name), in: configPath)
+        let credentials = try AWSConfigFile.section(name, in: credentialsPath)
+        guard config != nil || credentials != nil else { return nil }
+        return (config ?? [:]).merging(credentials ?? [:]) { $1 }
+    }
+
+    static func configSection(_ profile: String) -> String { profile == "default" ? "default" : "profile \(profile)" }
+
+    /// The role the profile `name` assumes: when it has a `role_arn` and no
+    /// `web_identity_token_file` (that one is web identity's), as botocore's AssumeRoleProvider.
+    /// `visited` holds the profiles the chain has passed through, to refuse a loop.
+    func assumedRole(_ name: String, region: String?, visited: [String]) throws -> AWSCredentialProvider.AssumedRole? {
+        guard let values = try profileValues(name), let roleArn = values["role_arn"]?.string,
+            values["web_identity_token_file"] == nil
+        else { return nil }
+        if let serial = values["mfa_serial"]?.string {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profile \"\(name)\" assumes \(roleArn) with MFA (mfa_serial \(serial)), and DBKey runs unattended: it cannot ask for a code. Give DBKey a profile whose role does not require MFA, or a credential_process that hands out credentials of an MFA session."
+            )
+        }
+        var duration: Int?
+        if let text = values["duration_seconds"]?.string {
+            guard let seconds = Int(text), (900...43_200).contains(seconds) else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "The AWS profile \"\(name)\" has duration_seconds \"\(text)\"; STS takes 900 to 43200 seconds.")
+            }
+            duration = seconds
+        }
+        let source: AWSCredentialProvider
+        switch (values["source_profile"]?.string, values["credential_source"]?.string) {
+        case (_?, _?):
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profile \"\(name)\" has both source_profile and credential_source; keep one.")
+        case (nil, nil):
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profile \"\(name)\" has a role_arn but no source_profile or credential_source to assume it with."
+            )
+        case (let sourceProfile?, nil):
+            source = try credentials(ofSourceProfile: sourceProfile, for: name, region: region, visited: visited)
+        case (nil, let named?):
+            source = AWSCredentialProvider(source: try namedSource(named, for: name))
+        }
+        return AWSCredentialProvider.AssumedRole(
+            roleArn: roleArn,
+            sessionName: values["role_session_name"]?.string ?? "dbkey-\(Int(Date().timeIntervalSince1970 * 1000))",
+            externalId: values["external_id"]?.string, durationSeconds: duration, source: source,
+            endpoint: try stsEndpoint(region), region: region ?? "us-east-1")
+    }
+
+    /// The credentials of a `source_profile`: its keys, or its own role, or what else the
+    /// profile holds (web identity, credential_process), never the environment's.
+    private func credentials(ofSourceProfile name: String, for parent: String, region: String?, visited: [String])
+        throws -> AWSCredentialProvider
+    {
+        guard let values = try profileValues(name) else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The source_profile \"\(name)\" of the AWS profile \"\(parent)\" is in neither \(configPath) nor \(credentialsPath)."
+            )
+        }
+        let hasKeys = values["aws_access_key_id"] != nil || values["aws_secret_access_key"] != nil
+        // A profile may name itself as its source only to use its own keys.
+        guard !visited.contains(name) || (name == parent && hasKeys) else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profiles \((visited + [name]).map { "\"\($0)\"" }.joined(separator: " → ")) form a loop of source_profile.")
+        }
+        if !hasKeys, let role = try assumedRole(name, region: region, visited: visited + [name]) {
+            return AWSCredentialProvider(source: .assumeRole(role))
+        }
+        guard let found = try profileCredentials(name, region: region, environmentWebIdentity: false) else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The source_profile \"\(name)\" of the AWS profile \"\(parent)\" has no credentials (keys, a role, web identity or credential_process)."
+            )
+        }
+        return found
+    }
+
+    /// A `credential_source`: `Environment`, `Ec2InstanceMetadata` or `EcsContainer`.
+    private func namedSource(_ named: String, for profile: String) throws -> AWSCredentialProvider.Source {
+        switch named {
+        case "Environment":
+            guard let fixed = environmentCredentials() else {
+                throw DBKeyError(
+                    .kmsAccessDenied,
+                    "The AWS profile \"\(profile)\" assumes its role with the environment's credentials (credential_source Environment), and AWS_ACCESS_KEY_ID or AWS_SECRET_ACCESS_KEY is not set."
+                )
+            }
+            return .fixed(fixed)
+        case "Ec2InstanceMetadata":
+            return try instanceMetadataSource()
+        case "EcsContainer":
+            guard let container = try containerSource() else {
+                throw DBKeyError(
+                    .kmsAccessDenied,
+                    "The AWS profile \"\(profile)\" assumes its role with the container's credentials (credential_source EcsContainer), and neither AWS_CONTAINER_CREDENTIALS_RELATIVE_URI nor AWS_CONTAINER_CREDENTIALS_FULL_URI is set."
+                )
+            }
+            return container
+        default:
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profile \"\(profile)\" has credential_source \"\(named)\"; it must be Environment, Ec2InstanceMetadata or EcsContainer."
+            )
+        }
+    }
+
+    /// What a profile holds itself, in botocore's order: web identity (with the environment's
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` first, for the chain's own profile), the
+    /// shared credentials file's keys, `credential_process`, the config file's keys.
+    private func profileCredentials(_ name: String, region: String?, environmentWebIdentity: Bool) throws
+        -> AWSCredentialProvider?
+    {
+        let config = try AWSConfigFile.section(AWSEnvironment.configSection(name), in: configPath) ?? [:]
+        let tokenFile =
+            (environmentWebIdentity ? variable("AWS_WEB_IDENTITY_TOKEN_FILE") : nil)
+            ?? config["web_identity_token_file"]?.string
+        let roleArn = (environmentWebIdentity ? variable("AWS_ROLE_ARN") : nil) ?? config["role_arn"]?.string
         if let tokenFile, let roleArn {
             let sessionName =
-                variable("AWS_ROLE_SESSION_NAME") ?? config["role_session_name"]?.string
+                (environmentWebIdentity ? variable("AWS_ROLE_SESSION_NAME") : nil) ?? config["role_session_name"]?.string
                 ?? "dbkey-\(Int(Date().timeIntervalSince1970 * 1000))"
             return AWSCredentialProvider(
                 source: .webIdentity(
                     tokenFile: tokenFile, roleArn: roleArn, sessionName: sessionName, endpoint: try stsEndpoint(region))
             )
         }
-        // 3. The shared credentials file.
-        if let values = try AWSConfigFile.section(profile, in: credentialsPath),
+        if let values = try AWSConfigFile.section(name, in: credentialsPath),
             let fixed = AWSEnvironment.fixedCredentials(values)
         {
             return AWSCredentialProvider(fixed)
         }
-        // 4. The profile's credential_process; 5. the config file's keys.
         if let command = config["credential_process"]?.string {
             return AWSCredentialProvider(source: .process(command: command))
         }
-        if let fixed = AWSEnvironment.fixedCredentials(config) {
-            return AWSCredentialProvider(fixed)
-        }
-        // 6. The container endpoint.
-        if let container = try containerSource() { return AWSCredentialProvider(source: container) }
-        // 7. The instance metadata service.
+        return AWSEnvironment.fixedCredentials(config).map { AWSCredentialProvider($0) }
+    }
+
+    /// EC2's instance metadata service: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
+    /// `169.254.169.254`; refused when `AWS_EC2_METADATA_DISABLED` is `true`.
+    private func instanceMetadataSource() throws -> AWSCredentialProvider.Source {
         guard variable("AWS_EC2_METADATA_DISABLED")?.lowercased() != "true" else {
             throw DBKeyError(
                 .kmsAccessDenied,
@@ -93,7 +232,7 @@ struct AWSEnvironment {
         guard let endpoint = URL(string: text), endpoint.host != nil else {
             throw DBKeyError(.invalidConfiguration, "AWS_EC2_METADATA_SERVICE_ENDPOINT \"\(text)\" is not a URL.")
         }
-        return AWSCredentialProvider(source: .instanceMetadata(endpoint: endpoint))
+        return .instanceMetadata(endpoint: endpoint)
     }
 
     static func fixedCredentials(_ values: [String: AWSConfigFile.Value]) -> AWSCredentials? {
@@ -102,7 +241,7 @@ struct AWSEnvironment {
             accessKeyId: id.string, secretAccessKey: secret.buffer, sessionToken: values["aws_session_token"]?.string)
     }
 
-    /// STS for web identity: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, else the region's
+    /// STS for web identity and assumed roles: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, else the region's
     /// endpoint (the global one without a region).
     func stsEndpoint(_ region: String?) throws -> URL {
         let text =
@@ -156,7 +295,7 @@ struct AWSEnvironment {
         for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
             if let region = variables[name], !region.isEmpty { return region }
         }
-        return try AWSConfigFile.section(configSection, in: configPath)?["region"]?.string
+        return try AWSConfigFile.section(AWSEnvironment.configSection(profile), in: configPath)?["region"]?.string
     }
 
     /// `AWS_ENDPOINT_URL_KMS`, else `AWS_ENDPOINT_URL`, else nil (the public endpoint).

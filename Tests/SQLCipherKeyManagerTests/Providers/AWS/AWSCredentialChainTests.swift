@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import Testing
 
 @testable import KmsHTTP
@@ -67,10 +68,67 @@ struct AWSCredentialChainTests {
         return ["AWS_SHARED_CREDENTIALS_FILE": credentialsFile, "AWS_CONFIG_FILE": configFile]
     }
 
+    /// Profiles that assume roles, as `aws configure` writes them: `app` assumes a role with
+    /// `source`, which is `base`'s keys or another role `middle` (with `base`'s keys), or a
+    /// `credential_source`; STS is the test's moto server.
+    static func assumedRole(
+        _ directory: TemporaryDirectory, source: String, chained: Bool = false, extra: String = ""
+    ) throws -> [String: String] {
+        let credentialsFile = directory.file("credentials")
+        let configFile = directory.file("config")
+        write("[base]\naws_access_key_id = AKIABASE00000001\naws_secret_access_key = base-secret\n", to: credentialsFile)
+        var config = """
+            [profile app]
+            region = us-east-1
+            role_arn = arn:aws:iam::123456789012:role/app
+            \(source)
+            \(extra)
+
+            """
+        if chained {
+            config += """
+                [profile middle]
+                role_arn = arn:aws:iam::123456789012:role/middle
+                source_profile = base
+
+                """
+        }
+        write(config, to: configFile)
+        return [
+            "AWS_SHARED_CREDENTIALS_FILE": credentialsFile, "AWS_CONFIG_FILE": configFile, "AWS_PROFILE": "app",
+            "AWS_ENDPOINT_URL_STS": try value("DBKEY_TEST_STS_ENDPOINT"), "AWS_REGION": "us-east-1",
+        ]
+    }
+
     static let cases: [Case] = [
         Case(name: "environment", method: "env", freshEachTime: false) { directory in
             ["AWS_ACCESS_KEY_ID": "AKIAENVIRONMENT01", "AWS_SECRET_ACCESS_KEY": "env-secret"]
                 .merging(try webIdentity(directory)) { a, _ in a }
+        },
+        Case(name: "assumed role with a source profile's keys, before web identity", method: "assume-role",
+            freshEachTime: true
+        ) { directory in
+            try assumedRole(directory, source: "source_profile = base").merging(try webIdentity(directory)) { a, _ in a }
+        },
+        Case(name: "assumed role through another assumed role", method: "assume-role", freshEachTime: true) {
+            directory in
+            try assumedRole(
+                directory, source: "source_profile = middle", chained: true,
+                extra: "external_id = dbkey-tenant-7\nduration_seconds = 3600\nrole_session_name = dbkey-test")
+        },
+        Case(name: "assumed role with the container's credentials", method: "assume-role", freshEachTime: true) {
+            directory in
+            try assumedRole(directory, source: "credential_source = EcsContainer").merging([
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": try value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+                    + "/container/credentials",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN": try value("DBKEY_TEST_AWS_CONTAINER_AUTHORIZATION"),
+            ]) { a, _ in a }
+        },
+        Case(name: "assumed role with the instance's credentials", method: "assume-role", freshEachTime: true) {
+            directory in
+            try assumedRole(directory, source: "credential_source = Ec2InstanceMetadata").merging([
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": try value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+            ]) { a, _ in a }
         },
         Case(
             name: "web identity, before the shared credentials file", method: "assume-role-with-web-identity",
@@ -121,6 +179,7 @@ struct AWSCredentialChainTests {
         switch source {
         case .fixed: environment["AWS_ACCESS_KEY_ID"] != nil ? "env" : "file"
         case .webIdentity: "assume-role-with-web-identity"
+        case .assumeRole: "assume-role"
         case .process: "custom-process"
         case .container: "container-role"
         case .instanceMetadata: "iam-role"
@@ -253,5 +312,99 @@ struct AWSCredentialChainTests {
             _ = try await provider.current(client)
         }
         #expect(error?.message.contains("leaked") == false)
+    }
+
+    /// Records each STS request's form and the access key that signed it.
+    final class STSRecorder: KmsTransport {
+        let calls = Mutex<[(form: [String: String], accessKey: String)]>([])
+
+        func send(_ request: KmsHTTPRequest, timeout: Duration) async throws -> KmsHTTPResponse {
+            let form = Dictionary(
+                uniqueKeysWithValues: String(decoding: request.body, as: UTF8.self).split(separator: "&").map {
+                    let pair = $0.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding ?? "" }
+                    return (pair[0], pair.count > 1 ? pair[1] : "")
+                })
+            let authorization = request.headers.first { $0.name == "Authorization" }?.value ?? ""
+            let accessKey = authorization.components(separatedBy: "Credential=").last?.split(separator: "/").first
+            calls.withLock { $0.append((form, accessKey.map(String.init) ?? "")) }
+            return try await URLSessionKmsTransport().send(request, timeout: timeout)
+        }
+    }
+
+    @Test("a chained role: each AssumeRole signed with the credentials before it, with the profile's external_id, duration and session name")
+    func chainedAssumeRole() async throws {
+        let directory = try TemporaryDirectory()
+        var environment = try Self.assumedRole(
+            directory, source: "source_profile = middle", chained: true,
+            extra: "external_id = dbkey-tenant-7\nduration_seconds = 3600\nrole_session_name = dbkey-test")
+        environment["HOME"] = directory.path
+        let provider = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(
+            region: "us-east-1")
+        let recorder = STSRecorder()
+        let client = KmsHTTPClient(transport: recorder, retry: RetryPolicy(), logger: silentLogger)
+        let credentials = try await provider.current(client)
+        let calls = recorder.calls.withLock { $0 }
+        guard calls.count == 2 else {
+            Issue.record("\(calls.count) AssumeRole calls, not 2")
+            return
+        }
+        #expect(calls[0].form["Action"] == "AssumeRole" && calls[0].form["RoleArn"] == "arn:aws:iam::123456789012:role/middle")
+        #expect(calls[0].accessKey == "AKIABASE00000001" && calls[0].form["ExternalId"] == nil)
+        #expect(calls[1].form["RoleArn"] == "arn:aws:iam::123456789012:role/app")
+        #expect(calls[1].accessKey.hasPrefix("ASIA") && calls[1].accessKey != credentials.accessKeyId)
+        #expect(calls[1].form["ExternalId"] == "dbkey-tenant-7" && calls[1].form["DurationSeconds"] == "3600")
+        #expect(calls[1].form["RoleSessionName"] == "dbkey-test")
+        #expect(credentials.accessKeyId.hasPrefix("ASIA") && credentials.sessionToken != nil)
+        // Cached while good: no third call.
+        _ = try await provider.current(client)
+        #expect(recorder.calls.withLock { $0.count } == 2)
+        #expect(provider.summary.contains("role/app") && provider.summary.contains("role/middle"))
+    }
+
+    @Test(
+        "profiles that assume a role in a way DBKey cannot follow are refused with the reason",
+        arguments: [
+            ("source_profile = base\nmfa_serial = arn:aws:iam::123456789012:mfa/ops", "cannot ask for a code"),
+            ("source_profile = base\ncredential_source = Environment", "both source_profile and credential_source"),
+            ("", "no source_profile or credential_source"),
+            ("source_profile = nowhere", "\"nowhere\""),
+            ("source_profile = base\nduration_seconds = 60", "900 to 43200"),
+            ("credential_source = Lambda", "Environment, Ec2InstanceMetadata or EcsContainer"),
+            ("source_profile = loop", "loop"),
+        ])
+    func refusedProfiles(profile: String, reason: String) throws {
+        let directory = try TemporaryDirectory()
+        var environment = try Self.assumedRole(directory, source: profile)
+        // A profile that sends the chain back to app.
+        let config = try String(contentsOfFile: environment["AWS_CONFIG_FILE"]!, encoding: .utf8)
+        Self.write(
+            config + "\n[profile loop]\nrole_arn = arn:aws:iam::123456789012:role/loop\nsource_profile = app\n",
+            to: environment["AWS_CONFIG_FILE"]!)
+        environment["HOME"] = directory.path
+        let thrown = #expect(throws: DBKeyError.self) {
+            _ = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(region: "us-east-1")
+        }
+        #expect(thrown?.code == .invalidConfiguration && thrown?.message.contains(reason) == true, "\(thrown?.message ?? "")")
+        #expect(thrown?.message.contains("base-secret") == false)
+    }
+
+    @Test("a refused AssumeRole is access denied naming the role and the source, never the source's secret")
+    func assumeRoleRefused() async throws {
+        let directory = try TemporaryDirectory()
+        var environment = try Self.assumedRole(directory, source: "source_profile = base")
+        environment["HOME"] = directory.path
+        let provider = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(
+            region: "us-east-1")
+        let transport = ScriptedTransport([
+            .status(
+                403,
+                "<ErrorResponse><Error><Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole</Message></Error></ErrorResponse>"
+            )
+        ])
+        let client = KmsHTTPClient(transport: transport, retry: RetryPolicy(), logger: silentLogger)
+        let error = await expectError(
+            .kmsAccessDenied, containing: ["AssumeRole", "role/app", "AKIABASE00000001", "trust policy"]
+        ) { _ = try await provider.current(client) }
+        #expect(error?.message.contains("base-secret") == false)
     }
 }
