@@ -8,7 +8,11 @@ Microsoft Entra endpoints a client needs to reach it.
   key material with a 32-hex-digit id; a version can be disabled. Errors are Key Vault's JSON
   errors: 401 with the `WWW-Authenticate: Bearer authorization=…, resource=…` challenge, 403
   Forbidden (RBAC, or KeyDisabled), 404 KeyNotFound, 400 BadParameter.
-- Entra: the v2.0 client-credentials token endpoint (`/TENANT/oauth2/v2.0/token`), its OpenID
+- Entra: the v2.0 client-credentials token endpoint (`/TENANT/oauth2/v2.0/token`) — with a
+  client secret, or with a federated credential's assertion (workload identity: a JWT that the
+  fake's own OIDC issuer signed with RS256, as a Kubernetes cluster signs a projected
+  service-account token, checked for signature, audience `api://AzureADTokenExchange`, subject
+  and expiry) — its OpenID
   configuration and instance discovery (as MSAL asks), and the managed-identity endpoints of
   App Service (`IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER`) and of IMDS
   (`/metadata/identity/oauth2/token` with `Metadata: true`), the last two over plain HTTP as
@@ -38,6 +42,7 @@ import time
 import uuid
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
@@ -47,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Answer, FakeServer, b64url, unb64  # noqa: E402
 
 ALL_OPERATIONS = ["get", "wrapKey", "unwrapKey"]
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 TOKEN_LIFETIME = 3600
 
 
@@ -111,6 +117,8 @@ class KeyVault(FakeServer):
         self.tokens: dict[str, dict] = {}             # token -> {"principal", "audience", "expires"}
         self.port = 0
         self.challenge_resources: dict[str, str] = {}  # key name -> the resource its challenge names
+        # The OIDC issuer whose tokens federated credentials trust (a cluster's, in Azure).
+        self.issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     @property
     def origin(self) -> str:
@@ -136,6 +144,18 @@ class KeyVault(FakeServer):
                 secret = secrets.token_urlsafe(30)
                 self.clients[client_id] = {"secret": secret, "operations": body.get("operations", ALL_OPERATIONS)}
                 return {"client_id": client_id, "client_secret": secret}
+            if command == "federated":
+                # A client that trusts the issuer's tokens for `subject`, and such a token (0644,
+                # as Kubernetes projects it) in `directory`.
+                client_id = str(uuid.uuid4())
+                self.clients[client_id] = {"secret": None, "subject": body["subject"],
+                                           "operations": body.get("operations", ALL_OPERATIONS)}
+                path = os.path.join(body["directory"], f"federated-token-{client_id[:8]}")
+                with open(path, "w") as file:
+                    file.write(self.federated_token(body.get("token_subject", body["subject"]),
+                                                    body.get("lifetime", 3600)))
+                os.chmod(path, 0o644)
+                return {"client_id": client_id, "token_file": path}
             if command == "identity":
                 self.identity_operations = body["operations"]
                 return {}
@@ -158,6 +178,36 @@ class KeyVault(FakeServer):
         return f"{self.origin}/keys/{name}/{version['id']}"
 
     # Entra and managed identity --------------------------------------------------------------
+
+    def federated_token(self, subject: str, lifetime: int) -> str:
+        now = int(time.time())
+        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "cluster"}).encode())
+        claims = b64url(json.dumps({"iss": f"{self.origin}/oidc", "sub": subject, "aud": [FEDERATION_AUDIENCE],
+                                    "iat": now, "nbf": now, "exp": now + lifetime}).encode())
+        signature = self.issuer_key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{claims}.{b64url(signature)}"
+
+    def check_assertion(self, client: dict, form: dict) -> None:
+        """A federated credential's assertion: the issuer's signature, the audience, the subject
+        the client trusts, unexpired."""
+        refused = Answer(401, {"error": "invalid_client", "error_description":
+                               "AADSTS70021: No matching federated identity record found for presented assertion."})
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            raise Answer(400, {"error": "invalid_request", "error_description": "AADSTS90014: client_assertion_type"})
+        try:
+            header, claims, signature = form.get("client_assertion", "").split(".")
+            self.issuer_key.public_key().verify(unb64(signature, url=True), f"{header}.{claims}".encode(),
+                                                padding.PKCS1v15(), hashes.SHA256())
+            payload = json.loads(unb64(claims, url=True))
+        except (ValueError, InvalidSignature):
+            raise Answer(401, {"error": "invalid_client", "error_description":
+                               "AADSTS50027: JWT token is invalid or malformed."})
+        audiences = payload.get("aud") if isinstance(payload.get("aud"), list) else [payload.get("aud")]
+        if FEDERATION_AUDIENCE not in audiences or payload.get("sub") != client.get("subject"):
+            raise refused
+        if payload.get("exp", 0) < time.time():
+            raise Answer(401, {"error": "invalid_client", "error_description":
+                               "AADSTS700024: Client assertion is not within its valid time range."})
 
     def issue(self, principal: str, resource: str) -> dict:
         token = "eyJ0eXAiOiJKV1QifQ.fake-" + secrets.token_urlsafe(32)
@@ -189,7 +239,9 @@ class KeyVault(FakeServer):
             if not client:
                 raise Answer(400, {"error": "unauthorized_client", "error_description":
                                    "AADSTS700016: Application not found in the directory."})
-            if not secrets.compare_digest(form.get("client_secret", ""), client["secret"]):
+            if "client_assertion" in form and client.get("subject"):
+                self.check_assertion(client, form)
+            elif not client["secret"] or not secrets.compare_digest(form.get("client_secret", ""), client["secret"]):
                 raise Answer(401, {"error": "invalid_client",
                                    "error_description": "AADSTS7000215: Invalid client secret provided."})
             scope = form.get("scope", "")

@@ -7,7 +7,9 @@ import SQLCipherKeyManager
 ///
 /// In order: a service principal with a client secret (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
 /// `AZURE_CLIENT_SECRET`; `AZURE_AUTHORITY_HOST` for another cloud, default
-/// `https://login.microsoftonline.com`); the managed identity of App Service, Functions or
+/// `https://login.microsoftonline.com`); workload identity (`AZURE_FEDERATED_TOKEN_FILE` with
+/// `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`, as AKS injects them: the token file, read anew for
+/// each token, is the client assertion); the managed identity of App Service, Functions or
 /// Container Apps (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); the managed identity of a
 /// virtual machine or scale set through the instance metadata service (IMDS,
 /// `http://169.254.169.254`, or `AZURE_POD_IDENTITY_AUTHORITY_HOST`). With a managed identity,
@@ -15,6 +17,7 @@ import SQLCipherKeyManager
 public struct AzureCredentials: Sendable {
     enum Source: Sendable {
         case clientSecret(tenant: String, clientId: String, secret: SecureBuffer, authority: URL)
+        case workloadIdentity(tenant: String, clientId: String, tokenFile: String, authority: URL)
         case appService(endpoint: URL, header: SecureBuffer, clientId: String?)
         case instanceMetadata(endpoint: URL, clientId: String?)
     }
@@ -41,19 +44,29 @@ public struct AzureCredentials: Sendable {
     public static func fromEnvironment(_ environment: ProviderEnvironment) throws -> AzureCredentials {
         func variable(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
         let clientId = variable("AZURE_CLIENT_ID")
-        if let secret = variable("AZURE_CLIENT_SECRET") {
-            guard let tenant = variable("AZURE_TENANT_ID"), let clientId else {
+        func authority() throws -> URL {
+            try EndpointURL.requiringTLS(
+                variable("AZURE_AUTHORITY_HOST") ?? "https://login.microsoftonline.com", what: "AZURE_AUTHORITY_HOST")
+        }
+        func principal(_ variable: String, _ what: String) throws -> (tenant: String, clientId: String) {
+            guard let tenant = environment["AZURE_TENANT_ID"].flatMap({ $0.isEmpty ? nil : $0 }), let clientId else {
                 throw DBKeyError(
                     .invalidConfiguration,
-                    "AZURE_CLIENT_SECRET is set, but AZURE_TENANT_ID or AZURE_CLIENT_ID is not: a service principal needs all three."
-                )
+                    "\(variable) is set, but AZURE_TENANT_ID or AZURE_CLIENT_ID is not: \(what) needs all three.")
             }
-            let authority = try EndpointURL.requiringTLS(
-                variable("AZURE_AUTHORITY_HOST") ?? "https://login.microsoftonline.com", what: "AZURE_AUTHORITY_HOST")
+            return (tenant, clientId)
+        }
+        if let secret = variable("AZURE_CLIENT_SECRET") {
+            let (tenant, clientId) = try principal("AZURE_CLIENT_SECRET", "a service principal")
             return clientSecret(
                 tenant: tenant, clientId: clientId,
                 secret: try Passphrase.fromText(secret, kind: "Azure client secret"),
-                authority: authority)
+                authority: try authority())
+        }
+        if let tokenFile = variable("AZURE_FEDERATED_TOKEN_FILE") {
+            let (tenant, clientId) = try principal("AZURE_FEDERATED_TOKEN_FILE", "workload identity")
+            return AzureCredentials(
+                source: .workloadIdentity(tenant: tenant, clientId: clientId, tokenFile: tokenFile, authority: try authority()))
         }
         if let endpoint = variable("IDENTITY_ENDPOINT"), let header = variable("IDENTITY_HEADER") {
             return AzureCredentials(
@@ -83,6 +96,8 @@ public struct AzureCredentials: Sendable {
     var summary: String {
         switch source {
         case .clientSecret(_, let clientId, _, _): "the service principal \(clientId)"
+        case .workloadIdentity(_, let clientId, let tokenFile, _):
+            "the workload identity \(clientId) (AZURE_FEDERATED_TOKEN_FILE \(tokenFile))"
         case .appService: "the managed identity (IDENTITY_ENDPOINT)"
         case .instanceMetadata(let endpoint, _): "the managed identity (IMDS at \(endpoint.host ?? "?"))"
         }
@@ -90,24 +105,26 @@ public struct AzureCredentials: Sendable {
 
     /// The tenant the credential belongs to, when it names one.
     var tenant: String? {
-        if case .clientSecret(let tenant, _, _, _) = source { return tenant }
-        return nil
+        switch source {
+        case .clientSecret(let tenant, _, _, _), .workloadIdentity(let tenant, _, _, _): tenant
+        case .appService, .instanceMetadata: nil
+        }
     }
 
     /// A new token for what `challenge` asks.
     func fetchToken(for challenge: AuthenticationChallenge, _ client: KmsHTTPClient) async throws -> BearerToken {
         switch source {
         case .clientSecret(let tenant, let clientId, let secret, let authority):
-            let url = authority.appendingPathComponent("\(tenant)/oauth2/v2.0/token")
-            let form = FormBody.encode([
-                ("client_id", .text(clientId)), ("client_secret", .secret(secret)), ("scope", .text(challenge.scope)),
-                ("grant_type", .text("client_credentials")),
-            ])
-            var body = try await client.send(
-                "token", method: "POST", url: url, body: .secret(form),
-                headers: { _ in [("Content-Type", "application/x-www-form-urlencoded")] },
-                mapError: { status, body in AzureCredentials.tokenError(status: status, body: body, what: summary) })
-            return try BearerToken.taking(from: &body, issuer: url.absoluteString)
+            return try await entraToken(
+                tenant: tenant, clientId: clientId, [("client_secret", .secret(secret))], authority, challenge, client)
+        case .workloadIdentity(let tenant, let clientId, let tokenFile, let authority):
+            let assertion = try TokenFile.read(tokenFile, what: "federated token file (AZURE_FEDERATED_TOKEN_FILE)")
+            return try await entraToken(
+                tenant: tenant, clientId: clientId,
+                [
+                    ("client_assertion_type", .text("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")),
+                    ("client_assertion", .secret(assertion)),
+                ], authority, challenge, client)
         case .appService(let endpoint, let header, let clientId):
             var query = [
                 URLQueryItem(name: "api-version", value: "2019-08-01"),
@@ -133,6 +150,24 @@ public struct AzureCredentials: Sendable {
         }
     }
 
+    /// A token from Entra's v2.0 endpoint for the client credentials grant, the client proven
+    /// by `credential` (a secret, or an assertion).
+    private func entraToken(
+        tenant: String, clientId: String, _ credential: [(name: String, value: FormBody.Value)], _ authority: URL,
+        _ challenge: AuthenticationChallenge, _ client: KmsHTTPClient
+    ) async throws -> BearerToken {
+        let url = authority.appendingPathComponent("\(tenant)/oauth2/v2.0/token")
+        let form = FormBody.encode(
+            [("client_id", .text(clientId))] + credential + [
+                ("scope", .text(challenge.scope)), ("grant_type", .text("client_credentials")),
+            ])
+        var body = try await client.send(
+            "token", method: "POST", url: url, body: .secret(form),
+            headers: { _ in [("Content-Type", "application/x-www-form-urlencoded")] },
+            mapError: { status, body in AzureCredentials.tokenError(status: status, body: body, what: summary) })
+        return try BearerToken.taking(from: &body, issuer: url.absoluteString)
+    }
+
     private func managedIdentityToken(
         _ endpoint: URL, _ query: [URLQueryItem], _ headers: [(name: String, value: String)], _ client: KmsHTTPClient
     ) async throws -> BearerToken {
@@ -155,6 +190,7 @@ public struct AzureCredentials: Sendable {
             return DBKeyError(.kmsUnavailable, "\(message). Try again later.")
         }
         return DBKeyError(
-            .kmsAccessDenied, "\(message). Check the tenant, the client id and that the secret has not expired.")
+            .kmsAccessDenied,
+            "\(message). Check the tenant, the client id and that the secret has not expired (for workload identity: the federated credential's issuer, subject and audience).")
     }
 }

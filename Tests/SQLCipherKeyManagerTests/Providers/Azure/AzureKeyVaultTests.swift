@@ -310,4 +310,46 @@ struct AzureKeyVaultTests {
         #expect(try await database.manager().status().wrappedUnderOlderKeyVersion == false)
         try await database.expectIntact()
     }
+
+    @Test(
+        "workload identity: the federated token file, before managed identity, as DefaultAzureCredential takes it; a token for another subject is refused, naming the source, never the token"
+    )
+    func workloadIdentity() async throws {
+        let directory = try TemporaryDirectory()
+        let (clientId, tokenFile) = try await FakeKeyVault.federatedClient(
+            subject: "system:serviceaccount:tenants:dbkey", in: directory)
+        let http = "http://127.0.0.1:\(try FakeKeyVault.value("HTTP_PORT"))"
+        let environment = [
+            "AZURE_TENANT_ID": try FakeKeyVault.value("TENANT"), "AZURE_CLIENT_ID": clientId,
+            "AZURE_FEDERATED_TOKEN_FILE": tokenFile, "AZURE_AUTHORITY_HOST": try FakeKeyVault.origin().absoluteString,
+            // Managed identity is there too, as on AKS: workload identity comes first.
+            "IDENTITY_ENDPOINT": http + "/msi/token", "IDENTITY_HEADER": try FakeKeyVault.value("IDENTITY_HEADER"),
+            "HOME": directory.path,
+        ]
+        let microsoft = try await FakeKeyVault.defaultAzureCredential(environment, key: "conformance-rsa")
+        #expect(microsoft.credential == "WorkloadIdentityCredential" && microsoft.status == 200, "\(microsoft)")
+        let credentials = try AzureCredentials.fromEnvironment(ProviderEnvironment(environment))
+        #expect(credentials.summary.contains("workload identity \(clientId)"))
+        let kekId = try FakeKeyVault.kekId("conformance-rsa")
+        let kms = try FakeKeyVault.provider(credentials: credentials)
+        let dataKey = try await kms.generateDataKey(kekId: kekId, context: context)
+        #expect(try await kms.decrypt(dataKey.wrapped, kekId: kekId, context: context) == dataKey.plaintext)
+
+        let (otherClient, otherToken) = try await FakeKeyVault.federatedClient(
+            subject: "system:serviceaccount:tenants:dbkey", tokenSubject: "system:serviceaccount:other:app",
+            in: directory)
+        var refusedEnvironment = environment
+        refusedEnvironment["AZURE_CLIENT_ID"] = otherClient
+        refusedEnvironment["AZURE_FEDERATED_TOKEN_FILE"] = otherToken
+        let refused = try FakeKeyVault.provider(
+            credentials: try AzureCredentials.fromEnvironment(ProviderEnvironment(refusedEnvironment)))
+        let error = await expectError(
+            .kmsAccessDenied, containing: ["workload identity", otherClient, otherToken, "AADSTS70021"]
+        ) { _ = try await refused.generateDataKey(kekId: kekId, context: context) }
+        let token = try String(contentsOfFile: otherToken, encoding: .utf8)
+        #expect(error?.message.contains(token) == false && error?.message.contains(token.prefix(40)) == false)
+        await expectError(.invalidConfiguration, containing: ["AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID"]) {
+            _ = try AzureCredentials.fromEnvironment(["AZURE_FEDERATED_TOKEN_FILE": tokenFile])
+        }
+    }
 }

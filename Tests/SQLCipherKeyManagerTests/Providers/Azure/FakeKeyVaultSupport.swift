@@ -69,6 +69,36 @@ enum FakeKeyVault: FakeKmsServer {
         return (try #require(answer["client_id"] as? String), try #require(answer["client_secret"] as? String))
     }
 
+    /// A client that trusts the fake's OIDC issuer for `subject` (a federated credential), and a
+    /// token the issuer signed for `tokenSubject` (by default the same), written in `directory`
+    /// as Kubernetes projects it: (client id, token file).
+    static func federatedClient(subject: String, tokenSubject: String? = nil, in directory: TemporaryDirectory)
+        async throws -> (clientId: String, tokenFile: String)
+    {
+        let answer = try await admin(
+            "federated",
+            ["directory": directory.path, "subject": subject, "token_subject": tokenSubject ?? subject])
+        return (try #require(answer["client_id"] as? String), try #require(answer["token_file"] as? String))
+    }
+
+    /// azure-identity's DefaultAzureCredential in `environment` (Scripts/interop/azure_credential.py):
+    /// the class of the credential it took, and the vault's status for a GET of key `name` with
+    /// its token.
+    static func defaultAzureCredential(_ environment: [String: String], key name: String) async throws -> (
+        credential: String, status: Int
+    ) {
+        let python = try requireTool("python3", installedBy: "python3")
+        var variables = environment
+        variables["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        variables["REQUESTS_CA_BUNDLE"] = try value("CA_FILE")
+        let result = try await run(
+            python, [repositoryRoot.path + "/Scripts/interop/azure_credential.py", try origin().absoluteString, name],
+            environment: variables)
+        #expect(result.status == 0, "azure_credential.py failed: \(result.stderr.suffix(1500))")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        return (try #require(object["credential"] as? String), try #require(object["status"] as? Int))
+    }
+
     /// Microsoft's client (azure-keyvault-keys with azure-identity) through
     /// Scripts/interop/azure_kv.py, as a principal allowed wrapKey and unwrapKey but not get, so
     /// that it cannot wrap locally.
