@@ -13,13 +13,24 @@ JWT, checked against the account's public key) and the metadata server's token p
   registered through the admin API, and unexpired. Each principal has a set of permissions.
   Errors are Cloud KMS's JSON errors and statuses (401, 403, 404, 400 INVALID_ARGUMENT or
   FAILED_PRECONDITION; 429 and 503 by injection; 429 RESOURCE_EXHAUSTED past a configured rate).
+- The other Application Default Credentials a client may hold, each with real checks: a user's
+  refresh token (`authorized_user`, as `gcloud auth application-default login` writes it,
+  exchanged at `/token` with its OAuth client's id and secret); service-account impersonation
+  (IAM Credentials' `generateAccessToken` at
+  `/v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`, for a caller allowed to
+  impersonate that account); and workload identity federation (`external_account`: STS's
+  token exchange at `/v1/token`, its subject token an RS256 JWT signed by the fake's own OIDC
+  issuer, checked for signature, the pool provider's audience and expiry; the subject token is
+  served from a file, or from `/_subject/ID` with a header, as a URL-sourced credential reads
+  it).
 - `/_fake/*` is the admin API, guarded by the admin token: keys, versions, states, principals,
-  tokens (revoked), failure injection.
+  tokens (revoked), failure injection, users, impersonation, workload identity pools.
 
 Use: gcp_kms.py STATE_DIR. Writes a service-account key file (0600) there, prints one JSON line
 (port, admin token, key file) and serves on 127.0.0.1 until killed."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -35,10 +46,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Answer, FakeServer, b64, unb64  # noqa: E402
+from common import Answer, FakeServer, b64, b64url, unb64  # noqa: E402
 
 KEY_NAME = r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/:]+"
 SCOPES = {"https://www.googleapis.com/auth/cloudkms", "https://www.googleapis.com/auth/cloud-platform"}
+# What a token that impersonates a service account may be asked for.
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 ALL_PERMISSIONS = ["cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt",
                    "cloudkms.cryptoKeys.get"]
 STATES = {"ENABLED": 1, "DISABLED": 2, "DESTROYED": 3}
@@ -62,6 +75,11 @@ class CloudKms(FakeServer):
         self.metadata_principal = "metadata@fake.iam.gserviceaccount.com"
         self.accounts[self.metadata_principal] = {"public_key": None, "key_id": None, "permissions": ALL_PERMISSIONS}
         self.port = 0
+        self.refresh_tokens: dict[str, dict] = {}  # refresh token -> {"client_id", "client_secret", "principal"}
+        self.impersonators: dict[str, set] = {}    # target service account -> principals allowed to impersonate it
+        self.pools: dict[str, dict] = {}           # audience -> {"subject", "principal"}
+        self.subject_tokens: dict[str, dict] = {}  # id -> {"token", "header"}, served at /_subject/ID
+        self.issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     # Admin ----------------------------------------------------------------------------------
 
@@ -90,7 +108,89 @@ class CloudKms(FakeServer):
                 return {}
             if command == "issued":
                 return {"tokens": list(self.tokens)}
+            if command == "user":
+                return self.make_user(body["directory"], body.get("permissions", ALL_PERMISSIONS))
+            if command == "impersonation":
+                # `source` may impersonate a new service account `target` that has `permissions`.
+                target = f"target-{secrets.token_hex(4)}@fake-project.iam.gserviceaccount.com"
+                self.accounts[target] = {"public_key": None, "key_id": None,
+                                         "permissions": body.get("permissions", ALL_PERMISSIONS)}
+                self.impersonators[target] = set(body.get("sources", []))
+                return {"target": target}
+            if command == "pool":
+                return self.make_pool(body)
         return super().admin(command, body)
+
+    def make_user(self, directory: str, permissions: list[str]) -> dict:
+        """A user with a refresh token for a new OAuth client; the authorized_user file gcloud writes."""
+        principal = f"user-{secrets.token_hex(4)}@example.com"
+        self.accounts[principal] = {"public_key": None, "key_id": None, "permissions": permissions}
+        client_id = f"{secrets.randbits(48)}-fake.apps.googleusercontent.com"
+        client_secret = "d-FL95Q" + secrets.token_urlsafe(18)
+        refresh_token = "1//0" + secrets.token_urlsafe(40)
+        self.refresh_tokens[refresh_token] = {"client_id": client_id, "client_secret": client_secret,
+                                              "principal": principal}
+        document = {"type": "authorized_user", "client_id": client_id, "client_secret": client_secret,
+                    "refresh_token": refresh_token, "token_uri": f"http://127.0.0.1:{self.port}/token",
+                    "account": "", "universe_domain": "googleapis.com"}
+        path = os.path.join(directory, f"authorized-user-{secrets.token_hex(4)}.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(document, file, indent=2)
+        return {"path": path, "principal": principal}
+
+    def make_pool(self, body: dict) -> dict:
+        """A workload identity pool provider trusting the fake's issuer for `subject`, a subject
+        token (for `token_subject`, by default the same) in a file and at /_subject/ID, and an
+        external_account configuration for each (with impersonation when `impersonate` names a
+        service account)."""
+        number = secrets.randbelow(10**12)
+        audience = (f"//iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/"
+                    f"dbkey/providers/fake")
+        principal = f"principal://iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/" \
+                    f"dbkey/subject/{body['subject']}"
+        self.accounts[principal] = {"public_key": None, "key_id": None,
+                                    "permissions": body.get("permissions", ALL_PERMISSIONS)}
+        self.pools[audience] = {"subject": body["subject"], "principal": principal}
+        token = self.subject_token(body.get("token_subject", body["subject"]), audience)
+        directory = body["directory"]
+        token_file = os.path.join(directory, f"subject-token-{number}")
+        with open(token_file, "w") as file:
+            file.write(json.dumps({"id_token": token}) if body.get("format") == "json" else token)
+        os.chmod(token_file, 0o644)
+        served = secrets.token_hex(8)
+        header = secrets.token_urlsafe(12)
+        self.subject_tokens[served] = {"token": {"id_token": token} if body.get("format") == "json" else token,
+                                       "header": header}
+        fmt = {"type": "json", "subject_token_field_name": "id_token"} if body.get("format") == "json" \
+            else {"type": "text"}
+        base = {"type": "external_account", "audience": audience,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "token_url": f"http://127.0.0.1:{self.port}/v1/token", "universe_domain": "googleapis.com"}
+        if body.get("impersonate"):
+            base["service_account_impersonation_url"] = (
+                f"http://127.0.0.1:{self.port}/v1/projects/-/serviceAccounts/{body['impersonate']}:generateAccessToken")
+            self.impersonators.setdefault(body["impersonate"], set()).add(principal)
+        paths = {}
+        for kind, source in [("file", {"file": token_file, "format": fmt}),
+                             ("url", {"url": f"http://127.0.0.1:{self.port}/_subject/{served}",
+                                      "headers": {"X-Subject-Header": header}, "format": fmt})]:
+            path = os.path.join(directory, f"external-account-{kind}-{number}.json")
+            with open(path, "w") as file:
+                json.dump(base | {"credential_source": source}, file, indent=2)
+            # A workload identity configuration holds no secret: Kubernetes mounts it readable.
+            os.chmod(path, 0o644)
+            paths[kind] = path
+        return {"file_config": paths["file"], "url_config": paths["url"], "token_file": token_file,
+                "principal": principal, "audience": audience}
+
+    def subject_token(self, subject: str, audience: str) -> str:
+        now = int(time.time())
+        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "issuer"}).encode())
+        claims = b64url(json.dumps({"iss": f"http://127.0.0.1:{self.port}/oidc", "sub": subject,
+                                    "aud": "https:" + audience, "iat": now, "exp": now + 3600}).encode())
+        signature = self.issuer_key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{claims}.{b64url(signature)}"
 
     def throttle_body(self) -> dict:
         # Cloud KMS's answer when a project's request quota is used up; it sends no Retry-After.
@@ -130,12 +230,70 @@ class CloudKms(FakeServer):
 
     def token_endpoint(self, request) -> dict:
         form = request.form()
+        if form.get("grant_type") == "refresh_token":
+            entry = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if not entry or entry["client_id"] != form.get("client_id") \
+                    or not secrets.compare_digest(entry["client_secret"], form.get("client_secret", "")):
+                raise Answer(400, {"error": "invalid_grant", "error_description": "Bad Request"})
+            return self.issue(entry["principal"])
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             raise Answer(400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"})
-        claims = self.verified_jwt(form.get("assertion", ""), f"http://127.0.0.1:{self.port}/token")
-        if not SCOPES & set(claims.get("scope", "").split()):
+        # The audience is the token endpoint: this one's URL, or Google's, which google-auth
+        # always writes whatever the key file's token_uri.
+        assertion = form.get("assertion", "")
+        try:
+            claims = self.verified_jwt(assertion, f"http://127.0.0.1:{self.port}/token")
+        except Answer:
+            claims = self.verified_jwt(assertion, "https://oauth2.googleapis.com/token")
+        if not (SCOPES | {IAM_SCOPE}) & set(claims.get("scope", "").split()):
             raise Answer(400, {"error": "invalid_scope", "error_description": "Invalid OAuth scope."})
         return self.issue(claims["iss"])
+
+    def sts_exchange(self, request) -> dict:
+        """STS's token exchange for workload identity federation."""
+        form = request.form() if "x-www-form-urlencoded" in request.headers.get("content-type", "") else request.json()
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange":
+            raise Answer(400, {"error": "invalid_grant", "error_description": "Invalid grant_type."})
+        pool = self.pools.get(form.get("audience", ""))
+        if not pool:
+            raise Answer(400, {"error": "invalid_target", "error_description": "The target service indicated by "
+                               "the \"audience\" parameters is invalid."})
+        if form.get("subject_token_type") != "urn:ietf:params:oauth:token-type:jwt" \
+                or form.get("requested_token_type") != "urn:ietf:params:oauth:token-type:access_token":
+            raise Answer(400, {"error": "invalid_request", "error_description": "Invalid token types."})
+        try:
+            header, claims, signature = form.get("subject_token", "").split(".")
+            self.issuer_key.public_key().verify(unb64(signature, url=True), f"{header}.{claims}".encode(),
+                                                padding.PKCS1v15(), hashes.SHA256())
+            payload = json.loads(unb64(claims, url=True))
+        except (ValueError, InvalidSignature):
+            raise Answer(400, {"error": "invalid_grant", "error_description": "The subject token is malformed or "
+                               "its signature does not verify."})
+        if payload.get("aud") != "https:" + form["audience"] or payload.get("exp", 0) < time.time():
+            raise Answer(400, {"error": "invalid_grant", "error_description": "The audience in ID Token does not "
+                               "match the expected audience, or the token has expired."})
+        if payload.get("sub") != pool["subject"]:
+            raise Answer(400, {"error": "unauthorized_client", "error_description": "The given credential is "
+                               "rejected by the attribute condition."})
+        issued = self.issue(pool["principal"])
+        return issued | {"issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+
+    def generate_access_token(self, request, target: str) -> dict:
+        """IAM Credentials' generateAccessToken: a token of `target` for a caller allowed to
+        impersonate it."""
+        token = request.bearer() or ""
+        entry = self.tokens.get(token)
+        if not entry or entry["expires"] < time.time():
+            raise error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+        if target not in self.accounts or entry["principal"] not in self.impersonators.get(target, set()):
+            raise error(403, "PERMISSION_DENIED", "Permission 'iam.serviceAccounts.getAccessToken' denied on "
+                        "resource (or it may not exist).")
+        body = request.json()
+        if not SCOPES & set(body.get("scope", [])):
+            raise error(400, "INVALID_ARGUMENT", "Invalid scope.")
+        issued = self.issue(target)
+        expires = datetime.datetime.fromtimestamp(time.time() + TOKEN_LIFETIME, datetime.timezone.utc)
+        return {"accessToken": issued["access_token"], "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     def verified_jwt(self, assertion: str, audience: str) -> dict:
         """The claims of a service account's RS256 JWT, checked: signature, key id, audience
@@ -193,6 +351,17 @@ class CloudKms(FakeServer):
         path = request.path
         if request.method == "POST" and path == "/token":
             return self.token_endpoint(request)
+        if request.method == "POST" and path == "/v1/token":
+            return self.sts_exchange(request)
+        impersonation = re.fullmatch(r"/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken", path)
+        if request.method == "POST" and impersonation:
+            return self.generate_access_token(request, impersonation.group(1))
+        served = re.fullmatch(r"/_subject/([0-9a-f]+)", path)
+        if served and served.group(1) in self.subject_tokens:
+            entry = self.subject_tokens[served.group(1)]
+            if request.headers.get("x-subject-header") != entry["header"]:
+                raise Answer(403, {"error": "the subject token's header is missing"})
+            return entry["token"]
         if path == "/computeMetadata/v1/instance/service-accounts/default/token":
             if request.headers.get("metadata-flavor") != "Google":
                 raise Answer(403, "Missing Metadata-Flavor:Google header.")

@@ -19,6 +19,19 @@ package enum EndpointURL {
             "The \(what) \"\(text)\" must use https:// (plain http:// only to a loopback address, for tests).")
     }
 
+    /// Parses `text` as the URL of a metadata or identity service: https, or http to a loopback
+    /// or link-local (`169.254.0.0/16`) address, where clouds serve them.
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` naming `what`.
+    package static func metadataService(_ text: String, what: String) throws -> URL {
+        if let url = URL(string: text), url.scheme == "http", let host = url.host,
+            host.hasPrefix("169.254.") || isLoopback(host)
+        {
+            return url
+        }
+        return try requiringTLS(text, what: what)
+    }
+
     /// Whether `host` names this machine: `localhost`, `::1` or an address in `127.0.0.0/8`.
     package static func isLoopback(_ host: String) -> Bool {
         let bare = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")).lowercased()

@@ -71,25 +71,14 @@ public struct AzureCredentials: Sendable {
         if let endpoint = variable("IDENTITY_ENDPOINT"), let header = variable("IDENTITY_HEADER") {
             return AzureCredentials(
                 source: .appService(
-                    endpoint: try managedIdentityURL(endpoint, what: "IDENTITY_ENDPOINT"),
+                    endpoint: try EndpointURL.metadataService(endpoint, what: "IDENTITY_ENDPOINT"),
                     header: try Passphrase.fromText(header, kind: "IDENTITY_HEADER"), clientId: clientId))
         }
         let host = variable("AZURE_POD_IDENTITY_AUTHORITY_HOST") ?? "http://169.254.169.254"
-        let endpoint = try managedIdentityURL(
+        let endpoint = try EndpointURL.metadataService(
             host.hasSuffix("/") ? String(host.dropLast()) : host, what: "AZURE_POD_IDENTITY_AUTHORITY_HOST"
         ).appendingPathComponent("metadata/identity/oauth2/token")
         return AzureCredentials(source: .instanceMetadata(endpoint: endpoint, clientId: clientId))
-    }
-
-    /// A managed-identity endpoint: https, or http to a loopback or link-local (169.254/16)
-    /// address, where Azure serves it.
-    static func managedIdentityURL(_ text: String, what: String) throws -> URL {
-        if let url = URL(string: text), url.scheme == "http", let host = url.host,
-            host.hasPrefix("169.254.") || EndpointURL.isLoopback(host)
-        {
-            return url
-        }
-        return try EndpointURL.requiringTLS(text, what: what)
     }
 
     /// A description of the source, with no secret: for messages.

@@ -207,8 +207,8 @@ struct CloudProviderPartsTests {
         ] {
             #expect(throws: DBKeyError.self, "\(invalid)") { try EndpointURL.requiringTLS(invalid, what: "x") }
         }
-        #expect(try AzureCredentials.managedIdentityURL("http://169.254.169.254", what: "x").host == "169.254.169.254")
-        #expect(throws: DBKeyError.self) { try AzureCredentials.managedIdentityURL("http://10.0.0.1/t", what: "x") }
+        #expect(try EndpointURL.metadataService("http://169.254.169.254", what: "x").host == "169.254.169.254")
+        #expect(throws: DBKeyError.self) { try EndpointURL.metadataService("http://10.0.0.1/t", what: "x") }
     }
 
     @Test("a PEM private key's DER is decoded from between its header and footer lines")

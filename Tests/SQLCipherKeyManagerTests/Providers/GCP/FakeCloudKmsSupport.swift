@@ -69,6 +69,53 @@ enum FakeCloudKms: FakeKmsServer {
         return try #require(answer["path"] as? String)
     }
 
+    /// A user with a refresh token: the authorized_user file (0600, in `directory`) and the user.
+    static func user(in directory: TemporaryDirectory) async throws -> (path: String, principal: String) {
+        let answer = try await admin("user", ["directory": directory.path])
+        return (try #require(answer["path"] as? String), try #require(answer["principal"] as? String))
+    }
+
+    /// A new service account (all Cloud KMS permissions) that `sources` may impersonate; its email.
+    static func impersonationTarget(sources: [String]) async throws -> String {
+        try #require(try await admin("impersonation", ["sources": sources])["target"] as? String)
+    }
+
+    /// A workload identity pool provider trusting the fake's issuer for `subject`, and
+    /// external_account files for a subject token (for `tokenSubject`, by default the same) in a
+    /// file and at a URL, in `format` (text or json), impersonating `impersonate` when given.
+    static func pool(
+        subject: String, tokenSubject: String? = nil, format: String = "text", impersonate: String? = nil,
+        in directory: TemporaryDirectory
+    ) async throws -> (fileConfig: String, urlConfig: String, tokenFile: String, audience: String) {
+        var body: [String: Any] = [
+            "directory": directory.path, "subject": subject, "token_subject": tokenSubject ?? subject, "format": format,
+        ]
+        if let impersonate { body["impersonate"] = impersonate }
+        let answer = try await admin("pool", body)
+        return (
+            try #require(answer["file_config"] as? String), try #require(answer["url_config"] as? String),
+            try #require(answer["token_file"] as? String), try #require(answer["audience"] as? String)
+        )
+    }
+
+    /// google-auth's Application Default Credentials in `environment`
+    /// (Scripts/interop/gcp_credential.py): the credentials' class, and the fake's status for a
+    /// GET of `key` with their token.
+    static func googleAuth(_ environment: [String: String], key: String) async throws -> (type: String, status: Int) {
+        let python = try requireTool("python3", installedBy: "python3")
+        var variables = environment
+        variables["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        variables["GOOGLE_CLOUD_PROJECT"] = "fake-project"
+        variables["DBKEY_TEST_TOKEN_ENDPOINT"] = try value("ENDPOINT") + "/token"
+        variables["DBKEY_TEST_IAM_ENDPOINT"] = try value("ENDPOINT")
+        let result = try await run(
+            python, [repositoryRoot.path + "/Scripts/interop/gcp_credential.py", try value("ENDPOINT"), key],
+            environment: variables)
+        #expect(result.status == 0, "gcp_credential.py failed: \(result.stderr.suffix(1500))")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        return (try #require(object["type"] as? String), try #require(object["status"] as? Int))
+    }
+
     /// Google's client (google-cloud-kms, REST) with the service account, through
     /// Scripts/interop/gcp_kms.py, against `endpoint` (default: the fake).
     static func googleClient(_ request: [String: Any], endpoint: String? = nil, token: String? = nil) async throws

@@ -288,16 +288,23 @@ struct CloudKmsTests {
         try FileManager.default.copyItem(atPath: keyFile, toPath: gcloud + "/application_default_credentials.json")
         #expect(try source(["CLOUDSDK_CONFIG": gcloud]).contains("service account sa-"))
 
-        // A user's gcloud login is refused with advice; a key file others can read is refused.
+        // A kind of credential file DBKey does not read is refused, naming the kinds it reads; a
+        // user's login (a secret) that others can read is refused; a key file others can read is
+        // refused.
+        let other = directory.file("other.json")
+        _ = FileManager.default.createFile(
+            atPath: other, contents: Data(#"{"type": "gdch_service_account", "name": "x"}"#.utf8),
+            attributes: [.posixPermissions: 0o600])
+        await expectError(.invalidConfiguration, containing: ["gdch_service_account", "authorized_user", "external_account"]) {
+            _ = try source(["GOOGLE_APPLICATION_CREDENTIALS": other])
+        }
         let user = directory.file("user.json")
         _ = FileManager.default.createFile(
             atPath: user,
             contents: Data(
                 #"{"type": "authorized_user", "client_id": "x", "client_secret": "s", "refresh_token": "r"}"#.utf8),
-            attributes: [.posixPermissions: 0o600])
-        await expectError(.invalidConfiguration, containing: ["authorized_user", "gcloud auth print-access-token"]) {
-            _ = try source(["GOOGLE_APPLICATION_CREDENTIALS": user])
-        }
+            attributes: [.posixPermissions: 0o644])
+        await expectError(.keyFileInsecure) { _ = try source(["GOOGLE_APPLICATION_CREDENTIALS": user]) }
         let readable = directory.file("readable.json")
         try FileManager.default.copyItem(atPath: keyFile, toPath: readable)
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: readable)
