@@ -22,16 +22,22 @@ extension DatabaseKeyManager {
 }
 
 extension KmsHealth {
-    @available(*, deprecated, renamed: "latestKekVersion", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    @available(
+        *, deprecated, renamed: "latestKekVersion", message: "Versions are opaque strings: Key Vault's are not numbers."
+    )
     public var latestKeyVersion: Int? { latestKekVersion.flatMap { Int($0) } }
 
     @available(*, deprecated, renamed: "init(kekId:keyState:latency:latestKekVersion:)")
     public init(kekId: String, keyState: String, latency: Duration, latestKeyVersion: Int?) {
-        self.init(kekId: kekId, keyState: keyState, latency: latency, latestKekVersion: latestKeyVersion.map(String.init))
+        self.init(
+            kekId: kekId, keyState: keyState, latency: latency, latestKekVersion: latestKeyVersion.map(String.init))
     }
 }
 
 extension DatabaseKeyStatus {
-    @available(*, deprecated, renamed: "wrappedKekVersion", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    @available(
+        *, deprecated, renamed: "wrappedKekVersion",
+        message: "Versions are opaque strings: Key Vault's are not numbers."
+    )
     public var wrappedKeyVersion: Int? { wrappedKekVersion.flatMap { Int($0) } }
 }

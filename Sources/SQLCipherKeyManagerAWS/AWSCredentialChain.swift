@@ -155,7 +155,9 @@ public final class AWSCredentialProvider: Sendable {
             mapError: { status, body in
                 AWSCredentialProvider.stsError(
                     status: status, body: body, action: "AssumeRole", role: role.roleArn,
-                    advice: "Check the role's trust policy (it must trust \(role.source.summary))\(role.externalId == nil ? "" : " and the external_id").")
+                    advice:
+                        "Check the role's trust policy (it must trust \(role.source.summary))\(role.externalId == nil ? "" : " and the external_id")."
+                )
             })
         return try TemporaryCredentials.fromSTS(&body, action: "AssumeRole")
     }

@@ -145,7 +145,8 @@ struct AWSEnvironment {
         guard !visited.contains(name) || (name == parent && hasKeys) else {
             throw DBKeyError(
                 .invalidConfiguration,
-                "The AWS profiles \((visited + [name]).map { "\"\($0)\"" }.joined(separator: " → ")) form a loop of source_profile.")
+                "The AWS profiles \((visited + [name]).map { "\"\($0)\"" }.joined(separator: " → ")) form a loop of source_profile."
+            )
         }
         if !hasKeys, let role = try assumedRole(name, region: region, visited: visited + [name]) {
             return AWSCredentialProvider(source: .assumeRole(role))
@@ -201,7 +202,8 @@ struct AWSEnvironment {
         let roleArn = (environmentWebIdentity ? variable("AWS_ROLE_ARN") : nil) ?? config["role_arn"]?.string
         if let tokenFile, let roleArn {
             let sessionName =
-                (environmentWebIdentity ? variable("AWS_ROLE_SESSION_NAME") : nil) ?? config["role_session_name"]?.string
+                (environmentWebIdentity ? variable("AWS_ROLE_SESSION_NAME") : nil) ?? config["role_session_name"]?
+                .string
                 ?? "dbkey-\(Int(Date().timeIntervalSince1970 * 1000))"
             return AWSCredentialProvider(
                 source: .webIdentity(

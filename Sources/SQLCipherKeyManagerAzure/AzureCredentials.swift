@@ -66,7 +66,8 @@ public struct AzureCredentials: Sendable {
         if let tokenFile = variable("AZURE_FEDERATED_TOKEN_FILE") {
             let (tenant, clientId) = try principal("AZURE_FEDERATED_TOKEN_FILE", "workload identity")
             return AzureCredentials(
-                source: .workloadIdentity(tenant: tenant, clientId: clientId, tokenFile: tokenFile, authority: try authority()))
+                source: .workloadIdentity(
+                    tenant: tenant, clientId: clientId, tokenFile: tokenFile, authority: try authority()))
         }
         if let endpoint = variable("IDENTITY_ENDPOINT"), let header = variable("IDENTITY_HEADER") {
             return AzureCredentials(
@@ -180,6 +181,7 @@ public struct AzureCredentials: Sendable {
         }
         return DBKeyError(
             .kmsAccessDenied,
-            "\(message). Check the tenant, the client id and that the secret has not expired (for workload identity: the federated credential's issuer, subject and audience).")
+            "\(message). Check the tenant, the client id and that the secret has not expired (for workload identity: the federated credential's issuer, subject and audience)."
+        )
     }
 }

@@ -207,7 +207,9 @@ public struct GoogleCloudKms: EnvironmentConfigurable {
         GoogleCloudKms.parts(of: wrapped).map { String($0.version) }
     }
 
-    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    @available(
+        *, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers."
+    )
     public func keyVersion(of wrapped: WrappedDataKey) -> Int? { GoogleCloudKms.parts(of: wrapped)?.version }
 
     // MARK: - The protocol

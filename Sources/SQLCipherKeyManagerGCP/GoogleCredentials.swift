@@ -126,7 +126,10 @@ public struct GoogleCredentials: Sendable {
             let assertion = try key.signedAssertion(scope: scope)
             return try await tokenRequest(
                 key.tokenURI,
-                [("grant_type", .text("urn:ietf:params:oauth:grant-type:jwt-bearer")), ("assertion", .secret(assertion))],
+                [
+                    ("grant_type", .text("urn:ietf:params:oauth:grant-type:jwt-bearer")),
+                    ("assertion", .secret(assertion)),
+                ],
                 client)
         case .authorizedUser(let user):
             return try await tokenRequest(
@@ -213,8 +216,9 @@ enum CredentialFile {
             for field in ["private_key", "client_secret", "refresh_token", "access_token"] {
                 _ = JSONSecretField.takeText(field, from: &blanked)
             }
-            guard (try? JSONSerialization.jsonObject(with: blanked) as? [String: Any])?["type"] as? String
-                == "external_account"
+            guard
+                (try? JSONSerialization.jsonObject(with: blanked) as? [String: Any])?["type"] as? String
+                    == "external_account"
             else {
                 body.wipe()
                 throw error
@@ -274,7 +278,8 @@ struct AuthorizedUser: Sendable {
     init(_ object: [String: Any], clientSecret: SecureBuffer?, refreshToken: SecureBuffer?, path: String) throws {
         guard let clientId = object["client_id"] as? String, let clientSecret, let refreshToken else {
             throw DBKeyError(
-                .invalidConfiguration, "\(path) lacks client_id, client_secret or refresh_token (an authorized_user file).")
+                .invalidConfiguration,
+                "\(path) lacks client_id, client_secret or refresh_token (an authorized_user file).")
         }
         self.clientId = clientId
         self.clientSecret = clientSecret
@@ -354,11 +359,13 @@ struct ExternalAccount: Sendable {
     let workforceUserProject: String?
 
     init(_ object: [String: Any], path: String) throws {
-        guard let audience = object["audience"] as? String, let subjectTokenType = object["subject_token_type"] as? String,
+        guard let audience = object["audience"] as? String,
+            let subjectTokenType = object["subject_token_type"] as? String,
             let source = object["credential_source"] as? [String: Any]
         else {
             throw DBKeyError(
-                .invalidConfiguration, "\(path) lacks audience, subject_token_type or credential_source (an external_account file).")
+                .invalidConfiguration,
+                "\(path) lacks audience, subject_token_type or credential_source (an external_account file).")
         }
         self.audience = audience
         self.subjectTokenType = subjectTokenType
@@ -382,11 +389,13 @@ struct ExternalAccount: Sendable {
         case nil, "text": jsonField = nil
         case "json":
             guard let field = format?["subject_token_field_name"] as? String else {
-                throw DBKeyError(.invalidConfiguration, "The credential_source of \(path) is JSON with no subject_token_field_name.")
+                throw DBKeyError(
+                    .invalidConfiguration, "The credential_source of \(path) is JSON with no subject_token_field_name.")
             }
             jsonField = field
         case let other?:
-            throw DBKeyError(.invalidConfiguration, "The credential_source format \"\(other)\" of \(path) is neither text nor json.")
+            throw DBKeyError(
+                .invalidConfiguration, "The credential_source format \"\(other)\" of \(path) is neither text nor json.")
         }
         if let text = object["service_account_impersonation_url"] as? String {
             let url = try EndpointURL.requiringTLS(text, what: "service_account_impersonation_url of \(path)")
@@ -406,7 +415,8 @@ struct ExternalAccount: Sendable {
             raw = try TokenFile.read(path, what: "subject token file").withUnsafeBytes { Data($0) }
         case .url(let url, let headers):
             raw = try await client.send(
-                "subject token", method: "GET", url: url, body: .none, headers: { _ in headers.map { ($0.key, $0.value) } },
+                "subject token", method: "GET", url: url, body: .none,
+                headers: { _ in headers.map { ($0.key, $0.value) } },
                 mapError: { status, _ in
                     DBKeyError(
                         status >= 500 || status == 429 ? .kmsUnavailable : .kmsAccessDenied,

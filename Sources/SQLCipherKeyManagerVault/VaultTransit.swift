@@ -186,7 +186,9 @@ public struct VaultTransit: ServerSideRewrapping, EnvironmentConfigurable {
         VaultTransit.transitVersion(of: wrapped).map(String.init)
     }
 
-    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    @available(
+        *, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers."
+    )
     public func keyVersion(of wrapped: WrappedDataKey) -> Int? { VaultTransit.transitVersion(of: wrapped) }
 
     /// The `N` of a `vault:vN:…` ciphertext, a positive number.

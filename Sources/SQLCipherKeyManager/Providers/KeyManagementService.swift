@@ -61,7 +61,9 @@ public protocol KeyManagementService: Sendable {
     func kekVersion(of wrapped: WrappedDataKey) -> String?
 
     /// The version of the KEK a wrapped key was made with, as a number.
-    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    @available(
+        *, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers."
+    )
     func keyVersion(of wrapped: WrappedDataKey) -> Int?
 
     /// Whether a `.key` file in the older seven-field form — which has no `kms` field — belongs
@@ -85,7 +87,9 @@ extension KeyManagementService {
     }
 
     /// `nil`: the service does not tell key versions apart in its ciphertexts.
-    @available(*, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers.")
+    @available(
+        *, deprecated, renamed: "kekVersion(of:)", message: "Versions are opaque strings: Key Vault's are not numbers."
+    )
     public func keyVersion(of wrapped: WrappedDataKey) -> Int? { nil }
 
     /// `false`: the provider claims no `.key` files of the older form.

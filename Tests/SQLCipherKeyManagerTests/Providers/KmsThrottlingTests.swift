@@ -44,7 +44,9 @@ struct KmsThrottlingTests {
         let clock = ContinuousClock()
         let started = clock.now
         let answer = try await policy.run("test", logger: silentLogger) { () async throws -> Int in
-            let call = calls.withLock { $0 += 1; return $0 }
+            let call = calls.withLock {
+                $0 += 1; return $0
+            }
             // Five throttling answers (more than `attempts`), two of them asking for 300 ms.
             guard call > 5 else { throw Self.throttled(after: call.isMultiple(of: 2) ? .milliseconds(300) : nil) }
             return call
@@ -143,7 +145,8 @@ struct KmsThrottlingTests {
                 group.addTask {
                     var all = true
                     for _ in 0..<25 {
-                        all = try await provider.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: [:])
+                        all =
+                            try await provider.decrypt(dataKey.wrapped, kekId: dataKey.kekId, context: [:])
                             == dataKey.plaintext && all
                     }
                     return all
@@ -175,7 +178,9 @@ struct KmsThrottlingTests {
         let lowest = try #require(limiter.lowestRate)
         #expect(lowest >= KmsRateLimiter.slowestAdaptiveRate && lowest < 400, "\(lowest)")
         #expect(throttled * 2 < unlimited, "\(throttled) throttled with the limiter, \(unlimited) without")
-        print("throttling test: 400 requests at a 400/s quota: \(unlimited) throttled alone, \(throttled) through the limiter (down to \(lowest)/s)")
+        print(
+            "throttling test: 400 requests at a 400/s quota: \(unlimited) throttled alone, \(throttled) through the limiter (down to \(lowest)/s)"
+        )
     }
 
     @Test("A fleet run asks each KEK's health once, and counts it as one request")
@@ -216,7 +221,8 @@ struct KmsThrottlingTests {
             .provider(named: "particular")
         #expect(limited.kekVersion(of: WrappedDataKey(encoded: "abcde")) == "v5")
         #expect(limited.claimsLegacyKekId("mine/k") && !limited.claimsLegacyKekId("theirs/k"))
-        #expect(limited.primaryRefusal(kekId: "sealed/k") == "bound to PCRs" && limited.primaryRefusal(kekId: "k") == nil)
+        #expect(
+            limited.primaryRefusal(kekId: "sealed/k") == "bound to PCRs" && limited.primaryRefusal(kekId: "k") == nil)
     }
 
     /// A provider written before versions became strings: it implements only the deprecated

@@ -76,7 +76,8 @@ struct AWSCredentialChainTests {
     ) throws -> [String: String] {
         let credentialsFile = directory.file("credentials")
         let configFile = directory.file("config")
-        write("[base]\naws_access_key_id = AKIABASE00000001\naws_secret_access_key = base-secret\n", to: credentialsFile)
+        write(
+            "[base]\naws_access_key_id = AKIABASE00000001\naws_secret_access_key = base-secret\n", to: credentialsFile)
         var config = """
             [profile app]
             region = us-east-1
@@ -105,10 +106,12 @@ struct AWSCredentialChainTests {
             ["AWS_ACCESS_KEY_ID": "AKIAENVIRONMENT01", "AWS_SECRET_ACCESS_KEY": "env-secret"]
                 .merging(try webIdentity(directory)) { a, _ in a }
         },
-        Case(name: "assumed role with a source profile's keys, before web identity", method: "assume-role",
+        Case(
+            name: "assumed role with a source profile's keys, before web identity", method: "assume-role",
             freshEachTime: true
         ) { directory in
-            try assumedRole(directory, source: "source_profile = base").merging(try webIdentity(directory)) { a, _ in a }
+            try assumedRole(directory, source: "source_profile = base").merging(try webIdentity(directory)) { a, _ in a
+            }
         },
         Case(name: "assumed role through another assumed role", method: "assume-role", freshEachTime: true) {
             directory in
@@ -331,7 +334,9 @@ struct AWSCredentialChainTests {
         }
     }
 
-    @Test("a chained role: each AssumeRole signed with the credentials before it, with the profile's external_id, duration and session name")
+    @Test(
+        "a chained role: each AssumeRole signed with the credentials before it, with the profile's external_id, duration and session name"
+    )
     func chainedAssumeRole() async throws {
         let directory = try TemporaryDirectory()
         var environment = try Self.assumedRole(
@@ -348,7 +353,9 @@ struct AWSCredentialChainTests {
             Issue.record("\(calls.count) AssumeRole calls, not 2")
             return
         }
-        #expect(calls[0].form["Action"] == "AssumeRole" && calls[0].form["RoleArn"] == "arn:aws:iam::123456789012:role/middle")
+        #expect(
+            calls[0].form["Action"] == "AssumeRole"
+                && calls[0].form["RoleArn"] == "arn:aws:iam::123456789012:role/middle")
         #expect(calls[0].accessKey == "AKIABASE00000001" && calls[0].form["ExternalId"] == nil)
         #expect(calls[1].form["RoleArn"] == "arn:aws:iam::123456789012:role/app")
         #expect(calls[1].accessKey.hasPrefix("ASIA") && calls[1].accessKey != credentials.accessKeyId)
@@ -384,7 +391,9 @@ struct AWSCredentialChainTests {
         let thrown = #expect(throws: DBKeyError.self) {
             _ = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(region: "us-east-1")
         }
-        #expect(thrown?.code == .invalidConfiguration && thrown?.message.contains(reason) == true, "\(thrown?.message ?? "")")
+        #expect(
+            thrown?.code == .invalidConfiguration && thrown?.message.contains(reason) == true,
+            "\(thrown?.message ?? "")")
         #expect(thrown?.message.contains("base-secret") == false)
     }
 

@@ -183,7 +183,9 @@ struct AwsKmsFaultTests {
                 context = RetryContext(attempt_number=1, parsed_response=error.response, http_response=None)
                 print(error.response["Error"]["Code"], ThrottledRetryableChecker().is_retryable(context))
             """
-        let environment = Moto.variables.filter { $0.key.hasPrefix("DBKEY_TEST_AWS_") || $0.key == "PATH" || $0.key == "HOME" }
+        let environment = Moto.variables.filter {
+            $0.key.hasPrefix("DBKEY_TEST_AWS_") || $0.key == "PATH" || $0.key == "HOME"
+        }
         let result = try await run(python, ["-c", script, dataKey.wrapped.encoded], environment: environment)
         try await MotoThrottlingFront.rateLimit(nil)
         #expect(result.stdout == "ThrottlingException True\n", "\(result.stdout) \(result.stderr)")

@@ -295,7 +295,9 @@ struct CloudKmsTests {
         _ = FileManager.default.createFile(
             atPath: other, contents: Data(#"{"type": "gdch_service_account", "name": "x"}"#.utf8),
             attributes: [.posixPermissions: 0o600])
-        await expectError(.invalidConfiguration, containing: ["gdch_service_account", "authorized_user", "external_account"]) {
+        await expectError(
+            .invalidConfiguration, containing: ["gdch_service_account", "authorized_user", "external_account"]
+        ) {
             _ = try source(["GOOGLE_APPLICATION_CREDENTIALS": other])
         }
         let user = directory.file("user.json")
