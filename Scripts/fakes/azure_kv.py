@@ -42,14 +42,13 @@ import time
 import uuid
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Answer, FakeServer, b64url, unb64  # noqa: E402
+from common import Answer, FakeServer, OIDCIssuer, b64url, unb64  # noqa: E402
 
 ALL_OPERATIONS = ["get", "wrapKey", "unwrapKey"]
 FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
@@ -118,7 +117,7 @@ class KeyVault(FakeServer):
         self.port = 0
         self.challenge_resources: dict[str, str] = {}  # key name -> the resource its challenge names
         # The OIDC issuer whose tokens federated credentials trust (a cluster's, in Azure).
-        self.issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.issuer = OIDCIssuer()
 
     @property
     def origin(self) -> str:
@@ -181,11 +180,8 @@ class KeyVault(FakeServer):
 
     def federated_token(self, subject: str, lifetime: int) -> str:
         now = int(time.time())
-        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "cluster"}).encode())
-        claims = b64url(json.dumps({"iss": f"{self.origin}/oidc", "sub": subject, "aud": [FEDERATION_AUDIENCE],
-                                    "iat": now, "nbf": now, "exp": now + lifetime}).encode())
-        signature = self.issuer_key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{claims}.{b64url(signature)}"
+        return self.issuer.sign({"iss": f"{self.origin}/oidc", "sub": subject, "aud": [FEDERATION_AUDIENCE],
+                                 "iat": now, "nbf": now, "exp": now + lifetime})
 
     def check_assertion(self, client: dict, form: dict) -> None:
         """A federated credential's assertion: the issuer's signature, the audience, the subject
@@ -194,12 +190,8 @@ class KeyVault(FakeServer):
                                "AADSTS70021: No matching federated identity record found for presented assertion."})
         if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
             raise Answer(400, {"error": "invalid_request", "error_description": "AADSTS90014: client_assertion_type"})
-        try:
-            header, claims, signature = form.get("client_assertion", "").split(".")
-            self.issuer_key.public_key().verify(unb64(signature, url=True), f"{header}.{claims}".encode(),
-                                                padding.PKCS1v15(), hashes.SHA256())
-            payload = json.loads(unb64(claims, url=True))
-        except (ValueError, InvalidSignature):
+        payload = self.issuer.verified_claims(form.get("client_assertion", ""))
+        if payload is None:
             raise Answer(401, {"error": "invalid_client", "error_description":
                                "AADSTS50027: JWT token is invalid or malformed."})
         audiences = payload.get("aud") if isinstance(payload.get("aud"), list) else [payload.get("aud")]

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Answer, FakeServer, b64, b64url, unb64  # noqa: E402
+from common import Answer, FakeServer, OIDCIssuer, b64, unb64  # noqa: E402
 
 KEY_NAME = r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/:]+"
 SCOPES = {"https://www.googleapis.com/auth/cloudkms", "https://www.googleapis.com/auth/cloud-platform"}
@@ -79,7 +79,7 @@ class CloudKms(FakeServer):
         self.impersonators: dict[str, set] = {}    # target service account -> principals allowed to impersonate it
         self.pools: dict[str, dict] = {}           # audience -> {"subject", "principal"}
         self.subject_tokens: dict[str, dict] = {}  # id -> {"token", "header"}, served at /_subject/ID
-        self.issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.issuer = OIDCIssuer()
 
     # Admin ----------------------------------------------------------------------------------
 
@@ -186,11 +186,8 @@ class CloudKms(FakeServer):
 
     def subject_token(self, subject: str, audience: str) -> str:
         now = int(time.time())
-        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "issuer"}).encode())
-        claims = b64url(json.dumps({"iss": f"http://127.0.0.1:{self.port}/oidc", "sub": subject,
-                                    "aud": "https:" + audience, "iat": now, "exp": now + 3600}).encode())
-        signature = self.issuer_key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{claims}.{b64url(signature)}"
+        return self.issuer.sign({"iss": f"http://127.0.0.1:{self.port}/oidc", "sub": subject,
+                                 "aud": "https:" + audience, "iat": now, "exp": now + 3600})
 
     def throttle_body(self) -> dict:
         # Cloud KMS's answer when a project's request quota is used up; it sends no Retry-After.
@@ -261,12 +258,8 @@ class CloudKms(FakeServer):
         if form.get("subject_token_type") != "urn:ietf:params:oauth:token-type:jwt" \
                 or form.get("requested_token_type") != "urn:ietf:params:oauth:token-type:access_token":
             raise Answer(400, {"error": "invalid_request", "error_description": "Invalid token types."})
-        try:
-            header, claims, signature = form.get("subject_token", "").split(".")
-            self.issuer_key.public_key().verify(unb64(signature, url=True), f"{header}.{claims}".encode(),
-                                                padding.PKCS1v15(), hashes.SHA256())
-            payload = json.loads(unb64(claims, url=True))
-        except (ValueError, InvalidSignature):
+        payload = self.issuer.verified_claims(form.get("subject_token", ""))
+        if payload is None:
             raise Answer(400, {"error": "invalid_grant", "error_description": "The subject token is malformed or "
                                "its signature does not verify."})
         if payload.get("aud") != "https:" + form["audience"] or payload.get("exp", 0) < time.time():

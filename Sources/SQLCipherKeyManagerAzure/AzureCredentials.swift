@@ -48,11 +48,11 @@ public struct AzureCredentials: Sendable {
             try EndpointURL.requiringTLS(
                 variable("AZURE_AUTHORITY_HOST") ?? "https://login.microsoftonline.com", what: "AZURE_AUTHORITY_HOST")
         }
-        func principal(_ variable: String, _ what: String) throws -> (tenant: String, clientId: String) {
-            guard let tenant = environment["AZURE_TENANT_ID"].flatMap({ $0.isEmpty ? nil : $0 }), let clientId else {
+        func principal(_ given: String, _ what: String) throws -> (tenant: String, clientId: String) {
+            guard let tenant = variable("AZURE_TENANT_ID"), let clientId else {
                 throw DBKeyError(
                     .invalidConfiguration,
-                    "\(variable) is set, but AZURE_TENANT_ID or AZURE_CLIENT_ID is not: \(what) needs all three.")
+                    "\(given) is set, but AZURE_TENANT_ID or AZURE_CLIENT_ID is not: \(what) needs all three.")
             }
             return (tenant, clientId)
         }

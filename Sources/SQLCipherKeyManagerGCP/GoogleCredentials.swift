@@ -356,7 +356,6 @@ struct ExternalAccount: Sendable {
     /// The JSON field holding the subject token, when the source answers JSON.
     let jsonField: String?
     let impersonationURL: URL?
-    let workforceUserProject: String?
 
     init(_ object: [String: Any], path: String) throws {
         guard let audience = object["audience"] as? String,
@@ -404,7 +403,6 @@ struct ExternalAccount: Sendable {
         } else {
             impersonationURL = nil
         }
-        workforceUserProject = object["workforce_pool_user_project"] as? String
     }
 
     /// The subject token, in secure memory: the file read anew (it is rotated), or the URL asked.
@@ -438,15 +436,12 @@ struct ExternalAccount: Sendable {
     /// The federated token STS gives for the subject token.
     func exchange(_ client: KmsHTTPClient, for what: String) async throws -> BearerToken {
         let subjectToken = try await subjectToken(client)
-        var fields: [(name: String, value: FormBody.Value)] = [
+        let fields: [(name: String, value: FormBody.Value)] = [
             ("grant_type", .text("urn:ietf:params:oauth:grant-type:token-exchange")), ("audience", .text(audience)),
             ("scope", .text(GoogleCredentials.platformScope)),
             ("requested_token_type", .text("urn:ietf:params:oauth:token-type:access_token")),
             ("subject_token", .secret(subjectToken)), ("subject_token_type", .text(subjectTokenType)),
         ]
-        if let workforceUserProject, impersonationURL == nil {
-            fields.append(("options", .text(#"{"userProject":"\#(workforceUserProject)"}"#)))
-        }
         var body = try await client.send(
             "STS token exchange", method: "POST", url: tokenURL, body: .secret(FormBody.encode(fields)),
             headers: { _ in [("Content-Type", "application/x-www-form-urlencoded")] },

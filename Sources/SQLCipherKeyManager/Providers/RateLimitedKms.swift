@@ -116,8 +116,11 @@ public final class KmsRateLimiter: Sendable {
                 sending =
                     Double(state.recent.count - 1)
                     / (Double(span.components.seconds) + Double(span.components.attoseconds) / 1e18)
+            } else if let rate = state.rate {
+                sending = rate
             } else {
-                sending = state.rate ?? KmsRateLimiter.slowestAdaptiveRate
+                // One request, no rate to go by: its own retries wait, the run goes on as it was.
+                return
             }
             let floor = min(ceiling ?? .infinity, KmsRateLimiter.slowestAdaptiveRate)
             let rate = max(floor, min(state.rate ?? .infinity, sending) * KmsRateLimiter.cut)

@@ -197,19 +197,9 @@ struct KmsThrottlingTests {
     }
 
     /// A provider that answers every customisation point of the protocol its own way.
-    struct Particular: KeyManagementService {
+    struct Particular: MockBacked {
         let inner = MockKms()
         var providerName: String { "particular" }
-        func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
-            try await inner.generateDataKey(kekId: kekId, context: context)
-        }
-        func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
-            -> SecureBuffer
-        { try await inner.decrypt(wrapped, kekId: kekId, context: context) }
-        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
-            try await inner.encrypt(key, kekId: kekId, context: context)
-        }
-        func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
         func kekVersion(of wrapped: WrappedDataKey) -> String? { "v\(wrapped.encoded.count)" }
         func claimsLegacyKekId(_ kekId: String) -> Bool { kekId.hasPrefix("mine/") }
         func primaryRefusal(kekId: String) -> String? { kekId.hasPrefix("sealed/") ? "bound to PCRs" : nil }
@@ -227,19 +217,9 @@ struct KmsThrottlingTests {
 
     /// A provider written before versions became strings: it implements only the deprecated
     /// `keyVersion(of:)`.
-    struct NumberedVersions: KeyManagementService {
+    struct NumberedVersions: MockBacked {
         let inner = MockKms()
         var providerName: String { "numbered" }
-        func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
-            try await inner.generateDataKey(kekId: kekId, context: context)
-        }
-        func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws
-            -> SecureBuffer
-        { try await inner.decrypt(wrapped, kekId: kekId, context: context) }
-        func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
-            try await inner.encrypt(key, kekId: kekId, context: context)
-        }
-        func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
         func keyVersion(of wrapped: WrappedDataKey) -> Int? { wrapped.encoded.hasPrefix("n") ? 7 : nil }
     }
 
@@ -257,4 +237,25 @@ struct KmsThrottlingTests {
         #expect(health.isOutdated("ffff") && !health.isOutdated("0a1b") && !health.isOutdated(nil))
         #expect(!KmsHealth(kekId: "k", keyState: "Enabled", latency: .zero).isOutdated("1"))
     }
+}
+
+/// A test provider whose wrapping is a `MockKms`'s: it declares only what it does differently.
+protocol MockBacked: KeyManagementService {
+    var inner: MockKms { get }
+}
+
+extension MockBacked {
+    func generateDataKey(kekId: String, context: EncryptionContext) async throws -> DataKey {
+        try await inner.generateDataKey(kekId: kekId, context: context)
+    }
+
+    func decrypt(_ wrapped: WrappedDataKey, kekId: String, context: EncryptionContext) async throws -> SecureBuffer {
+        try await inner.decrypt(wrapped, kekId: kekId, context: context)
+    }
+
+    func encrypt(_ key: SecureBuffer, kekId: String, context: EncryptionContext) async throws -> WrappedDataKey {
+        try await inner.encrypt(key, kekId: kekId, context: context)
+    }
+
+    func health(kekId: String) async throws -> KmsHealth { try await inner.health(kekId: kekId) }
 }
