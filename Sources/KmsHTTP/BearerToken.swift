@@ -53,6 +53,28 @@ package struct BearerToken: Sendable {
     }
 }
 
+/// The error a refused token request means, for every OAuth 2.0 token endpoint the providers
+/// ask (Google's, Entra's, a metadata or managed-identity endpoint, STS, IAM Credentials).
+package enum TokenRequestError {
+    /// - Parameters:
+    ///   - what: The credential that asked, for the message (never a secret).
+    ///   - advice: What to check when the endpoint refused it.
+    /// - Returns: `kms-unavailable` for no answer, 429 and 5xx; `kms-access-denied` otherwise,
+    ///   with the endpoint's `error`, `error_description` and `message` (or `error.message`).
+    package static func error(status: Int, body: Data, what: String, advice: String) -> DBKeyError {
+        let object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+        let detail = [
+            object["error"] as? String, object["error_description"] as? String, object["message"] as? String,
+            (object["error"] as? [String: Any])?["message"] as? String,
+        ].compactMap { $0 }.joined(separator: ": ")
+        let message = "The token request for \(what) failed with HTTP \(status)\(detail.isEmpty ? "" : ": \(detail)")"
+        if status >= 500 || status == 429 || status == 0 {
+            return DBKeyError(.kmsUnavailable, "\(message). Try again later.")
+        }
+        return DBKeyError(.kmsAccessDenied, "\(message). \(advice)")
+    }
+}
+
 /// Bearer tokens kept per scope until they are due for refresh, each fetched once however many
 /// requests wait for it.
 package actor BearerTokenCache {

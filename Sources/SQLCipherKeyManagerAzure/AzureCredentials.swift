@@ -171,17 +171,10 @@ public struct AzureCredentials: Sendable {
 
     /// Maps a token endpoint's error (`{"error": "invalid_client", "error_description": …}`).
     static func tokenError(status: Int, body: Data, what: String) -> DBKeyError {
-        let object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
-        let detail = [
-            object["error"] as? String, object["error_description"] as? String, object["message"] as? String,
-        ].compactMap { $0 }.joined(separator: ": ")
-        let message = "The token request for \(what) failed with HTTP \(status)\(detail.isEmpty ? "" : ": \(detail)")"
-        if status >= 500 || status == 429 || status == 0 {
-            return DBKeyError(.kmsUnavailable, "\(message). Try again later.")
-        }
-        return DBKeyError(
-            .kmsAccessDenied,
-            "\(message). Check the tenant, the client id and that the secret has not expired (for workload identity: the federated credential's issuer, subject and audience)."
+        TokenRequestError.error(
+            status: status, body: body, what: what,
+            advice:
+                "Check the tenant, the client id and that the secret has not expired (for workload identity: the federated credential's issuer, subject and audience)."
         )
     }
 }

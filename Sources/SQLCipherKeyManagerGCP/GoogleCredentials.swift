@@ -179,18 +179,10 @@ public struct GoogleCredentials: Sendable {
     /// Maps a token endpoint's error (`{"error": "invalid_grant", "error_description": …}`, or
     /// Google's `{"error": {"message": …}}`).
     static func tokenError(status: Int, body: Data, what: String) -> DBKeyError {
-        let object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
-        let detail = [
-            object["error"] as? String, object["error_description"] as? String,
-            (object["error"] as? [String: Any])?["message"] as? String,
-        ].compactMap { $0 }.joined(separator: ": ")
-        let message = "The token request for \(what) failed with HTTP \(status)\(detail.isEmpty ? "" : ": \(detail)")"
-        if status >= 500 || status == 429 || status == 0 {
-            return DBKeyError(.kmsUnavailable, "\(message). Try again later.")
-        }
-        return DBKeyError(
-            .kmsAccessDenied,
-            "\(message). Check that the credentials are active (a key not deleted, a login not revoked, a workload identity provider's audience and conditions) and allowed to impersonate the account, if one is named."
+        TokenRequestError.error(
+            status: status, body: body, what: what,
+            advice:
+                "Check that the credentials are active (a key not deleted, a login not revoked, a workload identity provider's audience and conditions) and allowed to impersonate the account, if one is named."
         )
     }
 }
