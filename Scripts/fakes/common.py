@@ -9,6 +9,7 @@ import base64
 import hmac
 import json
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -206,12 +207,20 @@ class FakeServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
+        server = Listener(("127.0.0.1", 0), Handler)
         if context:
             server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server.server_address[1]
+
+
+class Listener(ThreadingHTTPServer):
+    """A thread per connection, and room for the connections that many test processes open at
+    once: with socketserver's backlog of 5, a burst of connections overflows the accept queue and
+    the kernel answers a client's first bytes with a reset."""
+
+    daemon_threads = True
+    request_queue_size = socket.SOMAXCONN
 
 
 class Request:
