@@ -348,6 +348,15 @@ struct AzureKeyVaultTests {
         ) { _ = try await refused.generateDataKey(kekId: kekId, context: context) }
         let token = try String(contentsOfFile: otherToken, encoding: .utf8)
         #expect(error?.message.contains(token) == false && error?.message.contains(token.prefix(40)) == false)
+        // A projected token that is gone (a pod whose volume was not mounted): access denied,
+        // naming the file.
+        var missing = environment
+        missing["AZURE_FEDERATED_TOKEN_FILE"] = directory.file("absent-token")
+        await expectError(.kmsAccessDenied, containing: ["AZURE_FEDERATED_TOKEN_FILE", "absent-token"]) {
+            _ = try await FakeKeyVault.provider(
+                credentials: try AzureCredentials.fromEnvironment(ProviderEnvironment(missing))
+            ).generateDataKey(kekId: kekId, context: context)
+        }
         await expectError(.invalidConfiguration, containing: ["AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID"]) {
             _ = try AzureCredentials.fromEnvironment(["AZURE_FEDERATED_TOKEN_FILE": tokenFile])
         }

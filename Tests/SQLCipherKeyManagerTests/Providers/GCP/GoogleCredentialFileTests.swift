@@ -118,6 +118,26 @@ struct GoogleCredentialFileTests {
         }
         let token = try String(contentsOfFile: pool.tokenFile, encoding: .utf8)
         #expect(error?.message.contains(token.prefix(30)) == false)
+        // A subject token URL that refuses (its header left out) and a subject token file that
+        // is gone: access denied, naming the source.
+        var config =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: pool.urlConfig)))
+            as? [String: Any] ?? [:]
+        var source = config["credential_source"] as? [String: Any] ?? [:]
+        source["headers"] = [String: String]()
+        config["credential_source"] = source
+        let headerless = directory.file("headerless.json")
+        _ = FileManager.default.createFile(
+            atPath: headerless, contents: try JSONSerialization.data(withJSONObject: config))
+        await expectError(.kmsAccessDenied, containing: ["subject token URL", "HTTP 403"]) {
+            _ = try await FakeCloudKms.provider(credentials: try GoogleCredentials.credentialFile(headerless))
+                .generateDataKey(kekId: try await FakeCloudKms.createKey(), context: context)
+        }
+        try FileManager.default.removeItem(atPath: pool.tokenFile)
+        await expectError(.kmsAccessDenied, containing: ["subject token file", pool.tokenFile]) {
+            _ = try await FakeCloudKms.provider(credentials: try GoogleCredentials.credentialFile(pool.fileConfig))
+                .generateDataKey(kekId: try await FakeCloudKms.createKey(), context: context)
+        }
         // A credential_source DBKey does not read is refused when the file is read.
         let aws = directory.file("aws.json")
         _ = FileManager.default.createFile(
