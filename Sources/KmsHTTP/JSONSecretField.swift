@@ -79,16 +79,53 @@ package enum JSONSecretField {
         return index + 1
     }
 
-    /// Serialises `object` and appends `"name":"value"` as its last field, copying `value`
-    /// (already base64 text) byte for byte.
-    ///
-    /// The caller wipes the result (``Foundation/Data/wipe()``) once it has been sent.
-    package static func body(_ object: [String: Any], appending name: String, value: SecureBuffer) throws -> Data {
-        var body = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-        body.removeLast()
-        body.append(contentsOf: Array("\(object.isEmpty ? "" : ",")\"\(name)\":\"".utf8))
-        value.withUnsafeBytes { body.append(contentsOf: $0) }
-        body.append(contentsOf: Array("\"}".utf8))
-        return body
+    /// Serialises `object` with `secrets` as its last string fields, in secure memory: each
+    /// secret is copied byte for byte, with JSON's escapes for a quote, a backslash and control
+    /// characters, and never becomes a `String`.
+    package static func object(_ object: [String: Any], secrets: [(name: String, value: SecureBuffer)]) throws
+        -> SecureBuffer
+    {
+        var plain = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        plain.removeLast()
+        func escapedCount(_ bytes: UnsafeRawBufferPointer) -> Int {
+            bytes.reduce(0) { $0 + ($1 == 0x22 || $1 == 0x5C ? 2 : $1 < 0x20 ? 6 : 1) }
+        }
+        let names = secrets.map { Array("\"\($0.name)\":\"".utf8) }
+        let total =
+            plain.count + 1
+            + zip(names, secrets).enumerated().reduce(0) { sum, item in
+                sum + (item.offset > 0 || !object.isEmpty ? 1 : 0) + item.element.0.count
+                    + item.element.1.value.withUnsafeBytes(escapedCount) + 1
+            }
+        return SecureBuffer(count: total) { output in
+            var index = 0
+            func put(_ byte: UInt8) {
+                output[index] = byte
+                index += 1
+            }
+            plain.forEach(put)
+            let hex = Array("0123456789abcdef".utf8)
+            for (offset, (name, secret)) in zip(names, secrets).enumerated() {
+                if offset > 0 || !object.isEmpty { put(UInt8(ascii: ",")) }
+                name.forEach(put)
+                secret.value.withUnsafeBytes { bytes in
+                    for byte in bytes {
+                        switch byte {
+                        case 0x22, 0x5C:
+                            put(0x5C)
+                            put(byte)
+                        case ..<0x20:
+                            for escape in Array("\\u00".utf8) + [hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]] {
+                                put(escape)
+                            }
+                        default:
+                            put(byte)
+                        }
+                    }
+                }
+                put(UInt8(ascii: "\""))
+            }
+            put(UInt8(ascii: "}"))
+        }
     }
 }

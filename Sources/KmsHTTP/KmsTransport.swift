@@ -231,7 +231,7 @@ package struct KmsHTTPClient: Sendable {
         case .none: payload = Data()
         case .json(let object): payload = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         case .jsonWithSecret(let object, let name, let value):
-            payload = try JSONSecretField.body(object, appending: name, value: value)
+            payload = try JSONSecretField.object(object, secrets: [(name, value)]).withUnsafeBytes { Data($0) }
         case .secret(let bytes): payload = bytes.withUnsafeBytes { Data($0) }
         }
         defer { payload.wipe() }

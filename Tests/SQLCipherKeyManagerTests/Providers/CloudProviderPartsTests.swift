@@ -195,6 +195,31 @@ struct CloudProviderPartsTests {
         #expect(JSONSecretField.takeText("access_token", from: &missing) == nil)
     }
 
+    @Test("a JSON object built with secret fields parses back to every value, for any bytes of text")
+    func jsonObjectWithSecrets() throws {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("ab\"\\/\n\t\u{01}\u{1F} é{}:,".unicodeScalars)
+        for round in 0..<200 {
+            let texts = (0..<3).map { _ in
+                String(
+                    String.UnicodeScalarView(
+                        (0..<Int.random(in: 0...12, using: &generator)).map { _ in
+                            alphabet.randomElement(using: &generator)!
+                        }))
+            }
+            let plain: [String: Any] = round.isMultiple(of: 2) ? [:] : ["clientId": texts[0], "n": round]
+            let secrets = texts.enumerated().map {
+                (name: "s\($0.offset)", value: Array($0.element.utf8).withUnsafeBytes { SecureBuffer(copying: $0) })
+            }
+            let built = try JSONSecretField.object(plain, secrets: secrets)
+            let data = built.withUnsafeBytes { Data($0) }
+            let parsed = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            #expect(parsed.count == plain.count + 3)
+            for (offset, text) in texts.enumerated() { #expect(parsed["s\(offset)"] as? String == text, "\(texts)") }
+            if !plain.isEmpty { #expect(parsed["clientId"] as? String == texts[0] && parsed["n"] as? Int == round) }
+        }
+    }
+
     @Test("endpoints: https anywhere, plain http to loopback only, no user in the URL")
     func endpoints() throws {
         for valid in [
