@@ -12,7 +12,9 @@ import SQLCipherKeyManager
 /// `external_id`, `duration_seconds` and `role_session_name` (a profile with `mfa_serial` is
 /// refused: DBKey cannot ask for a code); web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, or the
 /// profile's `web_identity_token_file` and `role_arn`) through STS `AssumeRoleWithWebIdentity`;
-/// the shared credentials file; the profile's `credential_process`; the config file's keys; the
+/// IAM Identity Center (`sso_account_id` and `sso_role_name`, with an `sso-session` or a legacy
+/// `sso_start_url`: the token `aws sso login` cached, refreshed as botocore does, see
+/// `SSOProfile`); the shared credentials file; the profile's `credential_process`; the config file's keys; the
 /// ECS/EKS container endpoint (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, or `_FULL_URI` to a
 /// loopback or the documented container hosts, with `AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)`);
 /// EC2 instance metadata with IMDSv2 session tokens (`AWS_EC2_METADATA_DISABLED`,
@@ -22,6 +24,7 @@ public final class AWSCredentialProvider: Sendable {
         case fixed(AWSCredentials)
         case webIdentity(tokenFile: String, roleArn: String, sessionName: String, endpoint: URL)
         case assumeRole(AssumedRole)
+        case sso(SSOProfile)
         case process(command: String)
         case container(url: URL, authorization: Authorization?)
         case instanceMetadata(endpoint: URL)
@@ -65,6 +68,7 @@ public final class AWSCredentialProvider: Sendable {
         case .fixed(let credentials): "the access key \(credentials.accessKeyId)"
         case .webIdentity(_, let role, _, _): "the web identity for \(role)"
         case .assumeRole(let role): "the role \(role.roleArn), assumed with \(role.source.summary)"
+        case .sso(let profile): profile.summary
         case .process: "the profile's credential_process"
         case .container(let url, _): "the container credentials endpoint \(url.host ?? "?")"
         case .instanceMetadata(let endpoint): "the EC2 instance role (IMDS at \(endpoint.host ?? "?"))"
@@ -101,6 +105,8 @@ public final class AWSCredentialProvider: Sendable {
             return try TemporaryCredentials.fromSTS(&body, action: "AssumeRoleWithWebIdentity")
         case .assumeRole(let role):
             return try await assume(role, client)
+        case .sso(let profile):
+            return try await profile.credentials(client)
         case .process(let command):
             var output = try await CredentialProcess.run(command)
             return try TemporaryCredentials.fromJSON(&output, tokenField: "SessionToken", what: "credential_process")

@@ -53,13 +53,14 @@ struct AWSEnvironment {
         if let role = try assumedRole(profile, region: region, visited: [profile]) {
             return AWSCredentialProvider(source: .assumeRole(role))
         }
-        // 3.–6. Web identity, the shared credentials file, credential_process, the config file.
+        // 3.–7. Web identity, IAM Identity Center, the shared credentials file, credential_process,
+        // the config file.
         if let found = try profileCredentials(profile, region: region, environmentWebIdentity: true) {
             return found
         }
-        // 7. The container endpoint.
+        // 8. The container endpoint.
         if let container = try containerSource() { return AWSCredentialProvider(source: container) }
-        // 8. The instance metadata service.
+        // 9. The instance metadata service.
         return AWSCredentialProvider(source: try instanceMetadataSource())
     }
 
@@ -190,8 +191,9 @@ struct AWSEnvironment {
     }
 
     /// What a profile holds itself, in botocore's order: web identity (with the environment's
-    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` first, for the chain's own profile), the
-    /// shared credentials file's keys, `credential_process`, the config file's keys.
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` first, for the chain's own profile), IAM
+    /// Identity Center, the shared credentials file's keys, `credential_process`, the config
+    /// file's keys.
     private func profileCredentials(_ name: String, region: String?, environmentWebIdentity: Bool) throws
         -> AWSCredentialProvider?
     {
@@ -210,6 +212,7 @@ struct AWSEnvironment {
                     tokenFile: tokenFile, roleArn: roleArn, sessionName: sessionName, endpoint: try stsEndpoint(region))
             )
         }
+        if let sso = try ssoProfile(name) { return AWSCredentialProvider(source: .sso(sso)) }
         if let values = try AWSConfigFile.section(name, in: credentialsPath),
             let fixed = AWSEnvironment.fixedCredentials(values)
         {
@@ -219,6 +222,59 @@ struct AWSEnvironment {
             return AWSCredentialProvider(source: .process(command: command))
         }
         return AWSEnvironment.fixedCredentials(config).map { AWSCredentialProvider($0) }
+    }
+
+    /// The IAM Identity Center sign-in of the profile `name`: when it has `sso_account_id` or
+    /// `sso_role_name`, as botocore's SSOProvider, with the values of the `sso-session` it names
+    /// (which must agree with its own).
+    ///
+    /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a missing session or
+    ///   value, values that disagree, or a region that is not one.
+    func ssoProfile(_ name: String) throws -> SSOProfile? {
+        guard let values = try profileValues(name), values["sso_account_id"] != nil || values["sso_role_name"] != nil
+        else { return nil }
+        let keys = ["sso_start_url", "sso_region", "sso_account_id", "sso_role_name", "sso_registration_scopes"]
+        var settings = values.filter { keys.contains($0.key) }.mapValues(\.string)
+        let session = values["sso_session"]?.string
+        if let session {
+            guard let sessionValues = try AWSConfigFile.section("sso-session \(session)", in: configPath) else {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "The AWS profile \"\(name)\" names the sso-session \"\(session)\", which is not in \(configPath).")
+            }
+            for (key, value) in sessionValues where keys.contains(key) {
+                if let own = settings[key], own != value.string {
+                    throw DBKeyError(
+                        .invalidConfiguration,
+                        "The AWS profile \"\(name)\" has \(key) \"\(own)\" and its sso-session \"\(session)\" has \"\(value.string)\"; keep one."
+                    )
+                }
+                settings[key] = value.string
+            }
+        }
+        let missing = keys.dropLast().filter { settings[$0] == nil }
+        guard missing.isEmpty, let startURL = settings["sso_start_url"], let region = settings["sso_region"],
+            let accountId = settings["sso_account_id"], let roleName = settings["sso_role_name"]
+        else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profile \"\(name)\" signs in with IAM Identity Center and lacks \(missing.joined(separator: ", "))\(session.map { " (in itself or its sso-session \"\($0)\")" } ?? "")."
+            )
+        }
+        guard !region.isEmpty, region.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }) else {
+            throw DBKeyError(
+                .invalidConfiguration,
+                "The AWS profile \"\(name)\" has sso_region \"\(region)\", which is not a region.")
+        }
+        return SSOProfile(
+            profile: name, startURL: startURL, region: region, accountId: accountId, roleName: roleName,
+            session: session, tokenCache: SSOProfile.tokenCachePath(home: home, session: session, startURL: startURL),
+            portal: try EndpointURL.requiringTLS(
+                variable("AWS_ENDPOINT_URL_SSO") ?? variable("AWS_ENDPOINT_URL")
+                    ?? "https://portal.sso.\(region).amazonaws.com", what: "IAM Identity Center portal"),
+            oidc: try EndpointURL.requiringTLS(
+                variable("AWS_ENDPOINT_URL_SSO_OIDC") ?? variable("AWS_ENDPOINT_URL")
+                    ?? "https://oidc.\(region).amazonaws.com", what: "IAM Identity Center OIDC endpoint"))
     }
 
     /// EC2's instance metadata service: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else

@@ -17,7 +17,7 @@ struct AWSCredentialChainTests {
         /// Whether each resolution makes new credentials (STS), so that only the source and the
         /// presence of a session token can be compared.
         let freshEachTime: Bool
-        let environment: @Sendable (TemporaryDirectory) throws -> [String: String]
+        let environment: @Sendable (TemporaryDirectory) async throws -> [String: String]
 
         var testDescription: String { name }
     }
@@ -134,6 +134,27 @@ struct AWSCredentialChainTests {
             ]) { a, _ in a }
         },
         Case(
+            name: "assumed role with an IAM Identity Center source profile", method: "assume-role", freshEachTime: true
+        ) { directory in
+            try await AWSSSOTests.signedIn(directory, expiresIn: 3600)
+            let endpoint = try value("DBKEY_TEST_AWS_METADATA_ENDPOINT")
+            return try assumedRole(
+                directory, source: "source_profile = corp-sso", extra: AWSSSOTests.profile("corp-sso")
+            )
+            .merging(["AWS_ENDPOINT_URL_SSO": endpoint, "AWS_ENDPOINT_URL_SSO_OIDC": endpoint]) { a, _ in a }
+        },
+        Case(
+            name: "IAM Identity Center, before the shared credentials file",
+            method: "sso", freshEachTime: false
+        ) { directory in
+            try await AWSSSOTests.signedIn(directory, expiresIn: 3600)
+            return try AWSSSOTests.environment(directory, keysToo: true)
+        },
+        Case(name: "IAM Identity Center, a legacy profile", method: "sso", freshEachTime: false) { directory in
+            try await AWSSSOTests.signedIn(directory, expiresIn: 3600, legacy: true)
+            return try AWSSSOTests.environment(directory, legacy: true)
+        },
+        Case(
             name: "web identity, before the shared credentials file", method: "assume-role-with-web-identity",
             freshEachTime: true
         ) {
@@ -183,6 +204,7 @@ struct AWSCredentialChainTests {
         case .fixed: environment["AWS_ACCESS_KEY_ID"] != nil ? "env" : "file"
         case .webIdentity: "assume-role-with-web-identity"
         case .assumeRole: "assume-role"
+        case .sso: "sso"
         case .process: "custom-process"
         case .container: "container-role"
         case .instanceMetadata: "iam-role"
@@ -192,7 +214,7 @@ struct AWSCredentialChainTests {
     @Test("each source resolves to what boto3 resolves in the same environment", arguments: cases)
     func agreesWithBoto3(source: Case) async throws {
         let directory = try TemporaryDirectory()
-        var environment = try source.environment(directory)
+        var environment = try await source.environment(directory)
         environment["HOME"] = directory.path
         let python = try requireTool("python3", installedBy: "python3")
         var pythonEnvironment = environment
