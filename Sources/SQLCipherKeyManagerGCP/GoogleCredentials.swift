@@ -495,29 +495,16 @@ struct ServiceAccountKey: Sendable {
         let claims: [String: Any] = [
             "iss": clientEmail, "scope": scope, "aud": tokenURI.absoluteString, "iat": now, "exp": now + 3600,
         ]
-        func encoded(_ object: [String: Any]) throws -> String {
-            Base64URL.encode(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])))
-        }
-        let signingInput = try encoded(header) + "." + encoded(claims)
-        let signature: _RSA.Signing.RSASignature
-        do {
-            let key = try privateKey.withUnsafeBytes { try _RSA.Signing.PrivateKey(derRepresentation: $0) }
-            signature = try key.signature(for: SHA256.hash(data: Array(signingInput.utf8)), padding: .insecurePKCS1v1_5)
-        } catch {
-            throw DBKeyError(
-                .invalidConfiguration,
-                "The service account \(clientEmail)'s private key cannot sign (it must be an RSA key of 2048 bits or more)."
-            )
-        }
-        // The signed assertion is a credential for an hour: it is put together in secure memory.
-        var signatureBytes = signature.rawRepresentation
-        defer { signatureBytes.wipe() }
-        let encodedSignature = Base64URL.encode(signatureBytes.withUnsafeBytes { SecureBuffer(copying: $0) })
-        let prefix = Array((signingInput + ".").utf8)
-        return SecureBuffer(count: prefix.count + encodedSignature.count) { output in
-            output.copyBytes(from: prefix)
-            encodedSignature.withUnsafeBytes {
-                UnsafeMutableRawBufferPointer(rebasing: output[prefix.count...]).copyMemory(from: $0)
+        return try SignedJWT.make(header: header, claims: claims) { input in
+            do {
+                let key = try privateKey.withUnsafeBytes { try _RSA.Signing.PrivateKey(derRepresentation: $0) }
+                return Array(
+                    try key.signature(for: SHA256.hash(data: input), padding: .insecurePKCS1v1_5).rawRepresentation)
+            } catch {
+                throw DBKeyError(
+                    .invalidConfiguration,
+                    "The service account \(clientEmail)'s private key cannot sign (it must be an RSA key of 2048 bits or more)."
+                )
             }
         }
     }
