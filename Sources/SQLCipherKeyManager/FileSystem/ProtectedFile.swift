@@ -87,7 +87,8 @@ package enum ProtectedFile {
     ///   existing file is then untouched and no temporary file is left behind.
     ///   ``DBKeyError/Code-swift.struct/keyChangePending`` when the new file is in place but its
     ///   directory could not be flushed.
-    package static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, replacing: Bool = true) throws {
+    package static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, replacing: Bool = true) throws
+    {
         let target = FilePath(path)
         let directory = target.removingLastComponent()
         let temporary = FilePath("\(path).tmp.\(UInt64.random(in: 0...UInt64.max))")
