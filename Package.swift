@@ -120,6 +120,8 @@ let package = Package(
             dependencies: [
                 "SQLCipherKeyManager",
                 "KmsHTTP",
+                // A client certificate's key and certificates (PEM, PKCS #12) and its RS256 signatures.
+                "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcomingFeatures

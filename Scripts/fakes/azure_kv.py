@@ -12,7 +12,10 @@ Microsoft Entra endpoints a client needs to reach it.
   client secret, or with a federated credential's assertion (workload identity: a JWT that the
   fake's own OIDC issuer signed with RS256, as a Kubernetes cluster signs a projected
   service-account token, checked for signature, audience `api://AzureADTokenExchange`, subject
-  and expiry) — its OpenID
+  and expiry), or with a certificate's assertion (an RS256 or PS256 JWT whose `x5t` or
+  `x5t#S256` names the client's registered certificate, signed by its key, for the token
+  endpoint, issued by and for the client, unexpired; an `x5c` chain must start with that
+  certificate) — its OpenID
   configuration and instance discovery (as MSAL asks), and the managed-identity endpoints of
   App Service (`IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER`) and of IMDS
   (`/metadata/identity/oauth2/token` with `Metadata: true`), the last two over plain HTTP as
@@ -42,6 +45,7 @@ import time
 import uuid
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
@@ -155,6 +159,8 @@ class KeyVault(FakeServer):
                                                     body.get("lifetime", 3600)))
                 os.chmod(path, 0o644)
                 return {"client_id": client_id, "token_file": path}
+            if command == "certificate":
+                return self.certificate_client(body)
             if command == "identity":
                 self.identity_operations = body["operations"]
                 return {}
@@ -201,6 +207,104 @@ class KeyVault(FakeServer):
             raise Answer(401, {"error": "invalid_client", "error_description":
                                "AADSTS700024: Client assertion is not within its valid time range."})
 
+    def certificate_client(self, body: dict) -> dict:
+        """A client that proves itself with a certificate, and the certificate's file (0600) in
+        `directory`, as a service principal's owner exports it: `format` `pem` (PKCS #8 key and
+        certificates), `pem-rsa` (a PKCS #1 key), `pem-encrypted` or `pkcs12`, with `password`;
+        `chain` has an intermediate CA sign the certificate and puts the CA after it; `key` `ec`
+        makes an EC key (which Entra does not take for a client assertion); `registered` false
+        registers another certificate than the one written."""
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
+        def certificate(name: str, key, issuer_name: str, issuer_key, ca: bool) -> x509.Certificate:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            return (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                    .not_valid_before(now - datetime.timedelta(minutes=5))
+                    .not_valid_after(now + datetime.timedelta(days=30))
+                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                    .sign(issuer_key, hashes.SHA256()))
+
+        client_id = str(uuid.uuid4())
+        key = (ec.generate_private_key(ec.SECP256R1()) if body.get("key") == "ec"
+               else rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        extra: list[x509.Certificate] = []
+        if body.get("chain"):
+            ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            leaf = certificate(f"dbkey-{client_id[:8]}", key, "dbkey-intermediate", ca_key, False)
+            extra = [certificate("dbkey-intermediate", ca_key, "dbkey-intermediate", ca_key, True)]
+        else:
+            leaf = certificate(f"dbkey-{client_id[:8]}", key, f"dbkey-{client_id[:8]}", key, False)
+        registered = leaf
+        if body.get("registered") is False:
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            registered = certificate("dbkey-other", other, "dbkey-other", other, False)
+        self.clients[client_id] = {"secret": None, "certificate": registered,
+                                   "operations": body.get("operations", ALL_OPERATIONS)}
+        password = body.get("password", "").encode()
+        encryption = (serialization.BestAvailableEncryption(password) if password
+                      else serialization.NoEncryption())
+        form = body.get("format", "pem")
+        certificates_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [leaf] + extra)
+        if form == "pkcs12":
+            data = pkcs12.serialize_key_and_certificates(b"dbkey", key, leaf, extra or None, encryption)
+        else:
+            key_format = (serialization.PrivateFormat.TraditionalOpenSSL if form == "pem-rsa"
+                          else serialization.PrivateFormat.PKCS8)
+            data = key.private_bytes(serialization.Encoding.PEM, key_format, encryption) + certificates_pem
+        path = os.path.join(body["directory"], f"client-{client_id[:8]}.{'pfx' if form == 'pkcs12' else 'pem'}")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        return {"client_id": client_id, "path": path,
+                "thumbprint": leaf.fingerprint(hashes.SHA1()).hex().upper()}
+
+    def check_certificate_assertion(self, client: dict, form: dict, token_url: str) -> None:
+        """A certificate's client assertion, as Entra checks it."""
+        def refused(code: str, text: str) -> Answer:
+            return Answer(401, {"error": "invalid_client", "error_description": f"{code}: {text}"})
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            raise Answer(400, {"error": "invalid_request", "error_description": "AADSTS90014: client_assertion_type"})
+        certificate: x509.Certificate = client["certificate"]
+        try:
+            header_text, body_text, signature = form.get("client_assertion", "").split(".")
+            header = json.loads(unb64(header_text, url=True))
+            claims = json.loads(unb64(body_text, url=True))
+        except ValueError:
+            raise refused("AADSTS50027", "JWT token is invalid or malformed.")
+        thumbprints = {"x5t": b64url(certificate.fingerprint(hashes.SHA1())),
+                       "x5t#S256": b64url(certificate.fingerprint(hashes.SHA256()))}
+        # MSAL pads the thumbprint's base64url; Entra takes it either way.
+        if not any(str(header.get(name, "")).rstrip("=") == value for name, value in thumbprints.items()):
+            raise refused("AADSTS700027", "The certificate with identifier used to sign the client assertion is "
+                          "not registered on application.")
+        if "x5c" in header and (not isinstance(header["x5c"], list) or not header["x5c"]
+                                or unb64(header["x5c"][0]) != certificate.public_bytes(serialization.Encoding.DER)):
+            raise refused("AADSTS700027", "The x5c chain does not start with the registered certificate.")
+        algorithm = header.get("alg")
+        scheme = (padding.PKCS1v15() if algorithm == "RS256" else
+                  padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32) if algorithm == "PS256" else None)
+        try:
+            if scheme is None:
+                raise InvalidSignature()
+            certificate.public_key().verify(unb64(signature, url=True), f"{header_text}.{body_text}".encode(),
+                                            scheme, hashes.SHA256())
+        except (InvalidSignature, ValueError, TypeError):
+            raise refused("AADSTS700027", "Client assertion failed signature validation.")
+        if claims.get("aud") != token_url:
+            raise refused("AADSTS700212", f"No matching audience: {claims.get('aud')}")
+        if claims.get("iss") != form.get("client_id") or claims.get("sub") != form.get("client_id"):
+            raise refused("AADSTS700021", "Client assertion application identifier doesn't match 'client_id' "
+                          "parameter.")
+        now = time.time()
+        if not (claims.get("nbf", now) <= now + 300 and now < claims.get("exp", 0) <= now + 86400):
+            raise refused("AADSTS700024", "Client assertion is not within its valid time range.")
+        if not claims.get("jti"):
+            raise refused("AADSTS700023", "The client assertion has no jti.")
+
     def issue(self, principal: str, resource: str) -> dict:
         token = "eyJ0eXAiOiJKV1QifQ.fake-" + secrets.token_urlsafe(32)
         expires = int(time.time()) + TOKEN_LIFETIME
@@ -233,6 +337,8 @@ class KeyVault(FakeServer):
                                    "AADSTS700016: Application not found in the directory."})
             if "client_assertion" in form and client.get("subject"):
                 self.check_assertion(client, form)
+            elif "client_assertion" in form and client.get("certificate"):
+                self.check_certificate_assertion(client, form, f"{self.origin}{path}")
             elif not client["secret"] or not secrets.compare_digest(form.get("client_secret", ""), client["secret"]):
                 raise Answer(401, {"error": "invalid_client",
                                    "error_description": "AADSTS7000215: Invalid client secret provided."})

@@ -7,7 +7,9 @@ import SQLCipherKeyManager
 ///
 /// In order: a service principal with a client secret (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
 /// `AZURE_CLIENT_SECRET`; `AZURE_AUTHORITY_HOST` for another cloud, default
-/// `https://login.microsoftonline.com`); workload identity (`AZURE_FEDERATED_TOKEN_FILE` with
+/// `https://login.microsoftonline.com`); a service principal with a client certificate
+/// (`AZURE_CLIENT_CERTIFICATE_PATH`, PEM or PKCS #12, with `AZURE_CLIENT_CERTIFICATE_PASSWORD`
+/// and `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`); workload identity (`AZURE_FEDERATED_TOKEN_FILE` with
 /// `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`, as AKS injects them: the token file, read anew for
 /// each token, is the client assertion); the managed identity of App Service, Functions or
 /// Container Apps (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); the managed identity of a
@@ -17,6 +19,8 @@ import SQLCipherKeyManager
 public struct AzureCredentials: Sendable {
     enum Source: Sendable {
         case clientSecret(tenant: String, clientId: String, secret: SecureBuffer, authority: URL)
+        case clientCertificate(
+            tenant: String, clientId: String, certificate: ClientCertificate, sendChain: Bool, authority: URL)
         case workloadIdentity(tenant: String, clientId: String, tokenFile: String, authority: URL)
         case appService(endpoint: URL, header: SecureBuffer, clientId: String?)
         case instanceMetadata(endpoint: URL, clientId: String?)
@@ -63,6 +67,18 @@ public struct AzureCredentials: Sendable {
                 secret: try Passphrase.fromText(secret, kind: "Azure client secret"),
                 authority: try authority())
         }
+        if let path = variable("AZURE_CLIENT_CERTIFICATE_PATH") {
+            let (tenant, clientId) = try principal("AZURE_CLIENT_CERTIFICATE_PATH", "a certificate credential")
+            let password = try variable("AZURE_CLIENT_CERTIFICATE_PASSWORD").map {
+                try Passphrase.fromText($0, kind: "AZURE_CLIENT_CERTIFICATE_PASSWORD")
+            }
+            return AzureCredentials(
+                source: .clientCertificate(
+                    tenant: tenant, clientId: clientId,
+                    certificate: try ClientCertificate.load(path: path, password: password),
+                    sendChain: ["true", "1"].contains(variable("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")?.lowercased()),
+                    authority: try authority()))
+        }
         if let tokenFile = variable("AZURE_FEDERATED_TOKEN_FILE") {
             let (tenant, clientId) = try principal("AZURE_FEDERATED_TOKEN_FILE", "workload identity")
             return AzureCredentials(
@@ -86,6 +102,8 @@ public struct AzureCredentials: Sendable {
     var summary: String {
         switch source {
         case .clientSecret(_, let clientId, _, _): "the service principal \(clientId)"
+        case .clientCertificate(_, let clientId, let certificate, _, _):
+            "the service principal \(clientId) with the certificate \(certificate.thumbprintHex) (\(certificate.path))"
         case .workloadIdentity(_, let clientId, let tokenFile, _):
             "the workload identity \(clientId) (AZURE_FEDERATED_TOKEN_FILE \(tokenFile))"
         case .appService: "the managed identity (IDENTITY_ENDPOINT)"
@@ -96,7 +114,9 @@ public struct AzureCredentials: Sendable {
     /// The tenant the credential belongs to, when it names one.
     var tenant: String? {
         switch source {
-        case .clientSecret(let tenant, _, _, _), .workloadIdentity(let tenant, _, _, _): tenant
+        case .clientSecret(let tenant, _, _, _), .clientCertificate(let tenant, _, _, _, _),
+            .workloadIdentity(let tenant, _, _, _):
+            tenant
         case .appService, .instanceMetadata: nil
         }
     }
@@ -107,14 +127,16 @@ public struct AzureCredentials: Sendable {
         case .clientSecret(let tenant, let clientId, let secret, let authority):
             return try await entraToken(
                 tenant: tenant, clientId: clientId, [("client_secret", .secret(secret))], authority, challenge, client)
+        case .clientCertificate(let tenant, let clientId, let certificate, let sendChain, let authority):
+            let assertion = try certificate.assertion(
+                clientId: clientId, audience: AzureCredentials.tokenURL(authority, tenant).absoluteString,
+                sendChain: sendChain)
+            return try await entraToken(
+                tenant: tenant, clientId: clientId, AzureCredentials.assertion(assertion), authority, challenge, client)
         case .workloadIdentity(let tenant, let clientId, let tokenFile, let authority):
             let assertion = try TokenFile.read(tokenFile, what: "federated token file (AZURE_FEDERATED_TOKEN_FILE)")
             return try await entraToken(
-                tenant: tenant, clientId: clientId,
-                [
-                    ("client_assertion_type", .text("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")),
-                    ("client_assertion", .secret(assertion)),
-                ], authority, challenge, client)
+                tenant: tenant, clientId: clientId, AzureCredentials.assertion(assertion), authority, challenge, client)
         case .appService(let endpoint, let header, let clientId):
             var query = [
                 URLQueryItem(name: "api-version", value: "2019-08-01"),
@@ -140,13 +162,26 @@ public struct AzureCredentials: Sendable {
         }
     }
 
+    /// The form fields of a client assertion (RFC 7523).
+    private static func assertion(_ assertion: SecureBuffer) -> [(name: String, value: FormBody.Value)] {
+        [
+            ("client_assertion_type", .text("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")),
+            ("client_assertion", .secret(assertion)),
+        ]
+    }
+
+    /// Entra's v2.0 token endpoint of `tenant`.
+    private static func tokenURL(_ authority: URL, _ tenant: String) -> URL {
+        authority.appendingPathComponent("\(tenant)/oauth2/v2.0/token")
+    }
+
     /// A token from Entra's v2.0 endpoint for the client credentials grant, the client proven
     /// by `credential` (a secret, or an assertion).
     private func entraToken(
         tenant: String, clientId: String, _ credential: [(name: String, value: FormBody.Value)], _ authority: URL,
         _ challenge: AuthenticationChallenge, _ client: KmsHTTPClient
     ) async throws -> BearerToken {
-        let url = authority.appendingPathComponent("\(tenant)/oauth2/v2.0/token")
+        let url = AzureCredentials.tokenURL(authority, tenant)
         let form = FormBody.encode(
             [("client_id", .text(clientId))] + credential + [
                 ("scope", .text(challenge.scope)), ("grant_type", .text("client_credentials")),
@@ -174,7 +209,7 @@ public struct AzureCredentials: Sendable {
         TokenRequestError.error(
             status: status, body: body, what: what,
             advice:
-                "Check the tenant, the client id and that the secret has not expired (for workload identity: the federated credential's issuer, subject and audience)."
+                "Check the tenant, the client id and that the secret or certificate has not expired and is the one registered (for workload identity: the federated credential's issuer, subject and audience)."
         )
     }
 }

@@ -81,6 +81,25 @@ enum FakeKeyVault: FakeKmsServer {
         return (try #require(answer["client_id"] as? String), try #require(answer["token_file"] as? String))
     }
 
+    /// A client that proves itself with a certificate, and the certificate's file (0600) in
+    /// `directory`: `format` `pem`, `pem-rsa`, `pem-encrypted` or `pkcs12`, encrypted with
+    /// `password`; `chain` has a CA sign it and follow it; `key` `ec` for an EC key;
+    /// `registered` false registers another certificate. (client id, file, SHA-1 thumbprint).
+    static func certificateClient(
+        format: String, password: String? = nil, chain: Bool = false, key: String = "rsa", registered: Bool = true,
+        in directory: TemporaryDirectory
+    ) async throws -> (clientId: String, path: String, thumbprint: String) {
+        var request: [String: Any] = [
+            "directory": directory.path, "format": format, "chain": chain, "key": key, "registered": registered,
+        ]
+        if let password { request["password"] = password }
+        let answer = try await admin("certificate", request)
+        return (
+            try #require(answer["client_id"] as? String), try #require(answer["path"] as? String),
+            try #require(answer["thumbprint"] as? String)
+        )
+    }
+
     /// azure-identity's DefaultAzureCredential in `environment` (Scripts/interop/azure_credential.py):
     /// the class of the credential it took, and the vault's status for a GET of key `name` with
     /// its token.
