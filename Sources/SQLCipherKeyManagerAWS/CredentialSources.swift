@@ -10,28 +10,15 @@ enum CredentialProcess {
         guard let executable = arguments.first else {
             throw DBKeyError(.invalidConfiguration, "The profile's credential_process is empty.")
         }
-        return try await offPool {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable.contains("/") ? executable : "/usr/bin/env")
-            process.arguments = executable.contains("/") ? Array(arguments.dropFirst()) : arguments
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
-            do {
-                try process.run()
-            } catch {
-                throw DBKeyError(.kmsAccessDenied, "The credential_process \(executable) cannot be started.")
-            }
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                var secret = data
-                secret.wipe()
-                throw DBKeyError(
-                    .kmsAccessDenied, "The credential_process \(executable) exited with \(process.terminationStatus).")
-            }
-            return data
+        let direct = executable.contains("/")
+        var result = try await CredentialCommand.run(
+            direct ? executable : "/usr/bin/env", direct ? Array(arguments.dropFirst()) : arguments,
+            what: "The credential_process \(executable)")
+        guard result.status == 0 else {
+            result.standardOutput.wipe()
+            throw DBKeyError(.kmsAccessDenied, "The credential_process \(executable) exited with \(result.status).")
         }
+        return result.standardOutput
     }
 
     /// Words as a POSIX shell would split them: whitespace, single and double quotes, backslash.
@@ -64,12 +51,6 @@ enum CredentialProcess {
         }
         if inWord { words.append(current) }
         return words
-    }
-
-    private static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
-        }
     }
 }
 
