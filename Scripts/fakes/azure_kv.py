@@ -376,8 +376,26 @@ class KeyVault(FakeServer):
             raise kv_error(403, "Forbidden", f"Caller is not authorized to perform action on resource. Action: "
                            f"'Microsoft.KeyVault/vaults/keys/{operation}/action'", inner="ForbiddenByRbac")
 
+    def resource_manager(self, request) -> dict | None:
+        """The little of Azure Resource Manager the Azure CLI asks for to register this cloud
+        and to sign in: the cloud's endpoints, and the (empty) subscriptions of a principal."""
+        arm = f"{self.origin}/arm/"
+        if request.path == "/arm/metadata/endpoints":
+            return {"name": "DBKeyFake", "resourceManager": arm, "suffixes": {},
+                    "authentication": {"loginEndpoint": self.origin, "audiences": [arm], "tenant": "common",
+                                       "identityProvider": "AAD"}}
+        if request.path in ("/arm/subscriptions", "/arm/tenants"):
+            grant = self.tokens.get(request.bearer() or "")
+            if not grant or grant["audience"] != arm.rstrip("/") or grant["expires"] < time.time():
+                raise Answer(401, {"error": {"code": "InvalidAuthenticationToken", "message": "no token for ARM"}})
+            tenants = [{"id": f"/tenants/{self.tenant}", "tenantId": self.tenant}]
+            return {"value": tenants if request.path == "/arm/tenants" else []}
+        return None
+
     def route(self, request) -> dict:
         answer = self.entra(request)
+        if answer is None:
+            answer = self.resource_manager(request)
         if answer is not None:
             return answer
         match = re.fullmatch(r"/keys/([A-Za-z0-9-]+)(?:/([0-9a-f]{32})?)?(/wrapkey|/unwrapkey)?/?", request.path)

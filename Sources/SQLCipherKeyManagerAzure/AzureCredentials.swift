@@ -1,6 +1,7 @@
 import Foundation
 import KmsHTTP
 import SQLCipherKeyManager
+import Synchronization
 
 /// Where ``AzureKeyVault`` gets its Microsoft Entra bearer tokens, found as the Azure SDKs'
 /// `DefaultAzureCredential` finds them, for the scope the vault's challenge names.
@@ -14,8 +15,9 @@ import SQLCipherKeyManager
 /// each token, is the client assertion); the managed identity of App Service, Functions or
 /// Container Apps (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); the managed identity of a
 /// virtual machine or scale set through the instance metadata service (IMDS,
-/// `http://169.254.169.254`, or `AZURE_POD_IDENTITY_AUTHORITY_HOST`). With a managed identity,
-/// `AZURE_CLIENT_ID` picks a user-assigned identity.
+/// `http://169.254.169.254`, or `AZURE_POD_IDENTITY_AUTHORITY_HOST`); when that does not answer
+/// and `az` is on the `PATH`, the Azure CLI's sign-in (`az login`; IMDS is then not asked
+/// again). With a managed identity, `AZURE_CLIENT_ID` picks a user-assigned identity.
 public struct AzureCredentials: Sendable {
     enum Source: Sendable {
         case clientSecret(tenant: String, clientId: String, secret: SecureBuffer, authority: URL)
@@ -23,10 +25,24 @@ public struct AzureCredentials: Sendable {
             tenant: String, clientId: String, certificate: ClientCertificate, sendChain: Bool, authority: URL)
         case workloadIdentity(tenant: String, clientId: String, tokenFile: String, authority: URL)
         case appService(endpoint: URL, header: SecureBuffer, clientId: String?)
-        case instanceMetadata(endpoint: URL, clientId: String?)
+        /// IMDS, and the Azure CLI when IMDS does not answer.
+        case instanceMetadata(endpoint: URL, clientId: String?, cli: AzureCLI?)
     }
 
     let source: Source
+    /// Set once IMDS has not answered: from then on the Azure CLI is asked straight away, as
+    /// azure-identity's chain stops probing.
+    private let instanceMetadataAbsent = Flag()
+
+    private final class Flag: Sendable {
+        private let state = Mutex(false)
+        func set() { state.withLock { $0 = true } }
+        var isSet: Bool { state.withLock { $0 } }
+    }
+
+    init(source: Source) {
+        self.source = source
+    }
 
     /// A service principal's client-secret credential.
     ///
@@ -95,7 +111,8 @@ public struct AzureCredentials: Sendable {
         let endpoint = try EndpointURL.metadataService(
             host.hasSuffix("/") ? String(host.dropLast()) : host, what: "AZURE_POD_IDENTITY_AUTHORITY_HOST"
         ).appendingPathComponent("metadata/identity/oauth2/token")
-        return AzureCredentials(source: .instanceMetadata(endpoint: endpoint, clientId: clientId))
+        return AzureCredentials(
+            source: .instanceMetadata(endpoint: endpoint, clientId: clientId, cli: AzureCLI.find(environment)))
     }
 
     /// A description of the source, with no secret: for messages.
@@ -107,7 +124,8 @@ public struct AzureCredentials: Sendable {
         case .workloadIdentity(_, let clientId, let tokenFile, _):
             "the workload identity \(clientId) (AZURE_FEDERATED_TOKEN_FILE \(tokenFile))"
         case .appService: "the managed identity (IDENTITY_ENDPOINT)"
-        case .instanceMetadata(let endpoint, _): "the managed identity (IMDS at \(endpoint.host ?? "?"))"
+        case .instanceMetadata(let endpoint, _, let cli):
+            "the managed identity (IMDS at \(endpoint.host ?? "?"))\(cli.map { ", else \($0.summary)" } ?? "")"
         }
     }
 
@@ -145,7 +163,8 @@ public struct AzureCredentials: Sendable {
             if let clientId { query.append(URLQueryItem(name: "client_id", value: clientId)) }
             let headerValue = header.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
             return try await managedIdentityToken(endpoint, query, [("X-IDENTITY-HEADER", headerValue)], client)
-        case .instanceMetadata(let endpoint, let clientId):
+        case .instanceMetadata(let endpoint, let clientId, let cli):
+            if let cli, instanceMetadataAbsent.isSet { return try await cli.token(for: challenge) }
             var query = [
                 URLQueryItem(name: "api-version", value: "2018-02-01"),
                 URLQueryItem(name: "resource", value: challenge.resource),
@@ -154,9 +173,13 @@ public struct AzureCredentials: Sendable {
             do {
                 return try await managedIdentityToken(endpoint, query, [("Metadata", "true")], client.probing())
             } catch let error as DBKeyError where error.code == .kmsUnavailable {
+                if let cli {
+                    instanceMetadataAbsent.set()
+                    return try await cli.token(for: challenge)
+                }
                 throw DBKeyError(
                     .kmsAccessDenied,
-                    "No Azure credentials: AZURE_CLIENT_SECRET and IDENTITY_ENDPOINT are unset, and the instance metadata service at \(endpoint.host ?? "?") did not answer (\(error.message)). Set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or run on Azure with a managed identity.",
+                    "No Azure credentials: AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE and IDENTITY_ENDPOINT are unset, the instance metadata service at \(endpoint.host ?? "?") did not answer (\(error.message)), and there is no az on the PATH. Set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, run on Azure with a managed identity, or sign in with az login.",
                     underlying: error)
             }
         }

@@ -153,8 +153,11 @@ struct AzureKeyVaultTests {
             _ = try await FakeKeyVault.provider(credentials: wrongHeader).generateDataKey(
                 kekId: kekId, context: context)
         }
-        let absent = try AzureCredentials.fromEnvironment(["AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:9"])
-        await expectError(.kmsAccessDenied, containing: ["No Azure credentials", "AZURE_CLIENT_SECRET"]) {
+        // No az on the PATH either.
+        let absent = try AzureCredentials.fromEnvironment([
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:9", "PATH": "/nonexistent",
+        ])
+        await expectError(.kmsAccessDenied, containing: ["No Azure credentials", "AZURE_CLIENT_SECRET", "az login"]) {
             _ = try await FakeKeyVault.provider(credentials: absent).generateDataKey(kekId: kekId, context: context)
         }
         // Sources in the SDK's order, and what is refused.

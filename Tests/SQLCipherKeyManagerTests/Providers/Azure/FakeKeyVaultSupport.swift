@@ -108,7 +108,7 @@ enum FakeKeyVault: FakeKmsServer {
     ) {
         let python = try requireTool("python3", installedBy: "python3")
         var variables = environment
-        variables["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        variables["PATH"] = environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"]
         variables["REQUESTS_CA_BUNDLE"] = try value("CA_FILE")
         let result = try await run(
             python, [repositoryRoot.path + "/Scripts/interop/azure_credential.py", try origin().absoluteString, name],
