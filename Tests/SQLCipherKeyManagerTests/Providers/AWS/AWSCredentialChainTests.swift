@@ -211,18 +211,24 @@ struct AWSCredentialChainTests {
         }
     }
 
+    /// What boto3 resolves in `environment` (Scripts/interop/aws_credentials.py): botocore's name
+    /// for the source, the access key, the secret key's SHA-256, whether there is a token.
+    static func boto3(_ environment: [String: String]) async throws -> [String: Any] {
+        let python = try requireTool("python3", installedBy: "python3")
+        var variables = environment
+        variables["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        let result = try await run(
+            python, [repositoryRoot.path + "/Scripts/interop/aws_credentials.py"], environment: variables)
+        #expect(result.status == 0, "\(result.stderr)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+    }
+
     @Test("each source resolves to what boto3 resolves in the same environment", arguments: cases)
     func agreesWithBoto3(source: Case) async throws {
         let directory = try TemporaryDirectory()
         var environment = try await source.environment(directory)
         environment["HOME"] = directory.path
-        let python = try requireTool("python3", installedBy: "python3")
-        var pythonEnvironment = environment
-        pythonEnvironment["PATH"] = ProcessInfo.processInfo.environment["PATH"]
-        let result = try await run(
-            python, [repositoryRoot.path + "/Scripts/interop/aws_credentials.py"], environment: pythonEnvironment)
-        #expect(result.status == 0, "\(result.stderr)")
-        let boto3 = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let boto3 = try await Self.boto3(environment)
         #expect(boto3["method"] as? String == source.method)
 
         let provider = try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(

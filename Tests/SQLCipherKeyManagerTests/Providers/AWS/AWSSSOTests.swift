@@ -123,16 +123,6 @@ struct AWSSSOTests: FakeKmsServer {
         try AWSEnvironment(variables: ProviderEnvironment(environment)).credentialProvider(region: "us-east-1")
     }
 
-    static func boto3(_ environment: [String: String]) async throws -> [String: Any] {
-        let python = try requireTool("python3", installedBy: "python3")
-        var variables = environment
-        variables["PATH"] = ProcessInfo.processInfo.environment["PATH"]
-        let result = try await run(
-            python, [repositoryRoot.path + "/Scripts/interop/aws_credentials.py"], environment: variables)
-        #expect(result.status == 0, "\(result.stderr)")
-        return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-    }
-
     static let client = KmsHTTPClient(transport: URLSessionKmsTransport(), retry: RetryPolicy(), logger: silentLogger)
 
     @Test("a token within 15 minutes of expiring is refreshed once and written back where boto3 reads it")
@@ -156,7 +146,7 @@ struct AWSSSOTests: FakeKmsServer {
         #expect((mode as? NSNumber)?.intValue == 0o600)
 
         // boto3 takes the written token as it is: no second refresh, the same role credentials.
-        let boto3 = try await Self.boto3(Self.environment(directory))
+        let boto3 = try await AWSCredentialChainTests.boto3(Self.environment(directory))
         #expect(boto3["method"] as? String == "sso" && boto3["access_key"] as? String == credentials.accessKeyId)
         after = try await Self.counts(login)
         #expect(after.refreshes == 1, "boto3 refreshed the token DBKey wrote back")
@@ -199,7 +189,7 @@ struct AWSSSOTests: FakeKmsServer {
         let login = try await Self.signedIn(directory, expiresIn: 3600, expiresAt: Date(timeIntervalSinceNow: -60))
         let transport = BeforeRefresh {
             // boto3 refreshes first: it spends the refresh token DBKey is about to send.
-            let boto3 = try await Self.boto3(environment)
+            let boto3 = try await AWSCredentialChainTests.boto3(environment)
             #expect(boto3["method"] as? String == "sso")
         }
         let client = KmsHTTPClient(transport: transport, retry: RetryPolicy(), logger: silentLogger)
