@@ -340,11 +340,16 @@ struct CrashTests {
             if !journaled { try await Task.sleep(for: .milliseconds(2)) }
         }
         try #require(journaled, "the first rotation finished before it could be observed")
+        // Held in its journaled window (and so holding the lock) until the second has been
+        // answered: on a busy machine the second could otherwise start after the first ended.
+        kill(first.processIdentifier, SIGSTOP)
+        try #require(
+            (try? KeyFile.read(from: database.path + ".key").pending) != nil,
+            "the first rotation finished before it could be held")
         let second = try start(["rotate", database.path])
-        try await offPool {
-            first.waitUntilExit()
-            second.waitUntilExit()
-        }
+        try await offPool { second.waitUntilExit() }
+        kill(first.processIdentifier, SIGCONT)
+        try await offPool { first.waitUntilExit() }
         #expect(first.terminationStatus == 0)
         #expect(second.terminationStatus == 30)
         #expect(try database.manager().load().version == 2)
