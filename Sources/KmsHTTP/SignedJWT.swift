@@ -15,7 +15,7 @@ package enum SignedJWT {
         }
         let signingInput = try encoded(header) + "." + encoded(claims)
         var signature = try sign(Array(signingInput.utf8))
-        defer { signature.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0) } }
+        defer { for index in signature.indices { signature[index] = 0 } }
         let encodedSignature = Base64URL.encode(signature.withUnsafeBytes { SecureBuffer(copying: $0) })
         let prefix = Array((signingInput + ".").utf8)
         return SecureBuffer(count: prefix.count + encodedSignature.count) { output in
