@@ -3,7 +3,8 @@
 and whether their token reaches a key: the other side of DBKey's Google credential tests.
 
 Use: gcp_credential.py KMS_ENDPOINT KEY_NAME. Prints {"type": the credentials' class, "status":
-the HTTP status of GET /v1/KEY_NAME with the token}. The token is never printed.
+the HTTP status of GET /v1/KEY_NAME with the token, "quota_project": the x-goog-user-project
+header google-auth adds to the request, or null}. The token is never printed.
 
 google-auth takes two endpoints from constants, not from the file: an authorized_user file's token
 endpoint (always oauth2.googleapis.com) and an impersonated_service_account file's IAM endpoint
@@ -29,10 +30,13 @@ if os.environ.get("DBKEY_TEST_IAM_ENDPOINT"):
 endpoint, name = sys.argv[1:3]
 credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloudkms"])
 credentials.refresh(google.auth.transport.requests.Request())
-request = urllib.request.Request(f"{endpoint}/v1/{name}", headers={"Authorization": f"Bearer {credentials.token}"})
+headers: dict = {}
+credentials.apply(headers)
+request = urllib.request.Request(f"{endpoint}/v1/{name}", headers=headers)
 try:
     with urllib.request.urlopen(request) as answer:
         status = answer.status
 except urllib.error.HTTPError as answer:
     status = answer.code
-print(json.dumps({"type": type(credentials).__module__ + "." + type(credentials).__name__, "status": status}))
+print(json.dumps({"type": type(credentials).__module__ + "." + type(credentials).__name__, "status": status,
+                  "quota_project": headers.get("x-goog-user-project")}))

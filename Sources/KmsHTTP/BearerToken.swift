@@ -181,6 +181,7 @@ extension KmsHTTPClient {
         tokens: BearerTokenCache,
         scope: String,
         fetch: @escaping @Sendable () async throws -> BearerToken,
+        headers extra: [(name: String, value: String)] = [],
         mapError: (_ status: Int, _ body: Data) -> DBKeyError
     ) async throws -> Data {
         var refusals = 0
@@ -191,7 +192,7 @@ extension KmsHTTPClient {
                 return try await send(
                     operation, method: body == nil ? "GET" : "POST", url: url, body: body ?? .none,
                     headers: { _ in
-                        [("Authorization", token.authorization)]
+                        [("Authorization", token.authorization)] + extra
                             + (body == nil ? [] : [("Content-Type", "application/json")])
                     },
                     mapError: { status, responseBody in

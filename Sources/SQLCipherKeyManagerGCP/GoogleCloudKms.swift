@@ -255,6 +255,7 @@ public struct GoogleCloudKms: EnvironmentConfigurable {
         return try await client.sendAuthorized(
             operation, url: url, body: body, tokens: tokens, scope: GoogleCredentials.scope,
             fetch: { [credentials] in try await credentials.fetchToken(client) },
+            headers: credentials.quotaProject.map { [("x-goog-user-project", $0)] } ?? [],
             mapError: { status, responseBody in
                 GoogleCloudKms.error(
                     status: status, body: responseBody, operation: operation, key: key,

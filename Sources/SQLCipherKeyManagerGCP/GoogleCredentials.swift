@@ -37,6 +37,21 @@ public struct GoogleCredentials: Sendable {
 
     let source: Source
 
+    /// The project Cloud KMS bills and counts quota against instead of the credentials' own
+    /// (`x-goog-user-project`): `GOOGLE_CLOUD_QUOTA_PROJECT`, else the credential file's
+    /// `quota_project_id`, as Google's client libraries take it. User credentials need one.
+    public let quotaProject: String?
+
+    init(source: Source, quotaProject: String? = nil) {
+        self.source = source
+        self.quotaProject = quotaProject.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// These credentials, with `project` billed for their requests (`x-goog-user-project`).
+    public func withQuotaProject(_ project: String?) -> GoogleCredentials {
+        GoogleCredentials(source: source, quotaProject: project)
+    }
+
     /// The OAuth scope DBKey asks for: Cloud KMS only.
     static let scope = "https://www.googleapis.com/auth/cloudkms"
 
@@ -73,7 +88,7 @@ public struct GoogleCredentials: Sendable {
     ///   readable by others; ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a kind or
     ///   a field DBKey does not read.
     public static func credentialFile(_ path: String) throws -> GoogleCredentials {
-        GoogleCredentials(source: try CredentialFile.read(path))
+        try CredentialFile.read(path)
     }
 
     /// Finds credentials as described above.
@@ -81,6 +96,12 @@ public struct GoogleCredentials: Sendable {
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a credential file of a
     ///   kind DBKey does not read, or an endpoint that is not https.
     public static func fromEnvironment(_ environment: ProviderEnvironment) throws -> GoogleCredentials {
+        let found = try sourceFromEnvironment(environment)
+        guard let project = environment["GOOGLE_CLOUD_QUOTA_PROJECT"], !project.isEmpty else { return found }
+        return found.withQuotaProject(project)
+    }
+
+    private static func sourceFromEnvironment(_ environment: ProviderEnvironment) throws -> GoogleCredentials {
         if let token = environment["GOOGLE_OAUTH_ACCESS_TOKEN"], !token.isEmpty {
             return accessToken(try Passphrase.fromText(token, kind: "Google access token"))
         }
@@ -193,7 +214,7 @@ public struct GoogleCredentials: Sendable {
 enum CredentialFile {
     static let maximumSize = 65536
 
-    static func read(_ path: String) throws -> GoogleCredentials.Source {
+    static func read(_ path: String) throws -> GoogleCredentials {
         var body: Data
         do {
             let file = try ProtectedFile.read(
@@ -238,6 +259,13 @@ enum CredentialFile {
                 )
             }
         }
+        return GoogleCredentials(
+            source: try source(object, path: path, basic: basic), quotaProject: object["quota_project_id"] as? String)
+    }
+
+    private static func source(
+        _ object: [String: Any], path: String, basic: ([String: Any], String) throws -> GoogleCredentials.Source
+    ) throws -> GoogleCredentials.Source {
         switch object["type"] as? String {
         case "impersonated_service_account":
             guard let source = object["source_credentials"] as? [String: Any],

@@ -101,7 +101,9 @@ enum FakeCloudKms: FakeKmsServer {
     /// google-auth's Application Default Credentials in `environment`
     /// (Scripts/interop/gcp_credential.py): the credentials' class, and the fake's status for a
     /// GET of `key` with their token.
-    static func googleAuth(_ environment: [String: String], key: String) async throws -> (type: String, status: Int) {
+    static func googleAuth(_ environment: [String: String], key: String) async throws -> (
+        type: String, status: Int, quotaProject: String?
+    ) {
         let python = try requireTool("python3", installedBy: "python3")
         var variables = environment
         variables["PATH"] = ProcessInfo.processInfo.environment["PATH"]
@@ -113,7 +115,10 @@ enum FakeCloudKms: FakeKmsServer {
             environment: variables)
         #expect(result.status == 0, "gcp_credential.py failed: \(result.stderr.suffix(1500))")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
-        return (try #require(object["type"] as? String), try #require(object["status"] as? Int))
+        return (
+            try #require(object["type"] as? String), try #require(object["status"] as? Int),
+            object["quota_project"] as? String
+        )
     }
 
     /// Google's client (google-cloud-kms, REST) with the service account, through

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import KmsHTTP
@@ -50,6 +51,56 @@ struct GoogleCredentialFileTests {
                 .generateDataKey(kekId: try await FakeCloudKms.createKey(), context: context)
         }
         #expect(error?.message.contains("revoked-") == false && error?.message.contains(refresh) == false)
+    }
+
+    /// Keeps the `x-goog-user-project` header of each request to Cloud KMS.
+    final class QuotaProjectRecorder: KmsTransport {
+        let seen = Mutex<[String?]>([])
+
+        func send(_ request: KmsHTTPRequest, timeout: Duration) async throws -> KmsHTTPResponse {
+            if request.url.path.hasPrefix("/v1/projects/") {
+                let value = request.headers.first { $0.name.lowercased() == "x-goog-user-project" }?.value
+                seen.withLock { $0.append(value) }
+            }
+            return try await URLSessionKmsTransport().send(request, timeout: timeout)
+        }
+    }
+
+    @Test(
+        "quota_project_id: the file's, or GOOGLE_CLOUD_QUOTA_PROJECT over it, goes with each Cloud KMS request as google-auth sends it"
+    )
+    func quotaProject() async throws {
+        let directory = try TemporaryDirectory()
+        let user = try await FakeCloudKms.user(in: directory)
+        var document = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: user.path))) as? [String: Any])
+        document["quota_project_id"] = "dbkey-billing"
+        let path = directory.file("with-quota.json")
+        _ = FileManager.default.createFile(
+            atPath: path, contents: try JSONSerialization.data(withJSONObject: document),
+            attributes: [.posixPermissions: 0o600])
+        let kekId = try await FakeCloudKms.createKey()
+        for (overridden, expected) in [(nil as String?, "dbkey-billing"), ("dbkey-override", "dbkey-override")] {
+            var environment = ["GOOGLE_APPLICATION_CREDENTIALS": path, "HOME": directory.path]
+            environment["GOOGLE_CLOUD_QUOTA_PROJECT"] = overridden
+            let google = try await FakeCloudKms.googleAuth(environment, key: kekId)
+            #expect(google.status == 200 && google.quotaProject == expected, "\(google)")
+            let credentials = try GoogleCredentials.fromEnvironment(ProviderEnvironment(environment))
+            #expect(credentials.quotaProject == expected)
+            let recorder = QuotaProjectRecorder()
+            let kms = try FakeCloudKms.provider(credentials: credentials, transport: recorder)
+            let dataKey = try await kms.generateDataKey(kekId: kekId, context: context)
+            #expect(try await kms.decrypt(dataKey.wrapped, kekId: kekId, context: context) == dataKey.plaintext)
+            let seen = recorder.seen.withLock { $0 }
+            #expect(!seen.isEmpty && seen.allSatisfy { $0 == expected }, "\(seen)")
+        }
+        // Without one, no header: the credentials' own project is billed.
+        let plain = QuotaProjectRecorder()
+        let kms = try FakeCloudKms.provider(
+            credentials: try GoogleCredentials.credentialFile(user.path), transport: plain)
+        _ = try await kms.generateDataKey(kekId: kekId, context: context)
+        let seen = plain.seen.withLock { $0 }
+        #expect(!seen.isEmpty && seen.allSatisfy { $0 == nil }, "\(seen)")
     }
 
     @Test(
