@@ -18,7 +18,8 @@ Microsoft Entra endpoints a client needs to reach it.
   certificate) — its OpenID
   configuration and instance discovery (as MSAL asks), and the managed-identity endpoints of
   App Service (`IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER`) and of IMDS
-  (`/metadata/identity/oauth2/token` with `Metadata: true`), the last two over plain HTTP as
+  (`/metadata/identity/oauth2/token` with `Metadata: true`; 400 "Identity not found" for the
+  client id NO_IDENTITY), the last two over plain HTTP as
   Azure serves them.
 - A token is valid only for the vault's resource (`https://127.0.0.1:PORT/.default`) and
   until it expires; each principal (a client id, or the managed identity) has its own set of
@@ -57,6 +58,8 @@ from common import Answer, FakeServer, OIDCIssuer, b64url, unb64  # noqa: E402
 ALL_OPERATIONS = ["get", "wrapKey", "unwrapKey"]
 FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 TOKEN_LIFETIME = 3600
+# The user-assigned identity IMDS says this machine does not have (400 "Identity not found").
+NO_IDENTITY = "00000000-0000-4000-8000-00000000dead"
 
 
 def kv_error(status: int, code: str, message: str, inner: str | None = None, headers: dict | None = None) -> Answer:
@@ -354,6 +357,10 @@ class KeyVault(FakeServer):
             if request.headers.get("metadata") != "true":
                 raise Answer(400, {"error": "invalid_request", "error_description": "Required metadata header not "
                                    "specified"})
+            if request.query.get("client_id", [""])[0] == NO_IDENTITY:
+                # What IMDS answers on a machine without that user-assigned identity.
+                raise Answer(400, {"error": "invalid_request",
+                                   "error_description": "Identity not found"})
             return self.issue("managed-identity", request.query.get("resource", [""])[0])
         return None
 

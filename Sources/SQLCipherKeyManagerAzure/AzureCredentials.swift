@@ -16,8 +16,8 @@ import Synchronization
 /// Container Apps (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); the managed identity of a
 /// virtual machine or scale set through the instance metadata service (IMDS,
 /// `http://169.254.169.254`, or `AZURE_POD_IDENTITY_AUTHORITY_HOST`); when that does not answer
-/// and `az` is on the `PATH`, the Azure CLI's sign-in (`az login`; IMDS is then not asked
-/// again). With a managed identity, `AZURE_CLIENT_ID` picks a user-assigned identity.
+/// (IMDS is then not asked again) or has no identity for this machine (400), and `az` is on the
+/// `PATH`, the Azure CLI's sign-in (`az login`). With a managed identity, `AZURE_CLIENT_ID` picks a user-assigned identity.
 public struct AzureCredentials: Sendable {
     enum Source: Sendable {
         case clientSecret(tenant: String, clientId: String, secret: SecureBuffer, authority: URL)
@@ -162,7 +162,9 @@ public struct AzureCredentials: Sendable {
             ]
             if let clientId { query.append(URLQueryItem(name: "client_id", value: clientId)) }
             let headerValue = header.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-            return try await managedIdentityToken(endpoint, query, [("X-IDENTITY-HEADER", headerValue)], client)
+            var answered: Int?
+            return try await managedIdentityToken(
+                endpoint, query, [("X-IDENTITY-HEADER", headerValue)], client, answered: &answered)
         case .instanceMetadata(let endpoint, let clientId, let cli):
             if let cli, instanceMetadataAbsent.isSet { return try await cli.token(for: challenge) }
             var query = [
@@ -170,8 +172,15 @@ public struct AzureCredentials: Sendable {
                 URLQueryItem(name: "resource", value: challenge.resource),
             ]
             if let clientId { query.append(URLQueryItem(name: "client_id", value: clientId)) }
+            var answered: Int?
             do {
-                return try await managedIdentityToken(endpoint, query, [("Metadata", "true")], client.probing())
+                return try await managedIdentityToken(
+                    endpoint, query, [("Metadata", "true")], client.probing(), answered: &answered)
+            } catch let error as DBKeyError where answered == 400 && cli != nil {
+                // IMDS answers 400 when no identity (or not the one AZURE_CLIENT_ID names) is
+                // assigned: azure-identity's chain goes on to the CLI, each time.
+                guard let cli else { throw error }
+                return try await cli.token(for: challenge)
             } catch let error as DBKeyError where error.code == .kmsUnavailable {
                 if let cli {
                     instanceMetadataAbsent.set()
@@ -216,14 +225,21 @@ public struct AzureCredentials: Sendable {
         return try BearerToken.taking(from: &body, issuer: url.absoluteString)
     }
 
+    /// A managed-identity endpoint's token; `answered` is the status of an error answer.
     private func managedIdentityToken(
-        _ endpoint: URL, _ query: [URLQueryItem], _ headers: [(name: String, value: String)], _ client: KmsHTTPClient
+        _ endpoint: URL, _ query: [URLQueryItem], _ headers: [(name: String, value: String)], _ client: KmsHTTPClient,
+        answered: inout Int?
     ) async throws -> BearerToken {
         var components = URLComponents(url: endpoint, resolvingAgainstBaseURL: false)!
         components.queryItems = (components.queryItems ?? []) + query
+        var status: Int?
+        defer { answered = status }
         var body = try await client.send(
             "managed identity token", method: "GET", url: components.url!, body: .none, headers: { _ in headers },
-            mapError: { status, body in AzureCredentials.tokenError(status: status, body: body, what: summary) })
+            mapError: { answer, body in
+                status = answer
+                return AzureCredentials.tokenError(status: answer, body: body, what: summary)
+            })
         return try BearerToken.taking(from: &body, issuer: summary)
     }
 

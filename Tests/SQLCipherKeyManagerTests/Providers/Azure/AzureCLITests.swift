@@ -51,12 +51,24 @@ struct AzureCLITests {
         return environment
     }
 
+    /// What IMDS does on the machine: nothing (asked once, then the CLI straight away), or
+    /// answer 400 for the user-assigned identity AZURE_CLIENT_ID names (asked each time, as
+    /// azure-identity asks it).
+    enum InstanceMetadata: String, CaseIterable, Sendable {
+        case noAnswer = "IMDS does not answer"
+        case noIdentity = "IMDS has no such identity"
+    }
+
     @Test(
-        "when IMDS does not answer, the Azure CLI's sign-in gives the token, as DefaultAzureCredential takes it; IMDS is asked once"
-    )
-    func signedIn() async throws {
+        "when IMDS does not answer or has no identity, the Azure CLI's sign-in gives the token, as DefaultAzureCredential takes it",
+        arguments: InstanceMetadata.allCases)
+    func signedIn(instanceMetadata: InstanceMetadata) async throws {
         let directory = try TemporaryDirectory()
-        let environment = try await Self.environment(directory, signedIn: true)
+        var environment = try await Self.environment(directory, signedIn: true)
+        if instanceMetadata == .noIdentity {
+            environment["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:\(try FakeKeyVault.value("HTTP_PORT"))"
+            environment["AZURE_CLIENT_ID"] = "00000000-0000-4000-8000-00000000dead"
+        }
         let microsoft = try await FakeKeyVault.defaultAzureCredential(environment, key: "conformance-rsa")
         #expect(microsoft.credential == "AzureCliCredential" && microsoft.status == 200, "\(microsoft)")
 
@@ -77,7 +89,9 @@ struct AzureCLITests {
         let token = try await credentials.fetchToken(for: challenge, client)
         #expect(
             try await FakeKeyVault.issuedTokens().contains(token.authorization.dropFirst("Bearer ".count).description))
-        #expect(transport.count("/metadata/identity/oauth2/token") == 1, "IMDS probed once")
+        #expect(
+            transport.count("/metadata/identity/oauth2/token") == (instanceMetadata == .noAnswer ? 1 : 2),
+            "IMDS asked once if it did not answer, else for each token")
     }
 
     @Test("a CLI that is not signed in is access denied, saying to run az login")
