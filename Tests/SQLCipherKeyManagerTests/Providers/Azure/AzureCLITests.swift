@@ -5,7 +5,7 @@ import Testing
 @testable import SQLCipherKeyManager
 @testable import SQLCipherKeyManagerAzure
 
-/// The Azure CLI's sign-in: the real `az` (Scripts/setup installs it) signed in to the fake
+/// The Azure CLI's sign-in: the real `az` (Scripts/azure-cli installs it) signed in to the fake
 /// Entra as a service principal, with azure-identity's AzureCliCredential beside DBKey.
 @Suite("Azure CLI sign-ins", .tags(.azure))
 struct AzureCLITests {
