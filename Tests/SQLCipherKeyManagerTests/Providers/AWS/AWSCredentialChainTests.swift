@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Synchronization
+import SystemPackage
 import Testing
 
 @testable import KmsHTTP
@@ -26,9 +27,22 @@ struct AWSCredentialChainTests {
         try scriptVariable(name, describing: "AWS credential endpoints")
     }
 
+    /// Writes `text` to `path` with `mode`, through a descriptor that closes on exec: a process
+    /// another test starts meanwhile must not inherit it, or running a script written here fails
+    /// with ETXTBSY (text file busy) while that process lives.
     static func write(_ text: String, to path: String, mode: Int = 0o600) {
-        _ = FileManager.default.createFile(
-            atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        do {
+            let descriptor = try FileDescriptor.open(
+                FilePath(path), .writeOnly, options: [.create, .truncate, .closeOnExec],
+                permissions: FilePermissions(rawValue: CModeT(mode)))
+            try descriptor.closeAfter {
+                _ = try descriptor.writeAll(Array(text.utf8))
+                // The mode of a file that was already there.
+                _ = try valueOrErrno { fchmod(descriptor.rawValue, mode_t(mode)) }
+            }
+        } catch {
+            Issue.record("cannot write \(path): \(error)")
+        }
     }
 
     static func webIdentity(_ directory: TemporaryDirectory) throws -> [String: String] {
