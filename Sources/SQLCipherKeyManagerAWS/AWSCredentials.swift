@@ -198,6 +198,7 @@ struct AWSEnvironment {
         -> AWSCredentialProvider?
     {
         let config = try AWSConfigFile.section(AWSEnvironment.configSection(name), in: configPath) ?? [:]
+        let credentialsSection = try AWSConfigFile.section(name, in: credentialsPath)
         let tokenFile =
             (environmentWebIdentity ? variable("AWS_WEB_IDENTITY_TOKEN_FILE") : nil)
             ?? config["web_identity_token_file"]?.string
@@ -212,10 +213,10 @@ struct AWSEnvironment {
                     tokenFile: tokenFile, roleArn: roleArn, sessionName: sessionName, endpoint: try stsEndpoint(region))
             )
         }
-        if let sso = try ssoProfile(name) { return AWSCredentialProvider(source: .sso(sso)) }
-        if let values = try AWSConfigFile.section(name, in: credentialsPath),
-            let fixed = AWSEnvironment.fixedCredentials(values)
-        {
+        if let sso = try ssoProfile(name, values: config.merging(credentialsSection ?? [:]) { $1 }) {
+            return AWSCredentialProvider(source: .sso(sso))
+        }
+        if let fixed = credentialsSection.flatMap(AWSEnvironment.fixedCredentials) {
             return AWSCredentialProvider(fixed)
         }
         if let command = config["credential_process"]?.string {
@@ -224,15 +225,15 @@ struct AWSEnvironment {
         return AWSEnvironment.fixedCredentials(config).map { AWSCredentialProvider($0) }
     }
 
-    /// The IAM Identity Center sign-in of the profile `name`: when it has `sso_account_id` or
+    /// The IAM Identity Center sign-in of the profile `name`, whose merged `values`
+    /// (``profileValues(_:)``) the caller has read: when it has `sso_account_id` or
     /// `sso_role_name`, as botocore's SSOProvider, with the values of the `sso-session` it names
     /// (which must agree with its own).
     ///
     /// - Throws: ``DBKeyError/Code-swift.struct/invalidConfiguration`` for a missing session or
     ///   value, values that disagree, or a region that is not one.
-    func ssoProfile(_ name: String) throws -> SSOProfile? {
-        guard let values = try profileValues(name), values["sso_account_id"] != nil || values["sso_role_name"] != nil
-        else { return nil }
+    func ssoProfile(_ name: String, values: [String: AWSConfigFile.Value]) throws -> SSOProfile? {
+        guard values["sso_account_id"] != nil || values["sso_role_name"] != nil else { return nil }
         let keys = ["sso_start_url", "sso_region", "sso_account_id", "sso_role_name", "sso_registration_scopes"]
         var settings = values.filter { keys.contains($0.key) }.mapValues(\.string)
         let session = values["sso_session"]?.string

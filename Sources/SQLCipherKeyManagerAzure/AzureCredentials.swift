@@ -162,9 +162,7 @@ public struct AzureCredentials: Sendable {
             ]
             if let clientId { query.append(URLQueryItem(name: "client_id", value: clientId)) }
             let headerValue = header.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-            var answered: Int?
-            return try await managedIdentityToken(
-                endpoint, query, [("X-IDENTITY-HEADER", headerValue)], client, answered: &answered)
+            return try await managedIdentityToken(endpoint, query, [("X-IDENTITY-HEADER", headerValue)], client)
         case .instanceMetadata(let endpoint, let clientId, let cli):
             if let cli, instanceMetadataAbsent.isSet { return try await cli.token(for: challenge) }
             var query = [
@@ -175,7 +173,7 @@ public struct AzureCredentials: Sendable {
             var answered: Int?
             do {
                 return try await managedIdentityToken(
-                    endpoint, query, [("Metadata", "true")], client.probing(), answered: &answered)
+                    endpoint, query, [("Metadata", "true")], client.probing(), refused: { answered = $0 })
             } catch let error as DBKeyError where answered == 400 && cli != nil {
                 // IMDS answers 400 when no identity (or not the one AZURE_CLIENT_ID names) is
                 // assigned: azure-identity's chain goes on to the CLI, each time.
@@ -225,20 +223,18 @@ public struct AzureCredentials: Sendable {
         return try BearerToken.taking(from: &body, issuer: url.absoluteString)
     }
 
-    /// A managed-identity endpoint's token; `answered` is the status of an error answer.
+    /// A managed-identity endpoint's token; `refused` is told the status of an error answer.
     private func managedIdentityToken(
         _ endpoint: URL, _ query: [URLQueryItem], _ headers: [(name: String, value: String)], _ client: KmsHTTPClient,
-        answered: inout Int?
+        refused: (Int) -> Void = { _ in }
     ) async throws -> BearerToken {
         var components = URLComponents(url: endpoint, resolvingAgainstBaseURL: false)!
         components.queryItems = (components.queryItems ?? []) + query
-        var status: Int?
-        defer { answered = status }
         var body = try await client.send(
             "managed identity token", method: "GET", url: components.url!, body: .none, headers: { _ in headers },
-            mapError: { answer, body in
-                status = answer
-                return AzureCredentials.tokenError(status: answer, body: body, what: summary)
+            mapError: { status, body in
+                refused(status)
+                return AzureCredentials.tokenError(status: status, body: body, what: summary)
             })
         return try BearerToken.taking(from: &body, issuer: summary)
     }
