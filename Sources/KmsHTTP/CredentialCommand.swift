@@ -58,7 +58,10 @@ package enum CredentialCommand {
             DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
                 if process.isRunning {
                     timedOut.withLock { $0 = true }
-                    process.terminate()
+                    // SIGKILL, not Process.terminate()'s SIGTERM: the command is started from a
+                    // thread whose signal mask blocks SIGTERM (a Swift concurrency or Dispatch
+                    // worker's, inherited), and inherits that mask, so SIGTERM would wait for it.
+                    kill(process.processIdentifier, SIGKILL)
                 }
             }
         }

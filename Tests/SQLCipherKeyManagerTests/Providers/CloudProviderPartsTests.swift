@@ -220,6 +220,35 @@ struct CloudProviderPartsTests {
         }
     }
 
+    @Test(
+        "a credential command: both outputs read whole, stopped at its timeout, and one that cannot start is access denied"
+    )
+    func credentialCommand() async throws {
+        // 256 KiB on each output, more than a pipe holds: neither may stall the other.
+        var result = try await CredentialCommand.run(
+            "/bin/sh",
+            ["-c", "head -c 262144 /dev/zero | tr '\\0' e >&2; head -c 262144 /dev/zero | tr '\\0' o; exit 3"],
+            timeout: .seconds(30), what: "The test command")
+        #expect(result.status == 3)
+        #expect(result.standardOutput.count == 262_144 && result.standardOutput.allSatisfy { $0 == UInt8(ascii: "o") })
+        #expect(result.standardError.utf8.count == 262_144)
+        result.standardOutput.wipe()
+
+        let clock = ContinuousClock()
+        let start = clock.now
+        await expectError(.kmsUnavailable, containing: ["The slow command", "stopped"]) {
+            _ = try await CredentialCommand.run(
+                "/bin/sleep", ["30"], timeout: .milliseconds(300), what: "The slow command")
+        }
+        #expect(clock.now - start < .seconds(25), "stopped well before sleep 30 ended")
+
+        await expectError(.kmsAccessDenied, containing: ["The missing command", "cannot be started"]) {
+            _ = try await CredentialCommand.run("/nonexistent/az", [], what: "The missing command")
+        }
+        #expect(CredentialCommand.find("sh", in: "/nonexistent:/bin") == "/bin/sh")
+        #expect(CredentialCommand.find("sh", in: "/nonexistent") == nil)
+    }
+
     @Test("endpoints: https anywhere, plain http to loopback only, no user in the URL")
     func endpoints() throws {
         for valid in [
