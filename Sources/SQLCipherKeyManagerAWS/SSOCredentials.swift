@@ -125,8 +125,9 @@ struct SSOProfile: Sendable {
 
     private func usable(_ token: SSOToken, refreshFailure: DBKeyError?) throws -> SecureBuffer {
         guard token.expiresAt.timeIntervalSinceNow > 0 else {
+            // An OIDC service that did not answer is an outage: trying again later may do.
             throw DBKeyError(
-                .kmsAccessDenied,
+                refreshFailure?.code == .kmsUnavailable ? .kmsUnavailable : .kmsAccessDenied,
                 "The IAM Identity Center sign-in of the AWS profile \"\(profile)\" expired at \(SSOToken.format(token.expiresAt))\(refreshFailure.map { " and could not be refreshed (\($0.message))" } ?? ""). Sign in again: \(loginAdvice).",
                 underlying: refreshFailure)
         }

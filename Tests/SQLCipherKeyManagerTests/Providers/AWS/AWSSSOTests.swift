@@ -249,6 +249,35 @@ struct AWSSSOTests: FakeKmsServer {
         }
     }
 
+    @Test(
+        "outages: an OIDC service that does not answer leaves a live token in use and the cache as it was, and an expired one kms-unavailable; a failing portal is kms-unavailable"
+    )
+    func outages() async throws {
+        let directory = try TemporaryDirectory()
+        var environment = try Self.environment(directory)
+        environment["AWS_ENDPOINT_URL_SSO_OIDC"] = "http://127.0.0.1:9"
+        let login = try await Self.signedIn(directory, expiresIn: 300)
+        let credentials = try await Self.provider(environment).current(Self.client)
+        #expect(credentials.accessKeyId.hasPrefix("ASIASSO"))
+        #expect(try Self.cached(directory)["accessToken"] as? String == login["accessToken"] as? String)
+        #expect(try Self.cached(directory)["refreshToken"] as? String == login["refreshToken"] as? String)
+
+        try await Self.signedIn(directory, expiresIn: 3600, expiresAt: Date(timeIntervalSinceNow: -60))
+        await expectError(.kmsUnavailable, containing: ["could not be refreshed", "aws sso login --sso-session corp"]) {
+            _ = try await Self.provider(environment).current(Self.client)
+        }
+
+        // The portal answers 503 to every attempt (a path of this test's own, so that no other
+        // test's request meets the injected failures).
+        try await Self.signedIn(directory, expiresIn: 3600)
+        environment["AWS_ENDPOINT_URL_SSO"] =
+            try Self.adminURL().absoluteString + "/outage-\(UUID().uuidString.prefix(8))"
+        try await Self.fail(status: 503, count: 10, path: URL(string: environment["AWS_ENDPOINT_URL_SSO"]!)!.path)
+        await expectError(.kmsUnavailable, containing: ["HTTP 503", "GetRoleCredentials"]) {
+            _ = try await Self.provider(environment).current(Self.client)
+        }
+    }
+
     @Test("a role the sign-in is not given is access denied naming the role and the account")
     func roleNotGiven() async throws {
         let directory = try TemporaryDirectory()

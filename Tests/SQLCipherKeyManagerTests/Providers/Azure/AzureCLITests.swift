@@ -94,6 +94,57 @@ struct AzureCLITests {
             "IMDS asked once if it did not answer, else for each token")
     }
 
+    @Test(
+        "what az prints is read as azure-identity reads it: expires_on, else an older CLI's local expiresOn; no token, an expired one or a refusal is access denied without the token"
+    )
+    func answers() async throws {
+        let directory = try TemporaryDirectory()
+        let challenge = try AuthenticationChallenge(
+            header:
+                "Bearer authorization=\"https://login.example.com/tenant-1\", resource=\"https://vault.example.net\"",
+            vaultHost: "kv.vault.example.net")
+        /// An `az` that prints `output` on standard output (and `errors` on standard error) and
+        /// exits with `status`, and records its arguments.
+        func cli(_ output: String, errors: String = "", status: Int = 0) -> AzureCLI {
+            let name = directory.file("az-\(UUID().uuidString.prefix(8))")
+            AWSCredentialChainTests.write(
+                "#!/bin/sh\necho \"$@\" > \(name).arguments\ncat <<'EOF'\n\(output)\nEOF\ncat >&2 <<'EOF'\n\(errors)\nEOF\nexit \(status)\n",
+                to: name, mode: 0o700)
+            return AzureCLI(executable: name, environment: [:])
+        }
+        let later = Int(Date().timeIntervalSince1970) + 3600
+        let current = cli(#"{"accessToken": "tok-1", "expires_on": \#(later), "tokenType": "Bearer"}"#)
+        let token = try await current.token(for: challenge)
+        #expect(token.authorization == "Bearer tok-1" && token.refreshAt > .now + .seconds(3000))
+        let arguments = try String(contentsOfFile: current.executable + ".arguments", encoding: .utf8)
+        #expect(
+            arguments.trimmingCharacters(in: .whitespacesAndNewlines)
+                == "account get-access-token --output json --resource https://vault.example.net --tenant tenant-1")
+
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+        let local = formatter.string(from: Date(timeIntervalSinceNow: 1800))
+        let older = try await cli(#"{"accessToken": "tok-2", "expiresOn": "\#(local)"}"#).token(for: challenge)
+        #expect(older.authorization == "Bearer tok-2" && older.refreshAt > .now + .seconds(1000))
+
+        await expectError(.kmsAccessDenied, containing: ["without an accessToken"]) {
+            _ = try await cli(#"{"tokenType": "Bearer", "expires_on": \#(later)}"#).token(for: challenge)
+        }
+        let past = Int(Date().timeIntervalSince1970) - 60
+        let expired = await expectError(.kmsAccessDenied, containing: ["has expired"]) {
+            _ = try await cli(#"{"accessToken": "tok-old", "expires_on": \#(past)}"#).token(for: challenge)
+        }
+        #expect(expired?.message.contains("tok-old") == false)
+        let refused = await expectError(.kmsAccessDenied, containing: ["could not get a token", "AADSTS50076"]) {
+            _ = try await cli(
+                "", errors: #"ERROR: AADSTS50076: multi-factor authentication required. {"accessToken": "tok-leaked"}"#,
+                status: 1
+            ).token(for: challenge)
+        }
+        #expect(refused?.message.contains("tok-leaked") == false)
+    }
+
     @Test("a CLI that is not signed in is access denied, saying to run az login")
     func notSignedIn() async throws {
         let directory = try TemporaryDirectory()
